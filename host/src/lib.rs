@@ -1,0 +1,13 @@
+//! wisp: a SIP proxy whose routing runs as sandboxed WebAssembly components.
+//!
+//! Modules follow the data path of a message:
+//! [`transport`] (sockets, framing) → [`sip`] (parsing) → [`proxy`] (RFC 3261
+//! §16 core) → [`script`] (the tenant's wasm route hook) → back out through
+//! [`transport`]. [`server`] wires them together from a [`config`].
+
+pub mod config;
+pub mod proxy;
+pub mod script;
+pub mod server;
+pub mod sip;
+pub mod transport;

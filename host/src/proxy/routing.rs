@@ -1,0 +1,154 @@
+//! Where a request goes next: loose routing (RFC 3261 §16.4, §16.6 steps
+//! 6–7) and the destination of a forward, down to a socket address.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::sip::{HeaderName, Host, Message, NameAddr, Scheme, Uri};
+use crate::transport::{Target, Transport};
+
+use super::Locality;
+
+/// Follows the route set (Kamailio's `loose_route()`): drops the Route
+/// values that name this proxy, and undoes a strict router's rewrite of
+/// the Request-URI. True when the request carried a Route header.
+pub fn loose_route(msg: &mut Message, locality: &Locality) -> bool {
+    if msg.header(&HeaderName::Route).is_none() {
+        return false;
+    }
+    // §16.4: a Request-URI that is one of our Record-Route values means the
+    // previous hop was a strict router; the real target is the last Route.
+    let ruri_is_ours = msg
+        .uri()
+        .and_then(|u| Uri::parse(u).ok())
+        .is_some_and(|u| u.param("lr").is_some() && locality.is_myself(&u));
+    if ruri_is_ours {
+        if let Some(last) = msg.values(&HeaderName::Route).last().map(str::to_owned) {
+            if let Ok(last) = NameAddr::parse(&last) {
+                let target = last.uri.to_string();
+                remove_last_route(msg);
+                let _ = msg.set_uri(&target);
+            }
+        }
+    }
+    // Our own entries at the top: one, or two when we record-routed twice
+    // for a change of transport.
+    while let Some(top) = first_route(msg) {
+        match NameAddr::parse(&top) {
+            Ok(route) if locality.is_myself(&route.uri) => {
+                msg.pop_first_value(&HeaderName::Route);
+            }
+            _ => break,
+        }
+    }
+    true
+}
+
+fn first_route(msg: &Message) -> Option<String> {
+    msg.values(&HeaderName::Route).next().map(str::to_owned)
+}
+
+fn remove_last_route(msg: &mut Message) {
+    let mut values: Vec<String> = msg.values(&HeaderName::Route).map(str::to_owned).collect();
+    values.pop();
+    msg.remove_headers(&HeaderName::Route);
+    for v in values {
+        let _ = msg.append_header(HeaderName::Route, &v);
+    }
+}
+
+/// A next hop as named in a URI or a `host:port`, before name resolution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Destination {
+    pub transport: Option<Transport>,
+    pub host: Host,
+    pub port: Option<u16>,
+}
+
+impl Destination {
+    /// Reads a destination given by a guest: a SIP URI, or `host[:port]`.
+    pub fn parse(text: &str) -> Result<Destination, String> {
+        let lower = text.get(..5).map(str::to_ascii_lowercase).unwrap_or_default();
+        let uri = if lower.starts_with("sip:") || lower.starts_with("sips:") {
+            Uri::parse(text)
+        } else {
+            Uri::parse(&format!("sip:{text}"))
+        };
+        let uri = uri.map_err(|e| format!("bad destination \"{text}\": {e}"))?;
+        Destination::from_uri(&uri)
+    }
+
+    /// The next hop a URI names (RFC 3263 without NAPTR/SRV: the URI's
+    /// transport parameter, else UDP; its port, else 5060).
+    pub fn from_uri(uri: &Uri) -> Result<Destination, String> {
+        match &uri.scheme {
+            Scheme::Sip => {}
+            Scheme::Sips => return Err(format!("cannot route to {uri}: sips needs TLS, which this wisp does not listen on")),
+            Scheme::Tel => return Err(format!("cannot route to {uri}: a tel URI needs a gateway")),
+            Scheme::Other(s) => return Err(format!("cannot route to a {s}: URI")),
+        }
+        let transport = match uri.transport() {
+            None => None,
+            Some(t) => Some(
+                Transport::from_name(t).ok_or_else(|| format!("transport {t} is not supported"))?,
+            ),
+        };
+        let host = match uri.param("maddr") {
+            Some(Some(maddr)) => Uri::parse(&format!("sip:{maddr}"))
+                .map(|u| u.host)
+                .map_err(|e| format!("bad maddr {maddr}: {e}"))?,
+            _ => uri.host.clone(),
+        };
+        Ok(Destination {
+            transport,
+            host,
+            port: uri.port,
+        })
+    }
+
+    /// Resolves the host to a socket address.
+    pub async fn resolve(&self) -> Result<Target, String> {
+        let transport = self.transport.unwrap_or(Transport::Udp);
+        let port = self.port.unwrap_or(5060);
+        let ip = match &self.host {
+            Host::V4(ip) => IpAddr::V4(*ip),
+            Host::V6(ip) => IpAddr::V6(*ip),
+            Host::Name(name) => {
+                let mut addrs = tokio::net::lookup_host((name.as_str(), port))
+                    .await
+                    .map_err(|e| format!("cannot resolve {name}: {e}"))?;
+                addrs
+                    .next()
+                    .map(|a| a.ip())
+                    .ok_or_else(|| format!("{name} has no address"))?
+            }
+        };
+        Ok(Target {
+            transport,
+            addr: SocketAddr::new(ip, port),
+        })
+    }
+}
+
+/// The destination of a request being forwarded: an explicit one, else the
+/// first Route, else the Request-URI. A first Route without `lr` is a strict
+/// router: it becomes the Request-URI, and the old Request-URI goes to the
+/// end of the route set (RFC 3261 §16.6 step 6).
+pub fn next_hop(msg: &mut Message, explicit: Option<&str>) -> Result<Destination, String> {
+    if let Some(dest) = explicit {
+        return Destination::parse(dest);
+    }
+    if let Some(route) = first_route(msg) {
+        let route = NameAddr::parse(&route).map_err(|e| format!("bad Route header: {e}"))?;
+        if route.uri.param("lr").is_none() {
+            let old = msg.uri().unwrap_or_default().to_owned();
+            msg.pop_first_value(&HeaderName::Route);
+            msg.append_header(HeaderName::Route, &format!("<{old}>"))
+                .map_err(|e| e.to_string())?;
+            msg.set_uri(&route.uri.to_string()).map_err(|e| e.to_string())?;
+        }
+        return Destination::from_uri(&route.uri);
+    }
+    let uri = msg.uri().unwrap_or_default();
+    let uri = Uri::parse(uri).map_err(|e| format!("bad Request-URI: {e}"))?;
+    Destination::from_uri(&uri)
+}

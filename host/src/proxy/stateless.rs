@@ -1,0 +1,238 @@
+//! Stateless forwarding and replying (Kamailio's `forward()`, `sl`
+//! and reply relaying by Via, RFC 3261 §16.6, §16.7 step 9, §18.2.2, RFC 3581).
+//!
+//! Nothing is remembered between messages: retransmissions are forwarded
+//! again, and the branch of a forwarded request is derived from the
+//! request itself so that the same request always gets the same branch.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+
+use crate::script::{RequestCtx, Source};
+use crate::sip::{self, HeaderName, Host, Message, Method, Via};
+use crate::transport::{Target, Transport};
+
+use super::checks::{self, DEFAULT_MAX_FORWARDS};
+use super::routing::next_hop;
+use super::Proxy;
+
+/// Branches of requests we forward start with the RFC 3261 magic cookie
+/// and a marker of ours.
+const BRANCH_PREFIX: &str = "z9hG4bKwsp";
+
+impl Proxy {
+    /// Forwards a copy of the request to its next hop; errors say why it
+    /// could not go. The request itself is left as the guest saw it, so
+    /// that it can still be answered.
+    pub(super) async fn forward(&self, req: &mut RequestCtx, explicit: Option<&str>) -> Result<(), String> {
+        if let Err(rejection) = checks::max_forwards(req, DEFAULT_MAX_FORWARDS) {
+            self.reply(req, rejection.code, &rejection.reason, &[]).await;
+            return Ok(());
+        }
+        let mut msg = req.msg.clone();
+        let dest = next_hop(&mut msg, explicit)?;
+        let target = dest.resolve().await?;
+        if is_unroutable(target.addr.ip()) {
+            return Err(format!("will not send to {}", target.addr));
+        }
+        let out = self.transports.listener_for(&target).map_err(|e| e.to_string())?;
+        let me = self.locality.address_towards(out, target.addr.ip());
+
+        let branch = branch_for(&msg);
+        stamp_received(&mut msg, &req.source);
+        if req.record_route {
+            self.record_route(&mut msg, &req.source, out, &me, target.transport)?;
+        }
+        let via = format!(
+            "SIP/2.0/{} {me};branch={branch};rport",
+            target.transport.via_name()
+        );
+        msg.prepend_header(HeaderName::Via, &via)
+            .map_err(|e| e.to_string())?;
+        self.transports
+            .send(target, msg.to_bytes())
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Adds our Record-Route; twice when the request changes listener
+    /// (transport or address family), so that each side of the dialog
+    /// reaches us on the socket it knows (Kamailio's double RR).
+    fn record_route(
+        &self,
+        msg: &mut Message,
+        source: &Source,
+        out: usize,
+        me: &str,
+        transport: Transport,
+    ) -> Result<(), String> {
+        if source.listener != out {
+            let inbound_me = self.locality.address_towards(source.listener, source.remote.ip());
+            let value = rr_value(&inbound_me, source.transport);
+            msg.prepend_header(HeaderName::RecordRoute, &value)
+                .map_err(|e| e.to_string())?;
+        }
+        msg.prepend_header(HeaderName::RecordRoute, &rr_value(me, transport))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Answers a request statelessly. ACK is never answered.
+    pub(super) async fn reply(&self, req: &RequestCtx, code: u16, reason: &str, headers: &[(HeaderName, String)]) {
+        if req.msg.method() == Some(&Method::Ack) {
+            return;
+        }
+        let has_tag = req.msg.to().ok().is_some_and(|to| to.tag().is_some());
+        let tag = (code > 100 && !has_tag).then(|| to_tag(&req.msg));
+        let mut response = sip::response_to(&req.msg, code, reason, tag.as_deref());
+        for (name, value) in headers {
+            if let Err(err) = response.append_header(name.clone(), value) {
+                tracing::warn!(%err, "dropping a reply header");
+            }
+        }
+        let target = reply_target(&req.msg, &req.source);
+        if let Err(err) = self.transports.send(target, response.to_bytes()).await {
+            tracing::debug!(%err, code, "reply not sent");
+        }
+    }
+
+    /// Relays a response up the Via chain: ours must be on top; it is
+    /// removed and the response goes where the next Via says.
+    pub(super) async fn relay_response(&self, mut msg: Message) {
+        let ours = msg
+            .top_via()
+            .ok()
+            .is_some_and(|via| self.locality.is_myself_host(&via.host, via.port.unwrap_or(5060)));
+        if !ours {
+            tracing::debug!("dropping a response whose top Via is not ours");
+            return;
+        }
+        msg.pop_first_value(&HeaderName::Via);
+        let Ok(next) = msg.top_via() else {
+            tracing::debug!("dropping a response with no Via left (it was for us)");
+            return;
+        };
+        let target = match response_target(&next).await {
+            Ok(target) => target,
+            Err(err) => {
+                tracing::debug!(%err, "cannot relay a response");
+                return;
+            }
+        };
+        if is_unroutable(target.addr.ip()) {
+            tracing::info!(addr = %target.addr, "not relaying a response to a broadcast or unspecified address");
+            return;
+        }
+        if let Err(err) = self.transports.send(target, msg.to_bytes()).await {
+            tracing::debug!(%err, "response not relayed");
+        }
+    }
+}
+
+/// Record-Route value naming us on one socket.
+fn rr_value(me: &str, transport: Transport) -> String {
+    match transport {
+        Transport::Udp => format!("<sip:{me};lr>"),
+        t => format!("<sip:{me};transport={t};lr>"),
+    }
+}
+
+/// RFC 3261 §18.2.1 and RFC 3581: note on the sender's Via where the request
+/// really came from, so responses find their way back through NATs. Stream
+/// transports always get rport, so that responses reuse the connection.
+fn stamp_received(msg: &mut Message, source: &Source) {
+    let Ok(mut via) = msg.top_via() else { return };
+    let ip = source.remote.ip();
+    let same_host = via.host.ip() == Some(ip);
+    let want_rport = via.rport().is_some() || source.transport.is_stream();
+    if same_host && !want_rport {
+        return;
+    }
+    via.set_param("received", Some(&ip.to_string()));
+    if want_rport {
+        via.set_param("rport", Some(&source.remote.port().to_string()));
+    }
+    let _ = msg.replace_first_value(&HeaderName::Via, &via.to_string());
+}
+
+/// Where a reply to a request we received goes (RFC 3261 §18.2.2, RFC 3581):
+/// back on the connection for streams; for UDP to the source IP, at the
+/// source port when rport was asked, else the Via port.
+fn reply_target(msg: &Message, source: &Source) -> Target {
+    if source.transport.is_stream() {
+        return Target {
+            transport: source.transport,
+            addr: source.remote,
+        };
+    }
+    let port = match msg.top_via() {
+        Ok(via) if via.rport().is_none() => via.port.unwrap_or(5060),
+        _ => source.remote.port(),
+    };
+    Target {
+        transport: source.transport,
+        addr: SocketAddr::new(source.remote.ip(), port),
+    }
+}
+
+/// Where a relayed response goes: the Via's received/rport when set, else
+/// its sent-by (RFC 3261 §18.2.2).
+async fn response_target(via: &Via) -> Result<Target, String> {
+    let transport = Transport::from_name(&via.transport)
+        .ok_or_else(|| format!("unsupported Via transport {}", via.transport))?;
+    let port = match via.rport() {
+        Some(Some(port)) => port,
+        _ => via.port.unwrap_or(5060),
+    };
+    let received = via
+        .received()
+        .and_then(|r| r.trim_matches(['[', ']']).parse::<IpAddr>().ok());
+    let host = match received {
+        Some(IpAddr::V4(ip)) => Host::V4(ip),
+        Some(IpAddr::V6(ip)) => Host::V6(ip),
+        None => via.host.clone(),
+    };
+    super::Destination {
+        transport: Some(transport),
+        host,
+        port: Some(port),
+    }
+    .resolve()
+    .await
+}
+
+/// Addresses no SIP message should be sent to (RFC 4475 §3.3.14 bcast).
+fn is_unroutable(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_broadcast() || v4.is_unspecified() || v4.is_multicast(),
+        IpAddr::V6(v6) => v6.is_unspecified() || v6.is_multicast(),
+    }
+}
+
+/// A branch that is the same for the same request (retransmissions, and
+/// a CANCEL or non-2xx ACK of an INVITE) and different for others
+/// (RFC 3261 §16.11).
+fn branch_for(msg: &Message) -> String {
+    let mut h = DefaultHasher::new();
+    msg.uri().hash(&mut h);
+    match msg.top_via().ok().and_then(|v| v.branch().map(str::to_owned)) {
+        Some(branch) if branch.starts_with("z9hG4bK") => branch.hash(&mut h),
+        // RFC 2543 peers: the transaction is named by these (§17.2.3).
+        _ => {
+            msg.call_id().hash(&mut h);
+            msg.cseq().ok().map(|c| c.seq).hash(&mut h);
+            msg.from().ok().and_then(|f| f.tag().map(str::to_owned)).hash(&mut h);
+            msg.header(&HeaderName::Via).hash(&mut h);
+        }
+    }
+    format!("{BRANCH_PREFIX}{:016x}", h.finish())
+}
+
+/// The To tag of our stateless replies: the same for retransmissions of a
+/// request, so that they get the same answer.
+fn to_tag(msg: &Message) -> String {
+    let mut h = DefaultHasher::new();
+    msg.call_id().hash(&mut h);
+    msg.from().ok().and_then(|f| f.tag().map(str::to_owned)).hash(&mut h);
+    msg.top_via().ok().and_then(|v| v.branch().map(str::to_owned)).hash(&mut h);
+    format!("{:016x}", h.finish())
+}

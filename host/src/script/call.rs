@@ -1,0 +1,125 @@
+//! What one hook call works on: the request handed to the guest, the
+//! actions the guest asks for, and the store data behind them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::config::Limits;
+use crate::proxy::Locality;
+use crate::sip::{HeaderName, Message};
+use crate::transport::Inbound;
+
+/// What a tenant's guest is given, whichever instance runs it.
+pub struct Guest {
+    pub tenant: String,
+    pub params: BTreeMap<String, String>,
+    pub limits: Limits,
+    pub locality: Arc<Locality>,
+}
+
+/// The request a hook is working on (the `request` resource of the WIT).
+#[derive(Clone)]
+pub struct RequestCtx {
+    pub msg: Message,
+    /// Where it came from.
+    pub source: Source,
+    /// Max-Forwards was already checked and decremented.
+    pub max_forwards_done: bool,
+    /// The guest asked for Record-Route; it is added when the request is
+    /// sent, with the address of the socket it leaves by.
+    pub record_route: bool,
+}
+
+/// The transport-level origin of a message.
+#[derive(Debug, Clone, Copy)]
+pub struct Source {
+    pub transport: crate::transport::Transport,
+    pub remote: std::net::SocketAddr,
+    pub listener: usize,
+}
+
+impl From<&Inbound> for Source {
+    fn from(inbound: &Inbound) -> Self {
+        Source {
+            transport: inbound.transport,
+            remote: inbound.remote,
+            listener: inbound.listener,
+        }
+    }
+}
+
+impl RequestCtx {
+    pub fn new(msg: Message, source: Source) -> Self {
+        RequestCtx {
+            msg,
+            source,
+            max_forwards_done: false,
+            record_route: false,
+        }
+    }
+}
+
+/// What the guest decided, carried out by the proxy after the hook returns
+/// (sending is asynchronous; hooks are not).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Reply {
+        code: u16,
+        reason: String,
+        headers: Vec<(HeaderName, String)>,
+    },
+    Forward {
+        destination: Option<String>,
+    },
+}
+
+/// Why a hook call failed. The request gets a 500; the instance is dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("hook ran past its deadline of {0} ms")]
+    Deadline(u64),
+    #[error("guest trapped: {0}")]
+    Trap(String),
+    #[error("cannot instantiate the component: {0}")]
+    Instantiate(String),
+}
+
+/// The data of one wasmtime Store: one per warm instance.
+pub struct HostState {
+    pub(super) wasi: WasiCtx,
+    pub(super) table: ResourceTable,
+    pub(super) limits: StoreLimits,
+    pub(super) guest: Arc<Guest>,
+    /// Actions asked for during the current hook call.
+    pub(super) actions: Vec<Action>,
+}
+
+impl HostState {
+    pub(super) fn new(guest: Arc<Guest>) -> Self {
+        let memory = usize::try_from(guest.limits.memory_mib << 20).unwrap_or(usize::MAX);
+        HostState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(memory)
+                .instances(64)
+                .trap_on_grow_failure(false)
+                .build(),
+            guest,
+            actions: Vec::new(),
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}

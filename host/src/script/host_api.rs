@@ -1,0 +1,248 @@
+//! The host side of the `wisp:proxy` WIT interfaces: thin adapters from
+//! guest calls to the SIP core and the proxy.
+
+use wasmtime::component::Resource;
+use wasmtime::Result;
+
+use super::call::{Action, HostState, RequestCtx};
+use super::wisp::proxy::{config, log, proxy, rr, types};
+use crate::proxy::checks;
+use crate::sip::{self, HeaderName};
+
+fn invalid(err: impl std::fmt::Display) -> types::Error {
+    types::Error::Invalid(err.to_string())
+}
+
+impl HostState {
+    fn req(&self, handle: &Resource<RequestCtx>) -> Result<&RequestCtx> {
+        Ok(self.table.get(handle)?)
+    }
+
+    fn req_mut(&mut self, handle: &Resource<RequestCtx>) -> Result<&mut RequestCtx> {
+        Ok(self.table.get_mut(handle)?)
+    }
+}
+
+impl types::Host for HostState {}
+
+impl types::HostRequest for HostState {
+    fn method(&mut self, req: Resource<RequestCtx>) -> Result<String> {
+        let req = self.req(&req)?;
+        Ok(req.msg.method().map(|m| m.as_str().to_owned()).unwrap_or_default())
+    }
+
+    fn uri(&mut self, req: Resource<RequestCtx>) -> Result<String> {
+        Ok(self.req(&req)?.msg.uri().unwrap_or_default().to_owned())
+    }
+
+    fn set_uri(&mut self, req: Resource<RequestCtx>, uri: String) -> Result<Result<(), types::Error>> {
+        let req = self.req_mut(&req)?;
+        Ok(req.msg.set_uri(&uri).map_err(invalid))
+    }
+
+    fn uri_user(&mut self, req: Resource<RequestCtx>) -> Result<Option<String>> {
+        let req = self.req(&req)?;
+        Ok(req
+            .msg
+            .uri()
+            .and_then(|u| sip::Uri::parse(u).ok())
+            .and_then(|u| u.user))
+    }
+
+    fn uri_host(&mut self, req: Resource<RequestCtx>) -> Result<String> {
+        let req = self.req(&req)?;
+        Ok(req
+            .msg
+            .uri()
+            .and_then(|u| sip::Uri::parse(u).ok())
+            .map(|u| match u.host {
+                // $rd is the host as written, without IPv6 brackets.
+                sip::Host::V6(ip) => ip.to_string(),
+                host => host.to_string(),
+            })
+            .unwrap_or_default())
+    }
+
+    fn header(&mut self, req: Resource<RequestCtx>, name: String) -> Result<Option<String>> {
+        let req = self.req(&req)?;
+        let name = HeaderName::parse(&name);
+        let value = req.msg.values(&name).next().map(str::to_owned);
+        Ok(value)
+    }
+
+    fn header_values(&mut self, req: Resource<RequestCtx>, name: String) -> Result<Vec<String>> {
+        let req = self.req(&req)?;
+        let name = HeaderName::parse(&name);
+        let values = req.msg.values(&name).map(str::to_owned).collect();
+        Ok(values)
+    }
+
+    fn header_names(&mut self, req: Resource<RequestCtx>) -> Result<Vec<String>> {
+        let req = self.req(&req)?;
+        Ok(req.msg.headers().iter().map(|h| h.raw_name().to_owned()).collect())
+    }
+
+    fn append_header(
+        &mut self,
+        req: Resource<RequestCtx>,
+        name: String,
+        value: String,
+    ) -> Result<Result<(), types::Error>> {
+        let req = self.req_mut(&req)?;
+        Ok(req
+            .msg
+            .append_header(HeaderName::parse(&name), &value)
+            .map_err(invalid))
+    }
+
+    fn remove_header(&mut self, req: Resource<RequestCtx>, name: String) -> Result<u32> {
+        let req = self.req_mut(&req)?;
+        let removed = req.msg.remove_headers(&HeaderName::parse(&name));
+        Ok(u32::try_from(removed).unwrap_or(u32::MAX))
+    }
+
+    fn body(&mut self, req: Resource<RequestCtx>) -> Result<Vec<u8>> {
+        Ok(self.req(&req)?.msg.body().to_vec())
+    }
+
+    fn source(&mut self, req: Resource<RequestCtx>) -> Result<types::Endpoint> {
+        let source = self.req(&req)?.source;
+        Ok(types::Endpoint {
+            transport: match source.transport {
+                crate::transport::Transport::Udp => types::Transport::Udp,
+                crate::transport::Transport::Tcp => types::Transport::Tcp,
+            },
+            ip: source.remote.ip().to_string(),
+            port: source.remote.port(),
+        })
+    }
+
+    fn has_to_tag(&mut self, req: Resource<RequestCtx>) -> Result<bool> {
+        let req = self.req(&req)?;
+        Ok(req.msg.to().ok().is_some_and(|to| to.tag().is_some()))
+    }
+
+    fn drop(&mut self, _req: Resource<RequestCtx>) -> Result<()> {
+        // The request belongs to the host; the pool takes it back after the
+        // hook. A guest has only borrows, so nothing to free here.
+        Ok(())
+    }
+}
+
+impl proxy::Host for HostState {
+    fn reply(
+        &mut self,
+        req: Resource<RequestCtx>,
+        code: u16,
+        reason: String,
+        headers: Vec<types::Header>,
+    ) -> Result<Result<(), types::Error>> {
+        let req = self.req(&req)?;
+        if req.msg.method() == Some(&sip::Method::Ack) {
+            return Ok(Err(types::Error::NotAllowed("ACK is never answered".into())));
+        }
+        if !(100..=699).contains(&code) {
+            return Ok(Err(invalid(format!("{code} is not a SIP status code"))));
+        }
+        if let Err(err) = checks::reason_phrase(&reason) {
+            return Ok(Err(invalid(err)));
+        }
+        let mut extra = Vec::with_capacity(headers.len());
+        for h in headers {
+            if let Err(err) = checks::header_field(&h.name, &h.value) {
+                return Ok(Err(invalid(err)));
+            }
+            extra.push((HeaderName::parse(&h.name), h.value));
+        }
+        self.actions.push(Action::Reply {
+            code,
+            reason,
+            headers: extra,
+        });
+        Ok(Ok(()))
+    }
+
+    fn forward(
+        &mut self,
+        req: Resource<RequestCtx>,
+        destination: Option<String>,
+    ) -> Result<Result<(), types::Error>> {
+        let _ = self.req(&req)?;
+        if let Some(dest) = &destination {
+            if let Err(err) = crate::proxy::Destination::parse(dest) {
+                return Ok(Err(invalid(err)));
+            }
+        }
+        self.actions.push(Action::Forward { destination });
+        Ok(Ok(()))
+    }
+
+    fn max_forwards(
+        &mut self,
+        req: Resource<RequestCtx>,
+        limit: u32,
+    ) -> Result<Result<(), proxy::Rejection>> {
+        let req = self.req_mut(&req)?;
+        Ok(checks::max_forwards(req, limit).map_err(rejection))
+    }
+
+    fn sanity_check(&mut self, req: Resource<RequestCtx>) -> Result<Result<(), proxy::Rejection>> {
+        let req = self.req(&req)?;
+        Ok(sip::sanity_check(&req.msg).map_err(rejection))
+    }
+
+    fn is_myself(&mut self, uri: String) -> Result<bool> {
+        Ok(sip::Uri::parse(&uri).is_ok_and(|uri| self.guest.locality.is_myself(&uri)))
+    }
+}
+
+fn rejection(r: sip::Rejection) -> proxy::Rejection {
+    proxy::Rejection {
+        code: r.code,
+        reason: r.reason,
+    }
+}
+
+impl rr::Host for HostState {
+    fn record_route(&mut self, req: Resource<RequestCtx>) -> Result<Result<(), types::Error>> {
+        let req = self.req_mut(&req)?;
+        if req.msg.method() == Some(&sip::Method::Register) {
+            return Ok(Err(types::Error::NotAllowed(
+                "REGISTER is never record-routed (RFC 3261 §10.2)".into(),
+            )));
+        }
+        req.record_route = true;
+        Ok(Ok(()))
+    }
+
+    fn loose_route(&mut self, req: Resource<RequestCtx>) -> Result<bool> {
+        let locality = self.guest.locality.clone();
+        let req = self.req_mut(&req)?;
+        Ok(crate::proxy::loose_route(&mut req.msg, &locality))
+    }
+}
+
+impl config::Host for HostState {
+    fn param(&mut self, name: String) -> Result<Option<String>> {
+        Ok(self.guest.params.get(&name).cloned())
+    }
+
+    fn enabled(&mut self, name: String) -> Result<bool> {
+        Ok(self.guest.params.get(&name).is_some_and(|v| {
+            matches!(v.to_ascii_lowercase().as_str(), "yes" | "true" | "1" | "on")
+        }))
+    }
+}
+
+impl log::Host for HostState {
+    fn write(&mut self, level: log::Level, message: String) -> Result<()> {
+        let tenant = self.guest.tenant.as_str();
+        match level {
+            log::Level::Error => tracing::error!(tenant, "{message}"),
+            log::Level::Warn => tracing::warn!(tenant, "{message}"),
+            log::Level::Info => tracing::info!(tenant, "{message}"),
+            log::Level::Debug => tracing::debug!(tenant, "{message}"),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,125 @@
+//! The script engine: routing components run in wasmtime.
+//!
+//! One [`ScriptEngine`] per process compiles components (cached on disk)
+//! and links the host API; each tenant gets a [`Pool`] of warm instances
+//! of its component, checked out for one hook call at a time.
+
+mod cache;
+mod call;
+mod host_api;
+mod pool;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine};
+
+pub use call::{Action, Guest, HookError, RequestCtx, Source};
+pub use pool::Pool;
+
+use crate::config::Limits;
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "router",
+    with: { "wisp:proxy/types.request": call::RequestCtx },
+    imports: { default: trappable },
+});
+
+/// How often the epoch advances; hook deadlines are counted in these ticks.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// The bundled default routing component (guests/default), built by build.rs.
+pub static DEFAULT_COMPONENT: &[u8] = include_bytes!(env!("WISP_DEFAULT_COMPONENT"));
+
+/// The process-wide wasmtime engine, its linker and the compile cache.
+pub struct ScriptEngine {
+    engine: Engine,
+    linker: Linker<call::HostState>,
+    cache: cache::CompileCache,
+}
+
+/// A component compiled and linked, ready to instantiate.
+pub struct Loaded {
+    pub(crate) pre: RouterPre<call::HostState>,
+    /// Where it came from, for logs.
+    pub origin: String,
+}
+
+impl ScriptEngine {
+    /// Creates the engine and starts the thread that drives hook deadlines.
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Arc<ScriptEngine>> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        // Hooks are synchronous calls; the component-model async machinery
+        // costs time on every call and is not needed.
+        config.concurrency_support(false);
+        config.max_wasm_stack(512 << 10);
+        let engine = Engine::new(&config).map_err(anyhow::Error::from).context("cannot create the wasm engine")?;
+
+        let mut linker = Linker::new(&engine);
+        // Rust guests built with std import WASI; they get a context with no
+        // files, sockets, environment or clocks beyond the defaults.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        Router::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("wisp-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .context("cannot start the epoch thread")?;
+
+        let cache = cache::CompileCache::new(&engine, cache_dir);
+        Ok(Arc::new(ScriptEngine {
+            engine,
+            linker,
+            cache,
+        }))
+    }
+
+    /// Compiles (or loads from the cache) and links a component. Fails with
+    /// a message naming what is wrong: not wasm, not a component, or a
+    /// component that does not implement the `wisp:proxy/router` world.
+    pub fn load(&self, wasm: &[u8], origin: &str) -> anyhow::Result<Loaded> {
+        let component: Component = self
+            .cache
+            .component(&self.engine, wasm)
+            .with_context(|| format!("{origin}: not a valid wasm component"))?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("{origin}: cannot link the component to the wisp:proxy host API"))?;
+        let pre = RouterPre::new(instance_pre).map_err(anyhow::Error::from).with_context(|| {
+            format!("{origin}: the component does not export the wisp:proxy/router hooks")
+        })?;
+        Ok(Loaded {
+            pre,
+            origin: origin.to_owned(),
+        })
+    }
+
+    /// Loads a component and instantiates it once, so that a component
+    /// that traps in its start function is refused before it serves.
+    pub fn load_checked(&self, wasm: &[u8], origin: &str, guest: Arc<Guest>) -> anyhow::Result<Pool> {
+        let loaded = self.load(wasm, origin)?;
+        let pool = Pool::new(self.engine.clone(), loaded, guest);
+        pool.warm_up().with_context(|| format!("{origin}: cannot instantiate"))?;
+        Ok(pool)
+    }
+}
+
+/// Limits as the pool applies them.
+pub(crate) fn deadline_ticks(limits: &Limits) -> u64 {
+    let tick = EPOCH_TICK.as_millis().max(1) as u64;
+    limits.hook_deadline_ms.div_ceil(tick).max(1)
+}

@@ -1,0 +1,220 @@
+//! Header names: canonical forms, compact forms (RFC 3261 §7.3.3) and
+//! which headers carry comma-separated lists (RFC 3261 §7.3.1).
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+/// A header field name. Comparison is case-insensitive (RFC 3261 §7.3.5).
+#[derive(Debug, Clone, Eq)]
+pub enum HeaderName {
+    Via,
+    From,
+    To,
+    CallId,
+    CSeq,
+    Contact,
+    ContentLength,
+    ContentType,
+    MaxForwards,
+    Route,
+    RecordRoute,
+    Require,
+    ProxyRequire,
+    Supported,
+    Unsupported,
+    Expires,
+    Allow,
+    Authorization,
+    ProxyAuthorization,
+    WwwAuthenticate,
+    ProxyAuthenticate,
+    UserAgent,
+    Server,
+    Subject,
+    Event,
+    Path,
+    /// Any other header, as written (or the long form of a compact name
+    /// this module knows, e.g. `e` becomes `Content-Encoding`).
+    Other(String),
+}
+
+impl HeaderName {
+    /// Maps a header name, case-insensitively; compact forms map to the long
+    /// form (`i` is Call-ID, `v` is Via, ...). Does not check that `name` is
+    /// a token: the message parser and `Message::append_header` do.
+    pub fn parse(name: &str) -> HeaderName {
+        if name.len() == 1 {
+            // Compact forms: RFC 3261 §7.3.3 and later registrations.
+            let long = match name.as_bytes()[0].to_ascii_lowercase() {
+                b'i' => return HeaderName::CallId,
+                b'm' => return HeaderName::Contact,
+                b'l' => return HeaderName::ContentLength,
+                b'c' => return HeaderName::ContentType,
+                b'f' => return HeaderName::From,
+                b's' => return HeaderName::Subject,
+                b'k' => return HeaderName::Supported,
+                b't' => return HeaderName::To,
+                b'v' => return HeaderName::Via,
+                b'o' => return HeaderName::Event, // RFC 6665
+                b'e' => "Content-Encoding",
+                b'u' => "Allow-Events",        // RFC 6665
+                b'r' => "Refer-To",            // RFC 3515
+                b'b' => "Referred-By",         // RFC 3892
+                b'x' => "Session-Expires",     // RFC 4028
+                b'a' => "Accept-Contact",      // RFC 3841
+                b'j' => "Reject-Contact",      // RFC 3841
+                b'd' => "Request-Disposition", // RFC 3841
+                b'y' => "Identity",            // RFC 8224
+                b'n' => "Identity-Info",       // RFC 4474
+                _ => return HeaderName::Other(name.to_string()),
+            };
+            return HeaderName::Other(long.to_string());
+        }
+        const KNOWN: &[(&str, HeaderName)] = &[
+            ("via", HeaderName::Via),
+            ("from", HeaderName::From),
+            ("to", HeaderName::To),
+            ("call-id", HeaderName::CallId),
+            ("cseq", HeaderName::CSeq),
+            ("contact", HeaderName::Contact),
+            ("content-length", HeaderName::ContentLength),
+            ("content-type", HeaderName::ContentType),
+            ("max-forwards", HeaderName::MaxForwards),
+            ("route", HeaderName::Route),
+            ("record-route", HeaderName::RecordRoute),
+            ("require", HeaderName::Require),
+            ("proxy-require", HeaderName::ProxyRequire),
+            ("supported", HeaderName::Supported),
+            ("unsupported", HeaderName::Unsupported),
+            ("expires", HeaderName::Expires),
+            ("allow", HeaderName::Allow),
+            ("authorization", HeaderName::Authorization),
+            ("proxy-authorization", HeaderName::ProxyAuthorization),
+            ("www-authenticate", HeaderName::WwwAuthenticate),
+            ("proxy-authenticate", HeaderName::ProxyAuthenticate),
+            ("user-agent", HeaderName::UserAgent),
+            ("server", HeaderName::Server),
+            ("subject", HeaderName::Subject),
+            ("event", HeaderName::Event),
+            ("path", HeaderName::Path),
+        ];
+        for (lower, known) in KNOWN {
+            if name.eq_ignore_ascii_case(lower) {
+                return known.clone();
+            }
+        }
+        HeaderName::Other(name.to_string())
+    }
+
+    /// The canonical long name; `Other` as written.
+    pub fn as_str(&self) -> &str {
+        match self {
+            HeaderName::Via => "Via",
+            HeaderName::From => "From",
+            HeaderName::To => "To",
+            HeaderName::CallId => "Call-ID",
+            HeaderName::CSeq => "CSeq",
+            HeaderName::Contact => "Contact",
+            HeaderName::ContentLength => "Content-Length",
+            HeaderName::ContentType => "Content-Type",
+            HeaderName::MaxForwards => "Max-Forwards",
+            HeaderName::Route => "Route",
+            HeaderName::RecordRoute => "Record-Route",
+            HeaderName::Require => "Require",
+            HeaderName::ProxyRequire => "Proxy-Require",
+            HeaderName::Supported => "Supported",
+            HeaderName::Unsupported => "Unsupported",
+            HeaderName::Expires => "Expires",
+            HeaderName::Allow => "Allow",
+            HeaderName::Authorization => "Authorization",
+            HeaderName::ProxyAuthorization => "Proxy-Authorization",
+            HeaderName::WwwAuthenticate => "WWW-Authenticate",
+            HeaderName::ProxyAuthenticate => "Proxy-Authenticate",
+            HeaderName::UserAgent => "User-Agent",
+            HeaderName::Server => "Server",
+            HeaderName::Subject => "Subject",
+            HeaderName::Event => "Event",
+            HeaderName::Path => "Path",
+            HeaderName::Other(s) => s,
+        }
+    }
+
+    /// Whether the value is a comma-separated list whose elements may be
+    /// split into several header lines and back (RFC 3261 §7.3.1). Headers
+    /// whose values contain commas but are not lists (auth headers, Date,
+    /// From/To) and unknown headers are not.
+    pub fn is_list(&self) -> bool {
+        match self {
+            HeaderName::Via
+            | HeaderName::Route
+            | HeaderName::RecordRoute
+            | HeaderName::Contact
+            | HeaderName::Allow
+            | HeaderName::Require
+            | HeaderName::ProxyRequire
+            | HeaderName::Supported
+            | HeaderName::Unsupported
+            | HeaderName::Path => true,
+            HeaderName::Other(s) => [
+                "Accept",
+                "Accept-Encoding",
+                "Accept-Language",
+                "Allow-Events",
+                "Content-Encoding",
+                "Content-Language",
+                "In-Reply-To",
+                "Service-Route",
+                "Accept-Contact",
+                "Reject-Contact",
+            ]
+            .iter()
+            .any(|l| s.eq_ignore_ascii_case(l)),
+            _ => false,
+        }
+    }
+}
+
+impl PartialEq for HeaderName {
+    fn eq(&self, other: &HeaderName) -> bool {
+        self.as_str().eq_ignore_ascii_case(other.as_str())
+    }
+}
+
+impl Hash for HeaderName {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        for b in self.as_str().bytes() {
+            state.write_u8(b.to_ascii_lowercase());
+        }
+    }
+}
+
+impl fmt::Display for HeaderName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(HeaderName::parse("CALL-id"), HeaderName::CallId);
+        assert_eq!(HeaderName::parse("i"), HeaderName::CallId);
+        assert_eq!(HeaderName::parse("V"), HeaderName::Via);
+        assert_eq!(HeaderName::parse("l"), HeaderName::ContentLength);
+        assert_eq!(HeaderName::parse("k"), HeaderName::Supported);
+        assert_eq!(HeaderName::parse("r").as_str(), "Refer-To");
+        assert_eq!(HeaderName::parse("refer-to"), HeaderName::parse("r"));
+        assert_eq!(HeaderName::parse("C%6Fntact").as_str(), "C%6Fntact");
+        assert_eq!(HeaderName::CSeq.as_str(), "CSeq");
+        assert_eq!(
+            HeaderName::Other("X-Foo".into()),
+            HeaderName::Other("x-foo".into())
+        );
+        assert!(HeaderName::Via.is_list());
+        assert!(!HeaderName::From.is_list());
+        assert!(!HeaderName::parse("Date").is_list());
+    }
+}

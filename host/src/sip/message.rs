@@ -1,0 +1,578 @@
+//! The message model: start line, header lines indexed once at parse time
+//! (name + value slice of the received text), body as a `Bytes` slice of the
+//! received datagram or frame. Typed views (Via, CSeq, From/To, ...) are
+//! parsed on access.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::cseq::CSeq;
+use super::error::ParseError;
+use super::header_name::HeaderName;
+use super::method::Method;
+use super::name_addr::NameAddr;
+use super::parse::check_request_uri;
+use super::syntax::{is_token, parse_u32, trim_ws};
+use super::values::{split_first, split_list};
+use super::via::Via;
+
+/// Immutable text shared with the message it was parsed from: a range of
+/// the header section, which is converted to a string once per message so
+/// that no accessor has to validate UTF-8 again.
+#[derive(Clone)]
+pub struct Text {
+    buf: Arc<str>,
+    start: usize,
+    end: usize,
+}
+
+impl Text {
+    pub(super) fn shared(buf: &Arc<str>, start: usize, end: usize) -> Text {
+        Text {
+            buf: buf.clone(),
+            start,
+            end,
+        }
+    }
+
+    pub(super) fn owned(s: &str) -> Text {
+        Text {
+            buf: Arc::from(s),
+            start: 0,
+            end: s.len(),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.buf.get(self.start..self.end).unwrap_or("")
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+/// One header line: its name (mapped and as written) and its value
+/// (unfolded and trimmed).
+#[derive(Debug, Clone)]
+pub struct Header {
+    name: HeaderName,
+    raw_name: Text,
+    value: Text,
+}
+
+impl Header {
+    pub(super) fn new(name: HeaderName, raw_name: Text, value: Text) -> Header {
+        Header {
+            name,
+            raw_name,
+            value,
+        }
+    }
+
+    pub fn name(&self) -> &HeaderName {
+        &self.name
+    }
+
+    /// The name as written on the wire ("v", "VIA", "Call-ID", ...).
+    pub fn raw_name(&self) -> &str {
+        self.raw_name.as_str()
+    }
+
+    pub fn value(&self) -> &str {
+        self.value.as_str()
+    }
+}
+
+/// The first line of a message.
+#[derive(Debug, Clone)]
+pub enum StartLine {
+    Request { method: Method, uri: Text },
+    Response { code: u16, reason: Text },
+}
+
+/// A SIP request or response.
+#[derive(Debug, Clone)]
+pub struct Message {
+    start: StartLine,
+    headers: Vec<Header>,
+    body: Bytes,
+}
+
+/// Refuses values that would break the message framing.
+fn check_value(value: &str) -> Result<(), ParseError> {
+    if value.contains(['\r', '\n', '\0']) {
+        return Err(ParseError::new("Header value contains CR, LF or NUL"));
+    }
+    Ok(())
+}
+
+fn check_name(name: &HeaderName) -> Result<(), ParseError> {
+    if !is_token(name.as_str()) {
+        return Err(ParseError::new("Bad header name"));
+    }
+    Ok(())
+}
+
+impl Message {
+    pub(super) fn from_parts(start: StartLine, headers: Vec<Header>, body: Bytes) -> Message {
+        Message {
+            start,
+            headers,
+            body,
+        }
+    }
+
+    /// A new request with no headers and an empty body.
+    pub fn new_request(method: Method, uri: &str) -> Result<Message, ParseError> {
+        if !is_token(method.as_str()) {
+            return Err(ParseError::new("Bad method"));
+        }
+        check_request_uri(uri)?;
+        Ok(Message::from_parts(
+            StartLine::Request {
+                method,
+                uri: Text::owned(uri),
+            },
+            Vec::new(),
+            Bytes::new(),
+        ))
+    }
+
+    /// A new response with no headers and an empty body. Control characters
+    /// in `reason` are replaced by spaces.
+    pub fn new_response(code: u16, reason: &str) -> Message {
+        let reason: String = reason
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        Message::from_parts(
+            StartLine::Response {
+                code,
+                reason: Text::owned(&reason),
+            },
+            Vec::new(),
+            Bytes::new(),
+        )
+    }
+
+    pub fn start_line(&self) -> &StartLine {
+        &self.start
+    }
+
+    pub fn is_request(&self) -> bool {
+        matches!(self.start, StartLine::Request { .. })
+    }
+
+    /// The request method; `None` for responses.
+    pub fn method(&self) -> Option<&Method> {
+        match &self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The Request-URI as written; `None` for responses.
+    pub fn uri(&self) -> Option<&str> {
+        match &self.start {
+            StartLine::Request { uri, .. } => Some(uri.as_str()),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// Replaces the Request-URI (checked as `parse` checks it). Err for
+    /// responses or an invalid URI.
+    pub fn set_uri(&mut self, new: &str) -> Result<(), ParseError> {
+        check_request_uri(new)?;
+        match &mut self.start {
+            StartLine::Request { uri, .. } => {
+                *uri = Text::owned(new);
+                Ok(())
+            }
+            StartLine::Response { .. } => Err(ParseError::new("Not a request")),
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match &self.start {
+            StartLine::Response { code, .. } => Some(*code),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        match &self.start {
+            StartLine::Response { reason, .. } => Some(reason.as_str()),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    pub fn headers(&self) -> &[Header] {
+        &self.headers
+    }
+
+    /// The value of the first header line of that name.
+    pub fn header(&self, name: &HeaderName) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.name == *name)
+            .map(Header::value)
+    }
+
+    /// Each header line's value, in order.
+    pub fn header_lines<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |h| h.name == *name)
+            .map(Header::value)
+    }
+
+    /// Every value of that header: list headers (`name.is_list()`) are split
+    /// on commas outside quotes and `<>`, and empty elements skipped; other
+    /// headers give one (trimmed) value per line.
+    pub fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a str> + 'a {
+        let list = name.is_list();
+        self.header_lines(name).flat_map(move |v| {
+            let (whole, parts) = if list {
+                (None, Some(split_list(v)))
+            } else {
+                (Some(trim_ws(v)), None)
+            };
+            whole.into_iter().chain(parts.into_iter().flatten())
+        })
+    }
+
+    fn make_header(name: HeaderName, value: &str) -> Result<Header, ParseError> {
+        check_name(&name)?;
+        check_value(value)?;
+        let raw = Text::owned(name.as_str());
+        Ok(Header::new(name, raw, Text::owned(trim_ws(value))))
+    }
+
+    /// Adds a header line after all the others.
+    pub fn append_header(&mut self, name: HeaderName, value: &str) -> Result<(), ParseError> {
+        let h = Self::make_header(name, value)?;
+        self.headers.push(h);
+        Ok(())
+    }
+
+    /// Adds a header line before the first one of the same name, or at the
+    /// top of the headers when there is none (Via, Record-Route).
+    pub fn prepend_header(&mut self, name: HeaderName, value: &str) -> Result<(), ParseError> {
+        let h = Self::make_header(name, value)?;
+        let at = self
+            .headers
+            .iter()
+            .position(|x| x.name == h.name)
+            .unwrap_or(0);
+        self.headers.insert(at, h);
+        Ok(())
+    }
+
+    /// Removes every line of that header; returns how many.
+    pub fn remove_headers(&mut self, name: &HeaderName) -> usize {
+        let before = self.headers.len();
+        self.headers.retain(|h| h.name != *name);
+        before - self.headers.len()
+    }
+
+    /// Removes and returns the first value of a header. For list headers
+    /// only the first element goes when a line holds several ("a, b"
+    /// becomes "b"); lines left without any value are removed.
+    pub fn pop_first_value(&mut self, name: &HeaderName) -> Option<String> {
+        loop {
+            let i = self.headers.iter().position(|h| h.name == *name)?;
+            let value = self.headers[i].value();
+            if !name.is_list() {
+                let v = trim_ws(value).to_string();
+                self.headers.remove(i);
+                return Some(v);
+            }
+            match split_first(value) {
+                None => {
+                    self.headers.remove(i);
+                }
+                Some((first, None)) => {
+                    let first = first.to_string();
+                    self.headers.remove(i);
+                    return Some(first);
+                }
+                Some((first, Some(rest))) => {
+                    let first = first.to_string();
+                    self.headers[i].value = Text::owned(rest);
+                    return Some(first);
+                }
+            }
+        }
+    }
+
+    /// Replaces the first value of a header (only the first element of a
+    /// list line), e.g. the top Via after adding received/rport. Err when the
+    /// header is absent or the value contains CR, LF or NUL.
+    pub fn replace_first_value(
+        &mut self,
+        name: &HeaderName,
+        value: &str,
+    ) -> Result<(), ParseError> {
+        check_value(value)?;
+        let value = trim_ws(value);
+        // Skip lines that hold no value at all (e.g. an empty "Route:").
+        let found = self
+            .headers
+            .iter()
+            .position(|h| h.name == *name && (!name.is_list() || split_first(h.value()).is_some()));
+        let i = found.ok_or_else(|| ParseError::missing(name.as_str()))?;
+        let new = match split_first(self.headers[i].value()) {
+            Some((_, Some(rest))) if name.is_list() => format!("{value}, {rest}"),
+            _ => value.to_string(),
+        };
+        self.headers[i].value = Text::owned(&new);
+        Ok(())
+    }
+
+    /// The first Via value, parsed.
+    pub fn top_via(&self) -> Result<Via, ParseError> {
+        let v = self
+            .values(&HeaderName::Via)
+            .next()
+            .ok_or_else(|| ParseError::missing("Via"))?;
+        Via::parse(v)
+    }
+
+    pub fn call_id(&self) -> Option<&str> {
+        self.header(&HeaderName::CallId)
+    }
+
+    pub fn cseq(&self) -> Result<CSeq, ParseError> {
+        CSeq::parse(
+            self.header(&HeaderName::CSeq)
+                .ok_or_else(|| ParseError::missing("CSeq"))?,
+        )
+    }
+
+    pub fn from(&self) -> Result<NameAddr, ParseError> {
+        let v = self
+            .header(&HeaderName::From)
+            .ok_or_else(|| ParseError::missing("From"))?;
+        NameAddr::parse(v).map_err(|e| ParseError::bad_header("From", e.reason()))
+    }
+
+    pub fn to(&self) -> Result<NameAddr, ParseError> {
+        let v = self
+            .header(&HeaderName::To)
+            .ok_or_else(|| ParseError::missing("To"))?;
+        NameAddr::parse(v).map_err(|e| ParseError::bad_header("To", e.reason()))
+    }
+
+    /// Max-Forwards: `None` when absent, Err when not a number (1*DIGIT
+    /// that fits a u32; the RFC's 0..=255 is not enforced).
+    pub fn max_forwards(&self) -> Option<Result<u32, ParseError>> {
+        self.header(&HeaderName::MaxForwards).map(|v| {
+            parse_u32(v).ok_or_else(|| ParseError::bad_header("Max-Forwards", "not a number"))
+        })
+    }
+
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// Replaces the body; `to_bytes` writes the matching Content-Length.
+    pub fn set_body(&mut self, body: Bytes) {
+        self.body = body;
+    }
+
+    /// Serializes the message: start line, header lines with their names as
+    /// written, Content-Length set to the body length (in place of the first
+    /// Content-Length line, others dropped; appended when there was none),
+    /// an empty line and the body.
+    pub fn to_bytes(&self) -> Bytes {
+        let head: usize = self
+            .headers
+            .iter()
+            .map(|h| h.raw_name().len() + h.value().len() + 4)
+            .sum();
+        let mut out = BytesMut::with_capacity(head + self.body.len() + 128);
+        match &self.start {
+            StartLine::Request { method, uri } => {
+                out.put_slice(method.as_str().as_bytes());
+                out.put_u8(b' ');
+                out.put_slice(uri.as_str().as_bytes());
+                out.put_slice(b" SIP/2.0\r\n");
+            }
+            StartLine::Response { code, reason } => {
+                out.put_slice(format!("SIP/2.0 {code:03} ").as_bytes());
+                out.put_slice(reason.as_str().as_bytes());
+                out.put_slice(b"\r\n");
+            }
+        }
+        let length = self.body.len().to_string();
+        let mut wrote_length = false;
+        for h in &self.headers {
+            let value = if h.name == HeaderName::ContentLength {
+                if wrote_length {
+                    continue;
+                }
+                wrote_length = true;
+                &length
+            } else {
+                h.value()
+            };
+            out.put_slice(h.raw_name().as_bytes());
+            out.put_slice(b": ");
+            out.put_slice(value.as_bytes());
+            out.put_slice(b"\r\n");
+        }
+        if !wrote_length {
+            out.put_slice(b"Content-Length: ");
+            out.put_slice(length.as_bytes());
+            out.put_slice(b"\r\n");
+        }
+        out.put_slice(b"\r\n");
+        out.put_slice(&self.body);
+        out.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse::parse;
+    use super::*;
+
+    fn msg() -> Message {
+        parse(Bytes::from_static(
+            b"OPTIONS sip:a@b SIP/2.0\r\n\
+              Via: SIP/2.0/UDP h1;branch=z9hG4bK1, SIP/2.0/UDP h2;branch=z9hG4bK2\r\n\
+              v: SIP/2.0/TCP h3;branch=z9hG4bK3\r\n\
+              Route: <sip:r1;lr>\r\nRoute: <sip:r2;lr>, <sip:r3;lr>\r\n\
+              From: \"A, B\" <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: x@y\r\n\
+              CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nl: 2\r\n\r\nhi",
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn accessors() {
+        let m = msg();
+        assert_eq!(m.call_id(), Some("x@y"));
+        assert_eq!(m.top_via().unwrap().branch(), Some("z9hG4bK1"));
+        assert_eq!(m.from().unwrap().display.as_deref(), Some("A, B"));
+        assert_eq!(m.values(&HeaderName::From).count(), 1);
+        assert_eq!(
+            m.values(&HeaderName::Route).collect::<Vec<_>>(),
+            vec!["<sip:r1;lr>", "<sip:r2;lr>", "<sip:r3;lr>"]
+        );
+        assert_eq!(m.max_forwards(), Some(Ok(70)));
+        assert_eq!(m.status(), None);
+    }
+
+    #[test]
+    fn editing() {
+        let mut m = msg();
+        m.prepend_header(HeaderName::Via, "SIP/2.0/UDP proxy;branch=z9hG4bKp")
+            .unwrap();
+        assert_eq!(m.top_via().unwrap().host.to_string(), "proxy");
+        assert_eq!(m.headers()[0].name(), &HeaderName::Via);
+        assert_eq!(
+            m.pop_first_value(&HeaderName::Via).as_deref(),
+            Some("SIP/2.0/UDP proxy;branch=z9hG4bKp")
+        );
+        assert_eq!(
+            m.pop_first_value(&HeaderName::Via).as_deref(),
+            Some("SIP/2.0/UDP h1;branch=z9hG4bK1")
+        );
+        assert_eq!(
+            m.header(&HeaderName::Via),
+            Some("SIP/2.0/UDP h2;branch=z9hG4bK2")
+        );
+        let mut via = m.top_via().unwrap();
+        via.set_param("received", Some("192.0.2.1"));
+        m.replace_first_value(&HeaderName::Via, &via.to_string())
+            .unwrap();
+        assert_eq!(m.top_via().unwrap().received(), Some("192.0.2.1"));
+        assert_eq!(m.values(&HeaderName::Via).count(), 2);
+
+        // Record-Route goes on top when there is none.
+        m.prepend_header(HeaderName::RecordRoute, "<sip:p;lr>")
+            .unwrap();
+        assert_eq!(m.headers()[0].name(), &HeaderName::RecordRoute);
+        m.append_header(HeaderName::parse("X-Test"), "1").unwrap();
+        assert!(m.append_header(HeaderName::parse("X Bad"), "1").is_err());
+        assert!(m.append_header(HeaderName::Subject, "a\r\nVia: x").is_err());
+        assert!(m.append_header(HeaderName::Subject, "a\0").is_err());
+        assert_eq!(m.remove_headers(&HeaderName::Route), 2);
+        assert_eq!(m.pop_first_value(&HeaderName::Route), None);
+        assert!(m
+            .replace_first_value(&HeaderName::Route, "<sip:x>")
+            .is_err());
+
+        m.set_uri("sip:new@example.com").unwrap();
+        assert_eq!(m.uri(), Some("sip:new@example.com"));
+        assert!(m.set_uri("sip:bad uri").is_err());
+        assert!(m.set_uri("sip:a@b?Route=x").is_err());
+
+        m.set_body(Bytes::from_static(b"longer body"));
+        let again = parse(m.to_bytes()).unwrap();
+        assert_eq!(&again.body()[..], b"longer body");
+        assert_eq!(again.header(&HeaderName::ContentLength), Some("11"));
+        assert_eq!(
+            again
+                .headers()
+                .iter()
+                .find(|h| h.name() == &HeaderName::ContentLength)
+                .unwrap()
+                .raw_name(),
+            "l"
+        );
+        assert_eq!(again.header(&HeaderName::parse("x-test")), Some("1"));
+    }
+
+    #[test]
+    fn serializes_raw_names_and_adds_length() {
+        let m = parse(Bytes::from_static(
+            b"SIP/2.0 200 OK\r\nv: SIP/2.0/UDP h\r\nCALL-ID: a\r\n\r\nxyz",
+        ))
+        .unwrap();
+        assert_eq!(
+            &m.to_bytes()[..],
+            b"SIP/2.0 200 OK\r\nv: SIP/2.0/UDP h\r\nCALL-ID: a\r\nContent-Length: 3\r\n\r\nxyz"
+        );
+        let mut r = Message::new_response(200, "OK");
+        r.set_body(Bytes::new());
+        assert_eq!(
+            &r.to_bytes()[..],
+            b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n"
+        );
+        let req = Message::new_request(Method::Options, "sip:x").unwrap();
+        assert_eq!(
+            &req.to_bytes()[..],
+            b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 0\r\n\r\n"
+        );
+        assert!(Message::new_request(Method::Other("A B".into()), "sip:x").is_err());
+    }
+
+    #[test]
+    fn bare_lf_lines() {
+        let m = parse(Bytes::from_static(
+            b"OPTIONS sip:a@b SIP/2.0\nVia: SIP/2.0/UDP h\nSubject: a\n b\nl: 2\n\nok",
+        ))
+        .unwrap();
+        assert_eq!(m.header(&HeaderName::Subject), Some("a b"));
+        assert_eq!(&m.body()[..], b"ok");
+    }
+}

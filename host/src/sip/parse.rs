@@ -1,0 +1,394 @@
+//! Parsing one message (RFC 3261 §7) and framing messages on a stream
+//! (RFC 3261 §18.3).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::error::ParseError;
+use super::header_name::HeaderName;
+use super::message::{Header, Message, StartLine, Text};
+use super::method::Method;
+use super::syntax::{is_token, is_ws, trim_ws};
+use super::uri::Uri;
+
+/// Largest header section `frame` waits for.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Largest body `frame` accepts on a stream (a guard against a peer that
+/// announces gigabytes); larger Content-Length values are an error.
+pub const MAX_STREAM_BODY: usize = 16 * 1024 * 1024;
+
+/// Number of leading CRLFs (or bare LFs) — keep-alives and the empty lines
+/// RFC 3261 §7.5 tells us to ignore before a start line.
+fn leading_newlines(data: &[u8]) -> usize {
+    let mut i = 0;
+    loop {
+        if data[i..].starts_with(b"\r\n") {
+            i += 2;
+        } else if data[i..].starts_with(b"\n") {
+            i += 1;
+        } else {
+            return i;
+        }
+    }
+}
+
+/// Finds the end of the header section in `data` (which starts at the start
+/// line): returns (end of the last header line, start of the body). Lines
+/// end with CRLF or a bare LF (RFC 5118's messages use LF). `None` when no
+/// empty line was found.
+fn find_head_end(data: &[u8]) -> Option<(usize, usize)> {
+    let mut pos = 0;
+    while let Some(nl) = data[pos..].iter().position(|&c| c == b'\n') {
+        let nl = pos + nl;
+        let line = &data[pos..nl];
+        if line.is_empty() || line == b"\r" {
+            return Some((pos, nl + 1));
+        }
+        pos = nl + 1;
+    }
+    None
+}
+
+/// The checks a Request-URI gets: it parses as a URI (sip, sips and tel
+/// fully; other schemes as opaque absolute URIs), and a SIP URI carries no
+/// `?headers` (RFC 3261 §19.1.1 table 1; RFC 4475 escruri).
+pub(super) fn check_request_uri(uri: &str) -> Result<Uri, ParseError> {
+    let parsed = Uri::parse(uri)
+        .map_err(|e| ParseError::owned(format!("Bad Request-URI: {}", e.reason())))?;
+    if parsed.is_sip() && !parsed.headers.is_empty() {
+        return Err(ParseError::new("Bad Request-URI: headers not allowed"));
+    }
+    Ok(parsed)
+}
+
+fn is_sip_version(s: &str) -> bool {
+    s.eq_ignore_ascii_case("SIP/2.0")
+}
+
+/// Request-Line = Method SP Request-URI SP SIP-Version (single spaces,
+/// RFC 4475 lwsstart/trws/lwsruri); Status-Line = SIP-Version SP
+/// Status-Code SP Reason-Phrase.
+fn parse_start_line(line: &str, buf: &Arc<str>, offset: usize) -> Result<StartLine, ParseError> {
+    if line
+        .get(..4)
+        .is_some_and(|v| v.eq_ignore_ascii_case("SIP/"))
+    {
+        let (version, rest) = line
+            .split_once(' ')
+            .ok_or_else(|| ParseError::new("Bad status line"))?;
+        if !is_sip_version(version) {
+            return Err(ParseError::new("Unsupported SIP version"));
+        }
+        let (code, reason) = match rest.split_once(' ') {
+            Some((c, r)) => (c, r),
+            None => (rest, ""),
+        };
+        if code.len() != 3 || !code.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(ParseError::new("Bad status code"));
+        }
+        let code: u16 = code
+            .parse()
+            .map_err(|_| ParseError::new("Bad status code"))?;
+        if reason.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(ParseError::new("Bad reason phrase"));
+        }
+        let start = offset + line.len() - reason.len();
+        return Ok(StartLine::Response {
+            code,
+            reason: Text::shared(buf, start, offset + line.len()),
+        });
+    }
+    let (method, rest) = line
+        .split_once(' ')
+        .ok_or_else(|| ParseError::new("Bad request line"))?;
+    if !is_token(method) {
+        return Err(ParseError::new("Bad method"));
+    }
+    let (uri, version) = rest
+        .rsplit_once(' ')
+        .ok_or_else(|| ParseError::new("Bad request line"))?;
+    if !is_sip_version(version) {
+        return Err(ParseError::new("Unsupported SIP version"));
+    }
+    if uri.is_empty() || uri.bytes().any(is_ws) {
+        return Err(ParseError::new("Bad Request-URI: whitespace"));
+    }
+    check_request_uri(uri)?;
+    let start = offset + method.len() + 1;
+    Ok(StartLine::Request {
+        method: Method::parse(method),
+        uri: Text::shared(buf, start, start + uri.len()),
+    })
+}
+
+/// A header line being collected; continuation lines are joined to it.
+struct Pending {
+    name_start: usize,
+    name_end: usize,
+    value_start: usize,
+    value_end: usize,
+    /// The unfolded value once a continuation line was seen.
+    folded: Option<String>,
+}
+
+impl Pending {
+    fn finish(self, buf: &Arc<str>) -> Header {
+        let raw_name = Text::shared(buf, self.name_start, self.name_end);
+        let name = HeaderName::parse(raw_name.as_str());
+        let value = match self.folded {
+            Some(v) => Text::owned(trim_ws(&v)),
+            None => Text::shared(buf, self.value_start, self.value_end),
+        };
+        Header::new(name, raw_name, value)
+    }
+}
+
+/// Parses one complete message: a datagram, or a frame cut by [`frame`].
+///
+/// Leading CRLFs are skipped. Folded header lines (CRLF followed by SP or
+/// HTAB, RFC 3261 §7.3.1) are joined with one space. Header names must be
+/// tokens and the header section UTF-8. When a Content-Length is present
+/// the body is exactly that long and any bytes after it are ignored
+/// (RFC 4475 dblreq); when absent the rest of the data is the body. A
+/// message whose headers run to the end of the data without an empty line
+/// is accepted with an empty body. Headers other than Content-Length are
+/// only indexed here; [`validate`](super::validate) checks them.
+pub fn parse(data: Bytes) -> Result<Message, ParseError> {
+    let skip = leading_newlines(&data);
+    let rest = &data[skip..];
+    if rest.is_empty() {
+        return Err(ParseError::new("Empty message"));
+    }
+    let (head_end, body_start) = find_head_end(rest).unwrap_or((rest.len(), rest.len()));
+    let head = std::str::from_utf8(&rest[..head_end])
+        .map_err(|_| ParseError::new("Header section is not UTF-8"))?;
+    let buf: Arc<str> = Arc::from(head);
+
+    let mut start_line = None;
+    let mut headers = Vec::new();
+    let mut pending: Option<Pending> = None;
+    let mut pos = 0;
+    while pos < buf.len() {
+        let nl = buf[pos..].find('\n').map_or(buf.len(), |i| pos + i);
+        let raw_line = &buf[pos..nl];
+        let line = raw_line.strip_suffix('\r').unwrap_or(raw_line);
+        if line.contains('\r') {
+            return Err(ParseError::new("Bare CR in header section"));
+        }
+        let line_start = pos;
+        pos = nl + 1;
+        if start_line.is_none() {
+            start_line = Some(parse_start_line(line, &buf, line_start)?);
+            continue;
+        }
+        if line.starts_with([' ', '\t']) {
+            // Continuation of the previous header line.
+            let p = pending
+                .as_mut()
+                .ok_or_else(|| ParseError::new("Folded line after start line"))?;
+            let folded = p
+                .folded
+                .get_or_insert_with(|| buf[p.value_start..p.value_end].to_string());
+            let more = trim_ws(line);
+            if !more.is_empty() {
+                folded.truncate(folded.trim_end_matches([' ', '\t']).len());
+                folded.push(' ');
+                folded.push_str(more);
+            }
+            continue;
+        }
+        if let Some(p) = pending.take() {
+            headers.push(p.finish(&buf));
+        }
+        // header = name *(SP/HTAB) ":" SWS value (HCOLON, RFC 3261 §25.1).
+        let colon = line
+            .find(':')
+            .ok_or_else(|| ParseError::new("Header line without colon"))?;
+        let name = line[..colon].trim_end_matches([' ', '\t']);
+        if !is_token(name) {
+            return Err(ParseError::new("Bad header name"));
+        }
+        let after = &line[colon + 1..];
+        let value = trim_ws(after);
+        let lead = after.len() - after.trim_start_matches([' ', '\t']).len();
+        let value_start = line_start + colon + 1 + lead;
+        pending = Some(Pending {
+            name_start: line_start,
+            name_end: line_start + name.len(),
+            value_start,
+            value_end: value_start + value.len(),
+            folded: None,
+        });
+    }
+    if let Some(p) = pending.take() {
+        headers.push(p.finish(&buf));
+    }
+    let start_line = start_line.ok_or_else(|| ParseError::new("Empty message"))?;
+
+    let body_data = data.slice(skip + body_start..);
+    let mut lengths = headers
+        .iter()
+        .filter(|h| *h.name() == HeaderName::ContentLength);
+    let body = match (lengths.next(), lengths.next()) {
+        (None, _) => body_data,
+        (Some(_), Some(_)) => return Err(ParseError::new("Multiple Content-Length headers")),
+        (Some(h), None) => {
+            let len = parse_length(h.value())?;
+            if len > body_data.len() {
+                return Err(ParseError::new("Content-Length exceeds body"));
+            }
+            body_data.slice(..len)
+        }
+    };
+    Ok(Message::from_parts(start_line, headers, body))
+}
+
+fn parse_length(v: &str) -> Result<usize, ParseError> {
+    let v = trim_ws(v);
+    if v.is_empty() || !v.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(ParseError::new("Bad Content-Length"));
+    }
+    v.parse().map_err(|_| ParseError::new("Bad Content-Length"))
+}
+
+/// Stream framing (RFC 3261 §18.3): how many bytes at the start of `buf`
+/// make up the first message, counting the CRLFs skipped before it.
+/// `Ok(None)` when more bytes are needed; Err when the header section
+/// exceeds [`MAX_HEADER_BYTES`] or Content-Length — mandatory on streams —
+/// is missing, repeated or not a number.
+pub fn frame(buf: &[u8]) -> Result<Option<usize>, ParseError> {
+    let skip = leading_newlines(buf);
+    let rest = &buf[skip..];
+    let Some((head_end, body_start)) = find_head_end(rest) else {
+        if rest.len() > MAX_HEADER_BYTES {
+            return Err(ParseError::new("Header section too large"));
+        }
+        return Ok(None);
+    };
+    if head_end > MAX_HEADER_BYTES {
+        return Err(ParseError::new("Header section too large"));
+    }
+    // Find Content-Length (or "l") among the header lines, with its
+    // continuation lines.
+    let mut length: Option<Vec<u8>> = None;
+    let mut in_length = false;
+    for raw in rest[..head_end].split(|&c| c == b'\n').skip(1) {
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if line.first().is_some_and(|&c| is_ws(c)) {
+            if in_length {
+                if let Some(v) = length.as_mut() {
+                    v.extend_from_slice(line);
+                }
+            }
+            continue;
+        }
+        in_length = false;
+        let Some(colon) = line.iter().position(|&c| c == b':') else {
+            continue;
+        };
+        let name = line[..colon].trim_ascii_end();
+        if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
+            if length.is_some() {
+                return Err(ParseError::new("Multiple Content-Length headers"));
+            }
+            length = Some(line[colon + 1..].to_vec());
+            in_length = true;
+        }
+    }
+    let length = length.ok_or_else(|| ParseError::new("Missing Content-Length header"))?;
+    let length = std::str::from_utf8(&length)
+        .map_err(|_| ParseError::new("Bad Content-Length"))
+        .and_then(parse_length)?;
+    if length > MAX_STREAM_BODY {
+        return Err(ParseError::new("Body too large"));
+    }
+    let total = skip + body_start + length;
+    Ok((buf.len() >= total).then_some(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(s: &str) -> Result<Message, ParseError> {
+        parse(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    const REQ: &str = "\r\n\r\nINVITE sip:bob@example.com SIP/2.0\r\n\
+        Via: SIP/2.0/UDP a.example.com;branch=z9hG4bK1\r\n\
+        v: SIP/2.0/UDP b.example.com;branch=z9hG4bK2, SIP/2.0/TCP c.example.com\r\n\
+        Subject: one\r\n  two\r\n\tthree\r\n\
+        l: 4\r\n\r\nbodyEXTRA";
+
+    #[test]
+    fn parses_request() {
+        let m = msg(REQ).unwrap();
+        assert!(m.is_request());
+        assert_eq!(m.method(), Some(&Method::Invite));
+        assert_eq!(m.uri(), Some("sip:bob@example.com"));
+        assert_eq!(m.header(&HeaderName::Subject), Some("one two three"));
+        assert_eq!(m.headers()[1].raw_name(), "v");
+        assert_eq!(m.values(&HeaderName::Via).count(), 3);
+        assert_eq!(m.header_lines(&HeaderName::Via).count(), 2);
+        assert_eq!(&m.body()[..], b"body");
+    }
+
+    #[test]
+    fn parses_response() {
+        let m = msg("SIP/2.0 180 Ringing\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert_eq!((m.status(), m.reason()), (Some(180), Some("Ringing")));
+        let m = msg("SIP/2.0 100 \r\n\r\n").unwrap();
+        assert_eq!(m.reason(), Some(""));
+        assert!(msg("SIP/2.0 4294967301 x\r\n\r\n").is_err());
+        assert!(msg("SIP/3.0 200 OK\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn rejects() {
+        for s in [
+            "",
+            "\r\n",
+            "INVITE  sip:a@b SIP/2.0\r\n\r\n",
+            "INVITE sip:a@b SIP/2.0 \r\n\r\n",
+            "INVITE sip:a@b; lr SIP/2.0\r\n\r\n",
+            "INVITE <sip:a@b> SIP/2.0\r\n\r\n",
+            "INVITE sip:a@b?Route=x SIP/2.0\r\n\r\n",
+            "INVITE sip:a@b SIP/7.0\r\n\r\n",
+            "INV(TE sip:a@b SIP/2.0\r\n\r\n",
+            "INVITE sip:a@b SIP/2.0\r\nBad Name: x\r\n\r\n",
+            "INVITE sip:a@b SIP/2.0\r\nNoColon\r\n\r\n",
+            "INVITE sip:a@b SIP/2.0\r\n folded\r\n\r\n",
+            "INVITE sip:a@b SIP/2.0\r\nX: a\rb\r\n\r\n",
+            "INVITE sip:a@b SIP/2.0\r\nl: 5\r\n\r\nabc",
+            "INVITE sip:a@b SIP/2.0\r\nl: -1\r\n\r\n",
+            "INVITE sip:a@b SIP/2.0\r\nl: 1\r\nContent-Length: 1\r\n\r\na",
+            "INVITE sip:a@b SIP/2.0\r\nl: 99999999999999999999999\r\n\r\n",
+        ] {
+            assert!(msg(s).is_err(), "{s:?}");
+        }
+        assert!(parse(Bytes::from_static(
+            b"INVITE sip:a@b SIP/2.0\r\nX: \xff\r\n\r\n"
+        ))
+        .is_err());
+        // Found by fuzzing: a multi-byte character across byte 4.
+        assert!(msg("SIP\u{442}\u{43e} x\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn frames() {
+        let full = REQ.as_bytes();
+        let n = full.len() - "EXTRA".len();
+        assert_eq!(frame(full).unwrap(), Some(n));
+        assert_eq!(frame(&full[..n - 1]).unwrap(), None);
+        assert_eq!(frame(&full[..20]).unwrap(), None);
+        assert_eq!(frame(b"\r\n\r\n").unwrap(), None);
+        assert!(frame(b"OPTIONS sip:a@b SIP/2.0\r\nVia: x\r\n\r\n").is_err());
+        assert!(frame(b"OPTIONS sip:a@b SIP/2.0\r\nl: x\r\n\r\n").is_err());
+        let big = vec![b'a'; MAX_HEADER_BYTES + 1];
+        assert!(frame(&big).is_err());
+        let folded = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length:\r\n 2\r\n\r\nhi";
+        assert_eq!(frame(folded).unwrap(), Some(folded.len()));
+    }
+}

@@ -1,0 +1,75 @@
+//! Building replies to requests (RFC 3261 §8.2.6).
+
+use super::header_name::HeaderName;
+use super::message::Message;
+use super::name_addr::NameAddr;
+
+/// A reply to `req`: copies every Via line (same order), From, To (with
+/// `;tag=to_tag` added when given and To has none), Call-ID and CSeq, and
+/// sets Content-Length 0. Works on requests that failed `validate`: what is
+/// missing is simply not copied, what is malformed is copied as is.
+pub fn response_to(req: &Message, code: u16, reason: &str, to_tag: Option<&str>) -> Message {
+    let mut resp = Message::new_response(code, reason);
+    // Values come from a parsed message, so they pass append_header's
+    // checks; errors are ignored rather than unwrapped all the same.
+    for v in req.header_lines(&HeaderName::Via) {
+        let _ = resp.append_header(HeaderName::Via, v);
+    }
+    if let Some(v) = req.header(&HeaderName::From) {
+        let _ = resp.append_header(HeaderName::From, v);
+    }
+    if let Some(v) = req.header(&HeaderName::To) {
+        let has_tag = match NameAddr::parse(v) {
+            Ok(to) => to.tag().is_some(),
+            Err(_) => v.to_ascii_lowercase().contains(";tag="),
+        };
+        let tag = to_tag.filter(|t| !has_tag && super::syntax::is_token(t));
+        let value = match tag {
+            Some(t) => format!("{v};tag={t}"),
+            None => v.to_string(),
+        };
+        let _ = resp.append_header(HeaderName::To, &value);
+    }
+    for name in [HeaderName::CallId, HeaderName::CSeq] {
+        if let Some(v) = req.header(&name) {
+            let _ = resp.append_header(name, v);
+        }
+    }
+    let _ = resp.append_header(HeaderName::ContentLength, "0");
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse::parse;
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn builds_reply() {
+        let req = parse(Bytes::from_static(
+            b"INVITE sip:a@b SIP/2.0\r\nv: SIP/2.0/UDP h1;branch=z9hG4bK1, SIP/2.0/UDP h2\r\n\
+              Via: SIP/2.0/TCP h3\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\ni: x@y\r\n\
+              CSeq: 1 INVITE\r\nContact: <sip:x@y>\r\nl: 3\r\n\r\nabc",
+        ))
+        .unwrap();
+        let r = response_to(&req, 486, "Busy Here", Some("t1"));
+        let text = String::from_utf8(r.to_bytes().to_vec()).unwrap();
+        assert_eq!(
+            text,
+            "SIP/2.0 486 Busy Here\r\nVia: SIP/2.0/UDP h1;branch=z9hG4bK1, SIP/2.0/UDP h2\r\n\
+             Via: SIP/2.0/TCP h3\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=t1\r\n\
+             Call-ID: x@y\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        );
+        let r2 = parse(r.to_bytes()).unwrap();
+        assert_eq!(r2.to().unwrap().tag(), Some("t1"));
+        // A To that already has a tag keeps it.
+        let r3 = response_to(&r2, 200, "OK", Some("t2"));
+        assert_eq!(r3.to().unwrap().tag(), Some("t1"));
+        // A request missing everything still gets a reply.
+        let bad = parse(Bytes::from_static(b"FOO sip:a@b SIP/2.0\r\n\r\n")).unwrap();
+        let r = response_to(&bad, 400, "Bad\r\nRequest", None);
+        assert_eq!(r.reason(), Some("Bad  Request"));
+        assert_eq!(r.headers().len(), 1);
+    }
+}

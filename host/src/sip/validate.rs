@@ -1,0 +1,199 @@
+//! What a proxy checks before routing: `validate` (syntax of the headers a
+//! proxy relies on, RFC 3261 §16.3 step 1) and `sanity_check` (application
+//! answers like Kamailio's sanity module: 400, 416, 420).
+
+use super::error::ParseError;
+use super::header_name::HeaderName;
+use super::message::Message;
+use super::method::Method;
+use super::name_addr::NameAddr;
+use super::uri::{Scheme, Uri};
+use super::via::Via;
+
+/// Exactly one line of a single-value header (RFC 4475 multi01).
+fn single<'a>(msg: &'a Message, name: &'a HeaderName) -> Result<&'a str, ParseError> {
+    let mut lines = msg.header_lines(name);
+    match (lines.next(), lines.next()) {
+        (None, _) => Err(ParseError::missing(name.as_str())),
+        (Some(v), None) => Ok(v),
+        (Some(_), Some(_)) => Err(ParseError::owned(format!(
+            "Multiple {} headers",
+            name.as_str()
+        ))),
+    }
+}
+
+/// Checks the headers a proxy routes on:
+/// - exactly one Call-ID, CSeq, From and To, and at most one Max-Forwards;
+/// - at least one Via, and every Via value parses (sent-by with host and
+///   port, received an IP address);
+/// - From and To parse as name-addr or addr-spec with a valid URI;
+/// - CSeq parses (number below 2^31) and, in a request, names the request's
+///   method (RFC 3261 §8.1.1.5; ACK and CANCEL carry their own method);
+/// - Max-Forwards is a number;
+/// - a response's code is 100..=699.
+///
+/// Headers a proxy need not understand (Contact, Date, Expires,
+/// Content-Type, ...) are left alone, so RFC 4475 baddate and regbadct pass
+/// while badaspec and baddn (bad To/From) fail.
+pub fn validate(msg: &Message) -> Result<(), ParseError> {
+    if let Some(code) = msg.status() {
+        if !(100..=699).contains(&code) {
+            return Err(ParseError::new("Bad status code"));
+        }
+    }
+    let call_id = single(msg, &HeaderName::CallId)?;
+    // Call-ID = word [ "@" word ]: no whitespace inside.
+    if call_id.is_empty() || call_id.contains([' ', '\t']) {
+        return Err(ParseError::bad_header("Call-ID", "invalid"));
+    }
+    let cseq = super::cseq::CSeq::parse(single(msg, &HeaderName::CSeq)?)?;
+    NameAddr::parse(single(msg, &HeaderName::From)?)
+        .map_err(|e| ParseError::bad_header("From", e.reason()))?;
+    NameAddr::parse(single(msg, &HeaderName::To)?)
+        .map_err(|e| ParseError::bad_header("To", e.reason()))?;
+    if msg.header_lines(&HeaderName::MaxForwards).count() > 1 {
+        return Err(ParseError::new("Multiple Max-Forwards headers"));
+    }
+    if let Some(mf) = msg.max_forwards() {
+        mf?;
+    }
+    let mut vias = 0;
+    for v in msg.values(&HeaderName::Via) {
+        Via::parse(v)?;
+        vias += 1;
+    }
+    if vias == 0 {
+        return Err(ParseError::missing("Via"));
+    }
+    if let Some(method) = msg.method() {
+        if cseq.method != *method {
+            return Err(ParseError::new("CSeq method does not match request method"));
+        }
+    }
+    Ok(())
+}
+
+/// An application-layer refusal: the reply to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: u16,
+    pub reason: String,
+    /// Extra headers for the reply (e.g. Unsupported for a 420).
+    pub headers: Vec<(HeaderName, String)>,
+}
+
+impl Rejection {
+    fn new(code: u16, reason: &str) -> Rejection {
+        Rejection {
+            code,
+            reason: reason.to_string(),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// Application-layer checks on a request (responses always pass), in the
+/// spirit of Kamailio's sanity_check:
+/// - a required header (Via, From, To, Call-ID, CSeq) missing: 400;
+/// - Max-Forwards present but not a number: 400;
+/// - a Request-URI scheme other than sip, sips or tel: 416 (RFC 3261
+///   §8.2.2.1; this includes RFC 4475 novelsc's soap.beep, which §3.3.2
+///   allows an element to refuse);
+/// - a Proxy-Require with any option tag: 420 Bad Extension with an
+///   Unsupported header listing them (we support none; RFC 3261 §16.3 step
+///   5). ACK and CANCEL are exempt, as for Require (RFC 3261 §8.2.2.3).
+///
+/// It does not repeat `validate`; a proxy runs both.
+pub fn sanity_check(msg: &Message) -> Result<(), Rejection> {
+    let Some(method) = msg.method() else {
+        return Ok(());
+    };
+    for name in [
+        HeaderName::Via,
+        HeaderName::From,
+        HeaderName::To,
+        HeaderName::CallId,
+        HeaderName::CSeq,
+    ] {
+        if msg.values(&name).next().is_none() {
+            return Err(Rejection::new(
+                400,
+                &format!("Missing {} header", name.as_str()),
+            ));
+        }
+    }
+    if let Some(Err(_)) = msg.max_forwards() {
+        return Err(Rejection::new(400, "Bad Max-Forwards header"));
+    }
+    let scheme = msg.uri().and_then(|u| Uri::parse(u).ok()).map(|u| u.scheme);
+    if !matches!(scheme, Some(Scheme::Sip | Scheme::Sips | Scheme::Tel)) {
+        return Err(Rejection::new(416, "Unsupported URI Scheme"));
+    }
+    if !matches!(method, Method::Ack | Method::Cancel) {
+        let options: Vec<&str> = msg.values(&HeaderName::ProxyRequire).collect();
+        if !options.is_empty() {
+            let mut r = Rejection::new(420, "Bad Extension");
+            r.headers
+                .push((HeaderName::Unsupported, options.join(", ")));
+            return Err(r);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse::parse;
+    use super::*;
+    use bytes::Bytes;
+
+    fn msg(extra: &str, method: &str, uri: &str) -> Message {
+        let s = format!(
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+             From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: x@y\r\n\
+             CSeq: 1 {method}\r\nMax-Forwards: 70\r\n{extra}\r\n"
+        );
+        parse(Bytes::from(s)).unwrap()
+    }
+
+    #[test]
+    fn validates() {
+        assert!(validate(&msg("", "INVITE", "sip:a@b")).is_ok());
+        assert!(validate(&msg("To: <sip:e@f>\r\n", "INVITE", "sip:a@b")).is_err());
+        assert!(validate(&msg("Max-Forwards: 1\r\n", "INVITE", "sip:a@b")).is_err());
+        assert!(validate(&msg("Via: SIP/2.0/UDP\r\n", "INVITE", "sip:a@b")).is_err());
+        let e = validate(&msg("CSeq: 2 BYE\r\n", "INVITE", "sip:a@b")).unwrap_err();
+        assert_eq!(e.to_string(), "Multiple CSeq headers");
+        let r = parse(Bytes::from_static(
+            b"SIP/2.0 099 x\r\nVia: SIP/2.0/UDP h\r\n\r\n",
+        ))
+        .unwrap();
+        assert!(validate(&r).is_err());
+    }
+
+    #[test]
+    fn sanity() {
+        assert!(sanity_check(&msg("", "OPTIONS", "sip:a@b")).is_ok());
+        assert!(sanity_check(&msg("", "OPTIONS", "tel:+123")).is_ok());
+        assert_eq!(
+            sanity_check(&msg("", "OPTIONS", "http://x"))
+                .unwrap_err()
+                .code,
+            416
+        );
+        let r =
+            sanity_check(&msg("Proxy-Require: foo, bar\r\n", "OPTIONS", "sip:a@b")).unwrap_err();
+        assert_eq!(r.code, 420);
+        assert_eq!(
+            r.headers,
+            vec![(HeaderName::Unsupported, "foo, bar".to_string())]
+        );
+        assert!(sanity_check(&msg("Proxy-Require: foo\r\n", "CANCEL", "sip:a@b")).is_ok());
+        let m = parse(Bytes::from_static(
+            b"OPTIONS sip:a@b SIP/2.0\r\nMax-Forwards: x\r\n\r\n",
+        ))
+        .unwrap();
+        assert_eq!(sanity_check(&m).unwrap_err().code, 400);
+    }
+}

@@ -1,0 +1,188 @@
+//! The request a hook is routing, with Kamailio-style verbs on it.
+
+use std::fmt;
+
+use crate::bindings::wisp::proxy::{proxy, rr, types};
+
+pub use types::{Endpoint, Transport};
+
+/// A failed host call: what the proxy refused and why.
+#[derive(Debug, Clone)]
+pub enum Error {
+    /// A host call refused its arguments or could not act.
+    Host(types::Error),
+    /// A check failed; the rejection says which reply it calls for.
+    Rejected(Rejection),
+}
+
+/// A check that failed and the reply it calls for.
+pub type Rejection = proxy::Rejection;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Host(types::Error::Invalid(m)) => write!(f, "invalid argument: {m}"),
+            Error::Host(types::Error::NotAllowed(m)) => write!(f, "not allowed: {m}"),
+            Error::Host(types::Error::Transport(m)) => write!(f, "transport error: {m}"),
+            Error::Rejected(r) => write!(f, "rejected: {} {}", r.code, r.reason),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<types::Error> for Error {
+    fn from(err: types::Error) -> Self {
+        Error::Host(err)
+    }
+}
+
+/// The request being routed. Reading is lazy on the host side: only the
+/// headers you ask for are parsed.
+pub struct Request<'a> {
+    raw: &'a types::Request,
+}
+
+impl<'a> Request<'a> {
+    pub(crate) fn new(raw: &'a types::Request) -> Self {
+        Request { raw }
+    }
+
+    /// The raw resource, for calls the wrapper does not cover.
+    pub fn raw(&self) -> &types::Request {
+        self.raw
+    }
+
+    /// The method (`$rm`), e.g. "INVITE".
+    pub fn method(&self) -> String {
+        self.raw.method()
+    }
+
+    /// Whether the method is one of `methods` (Kamailio's `is_method("INVITE|BYE")`).
+    pub fn is_method(&self, methods: &[&str]) -> bool {
+        let method = self.raw.method();
+        methods.iter().any(|m| *m == method)
+    }
+
+    /// The Request-URI (`$ru`).
+    pub fn uri(&self) -> String {
+        self.raw.uri()
+    }
+
+    /// Replaces the Request-URI (`$ru = "..."`).
+    pub fn set_uri(&self, uri: &str) -> Result<()> {
+        Ok(self.raw.set_uri(uri)?)
+    }
+
+    /// The user part of the Request-URI (`$rU`).
+    pub fn uri_user(&self) -> Option<String> {
+        self.raw.uri_user()
+    }
+
+    /// The host part of the Request-URI (`$rd`).
+    pub fn uri_host(&self) -> String {
+        self.raw.uri_host()
+    }
+
+    /// The first value of a header (`$hdr(Name)`); compact names work too.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.raw.header(name)
+    }
+
+    /// Every value of a header, comma-separated lists split.
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.raw.header_values(name)
+    }
+
+    /// The names of all headers in order.
+    pub fn header_names(&self) -> Vec<String> {
+        self.raw.header_names()
+    }
+
+    /// Appends a header (`append_hf("Name: value\r\n")`).
+    pub fn append_header(&self, name: &str, value: &str) -> Result<()> {
+        Ok(self.raw.append_header(name, value)?)
+    }
+
+    /// Removes every header of that name (`remove_hf`); returns how many.
+    pub fn remove_header(&self, name: &str) -> u32 {
+        self.raw.remove_header(name)
+    }
+
+    /// The body (`$rb`).
+    pub fn body(&self) -> Vec<u8> {
+        self.raw.body()
+    }
+
+    /// Where the request came from (`$si`, `$sp`, `$proto`).
+    pub fn source(&self) -> Endpoint {
+        self.raw.source()
+    }
+
+    /// Whether To carries a tag: the request belongs to a dialog (`has_totag()`).
+    pub fn has_to_tag(&self) -> bool {
+        self.raw.has_to_tag()
+    }
+
+    /// Answers statelessly (`sl_send_reply(code, reason)`).
+    pub fn reply(&self, code: u16, reason: &str) -> Result<()> {
+        self.reply_with(code, reason, &[])
+    }
+
+    /// Answers statelessly with extra headers, given as (name, value).
+    pub fn reply_with(&self, code: u16, reason: &str, headers: &[(&str, &str)]) -> Result<()> {
+        let headers: Vec<types::Header> = headers
+            .iter()
+            .map(|(name, value)| types::Header {
+                name: name.to_string(),
+                value: value.to_string(),
+            })
+            .collect();
+        Ok(proxy::reply(self.raw, code, reason, &headers)?)
+    }
+
+    /// Answers with the reply a failed check calls for.
+    pub fn reject(&self, rejection: &Rejection) -> Result<()> {
+        self.reply(rejection.code, &rejection.reason)
+    }
+
+    /// Forwards to the next hop: the first Route, else the Request-URI
+    /// (Kamailio's `forward()`).
+    pub fn forward(&self) -> Result<()> {
+        Ok(proxy::forward(self.raw, None)?)
+    }
+
+    /// Forwards to an explicit destination: a SIP URI or `host:port`
+    /// (Kamailio's `forward("host", port)` / `$du`).
+    pub fn forward_to(&self, destination: &str) -> Result<()> {
+        Ok(proxy::forward(self.raw, Some(destination))?)
+    }
+
+    /// Checks and decrements Max-Forwards (`mf_process_maxfwd_header(limit)`).
+    /// Err holds the 483 rejection when no hops are left.
+    pub fn max_forwards(&self, limit: u32) -> Result<(), Rejection> {
+        proxy::max_forwards(self.raw, limit)
+    }
+
+    /// Checks what a proxy must refuse (`sanity_check()`).
+    pub fn sanity_check(&self) -> Result<(), Rejection> {
+        proxy::sanity_check(self.raw)
+    }
+
+    /// Adds Record-Route so the dialog stays on this proxy (`record_route()`).
+    pub fn record_route(&self) -> Result<()> {
+        Ok(rr::record_route(self.raw)?)
+    }
+
+    /// Follows the Route set of an in-dialog request (`loose_route()`).
+    pub fn loose_route(&self) -> bool {
+        rr::loose_route(self.raw)
+    }
+
+    /// Whether the Request-URI names this proxy (`uri == myself`).
+    pub fn uri_is_myself(&self) -> bool {
+        proxy::is_myself(&self.raw.uri())
+    }
+}

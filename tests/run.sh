@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every check and test of wisp on a fresh Debian machine with Rust
+# (rustup): installs what the tests need, then lint, build, unit, corpus
+# and end-to-end tests. Usage: bash tests/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+echo "== toolchain"
+rustup target add wasm32-wasip2
+rustup component add rustfmt clippy 2>/dev/null || true
+if ! command -v sipp >/dev/null; then
+  echo "== installing SIPp (Debian package sip-tester)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sip-tester
+fi
+
+echo "== format"
+cargo fmt --all --check
+cargo fmt --manifest-path guests/Cargo.toml --all --check
+
+echo "== clippy"
+cargo clippy --workspace --all-targets --release -- -D warnings
+cargo clippy --manifest-path guests/Cargo.toml --target wasm32-wasip2 --release -- -D warnings
+
+echo "== build"
+cargo build --release -p wisp
+
+echo "== tests"
+cargo test --release --workspace

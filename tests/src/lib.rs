@@ -1,0 +1,378 @@
+//! End-to-end harness: the real `wisp` binary on loopback, driven by SIPp.
+//!
+//! Every process a test starts is killed by PID when its handle drops, and
+//! every SIPp run is bounded in calls and in time.
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// The `wisp` binary of the same profile as this test (target/<profile>/wisp).
+/// The README's test command builds it before the tests run.
+pub fn wisp_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test>-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary has no profile dir")?;
+    let bin = profile_dir.join("wisp");
+    if !bin.exists() {
+        bail!(
+            "{} is missing: build it first with `cargo build --release -p wisp` (the README's test command does)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// A free loopback port for both UDP and TCP (the OS picks; a race with
+/// another process taking it in between is possible but rare).
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let Ok(udp) = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)) else {
+            continue;
+        };
+        let Ok(addr) = udp.local_addr() else { continue };
+        if TcpListener::bind(addr).is_ok() {
+            return addr.port();
+        }
+    }
+    panic!("no free loopback port");
+}
+
+/// A running wisp, killed when dropped.
+pub struct Wisp {
+    child: Child,
+    pub port: u16,
+    pub log: mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Wisp {
+    /// Starts wisp on 127.0.0.1:`port` (UDP and TCP) with the given tenant
+    /// section of the config, and waits until it listens.
+    pub fn start(tenant_toml: &str) -> Result<Wisp> {
+        let port = free_port();
+        let dir = tempfile::tempdir()?;
+        let config = format!(
+            "[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:{port}\"\n\
+             [[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:{port}\"\n\
+             [engine]\ncache_dir = \"{cache}\"\n\n{tenant_toml}\n",
+            cache = repo_root().join("target/e2e-cache").display()
+        );
+        let config_path = dir.path().join("wisp.toml");
+        std::fs::write(&config_path, config)?;
+        let mut child = Command::new(wisp_binary()?)
+            .arg("--config")
+            .arg(&config_path)
+            .env("WISP_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start wisp")?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[wisp] {line}");
+                if tx.send(line).is_err() {
+                    // Nobody listens any more; keep draining so wisp never blocks.
+                }
+            }
+        });
+        let mut wisp = Wisp {
+            child,
+            port,
+            log: rx,
+            _dir: dir,
+        };
+        wisp.wait_for_log("listening", 2, Duration::from_secs(60))?;
+        Ok(wisp)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// Waits until `count` log lines containing `needle` were printed.
+    pub fn wait_for_log(&mut self, needle: &str, count: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0;
+        while seen < count {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!("wisp exited early with {status}");
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("wisp did not log \"{needle}\" {count} times within {timeout:?}");
+            }
+            match self.log.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(line) if line.contains(needle) => seen += 1,
+                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!("wisp closed its log"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Lines logged so far that contain `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> Vec<String> {
+        self.log.try_iter().filter(|l| l.contains(needle)).collect()
+    }
+}
+
+impl Drop for Wisp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// SIPp's transport flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    fn sipp_flag(self) -> &'static str {
+        match self {
+            Transport::Udp => "u1",
+            Transport::Tcp => "t1",
+        }
+    }
+}
+
+/// A SIPp run: scenario file, role, bounds.
+pub struct Sipp {
+    pub scenario: String,
+    pub transport: Transport,
+    pub local_port: u16,
+    /// The address in the Request-URI (the callee); for a uas, unused.
+    pub remote: Option<SocketAddr>,
+    /// Where requests are physically sent (the proxy).
+    pub via: Option<SocketAddr>,
+    pub calls: u32,
+    pub rate: u32,
+    /// The caller name ([field0]) used by the uac scenarios.
+    pub caller: String,
+    pub timeout: Duration,
+}
+
+/// What a finished SIPp run reported.
+#[derive(Debug)]
+pub struct SippOutcome {
+    pub exit_code: i32,
+    pub successful: u64,
+    pub failed: u64,
+    pub output: String,
+}
+
+/// The path of a scenario shipped in tests/scenarios.
+pub fn scenario(name: &str) -> String {
+    repo_root()
+        .join("tests/scenarios")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// A running SIPp, killed when dropped.
+pub struct SippProcess {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Sipp {
+    pub fn uac(scenario: String, transport: Transport, callee: SocketAddr, proxy: SocketAddr, calls: u32) -> Sipp {
+        Sipp {
+            scenario,
+            transport,
+            local_port: free_port(),
+            remote: Some(callee),
+            via: Some(proxy),
+            calls,
+            rate: 100,
+            caller: "alice".into(),
+            timeout: Duration::from_secs(120),
+        }
+    }
+
+    /// A callee that exits after `calls` calls.
+    pub fn uas(scenario: String, transport: Transport, port: u16, calls: u32) -> Sipp {
+        Sipp {
+            scenario,
+            transport,
+            local_port: port,
+            remote: None,
+            via: None,
+            calls,
+            rate: 0,
+            caller: String::new(),
+            timeout: Duration::from_secs(180),
+        }
+    }
+
+    /// Starts SIPp in the background.
+    pub fn spawn(&self) -> Result<SippProcess> {
+        let dir = tempfile::tempdir()?;
+        let mut cmd = Command::new("sipp");
+        cmd.current_dir(dir.path())
+            .args(["-sf", &self.scenario])
+            .args(["-t", self.transport.sipp_flag()])
+            .args(["-i", "127.0.0.1", "-p", &self.local_port.to_string()])
+            .args(["-timeout", &format!("{}s", self.timeout.as_secs())])
+            .args(["-timeout_error", "-nostdin", "-trace_stat", "-stf", "stats.csv"])
+            .args(["-trace_err", "-error_file", "errors.log"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(remote) = self.remote {
+            let callers = dir.path().join("callers.csv");
+            std::fs::write(&callers, format!("SEQUENTIAL\n{};\n", self.caller))?;
+            cmd.arg(remote.to_string())
+                .args(["-inf", &callers.display().to_string()])
+                .args(["-r", &self.rate.to_string()])
+                .args(["-l", "200"]);
+        }
+        if self.calls > 0 {
+            cmd.args(["-m", &self.calls.to_string()]);
+        }
+        if let Some(via) = self.via {
+            cmd.args(["-rsa", &via.to_string()]);
+        }
+        let child = cmd.spawn().context("cannot start sipp (apt-get install sip-tester)")?;
+        Ok(SippProcess {
+            child: Some(child),
+            dir,
+        })
+    }
+
+    /// Runs SIPp to the end and reads its statistics.
+    pub fn run(&self) -> Result<SippOutcome> {
+        self.spawn()?.wait()
+    }
+}
+
+impl SippProcess {
+    /// Waits for SIPp to exit and reads the final counters.
+    pub fn wait(mut self) -> Result<SippOutcome> {
+        let child = self.child.take().context("already waited")?;
+        let output = child.wait_with_output()?;
+        let exit_code = output.status.code().unwrap_or(-1);
+        self.outcome(exit_code)
+    }
+
+    fn outcome(&self, exit_code: i32) -> Result<SippOutcome> {
+        let stats = std::fs::read_to_string(self.dir.path().join("stats.csv")).unwrap_or_default();
+        let (successful, failed) = parse_stats(&stats);
+        let errors = std::fs::read_to_string(self.dir.path().join("errors.log")).unwrap_or_default();
+        let output = errors.lines().take(40).collect::<Vec<_>>().join("\n");
+        Ok(SippOutcome {
+            exit_code,
+            successful,
+            failed,
+            output,
+        })
+    }
+}
+
+impl Drop for SippProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// SuccessfulCall(C) and FailedCall(C) from the last line of a SIPp
+/// statistics file (semicolon-separated, header line first).
+fn parse_stats(csv: &str) -> (u64, u64) {
+    let mut lines = csv.lines().filter(|l| !l.trim().is_empty());
+    let Some(header) = lines.next() else {
+        return (0, 0);
+    };
+    let Some(last) = lines.last() else {
+        return (0, 0);
+    };
+    let names: Vec<&str> = header.split(';').collect();
+    let values: Vec<&str> = last.split(';').collect();
+    let get = |name: &str| {
+        names
+            .iter()
+            .position(|n| *n == name)
+            .and_then(|i| values.get(i))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (get("SuccessfulCall(C)"), get("FailedCall(C)"))
+}
+
+/// Builds a routing component from Rust source with wisp-sdk, the way a
+/// user would: a cdylib crate built for wasm32-wasip2. Returns the .wasm path.
+pub fn build_guest(name: &str, lib_rs: &str) -> Result<PathBuf> {
+    let root = repo_root();
+    let crate_dir = root.join("target/e2e-guests/src").join(name);
+    std::fs::create_dir_all(crate_dir.join("src"))?;
+    std::fs::write(
+        crate_dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+             [lib]\ncrate-type = [\"cdylib\"]\n\n\
+             [dependencies]\nwisp-sdk = {{ path = \"{sdk}\" }}\n\n\
+             [profile.release]\nopt-level = \"s\"\n\n[workspace]\n",
+            sdk = root.join("sdk-rust").display()
+        ),
+    )?;
+    std::fs::write(crate_dir.join("src/lib.rs"), lib_rs)?;
+    let target_dir = root.join("target/e2e-guests/target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .arg(crate_dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("building guest {name} failed");
+    }
+    let wasm = target_dir
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    if !wasm.exists() {
+        bail!("{} was not produced", wasm.display());
+    }
+    Ok(wasm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_stats;
+
+    #[test]
+    fn reads_sipp_counters() {
+        let csv = "StartTime;SuccessfulCall(C);FailedCall(C);\n1;0;0;\n2;498;2;\n";
+        assert_eq!(parse_stats(csv), (498, 2));
+        assert_eq!(parse_stats(""), (0, 0));
+    }
+}
