@@ -45,30 +45,55 @@ impl Proxy {
     }
 
     /// Handles messages until the transports close.
+    ///
+    /// Messages are parsed here and handed to one worker per core, chosen by
+    /// Call-ID: the messages of one call are handled in the order they
+    /// arrived (a 180 relayed after its 200 would break the caller), while
+    /// different calls use every core.
     pub async fn run(self: Arc<Self>, mut inbound: mpsc::Receiver<Inbound>) {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let shards: Vec<mpsc::Sender<(Message, Source)>> = (0..workers)
+            .map(|_| {
+                let (tx, mut rx) = mpsc::channel::<(Message, Source)>(1024);
+                let proxy = self.clone();
+                tokio::spawn(async move {
+                    while let Some((msg, source)) = rx.recv().await {
+                        proxy.handle(msg, source).await;
+                    }
+                });
+                tx
+            })
+            .collect();
         while let Some(message) = inbound.recv().await {
-            let proxy = self.clone();
-            tokio::spawn(async move { proxy.handle(message).await });
-        }
-    }
-
-    async fn handle(&self, inbound: Inbound) {
-        let source = Source::from(&inbound);
-        match sip::parse(inbound.data.clone()) {
-            Ok(msg) if msg.is_request() => self.on_request(msg, source).await,
-            Ok(msg) => self.on_response(msg).await,
-            Err(err) => {
-                tracing::debug!(remote = %source.remote, %err, "unparsable message");
-                if let Some(reply) = bad_request::reply_400(&inbound.data, &err.to_string()) {
-                    let target = Target {
-                        transport: source.transport,
-                        addr: source.remote,
-                    };
-                    if let Err(err) = self.transports.send(target, reply).await {
-                        tracing::debug!(%err, "400 not sent");
+            let source = Source::from(&message);
+            match sip::parse(message.data.clone()) {
+                Ok(msg) => {
+                    let shard = shard_of(&msg, shards.len());
+                    if shards[shard].send((msg, source)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!(remote = %source.remote, %err, "unparsable message");
+                    if let Some(reply) = bad_request::reply_400(&message.data, &err.to_string()) {
+                        let target = Target {
+                            transport: source.transport,
+                            addr: source.remote,
+                        };
+                        if let Err(err) = self.transports.send(target, reply).await {
+                            tracing::debug!(%err, "400 not sent");
+                        }
                     }
                 }
             }
+        }
+    }
+
+    async fn handle(&self, msg: Message, source: Source) {
+        if msg.is_request() {
+            self.on_request(msg, source).await;
+        } else {
+            self.on_response(msg).await;
         }
     }
 
@@ -124,4 +149,12 @@ impl Proxy {
         }
         self.relay_response(msg).await;
     }
+}
+
+/// The worker for a message: by Call-ID, so that one call stays on one worker.
+fn shard_of(msg: &Message, shards: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    msg.call_id().hash(&mut h);
+    (h.finish() % shards.max(1) as u64) as usize
 }

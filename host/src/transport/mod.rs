@@ -94,8 +94,6 @@ pub struct Listener {
 pub enum SendError {
     #[error("no {0} listener for an {1} destination")]
     NoListener(Transport, &'static str),
-    #[error("cannot connect to {0}: {1}")]
-    Connect(SocketAddr, std::io::Error),
     #[error("send to {0} failed: {1}")]
     Io(SocketAddr, std::io::Error),
     #[error("connection to {0} closed")]
@@ -211,12 +209,11 @@ impl Transports {
                     .map_err(|e| SendError::Io(target.addr, e))
             }
             Transport::Tcp => {
-                let writer = self.connection(target.addr);
-                let writer = match writer {
+                let writer = match self.connection(target.addr) {
                     Some(w) => w,
                     None => {
                         let listener = self.listener_for(&target)?;
-                        tcp::connect(target.addr, listener, self).await?
+                        tcp::connect(target.addr, listener, self)
                     }
                 };
                 writer
@@ -234,6 +231,10 @@ impl Transports {
 
     fn register_connection(&self, peer: SocketAddr, writer: mpsc::Sender<Bytes>) {
         let mut map = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= 1024 {
+            // Outgoing connections that failed or closed leave their entry.
+            map.retain(|_, w| !w.is_closed());
+        }
         map.insert(peer, writer);
     }
 

@@ -11,11 +11,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use super::{Inbound, SendError, Transport, Transports};
+use super::{Inbound, Transport, Transports};
 use crate::sip;
 
 /// A connection silent this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages queued for one connection before senders wait.
 const WRITE_QUEUE: usize = 256;
 
@@ -49,22 +51,32 @@ pub(super) async fn accept(listener: TcpListener, index: usize, transports: Arc<
 }
 
 /// Opens a connection to a peer we must send to and serves it like an
-/// accepted one, so the peer's replies come back on it.
-pub(super) async fn connect(
-    peer: SocketAddr,
-    listener: usize,
-    transports: &Transports,
-) -> Result<mpsc::Sender<Bytes>, SendError> {
-    let stream = TcpStream::connect(peer)
-        .await
-        .map_err(|e| SendError::Connect(peer, e))?;
-    let _ = stream.set_nodelay(true);
+/// accepted one, so the peer's replies come back on it. The connection is
+/// registered at once and connects in the background: messages queue in
+/// order meanwhile, and the caller never waits for the handshake.
+pub(super) fn connect(peer: SocketAddr, listener: usize, transports: &Transports) -> mpsc::Sender<Bytes> {
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-    let (read, write) = stream.into_split();
-    tokio::spawn(write_loop(write, rx, peer));
-    tokio::spawn(read_loop(read, peer, listener, transports.inbound.clone(), tx.clone()));
     transports.register_connection(peer, tx.clone());
-    Ok(tx)
+    let inbound = transports.inbound.clone();
+    let keepalive = tx.clone();
+    tokio::spawn(async move {
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                tracing::info!(%peer, %err, "tcp connect failed");
+                return; // dropping rx closes the queue: later sends fail
+            }
+            Err(_) => {
+                tracing::info!(%peer, "tcp connect timed out");
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        tokio::spawn(write_loop(write, rx, peer));
+        read_loop(read, peer, listener, inbound, keepalive).await;
+    });
+    tx
 }
 
 fn serve(
