@@ -7,7 +7,13 @@ use std::process::Command;
 fn main() {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
     let root = manifest_dir.parent().unwrap_or(&manifest_dir).to_path_buf();
-    for watched in ["guests/default", "guests/Cargo.toml", "sdk-rust/src", "sdk-rust/Cargo.toml", "wit"] {
+    for watched in [
+        "guests/default",
+        "guests/Cargo.toml",
+        "sdk-rust/src",
+        "sdk-rust/Cargo.toml",
+        "wit",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 
@@ -22,7 +28,13 @@ fn main() {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
     build
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
         .arg(root.join("guests/Cargo.toml"))
         .args(["-p", "wisp-default-routing", "--target-dir"])
         .arg(&target_dir);
@@ -38,7 +50,9 @@ fn main() {
     ] {
         build.env_remove(var);
     }
-    let status = build.status().unwrap_or_else(|err| fail(&format!("cannot run cargo: {err}")));
+    let status = build
+        .status()
+        .unwrap_or_else(|err| fail(&format!("cannot run cargo: {err}")));
     if !status.success() {
         fail(
             "building guests/default for wasm32-wasip2 failed; if the target is missing, \

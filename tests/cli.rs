@@ -44,12 +44,16 @@ fn check_accepts_the_bundled_routing() {
     );
     let (code, out, err) = wisp(&["check", "--config", &path]);
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
-    assert!(out.contains("tenant main: bundled default routing ok"), "{out}");
+    assert!(
+        out.contains("tenant main: bundled default routing ok"),
+        "{out}"
+    );
 }
 
 #[test]
 fn check_explains_bad_config() {
-    let (_dir, path) = config("[[listen]]\ntransport = \"carrier-pigeon\"\naddress = \"127.0.0.1:5060\"\n");
+    let (_dir, path) =
+        config("[[listen]]\ntransport = \"carrier-pigeon\"\naddress = \"127.0.0.1:5060\"\n");
     let (code, _, err) = wisp(&["check", "--config", &path]);
     assert_ne!(code, 0);
     assert!(err.contains("carrier-pigeon"), "{err}");
@@ -66,10 +70,18 @@ fn check_refuses_broken_components() {
     std::fs::write(&core_module, b"\0asm\x01\0\0\0").expect("write");
     for (component, expect) in [
         (not_wasm.display().to_string(), "not a valid wasm component"),
-        (core_module.display().to_string(), "not a valid wasm component"),
-        ("/nonexistent/route.wasm".to_string(), "cannot read component"),
+        (
+            core_module.display().to_string(),
+            "not a valid wasm component",
+        ),
+        (
+            "/nonexistent/route.wasm".to_string(),
+            "cannot read component",
+        ),
     ] {
-        let (_d, path) = config(&format!("[[tenant]]\nname = \"t\"\ncomponent = \"{component}\"\n"));
+        let (_d, path) = config(&format!(
+            "[[tenant]]\nname = \"t\"\ncomponent = \"{component}\"\n"
+        ));
         let (code, _, err) = wisp(&["check", "--config", &path]);
         assert_ne!(code, 0, "{component} accepted");
         assert!(err.contains(expect), "{component}: {err}");

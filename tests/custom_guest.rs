@@ -47,7 +47,11 @@ fn uas_expecting_stamp() -> String {
     </action>
   </recv>"#;
     let uas = uas.replacen(r#"<recv request="INVITE" crlf="true"/>"#, check, 1);
-    let uas = uas.replacen("SIP/2.0 180 Ringing\n", "SIP/2.0 180 Ringing\n      X-Seen: [$stamp]\n", 1);
+    let uas = uas.replacen(
+        "SIP/2.0 180 Ringing\n",
+        "SIP/2.0 180 Ringing\n      X-Seen: [$stamp]\n",
+        1,
+    );
     let path = std::env::temp_dir().join(format!("wisp-uas-stamp-{}.xml", std::process::id()));
     std::fs::write(&path, uas).expect("write scenario");
     path.display().to_string()
@@ -72,13 +76,27 @@ fn custom_guest_refuses_and_stamps() {
     let stamped = Sipp::uac(scenario("uac.xml"), Transport::Udp, callee, wisp.addr(), 50)
         .run()
         .expect("uac runs");
-    assert_eq!(stamped.exit_code, 0, "stamped calls failed:\n{}", stamped.output);
+    assert_eq!(
+        stamped.exit_code, 0,
+        "stamped calls failed:\n{}",
+        stamped.output
+    );
     assert_eq!((stamped.successful, stamped.failed), (50, 0));
 
-    let mut blocked = Sipp::uac(scenario("uac-rejected.xml"), Transport::Udp, callee, wisp.addr(), 20);
+    let mut blocked = Sipp::uac(
+        scenario("uac-rejected.xml"),
+        Transport::Udp,
+        callee,
+        wisp.addr(),
+        20,
+    );
     blocked.caller = "mallory".into();
     let blocked = blocked.run().expect("uac runs");
-    assert_eq!(blocked.exit_code, 0, "blocked calls were not refused:\n{}", blocked.output);
+    assert_eq!(
+        blocked.exit_code, 0,
+        "blocked calls were not refused:\n{}",
+        blocked.output
+    );
     assert_eq!((blocked.successful, blocked.failed), (20, 0));
 
     let uas = uas.wait().expect("uas ends");

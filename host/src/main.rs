@@ -69,7 +69,10 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(err) => {
                     eprintln!("wisp: cannot start the runtime: {err}");

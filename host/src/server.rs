@@ -61,14 +61,26 @@ fn load_tenants(
         .collect()
 }
 
-fn load_tenant(engine: &ScriptEngine, t: &TenantConfig, locality: &Arc<Locality>) -> anyhow::Result<Tenant> {
+fn load_tenant(
+    engine: &ScriptEngine,
+    t: &TenantConfig,
+    locality: &Arc<Locality>,
+) -> anyhow::Result<Tenant> {
     let (wasm, origin) = match &t.component {
         Some(path) => {
-            let wasm = std::fs::read(path)
-                .with_context(|| format!("tenant {}: cannot read component {}", t.name, path.display()))?;
+            let wasm = std::fs::read(path).with_context(|| {
+                format!(
+                    "tenant {}: cannot read component {}",
+                    t.name,
+                    path.display()
+                )
+            })?;
             (wasm, path.display().to_string())
         }
-        None => (DEFAULT_COMPONENT.to_vec(), "bundled default routing".to_owned()),
+        None => (
+            DEFAULT_COMPONENT.to_vec(),
+            "bundled default routing".to_owned(),
+        ),
     };
     let guest = Arc::new(Guest {
         tenant: t.name.clone(),

@@ -4,7 +4,7 @@
 //! `cargo build --release --target wasm32-wasip2`. It implements [`Router`]
 //! and names its type with [`export_router!`]:
 //!
-//! ```ignore
+//! ```no_run
 //! use wisp_sdk::prelude::*;
 //!
 //! struct Hello;

@@ -143,9 +143,15 @@ impl<'a> Request<'a> {
         Ok(proxy::reply(self.raw, code, reason, &headers)?)
     }
 
-    /// Answers with the reply a failed check calls for.
+    /// Answers with the reply a failed check calls for, with the headers
+    /// it needs (a 420 lists the Unsupported extensions).
     pub fn reject(&self, rejection: &Rejection) -> Result<()> {
-        self.reply(rejection.code, &rejection.reason)
+        Ok(proxy::reply(
+            self.raw,
+            rejection.code,
+            &rejection.reason,
+            &rejection.headers,
+        )?)
     }
 
     /// Forwards to the next hop: the first Route, else the Request-URI

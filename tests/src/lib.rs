@@ -66,14 +66,27 @@ impl Wisp {
     /// Starts wisp on 127.0.0.1:`port` (UDP and TCP) with the given tenant
     /// section of the config, and waits until it listens.
     pub fn start(tenant_toml: &str) -> Result<Wisp> {
+        Wisp::start_on(&["127.0.0.1"], tenant_toml)
+    }
+
+    /// Starts wisp with UDP and TCP listeners on each of `ips` (IPv6
+    /// without brackets), all on one free port.
+    pub fn start_on(ips: &[&str], tenant_toml: &str) -> Result<Wisp> {
         let port = free_port();
         let dir = tempfile::tempdir()?;
-        let config = format!(
-            "[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:{port}\"\n\
-             [[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:{port}\"\n\
-             [engine]\ncache_dir = \"{cache}\"\n\n{tenant_toml}\n",
+        let mut config = String::new();
+        for ip in ips {
+            let addr = SocketAddr::new(ip.parse()?, port);
+            for transport in ["udp", "tcp"] {
+                config.push_str(&format!(
+                    "[[listen]]\ntransport = \"{transport}\"\naddress = \"{addr}\"\n"
+                ));
+            }
+        }
+        config.push_str(&format!(
+            "[engine]\ncache_dir = \"{cache}\"\n\n{tenant_toml}\n",
             cache = repo_root().join("target/e2e-cache").display()
-        );
+        ));
         let config_path = dir.path().join("wisp.toml");
         std::fs::write(&config_path, config)?;
         let mut child = Command::new(wisp_binary()?)
@@ -101,7 +114,7 @@ impl Wisp {
             log: rx,
             _dir: dir,
         };
-        wisp.wait_for_log("listening", 2, Duration::from_secs(60))?;
+        wisp.wait_for_log("listening", 2 * ips.len(), Duration::from_secs(60))?;
         Ok(wisp)
     }
 
@@ -141,6 +154,74 @@ impl Drop for Wisp {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends one message over UDP from a fresh socket and returns the first
+/// reply, if one comes within `timeout`.
+pub fn udp_exchange(to: SocketAddr, message: &[u8], timeout: Duration) -> Result<Option<String>> {
+    let local: SocketAddr = if to.is_ipv4() {
+        "127.0.0.1:0".parse()?
+    } else {
+        "[::1]:0".parse()?
+    };
+    let socket = UdpSocket::bind(local)?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.send_to(message, to)?;
+    let mut buf = vec![0u8; 65_536];
+    match socket.recv_from(&mut buf) {
+        Ok((len, _)) => Ok(Some(String::from_utf8_lossy(&buf[..len]).into_owned())),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Sends one message over a new TCP connection and returns the first reply.
+pub fn tcp_exchange(to: SocketAddr, message: &[u8], timeout: Duration) -> Result<Option<String>> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&to, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(message)?;
+    let mut buf = vec![0u8; 65_536];
+    match stream.read(&mut buf) {
+        Ok(0) => Ok(None),
+        Ok(len) => Ok(Some(String::from_utf8_lossy(&buf[..len]).into_owned())),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A minimal request, `\r\n` line ends, for tests that talk raw SIP.
+pub fn request(method: &str, uri: &str, extra_headers: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "{method} {uri} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKtest{id}{nanos};rport\r\n\
+         From: <sip:tester@127.0.0.1>;tag=t{id}\r\n\
+         To: <{uri}>\r\n\
+         Call-ID: {nanos}-{id}@test\r\n\
+         CSeq: 1 {method}\r\n\
+         {extra_headers}\
+         Content-Length: 0\r\n\r\n",
+        nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    )
 }
 
 /// SIPp's transport flag.
@@ -200,7 +281,13 @@ pub struct SippProcess {
 }
 
 impl Sipp {
-    pub fn uac(scenario: String, transport: Transport, callee: SocketAddr, proxy: SocketAddr, calls: u32) -> Sipp {
+    pub fn uac(
+        scenario: String,
+        transport: Transport,
+        callee: SocketAddr,
+        proxy: SocketAddr,
+        calls: u32,
+    ) -> Sipp {
         Sipp {
             scenario,
             transport,
@@ -238,7 +325,13 @@ impl Sipp {
             .args(["-t", self.transport.sipp_flag()])
             .args(["-i", "127.0.0.1", "-p", &self.local_port.to_string()])
             .args(["-timeout", &format!("{}s", self.timeout.as_secs())])
-            .args(["-timeout_error", "-nostdin", "-trace_stat", "-stf", "stats.csv"])
+            .args([
+                "-timeout_error",
+                "-nostdin",
+                "-trace_stat",
+                "-stf",
+                "stats.csv",
+            ])
             .args(["-trace_err", "-error_file", "errors.log"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -257,7 +350,9 @@ impl Sipp {
         if let Some(via) = self.via {
             cmd.args(["-rsa", &via.to_string()]);
         }
-        let child = cmd.spawn().context("cannot start sipp (apt-get install sip-tester)")?;
+        let child = cmd
+            .spawn()
+            .context("cannot start sipp (apt-get install sip-tester)")?;
         Ok(SippProcess {
             child: Some(child),
             dir,
@@ -282,7 +377,8 @@ impl SippProcess {
     fn outcome(&self, exit_code: i32) -> Result<SippOutcome> {
         let stats = std::fs::read_to_string(self.dir.path().join("stats.csv")).unwrap_or_default();
         let (successful, failed) = parse_stats(&stats);
-        let errors = std::fs::read_to_string(self.dir.path().join("errors.log")).unwrap_or_default();
+        let errors =
+            std::fs::read_to_string(self.dir.path().join("errors.log")).unwrap_or_default();
         let output = errors.lines().take(40).collect::<Vec<_>>().join("\n");
         Ok(SippOutcome {
             exit_code,
@@ -309,7 +405,7 @@ fn parse_stats(csv: &str) -> (u64, u64) {
     let Some(header) = lines.next() else {
         return (0, 0);
     };
-    let Some(last) = lines.last() else {
+    let Some(last) = lines.next_back() else {
         return (0, 0);
     };
     let names: Vec<&str> = header.split(';').collect();
@@ -345,7 +441,13 @@ pub fn build_guest(name: &str, lib_rs: &str) -> Result<PathBuf> {
     let target_dir = root.join("target/e2e-guests/target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
         .arg(crate_dir.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir)

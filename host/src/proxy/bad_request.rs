@@ -24,8 +24,12 @@ pub fn reply_400(data: &[u8], reason: &str) -> Option<Bytes> {
     let mut found = [false; 4]; // via, from, to, call-id+cseq
     for line in lines.by_ref() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
-        let name = String::from_utf8_lossy(&line[..colon]).trim().to_ascii_lowercase();
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let name = String::from_utf8_lossy(&line[..colon])
+            .trim()
+            .to_ascii_lowercase();
         if !COPIED.contains(&name.as_str()) {
             continue;
         }
@@ -68,7 +72,10 @@ mod tests {
                     Subject: not copied\r\n\r\n";
         let reply = reply_400(req, "Bad Request-URI").expect("a reply");
         let text = String::from_utf8_lossy(&reply);
-        assert!(text.starts_with("SIP/2.0 400 Bad Request-URI\r\n"), "{text}");
+        assert!(
+            text.starts_with("SIP/2.0 400 Bad Request-URI\r\n"),
+            "{text}"
+        );
         assert!(text.contains("f: <sip:x@example.com>;tag=1\r\n"));
         assert!(text.contains("i: abc\r\n"));
         assert!(!text.contains("Subject"));
@@ -78,7 +85,11 @@ mod tests {
     #[test]
     fn never_answers_responses_acks_or_headless_junk() {
         assert!(reply_400(b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n", "x").is_none());
-        assert!(reply_400(b"ACK sip:a SIP/2.0\r\nVia: x\r\nFrom: a\r\nTo: b\r\ni: c\r\nCSeq: 1 ACK\r\n\r\n", "x").is_none());
+        assert!(reply_400(
+            b"ACK sip:a SIP/2.0\r\nVia: x\r\nFrom: a\r\nTo: b\r\ni: c\r\nCSeq: 1 ACK\r\n\r\n",
+            "x"
+        )
+        .is_none());
         assert!(reply_400(b"\x00\xff garbage", "x").is_none());
         assert!(reply_400(b"", "x").is_none());
     }

@@ -37,7 +37,11 @@ impl Locality {
     /// Whether the URI's host and port name one of our listeners or
     /// aliases. A URI without a port means 5060 (5061 for sips).
     pub fn is_myself(&self, uri: &Uri) -> bool {
-        let default_port = if uri.scheme == Scheme::Sips { 5061 } else { 5060 };
+        let default_port = if uri.scheme == Scheme::Sips {
+            5061
+        } else {
+            5060
+        };
         self.is_myself_host(&uri.host, uri.port.unwrap_or(default_port))
     }
 
@@ -62,9 +66,10 @@ impl Locality {
         let ip = canonical(ip);
         self.listeners.iter().any(|l| {
             let bound = l.local.ip();
-            let advertised = l.advertise.as_deref().is_some_and(|adv| {
-                advertised_matches(adv, &ip.to_string(), port)
-            });
+            let advertised = l
+                .advertise
+                .as_deref()
+                .is_some_and(|adv| advertised_matches(adv, &ip.to_string(), port));
             advertised
                 || l.local.port() == port
                     && (bound == ip

@@ -1,7 +1,7 @@
 //! Where a request goes next: loose routing (RFC 3261 §16.4, §16.6 steps
 //! 6–7) and the destination of a forward, down to a socket address.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
 use crate::sip::{HeaderName, Host, Message, NameAddr, Scheme, Uri};
 use crate::transport::{Target, Transport};
@@ -67,7 +67,10 @@ pub struct Destination {
 impl Destination {
     /// Reads a destination given by a guest: a SIP URI, or `host[:port]`.
     pub fn parse(text: &str) -> Result<Destination, String> {
-        let lower = text.get(..5).map(str::to_ascii_lowercase).unwrap_or_default();
+        let lower = text
+            .get(..5)
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default();
         let uri = if lower.starts_with("sip:") || lower.starts_with("sips:") {
             Uri::parse(text)
         } else {
@@ -82,7 +85,11 @@ impl Destination {
     pub fn from_uri(uri: &Uri) -> Result<Destination, String> {
         match &uri.scheme {
             Scheme::Sip => {}
-            Scheme::Sips => return Err(format!("cannot route to {uri}: sips needs TLS, which this wisp does not listen on")),
+            Scheme::Sips => {
+                return Err(format!(
+                    "cannot route to {uri}: sips needs TLS, which this wisp does not listen on"
+                ))
+            }
             Scheme::Tel => return Err(format!("cannot route to {uri}: a tel URI needs a gateway")),
             Scheme::Other(s) => return Err(format!("cannot route to a {s}: URI")),
         }
@@ -105,16 +112,17 @@ impl Destination {
         })
     }
 
-    /// Resolves the host to a socket address.
-    pub async fn resolve(&self) -> Result<Target, String> {
+    /// Resolves the host to a socket address. A name is looked up with the
+    /// system resolver (A/AAAA), which blocks this worker until it answers.
+    pub fn resolve(&self) -> Result<Target, String> {
         let transport = self.transport.unwrap_or(Transport::Udp);
         let port = self.port.unwrap_or(5060);
         let ip = match &self.host {
             Host::V4(ip) => IpAddr::V4(*ip),
             Host::V6(ip) => IpAddr::V6(*ip),
             Host::Name(name) => {
-                let mut addrs = tokio::net::lookup_host((name.as_str(), port))
-                    .await
+                let mut addrs = (name.as_str(), port)
+                    .to_socket_addrs()
                     .map_err(|e| format!("cannot resolve {name}: {e}"))?;
                 addrs
                     .next()
@@ -144,7 +152,8 @@ pub fn next_hop(msg: &mut Message, explicit: Option<&str>) -> Result<Destination
             msg.pop_first_value(&HeaderName::Route);
             msg.append_header(HeaderName::Route, &format!("<{old}>"))
                 .map_err(|e| e.to_string())?;
-            msg.set_uri(&route.uri.to_string()).map_err(|e| e.to_string())?;
+            msg.set_uri(&route.uri.to_string())
+                .map_err(|e| e.to_string())?;
         }
         return Destination::from_uri(&route.uri);
     }

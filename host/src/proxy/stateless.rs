@@ -24,22 +24,28 @@ impl Proxy {
     /// Forwards a copy of the request to its next hop; errors say why it
     /// could not go. The request itself is left as the guest saw it, so
     /// that it can still be answered.
-    pub(super) async fn forward(&self, req: &mut RequestCtx, explicit: Option<&str>) -> Result<(), String> {
+    pub(super) fn forward(
+        &self,
+        req: &mut RequestCtx,
+        explicit: Option<&str>,
+    ) -> Result<(), String> {
         if let Err(rejection) = checks::max_forwards(req, DEFAULT_MAX_FORWARDS) {
-            self.reply(req, rejection.code, &rejection.reason, &[]).await;
+            self.reply(req, rejection.code, &rejection.reason, &[]);
             return Ok(());
         }
         let mut msg = req.msg.clone();
         let dest = next_hop(&mut msg, explicit)?;
-        let target = dest.resolve().await?;
+        let target = dest.resolve()?;
         if is_unroutable(target.addr.ip()) {
             return Err(format!("will not send to {}", target.addr));
         }
-        let out = self.transports.listener_for(&target).map_err(|e| e.to_string())?;
+        let out = self
+            .transports
+            .listener_for(&target)
+            .map_err(|e| e.to_string())?;
         let me = self.locality.address_towards(out, target.addr.ip());
 
         let branch = branch_for(&msg);
-        stamp_received(&mut msg, &req.source);
         if req.record_route {
             self.record_route(&mut msg, &req.source, out, &me, target.transport)?;
         }
@@ -51,7 +57,6 @@ impl Proxy {
             .map_err(|e| e.to_string())?;
         self.transports
             .send(target, msg.to_bytes())
-            .await
             .map_err(|e| e.to_string())
     }
 
@@ -67,7 +72,9 @@ impl Proxy {
         transport: Transport,
     ) -> Result<(), String> {
         if source.listener != out {
-            let inbound_me = self.locality.address_towards(source.listener, source.remote.ip());
+            let inbound_me = self
+                .locality
+                .address_towards(source.listener, source.remote.ip());
             let value = rr_value(&inbound_me, source.transport);
             msg.prepend_header(HeaderName::RecordRoute, &value)
                 .map_err(|e| e.to_string())?;
@@ -77,7 +84,13 @@ impl Proxy {
     }
 
     /// Answers a request statelessly. ACK is never answered.
-    pub(super) async fn reply(&self, req: &RequestCtx, code: u16, reason: &str, headers: &[(HeaderName, String)]) {
+    pub(super) fn reply(
+        &self,
+        req: &RequestCtx,
+        code: u16,
+        reason: &str,
+        headers: &[(HeaderName, String)],
+    ) {
         if req.msg.method() == Some(&Method::Ack) {
             return;
         }
@@ -90,18 +103,18 @@ impl Proxy {
             }
         }
         let target = reply_target(&req.msg, &req.source);
-        if let Err(err) = self.transports.send(target, response.to_bytes()).await {
+        if let Err(err) = self.transports.send(target, response.to_bytes()) {
             tracing::debug!(%err, code, "reply not sent");
         }
     }
 
     /// Relays a response up the Via chain: ours must be on top; it is
     /// removed and the response goes where the next Via says.
-    pub(super) async fn relay_response(&self, mut msg: Message) {
-        let ours = msg
-            .top_via()
-            .ok()
-            .is_some_and(|via| self.locality.is_myself_host(&via.host, via.port.unwrap_or(5060)));
+    pub(super) fn relay_response(&self, mut msg: Message) {
+        let ours = msg.top_via().ok().is_some_and(|via| {
+            self.locality
+                .is_myself_host(&via.host, via.port.unwrap_or(5060))
+        });
         if !ours {
             tracing::debug!("dropping a response whose top Via is not ours");
             return;
@@ -111,7 +124,7 @@ impl Proxy {
             tracing::debug!("dropping a response with no Via left (it was for us)");
             return;
         };
-        let target = match response_target(&next).await {
+        let target = match response_target(&next) {
             Ok(target) => target,
             Err(err) => {
                 tracing::debug!(%err, "cannot relay a response");
@@ -122,7 +135,7 @@ impl Proxy {
             tracing::info!(addr = %target.addr, "not relaying a response to a broadcast or unspecified address");
             return;
         }
-        if let Err(err) = self.transports.send(target, msg.to_bytes()).await {
+        if let Err(err) = self.transports.send(target, msg.to_bytes()) {
             tracing::debug!(%err, "response not relayed");
         }
     }
@@ -139,7 +152,8 @@ fn rr_value(me: &str, transport: Transport) -> String {
 /// RFC 3261 §18.2.1 and RFC 3581: note on the sender's Via where the request
 /// really came from, so responses find their way back through NATs. Stream
 /// transports always get rport, so that responses reuse the connection.
-fn stamp_received(msg: &mut Message, source: &Source) {
+/// Done on receipt, so that our own replies carry it too.
+pub(super) fn stamp_received(msg: &mut Message, source: &Source) {
     let Ok(mut via) = msg.top_via() else { return };
     let ip = source.remote.ip();
     let same_host = via.host.ip() == Some(ip);
@@ -176,7 +190,7 @@ fn reply_target(msg: &Message, source: &Source) -> Target {
 
 /// Where a relayed response goes: the Via's received/rport when set, else
 /// its sent-by (RFC 3261 §18.2.2).
-async fn response_target(via: &Via) -> Result<Target, String> {
+fn response_target(via: &Via) -> Result<Target, String> {
     let transport = Transport::from_name(&via.transport)
         .ok_or_else(|| format!("unsupported Via transport {}", via.transport))?;
     let port = match via.rport() {
@@ -197,7 +211,6 @@ async fn response_target(via: &Via) -> Result<Target, String> {
         port: Some(port),
     }
     .resolve()
-    .await
 }
 
 /// Addresses no SIP message should be sent to (RFC 4475 §3.3.14 bcast).
@@ -214,13 +227,20 @@ fn is_unroutable(ip: IpAddr) -> bool {
 fn branch_for(msg: &Message) -> String {
     let mut h = DefaultHasher::new();
     msg.uri().hash(&mut h);
-    match msg.top_via().ok().and_then(|v| v.branch().map(str::to_owned)) {
+    match msg
+        .top_via()
+        .ok()
+        .and_then(|v| v.branch().map(str::to_owned))
+    {
         Some(branch) if branch.starts_with("z9hG4bK") => branch.hash(&mut h),
         // RFC 2543 peers: the transaction is named by these (§17.2.3).
         _ => {
             msg.call_id().hash(&mut h);
             msg.cseq().ok().map(|c| c.seq).hash(&mut h);
-            msg.from().ok().and_then(|f| f.tag().map(str::to_owned)).hash(&mut h);
+            msg.from()
+                .ok()
+                .and_then(|f| f.tag().map(str::to_owned))
+                .hash(&mut h);
             msg.header(&HeaderName::Via).hash(&mut h);
         }
     }
@@ -232,7 +252,13 @@ fn branch_for(msg: &Message) -> String {
 fn to_tag(msg: &Message) -> String {
     let mut h = DefaultHasher::new();
     msg.call_id().hash(&mut h);
-    msg.from().ok().and_then(|f| f.tag().map(str::to_owned)).hash(&mut h);
-    msg.top_via().ok().and_then(|v| v.branch().map(str::to_owned)).hash(&mut h);
+    msg.from()
+        .ok()
+        .and_then(|f| f.tag().map(str::to_owned))
+        .hash(&mut h);
+    msg.top_via()
+        .ok()
+        .and_then(|v| v.branch().map(str::to_owned))
+        .hash(&mut h);
     format!("{:016x}", h.finish())
 }

@@ -51,7 +51,9 @@ impl CompileCache {
             // into a folder that belongs to wisp.
             match unsafe { Component::deserialize_file(engine, &path) } {
                 Ok(component) => return Ok(component),
-                Err(err) => tracing::warn!(path = %path.display(), %err, "ignoring unusable compile cache entry"),
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), %err, "ignoring unusable compile cache entry")
+                }
             }
         }
         let compiled = engine.precompile_component(wasm)?;

@@ -28,14 +28,22 @@ impl types::Host for HostState {}
 impl types::HostRequest for HostState {
     fn method(&mut self, req: Resource<RequestCtx>) -> Result<String> {
         let req = self.req(&req)?;
-        Ok(req.msg.method().map(|m| m.as_str().to_owned()).unwrap_or_default())
+        Ok(req
+            .msg
+            .method()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default())
     }
 
     fn uri(&mut self, req: Resource<RequestCtx>) -> Result<String> {
         Ok(self.req(&req)?.msg.uri().unwrap_or_default().to_owned())
     }
 
-    fn set_uri(&mut self, req: Resource<RequestCtx>, uri: String) -> Result<Result<(), types::Error>> {
+    fn set_uri(
+        &mut self,
+        req: Resource<RequestCtx>,
+        uri: String,
+    ) -> Result<Result<(), types::Error>> {
         let req = self.req_mut(&req)?;
         Ok(req.msg.set_uri(&uri).map_err(invalid))
     }
@@ -79,7 +87,12 @@ impl types::HostRequest for HostState {
 
     fn header_names(&mut self, req: Resource<RequestCtx>) -> Result<Vec<String>> {
         let req = self.req(&req)?;
-        Ok(req.msg.headers().iter().map(|h| h.raw_name().to_owned()).collect())
+        Ok(req
+            .msg
+            .headers()
+            .iter()
+            .map(|h| h.raw_name().to_owned())
+            .collect())
     }
 
     fn append_header(
@@ -139,7 +152,9 @@ impl proxy::Host for HostState {
     ) -> Result<Result<(), types::Error>> {
         let req = self.req(&req)?;
         if req.msg.method() == Some(&sip::Method::Ack) {
-            return Ok(Err(types::Error::NotAllowed("ACK is never answered".into())));
+            return Ok(Err(types::Error::NotAllowed(
+                "ACK is never answered".into(),
+            )));
         }
         if !(100..=699).contains(&code) {
             return Ok(Err(invalid(format!("{code} is not a SIP status code"))));
@@ -200,6 +215,14 @@ fn rejection(r: sip::Rejection) -> proxy::Rejection {
     proxy::Rejection {
         code: r.code,
         reason: r.reason,
+        headers: r
+            .headers
+            .into_iter()
+            .map(|(name, value)| types::Header {
+                name: name.as_str().to_owned(),
+                value,
+            })
+            .collect(),
     }
 }
 

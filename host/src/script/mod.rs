@@ -58,7 +58,9 @@ impl ScriptEngine {
         // costs time on every call and is not needed.
         config.concurrency_support(false);
         config.max_wasm_stack(512 << 10);
-        let engine = Engine::new(&config).map_err(anyhow::Error::from).context("cannot create the wasm engine")?;
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("cannot create the wasm engine")?;
 
         let mut linker = Linker::new(&engine);
         // Rust guests built with std import WASI; they get a context with no
@@ -98,10 +100,14 @@ impl ScriptEngine {
             .linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
-            .with_context(|| format!("{origin}: cannot link the component to the wisp:proxy host API"))?;
-        let pre = RouterPre::new(instance_pre).map_err(anyhow::Error::from).with_context(|| {
-            format!("{origin}: the component does not export the wisp:proxy/router hooks")
-        })?;
+            .with_context(|| {
+                format!("{origin}: cannot link the component to the wisp:proxy host API")
+            })?;
+        let pre = RouterPre::new(instance_pre)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!("{origin}: the component does not export the wisp:proxy/router hooks")
+            })?;
         Ok(Loaded {
             pre,
             origin: origin.to_owned(),
@@ -110,10 +116,16 @@ impl ScriptEngine {
 
     /// Loads a component and instantiates it once, so that a component
     /// that traps in its start function is refused before it serves.
-    pub fn load_checked(&self, wasm: &[u8], origin: &str, guest: Arc<Guest>) -> anyhow::Result<Pool> {
+    pub fn load_checked(
+        &self,
+        wasm: &[u8],
+        origin: &str,
+        guest: Arc<Guest>,
+    ) -> anyhow::Result<Pool> {
         let loaded = self.load(wasm, origin)?;
         let pool = Pool::new(self.engine.clone(), loaded, guest);
-        pool.warm_up().with_context(|| format!("{origin}: cannot instantiate"))?;
+        pool.warm_up()
+            .with_context(|| format!("{origin}: cannot instantiate"))?;
         Ok(pool)
     }
 }

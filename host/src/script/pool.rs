@@ -88,7 +88,12 @@ impl Pool {
             Err(err) => unreachable_table(err),
         };
         let rep = handle.rep();
-        let result = warm.router.call_route(&mut *store, handle);
+        // Host code reached from the guest (WASI) must not take the worker
+        // down with it: a panic there counts as a trap of this instance.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            warm.router.call_route(&mut *store, handle)
+        }))
+        .unwrap_or_else(|_| Err(wasmtime::Error::msg("host panicked during the hook")));
         let state = store.data_mut();
         let req = match state
             .table
@@ -108,7 +113,9 @@ impl Pool {
             }
             Err(err) => {
                 let err = match err.downcast_ref::<Trap>() {
-                    Some(Trap::Interrupt) => HookError::Deadline(self.guest.limits.hook_deadline_ms),
+                    Some(Trap::Interrupt) => {
+                        HookError::Deadline(self.guest.limits.hook_deadline_ms)
+                    }
                     _ => HookError::Trap(format!("{err:#}")),
                 };
                 (req, Err(err))

@@ -108,6 +108,8 @@ pub struct Transports {
     /// responses and later requests reuse the connection (RFC 3261 §18).
     connections: Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>,
     inbound: mpsc::Sender<Inbound>,
+    /// For the work a send cannot finish at once (connecting, a full buffer).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Transports {
@@ -149,6 +151,7 @@ impl Transports {
             udp: udp_sockets,
             connections: Mutex::new(HashMap::new()),
             inbound: tx,
+            runtime: tokio::runtime::Handle::current(),
         });
         for (index, socket) in &transports.udp {
             tokio::spawn(udp::receive(
@@ -185,14 +188,19 @@ impl Transports {
         }
         fallback.ok_or(SendError::NoListener(
             target.transport,
-            if target.addr.is_ipv4() { "IPv4" } else { "IPv6" },
+            if target.addr.is_ipv4() {
+                "IPv4"
+            } else {
+                "IPv6"
+            },
         ))
     }
 
-    /// Sends one message. UDP goes out of the listener's socket so that the
-    /// peer sees our well-known port; TCP reuses an open connection to the
-    /// peer or opens one.
-    pub async fn send(&self, target: Target, data: Bytes) -> Result<(), SendError> {
+    /// Sends one message without waiting, from any thread. UDP goes out of
+    /// the listener's socket so that the peer sees our well-known port; TCP
+    /// reuses an open connection to the peer or opens one. Messages to one
+    /// peer leave in the order they were sent.
+    pub fn send(&self, target: Target, data: Bytes) -> Result<(), SendError> {
         match target.transport {
             Transport::Udp => {
                 let listener = self.listener_for(&target)?;
@@ -202,11 +210,20 @@ impl Transports {
                     .find(|(i, _)| *i == listener)
                     .map(|(_, s)| s)
                     .ok_or(SendError::NoListener(Transport::Udp, "any"))?;
-                socket
-                    .send_to(&data, target.addr)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| SendError::Io(target.addr, e))
+                match socket.try_send_to(&data, target.addr) {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        // The socket buffer is full: wait for room off this thread.
+                        let socket = socket.clone();
+                        self.runtime.spawn(async move {
+                            if let Err(err) = socket.send_to(&data, target.addr).await {
+                                tracing::debug!(addr = %target.addr, %err, "udp send failed");
+                            }
+                        });
+                        Ok(())
+                    }
+                    Err(e) => Err(SendError::Io(target.addr, e)),
+                }
             }
             Transport::Tcp => {
                 let writer = match self.connection(target.addr) {
@@ -216,10 +233,18 @@ impl Transports {
                         tcp::connect(target.addr, listener, self)
                     }
                 };
-                writer
-                    .send(data)
-                    .await
-                    .map_err(|_| SendError::Closed(target.addr))
+                match writer.try_send(data) {
+                    Ok(()) => Ok(()),
+                    Err(mpsc::error::TrySendError::Full(data)) => {
+                        self.runtime.spawn(async move {
+                            let _ = writer.send(data).await;
+                        });
+                        Ok(())
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        Err(SendError::Closed(target.addr))
+                    }
+                }
             }
         }
     }

@@ -54,12 +54,16 @@ pub(super) async fn accept(listener: TcpListener, index: usize, transports: Arc<
 /// accepted one, so the peer's replies come back on it. The connection is
 /// registered at once and connects in the background: messages queue in
 /// order meanwhile, and the caller never waits for the handshake.
-pub(super) fn connect(peer: SocketAddr, listener: usize, transports: &Transports) -> mpsc::Sender<Bytes> {
+pub(super) fn connect(
+    peer: SocketAddr,
+    listener: usize,
+    transports: &Transports,
+) -> mpsc::Sender<Bytes> {
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
     transports.register_connection(peer, tx.clone());
     let inbound = transports.inbound.clone();
     let keepalive = tx.clone();
-    tokio::spawn(async move {
+    transports.runtime.spawn(async move {
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(err)) => {
@@ -128,7 +132,10 @@ async fn read_loop(
                 let _ = writer.try_send(Bytes::from_static(b"\r\n"));
                 continue;
             }
-            let skip = buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+            let skip = buf
+                .iter()
+                .take_while(|b| **b == b'\r' || **b == b'\n')
+                .count();
             if skip == buf.len() {
                 break; // only CRLFs so far: wait for more
             }

@@ -29,7 +29,11 @@ pub(super) fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-pub(super) async fn receive(socket: Arc<UdpSocket>, listener: usize, to_proxy: mpsc::Sender<Inbound>) {
+pub(super) async fn receive(
+    socket: Arc<UdpSocket>,
+    listener: usize,
+    to_proxy: mpsc::Sender<Inbound>,
+) {
     let mut buf = BytesMut::with_capacity(MAX_DATAGRAM);
     loop {
         buf.reserve(MAX_DATAGRAM);
