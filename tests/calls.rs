@@ -1,14 +1,16 @@
-//! Calls through wisp with the bundled default routing:
+//! Calls through wisp with the default routing, once with the bundled Rust
+//! component and once with its TypeScript port (guests/default-js):
 //! SIPp uac → wisp → SIPp uas, INVITE/180/200/ACK/BYE/200, record-routed.
 
 use std::time::Duration;
 
-use wisp_tests::{free_port, scenario, Sipp, Transport, Wisp};
+use wisp_tests::{free_port, scenario, Routing, Sipp, Transport, Wisp};
 
 const CALLS: u32 = 500;
 
-fn calls_through_default_routing(transport: Transport) {
-    let wisp = Wisp::start("[[tenant]]\nname = \"default\"\n").expect("wisp starts");
+fn calls_through_default_routing(routing: Routing, transport: Transport) {
+    let tenant = routing.tenant_toml().expect("routing component");
+    let wisp = Wisp::start(&tenant).expect("wisp starts");
     let uas_port = free_port();
     let uas = Sipp::uas(scenario("uas.xml"), transport, uas_port, CALLS)
         .spawn()
@@ -21,7 +23,7 @@ fn calls_through_default_routing(transport: Transport) {
         .expect("uac runs");
     let uas = uas.wait().expect("uas ends");
     eprintln!(
-        "{transport:?}: uac {} successful, {} failed (exit {}); uas {} successful, {} failed",
+        "{routing:?} {transport:?}: uac {} successful, {} failed (exit {}); uas {} successful, {} failed",
         outcome.successful, outcome.failed, outcome.exit_code, uas.successful, uas.failed
     );
     assert_eq!(outcome.exit_code, 0, "uac failed:\n{}", outcome.output);
@@ -31,10 +33,20 @@ fn calls_through_default_routing(transport: Transport) {
 
 #[test]
 fn udp_calls() {
-    calls_through_default_routing(Transport::Udp);
+    calls_through_default_routing(Routing::Rust, Transport::Udp);
 }
 
 #[test]
 fn tcp_calls() {
-    calls_through_default_routing(Transport::Tcp);
+    calls_through_default_routing(Routing::Rust, Transport::Tcp);
+}
+
+#[test]
+fn udp_calls_js() {
+    calls_through_default_routing(Routing::Js, Transport::Udp);
+}
+
+#[test]
+fn tcp_calls_js() {
+    calls_through_default_routing(Routing::Js, Transport::Tcp);
 }

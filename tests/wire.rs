@@ -1,11 +1,12 @@
-//! Raw SIP on the wire against the bundled routing: replies wisp makes
+//! Raw SIP on the wire against the default routing, both the bundled Rust
+//! component and its TypeScript port (the `_js` tests): replies wisp makes
 //! itself, IPv4 and IPv6 listeners side by side, and the torture corpus
 //! thrown at a running proxy.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use wisp_tests::{repo_root, request, tcp_exchange, udp_exchange, Wisp};
+use wisp_tests::{repo_root, request, tcp_exchange, udp_exchange, Routing, Wisp};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -16,10 +17,9 @@ fn status_line(reply: &Option<String>) -> &str {
         .unwrap_or("(no reply)")
 }
 
-#[test]
-fn answers_options_on_every_listener() {
-    let wisp = Wisp::start_on(&["127.0.0.1", "::1"], "[[tenant]]\nname = \"default\"\n")
-        .expect("wisp starts");
+fn check_answers_options_on_every_listener(routing: Routing) {
+    let tenant = routing.tenant_toml().expect("routing component");
+    let wisp = Wisp::start_on(&["127.0.0.1", "::1"], &tenant).expect("wisp starts");
     let v4 = wisp.addr();
     let v6: SocketAddr = format!("[::1]:{}", wisp.port).parse().expect("addr");
     for (addr, uri) in [
@@ -42,9 +42,9 @@ fn answers_options_on_every_listener() {
     }
 }
 
-#[test]
-fn malformed_requests_get_400_saying_why() {
-    let wisp = Wisp::start("[[tenant]]\nname = \"default\"\n").expect("wisp starts");
+fn check_malformed_requests_get_400_saying_why(routing: Routing) {
+    let tenant = routing.tenant_toml().expect("routing component");
+    let wisp = Wisp::start(&tenant).expect("wisp starts");
     let uri = format!("sip:bob@127.0.0.1:{}", wisp.port);
     // A Request-URI with a space in it cannot be parsed at all.
     let bad_uri = request("INVITE", "sip:bob smith@example.com", "");
@@ -69,9 +69,9 @@ fn malformed_requests_get_400_saying_why() {
     }
 }
 
-#[test]
-fn core_checks_of_the_default_routing() {
-    let wisp = Wisp::start("[[tenant]]\nname = \"default\"\n").expect("wisp starts");
+fn check_core_checks_of_the_default_routing(routing: Routing) {
+    let tenant = routing.tenant_toml().expect("routing component");
+    let wisp = Wisp::start(&tenant).expect("wisp starts");
     let me = format!("sip:bob@127.0.0.1:{}", wisp.port);
     let no_hops = request("OPTIONS", "sip:bob@192.0.2.1", "Max-Forwards: 0\r\n");
     let reply = udp_exchange(wisp.addr(), no_hops.as_bytes(), WAIT).expect("udp");
@@ -101,9 +101,9 @@ fn core_checks_of_the_default_routing() {
 
 /// Every RFC 4475 / 5118 message sent to a live wisp: invalid requests get a
 /// 4xx, nothing crashes it, and it still answers afterwards.
-#[test]
-fn survives_the_torture_corpus() {
-    let wisp = Wisp::start("[[tenant]]\nname = \"default\"\n").expect("wisp starts");
+fn check_survives_the_torture_corpus(routing: Routing) {
+    let tenant = routing.tenant_toml().expect("routing component");
+    let wisp = Wisp::start(&tenant).expect("wisp starts");
     let mut sent = 0;
     let mut answered = 0;
     for dir in ["rfc4475", "rfc5118"] {
@@ -134,4 +134,44 @@ fn survives_the_torture_corpus() {
         "wisp still serves after the corpus"
     );
     assert_eq!(sent, 62);
+}
+
+#[test]
+fn answers_options_on_every_listener() {
+    check_answers_options_on_every_listener(Routing::Rust);
+}
+
+#[test]
+fn answers_options_on_every_listener_js() {
+    check_answers_options_on_every_listener(Routing::Js);
+}
+
+#[test]
+fn malformed_requests_get_400_saying_why() {
+    check_malformed_requests_get_400_saying_why(Routing::Rust);
+}
+
+#[test]
+fn malformed_requests_get_400_saying_why_js() {
+    check_malformed_requests_get_400_saying_why(Routing::Js);
+}
+
+#[test]
+fn core_checks_of_the_default_routing() {
+    check_core_checks_of_the_default_routing(Routing::Rust);
+}
+
+#[test]
+fn core_checks_of_the_default_routing_js() {
+    check_core_checks_of_the_default_routing(Routing::Js);
+}
+
+#[test]
+fn survives_the_torture_corpus() {
+    check_survives_the_torture_corpus(Routing::Rust);
+}
+
+#[test]
+fn survives_the_torture_corpus_js() {
+    check_survives_the_torture_corpus(Routing::Js);
 }

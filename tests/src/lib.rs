@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -465,6 +465,149 @@ pub fn build_guest(name: &str, lib_rs: &str) -> Result<PathBuf> {
         bail!("{} was not produced", wasm.display());
     }
     Ok(wasm)
+}
+
+/// Which build of the default routing a test runs against: the Rust one
+/// bundled into the binary (guests/default), or the TypeScript port
+/// (guests/default-js) built with sdk-js.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    Rust,
+    Js,
+}
+
+impl Routing {
+    /// The `[[tenant]]` section that runs this routing. For JS, the
+    /// component is built (or taken from the cache) and precompiled first.
+    pub fn tenant_toml(self) -> Result<String> {
+        match self {
+            Routing::Rust => Ok("[[tenant]]\nname = \"default\"\n".to_owned()),
+            Routing::Js => Ok(format!(
+                "[[tenant]]\nname = \"default-js\"\ncomponent = \"{}\"\n",
+                default_js_component()?.display()
+            )),
+        }
+    }
+}
+
+/// guests/default-js built to a component, once per test process. The
+/// .wasm is cached in target/e2e-js under a hash of everything that goes
+/// into it (the route, sdk-js, its package-lock, the WIT), so a second test
+/// run does not rebuild; the compiled machine code is then cached by wisp
+/// itself in target/e2e-cache (precompiled here with `wisp check`, so that
+/// tests starting wisp in parallel do not all compile it at once).
+pub fn default_js_component() -> Result<PathBuf> {
+    static BUILT: OnceLock<Mutex<Option<PathBuf>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(|| Mutex::new(None))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = built.as_ref() {
+        return Ok(path.clone());
+    }
+    let root = repo_root();
+    let inputs = [
+        "guests/default-js/route.ts",
+        "guests/default-js/build.sh",
+        "sdk-js/src/index.ts",
+        "sdk-js/bin/wisp-js.mjs",
+        "sdk-js/package.json",
+        "sdk-js/package-lock.json",
+    ];
+    let mut files: Vec<PathBuf> = inputs.iter().map(|f| root.join(f)).collect();
+    files.extend(wit_files(&root.join("wit"))?);
+    let key = hash_files(&files)?;
+    let dir = root.join("target/e2e-js");
+    let wasm = dir.join(format!("default-js-{key:016x}.wasm"));
+    if !wasm.exists() {
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(
+            "default-js-{key:016x}.tmp{}.wasm",
+            std::process::id()
+        ));
+        let started = Instant::now();
+        let status = Command::new("bash")
+            .arg(root.join("guests/default-js/build.sh"))
+            .arg(&tmp)
+            .stdin(Stdio::null())
+            .status()
+            .context("cannot run guests/default-js/build.sh (needs node and npm)")?;
+        if !status.success() {
+            bail!("guests/default-js/build.sh failed ({status})");
+        }
+        std::fs::rename(&tmp, &wasm)?;
+        eprintln!(
+            "built {} in {:.1} s",
+            wasm.display(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    precompile(&wasm)?;
+    *built = Some(wasm.clone());
+    Ok(wasm)
+}
+
+/// Loads a component once with `wisp check`, which leaves its machine code
+/// in the e2e compile cache.
+fn precompile(wasm: &Path) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("check.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:5060\"\n\n\
+             [engine]\ncache_dir = \"{cache}\"\n\n\
+             [[tenant]]\nname = \"precompile\"\ncomponent = \"{wasm}\"\n",
+            cache = repo_root().join("target/e2e-cache").display(),
+            wasm = wasm.display(),
+        ),
+    )?;
+    let started = Instant::now();
+    let output = Command::new(wisp_binary()?)
+        .arg("check")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run wisp check")?;
+    if !output.status.success() {
+        bail!(
+            "wisp check refused {}:\n{}",
+            wasm.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    eprintln!(
+        "wisp check loaded {} in {:.1} s",
+        wasm.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn wit_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wit"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// A cache key over file names and contents (std's SipHash with fixed
+/// keys: stable for a given toolchain, which is all a build cache needs).
+fn hash_files(files: &[PathBuf]) -> Result<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for file in files {
+        file.file_name().hash(&mut hasher);
+        std::fs::read(file)
+            .with_context(|| format!("cannot read {}", file.display()))?
+            .hash(&mut hasher);
+    }
+    Ok(hasher.finish())
 }
 
 #[cfg(test)]

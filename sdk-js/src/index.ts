@@ -1,0 +1,306 @@
+/// <reference path="../generated/router.d.ts" />
+/**
+ * Write wisp routing components in JavaScript or TypeScript.
+ *
+ * A routing module exports a `route` function that receives a {@link Request}:
+ *
+ * ```ts
+ * import { Request } from "@wisp/sdk";
+ *
+ * export function route(req: Request) {
+ *   if (req.method() === "OPTIONS") return req.reply(200, "OK");
+ *   req.forward();
+ * }
+ * ```
+ *
+ * `wisp-js build route.ts -o route.wasm` makes a component of it. The calls
+ * mirror Kamailio's script functions and the Rust SDK (`wisp-sdk`); the raw
+ * bindings, typed from the WIT package, are in the `wisp:proxy/*` modules.
+ */
+
+import * as types from "wisp:proxy/types@0.1.0";
+import * as proxy from "wisp:proxy/proxy@0.1.0";
+import * as rr from "wisp:proxy/rr@0.1.0";
+import * as rawConfig from "wisp:proxy/config@0.1.0";
+import * as rawLog from "wisp:proxy/log@0.1.0";
+
+export type RawRequest = types.Request;
+export type Endpoint = types.Endpoint;
+export type Transport = types.Transport;
+export type Header = types.Header;
+export type HostError = types.Error;
+/** A check that failed and the reply it calls for. */
+export type Rejection = proxy.Rejection;
+
+/** Headers for a reply: `[name, value]` pairs or `{ name, value }` records. */
+export type Headers = ReadonlyArray<readonly [string, string] | Header>;
+
+/** A host call refused what it was asked (the WIT `error` variant). */
+export class WispError extends Error {
+  /** `"invalid"`, `"not-allowed"` or `"transport"`. */
+  readonly kind: HostError["tag"];
+  /** What the host said. */
+  readonly detail: string;
+
+  constructor(error: HostError) {
+    super(`${describe(error.tag)}: ${error.val}`);
+    this.name = "WispError";
+    this.kind = error.tag;
+    this.detail = error.val;
+  }
+}
+
+function describe(tag: HostError["tag"]): string {
+  switch (tag) {
+    case "invalid":
+      return "invalid argument";
+    case "not-allowed":
+      return "not allowed";
+    case "transport":
+      return "transport error";
+  }
+}
+
+/** The value an `err` of a WIT result was thrown with. */
+function payload(thrown: unknown): unknown {
+  if (thrown !== null && typeof thrown === "object" && "payload" in thrown) {
+    return (thrown as { payload: unknown }).payload;
+  }
+  return thrown;
+}
+
+function isHostError(value: unknown): value is HostError {
+  return (
+    value !== null &&
+    typeof value === "object" &&
+    "tag" in value &&
+    "val" in value &&
+    typeof (value as { val: unknown }).val === "string"
+  );
+}
+
+function isRejection(value: unknown): value is Rejection {
+  return value !== null && typeof value === "object" && "code" in value && "reason" in value;
+}
+
+/** Runs a host call returning `result<_, error>`; an `err` becomes a WispError. */
+function hostCall<T>(call: () => T): T {
+  try {
+    return call();
+  } catch (thrown) {
+    const value = payload(thrown);
+    if (isHostError(value)) throw new WispError(value);
+    throw thrown;
+  }
+}
+
+/** Runs a check returning `result<_, rejection>`: the rejection, or undefined. */
+function check(call: () => void): Rejection | undefined {
+  try {
+    call();
+    return undefined;
+  } catch (thrown) {
+    const value = payload(thrown);
+    if (isRejection(value)) return value;
+    throw thrown;
+  }
+}
+
+function toHeaders(headers: Headers): Header[] {
+  return headers.map((h) =>
+    Array.isArray(h) ? { name: h[0], value: h[1] } : { name: (h as Header).name, value: (h as Header).value },
+  );
+}
+
+/**
+ * The request being routed. Reading is lazy on the host side: only the
+ * headers you ask for are parsed. Valid only during the `route` call.
+ */
+export class Request {
+  /** The raw resource, for calls the wrapper does not cover. */
+  readonly raw: RawRequest;
+  #method: string | undefined;
+
+  constructor(raw: RawRequest) {
+    this.raw = raw;
+  }
+
+  /** The method (`$rm`), e.g. "INVITE". */
+  method(): string {
+    return (this.#method ??= this.raw.method());
+  }
+
+  /** Whether the method is one of `methods` (`is_method("INVITE|BYE")`). */
+  isMethod(...methods: string[]): boolean {
+    return methods.includes(this.method());
+  }
+
+  /** The Request-URI (`$ru`). */
+  uri(): string {
+    return this.raw.uri();
+  }
+
+  /** Replaces the Request-URI (`$ru = "..."`); throws WispError if invalid. */
+  setUri(uri: string): void {
+    hostCall(() => this.raw.setUri(uri));
+  }
+
+  /** The user part of the Request-URI (`$rU`). */
+  uriUser(): string | undefined {
+    return this.raw.uriUser();
+  }
+
+  /** The host part of the Request-URI (`$rd`). */
+  uriHost(): string {
+    return this.raw.uriHost();
+  }
+
+  /** The first value of a header (`$hdr(Name)`); compact names work too. */
+  header(name: string): string | undefined {
+    return this.raw.header(name);
+  }
+
+  /** Every value of a header, comma-separated lists split. */
+  headerValues(name: string): string[] {
+    return this.raw.headerValues(name);
+  }
+
+  /** The names of all headers in order. */
+  headerNames(): string[] {
+    return this.raw.headerNames();
+  }
+
+  /** Appends a header (`append_hf("Name: value\r\n")`); throws WispError if refused. */
+  appendHeader(name: string, value: string): void {
+    hostCall(() => this.raw.appendHeader(name, value));
+  }
+
+  /** Removes every header of that name (`remove_hf`); returns how many. */
+  removeHeader(name: string): number {
+    return this.raw.removeHeader(name);
+  }
+
+  /** The body (`$rb`). */
+  body(): Uint8Array {
+    return this.raw.body();
+  }
+
+  /** Where the request came from (`$si`, `$sp`, `$proto`). */
+  source(): Endpoint {
+    return this.raw.source();
+  }
+
+  /** Whether To carries a tag: the request belongs to a dialog (`has_totag()`). */
+  hasToTag(): boolean {
+    return this.raw.hasToTag();
+  }
+
+  /** Answers statelessly (`sl_send_reply(code, reason)`), with extra headers if given. */
+  reply(code: number, reason: string, headers: Headers = []): void {
+    hostCall(() => proxy.reply(this.raw, code, reason, toHeaders(headers)));
+  }
+
+  /**
+   * Answers with the reply a failed check calls for, with the headers it
+   * needs (a 420 lists the Unsupported extensions).
+   */
+  reject(rejection: Rejection): void {
+    hostCall(() => proxy.reply(this.raw, rejection.code, rejection.reason, rejection.headers));
+  }
+
+  /**
+   * Forwards statelessly (`forward()`): to `destination` (a SIP URI or
+   * `host:port`) when given, else the first Route, else the Request-URI.
+   */
+  forward(destination?: string): void {
+    hostCall(() => proxy.forward(this.raw, destination));
+  }
+
+  /** Forwards to an explicit destination (`$du`); same as `forward(destination)`. */
+  forwardTo(destination: string): void {
+    this.forward(destination);
+  }
+
+  /**
+   * Checks and decrements Max-Forwards (`mf_process_maxfwd_header(limit)`).
+   * Returns the 483 rejection when no hops are left, else undefined.
+   */
+  maxForwards(limit: number): Rejection | undefined {
+    return check(() => proxy.maxForwards(this.raw, limit));
+  }
+
+  /** Checks what a proxy must refuse (`sanity_check()`): a rejection or undefined. */
+  sanityCheck(): Rejection | undefined {
+    return check(() => proxy.sanityCheck(this.raw));
+  }
+
+  /** Adds Record-Route so the dialog stays on this proxy (`record_route()`). */
+  recordRoute(): void {
+    hostCall(() => rr.recordRoute(this.raw));
+  }
+
+  /** Follows the Route set of an in-dialog request (`loose_route()`). */
+  looseRoute(): boolean {
+    return rr.looseRoute(this.raw);
+  }
+
+  /** Whether the Request-URI names this proxy (`uri == myself`). */
+  uriIsMyself(): boolean {
+    return proxy.isMyself(this.raw.uri());
+  }
+}
+
+/** Whether a URI names this proxy (Kamailio's `uri == myself`). */
+export function isMyself(uri: string): boolean {
+  return proxy.isMyself(uri);
+}
+
+/** The tenant's parameters from the config file (`params = { KEY = "value" }`). */
+export const config = {
+  /** The value of a parameter, if set. */
+  param(name: string): string | undefined {
+    return rawConfig.param(name);
+  },
+  /** Whether a parameter is switched on ("yes", "true", "1", "on"), like `#!define`. */
+  enabled(name: string): boolean {
+    return rawConfig.enabled(name);
+  },
+};
+
+/** Writing to the proxy's log, tagged with the tenant (Kamailio's `xlog`). */
+export const log = {
+  error(message: string): void {
+    rawLog.write("error", message);
+  },
+  warn(message: string): void {
+    rawLog.write("warn", message);
+  },
+  info(message: string): void {
+    rawLog.write("info", message);
+  },
+  debug(message: string): void {
+    rawLog.write("debug", message);
+  },
+};
+
+/** The signature of a routing module's `route` export. */
+export type RouteFn = (req: Request) => void;
+
+/**
+ * Runs the user's route hook (called by the entry `wisp-js build` makes).
+ * A WispError escaping the hook is logged and the request dropped, as the
+ * Rust SDK does with an `Err`; any other exception is a bug: it is logged
+ * and rethrown, so the hook traps and the request is answered 500.
+ */
+export function runRoute(route: RouteFn, raw: RawRequest): void {
+  try {
+    route(new Request(raw));
+  } catch (err) {
+    if (err instanceof WispError) {
+      log.error(`route failed: ${err.message}`);
+      return;
+    }
+    log.error(`route threw: ${err instanceof Error ? `${err.name}: ${err.message}` : String(err)}`);
+    throw err;
+  }
+}
