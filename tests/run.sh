@@ -16,6 +16,11 @@ if ! command -v sipp >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sip-tester
 fi
 
+echo "== JavaScript SDK (npm ci in sdk-js: componentize-js, esbuild, typescript)"
+command -v node >/dev/null && command -v npm >/dev/null \
+  || { echo "node and npm are needed for sdk-js (Debian: apt-get install nodejs npm)"; exit 1; }
+(cd sdk-js && npm ci --no-audit --no-fund)
+
 echo "== format"
 cargo fmt --all --check
 cargo fmt --manifest-path guests/Cargo.toml --all --check
@@ -23,6 +28,9 @@ cargo fmt --manifest-path guests/Cargo.toml --all --check
 echo "== clippy"
 cargo clippy --workspace --all-targets --release -- -D warnings
 cargo clippy --manifest-path guests/Cargo.toml --target wasm32-wasip2 --release -- -D warnings
+
+echo "== typescript (sdk-js and guests/default-js)"
+(cd sdk-js && npx --no-install tsc -p tsconfig.json --noEmit)
 
 echo "== build"
 cargo build --release -p wisp

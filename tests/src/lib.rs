@@ -490,12 +490,8 @@ impl Routing {
     }
 }
 
-/// guests/default-js built to a component, once per test process. The
-/// .wasm is cached in target/e2e-js under a hash of everything that goes
-/// into it (the route, sdk-js, its package-lock, the WIT), so a second test
-/// run does not rebuild; the compiled machine code is then cached by wisp
-/// itself in target/e2e-cache (precompiled here with `wisp check`, so that
-/// tests starting wisp in parallel do not all compile it at once).
+/// guests/default-js built to a component with its build script, once per
+/// test process. See [`cached_js_build`] for the caching.
 pub fn default_js_component() -> Result<PathBuf> {
     static BUILT: OnceLock<Mutex<Option<PathBuf>>> = OnceLock::new();
     let mut built = BUILT
@@ -506,35 +502,110 @@ pub fn default_js_component() -> Result<PathBuf> {
         return Ok(path.clone());
     }
     let root = repo_root();
-    let inputs = [
-        "guests/default-js/route.ts",
-        "guests/default-js/build.sh",
-        "sdk-js/src/index.ts",
-        "sdk-js/bin/wisp-js.mjs",
-        "sdk-js/package.json",
-        "sdk-js/package-lock.json",
-    ];
-    let mut files: Vec<PathBuf> = inputs.iter().map(|f| root.join(f)).collect();
+    let script = root.join("guests/default-js/build.sh");
+    let wasm = cached_js_build(
+        "default-js",
+        &[root.join("guests/default-js/route.ts"), script.clone()],
+        |out| {
+            let status = Command::new("bash")
+                .arg(&script)
+                .arg(out)
+                .stdin(Stdio::null())
+                .status()
+                .context("cannot run guests/default-js/build.sh (needs node and npm)")?;
+            if !status.success() {
+                bail!("guests/default-js/build.sh failed ({status})");
+            }
+            Ok(())
+        },
+    )?;
+    *built = Some(wasm.clone());
+    Ok(wasm)
+}
+
+/// Builds a routing component from TypeScript source with sdk-js, the way
+/// a user would (`wisp-js build route.ts -o route.wasm`). Returns the .wasm
+/// path; see [`cached_js_build`] for the caching.
+pub fn build_js_guest(name: &str, route_ts: &str) -> Result<PathBuf> {
+    let root = repo_root();
+    let src = root.join("target/e2e-js/src").join(name);
+    std::fs::create_dir_all(&src)?;
+    let source = src.join("route.ts");
+    if std::fs::read_to_string(&source).ok().as_deref() != Some(route_ts) {
+        std::fs::write(&source, route_ts)?;
+    }
+    cached_js_build(name, std::slice::from_ref(&source), |out| {
+        ensure_sdk_js()?;
+        let status = Command::new("node")
+            .arg(root.join("sdk-js/bin/wisp-js.mjs"))
+            .arg("build")
+            .arg(&source)
+            .arg("-o")
+            .arg(out)
+            .stdin(Stdio::null())
+            .status()
+            .context("cannot run node")?;
+        if !status.success() {
+            bail!("wisp-js build of {name} failed ({status})");
+        }
+        Ok(())
+    })
+}
+
+/// `npm ci` in sdk-js when its node_modules is missing or older than the
+/// lock file (tests/run.sh does it up front; this covers a bare `cargo test`).
+fn ensure_sdk_js() -> Result<()> {
+    let sdk = repo_root().join("sdk-js");
+    let modified = |p: PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let installed = modified(sdk.join("node_modules/.package-lock.json"));
+    let locked = modified(sdk.join("package-lock.json"));
+    if installed.is_some() && installed >= locked {
+        return Ok(());
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&sdk)
+        .stdin(Stdio::null())
+        .status()
+        .context("cannot run npm (install node and npm)")?;
+    if !status.success() {
+        bail!("npm ci in sdk-js failed ({status})");
+    }
+    Ok(())
+}
+
+/// A JS component built by `build` into a temporary path, kept in
+/// target/e2e-js under a hash of everything that goes into it (`sources`,
+/// sdk-js, its package-lock, the WIT), so a second test run does not
+/// rebuild it. The compiled machine code is then cached by wisp itself in
+/// target/e2e-cache: it is precompiled here with `wisp check`, so that
+/// tests starting wisp in parallel do not all compile it at once.
+pub fn cached_js_build(
+    name: &str,
+    sources: &[PathBuf],
+    build: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let root = repo_root();
+    let mut files = sources.to_vec();
+    files.extend(
+        [
+            "sdk-js/src/index.ts",
+            "sdk-js/bin/wisp-js.mjs",
+            "sdk-js/package.json",
+            "sdk-js/package-lock.json",
+        ]
+        .iter()
+        .map(|f| root.join(f)),
+    );
     files.extend(wit_files(&root.join("wit"))?);
     let key = hash_files(&files)?;
     let dir = root.join("target/e2e-js");
-    let wasm = dir.join(format!("default-js-{key:016x}.wasm"));
+    let wasm = dir.join(format!("{name}-{key:016x}.wasm"));
     if !wasm.exists() {
         std::fs::create_dir_all(&dir)?;
-        let tmp = dir.join(format!(
-            "default-js-{key:016x}.tmp{}.wasm",
-            std::process::id()
-        ));
+        let tmp = dir.join(format!("{name}-{key:016x}.tmp{}.wasm", std::process::id()));
         let started = Instant::now();
-        let status = Command::new("bash")
-            .arg(root.join("guests/default-js/build.sh"))
-            .arg(&tmp)
-            .stdin(Stdio::null())
-            .status()
-            .context("cannot run guests/default-js/build.sh (needs node and npm)")?;
-        if !status.success() {
-            bail!("guests/default-js/build.sh failed ({status})");
-        }
+        build(&tmp)?;
         std::fs::rename(&tmp, &wasm)?;
         eprintln!(
             "built {} in {:.1} s",
@@ -543,7 +614,6 @@ pub fn default_js_component() -> Result<PathBuf> {
         );
     }
     precompile(&wasm)?;
-    *built = Some(wasm.clone());
     Ok(wasm)
 }
 
