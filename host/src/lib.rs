@@ -10,4 +10,5 @@ pub mod proxy;
 pub mod script;
 pub mod server;
 pub mod sip;
+pub mod transaction;
 pub mod transport;

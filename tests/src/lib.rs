@@ -168,18 +168,7 @@ pub fn udp_exchange(to: SocketAddr, message: &[u8], timeout: Duration) -> Result
     socket.set_read_timeout(Some(timeout))?;
     socket.send_to(message, to)?;
     let mut buf = vec![0u8; 65_536];
-    match socket.recv_from(&mut buf) {
-        Ok((len, _)) => Ok(Some(String::from_utf8_lossy(&buf[..len]).into_owned())),
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e.into()),
-    }
+    reply_or_timeout(socket.recv_from(&mut buf).map(|(len, _)| len), &buf)
 }
 
 /// Sends one message over a new TCP connection and returns the first reply.
@@ -189,7 +178,12 @@ pub fn tcp_exchange(to: SocketAddr, message: &[u8], timeout: Duration) -> Result
     stream.set_read_timeout(Some(timeout))?;
     stream.write_all(message)?;
     let mut buf = vec![0u8; 65_536];
-    match stream.read(&mut buf) {
+    reply_or_timeout(stream.read(&mut buf), &buf)
+}
+
+/// The text read, or None when nothing came before the read timeout.
+fn reply_or_timeout(read: std::io::Result<usize>, buf: &[u8]) -> Result<Option<String>> {
+    match read {
         Ok(0) => Ok(None),
         Ok(len) => Ok(Some(String::from_utf8_lossy(&buf[..len]).into_owned())),
         Err(e)

@@ -284,18 +284,7 @@ impl Uri {
                 e.reason().trim_start_matches("Bad ")
             ))
         })?;
-        let mut params = Vec::new();
-        for p in parts {
-            let (n, v) = match p.split_once('=') {
-                Some((n, v)) => (n, Some(v)),
-                None => (p, None),
-            };
-            check_chars(n, PARAM_EXTRA, false, "Bad URI: invalid parameter")?;
-            if let Some(v) = v {
-                check_chars(v, PARAM_EXTRA, false, "Bad URI: invalid parameter")?;
-            }
-            params.push((n.to_string(), v.map(str::to_string)));
-        }
+        let params = parse_params(parts)?;
         let mut headers = Vec::new();
         if let Some(h) = headers_part {
             for hv in h.split('&') {
@@ -330,18 +319,7 @@ impl Uri {
         if !ok {
             return Err(ParseError::new("Bad URI: invalid telephone number"));
         }
-        let mut params = Vec::new();
-        for p in parts {
-            let (n, v) = match p.split_once('=') {
-                Some((n, v)) => (n, Some(v)),
-                None => (p, None),
-            };
-            check_chars(n, PARAM_EXTRA, false, "Bad URI: invalid parameter")?;
-            if let Some(v) = v {
-                check_chars(v, PARAM_EXTRA, false, "Bad URI: invalid parameter")?;
-            }
-            params.push((n.to_string(), v.map(str::to_string)));
-        }
+        let params = parse_params(parts)?;
         Ok(Uri {
             scheme: Scheme::Tel,
             user: None,
@@ -391,6 +369,26 @@ impl fmt::Display for Uri {
         }
         Ok(())
     }
+}
+
+/// URI parameters (`;name[=value]`), each checked against RFC 3261's
+/// `uri-parameter` characters.
+fn parse_params<'a>(
+    parts: impl Iterator<Item = &'a str>,
+) -> Result<Vec<(String, Option<String>)>, ParseError> {
+    let mut params = Vec::new();
+    for p in parts {
+        let (n, v) = match p.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (p, None),
+        };
+        check_chars(n, PARAM_EXTRA, false, "Bad URI: invalid parameter")?;
+        if let Some(v) = v {
+            check_chars(v, PARAM_EXTRA, false, "Bad URI: invalid parameter")?;
+        }
+        params.push((n.to_string(), v.map(str::to_string)));
+    }
+    Ok(params)
 }
 
 #[cfg(test)]
