@@ -16,6 +16,14 @@ if ! command -v sipp >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sip-tester
 fi
 
+if ! command -v kamailio >/dev/null; then
+  echo "== installing Kamailio (Debian package kamailio; the interop tests' neighbour proxy)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kamailio
+  # The package may start a system service on 5060; the tests run their own.
+  as_root systemctl disable --now kamailio 2>/dev/null || true
+fi
+
 echo "== JavaScript SDK (npm ci in sdk-js: componentize-js, esbuild, typescript)"
 command -v node >/dev/null && command -v npm >/dev/null \
   || { echo "node and npm are needed for sdk-js (Debian: apt-get install nodejs npm)"; exit 1; }

@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use wisp::config::Limits;
 use wisp::proxy::Locality;
-use wisp::script::{Action, Guest, Pool, RequestCtx, ScriptEngine, Source, DEFAULT_COMPONENT};
+use wisp::script::{
+    Action, Guest, Pool, RequestCtx, ScriptEngine, Source, TxVars, DEFAULT_COMPONENT,
+};
 use wisp::transport::{Listener, Transport};
 
 const PROXY: &str = "127.0.0.1:5060";
@@ -144,17 +146,17 @@ fn per_call(pool: &Pool, iters: u32, check_actions: bool) -> anyhow::Result<(f64
             options.clone()
         };
         let t = Instant::now();
-        let (_, result) = pool.route(req);
+        let (_, result) = pool.route(req, &mut TxVars::default());
         let spent = t.elapsed();
-        let actions = result.map_err(|e| anyhow::anyhow!("hook failed: {e}"))?;
+        let ((), actions) = result.map_err(|e| anyhow::anyhow!("hook failed: {e}"))?;
         let expected = if i % 2 == 0 {
-            matches!(actions.as_slice(), [Action::Forward { .. }])
+            matches!(actions.as_slice(), [Action::Relay { .. }])
         } else {
             matches!(actions.as_slice(), [Action::Reply { code: 200, .. }])
         };
         anyhow::ensure!(
             expected || !check_actions,
-            "unexpected actions (the default routing forwards the INVITE and answers the OPTIONS 200): {actions:?}"
+            "unexpected actions (the default routing relays the INVITE and answers the OPTIONS 200): {actions:?}"
         );
         if i >= 200 {
             samples.push(spent);

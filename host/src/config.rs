@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::transaction::Timers;
 use crate::transport::Transport;
 
 /// The whole configuration file.
@@ -29,6 +30,9 @@ pub struct Config {
     /// Script engine settings shared by all tenants.
     #[serde(default)]
     pub engine: EngineConfig,
+    /// Transaction timers (RFC 3261 table 4), in milliseconds.
+    #[serde(default)]
+    pub timers: Timers,
 }
 
 /// One listening socket.
@@ -129,6 +133,7 @@ impl Default for Config {
             aliases: Vec::new(),
             tenant: default_tenants(),
             engine: EngineConfig::default(),
+            timers: Timers::default(),
         }
     }
 }

@@ -21,7 +21,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     for l in transports.listeners() {
         tracing::info!(transport = %l.transport, address = %l.local, "listening");
     }
-    let proxy = Proxy::new(transports, locality, tenants);
+    let proxy = Proxy::new(transports, locality, tenants, config.timers);
     tokio::spawn(proxy.run(inbound));
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -93,7 +93,7 @@ fn load_tenant(
         .with_context(|| format!("tenant {}", t.name))?;
     Ok(Tenant {
         name: t.name.clone(),
-        pool,
+        pool: Arc::new(pool),
     })
 }
 

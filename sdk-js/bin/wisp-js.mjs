@@ -4,10 +4,12 @@
 //   wisp-js types                      regenerate generated/ from the WIT package
 //   wisp-js build route.ts -o out.wasm [--no-check] [--wit DIR]
 //
-// build: type-checks with tsc, bundles with esbuild (the `wisp:proxy/*`
-// imports stay external), and makes a component with componentize-js
-// (StarlingMonkey), with wasi:http/fetch left out since wisp does not link
-// them. Nothing is downloaded: AOT (weval) stays off.
+// build: type-checks with tsc, wraps the module's hooks in an entry that
+// exports all four of the world (route, and onReply, onFailure, onBranch
+// when the module has them, else the SDK's defaults), bundles with esbuild
+// (the `wisp:proxy/*` imports stay external), and makes a component with
+// componentize-js (StarlingMonkey), with wasi:http/fetch left out since
+// wisp does not link them. Nothing is downloaded: AOT (weval) stays off.
 
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -104,14 +106,36 @@ async function typeCheck(input) {
 /** Bundles the routing module and the SDK into one ES module. */
 async function bundle(input, outFile) {
   const esbuild = await import("esbuild");
+  // The component must export all four hooks of the world; the ones the
+  // module leaves out get the SDK's defaults (keep every reply, send the
+  // best response upstream, leave branches as they are).
   const entry = `import * as user from ${JSON.stringify(input)};
-import { runRoute } from "@wisp/sdk";
+import { runRoute, runOnReply, runOnFailure, runOnBranch } from "@wisp/sdk";
 const hook = user["route"] ?? Reflect.get(user, "default");
 if (typeof hook !== "function") {
   throw new Error("the routing module must export a route(req) function");
 }
+function optional(name) {
+  const fn = Reflect.get(user, name);
+  if (fn !== undefined && typeof fn !== "function") {
+    throw new Error(\`the routing module's \${name} export must be a function\`);
+  }
+  return fn;
+}
+const onReplyHook = optional("onReply");
+const onFailureHook = optional("onFailure");
+const onBranchHook = optional("onBranch");
 export function route(raw) {
   runRoute(hook, raw);
+}
+export function onReply(req, res) {
+  return runOnReply(onReplyHook, req, res);
+}
+export function onFailure(req, best) {
+  runOnFailure(onFailureHook, req, best);
+}
+export function onBranch(req, index) {
+  runOnBranch(onBranchHook, req, index);
 }
 `;
   await esbuild.build({

@@ -2,29 +2,46 @@
 /**
  * Write wisp routing components in JavaScript or TypeScript.
  *
- * A routing module exports a `route` function that receives a {@link Request}:
+ * A routing module exports a `route` function that receives a {@link Request},
+ * and optionally `onReply`, `onFailure` and `onBranch`:
  *
  * ```ts
- * import { Request } from "@wisp/sdk";
+ * import { Request, Response, vars } from "@wisp/sdk";
  *
  * export function route(req: Request) {
  *   if (req.method() === "OPTIONS") return req.reply(200, "OK");
- *   req.forward();
+ *   req.relay();
+ * }
+ *
+ * // Serial forking when the callee is busy.
+ * export function onFailure(req: Request, best: Response) {
+ *   if (best.status() === 486 && vars.get("retried") === undefined) {
+ *     vars.set("retried", "1");
+ *     req.relay("sip:voicemail@example.com");
+ *   }
  * }
  * ```
  *
  * `wisp-js build route.ts -o route.wasm` makes a component of it. The calls
  * mirror Kamailio's script functions and the Rust SDK (`wisp-sdk`); the raw
  * bindings, typed from the WIT package, are in the `wisp:proxy/*` modules.
+ *
+ * Every request but ACK gets a server transaction when it arrives, so
+ * `reply` is stateful; `relay` proxies statefully (Kamailio's `t_relay`)
+ * and brings in the other hooks; `forward` stays stateless. The {@link vars}
+ * of a transaction are kept across all its hooks.
  */
 
 import * as types from "wisp:proxy/types@0.1.0";
 import * as proxy from "wisp:proxy/proxy@0.1.0";
 import * as rr from "wisp:proxy/rr@0.1.0";
+import * as tm from "wisp:proxy/tm@0.1.0";
+import * as rawVars from "wisp:proxy/vars@0.1.0";
 import * as rawConfig from "wisp:proxy/config@0.1.0";
 import * as rawLog from "wisp:proxy/log@0.1.0";
 
 export type RawRequest = types.Request;
+export type RawResponse = types.Response;
 export type Endpoint = types.Endpoint;
 export type Transport = types.Transport;
 export type Header = types.Header;
@@ -114,7 +131,9 @@ function toHeaders(headers: Headers): Header[] {
 
 /**
  * The request being routed. Reading is lazy on the host side: only the
- * headers you ask for are parsed. Valid only during the `route` call.
+ * headers you ask for are parsed. Valid only during the hook call. In
+ * `onReply` and `onFailure` it is the request as relayed; in `onBranch`,
+ * that branch's copy.
  */
 export class Request {
   /** The raw resource, for calls the wrapper does not cover. */
@@ -195,7 +214,13 @@ export class Request {
     return this.raw.hasToTag();
   }
 
-  /** Answers statelessly (`sl_send_reply(code, reason)`), with extra headers if given. */
+  /**
+   * Answers on the request's server transaction (`sl_send_reply` /
+   * `t_reply(code, reason)`), with extra headers if given: a retransmitted
+   * request gets the same answer, and over UDP a final answer to INVITE is
+   * retransmitted until the ACK. From `onFailure`, it answers the caller
+   * instead of the best branch response. An ACK is never answered.
+   */
   reply(code: number, reason: string, headers: Headers = []): void {
     hostCall(() => proxy.reply(this.raw, code, reason, toHeaders(headers)));
   }
@@ -211,6 +236,8 @@ export class Request {
   /**
    * Forwards statelessly (`forward()`): to `destination` (a SIP URI or
    * `host:port`) when given, else the first Route, else the Request-URI.
+   * No transaction follows: responses go back by Via, no hook sees them.
+   * Prefer `relay` except for ACK and stray CANCEL.
    */
   forward(destination?: string): void {
     hostCall(() => proxy.forward(this.raw, destination));
@@ -219,6 +246,41 @@ export class Request {
   /** Forwards to an explicit destination (`$du`); same as `forward(destination)`. */
   forwardTo(destination: string): void {
     this.forward(destination);
+  }
+
+  /**
+   * Relays statefully (`t_relay()`): one branch to `destination` (a SIP
+   * URI or `host:port`) when given, else the first Route, else the
+   * Request-URI, plus one per `appendBranch`, all in parallel. INVITEs are
+   * answered 100 Trying; responses pass through `onReply`, and when every
+   * branch failed, `onFailure` runs. Called from `onFailure`, it starts new
+   * branches (serial forking). An ACK is forwarded statelessly.
+   */
+  relay(destination?: string): void {
+    hostCall(() => tm.relay(this.raw, destination));
+  }
+
+  /** Relays with the first branch sent to `destination` (`$du = ...; t_relay()`). */
+  relayTo(destination: string): void {
+    this.relay(destination);
+  }
+
+  /**
+   * Adds a branch to the next `relay` (`append_branch(uri)`): a copy of
+   * the request with `uri` as its Request-URI.
+   */
+  appendBranch(uri: string): void {
+    hostCall(() => tm.appendBranch(this.raw, uri));
+  }
+
+  /**
+   * How long the transaction waits for a final answer, in milliseconds
+   * (`t_set_fr(inviteMs, finalMs)`): `inviteMs` once an INVITE branch had
+   * a provisional, `finalMs` otherwise. Pending branches are then cancelled
+   * and count as 408. The defaults are Timer B/F (32 s).
+   */
+  setTimers(inviteMs: number, finalMs: number): void {
+    tm.setTimers(this.raw, inviteMs, finalMs);
   }
 
   /**
@@ -250,10 +312,98 @@ export class Request {
   }
 }
 
+/**
+ * A response of one branch of the transaction, as `onReply` and `onFailure`
+ * see it. Reading is lazy on the host side; edits change the response that
+ * goes upstream. Valid only during the hook call.
+ */
+export class Response {
+  /** The raw resource, for calls the wrapper does not cover. */
+  readonly raw: RawResponse;
+
+  constructor(raw: RawResponse) {
+    this.raw = raw;
+  }
+
+  /** The status code (`$rs`), e.g. 486. */
+  status(): number {
+    return this.raw.status();
+  }
+
+  /** The reason phrase (`$rr`). */
+  reason(): string {
+    return this.raw.reason();
+  }
+
+  /** Whether the status is one of `codes` (`t_check_status("486|408")`). */
+  isStatus(...codes: number[]): boolean {
+    return codes.includes(this.status());
+  }
+
+  /** The first value of a header (`$hdr(Name)`); compact names work too. */
+  header(name: string): string | undefined {
+    return this.raw.header(name);
+  }
+
+  /** Every value of a header, comma-separated lists split. */
+  headerValues(name: string): string[] {
+    return this.raw.headerValues(name);
+  }
+
+  /** The names of all headers in order. */
+  headerNames(): string[] {
+    return this.raw.headerNames();
+  }
+
+  /** Appends a header (`append_hf` in an `onreply_route`); throws WispError if refused. */
+  appendHeader(name: string, value: string): void {
+    hostCall(() => this.raw.appendHeader(name, value));
+  }
+
+  /** Removes every header of that name (`remove_hf`); returns how many. */
+  removeHeader(name: string): number {
+    return this.raw.removeHeader(name);
+  }
+
+  /** The body (`$rb`). */
+  body(): Uint8Array {
+    return this.raw.body();
+  }
+}
+
 /** Whether a URI names this proxy (Kamailio's `uri == myself`). */
 export function isMyself(uri: string): boolean {
   return proxy.isMyself(uri);
 }
+
+/**
+ * Variables and flags of the current transaction, kept from `route` through
+ * `onBranch`, `onReply` and `onFailure` (Kamailio's `$avp(name)` and
+ * `setflag`/`isflagset`). Each transaction starts with none; module-level
+ * variables are not kept, since instances are pooled and reused.
+ */
+export const vars = {
+  /** A variable set earlier in this transaction (`$avp(name)`). */
+  get(name: string): string | undefined {
+    return rawVars.get(name);
+  },
+  /** Sets a variable, or clears it with `undefined` (`$avp(name) = $null`). */
+  set(name: string, value: string | undefined): void {
+    rawVars.set(name, value);
+  },
+  /** Sets flag `flag`, 0 to 63 (`setflag(n)`). */
+  setFlag(flag: number): void {
+    rawVars.setFlag(flag);
+  },
+  /** Clears flag `flag` (`resetflag(n)`). */
+  resetFlag(flag: number): void {
+    rawVars.resetFlag(flag);
+  },
+  /** Whether flag `flag` is set (`isflagset(n)`). */
+  isFlagSet(flag: number): boolean {
+    return rawVars.isFlagSet(flag);
+  },
+};
 
 /** The tenant's parameters from the config file (`params = { KEY = "value" }`). */
 export const config = {
@@ -285,6 +435,30 @@ export const log = {
 
 /** The signature of a routing module's `route` export. */
 export type RouteFn = (req: Request) => void;
+/** `onReply`: return false to drop a provisional response. */
+export type OnReplyFn = (req: Request, res: Response) => boolean | void;
+/** `onFailure`: relay again, reply, or neither to send `best` upstream. */
+export type OnFailureFn = (req: Request, best: Response) => void;
+/** `onBranch`: edit the branch's copy of the request before it is sent. */
+export type OnBranchFn = (req: Request, index: number) => void;
+
+/**
+ * Runs a hook: a WispError escaping it is logged and swallowed, as the Rust
+ * SDK does with an `Err`; any other exception is a bug: it is logged and
+ * rethrown, so the hook traps (for `route`, the request is answered 500).
+ */
+function runHook<T>(name: string, hook: () => T, fallback: T): T {
+  try {
+    return hook();
+  } catch (err) {
+    if (err instanceof WispError) {
+      log.error(`${name} failed: ${err.message}`);
+      return fallback;
+    }
+    log.error(`${name} threw: ${err instanceof Error ? `${err.name}: ${err.message}` : String(err)}`);
+    throw err;
+  }
+}
 
 /**
  * Runs the user's route hook (called by the entry `wisp-js build` makes).
@@ -293,14 +467,26 @@ export type RouteFn = (req: Request) => void;
  * and rethrown, so the hook traps and the request is answered 500.
  */
 export function runRoute(route: RouteFn, raw: RawRequest): void {
-  try {
-    route(new Request(raw));
-  } catch (err) {
-    if (err instanceof WispError) {
-      log.error(`route failed: ${err.message}`);
-      return;
-    }
-    log.error(`route threw: ${err instanceof Error ? `${err.name}: ${err.message}` : String(err)}`);
-    throw err;
-  }
+  runHook("route", () => route(new Request(raw)), undefined);
+}
+
+/**
+ * Runs the user's `onReply`, or keeps every response when there is none.
+ * Only an explicit `false` drops a provisional.
+ */
+export function runOnReply(hook: OnReplyFn | undefined, req: RawRequest, res: RawResponse): boolean {
+  if (hook === undefined) return true;
+  return runHook("onReply", () => hook(new Request(req), new Response(res)) !== false, true);
+}
+
+/** Runs the user's `onFailure`, if any; without it `best` goes upstream. */
+export function runOnFailure(hook: OnFailureFn | undefined, req: RawRequest, best: RawResponse): void {
+  if (hook === undefined) return;
+  runHook("onFailure", () => hook(new Request(req), new Response(best)), undefined);
+}
+
+/** Runs the user's `onBranch`, if any. */
+export function runOnBranch(hook: OnBranchFn | undefined, req: RawRequest, index: number): void {
+  if (hook === undefined) return;
+  runHook("onBranch", () => hook(new Request(req), index), undefined);
 }

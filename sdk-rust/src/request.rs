@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::bindings::wisp::proxy::{proxy, rr, types};
+use crate::bindings::wisp::proxy::{proxy, rr, tm, types};
 
 pub use types::{Endpoint, Transport};
 
@@ -40,7 +40,8 @@ impl From<types::Error> for Error {
 }
 
 /// The request being routed. Reading is lazy on the host side: only the
-/// headers you ask for are parsed.
+/// headers you ask for are parsed. In `on_reply` and `on_failure` it is the
+/// request as relayed; in `on_branch`, that branch's copy.
 pub struct Request<'a> {
     raw: &'a types::Request,
 }
@@ -126,12 +127,16 @@ impl<'a> Request<'a> {
         self.raw.has_to_tag()
     }
 
-    /// Answers statelessly (`sl_send_reply(code, reason)`).
+    /// Answers the request on its server transaction (`sl_send_reply` /
+    /// `t_reply(code, reason)`): a retransmitted request gets the same
+    /// answer, and over UDP a final answer to INVITE is retransmitted until
+    /// the ACK comes. From `on_failure`, it answers the caller instead of
+    /// the best branch response. An ACK is never answered.
     pub fn reply(&self, code: u16, reason: &str) -> Result<()> {
         self.reply_with(code, reason, &[])
     }
 
-    /// Answers statelessly with extra headers, given as (name, value).
+    /// Answers like [`reply`](Self::reply), with extra headers given as (name, value).
     pub fn reply_with(&self, code: u16, reason: &str, headers: &[(&str, &str)]) -> Result<()> {
         let headers: Vec<types::Header> = headers
             .iter()
@@ -154,16 +159,49 @@ impl<'a> Request<'a> {
         )?)
     }
 
-    /// Forwards to the next hop: the first Route, else the Request-URI
-    /// (Kamailio's `forward()`).
+    /// Forwards statelessly to the next hop: the first Route, else the
+    /// Request-URI (Kamailio's `forward()`). No transaction follows the
+    /// request: responses go back by Via, no hook sees them. Prefer
+    /// [`relay`](Self::relay) except for ACK and stray CANCEL.
     pub fn forward(&self) -> Result<()> {
         Ok(proxy::forward(self.raw, None)?)
     }
 
-    /// Forwards to an explicit destination: a SIP URI or `host:port`
-    /// (Kamailio's `forward("host", port)` / `$du`).
+    /// Forwards statelessly to an explicit destination: a SIP URI or
+    /// `host:port` (Kamailio's `forward("host", port)` / `$du`).
     pub fn forward_to(&self, destination: &str) -> Result<()> {
         Ok(proxy::forward(self.raw, Some(destination))?)
+    }
+
+    /// Relays statefully (`t_relay()`): one branch to the first Route, else
+    /// the Request-URI, plus one per [`append_branch`](Self::append_branch),
+    /// all in parallel. INVITEs are answered 100 Trying; responses pass
+    /// through [`Router::on_reply`](crate::Router::on_reply), and when every
+    /// branch failed, [`Router::on_failure`](crate::Router::on_failure) runs.
+    /// Called from `on_failure`, it starts new branches (serial forking).
+    /// An ACK is forwarded statelessly.
+    pub fn relay(&self) -> Result<()> {
+        Ok(tm::relay(self.raw, None)?)
+    }
+
+    /// Relays statefully with the first branch sent to `destination`, a SIP
+    /// URI or `host:port` (`$du = ...; t_relay()`).
+    pub fn relay_to(&self, destination: &str) -> Result<()> {
+        Ok(tm::relay(self.raw, Some(destination))?)
+    }
+
+    /// Adds a branch to the next [`relay`](Self::relay) (`append_branch(uri)`):
+    /// a copy of the request with `uri` as its Request-URI.
+    pub fn append_branch(&self, uri: &str) -> Result<()> {
+        Ok(tm::append_branch(self.raw, uri)?)
+    }
+
+    /// How long the transaction waits for a final answer, in milliseconds
+    /// (`t_set_fr(invite_ms, final_ms)`): `invite_ms` once an INVITE branch
+    /// had a provisional, `final_ms` otherwise. Pending branches are then
+    /// cancelled and count as 408. The defaults are Timer B/F (32 s).
+    pub fn set_timers(&self, invite_ms: u32, final_ms: u32) {
+        tm::set_timers(self.raw, invite_ms, final_ms)
     }
 
     /// Checks and decrements Max-Forwards (`mf_process_maxfwd_header(limit)`).

@@ -248,6 +248,8 @@ pub struct Sipp {
     /// The caller name ([field0]) used by the uac scenarios.
     pub caller: String,
     pub timeout: Duration,
+    /// More SIPp options, e.g. `-lost 10`.
+    pub extra: Vec<String>,
 }
 
 /// What a finished SIPp run reported.
@@ -292,6 +294,7 @@ impl Sipp {
             rate: 100,
             caller: "alice".into(),
             timeout: Duration::from_secs(120),
+            extra: Vec::new(),
         }
     }
 
@@ -307,6 +310,7 @@ impl Sipp {
             rate: 0,
             caller: String::new(),
             timeout: Duration::from_secs(180),
+            extra: Vec::new(),
         }
     }
 
@@ -344,6 +348,7 @@ impl Sipp {
         if let Some(via) = self.via {
             cmd.args(["-rsa", &via.to_string()]);
         }
+        cmd.args(&self.extra);
         let child = cmd
             .spawn()
             .context("cannot start sipp (apt-get install sip-tester)")?;
@@ -373,7 +378,26 @@ impl SippProcess {
         let (successful, failed) = parse_stats(&stats);
         let errors =
             std::fs::read_to_string(self.dir.path().join("errors.log")).unwrap_or_default();
-        let output = errors.lines().take(40).collect::<Vec<_>>().join("\n");
+        // Errors with the messages that caused them, without the notes on
+        // retransmissions that reached an ended call ("Dead call").
+        let mut dead = false;
+        let output = errors
+            .lines()
+            .filter(|l| {
+                if l.starts_with(|c: char| c.is_ascii_digit()) && l.contains('\t') {
+                    dead = l.contains("Dead call");
+                }
+                !dead && !l.trim().is_empty()
+            })
+            .take(60)
+            .collect::<Vec<_>>()
+            .join("\n");
+        let reasons = failure_reasons(&stats);
+        let output = if reasons.is_empty() {
+            output
+        } else {
+            format!("{reasons}\n{output}")
+        };
         Ok(SippOutcome {
             exit_code,
             successful,
@@ -390,6 +414,25 @@ impl Drop for SippProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// The non-zero `Failed...(C)` counters of the last line of a SIPp
+/// statistics file (why calls failed: retransmissions exhausted, timeouts,
+/// unexpected messages...).
+fn failure_reasons(csv: &str) -> String {
+    let mut lines = csv.lines().filter(|l| !l.trim().is_empty());
+    let (Some(header), Some(last)) = (lines.next(), lines.next_back()) else {
+        return String::new();
+    };
+    header
+        .split(';')
+        .zip(last.split(';'))
+        .filter(|(name, value)| {
+            name.starts_with("Failed") && name.ends_with("(C)") && value.trim() != "0"
+        })
+        .map(|(name, value)| format!("{name}={}", value.trim()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// SuccessfulCall(C) and FailedCall(C) from the last line of a SIPp
@@ -461,6 +504,198 @@ pub fn build_guest(name: &str, lib_rs: &str) -> Result<PathBuf> {
     Ok(wasm)
 }
 
+/// A running Kamailio (Debian package `kamailio`), the neighbouring proxy
+/// of the interop tests, with tests/kamailio/kamailio.cfg. Stopped by PID
+/// when dropped: SIGTERM, so its main process takes its children down.
+pub struct Kamailio {
+    child: Option<Child>,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Kamailio {
+    /// Starts Kamailio on UDP and TCP 127.0.0.1:`port` (a free one), relaying
+    /// initial requests to `next_hop` and in-dialog ones by their Route set.
+    pub fn start(next_hop: SocketAddr) -> Result<Kamailio> {
+        let port = free_port();
+        let dir = tempfile::tempdir()?;
+        let cfg = repo_root().join("tests/kamailio/kamailio.cfg");
+        let mut cmd = Command::new("kamailio");
+        cmd.current_dir(dir.path())
+            .args(["-DD", "-E", "-f"])
+            .arg(&cfg)
+            .args(["-L", &kamailio_modules()?.display().to_string()])
+            .args(["-l", &format!("udp:127.0.0.1:{port}")])
+            .args(["-l", &format!("tcp:127.0.0.1:{port}")])
+            .args(["-w", &dir.path().display().to_string()])
+            .args(["-Y", &dir.path().display().to_string()])
+            .args(["-m", "64", "-M", "8"])
+            .args(["-A", &format!("NEXT_HOST=\"{}\"", next_hop.ip())])
+            .args(["-A", &format!("NEXT_PORT=\"{}\"", next_hop.port())])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .context("cannot start kamailio (apt-get install kamailio)")?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[kamailio] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let mut kamailio = Kamailio {
+            child: Some(child),
+            port,
+            _dir: dir,
+        };
+        // Ready once it answers an OPTIONS addressed to itself.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(child) = kamailio.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log: Vec<String> = rx.try_iter().collect();
+                    bail!("kamailio exited with {status}:\n{}", log.join("\n"));
+                }
+            }
+            let uri = format!("sip:127.0.0.1:{port}");
+            let ping = request("OPTIONS", &uri, "Max-Forwards: 70\r\n");
+            if let Ok(Some(_)) =
+                udp_exchange(kamailio.addr(), ping.as_bytes(), Duration::from_millis(300))
+            {
+                return Ok(kamailio);
+            }
+            if Instant::now() > deadline {
+                bail!("kamailio did not answer on 127.0.0.1:{port} within 30 s");
+            }
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Where Kamailio's modules are: `KAMAILIO_MODULES`, else the Debian path.
+fn kamailio_modules() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("KAMAILIO_MODULES") {
+        return Ok(PathBuf::from(dir));
+    }
+    for dir in [
+        "/usr/lib/x86_64-linux-gnu/kamailio/modules",
+        "/usr/lib/aarch64-linux-gnu/kamailio/modules",
+        "/usr/lib/kamailio/modules",
+        "/usr/local/lib64/kamailio/modules",
+    ] {
+        if Path::new(dir).join("tm.so").exists() {
+            return Ok(PathBuf::from(dir));
+        }
+    }
+    bail!("Kamailio's modules not found; set KAMAILIO_MODULES (apt-get install kamailio)")
+}
+
+/// A UDP peer that never answers: it records what reaches it, as text.
+pub struct SilentPeer {
+    pub port: u16,
+    received: std::sync::Arc<Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SilentPeer {
+    pub fn start() -> Result<SilentPeer> {
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let port = socket.local_addr()?.port();
+        let received = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (rx, halt) = (received.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            while !halt.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((len, _)) = socket.recv_from(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..len]).into_owned();
+                    rx.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+                }
+            }
+        });
+        Ok(SilentPeer {
+            port,
+            received,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// Every message received so far.
+    pub fn received(&self) -> Vec<String> {
+        self.received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for SilentPeer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The value of the first header `name` (case-insensitive, long form) of a
+/// message in text form.
+pub fn header_of<'a>(message: &'a str, name: &str) -> Option<&'a str> {
+    message.lines().skip(1).find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Asserts a SIPp run ended with every call successful.
+pub fn assert_all_successful(what: &str, outcome: &SippOutcome, calls: u32) {
+    eprintln!(
+        "{what}: {} successful, {} failed (exit {})",
+        outcome.successful, outcome.failed, outcome.exit_code
+    );
+    assert_eq!(outcome.exit_code, 0, "{what} failed:\n{}", outcome.output);
+    assert_eq!(
+        outcome.successful,
+        u64::from(calls),
+        "{what}:\n{}",
+        outcome.output
+    );
+    assert_eq!(outcome.failed, 0, "{what}:\n{}", outcome.output);
+}
+
 /// Which build of the default routing a test runs against: the Rust one
 /// bundled into the binary (guests/default), or the TypeScript port
 /// (guests/default-js) built with sdk-js.
@@ -481,6 +716,21 @@ impl Routing {
                 default_js_component()?.display()
             )),
         }
+    }
+}
+
+impl Routing {
+    /// [`Routing::tenant_toml`] with tenant params, given as (KEY, value).
+    pub fn tenant_with_params(self, params: &[(&str, &str)]) -> Result<String> {
+        let list: Vec<String> = params
+            .iter()
+            .map(|(k, v)| format!("{k} = \"{v}\""))
+            .collect();
+        Ok(format!(
+            "{}params = {{ {} }}\n",
+            self.tenant_toml()?,
+            list.join(", ")
+        ))
     }
 }
 

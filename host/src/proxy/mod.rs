@@ -2,16 +2,20 @@
 //! transport and the routing script.
 //!
 //! ```text
-//! inbound ─▶ parse ─▶ request: validate ─▶ tenant's route hook ─▶ reply | forward | drop
-//!                  └▶ response: validate ─▶ relay by Via
+//! inbound ─▶ parse ─▶ worker (by Call-ID) ─▶ request: validate ─▶ transaction ─▶ route hook
+//!                                                 ─▶ reply | relay (stateful) | forward (stateless) | drop
+//!                                          └▶ response: client transaction ─▶ on-reply ─▶ upstream / selection ─▶ on-failure
 //! ```
 
 mod bad_request;
 pub mod checks;
 mod locality;
 mod routing;
+mod stateful;
 mod stateless;
+mod worker;
 
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -19,21 +23,26 @@ use tokio::sync::mpsc;
 pub use locality::Locality;
 pub use routing::{loose_route, Destination};
 
-use crate::script::{Action, Pool, RequestCtx, Source};
+use crate::script::{Pool, Source};
 use crate::sip::{self, Message};
+use crate::transaction::Timers;
 use crate::transport::{Inbound, Target, Transports};
-use stateless::stamp_received;
+
+/// Messages waiting for one worker before new ones are dropped (overload).
+const WORKER_QUEUE: usize = 8192;
 
 /// A tenant: a name and the routing component serving it.
 pub struct Tenant {
     pub name: String,
-    pub pool: Pool,
+    /// The version in service; a transaction keeps the one it started on.
+    pub pool: Arc<Pool>,
 }
 
 pub struct Proxy {
     transports: Arc<Transports>,
     locality: Arc<Locality>,
     tenants: Vec<Tenant>,
+    timers: Timers,
 }
 
 impl Proxy {
@@ -41,36 +50,34 @@ impl Proxy {
         transports: Arc<Transports>,
         locality: Arc<Locality>,
         tenants: Vec<Tenant>,
+        timers: Timers,
     ) -> Arc<Proxy> {
         Arc::new(Proxy {
             transports,
             locality,
             tenants,
+            timers,
         })
     }
 
     /// Handles messages until the transports close.
     ///
     /// Messages are parsed here and handed to one worker thread per core,
-    /// chosen by Call-ID: the messages of one call are handled in the order
-    /// they arrived (a 180 relayed after its 200 would break the caller),
-    /// while different calls use every core. Workers are plain threads, not
-    /// async tasks: route hooks are synchronous wasm calls, and the WASI
-    /// host code a guest may call blocks on its own runtime.
+    /// chosen by Call-ID: a call's messages and transactions live on one
+    /// worker (no locks on the transaction table) and are handled in the
+    /// order they arrived, while calls spread over every core. Workers are
+    /// plain threads: route hooks are synchronous wasm calls, and WASI host
+    /// code a guest may call blocks on a runtime of its own.
     pub async fn run(self: Arc<Self>, mut inbound: mpsc::Receiver<Inbound>) {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let mut shards = Vec::with_capacity(workers);
+        let mut shards: Vec<SyncSender<(Message, Source)>> = Vec::with_capacity(workers);
         for i in 0..workers {
-            let (tx, mut rx) = mpsc::channel::<(Message, Source)>(1024);
-            let proxy = self.clone();
-            let spawned = std::thread::Builder::new()
+            let (tx, rx) = sync_channel(WORKER_QUEUE);
+            let worker = worker::Worker::new(self.clone(), i);
+            match std::thread::Builder::new()
                 .name(format!("wisp-worker-{i}"))
-                .spawn(move || {
-                    while let Some((msg, source)) = rx.blocking_recv() {
-                        proxy.handle(msg, source);
-                    }
-                });
-            match spawned {
+                .spawn(move || worker.run(rx))
+            {
                 Ok(_) => shards.push(tx),
                 Err(err) => tracing::error!(%err, "cannot start a worker thread"),
             }
@@ -84,8 +91,12 @@ impl Proxy {
             match sip::parse(message.data.clone()) {
                 Ok(msg) => {
                     let shard = shard_of(&msg, shards.len());
-                    if shards[shard].send((msg, source)).await.is_err() {
-                        return;
+                    match shards[shard].try_send((msg, source)) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(_)) => {
+                            tracing::warn!(remote = %source.remote, "worker queue full: dropping a message")
+                        }
+                        Err(TrySendError::Disconnected(_)) => return,
                     }
                 }
                 Err(err) => {
@@ -104,66 +115,10 @@ impl Proxy {
         }
     }
 
-    fn handle(&self, msg: Message, source: Source) {
-        if msg.is_request() {
-            self.on_request(msg, source);
-        } else {
-            self.on_response(msg);
-        }
-    }
-
-    fn on_request(&self, msg: Message, source: Source) {
-        let mut req = RequestCtx::new(msg, source);
-        if let Err(err) = sip::validate(&req.msg) {
-            tracing::debug!(remote = %source.remote, %err, "malformed request");
-            self.reply(&req, 400, &err.to_string(), &[]);
-            return;
-        }
-        stamp_received(&mut req.msg, &req.source);
-        // Tenant selection by domain comes with multi-tenancy; until then
-        // the first tenant routes everything.
-        let Some(tenant) = self.tenants.first() else {
-            return;
-        };
-        let (req, result) = tenant.pool.route(req);
-        match result {
-            Ok(actions) => self.execute(req, actions),
-            Err(err) => {
-                tracing::warn!(tenant = %tenant.name, %err, "route hook failed; answering 500");
-                self.reply(&req, 500, "Server Internal Error", &[]);
-            }
-        }
-    }
-
-    /// Carries out what the route hook decided, in order.
-    fn execute(&self, mut req: RequestCtx, actions: Vec<Action>) {
-        if actions.is_empty() {
-            tracing::debug!(method = ?req.msg.method(), "route hook dropped the request");
-            return;
-        }
-        for action in actions {
-            match action {
-                Action::Reply {
-                    code,
-                    reason,
-                    headers,
-                } => self.reply(&req, code, &reason, &headers),
-                Action::Forward { destination } => {
-                    if let Err(err) = self.forward(&mut req, destination.as_deref()) {
-                        tracing::info!(remote = %req.source.remote, %err, "cannot forward");
-                        self.reply(&req, 500, "Cannot Forward", &[]);
-                    }
-                }
-            }
-        }
-    }
-
-    fn on_response(&self, msg: Message) {
-        if let Err(err) = sip::validate(&msg) {
-            tracing::debug!(%err, "dropping a malformed response");
-            return;
-        }
-        self.relay_response(msg);
+    /// The tenant routing a request. Selection by domain comes with
+    /// multi-tenancy; until then the first tenant routes everything.
+    fn tenant_for(&self, _msg: &Message) -> Option<&Tenant> {
+        self.tenants.first()
     }
 }
 

@@ -33,7 +33,23 @@ impl Proxy {
             self.reply(req, rejection.code, &rejection.reason, &[]);
             return Ok(());
         }
-        let mut msg = req.msg.clone();
+        let branch = branch_for(&req.msg);
+        let (target, msg) = self.prepare(req, req.msg.clone(), explicit, &branch)?;
+        self.transports
+            .send(target, msg.to_bytes())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Makes `msg` (a copy of `req`'s message) ready to leave: next hop
+    /// resolved (strict routers handled), Record-Route if asked, our Via with
+    /// `branch` on top. Max-Forwards must already be checked.
+    pub(super) fn prepare(
+        &self,
+        req: &RequestCtx,
+        mut msg: Message,
+        explicit: Option<&str>,
+        branch: &str,
+    ) -> Result<(Target, Message), String> {
         let dest = next_hop(&mut msg, explicit)?;
         let target = dest.resolve()?;
         if is_unroutable(target.addr.ip()) {
@@ -44,8 +60,6 @@ impl Proxy {
             .listener_for(&target)
             .map_err(|e| e.to_string())?;
         let me = self.locality.address_towards(out, target.addr.ip());
-
-        let branch = branch_for(&msg);
         if req.record_route {
             self.record_route(&mut msg, &req.source, out, &me, target.transport)?;
         }
@@ -55,9 +69,7 @@ impl Proxy {
         );
         msg.prepend_header(HeaderName::Via, &via)
             .map_err(|e| e.to_string())?;
-        self.transports
-            .send(target, msg.to_bytes())
-            .map_err(|e| e.to_string())
+        Ok((target, msg))
     }
 
     /// Adds our Record-Route; twice when the request changes listener
@@ -91,17 +103,9 @@ impl Proxy {
         reason: &str,
         headers: &[(HeaderName, String)],
     ) {
-        if req.msg.method() == Some(&Method::Ack) {
+        let Some(response) = make_reply(&req.msg, code, reason, headers) else {
             return;
-        }
-        let has_tag = req.msg.to().ok().is_some_and(|to| to.tag().is_some());
-        let tag = (code > 100 && !has_tag).then(|| to_tag(&req.msg));
-        let mut response = sip::response_to(&req.msg, code, reason, tag.as_deref());
-        for (name, value) in headers {
-            if let Err(err) = response.append_header(name.clone(), value) {
-                tracing::warn!(%err, "dropping a reply header");
-            }
-        }
+        };
         let target = reply_target(&req.msg, &req.source);
         if let Err(err) = self.transports.send(target, response.to_bytes()) {
             tracing::debug!(%err, code, "reply not sent");
@@ -141,6 +145,28 @@ impl Proxy {
     }
 }
 
+/// The reply to `req` (None for an ACK, which is never answered): To gets
+/// a tag for codes above 100, the same for retransmissions of the request.
+pub(super) fn make_reply(
+    req: &Message,
+    code: u16,
+    reason: &str,
+    headers: &[(HeaderName, String)],
+) -> Option<Message> {
+    if req.method() == Some(&Method::Ack) {
+        return None;
+    }
+    let has_tag = req.to().ok().is_some_and(|to| to.tag().is_some());
+    let tag = (code > 100 && !has_tag).then(|| to_tag(req));
+    let mut response = sip::response_to(req, code, reason, tag.as_deref());
+    for (name, value) in headers {
+        if let Err(err) = response.append_header(name.clone(), value) {
+            tracing::warn!(%err, "dropping a reply header");
+        }
+    }
+    Some(response)
+}
+
 /// Record-Route value naming us on one socket.
 fn rr_value(me: &str, transport: Transport) -> String {
     match transport {
@@ -161,7 +187,12 @@ pub(super) fn stamp_received(msg: &mut Message, source: &Source) {
     if same_host && !want_rport {
         return;
     }
-    via.set_param("received", Some(&ip.to_string()));
+    // IPv6 in brackets, as RFC 5118 §4.5 reads the received parameter.
+    let received = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    };
+    via.set_param("received", Some(&received));
     if want_rport {
         via.set_param("rport", Some(&source.remote.port().to_string()));
     }
@@ -171,7 +202,7 @@ pub(super) fn stamp_received(msg: &mut Message, source: &Source) {
 /// Where a reply to a request we received goes (RFC 3261 §18.2.2, RFC 3581):
 /// back on the connection for streams; for UDP to the source IP, at the
 /// source port when rport was asked, else the Via port.
-fn reply_target(msg: &Message, source: &Source) -> Target {
+pub(super) fn reply_target(msg: &Message, source: &Source) -> Target {
     if source.transport.is_stream() {
         return Target {
             transport: source.transport,

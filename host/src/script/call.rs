@@ -11,6 +11,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::config::Limits;
 use crate::proxy::Locality;
 use crate::sip::{HeaderName, Message};
+
 use crate::transport::Inbound;
 
 /// What a tenant's guest is given, whichever instance runs it.
@@ -32,6 +33,22 @@ pub struct RequestCtx {
     /// The guest asked for Record-Route; it is added when the request is
     /// sent, with the address of the socket it leaves by.
     pub record_route: bool,
+    /// Request-URIs of extra branches for the next relay (`append-branch`).
+    pub branches: Vec<String>,
+    /// Final-response timers asked with `tm.set-timers` (INVITE, others).
+    pub fr_timers: Option<(std::time::Duration, std::time::Duration)>,
+}
+
+/// A response handed to a hook (the `response` resource of the WIT).
+pub struct ResponseCtx {
+    pub msg: Message,
+}
+
+/// Variables and flags of one transaction, kept across its hooks.
+#[derive(Debug, Default, Clone)]
+pub struct TxVars {
+    pub values: BTreeMap<String, String>,
+    pub flags: u64,
 }
 
 /// The transport-level origin of a message.
@@ -59,6 +76,8 @@ impl RequestCtx {
             source,
             max_forwards_done: false,
             record_route: false,
+            branches: Vec::new(),
+            fr_timers: None,
         }
     }
 }
@@ -72,9 +91,10 @@ pub enum Action {
         reason: String,
         headers: Vec<(HeaderName, String)>,
     },
-    Forward {
-        destination: Option<String>,
-    },
+    /// Stateless forward (`proxy.forward`).
+    Forward { destination: Option<String> },
+    /// Stateful relay (`tm.relay`).
+    Relay { destination: Option<String> },
 }
 
 /// Why a hook call failed. The request gets a 500; the instance is dropped.
@@ -96,6 +116,8 @@ pub struct HostState {
     pub(super) guest: Arc<Guest>,
     /// Actions asked for during the current hook call.
     pub(super) actions: Vec<Action>,
+    /// The current transaction's variables, lent for the hook call.
+    pub(super) vars: TxVars,
 }
 
 impl HostState {
@@ -111,6 +133,7 @@ impl HostState {
                 .build(),
             guest,
             actions: Vec::new(),
+            vars: TxVars::default(),
         }
     }
 }

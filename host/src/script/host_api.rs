@@ -4,8 +4,8 @@
 use wasmtime::component::Resource;
 use wasmtime::Result;
 
-use super::call::{Action, HostState, RequestCtx};
-use super::wisp::proxy::{config, log, proxy, rr, types};
+use super::call::{Action, HostState, RequestCtx, ResponseCtx};
+use super::wisp::proxy::{config, log, proxy, rr, tm, types, vars};
 use crate::proxy::checks;
 use crate::sip::{self, HeaderName};
 
@@ -140,6 +140,173 @@ impl types::HostRequest for HostState {
         // hook. A guest has only borrows, so nothing to free here.
         Ok(())
     }
+}
+
+impl HostState {
+    fn res(&self, handle: &Resource<ResponseCtx>) -> Result<&ResponseCtx> {
+        Ok(self.table.get(handle)?)
+    }
+}
+
+impl types::HostResponse for HostState {
+    fn status(&mut self, res: Resource<ResponseCtx>) -> Result<u16> {
+        Ok(self.res(&res)?.msg.status().unwrap_or(0))
+    }
+
+    fn reason(&mut self, res: Resource<ResponseCtx>) -> Result<String> {
+        Ok(self.res(&res)?.msg.reason().unwrap_or_default().to_owned())
+    }
+
+    fn header(&mut self, res: Resource<ResponseCtx>, name: String) -> Result<Option<String>> {
+        let name = HeaderName::parse(&name);
+        let value = self.res(&res)?.msg.values(&name).next().map(str::to_owned);
+        Ok(value)
+    }
+
+    fn header_values(&mut self, res: Resource<ResponseCtx>, name: String) -> Result<Vec<String>> {
+        let name = HeaderName::parse(&name);
+        let values = self
+            .res(&res)?
+            .msg
+            .values(&name)
+            .map(str::to_owned)
+            .collect();
+        Ok(values)
+    }
+
+    fn header_names(&mut self, res: Resource<ResponseCtx>) -> Result<Vec<String>> {
+        let res = self.res(&res)?;
+        Ok(res
+            .msg
+            .headers()
+            .iter()
+            .map(|h| h.raw_name().to_owned())
+            .collect())
+    }
+
+    fn append_header(
+        &mut self,
+        res: Resource<ResponseCtx>,
+        name: String,
+        value: String,
+    ) -> Result<Result<(), types::Error>> {
+        if let Err(err) = checks::header_field(&name, &value) {
+            return Ok(Err(invalid(err)));
+        }
+        let res: &mut ResponseCtx = self.table.get_mut(&res)?;
+        Ok(res
+            .msg
+            .append_header(HeaderName::parse(&name), &value)
+            .map_err(invalid))
+    }
+
+    fn remove_header(&mut self, res: Resource<ResponseCtx>, name: String) -> Result<u32> {
+        let name = HeaderName::parse(&name);
+        if is_core_header(&name) {
+            return Ok(0);
+        }
+        let res: &mut ResponseCtx = self.table.get_mut(&res)?;
+        Ok(u32::try_from(res.msg.remove_headers(&name)).unwrap_or(u32::MAX))
+    }
+
+    fn body(&mut self, res: Resource<ResponseCtx>) -> Result<Vec<u8>> {
+        Ok(self.res(&res)?.msg.body().to_vec())
+    }
+
+    fn drop(&mut self, _res: Resource<ResponseCtx>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Headers that route a response back; a hook may not remove them.
+fn is_core_header(name: &HeaderName) -> bool {
+    matches!(
+        name,
+        HeaderName::Via | HeaderName::From | HeaderName::To | HeaderName::CallId | HeaderName::CSeq
+    )
+}
+
+impl tm::Host for HostState {
+    fn relay(
+        &mut self,
+        req: Resource<RequestCtx>,
+        destination: Option<String>,
+    ) -> Result<Result<(), types::Error>> {
+        let _ = self.req(&req)?;
+        if let Some(dest) = &destination {
+            if let Err(err) = crate::proxy::Destination::parse(dest) {
+                return Ok(Err(invalid(err)));
+            }
+        }
+        self.actions.push(Action::Relay { destination });
+        Ok(Ok(()))
+    }
+
+    fn append_branch(
+        &mut self,
+        req: Resource<RequestCtx>,
+        uri: String,
+    ) -> Result<Result<(), types::Error>> {
+        if let Err(err) = sip::Uri::parse(&uri) {
+            return Ok(Err(invalid(err)));
+        }
+        let req = self.req_mut(&req)?;
+        if req.branches.len() >= MAX_BRANCHES {
+            return Ok(Err(types::Error::NotAllowed(format!(
+                "at most {MAX_BRANCHES} branches per relay"
+            ))));
+        }
+        req.branches.push(uri);
+        Ok(Ok(()))
+    }
+
+    fn set_timers(
+        &mut self,
+        req: Resource<RequestCtx>,
+        invite_ms: u32,
+        final_ms: u32,
+    ) -> Result<()> {
+        let req = self.req_mut(&req)?;
+        let ms = |v: u32| std::time::Duration::from_millis(u64::from(v.max(1)));
+        req.fr_timers = Some((ms(invite_ms), ms(final_ms)));
+        Ok(())
+    }
+}
+
+/// Branches one relay may fork to: a guest cannot flood the network.
+const MAX_BRANCHES: usize = 16;
+
+impl vars::Host for HostState {
+    fn get(&mut self, name: String) -> Result<Option<String>> {
+        Ok(self.vars.values.get(&name).cloned())
+    }
+
+    fn set(&mut self, name: String, value: Option<String>) -> Result<()> {
+        match value {
+            Some(v) => self.vars.values.insert(name, v),
+            None => self.vars.values.remove(&name),
+        };
+        Ok(())
+    }
+
+    fn set_flag(&mut self, flag: u8) -> Result<()> {
+        self.vars.flags |= flag_bit(flag);
+        Ok(())
+    }
+
+    fn reset_flag(&mut self, flag: u8) -> Result<()> {
+        self.vars.flags &= !flag_bit(flag);
+        Ok(())
+    }
+
+    fn is_flag_set(&mut self, flag: u8) -> Result<bool> {
+        Ok(self.vars.flags & flag_bit(flag) != 0)
+    }
+}
+
+/// Flags 0–63; higher numbers wrap rather than trap.
+fn flag_bit(flag: u8) -> u64 {
+    1u64 << (flag % 64)
 }
 
 impl proxy::Host for HostState {

@@ -17,7 +17,7 @@ use anyhow::Context;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
-pub use call::{Action, Guest, HookError, RequestCtx, Source};
+pub use call::{Action, Guest, HookError, RequestCtx, ResponseCtx, Source, TxVars};
 pub use pool::Pool;
 
 use crate::config::Limits;
@@ -25,7 +25,10 @@ use crate::config::Limits;
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "router",
-    with: { "wisp:proxy/types.request": call::RequestCtx },
+    with: {
+        "wisp:proxy/types.request": call::RequestCtx,
+        "wisp:proxy/types.response": call::ResponseCtx,
+    },
     imports: { default: trappable },
 });
 
@@ -124,7 +127,9 @@ impl ScriptEngine {
     ) -> anyhow::Result<Pool> {
         let loaded = self.load(wasm, origin)?;
         let pool = Pool::new(self.engine.clone(), loaded, guest);
-        pool.warm_up()
+        // One warm instance per worker thread (see proxy::run).
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        pool.warm_up(workers)
             .with_context(|| format!("{origin}: cannot instantiate"))?;
         Ok(pool)
     }

@@ -525,6 +525,16 @@ impl Transactions {
         }
     }
 
+    /// Ends a transaction the TU handles without state (a request it
+    /// forwarded statelessly, or dropped): [`Event::Terminated`] and it is
+    /// gone, so a retransmission of the request is a new request again.
+    pub fn forget(&mut self, tx: TxId) {
+        if self.txs.contains_key(&tx) {
+            self.remove(tx);
+            self.after();
+        }
+    }
+
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
