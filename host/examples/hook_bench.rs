@@ -12,8 +12,8 @@
 //! - warm: µs per hook call on pooled instances (what the proxy pays);
 //! - fresh: µs per hook call when every call instantiates (idle_instances = 0).
 //!
-//! Two requests alternate: an INVITE that is record-routed and forwarded
-//! (max-forwards, sanity, has-to-tag, record-route, is-myself, forward) and
+//! Two requests alternate: an INVITE that is record-routed and relayed
+//! (max-forwards, sanity, has-to-tag, record-route, is-myself, relay) and
 //! an OPTIONS to the proxy itself, answered 200. The actions each component
 //! asks for are checked against that (`--any-actions` skips the check, to
 //! time other routing).

@@ -9,6 +9,28 @@ use super::wisp::proxy::{config, log, proxy, rr, tm, types, vars};
 use crate::proxy::checks;
 use crate::sip::{self, HeaderName};
 
+/// The first value of a header, by any of its names (`$hdr(name)`).
+fn first_value(msg: &sip::Message, name: &str) -> Option<String> {
+    msg.values(&HeaderName::parse(name))
+        .next()
+        .map(str::to_owned)
+}
+
+/// Every value of a header, comma lists split.
+fn all_values(msg: &sip::Message, name: &str) -> Vec<String> {
+    msg.values(&HeaderName::parse(name))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Header names in order, as written.
+fn names(msg: &sip::Message) -> Vec<String> {
+    msg.headers()
+        .iter()
+        .map(|h| h.raw_name().to_owned())
+        .collect()
+}
+
 fn invalid(err: impl std::fmt::Display) -> types::Error {
     types::Error::Invalid(err.to_string())
 }
@@ -24,6 +46,20 @@ impl HostState {
 }
 
 impl types::Host for HostState {}
+
+impl HostState {
+    /// Queues a forward or relay after checking its explicit destination.
+    fn push_routing(&mut self, action: Action) -> Result<(), types::Error> {
+        let (Action::Forward { destination } | Action::Relay { destination }) = &action else {
+            return Ok(());
+        };
+        if let Some(dest) = destination {
+            crate::proxy::Destination::parse(dest).map_err(invalid)?;
+        }
+        self.actions.push(action);
+        Ok(())
+    }
+}
 
 impl types::HostRequest for HostState {
     fn method(&mut self, req: Resource<RequestCtx>) -> Result<String> {
@@ -72,27 +108,15 @@ impl types::HostRequest for HostState {
     }
 
     fn header(&mut self, req: Resource<RequestCtx>, name: String) -> Result<Option<String>> {
-        let req = self.req(&req)?;
-        let name = HeaderName::parse(&name);
-        let value = req.msg.values(&name).next().map(str::to_owned);
-        Ok(value)
+        Ok(first_value(&self.req(&req)?.msg, &name))
     }
 
     fn header_values(&mut self, req: Resource<RequestCtx>, name: String) -> Result<Vec<String>> {
-        let req = self.req(&req)?;
-        let name = HeaderName::parse(&name);
-        let values = req.msg.values(&name).map(str::to_owned).collect();
-        Ok(values)
+        Ok(all_values(&self.req(&req)?.msg, &name))
     }
 
     fn header_names(&mut self, req: Resource<RequestCtx>) -> Result<Vec<String>> {
-        let req = self.req(&req)?;
-        Ok(req
-            .msg
-            .headers()
-            .iter()
-            .map(|h| h.raw_name().to_owned())
-            .collect())
+        Ok(names(&self.req(&req)?.msg))
     }
 
     fn append_header(
@@ -158,9 +182,7 @@ impl types::HostResponse for HostState {
     }
 
     fn header(&mut self, res: Resource<ResponseCtx>, name: String) -> Result<Option<String>> {
-        let name = HeaderName::parse(&name);
-        let value = self.res(&res)?.msg.values(&name).next().map(str::to_owned);
-        Ok(value)
+        Ok(first_value(&self.res(&res)?.msg, &name))
     }
 
     fn header_values(&mut self, res: Resource<ResponseCtx>, name: String) -> Result<Vec<String>> {
@@ -232,14 +254,8 @@ impl tm::Host for HostState {
         req: Resource<RequestCtx>,
         destination: Option<String>,
     ) -> Result<Result<(), types::Error>> {
-        let _ = self.req(&req)?;
-        if let Some(dest) = &destination {
-            if let Err(err) = crate::proxy::Destination::parse(dest) {
-                return Ok(Err(invalid(err)));
-            }
-        }
-        self.actions.push(Action::Relay { destination });
-        Ok(Ok(()))
+        self.req(&req)?;
+        Ok(self.push_routing(Action::Relay { destination }))
     }
 
     fn append_branch(
@@ -349,14 +365,8 @@ impl proxy::Host for HostState {
         req: Resource<RequestCtx>,
         destination: Option<String>,
     ) -> Result<Result<(), types::Error>> {
-        let _ = self.req(&req)?;
-        if let Some(dest) = &destination {
-            if let Err(err) = crate::proxy::Destination::parse(dest) {
-                return Ok(Err(invalid(err)));
-            }
-        }
-        self.actions.push(Action::Forward { destination });
-        Ok(Ok(()))
+        self.req(&req)?;
+        Ok(self.push_routing(Action::Forward { destination }))
     }
 
     fn max_forwards(
