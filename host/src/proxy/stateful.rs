@@ -158,17 +158,13 @@ impl Worker {
             return failed(ctx, 500, "Server Internal Error");
         }
         let branch = self.next_branch();
-        let (target, msg) =
-            match self
-                .proxy
-                .prepare(&copy, copy.msg.clone(), destination.as_deref(), &branch)
-            {
-                Ok(ready) => ready,
-                Err(err) => {
-                    tracing::info!(%err, "cannot send a branch");
-                    return failed(ctx, 503, "Service Unavailable");
-                }
-            };
+        let (target, msg) = match self.proxy.prepare(copy, destination.as_deref(), &branch) {
+            Ok(ready) => ready,
+            Err(err) => {
+                tracing::info!(%err, "cannot send a branch");
+                return failed(ctx, 503, "Service Unavailable");
+            }
+        };
         match self.txs.send_request(now, msg, target) {
             Ok(client) => Branch {
                 client: Some(client),

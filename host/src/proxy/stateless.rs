@@ -34,22 +34,22 @@ impl Proxy {
             return Ok(());
         }
         let branch = branch_for(&req.msg);
-        let (target, msg) = self.prepare(req, req.msg.clone(), explicit, &branch)?;
+        let (target, msg) = self.prepare(req.clone(), explicit, &branch)?;
         self.transports
             .send(target, msg.to_bytes())
             .map_err(|e| e.to_string())
     }
 
-    /// Makes `msg` (a copy of `req`'s message) ready to leave: next hop
-    /// resolved (strict routers handled), Record-Route if asked, our Via with
-    /// `branch` on top. Max-Forwards must already be checked.
+    /// Makes a copy of a request ready to leave: next hop resolved (strict
+    /// routers handled), Record-Route if asked, our Via with `branch` on
+    /// top. Max-Forwards must already be checked.
     pub(super) fn prepare(
         &self,
-        req: &RequestCtx,
-        mut msg: Message,
+        req: RequestCtx,
         explicit: Option<&str>,
         branch: &str,
     ) -> Result<(Target, Message), String> {
+        let mut msg = req.msg;
         let dest = next_hop(&mut msg, explicit)?;
         let target = dest.resolve()?;
         if is_unroutable(target.addr.ip()) {
