@@ -103,9 +103,11 @@ fn load(wasm: &[u8], name: &str, cache: &std::path::Path, limits: Limits) -> any
     ));
     let guest = Arc::new(Guest {
         tenant: name.to_owned(),
+        version: 1,
         params: BTreeMap::new(),
         limits,
         locality,
+        metrics: wisp::metrics::Metrics::new().tenant(name),
     });
     engine.load_checked(wasm, name, guest)
 }

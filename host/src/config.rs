@@ -33,6 +33,47 @@ pub struct Config {
     /// Transaction timers (RFC 3261 table 4), in milliseconds.
     #[serde(default)]
     pub timers: Timers,
+    /// Which tenant a request goes to when none claims it.
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    /// The admin API (`wisp ctl`, metrics); off without this section.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+}
+
+/// How requests that no tenant claims are handled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// The tenant for requests no tenant's `domains` or `listeners` claim.
+    /// Default: the tenant that has neither (a catch-all), if there is one.
+    pub default_tenant: Option<String>,
+    /// The answer to a request no tenant takes: 404 or 403.
+    pub unknown_reply: u16,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            default_tenant: None,
+            unknown_reply: 404,
+        }
+    }
+}
+
+/// The HTTP admin API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where it listens. Default: 127.0.0.1:9060 (loopback only).
+    #[serde(default = "default_admin_address")]
+    pub address: SocketAddr,
+    /// The bearer token every request must carry.
+    pub token: String,
+}
+
+fn default_admin_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9060))
 }
 
 /// One listening socket.
@@ -62,10 +103,41 @@ pub struct TenantConfig {
     pub params: BTreeMap<String, String>,
     #[serde(default)]
     pub limits: Limits,
+    /// Domains whose requests this tenant routes, matched against the
+    /// Request-URI host, then the To host.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Listening addresses (`IP:PORT`, any transport) whose requests this
+    /// tenant routes when no domain matched.
+    #[serde(default)]
+    pub listeners: Vec<SocketAddr>,
+    /// When a canary version is rolled back on its own.
+    #[serde(default)]
+    pub canary: CanaryPolicy,
+}
+
+/// Automatic rollback of a canary version.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CanaryPolicy {
+    /// Share of the canary's hook calls that may fail (trap, deadline,
+    /// instantiation) before it is rolled back, from 0.0 to 1.0.
+    pub max_error_rate: f64,
+    /// Hook calls the canary must have made before the rate is judged.
+    pub min_calls: u64,
+}
+
+impl Default for CanaryPolicy {
+    fn default() -> Self {
+        CanaryPolicy {
+            max_error_rate: 0.05,
+            min_calls: 20,
+        }
+    }
 }
 
 /// What one hook call of a tenant may use.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Wall-clock time a hook may run before it is stopped, in milliseconds.
@@ -74,6 +146,15 @@ pub struct Limits {
     pub memory_mib: u64,
     /// Warm instances kept ready between messages.
     pub idle_instances: usize,
+    /// Instances alive at once (busy and idle); a request that would need
+    /// one more is answered 503.
+    pub max_instances: usize,
+    /// Hook failures in a row (trap, deadline, instantiation) that make a
+    /// crash loop: the tenant's requests are then answered 503 without
+    /// running its guest for `backoff_ms`, doubling while it goes on.
+    pub crash_loop_failures: u32,
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
 }
 
 impl Default for Limits {
@@ -82,6 +163,10 @@ impl Default for Limits {
             hook_deadline_ms: 50,
             memory_mib: 64,
             idle_instances: 64,
+            max_instances: 256,
+            crash_loop_failures: 5,
+            backoff_ms: 1000,
+            max_backoff_ms: 60_000,
         }
     }
 }
@@ -123,6 +208,9 @@ fn default_tenants() -> Vec<TenantConfig> {
         component: None,
         params: BTreeMap::new(),
         limits: Limits::default(),
+        domains: Vec::new(),
+        listeners: Vec::new(),
+        canary: CanaryPolicy::default(),
     }]
 }
 
@@ -134,6 +222,8 @@ impl Default for Config {
             tenant: default_tenants(),
             engine: EngineConfig::default(),
             timers: Timers::default(),
+            routing: RoutingConfig::default(),
+            admin: None,
         }
     }
 }
@@ -216,6 +306,76 @@ impl Config {
                     "tenant \"{}\": limits.memory_mib must be above 0",
                     t.name
                 ));
+            }
+            if t.limits.max_instances == 0 {
+                return Err(format!(
+                    "tenant \"{}\": limits.max_instances must be above 0",
+                    t.name
+                ));
+            }
+            if !(0.0..=1.0).contains(&t.canary.max_error_rate) {
+                return Err(format!(
+                    "tenant \"{}\": canary.max_error_rate must be between 0.0 and 1.0",
+                    t.name
+                ));
+            }
+            for domain in &t.domains {
+                let claimed = self.tenant[..i]
+                    .iter()
+                    .find(|o| o.domains.iter().any(|d| d.eq_ignore_ascii_case(domain)));
+                if let Some(other) = claimed {
+                    return Err(format!(
+                        "domain \"{domain}\" belongs to tenants \"{}\" and \"{}\"",
+                        other.name, t.name
+                    ));
+                }
+            }
+            for listener in &t.listeners {
+                if !self.listen.iter().any(|l| l.address == *listener) {
+                    return Err(format!(
+                        "tenant \"{}\": listener {listener} is not a [[listen]] address",
+                        t.name
+                    ));
+                }
+                if let Some(other) = self.tenant[..i]
+                    .iter()
+                    .find(|o| o.listeners.contains(listener))
+                {
+                    return Err(format!(
+                        "listener {listener} belongs to tenants \"{}\" and \"{}\"",
+                        other.name, t.name
+                    ));
+                }
+            }
+        }
+        let catch_alls: Vec<&str> = self
+            .tenant
+            .iter()
+            .filter(|t| t.domains.is_empty() && t.listeners.is_empty())
+            .map(|t| t.name.as_str())
+            .collect();
+        match &self.routing.default_tenant {
+            Some(name) if !self.tenant.iter().any(|t| &t.name == name) => {
+                return Err(format!(
+                    "routing.default_tenant \"{name}\" is not a [[tenant]]"
+                ));
+            }
+            Some(_) => {}
+            None if catch_alls.len() > 1 => {
+                return Err(format!(
+                    "tenants {} have no domains or listeners: only one tenant can take \
+                     every unclaimed request (or set routing.default_tenant)",
+                    catch_alls.join(", ")
+                ));
+            }
+            None => {}
+        }
+        if !matches!(self.routing.unknown_reply, 403 | 404) {
+            return Err("routing.unknown_reply must be 403 or 404".into());
+        }
+        if let Some(admin) = &self.admin {
+            if admin.token.trim().is_empty() {
+                return Err("[admin] token must not be empty".into());
             }
         }
         Ok(())

@@ -3,12 +3,17 @@
 //! Modules follow the data path of a message:
 //! [`transport`] (sockets, framing) → [`sip`] (parsing) → [`proxy`] (RFC 3261
 //! §16 core) → [`script`] (the tenant's wasm route hook) → back out through
-//! [`transport`]. [`server`] wires them together from a [`config`].
+//! [`transport`]. [`tenancy`] picks the tenant and version for each request
+//! and swaps them at runtime; [`admin`] and [`metrics`] expose it to
+//! operators. [`server`] wires them together from a [`config`].
 
+pub mod admin;
 pub mod config;
+pub mod metrics;
 pub mod proxy;
 pub mod script;
 pub mod server;
 pub mod sip;
+pub mod tenancy;
 pub mod transaction;
 pub mod transport;

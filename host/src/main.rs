@@ -30,6 +30,37 @@ enum Command {
     /// Check the configuration and load every component, without serving.
     /// Exits non-zero and says what is wrong when something is.
     Check,
+    /// Talk to a running wisp through its admin API (`[admin]` in the
+    /// configuration gives the address and token).
+    Ctl {
+        #[command(subcommand)]
+        action: CtlAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlAction {
+    /// Tenants, their versions and counters (JSON).
+    Tenants,
+    /// Counters per tenant (JSON).
+    Stats,
+    /// Metrics in the Prometheus text format.
+    Metrics,
+    /// Without TENANT: re-read the configuration file (as SIGHUP does).
+    /// With TENANT: a new version of that tenant's routing.
+    Reload {
+        tenant: Option<String>,
+        /// Serve this component instead of the configured one.
+        #[arg(long, value_name = "FILE", requires = "tenant")]
+        component: Option<PathBuf>,
+        /// Send only this percentage (1-100) of new calls to the new version.
+        #[arg(long, value_name = "PERCENT", requires = "tenant")]
+        canary: Option<u8>,
+    },
+    /// Make the tenant's canary the version serving every new call.
+    Promote { tenant: String },
+    /// Drop the tenant's canary.
+    Rollback { tenant: String },
 }
 
 fn main() -> ExitCode {
@@ -68,6 +99,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Ctl { action } => ctl(&config, action),
         Command::Serve => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -79,13 +111,60 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(wisp::server::serve(config)) {
+            match runtime.block_on(wisp::server::serve(config, cli.config.clone())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("wisp: {err:#}");
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn ctl(config: &Config, action: CtlAction) -> ExitCode {
+    use wisp::admin::client::{self, CtlRequest};
+    use wisp::admin::ReloadRequest;
+
+    let Some(admin) = &config.admin else {
+        eprintln!("wisp ctl: the configuration has no [admin] section (address, token); pass the server's --config");
+        return ExitCode::from(2);
+    };
+    let request = match action {
+        CtlAction::Tenants => CtlRequest::Tenants,
+        CtlAction::Stats => CtlRequest::Stats,
+        CtlAction::Metrics => CtlRequest::Metrics,
+        CtlAction::Reload { tenant: None, .. } => CtlRequest::ReloadConfig,
+        CtlAction::Reload {
+            tenant: Some(tenant),
+            component,
+            canary,
+        } => {
+            // The server resolves paths from its own working directory.
+            let component = match component.map(|p| std::path::absolute(&p).map_err(|e| (p, e))) {
+                None => None,
+                Some(Ok(p)) => Some(p),
+                Some(Err((p, err))) => {
+                    eprintln!("wisp ctl: {}: {err}", p.display());
+                    return ExitCode::from(2);
+                }
+            };
+            CtlRequest::ReloadTenant {
+                tenant,
+                request: ReloadRequest { component, canary },
+            }
+        }
+        CtlAction::Promote { tenant } => CtlRequest::Promote(tenant),
+        CtlAction::Rollback { tenant } => CtlRequest::Rollback(tenant),
+    };
+    match client::run(admin, &request) {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("wisp ctl: {err}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,27 +1,41 @@
 //! Wiring: from a configuration to a running proxy, or to a checked one.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
-
-use crate::config::{Config, TenantConfig};
-use crate::proxy::{Locality, Proxy, Tenant};
-use crate::script::{Guest, ScriptEngine, DEFAULT_COMPONENT};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::{Locality, Proxy};
+use crate::script::ScriptEngine;
+use crate::tenancy::Tenancy;
 use crate::transport::{Listener, Transports};
 
-/// Runs the proxy until SIGINT or SIGTERM.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// Runs the proxy until SIGINT or SIGTERM. SIGHUP reloads the tenants from
+/// `config_path` (see [`Tenancy::reload_config`]).
+pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let engine = ScriptEngine::new(config.engine.cache_dir.clone())?;
     let (transports, inbound) = Transports::bind(&config.listen).await?;
     let locality = Arc::new(Locality::new(
         transports.listeners().to_vec(),
         config.aliases.clone(),
     ));
-    let tenants = load_tenants(&engine, &config, &locality)?;
+    let metrics = Arc::new(Metrics::new());
+    let tenancy = Arc::new(Tenancy::load(
+        engine,
+        locality.clone(),
+        metrics,
+        &config,
+        config_path,
+    )?);
     for l in transports.listeners() {
         tracing::info!(transport = %l.transport, address = %l.local, "listening");
     }
-    let proxy = Proxy::new(transports, locality, tenants, config.timers);
+    if let Some(admin) = &config.admin {
+        let address = crate::admin::serve(admin, tenancy.clone()).await?;
+        tracing::info!(%address, "admin API listening");
+    }
+    reload_on_sighup(tenancy.clone());
+    let proxy = Proxy::new(transports, locality, tenancy, config.timers);
     tokio::spawn(proxy.run(inbound));
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -42,59 +56,42 @@ pub fn check(config: &Config) -> anyhow::Result<Vec<String>> {
         })
         .collect();
     let locality = Arc::new(Locality::new(listeners, config.aliases.clone()));
-    let tenants = load_tenants(&engine, config, &locality)?;
-    Ok(tenants
+    let tenancy = Tenancy::load(engine, locality, Arc::new(Metrics::new()), config, None)?;
+    Ok(tenancy
+        .status()
         .iter()
-        .map(|t| format!("tenant {}: {} ok", t.name, t.pool.origin()))
+        .map(|t| format!("tenant {}: {} ok", t.name, t.stable.origin))
         .collect())
 }
 
-fn load_tenants(
-    engine: &ScriptEngine,
-    config: &Config,
-    locality: &Arc<Locality>,
-) -> anyhow::Result<Vec<Tenant>> {
-    config
-        .tenant
-        .iter()
-        .map(|t| load_tenant(engine, t, locality))
-        .collect()
-}
-
-fn load_tenant(
-    engine: &ScriptEngine,
-    t: &TenantConfig,
-    locality: &Arc<Locality>,
-) -> anyhow::Result<Tenant> {
-    let (wasm, origin) = match &t.component {
-        Some(path) => {
-            let wasm = std::fs::read(path).with_context(|| {
-                format!(
-                    "tenant {}: cannot read component {}",
-                    t.name,
-                    path.display()
-                )
-            })?;
-            (wasm, path.display().to_string())
-        }
-        None => (
-            DEFAULT_COMPONENT.to_vec(),
-            "bundled default routing".to_owned(),
-        ),
-    };
-    let guest = Arc::new(Guest {
-        tenant: t.name.clone(),
-        params: t.params.clone(),
-        limits: t.limits,
-        locality: locality.clone(),
-    });
-    let pool = engine
-        .load_checked(&wasm, &origin, guest)
-        .with_context(|| format!("tenant {}", t.name))?;
-    Ok(Tenant {
-        name: t.name.clone(),
-        pool: Arc::new(pool),
-    })
+fn reload_on_sighup(tenancy: Arc<Tenancy>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(hup) => hup,
+            Err(err) => {
+                tracing::warn!(%err, "cannot listen for SIGHUP: reload with `wisp ctl reload`");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let tenancy = tenancy.clone();
+                let outcome = tokio::task::spawn_blocking(move || tenancy.reload_config()).await;
+                match outcome {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(err)) => {
+                        tracing::error!(%err, "SIGHUP reload refused; nothing changed")
+                    }
+                    Err(err) => tracing::error!(%err, "SIGHUP reload failed"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = tenancy;
 }
 
 async fn shutdown_signal() {

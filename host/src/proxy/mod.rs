@@ -23,25 +23,19 @@ use tokio::sync::mpsc;
 pub use locality::Locality;
 pub use routing::{loose_route, Destination};
 
-use crate::script::{Pool, Source};
+use crate::script::Source;
 use crate::sip::{self, Message};
+use crate::tenancy::Tenancy;
 use crate::transaction::Timers;
 use crate::transport::{Inbound, Target, Transports};
 
 /// Messages waiting for one worker before new ones are dropped (overload).
 const WORKER_QUEUE: usize = 8192;
 
-/// A tenant: a name and the routing component serving it.
-pub struct Tenant {
-    pub name: String,
-    /// The version in service; a transaction keeps the one it started on.
-    pub pool: Arc<Pool>,
-}
-
 pub struct Proxy {
     transports: Arc<Transports>,
     locality: Arc<Locality>,
-    tenants: Vec<Tenant>,
+    tenancy: Arc<Tenancy>,
     timers: Timers,
 }
 
@@ -49,13 +43,13 @@ impl Proxy {
     pub fn new(
         transports: Arc<Transports>,
         locality: Arc<Locality>,
-        tenants: Vec<Tenant>,
+        tenancy: Arc<Tenancy>,
         timers: Timers,
     ) -> Arc<Proxy> {
         Arc::new(Proxy {
             transports,
             locality,
-            tenants,
+            tenancy,
             timers,
         })
     }
@@ -113,12 +107,6 @@ impl Proxy {
                 }
             }
         }
-    }
-
-    /// The tenant routing a request. Selection by domain comes with
-    /// multi-tenancy; until then the first tenant routes everything.
-    fn tenant_for(&self, _msg: &Message) -> Option<&Tenant> {
-        self.tenants.first()
     }
 }
 

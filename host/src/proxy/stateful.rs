@@ -85,7 +85,7 @@ impl Worker {
         }
         let invite = req.msg.method() == Some(&Method::Invite);
         if invite {
-            self.answer(now, Some(tx), &req, 100, "Trying", &[]);
+            self.answer_for(&pool, now, Some(tx), &req, 100, "Trying", &[]);
         }
         let fr = req.fr_timers.unwrap_or((DEFAULT_FR_INVITE, DEFAULT_FR));
         let ctx = ProxyTx {
@@ -227,12 +227,14 @@ impl Worker {
                     }
                 }
                 if keep && !ctx.final_sent {
+                    ctx.pool.guest().metrics.reply(status);
                     self.respond(now, tx, msg);
                 }
             }
             200..=299 => {
                 branch.answered_2xx = true;
                 // Every 2xx goes upstream (§16.7 step 5), retransmissions too.
+                ctx.pool.guest().metrics.reply(status);
                 self.respond(now, tx, msg);
                 if !ctx.final_sent {
                     ctx.final_sent = true;
@@ -357,8 +359,17 @@ impl Worker {
                             } => {
                                 ctx.final_sent = true;
                                 let req = ctx.req.clone();
+                                let pool = ctx.pool.clone();
                                 self.contexts.insert(tx, ctx);
-                                self.answer(now, Some(tx), &req, code, &reason, &headers);
+                                self.answer_for(
+                                    &pool,
+                                    now,
+                                    Some(tx),
+                                    &req,
+                                    code,
+                                    &reason,
+                                    &headers,
+                                );
                                 return;
                             }
                             Action::Forward { .. } => {
@@ -379,6 +390,9 @@ impl Worker {
             if let Some(internal) = make_reply(&ctx.req.msg, 500, "Server Internal Error", &[]) {
                 best = internal;
             }
+        }
+        if let Some(code) = best.status() {
+            ctx.pool.guest().metrics.reply(code);
         }
         self.contexts.insert(tx, ctx);
         self.respond(now, tx, best);

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use crate::script::{Action, Pool, RequestCtx, Source, TxVars};
 use crate::sip::{self, HeaderName, Message};
+use crate::tenancy::Selected;
 use crate::transaction::{Event, Incoming, ResponseDisposition, Transactions, TxId};
 
 use super::stateful::ProxyTx;
@@ -143,24 +144,67 @@ impl Worker {
         }
     }
 
-    /// Runs the route hook and carries out what it decided.
+    /// Picks the tenant and its version, runs the route hook and carries
+    /// out what it decided.
     fn route(&mut self, now: Instant, tx: Option<TxId>, req: RequestCtx) {
-        let Some(tenant) = self.proxy.tenant_for(&req.msg) else {
-            if let Some(tx) = tx {
-                self.txs.forget(tx);
+        let tenant = match self.proxy.tenancy.select(&req.msg, &req.source) {
+            Selected::Tenant(tenant) => tenant,
+            Selected::Unknown(code) => {
+                let reason = if code == 403 {
+                    "Forbidden"
+                } else {
+                    "Not Found"
+                };
+                tracing::debug!(
+                    uri = req.msg.uri().unwrap_or(""),
+                    "no tenant for the request"
+                );
+                self.answer(now, tx, &req, code, reason, &[]);
+                return;
             }
-            return;
         };
-        let pool = tenant.pool.clone();
+        tenant.metrics.requests.inc();
+        let pool = tenant.pick(req.msg.call_id());
         let mut vars = TxVars::default();
         let (req, result) = pool.route(req, &mut vars);
         match result {
             Ok(((), actions)) => self.execute(now, tx, req, actions, pool, vars),
+            Err(err) if err.is_overload() => {
+                tracing::debug!(tenant = %tenant.name, %err, "not routed; answering 503");
+                let retry_after = [(HeaderName::parse("Retry-After"), "5".to_owned())];
+                self.answer_for(
+                    &pool,
+                    now,
+                    tx,
+                    &req,
+                    503,
+                    "Service Unavailable",
+                    &retry_after,
+                );
+            }
             Err(err) => {
-                tracing::warn!(tenant = %tenant.name, %err, "route hook failed; answering 500");
-                self.answer(now, tx, &req, 500, "Server Internal Error", &[]);
+                tracing::warn!(tenant = %tenant.name, version = pool.guest().version, %err, "route hook failed; answering 500");
+                self.answer_for(&pool, now, tx, &req, 500, "Server Internal Error", &[]);
             }
         }
+    }
+
+    /// Answers a request and counts the reply for the tenant.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn answer_for(
+        &mut self,
+        pool: &Pool,
+        now: Instant,
+        tx: Option<TxId>,
+        req: &RequestCtx,
+        code: u16,
+        reason: &str,
+        headers: &[(HeaderName, String)],
+    ) {
+        if req.msg.method() != Some(&sip::Method::Ack) {
+            pool.guest().metrics.reply(code);
+        }
+        self.answer(now, tx, req, code, reason, headers);
     }
 
     /// Carries out the route hook's actions in order. A request neither
@@ -183,7 +227,7 @@ impl Worker {
                     reason,
                     headers,
                 } => {
-                    self.answer(now, tx, &req, code, &reason, &headers);
+                    self.answer_for(&pool, now, tx, &req, code, &reason, &headers);
                     answered = true;
                 }
                 Action::Relay { destination } => match tx {

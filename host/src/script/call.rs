@@ -9,6 +9,7 @@ use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::Limits;
+use crate::metrics::TenantMetrics;
 use crate::proxy::Locality;
 use crate::sip::{HeaderName, Message};
 
@@ -17,9 +18,12 @@ use crate::transport::Inbound;
 /// What a tenant's guest is given, whichever instance runs it.
 pub struct Guest {
     pub tenant: String,
+    /// This version's number within the tenant (1 for the first load).
+    pub version: u64,
     pub params: BTreeMap<String, String>,
     pub limits: Limits,
     pub locality: Arc<Locality>,
+    pub metrics: TenantMetrics,
 }
 
 /// The request a hook is working on (the `request` resource of the WIT).
@@ -97,7 +101,8 @@ pub enum Action {
     Relay { destination: Option<String> },
 }
 
-/// Why a hook call failed. The request gets a 500; the instance is dropped.
+/// Why a hook call failed. The request gets a 500 (503 when the guest was
+/// not run); an instance that trapped or ran out of time is dropped.
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
     #[error("hook ran past its deadline of {0} ms")]
@@ -106,6 +111,19 @@ pub enum HookError {
     Trap(String),
     #[error("cannot instantiate the component: {0}")]
     Instantiate(String),
+    /// Crash-loop backoff: the guest was not run.
+    #[error("suspended for {} ms after a crash loop", .0.as_millis())]
+    Suspended(std::time::Duration),
+    /// Every instance the tenant may have is busy.
+    #[error("all {0} instances busy")]
+    Busy(usize),
+}
+
+impl HookError {
+    /// The guest was not run: the request deserves a 503, not a 500.
+    pub fn is_overload(&self) -> bool {
+        matches!(self, HookError::Suspended(_) | HookError::Busy(_))
+    }
 }
 
 /// The data of one wasmtime Store: one per warm instance.

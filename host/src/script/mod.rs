@@ -6,6 +6,7 @@
 
 mod cache;
 mod call;
+mod health;
 mod host_api;
 mod pool;
 
@@ -18,6 +19,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
 pub use call::{Action, Guest, HookError, RequestCtx, ResponseCtx, Source, TxVars};
+pub use health::HealthCounts;
 pub use pool::Pool;
 
 use crate::config::Limits;

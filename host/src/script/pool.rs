@@ -4,12 +4,15 @@
 //! instances are kept between messages. An instance whose call trapped or
 //! ran out of time is dropped, never reused: its state is undefined.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use wasmtime::component::Resource;
 use wasmtime::{Engine, Store, Trap};
 
 use super::call::{Action, Guest, HookError, HostState, RequestCtx, ResponseCtx, TxVars};
+use super::health::Health;
 use super::{deadline_ticks, Loaded, Router, RouterPre};
 use crate::sip::Message;
 
@@ -19,12 +22,28 @@ pub struct Pool {
     origin: String,
     guest: Arc<Guest>,
     idle: Mutex<Vec<Warm>>,
+    /// Instances alive, idle or busy (bounded by `limits.max_instances`).
+    live: Arc<AtomicUsize>,
+    health: Health,
 }
 
 struct Warm {
     store: Store<HostState>,
     router: Router,
+    live: Arc<AtomicUsize>,
 }
+
+impl Drop for Warm {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Hook indexes into [`crate::metrics::HOOKS`].
+const ROUTE: usize = 0;
+const ON_REPLY: usize = 1;
+const ON_FAILURE: usize = 2;
+const ON_BRANCH: usize = 3;
 
 /// What a hook call gave: its return value and the actions it asked for.
 pub type HookResult<T> = Result<(T, Vec<Action>), HookError>;
@@ -35,9 +54,20 @@ impl Pool {
             engine,
             pre: loaded.pre,
             origin: loaded.origin,
+            health: Health::new(&guest.limits),
             guest,
             idle: Mutex::new(Vec::new()),
+            live: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Instances alive now, idle or busy.
+    pub fn instances(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
     }
 
     pub fn guest(&self) -> &Arc<Guest> {
@@ -66,20 +96,38 @@ impl Pool {
     }
 
     fn instantiate(&self) -> Result<Warm, HookError> {
+        let max = self.guest.limits.max_instances;
+        if self.live.fetch_add(1, Ordering::Relaxed) >= max {
+            self.live.fetch_sub(1, Ordering::Relaxed);
+            return Err(HookError::Busy(max));
+        }
+        // From here the count is owned by a Warm, or given back on failure.
+        let live = self.live.clone();
         let mut store = Store::new(&self.engine, HostState::new(self.guest.clone()));
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(deadline_ticks(&self.guest.limits));
-        let router = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|err| HookError::Instantiate(format!("{err:#}")))?;
-        Ok(Warm { store, router })
+        match self.pre.instantiate(&mut store) {
+            Ok(router) => Ok(Warm {
+                store,
+                router,
+                live,
+            }),
+            Err(err) => {
+                live.fetch_sub(1, Ordering::Relaxed);
+                Err(HookError::Instantiate(format!("{err:#}")))
+            }
+        }
     }
 
     /// The route hook on a request. The request comes back in every case
     /// (the proxy may still have to answer it).
+    /// A version suspended for a crash loop is not run (`HookError::Suspended`).
     pub fn route(&self, req: RequestCtx, vars: &mut TxVars) -> (RequestCtx, HookResult<()>) {
-        let (req, _, result) = self.call(req, None, vars, |router, store, req, _| {
+        if let Some(left) = self.health.suspended(Instant::now()) {
+            self.guest.metrics.suspended.inc();
+            return (req, Err(HookError::Suspended(left)));
+        }
+        let (req, _, result) = self.call(ROUTE, req, None, vars, |router, store, req, _| {
             router.call_route(store, req)
         });
         (req, result)
@@ -92,7 +140,7 @@ impl Pool {
         index: u32,
         vars: &mut TxVars,
     ) -> (RequestCtx, HookResult<()>) {
-        let (req, _, result) = self.call(req, None, vars, |router, store, req, _| {
+        let (req, _, result) = self.call(ON_BRANCH, req, None, vars, |router, store, req, _| {
             router.call_on_branch(store, req, index)
         });
         (req, result)
@@ -105,9 +153,10 @@ impl Pool {
         res: Message,
         vars: &mut TxVars,
     ) -> (RequestCtx, Message, HookResult<bool>) {
-        let (req, res, result) = self.call(req, Some(res), vars, |router, store, req, res| {
-            router.call_on_reply(store, req, response(res)?)
-        });
+        let (req, res, result) =
+            self.call(ON_REPLY, req, Some(res), vars, |router, store, req, res| {
+                router.call_on_reply(store, req, response(res)?)
+            });
         (req, res.unwrap_or_else(empty_response), result)
     }
 
@@ -118,9 +167,13 @@ impl Pool {
         best: Message,
         vars: &mut TxVars,
     ) -> (RequestCtx, Message, HookResult<()>) {
-        let (req, res, result) = self.call(req, Some(best), vars, |router, store, req, res| {
-            router.call_on_failure(store, req, response(res)?)
-        });
+        let (req, res, result) = self.call(
+            ON_FAILURE,
+            req,
+            Some(best),
+            vars,
+            |router, store, req, res| router.call_on_failure(store, req, response(res)?),
+        );
         (req, res.unwrap_or_else(empty_response), result)
     }
 
@@ -128,6 +181,7 @@ impl Pool {
     /// transaction's variables to the store, calls, takes them back.
     fn call<T>(
         &self,
+        which: usize,
         req: RequestCtx,
         res: Option<Message>,
         vars: &mut TxVars,
@@ -138,12 +192,16 @@ impl Pool {
             Option<Resource<ResponseCtx>>,
         ) -> wasmtime::Result<T>,
     ) -> (RequestCtx, Option<Message>, HookResult<T>) {
+        let started = Instant::now();
         let warm = self.lock().pop();
         let mut warm = match warm {
             Some(warm) => warm,
             None => match self.instantiate() {
                 Ok(warm) => warm,
-                Err(err) => return (req, res, Err(err)),
+                Err(err) => {
+                    self.count_failure(&err, started);
+                    return (req, res, Err(err));
+                }
             },
         };
         let store = &mut warm.store;
@@ -187,8 +245,10 @@ impl Pool {
                 .map(|r| r.msg)
                 .ok()
         });
+        self.guest.metrics.hook(which, started.elapsed());
         match result {
             Ok(value) => {
+                self.health.succeeded();
                 let actions = std::mem::take(&mut state.actions);
                 let mut idle = self.lock();
                 if idle.len() < self.guest.limits.idle_instances {
@@ -203,9 +263,46 @@ impl Pool {
                     }
                     _ => HookError::Trap(format!("{err:#}")),
                 };
+                self.count_failure(&err, started);
                 (req, res, Err(err))
             }
         }
+    }
+}
+
+impl Pool {
+    /// Counts a failed hook call; a crash loop suspends the version.
+    fn count_failure(&self, err: &HookError, now: Instant) {
+        let m = &self.guest.metrics;
+        match err {
+            HookError::Deadline(_) => m.deadlines.inc(),
+            HookError::Trap(_) => m.traps.inc(),
+            HookError::Instantiate(_) => m.instantiate_failures.inc(),
+            HookError::Busy(_) => {
+                m.busy.inc();
+                return; // overload, not the guest's fault
+            }
+            HookError::Suspended(_) => return,
+        };
+        if let Some(backoff) = self.health.failed(now) {
+            tracing::warn!(
+                tenant = %self.guest.tenant,
+                version = self.guest.version,
+                backoff_ms = backoff.as_millis() as u64,
+                "crash loop: the tenant's new requests are answered 503 for a while"
+            );
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        tracing::info!(
+            tenant = %self.guest.tenant,
+            version = self.guest.version,
+            origin = %self.origin,
+            "version retired: its last transaction ended"
+        );
     }
 }
 

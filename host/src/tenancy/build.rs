@@ -1,0 +1,52 @@
+//! Making a version: read the component, compile it (or take it from the
+//! cache), link it, instantiate it once. All of it off the hot path.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+
+use crate::config::TenantConfig;
+use crate::metrics::TenantMetrics;
+use crate::proxy::Locality;
+use crate::script::{Guest, Pool, ScriptEngine, DEFAULT_COMPONENT};
+
+/// The component's bytes and where they came from.
+pub(super) fn read_component(config: &TenantConfig) -> anyhow::Result<(Vec<u8>, String)> {
+    match &config.component {
+        Some(path) => {
+            let wasm = std::fs::read(path)
+                .with_context(|| format!("cannot read component {}", path.display()))?;
+            Ok((wasm, path.display().to_string()))
+        }
+        None => Ok((
+            DEFAULT_COMPONENT.to_vec(),
+            "bundled default routing".to_owned(),
+        )),
+    }
+}
+
+pub(super) fn digest(wasm: &[u8]) -> String {
+    hex::encode(Sha256::digest(wasm))
+}
+
+/// A new version of a tenant, ready to serve; with the digest of its component.
+pub(super) fn build_version(
+    engine: &ScriptEngine,
+    locality: &Arc<Locality>,
+    metrics: TenantMetrics,
+    config: &TenantConfig,
+    version: u64,
+) -> anyhow::Result<(Arc<Pool>, String)> {
+    let (wasm, origin) = read_component(config)?;
+    let guest = Arc::new(Guest {
+        tenant: config.name.clone(),
+        version,
+        params: config.params.clone(),
+        limits: config.limits,
+        locality: locality.clone(),
+        metrics,
+    });
+    let pool = engine.load_checked(&wasm, &origin, guest)?;
+    Ok((Arc::new(pool), digest(&wasm)))
+}

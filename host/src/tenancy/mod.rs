@@ -1,0 +1,474 @@
+//! Tenants: which one routes a request, the versions of its routing in
+//! service, and changing them while calls flow (reload, canary, promote,
+//! rollback, configuration reload).
+//!
+//! Workers read the [`Directory`] and each tenant's [`Rollout`] lock-free
+//! (`ArcSwap`). A change builds everything it needs first — compiled,
+//! linked, instantiated — and then swaps one pointer; a failure on the way
+//! changes nothing. A transaction holds the `Arc<Pool>` it started on, so
+//! in-flight transactions finish on their version, which is dropped with
+//! the last of them.
+
+mod build;
+mod directory;
+mod tenant;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+pub use directory::{Directory, Selected};
+pub use tenant::{Canary, Rollout, Tenant};
+
+use crate::config::{Config, TenantConfig};
+use crate::metrics::SharedMetrics;
+use crate::proxy::Locality;
+use crate::script::{Pool, ScriptEngine, Source};
+use crate::sip::Message;
+
+/// Why a change to the tenants was refused; nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum TenancyError {
+    #[error("no tenant named \"{0}\"")]
+    UnknownTenant(String),
+    #[error("tenant \"{0}\" has no canary")]
+    NoCanary(String),
+    #[error("canary percentage {0} is not between 1 and 100")]
+    BadPercent(u8),
+    #[error("wisp was started without a configuration file: nothing to reload")]
+    NoConfigFile,
+    #[error("{0:#}")]
+    Load(anyhow::Error),
+}
+
+/// What a change did, for the operator.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeReport {
+    pub tenant: String,
+    /// added, reloaded, canary, promoted, rolled back, removed, unchanged
+    pub action: &'static str,
+    /// The version now serving the change (the new one, the promoted one...).
+    pub version: Option<u64>,
+    pub origin: Option<String>,
+    /// From the command to the new version serving.
+    pub took_ms: f64,
+}
+
+/// A version as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionStatus {
+    pub version: u64,
+    pub origin: String,
+    pub hook_calls: u64,
+    pub hook_failures: u64,
+    pub instances: usize,
+    /// Set while a crash loop keeps it from running.
+    pub suspended_ms: Option<u64>,
+}
+
+/// A tenant as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantStatus {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub listeners: Vec<String>,
+    pub stable: VersionStatus,
+    pub canary: Option<VersionStatus>,
+    pub canary_percent: Option<u8>,
+    pub requests: u64,
+    /// Replies sent upstream by class: 1xx, 2xx, ... 6xx.
+    pub replies: [u64; 6],
+    pub traps: u64,
+    pub deadline_hits: u64,
+    pub suspended_requests: u64,
+    pub busy_requests: u64,
+}
+
+pub struct Tenancy {
+    engine: Arc<ScriptEngine>,
+    locality: Arc<Locality>,
+    metrics: SharedMetrics,
+    directory: ArcSwap<Directory>,
+    config_path: Option<PathBuf>,
+    /// The configuration the directory was built from.
+    config: Mutex<Config>,
+    /// One change at a time: each builds off the hot path, then swaps.
+    changing: Mutex<()>,
+}
+
+impl Tenancy {
+    /// Loads every tenant of the configuration; fails on the first that
+    /// cannot serve, naming it.
+    pub fn load(
+        engine: Arc<ScriptEngine>,
+        locality: Arc<Locality>,
+        metrics: SharedMetrics,
+        config: &Config,
+        config_path: Option<PathBuf>,
+    ) -> anyhow::Result<Tenancy> {
+        let mut tenants = Vec::with_capacity(config.tenant.len());
+        for t in &config.tenant {
+            let tenant = new_tenant(&engine, &locality, &metrics, t)
+                .map_err(|err| err.context(format!("tenant {}", t.name)))?;
+            tenants.push(Arc::new(tenant));
+        }
+        Ok(Tenancy {
+            directory: ArcSwap::from_pointee(Directory::new(tenants, &config.routing)),
+            engine,
+            locality,
+            metrics,
+            config_path,
+            config: Mutex::new(config.clone()),
+            changing: Mutex::new(()),
+        })
+    }
+
+    pub fn metrics(&self) -> &SharedMetrics {
+        &self.metrics
+    }
+
+    pub fn directory(&self) -> arc_swap::Guard<Arc<Directory>> {
+        self.directory.load()
+    }
+
+    /// The tenant for a request, and so the version its transaction runs on.
+    pub fn select(&self, msg: &Message, source: &Source) -> Selected {
+        let local = self
+            .locality
+            .listeners()
+            .get(source.listener)
+            .map(|l| l.local);
+        self.directory.load().select(msg, local)
+    }
+
+    fn lock_changes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.changing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn tenant(&self, name: &str) -> Result<Arc<Tenant>, TenancyError> {
+        self.directory
+            .load()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| TenancyError::UnknownTenant(name.to_owned()))
+    }
+
+    /// A new version of one tenant, from its configured component or from
+    /// `component`: in service at once, or for `canary` percent of new
+    /// calls beside the current one.
+    pub fn reload_tenant(
+        &self,
+        name: &str,
+        component: Option<PathBuf>,
+        canary: Option<u8>,
+    ) -> Result<ChangeReport, TenancyError> {
+        let started = Instant::now();
+        if let Some(p) = canary {
+            if !(1..=100).contains(&p) {
+                return Err(TenancyError::BadPercent(p));
+            }
+        }
+        let _changing = self.lock_changes();
+        let tenant = self.tenant(name)?;
+        let mut config = tenant.config();
+        if let Some(component) = component {
+            config.component = Some(component);
+        }
+        let version = tenant.next_version();
+        let built = build::build_version(
+            &self.engine,
+            &self.locality,
+            tenant.metrics.clone(),
+            &config,
+            version,
+        );
+        let (pool, digest) = match built {
+            Ok(built) => built,
+            Err(err) => {
+                self.metrics.reload(name, "failed", None);
+                tracing::warn!(tenant = name, err = %format!("{err:#}"), "reload refused; the serving version stays");
+                return Err(TenancyError::Load(err));
+            }
+        };
+        let origin = pool.origin().to_owned();
+        let stable = tenant.rollout().stable.clone();
+        let action = match canary {
+            Some(percent) => {
+                tenant.set_rollout(Rollout {
+                    stable,
+                    canary: Some(Canary {
+                        pool,
+                        percent,
+                        policy: config.canary,
+                        built_from: (config, digest),
+                    }),
+                });
+                "canary"
+            }
+            None => {
+                tenant.set_built_from(config, digest);
+                tenant.set_rollout(Rollout {
+                    stable: pool,
+                    canary: None,
+                });
+                "reloaded"
+            }
+        };
+        let took = started.elapsed();
+        self.metrics.reload(name, "ok", Some(took));
+        tracing::info!(tenant = name, version, %origin, action, took_ms = ms(took), "reload: new version serving");
+        Ok(report(name, action, Some(version), Some(origin), took))
+    }
+
+    /// The canary becomes the version in service for every new call.
+    pub fn promote(&self, name: &str) -> Result<ChangeReport, TenancyError> {
+        let started = Instant::now();
+        let _changing = self.lock_changes();
+        let tenant = self.tenant(name)?;
+        let rollout = tenant.rollout();
+        let canary = rollout
+            .canary
+            .as_ref()
+            .ok_or_else(|| TenancyError::NoCanary(name.to_owned()))?;
+        let pool = canary.pool.clone();
+        let (config, digest) = canary.built_from.clone();
+        tenant.set_built_from(config, digest);
+        let version = pool.guest().version;
+        let origin = pool.origin().to_owned();
+        tenant.set_rollout(Rollout {
+            stable: pool,
+            canary: None,
+        });
+        self.metrics.reload(name, "promoted", None);
+        tracing::info!(tenant = name, version, "canary promoted");
+        Ok(report(
+            name,
+            "promoted",
+            Some(version),
+            Some(origin),
+            started.elapsed(),
+        ))
+    }
+
+    /// Drops the canary: every new call goes to the version in service.
+    pub fn rollback(&self, name: &str) -> Result<ChangeReport, TenancyError> {
+        let started = Instant::now();
+        let _changing = self.lock_changes();
+        let tenant = self.tenant(name)?;
+        let rollout = tenant.rollout();
+        if rollout.canary.is_none() {
+            return Err(TenancyError::NoCanary(name.to_owned()));
+        }
+        let stable = rollout.stable.clone();
+        let version = stable.guest().version;
+        let origin = stable.origin().to_owned();
+        tenant.set_rollout(Rollout {
+            stable,
+            canary: None,
+        });
+        self.metrics.reload(name, "rolled_back", None);
+        tracing::info!(tenant = name, version, "canary rolled back");
+        Ok(report(
+            name,
+            "rolled back",
+            Some(version),
+            Some(origin),
+            started.elapsed(),
+        ))
+    }
+
+    /// Reads the configuration file again and applies its tenants: new
+    /// ones added, removed ones dropped, changed ones (config or component
+    /// file) given a new version. All are built before any is swapped in;
+    /// one failure changes nothing. Listeners, aliases and timers need a
+    /// restart and are left as they are (with a warning).
+    pub fn reload_config(&self) -> Result<Vec<ChangeReport>, TenancyError> {
+        let started = Instant::now();
+        let path = self
+            .config_path
+            .as_ref()
+            .ok_or(TenancyError::NoConfigFile)?;
+        let config = Config::load(path).map_err(|err| TenancyError::Load(err.into()))?;
+        let _changing = self.lock_changes();
+        self.warn_about_restart_only_changes(&config);
+        let current = self.directory.load();
+        let mut tenants = Vec::with_capacity(config.tenant.len());
+        let mut reports = Vec::new();
+        // Built, not yet serving: (tenant, config, digest, pool).
+        let mut pending = Vec::new();
+        for t in &config.tenant {
+            let Some(existing) = current.get(&t.name) else {
+                let tenant = new_tenant(&self.engine, &self.locality, &self.metrics, t)
+                    .map_err(|err| TenancyError::Load(err.context(format!("tenant {}", t.name))))?;
+                let stable = tenant.rollout().stable.clone();
+                reports.push((t.name.clone(), "added", Some(stable)));
+                tenants.push(Arc::new(tenant));
+                continue;
+            };
+            let (old_config, old_digest) = existing.built_from();
+            let digest = build::read_component(t)
+                .map(|(wasm, _)| build::digest(&wasm))
+                .map_err(|err| TenancyError::Load(err.context(format!("tenant {}", t.name))))?;
+            if same_routing(&old_config, t) && digest == old_digest {
+                existing.set_built_from(t.clone(), digest);
+                reports.push((t.name.clone(), "unchanged", None));
+            } else {
+                let version = existing.next_version();
+                let (pool, digest) = build::build_version(
+                    &self.engine,
+                    &self.locality,
+                    existing.metrics.clone(),
+                    t,
+                    version,
+                )
+                .map_err(|err| {
+                    self.metrics.reload(&t.name, "failed", None);
+                    TenancyError::Load(err.context(format!("tenant {}", t.name)))
+                })?;
+                reports.push((t.name.clone(), "reloaded", Some(pool.clone())));
+                pending.push((existing.clone(), t.clone(), digest, pool));
+            }
+            tenants.push(existing.clone());
+        }
+        // Everything is built: swap.
+        for (tenant, config, digest, pool) in pending {
+            tenant.set_built_from(config, digest);
+            tenant.set_rollout(Rollout {
+                stable: pool,
+                canary: None,
+            });
+        }
+        for gone in current.tenants() {
+            if !config.tenant.iter().any(|t| t.name == gone.name) {
+                reports.push((gone.name.clone(), "removed", None));
+            }
+        }
+        self.directory
+            .store(Arc::new(Directory::new(tenants, &config.routing)));
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config;
+        let took = started.elapsed();
+        let reports = reports
+            .into_iter()
+            .map(|(tenant, action, pool)| {
+                if action != "unchanged" {
+                    self.metrics.reload(&tenant, "ok", Some(took));
+                    tracing::info!(tenant, action, took_ms = ms(took), "configuration reload");
+                }
+                report(
+                    &tenant,
+                    action,
+                    pool.as_ref().map(|p| p.guest().version),
+                    pool.as_ref().map(|p| p.origin().to_owned()),
+                    took,
+                )
+            })
+            .collect();
+        Ok(reports)
+    }
+
+    fn warn_about_restart_only_changes(&self, new: &Config) {
+        let old = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        let listen = |c: &Config| {
+            c.listen
+                .iter()
+                .map(|l| (l.transport, l.address, l.advertise.clone()))
+                .collect::<Vec<_>>()
+        };
+        if listen(&old) != listen(new) {
+            tracing::warn!("configuration reload: [[listen]] changes take effect after a restart");
+        }
+        if old.aliases != new.aliases {
+            tracing::warn!("configuration reload: alias changes take effect after a restart");
+        }
+        if old.timers != new.timers {
+            tracing::warn!("configuration reload: [timers] changes take effect after a restart");
+        }
+    }
+
+    /// Every tenant, its versions and counters.
+    pub fn status(&self) -> Vec<TenantStatus> {
+        let now = Instant::now();
+        self.directory
+            .load()
+            .tenants()
+            .iter()
+            .map(|t| {
+                let rollout = t.rollout();
+                let config = t.config();
+                let m = &t.metrics;
+                TenantStatus {
+                    name: t.name.clone(),
+                    domains: config.domains.clone(),
+                    listeners: config.listeners.iter().map(ToString::to_string).collect(),
+                    stable: version_status(&rollout.stable, now),
+                    canary: rollout
+                        .canary
+                        .as_ref()
+                        .map(|c| version_status(&c.pool, now)),
+                    canary_percent: rollout.canary.as_ref().map(|c| c.percent),
+                    requests: m.requests.get(),
+                    replies: m.replies(),
+                    traps: m.traps.get(),
+                    deadline_hits: m.deadlines.get(),
+                    suspended_requests: m.suspended.get(),
+                    busy_requests: m.busy.get(),
+                }
+            })
+            .collect()
+    }
+}
+
+fn new_tenant(
+    engine: &ScriptEngine,
+    locality: &Arc<Locality>,
+    metrics: &SharedMetrics,
+    config: &TenantConfig,
+) -> anyhow::Result<Tenant> {
+    let (pool, digest) =
+        build::build_version(engine, locality, metrics.tenant(&config.name), config, 1)?;
+    Ok(Tenant::new(config.clone(), digest, pool, metrics))
+}
+
+/// Whether two tenant configs make the same version (domains and listeners
+/// only steer requests to it).
+fn same_routing(a: &TenantConfig, b: &TenantConfig) -> bool {
+    a.component == b.component
+        && a.params == b.params
+        && a.limits == b.limits
+        && a.canary == b.canary
+}
+
+fn version_status(pool: &Pool, now: Instant) -> VersionStatus {
+    let counts = pool.health().counts();
+    VersionStatus {
+        version: pool.guest().version,
+        origin: pool.origin().to_owned(),
+        hook_calls: counts.calls,
+        hook_failures: counts.failures,
+        instances: pool.instances(),
+        suspended_ms: pool.health().suspended(now).map(|d| d.as_millis() as u64),
+    }
+}
+
+fn report(
+    tenant: &str,
+    action: &'static str,
+    version: Option<u64>,
+    origin: Option<String>,
+    took: Duration,
+) -> ChangeReport {
+    ChangeReport {
+        tenant: tenant.to_owned(),
+        action,
+        version,
+        origin,
+        took_ms: ms(took),
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}

@@ -1,0 +1,150 @@
+//! One tenant: the version in service, an optional canary beside it, and
+//! the choice between them for each new transaction.
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::config::{CanaryPolicy, TenantConfig};
+use crate::metrics::{SharedMetrics, TenantMetrics};
+use crate::script::Pool;
+
+pub struct Tenant {
+    pub name: String,
+    /// What the serving version was built from (config, component digest).
+    built_from: Mutex<(TenantConfig, String)>,
+    rollout: ArcSwap<Rollout>,
+    pub metrics: TenantMetrics,
+    all_metrics: SharedMetrics,
+    versions_made: AtomicU64,
+}
+
+/// The versions serving a tenant.
+pub struct Rollout {
+    pub stable: Arc<Pool>,
+    pub canary: Option<Canary>,
+}
+
+/// A new version taking a share of the new transactions.
+pub struct Canary {
+    pub pool: Arc<Pool>,
+    pub percent: u8,
+    pub policy: CanaryPolicy,
+    /// What it was built from, kept for a promotion.
+    pub built_from: (TenantConfig, String),
+}
+
+impl Tenant {
+    pub(super) fn new(
+        config: TenantConfig,
+        digest: String,
+        stable: Arc<Pool>,
+        metrics: &SharedMetrics,
+    ) -> Tenant {
+        Tenant {
+            name: config.name.clone(),
+            metrics: metrics.tenant(&config.name),
+            all_metrics: metrics.clone(),
+            versions_made: AtomicU64::new(stable.guest().version),
+            built_from: Mutex::new((config, digest)),
+            rollout: ArcSwap::from_pointee(Rollout {
+                stable,
+                canary: None,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> TenantConfig {
+        self.built_from().0
+    }
+
+    pub(super) fn built_from(&self) -> (TenantConfig, String) {
+        self.built_from
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(super) fn set_built_from(&self, config: TenantConfig, digest: String) {
+        *self.built_from.lock().unwrap_or_else(|e| e.into_inner()) = (config, digest);
+    }
+
+    /// The number the next version of this tenant gets.
+    pub(super) fn next_version(&self) -> u64 {
+        self.versions_made.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn rollout(&self) -> arc_swap::Guard<Arc<Rollout>> {
+        self.rollout.load()
+    }
+
+    pub(super) fn set_rollout(&self, rollout: Rollout) {
+        self.rollout.store(Arc::new(rollout));
+    }
+
+    /// The version a new transaction runs on. A canary takes its share of
+    /// calls by Call-ID, so a call's later transactions (ACK, BYE) land on
+    /// the same version as its INVITE while both versions serve. A canary
+    /// whose error rate passed the tenant's threshold is rolled back here.
+    pub fn pick(&self, call_id: Option<&str>) -> Arc<Pool> {
+        let rollout = self.rollout.load();
+        let Some(canary) = &rollout.canary else {
+            return rollout.stable.clone();
+        };
+        let policy = canary.policy;
+        let counts = canary.pool.health().counts();
+        if counts.calls >= policy.min_calls
+            && counts.failures as f64 > policy.max_error_rate * counts.calls as f64
+        {
+            let stable = rollout.stable.clone();
+            let failed = canary.pool.guest().version;
+            self.set_rollout(Rollout {
+                stable: stable.clone(),
+                canary: None,
+            });
+            self.all_metrics.canary_rolled_back(&self.name);
+            tracing::warn!(
+                tenant = %self.name,
+                version = failed,
+                calls = counts.calls,
+                failures = counts.failures,
+                "canary rolled back: its error rate passed canary.max_error_rate"
+            );
+            return stable;
+        }
+        if bucket(call_id) < canary.percent {
+            canary.pool.clone()
+        } else {
+            rollout.stable.clone()
+        }
+    }
+}
+
+/// A call's bucket, 0..100, stable for its Call-ID.
+fn bucket(call_id: Option<&str>) -> u8 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    call_id.unwrap_or("").hash(&mut h);
+    // The dispatcher shards calls by the same hash; mix it so that the
+    // canary's share does not line up with one worker's.
+    ((h.finish()
+        .rotate_left(29)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        >> 32)
+        % 100) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bucket;
+
+    #[test]
+    fn buckets_spread_evenly_and_stay_put() {
+        let ids: Vec<String> = (0..10_000).map(|i| format!("{i}-call@host")).collect();
+        let under_10 = ids.iter().filter(|id| bucket(Some(id)) < 10).count();
+        assert!((800..1200).contains(&under_10), "{under_10} of 10000");
+        assert!(ids.iter().all(|id| bucket(Some(id)) == bucket(Some(id))));
+        assert!(ids.iter().all(|id| bucket(Some(id)) < 100));
+    }
+}
