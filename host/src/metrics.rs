@@ -107,7 +107,7 @@ impl Metrics {
             );
             r.register(
                 "reloads",
-                "Reloads by tenant and outcome (ok, failed, canary, promoted, rolled_back)",
+                "Changes by tenant and outcome: ok (a new version serving, in full or as a canary), failed, promoted, rolled_back; a configuration reload refused as a whole counts under tenant \"\"",
                 m.reloads.clone(),
             );
             r.register(

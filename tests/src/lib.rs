@@ -62,12 +62,17 @@ pub struct Wisp {
     child: Child,
     pub port: u16,
     pub log: mpsc::Receiver<String>,
+    /// The configuration file it runs with (`wisp ctl --config` reads it too).
+    pub config_path: PathBuf,
+    /// The listen and engine sections, kept by [`Wisp::rewrite_config`].
+    base_config: String,
     _dir: tempfile::TempDir,
 }
 
 impl Wisp {
     /// Starts wisp on 127.0.0.1:`port` (UDP and TCP) with the given tenant
-    /// section of the config, and waits until it listens.
+    /// section of the config, and waits until it listens. Top-level keys at
+    /// the head of `tenant_toml` (before its first table) go first in the file.
     pub fn start(tenant_toml: &str) -> Result<Wisp> {
         Wisp::start_on(&["127.0.0.1"], tenant_toml)
     }
@@ -77,7 +82,8 @@ impl Wisp {
     pub fn start_on(ips: &[&str], tenant_toml: &str) -> Result<Wisp> {
         let port = free_port();
         let dir = tempfile::tempdir()?;
-        let mut config = String::new();
+        let (top, tenant_toml) = split_top_level(tenant_toml);
+        let mut config = top.to_owned();
         for ip in ips {
             let addr = SocketAddr::new(ip.parse()?, port);
             for transport in ["udp", "tcp"] {
@@ -87,9 +93,11 @@ impl Wisp {
             }
         }
         config.push_str(&format!(
-            "[engine]\ncache_dir = \"{cache}\"\n\n{tenant_toml}\n",
+            "[engine]\ncache_dir = \"{cache}\"\n\n",
             cache = repo_root().join("target/e2e-cache").display()
         ));
+        let base_config = config[top.len()..].to_owned();
+        config.push_str(tenant_toml);
         let config_path = dir.path().join("wisp.toml");
         std::fs::write(&config_path, config)?;
         let mut child = Command::new(wisp_binary()?)
@@ -115,6 +123,8 @@ impl Wisp {
             child,
             port,
             log: rx,
+            config_path,
+            base_config,
             _dir: dir,
         };
         wisp.wait_for_log("listening", 2 * ips.len(), Duration::from_secs(60))?;
@@ -146,6 +156,50 @@ impl Wisp {
         Ok(())
     }
 
+    /// Replaces the tenant part of the configuration file (listeners and
+    /// engine stay); the running wisp sees it on `wisp ctl reload` or SIGHUP.
+    pub fn rewrite_config(&self, tenant_toml: &str) -> Result<()> {
+        let (top, tables) = split_top_level(tenant_toml);
+        std::fs::write(
+            &self.config_path,
+            format!("{top}{}{tables}", self.base_config),
+        )?;
+        Ok(())
+    }
+
+    /// Runs `wisp ctl --config <this wisp's config> ARGS...`.
+    pub fn ctl(&self, args: &[&str]) -> Result<CtlOutput> {
+        let out = Command::new(wisp_binary()?)
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("ctl")
+            .args(args)
+            .env("WISP_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run wisp ctl")?;
+        Ok(CtlOutput {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// The process id, e.g. to read its memory or send it a signal.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory now, in KiB (from /proc).
+    pub fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS in /proc status")
+    }
+
     /// Lines logged so far that contain `needle`.
     pub fn log_lines_with(&self, needle: &str) -> Vec<String> {
         self.log.try_iter().filter(|l| l.contains(needle)).collect()
@@ -157,6 +211,35 @@ impl Drop for Wisp {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A TOML text split before its first table header: top-level keys, tables.
+fn split_top_level(toml: &str) -> (&str, &str) {
+    let mut at = 0;
+    for line in toml.split_inclusive('\n') {
+        if line.trim_start().starts_with('[') {
+            break;
+        }
+        at += line.len();
+    }
+    toml.split_at(at)
+}
+
+/// What `wisp ctl` printed.
+#[derive(Debug)]
+pub struct CtlOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// An `[admin]` section on a free loopback port, with a test token.
+pub fn admin_toml() -> String {
+    format!(
+        "[admin]\naddress = \"127.0.0.1:{}\"\ntoken = \"test-token-{}\"\n",
+        free_port(),
+        std::process::id()
+    )
 }
 
 /// Sends one message over UDP from a fresh socket and returns the first

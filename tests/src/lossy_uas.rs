@@ -1,5 +1,6 @@
-//! A callee over UDP that loses packets on purpose and still keeps RFC 3261
-//! server transactions: the peer for loss tests at both ends of a call.
+//! A callee over UDP that loses packets on purpose (or none, with 0%) and
+//! still keeps RFC 3261 server transactions: the peer for loss tests at
+//! both ends of a call, and a recorder of the `X-` headers that reached it.
 //!
 //! SIPp as a UAS stops re-answering retransmitted requests once its
 //! scenario moved on, so with `-lost` it fails calls that any RFC UAS
@@ -34,6 +35,9 @@ pub struct UasReport {
     /// Datagrams dropped on purpose, received and sent.
     pub dropped_in: usize,
     pub dropped_out: usize,
+    /// For each INVITE and BYE (first transmission only): the method and
+    /// its `X-` headers as (name, value), in order.
+    pub stamps: Vec<(String, Vec<(String, String)>)>,
 }
 
 /// A running lossy callee; `finish` stops it and reports.
@@ -173,6 +177,9 @@ impl Uas {
                     self.send(&ok, peer);
                     return;
                 }
+                self.report
+                    .stamps
+                    .push(("INVITE".into(), request.x_headers()));
                 let ringing = request.response(180, "Ringing", self.addr);
                 self.send(&ringing, peer);
                 let ok = request.response(200, "OK", self.addr);
@@ -207,6 +214,7 @@ impl Uas {
                 let ok = match self.byes.get(&call_id) {
                     Some(ok) => ok.clone(),
                     None => {
+                        self.report.stamps.push(("BYE".into(), request.x_headers()));
                         let ok = request.response(200, "OK", self.addr);
                         self.byes.insert(call_id, ok.clone());
                         self.report.ended += 1;
@@ -266,6 +274,14 @@ impl Request {
             })
             .collect();
         Some(Request { method, headers })
+    }
+
+    fn x_headers(&self) -> Vec<(String, String)> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.starts_with("x-"))
+            .cloned()
+            .collect()
     }
 
     fn header(&self, name: &str) -> Option<&str> {

@@ -168,9 +168,18 @@ async fn reload_config(State(state): State<AppState>) -> Response {
 async fn reload_tenant(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    body: Option<Json<ReloadRequest>>,
+    body: axum::body::Bytes,
 ) -> Response {
-    let Json(body) = body.unwrap_or_default();
+    // An empty body means "the configured component, in full"; anything
+    // else must be a valid ReloadRequest, whatever its Content-Type says.
+    let body: ReloadRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ReloadRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(body) => body,
+            Err(err) => return error(StatusCode::BAD_REQUEST, &format!("bad JSON body: {err}")),
+        }
+    };
     change(state, move |t| {
         t.reload_tenant(&name, body.component, body.canary)
     })
@@ -187,7 +196,10 @@ async fn rollback(State(state): State<AppState>, Path(name): Path<String>) -> Re
 
 async fn metrics(State(state): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.tenancy.metrics().render(),
     )
         .into_response()

@@ -7,7 +7,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::script::{Action, Pool, RequestCtx, Source, TxVars};
+use crate::script::{Action, HookError, Pool, RequestCtx, Source, TxVars};
 use crate::sip::{self, HeaderName, Message};
 use crate::tenancy::Selected;
 use crate::transaction::{Event, Incoming, ResponseDisposition, Transactions, TxId};
@@ -171,7 +171,11 @@ impl Worker {
             Ok(((), actions)) => self.execute(now, tx, req, actions, pool, vars),
             Err(err) if err.is_overload() => {
                 tracing::debug!(tenant = %tenant.name, %err, "not routed; answering 503");
-                let retry_after = [(HeaderName::parse("Retry-After"), "5".to_owned())];
+                let wait = match &err {
+                    HookError::Suspended(left) => left.as_secs() + 1,
+                    _ => 5,
+                };
+                let retry_after = [(HeaderName::parse("Retry-After"), wait.to_string())];
                 self.answer_for(
                     &pool,
                     now,

@@ -83,7 +83,8 @@ impl Pool {
     /// first messages of every worker find one ready; fails if the
     /// component cannot start (a trap in its initialisation, a limit hit).
     pub(super) fn warm_up(&self, count: usize) -> Result<(), HookError> {
-        for _ in 0..count.clamp(1, self.guest.limits.idle_instances.max(1)) {
+        let limits = &self.guest.limits;
+        for _ in 0..count.clamp(1, limits.idle_instances.min(limits.max_instances).max(1)) {
             let warm = self.instantiate()?;
             self.lock().push(warm);
         }
@@ -301,7 +302,7 @@ impl Drop for Pool {
             tenant = %self.guest.tenant,
             version = self.guest.version,
             origin = %self.origin,
-            "version retired: its last transaction ended"
+            "version unloaded: out of service and no transaction left on it"
         );
     }
 }

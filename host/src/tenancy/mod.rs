@@ -286,6 +286,15 @@ impl Tenancy {
     /// one failure changes nothing. Listeners, aliases and timers need a
     /// restart and are left as they are (with a warning).
     pub fn reload_config(&self) -> Result<Vec<ChangeReport>, TenancyError> {
+        let outcome = self.try_reload_config();
+        if let Err(err) = &outcome {
+            self.metrics.reload("", "failed", None);
+            tracing::warn!(%err, "configuration reload refused; nothing changed");
+        }
+        outcome
+    }
+
+    fn try_reload_config(&self) -> Result<Vec<ChangeReport>, TenancyError> {
         let started = Instant::now();
         let path = self
             .config_path
@@ -299,6 +308,7 @@ impl Tenancy {
         let mut reports = Vec::new();
         // Built, not yet serving: (tenant, config, digest, pool).
         let mut pending = Vec::new();
+        let mut unchanged = Vec::new();
         for t in &config.tenant {
             let Some(existing) = current.get(&t.name) else {
                 let tenant = new_tenant(&self.engine, &self.locality, &self.metrics, t)
@@ -313,7 +323,8 @@ impl Tenancy {
                 .map(|(wasm, _)| build::digest(&wasm))
                 .map_err(|err| TenancyError::Load(err.context(format!("tenant {}", t.name))))?;
             if same_routing(&old_config, t) && digest == old_digest {
-                existing.set_built_from(t.clone(), digest);
+                // Domains or listeners may differ: recorded at the swap.
+                unchanged.push((existing.clone(), t.clone(), digest));
                 reports.push((t.name.clone(), "unchanged", None));
             } else {
                 let version = existing.next_version();
@@ -324,16 +335,16 @@ impl Tenancy {
                     t,
                     version,
                 )
-                .map_err(|err| {
-                    self.metrics.reload(&t.name, "failed", None);
-                    TenancyError::Load(err.context(format!("tenant {}", t.name)))
-                })?;
+                .map_err(|err| TenancyError::Load(err.context(format!("tenant {}", t.name))))?;
                 reports.push((t.name.clone(), "reloaded", Some(pool.clone())));
                 pending.push((existing.clone(), t.clone(), digest, pool));
             }
             tenants.push(existing.clone());
         }
         // Everything is built: swap.
+        for (tenant, config, digest) in unchanged {
+            tenant.set_built_from(config, digest);
+        }
         for (tenant, config, digest, pool) in pending {
             tenant.set_built_from(config, digest);
             tenant.set_rollout(Rollout {
@@ -385,6 +396,13 @@ impl Tenancy {
         }
         if old.timers != new.timers {
             tracing::warn!("configuration reload: [timers] changes take effect after a restart");
+        }
+        let admin = |c: &Config| c.admin.as_ref().map(|a| (a.address, a.token.clone()));
+        if admin(&old) != admin(new) {
+            tracing::warn!("configuration reload: [admin] changes take effect after a restart");
+        }
+        if old.engine.cache_dir != new.engine.cache_dir {
+            tracing::warn!("configuration reload: [engine] changes take effect after a restart");
         }
     }
 

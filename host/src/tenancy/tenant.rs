@@ -87,7 +87,8 @@ impl Tenant {
     /// The version a new transaction runs on. A canary takes its share of
     /// calls by Call-ID, so a call's later transactions (ACK, BYE) land on
     /// the same version as its INVITE while both versions serve. A canary
-    /// whose error rate passed the tenant's threshold is rolled back here.
+    /// whose error rate passed the tenant's threshold, or that is suspended
+    /// for a crash loop, is rolled back here.
     pub fn pick(&self, call_id: Option<&str>) -> Arc<Pool> {
         let rollout = self.rollout.load();
         let Some(canary) = &rollout.canary else {
@@ -95,22 +96,35 @@ impl Tenant {
         };
         let policy = canary.policy;
         let counts = canary.pool.health().counts();
-        if counts.calls >= policy.min_calls
-            && counts.failures as f64 > policy.max_error_rate * counts.calls as f64
+        let crash_loop = canary
+            .pool
+            .health()
+            .suspended(std::time::Instant::now())
+            .is_some();
+        if crash_loop
+            || counts.calls >= policy.min_calls
+                && counts.failures as f64 > policy.max_error_rate * counts.calls as f64
         {
             let stable = rollout.stable.clone();
             let failed = canary.pool.guest().version;
-            self.set_rollout(Rollout {
+            let rolled_back = Arc::new(Rollout {
                 stable: stable.clone(),
                 canary: None,
             });
+            // Only if nothing changed since the load: an operator's promote
+            // or new canary wins, and one worker alone reports the rollback.
+            let before = self.rollout.compare_and_swap(&rollout, rolled_back);
+            if !Arc::ptr_eq(&before, &rollout) {
+                return self.rollout.load().stable.clone();
+            }
             self.all_metrics.canary_rolled_back(&self.name);
             tracing::warn!(
                 tenant = %self.name,
                 version = failed,
                 calls = counts.calls,
                 failures = counts.failures,
-                "canary rolled back: its error rate passed canary.max_error_rate"
+                crash_loop,
+                "canary rolled back: a crash loop, or its error rate passed canary.max_error_rate"
             );
             return stable;
         }
