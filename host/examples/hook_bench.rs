@@ -106,6 +106,10 @@ fn load(wasm: &[u8], name: &str, cache: &std::path::Path, limits: Limits) -> any
         params: BTreeMap::new(),
         limits,
         locality,
+        services: Arc::new(wisp::services::Services::with_storage(
+            wisp::services::Storage::in_memory()?,
+        )),
+        allow: Default::default(),
     });
     engine.load_checked(wasm, name, guest)
 }

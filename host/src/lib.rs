@@ -2,13 +2,15 @@
 //!
 //! Modules follow the data path of a message:
 //! [`transport`] (sockets, framing) → [`sip`] (parsing) → [`proxy`] (RFC 3261
-//! §16 core) → [`script`] (the tenant's wasm route hook) → back out through
+//! §16 core) → [`script`] (the tenant's wasm route hook, which calls the
+//! [`services`]: location, digest auth, ...) → back out through
 //! [`transport`]. [`server`] wires them together from a [`config`].
 
 pub mod config;
 pub mod proxy;
 pub mod script;
 pub mod server;
+pub mod services;
 pub mod sip;
 pub mod transaction;
 pub mod transport;

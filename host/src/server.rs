@@ -7,17 +7,21 @@ use anyhow::Context;
 use crate::config::{Config, TenantConfig};
 use crate::proxy::{Locality, Proxy, Tenant};
 use crate::script::{Guest, ScriptEngine, DEFAULT_COMPONENT};
+use crate::services::permissions::AllowList;
+use crate::services::Services;
 use crate::transport::{Listener, Transports};
 
 /// Runs the proxy until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let engine = ScriptEngine::new(config.engine.cache_dir.clone())?;
+    let services = Services::open(&config.storage.path)?;
+    services.start()?;
     let (transports, inbound) = Transports::bind(&config.listen).await?;
     let locality = Arc::new(Locality::new(
         transports.listeners().to_vec(),
         config.aliases.clone(),
     ));
-    let tenants = load_tenants(&engine, &config, &locality)?;
+    let tenants = load_tenants(&engine, &config, &locality, &services)?;
     for l in transports.listeners() {
         tracing::info!(transport = %l.transport, address = %l.local, "listening");
     }
@@ -42,7 +46,11 @@ pub fn check(config: &Config) -> anyhow::Result<Vec<String>> {
         })
         .collect();
     let locality = Arc::new(Locality::new(listeners, config.aliases.clone()));
-    let tenants = load_tenants(&engine, config, &locality)?;
+    // The database is not opened: checking must not create or migrate it.
+    let services = Arc::new(Services::with_storage(
+        crate::services::Storage::in_memory()?
+    ));
+    let tenants = load_tenants(&engine, config, &locality, &services)?;
     Ok(tenants
         .iter()
         .map(|t| format!("tenant {}: {} ok", t.name, t.pool.origin()))
@@ -53,11 +61,12 @@ fn load_tenants(
     engine: &ScriptEngine,
     config: &Config,
     locality: &Arc<Locality>,
+    services: &Arc<Services>,
 ) -> anyhow::Result<Vec<Tenant>> {
     config
         .tenant
         .iter()
-        .map(|t| load_tenant(engine, t, locality))
+        .map(|t| load_tenant(engine, t, locality, services))
         .collect()
 }
 
@@ -65,6 +74,7 @@ fn load_tenant(
     engine: &ScriptEngine,
     t: &TenantConfig,
     locality: &Arc<Locality>,
+    services: &Arc<Services>,
 ) -> anyhow::Result<Tenant> {
     let (wasm, origin) = match &t.component {
         Some(path) => {
@@ -87,6 +97,9 @@ fn load_tenant(
         params: t.params.clone(),
         limits: t.limits,
         locality: locality.clone(),
+        services: services.clone(),
+        allow: AllowList::parse(t.params.get("IPAUTH_ALLOW").map_or("", String::as_str))
+            .map_err(|err| anyhow::anyhow!("tenant {}: IPAUTH_ALLOW: {err}", t.name))?,
     });
     let pool = engine
         .load_checked(&wasm, &origin, guest)

@@ -8,6 +8,7 @@ mod cache;
 mod call;
 mod host_api;
 mod pool;
+mod services_api;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use anyhow::Context;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
-pub use call::{Action, Guest, HookError, RequestCtx, ResponseCtx, Source, TxVars};
+pub use call::{Action, BranchTarget, Guest, HookError, RequestCtx, ResponseCtx, Source, TxVars};
 pub use pool::Pool;
 
 use crate::config::Limits;
