@@ -154,12 +154,13 @@ pub mod nat {
 /// Accounting records under the log target `wisp::acc` (Kamailio's acc).
 pub mod acc {
     use crate::bindings::wisp::proxy::acc as raw;
-    use crate::Request;
+    use crate::{Request, Response};
 
     pub use raw::Event;
 
-    /// Writes one record of `req` ending with `code` and `reason`.
-    pub fn report(req: &Request, event: Event, code: u16, reason: &str) {
-        raw::report(req.raw(), event, code, reason)
+    /// Writes one record of `req` and its final answer `res`
+    /// (`acc_log_request`, or the acc flags at the end of a transaction).
+    pub fn report(req: &Request, event: Event, res: &Response) {
+        raw::report(req.raw(), event, res.raw())
     }
 }

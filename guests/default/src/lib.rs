@@ -376,7 +376,7 @@ fn reply_one(req: &Request, res: &Response) {
     } else {
         return;
     };
-    acc::report(req, event, status, &res.reason());
+    acc::report(req, event, res);
 }
 
 /// failure_route[FAIL_ONE]: serial forking to the `FAILOVER` URIs
@@ -394,7 +394,7 @@ fn fail_one(req: &Request, best: &Response) -> Result<Flow> {
         }
     }
     if vars::is_flag_set(FLT_ACCMISSED) || vars::is_flag_set(FLT_ACCFAILED) {
-        acc::report(req, acc::Event::Failed, status, &best.reason());
+        acc::report(req, acc::Event::Failed, best);
     }
     Ok(Next)
 }

@@ -139,6 +139,13 @@ impl registrar::Host for HostState {
                     headers.push((HeaderName::Path, path.to_owned()));
                 }
                 let count = u32::try_from(bindings.len()).unwrap_or(u32::MAX);
+                tracing::debug!(
+                    target: "wisp::registrar",
+                    tenant = %self.guest.tenant,
+                    to = ctx.msg.header(&HeaderName::To).unwrap_or_default(),
+                    bindings = count,
+                    "bindings saved"
+                );
                 self.actions.push(Action::Reply {
                     code: 200,
                     reason: "OK".into(),
@@ -354,16 +361,20 @@ impl acc::Host for HostState {
         &mut self,
         req: Resource<RequestCtx>,
         event: acc::Event,
-        code: u16,
-        reason: String,
+        res: Resource<super::call::ResponseCtx>,
     ) -> Result<()> {
         let event = match event {
             acc::Event::Start => accounting::Event::Start,
             acc::Event::Stop => accounting::Event::Stop,
             acc::Event::Failed => accounting::Event::Failed,
         };
+        let res: &super::call::ResponseCtx = self.table.get(&res)?;
+        let code = res.msg.status().unwrap_or(0);
+        let reason = res.msg.reason().unwrap_or_default().to_owned();
+        let to_tag = res.msg.to().ok().and_then(|t| t.tag().map(str::to_owned));
         let ctx = self.request(&req)?;
-        accounting::Record::new(event, &ctx.msg, code, &reason, None).log(&self.guest.tenant);
+        accounting::Record::new(event, &ctx.msg, code, &reason, to_tag.as_deref())
+            .log(&self.guest.tenant);
         Ok(())
     }
 }
