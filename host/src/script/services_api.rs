@@ -200,7 +200,7 @@ impl registrar::Host for HostState {
         }
         let allowed: Vec<_> = bindings
             .into_iter()
-            .filter(|b| b.methods.is_empty() || b.methods.iter().any(|m| *m == method))
+            .filter(|b| b.methods.is_empty() || b.methods.contains(&method))
             .take(MAX_LOOKUP_CONTACTS)
             .collect();
         let Some(first) = allowed.first() else {
