@@ -1,15 +1,16 @@
-// wisp's bundled routing in TypeScript: the request route of Kamailio's
+// wisp's default routing in TypeScript: the relaying part of Kamailio's
 // default config (`request_route` and its REQINIT, WITHINDLG and RELAY
-// blocks, and the failure route FAIL_ONE), the same as guests/default
-// (Rust), line for line. Requests are relayed statefully.
+// blocks, and the failure route FAIL_ONE). guests/default (Rust) also ports
+// the registrar, location, AUTH, NAT and PSTN routes; this port does not
+// yet. Requests are relayed statefully.
 //
 // Tenant params (see docs/configuration.md): FAILOVER (comma-separated URIs
 // tried one after the other when an INVITE fails with 486, 408 or 5xx),
 // PARALLEL (URIs an INVITE is forked to beside its Request-URI),
 // FR_INV_TIMER_MS and FR_TIMER_MS (Kamailio's `t_set_fr`).
 //
-// Registrar, location and authentication come with the services that back
-// them; until then requests for this proxy's own users are refused.
+// Requests for this proxy's own users are refused here: the location
+// service (`wisp:proxy/registrar`) is used by the Rust port only.
 
 import { Request, Response, config, log, vars } from "@wisp/sdk";
 

@@ -108,6 +108,10 @@ fn load(wasm: &[u8], name: &str, cache: &std::path::Path, limits: Limits) -> any
         limits,
         locality,
         metrics: wisp::metrics::Metrics::new().tenant(name),
+        services: Arc::new(wisp::services::Services::with_storage(
+            wisp::services::Storage::in_memory()?,
+        )),
+        allow: Default::default(),
     });
     engine.load_checked(wasm, name, guest)
 }

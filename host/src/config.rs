@@ -39,6 +39,26 @@ pub struct Config {
     /// The admin API (`wisp ctl`, metrics); off without this section.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// The database of registrations and subscribers.
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+/// Where registrations and subscribers are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// The SQLite database file, created when missing. Relative paths are
+    /// taken from the working directory. Default: `wisp.db`.
+    pub path: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            path: PathBuf::from("wisp.db"),
+        }
+    }
 }
 
 /// How requests that no tenant claims are handled.
@@ -224,6 +244,7 @@ impl Default for Config {
             timers: Timers::default(),
             routing: RoutingConfig::default(),
             admin: None,
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -409,6 +430,8 @@ mod tests {
             component = "acme.wasm"
             params = { WITH_AUTH = "yes" }
             limits = { hook_deadline_ms = 20 }
+            [storage]
+            path = "/var/lib/wisp/wisp.db"
             "#,
         )
         .expect("valid config");
@@ -420,6 +443,7 @@ mod tests {
         assert_eq!(tenant.params["WITH_AUTH"], "yes");
         assert_eq!(tenant.limits.hook_deadline_ms, 20);
         assert_eq!(tenant.limits.memory_mib, Limits::default().memory_mib);
+        assert_eq!(config.storage.path, Path::new("/var/lib/wisp/wisp.db"));
     }
 
     #[test]
@@ -428,6 +452,7 @@ mod tests {
         assert_eq!(config.listen.len(), 2);
         assert_eq!(config.tenant[0].name, "default");
         assert!(config.tenant[0].component.is_none());
+        assert_eq!(config.storage.path, Path::new("wisp.db"));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Modules follow the data path of a message:
 //! [`transport`] (sockets, framing) → [`sip`] (parsing) → [`proxy`] (RFC 3261
-//! §16 core) → [`script`] (the tenant's wasm route hook) → back out through
+//! §16 core) → [`script`] (the tenant's wasm route hook, which calls the
+//! [`services`]: location, digest auth, ...) → back out through
 //! [`transport`]. [`tenancy`] picks the tenant and version for each request
 //! and swaps them at runtime; [`admin`] and [`metrics`] expose it to
 //! operators. [`server`] wires them together from a [`config`].
@@ -13,6 +14,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod script;
 pub mod server;
+pub mod services;
 pub mod sip;
 pub mod tenancy;
 pub mod transaction;

@@ -36,6 +36,12 @@ enum Command {
         #[command(subcommand)]
         action: CtlAction,
     },
+    /// Manage the subscribers digest authentication checks (`WITH_AUTH`),
+    /// in the database of `[storage] path`.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
 }
 
 #[derive(Subcommand)]
@@ -63,6 +69,32 @@ enum CtlAction {
     Rollback { tenant: String },
 }
 
+#[derive(Subcommand)]
+enum UserAction {
+    /// Add a subscriber, or set a new password for an existing one. Only
+    /// the HA1 hashes (MD5 and SHA-256) are stored.
+    Add {
+        /// USER@DOMAIN; the domain is the digest realm.
+        address: String,
+        password: String,
+        /// The tenant the subscriber belongs to (default: the first one).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Remove a subscriber.
+    Del {
+        /// USER@DOMAIN
+        address: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List the subscribers, one `USER@DOMAIN` per line (with the tenant).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -72,6 +104,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let config = match &cli.config {
@@ -100,6 +133,13 @@ fn main() -> ExitCode {
             }
         },
         Command::Ctl { action } => ctl(&config, action),
+        Command::User { action } => match user(&config, action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("wisp: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -167,4 +207,66 @@ fn ctl(config: &Config, action: CtlAction) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `wisp user add|del|list`.
+fn user(config: &Config, action: UserAction) -> anyhow::Result<()> {
+    use anyhow::{bail, Context};
+    use wisp::services::{subscribers, Storage};
+
+    let storage = Storage::open(&config.storage.path)?;
+    let tenant_of = |name: Option<String>| -> anyhow::Result<String> {
+        match name {
+            Some(name) if config.tenant.iter().any(|t| t.name == name) => Ok(name),
+            Some(name) => bail!("no tenant \"{name}\" in the configuration"),
+            None => config
+                .tenant
+                .first()
+                .map(|t| t.name.clone())
+                .context("the configuration has no tenant"),
+        }
+    };
+    let split = |address: &str| -> anyhow::Result<(String, String)> {
+        let address = address.strip_prefix("sip:").unwrap_or(address);
+        match address.split_once('@') {
+            Some((user, domain))
+                if !user.is_empty()
+                    && !domain.is_empty()
+                    && !address.contains(|c: char| c.is_whitespace() || c == '"') =>
+            {
+                Ok((user.to_owned(), domain.to_owned()))
+            }
+            _ => bail!("\"{address}\" is not USER@DOMAIN"),
+        }
+    };
+    match action {
+        UserAction::Add {
+            address,
+            password,
+            tenant,
+        } => {
+            let (user, domain) = split(&address)?;
+            if password.is_empty() {
+                bail!("the password is empty");
+            }
+            let tenant = tenant_of(tenant)?;
+            subscribers::add(&storage, &tenant, &user, &domain, &password)?;
+            println!("{user}@{domain} saved (tenant {tenant})");
+        }
+        UserAction::Del { address, tenant } => {
+            let (user, domain) = split(&address)?;
+            let tenant = tenant_of(tenant)?;
+            if !subscribers::delete(&storage, &tenant, &user, &domain)? {
+                bail!("no subscriber {user}@{domain} in tenant {tenant}");
+            }
+            println!("{user}@{domain} removed (tenant {tenant})");
+        }
+        UserAction::List { tenant } => {
+            let tenant = tenant.map(|t| tenant_of(Some(t))).transpose()?;
+            for s in subscribers::list(&storage, tenant.as_deref())? {
+                println!("{}@{}\t{}", s.username, s.domain, s.tenant);
+            }
+        }
+    }
+    Ok(())
 }

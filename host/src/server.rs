@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::{Locality, Proxy};
 use crate::script::ScriptEngine;
+use crate::services::Services;
 use crate::tenancy::Tenancy;
 use crate::transport::{Listener, Transports};
 
@@ -14,6 +15,8 @@ use crate::transport::{Listener, Transports};
 /// `config_path` (see [`Tenancy::reload_config`]).
 pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let engine = ScriptEngine::new(config.engine.cache_dir.clone())?;
+    let services = Services::open(&config.storage.path)?;
+    services.start()?;
     let (transports, inbound) = Transports::bind(&config.listen).await?;
     let locality = Arc::new(Locality::new(
         transports.listeners().to_vec(),
@@ -24,6 +27,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         engine,
         locality.clone(),
         metrics,
+        services,
         &config,
         config_path,
     )?);
@@ -56,7 +60,18 @@ pub fn check(config: &Config) -> anyhow::Result<Vec<String>> {
         })
         .collect();
     let locality = Arc::new(Locality::new(listeners, config.aliases.clone()));
-    let tenancy = Tenancy::load(engine, locality, Arc::new(Metrics::new()), config, None)?;
+    // The database is not opened: checking must not create or migrate it.
+    let services = Arc::new(Services::with_storage(
+        crate::services::Storage::in_memory()?,
+    ));
+    let tenancy = Tenancy::load(
+        engine,
+        locality,
+        Arc::new(Metrics::new()),
+        services,
+        config,
+        None,
+    )?;
     Ok(tenancy
         .status()
         .iter()

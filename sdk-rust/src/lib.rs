@@ -48,9 +48,11 @@ extern crate self as wisp_sdk;
 
 mod request;
 mod response;
+mod services;
 
 pub use request::{Endpoint, Error, Rejection, Request, Result, Transport};
 pub use response::Response;
+pub use services::{acc, auth, kv, nat, permissions, registrar};
 
 /// Raw bindings generated from the `wisp:proxy` WIT package. Prefer the
 /// wrappers in this crate; these are here for what they do not cover.
@@ -254,5 +256,8 @@ pub fn is_myself(uri: &str) -> bool {
 
 /// Everything a routing script usually needs, in one import.
 pub mod prelude {
-    pub use crate::{config, is_myself, log, vars, Request, Response, Result, Router};
+    pub use crate::{
+        acc, auth, config, is_myself, kv, log, nat, permissions, registrar, vars, Request,
+        Response, Result, Router,
+    };
 }

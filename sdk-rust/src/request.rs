@@ -229,4 +229,43 @@ impl<'a> Request<'a> {
     pub fn uri_is_myself(&self) -> bool {
         proxy::is_myself(&self.raw.uri())
     }
+
+    /// The From URI (`$fu`).
+    pub fn from_uri(&self) -> String {
+        self.raw.from_uri()
+    }
+
+    /// The To URI (`$tu`).
+    pub fn to_uri(&self) -> String {
+        self.raw.to_uri()
+    }
+
+    /// The user of the From URI (`$fU`).
+    pub fn from_user(&self) -> Option<String> {
+        proxy::parse_uri(&self.raw.from_uri()).and_then(|u| u.user)
+    }
+
+    /// The host of the From URI (`$fd`); empty when From is unparsable.
+    pub fn from_host(&self) -> String {
+        proxy::parse_uri(&self.raw.from_uri())
+            .map(|u| u.host)
+            .unwrap_or_default()
+    }
+
+    /// The user of the To URI (`$tU`).
+    pub fn to_user(&self) -> Option<String> {
+        proxy::parse_uri(&self.raw.to_uri()).and_then(|u| u.user)
+    }
+
+    /// The host of the To URI (`$td`).
+    pub fn to_host(&self) -> String {
+        proxy::parse_uri(&self.raw.to_uri())
+            .map(|u| u.host)
+            .unwrap_or_default()
+    }
+
+    /// Whether the From URI names this proxy (`from_uri == myself`).
+    pub fn from_is_myself(&self) -> bool {
+        proxy::is_myself(&self.raw.from_uri())
+    }
 }

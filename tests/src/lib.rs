@@ -80,9 +80,20 @@ impl Wisp {
     /// Starts wisp with UDP and TCP listeners on each of `ips` (IPv6
     /// without brackets), all on one free port.
     pub fn start_on(ips: &[&str], tenant_toml: &str) -> Result<Wisp> {
+        Wisp::start_full(ips, tenant_toml, None)
+    }
+
+    /// Starts wisp on 127.0.0.1 with its database at `db` (registrations
+    /// and subscribers), which outlives this process: for restarts.
+    pub fn start_with_db(tenant_toml: &str, db: &Path) -> Result<Wisp> {
+        Wisp::start_full(&["127.0.0.1"], tenant_toml, Some(db))
+    }
+
+    fn start_full(ips: &[&str], tenant_toml: &str, db: Option<&Path>) -> Result<Wisp> {
         let port = free_port();
         let dir = tempfile::tempdir()?;
         let (top, tenant_toml) = split_top_level(tenant_toml);
+        let db = db.map_or_else(|| dir.path().join("wisp.db"), Path::to_path_buf);
         let mut config = top.to_owned();
         for ip in ips {
             let addr = SocketAddr::new(ip.parse()?, port);
@@ -93,7 +104,8 @@ impl Wisp {
             }
         }
         config.push_str(&format!(
-            "[engine]\ncache_dir = \"{cache}\"\n\n",
+            "[storage]\npath = \"{db}\"\n\n[engine]\ncache_dir = \"{cache}\"\n\n",
+            db = db.display(),
             cache = repo_root().join("target/e2e-cache").display()
         ));
         let base_config = config[top.len()..].to_owned();
@@ -103,7 +115,7 @@ impl Wisp {
         let mut child = Command::new(wisp_binary()?)
             .arg("--config")
             .arg(&config_path)
-            .env("WISP_LOG", "info")
+            .env("WISP_LOG", "info,wisp::registrar=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -240,6 +252,34 @@ pub fn admin_toml() -> String {
         free_port(),
         std::process::id()
     )
+}
+
+/// Adds a subscriber with `wisp user add` to the database at `db`, for
+/// the tenant of `tenant_toml`.
+pub fn add_subscriber(db: &Path, tenant_toml: &str, address: &str, password: &str) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("wisp.toml");
+    std::fs::write(
+        &config,
+        format!("[storage]\npath = \"{}\"\n\n{tenant_toml}\n", db.display()),
+    )?;
+    let out = Command::new(wisp_binary()?)
+        .arg("user")
+        .arg("add")
+        .arg(address)
+        .arg(password)
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run wisp user add")?;
+    if !out.status.success() {
+        bail!(
+            "wisp user add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// Sends one message over UDP from a fresh socket and returns the first

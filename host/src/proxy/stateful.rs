@@ -111,14 +111,22 @@ impl Worker {
         let Some(mut ctx) = self.contexts.remove(&tx) else {
             return;
         };
-        let mut targets = vec![(None, destination)];
-        targets.extend(ctx.req.branches.drain(..).map(|uri| (Some(uri), None)));
+        // The first branch: the guest's destination, else the one a lookup
+        // set ($du), with the lookup's Path; then the appended branches.
+        let first = destination.or_else(|| ctx.req.dst_uri.take());
+        let mut targets = vec![(None, first, std::mem::take(&mut ctx.req.path))];
+        targets.extend(
+            ctx.req
+                .branches
+                .drain(..)
+                .map(|b| (Some(b.uri), b.destination, b.path)),
+        );
         let deadline = now + ctx.fr.1;
         ctx.fr_deadline = Some(deadline);
         self.fr_timers.push(Reverse((deadline, tx)));
-        for (uri, destination) in targets {
+        for (uri, destination, path) in targets {
             let index = ctx.branches.len();
-            let branch = self.send_branch(now, &mut ctx, index, uri, destination);
+            let branch = self.send_branch(now, &mut ctx, index, uri, destination, &path);
             if let Some(client) = branch.client {
                 self.branch_of.insert(client, (tx, index));
             }
@@ -134,6 +142,7 @@ impl Worker {
         index: usize,
         uri: Option<String>,
         destination: Option<String>,
+        path: &[String],
     ) -> Branch {
         let failed = |ctx: &ProxyTx, code, reason| Branch {
             client: None,
@@ -148,6 +157,13 @@ impl Worker {
             if let Err(err) = copy.msg.set_uri(&uri) {
                 tracing::info!(%err, "bad branch URI");
                 return failed(ctx, 400, "Bad Branch URI");
+            }
+        }
+        // A binding's Path is the branch's Route set (RFC 3327 §5.3).
+        for route in path.iter().rev() {
+            if let Err(err) = copy.msg.prepend_header(HeaderName::Route, route) {
+                tracing::info!(%err, "bad Path of a binding");
+                return failed(ctx, 500, "Bad Path");
             }
         }
         let pool = ctx.pool.clone();

@@ -265,6 +265,7 @@ impl Worker {
         destination: Option<String>,
         answered: &mut bool,
     ) {
+        let destination = destination.or_else(|| req.dst_uri.clone());
         if let Err(err) = self.proxy.forward(req, destination.as_deref()) {
             tracing::info!(remote = %req.source.remote, %err, "cannot forward");
             self.answer(now, tx, req, 500, "Cannot Forward", &[]);

@@ -24,6 +24,10 @@ pub struct Guest {
     pub limits: Limits,
     pub locality: Arc<Locality>,
     pub metrics: TenantMetrics,
+    /// Location, subscribers, key-value and the other services (shared).
+    pub services: Arc<crate::services::Services>,
+    /// The tenant's `IPAUTH_ALLOW` list, parsed once.
+    pub allow: crate::services::permissions::AllowList,
 }
 
 /// The request a hook is working on (the `request` resource of the WIT).
@@ -37,10 +41,26 @@ pub struct RequestCtx {
     /// The guest asked for Record-Route; it is added when the request is
     /// sent, with the address of the socket it leaves by.
     pub record_route: bool,
-    /// Request-URIs of extra branches for the next relay (`append-branch`).
-    pub branches: Vec<String>,
+    /// Extra branches for the next relay (`append-branch`, `lookup`).
+    pub branches: Vec<BranchTarget>,
+    /// Where the first branch goes when the guest names no destination
+    /// (Kamailio's `$du`, set by `registrar.lookup` for a NAT binding).
+    pub dst_uri: Option<String>,
+    /// Route set put in front of the first branch (a binding's Path).
+    pub path: Vec<String>,
+    /// The last authorize of this request found an expired nonce.
+    pub auth_stale: bool,
     /// Final-response timers asked with `tm.set-timers` (INVITE, others).
     pub fr_timers: Option<(std::time::Duration, std::time::Duration)>,
+}
+
+/// One extra branch of a relay: its Request-URI and, from a location
+/// binding, where to send it and the Route set (Path) to put in front.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BranchTarget {
+    pub uri: String,
+    pub destination: Option<String>,
+    pub path: Vec<String>,
 }
 
 /// A response handed to a hook (the `response` resource of the WIT).
@@ -81,6 +101,9 @@ impl RequestCtx {
             max_forwards_done: false,
             record_route: false,
             branches: Vec::new(),
+            dst_uri: None,
+            path: Vec::new(),
+            auth_stale: false,
             fr_timers: None,
         }
     }

@@ -81,6 +81,9 @@ impl types::HostRequest for HostState {
         uri: String,
     ) -> Result<Result<(), types::Error>> {
         let req = self.req_mut(&req)?;
+        // A new Request-URI drops the destination and Path a lookup set.
+        req.dst_uri = None;
+        req.path.clear();
         Ok(req.msg.set_uri(&uri).map_err(invalid))
     }
 
@@ -157,6 +160,20 @@ impl types::HostRequest for HostState {
     fn has_to_tag(&mut self, req: Resource<RequestCtx>) -> Result<bool> {
         let req = self.req(&req)?;
         Ok(req.msg.to().ok().is_some_and(|to| to.tag().is_some()))
+    }
+
+    fn from_uri(&mut self, req: Resource<RequestCtx>) -> Result<String> {
+        let req = self.req(&req)?;
+        Ok(req
+            .msg
+            .from()
+            .map(|f| f.uri.to_string())
+            .unwrap_or_default())
+    }
+
+    fn to_uri(&mut self, req: Resource<RequestCtx>) -> Result<String> {
+        let req = self.req(&req)?;
+        Ok(req.msg.to().map(|t| t.uri.to_string()).unwrap_or_default())
     }
 
     fn drop(&mut self, _req: Resource<RequestCtx>) -> Result<()> {
@@ -272,7 +289,10 @@ impl tm::Host for HostState {
                 "at most {MAX_BRANCHES} branches per relay"
             ))));
         }
-        req.branches.push(uri);
+        req.branches.push(super::call::BranchTarget {
+            uri,
+            ..Default::default()
+        });
         Ok(Ok(()))
     }
 
@@ -385,6 +405,17 @@ impl proxy::Host for HostState {
 
     fn is_myself(&mut self, uri: String) -> Result<bool> {
         Ok(sip::Uri::parse(&uri).is_ok_and(|uri| self.guest.locality.is_myself(&uri)))
+    }
+
+    fn parse_uri(&mut self, uri: String) -> Result<Option<proxy::UriParts>> {
+        Ok(sip::Uri::parse(&uri).ok().map(|u| proxy::UriParts {
+            user: u.user,
+            host: match u.host {
+                sip::Host::V6(ip) => ip.to_string(),
+                host => host.to_string(),
+            },
+            port: u.port,
+        }))
     }
 }
 

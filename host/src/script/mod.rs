@@ -9,6 +9,7 @@ mod call;
 mod health;
 mod host_api;
 mod pool;
+mod services_api;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use anyhow::Context;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
-pub use call::{Action, Guest, HookError, RequestCtx, ResponseCtx, Source, TxVars};
+pub use call::{Action, BranchTarget, Guest, HookError, RequestCtx, ResponseCtx, Source, TxVars};
 pub use health::HealthCounts;
 pub use pool::Pool;
 

@@ -10,6 +10,8 @@ use crate::config::TenantConfig;
 use crate::metrics::TenantMetrics;
 use crate::proxy::Locality;
 use crate::script::{Guest, Pool, ScriptEngine, DEFAULT_COMPONENT};
+use crate::services::permissions::AllowList;
+use crate::services::Services;
 
 /// The component's bytes and where they came from.
 pub(super) fn read_component(config: &TenantConfig) -> anyhow::Result<(Vec<u8>, String)> {
@@ -34,10 +36,13 @@ pub(super) fn digest(wasm: &[u8]) -> String {
 pub(super) fn build_version(
     engine: &ScriptEngine,
     locality: &Arc<Locality>,
+    services: &Arc<Services>,
     metrics: TenantMetrics,
     config: &TenantConfig,
     version: u64,
 ) -> anyhow::Result<(Arc<Pool>, String)> {
+    let allow = AllowList::parse(config.params.get("IPAUTH_ALLOW").map_or("", String::as_str))
+        .map_err(|err| anyhow::anyhow!("IPAUTH_ALLOW: {err}"))?;
     let (wasm, origin) = read_component(config)?;
     let guest = Arc::new(Guest {
         tenant: config.name.clone(),
@@ -46,6 +51,8 @@ pub(super) fn build_version(
         limits: config.limits,
         locality: locality.clone(),
         metrics,
+        services: services.clone(),
+        allow,
     });
     let pool = engine.load_checked(&wasm, &origin, guest)?;
     Ok((Arc::new(pool), digest(&wasm)))

@@ -27,6 +27,7 @@ use crate::config::{Config, TenantConfig};
 use crate::metrics::SharedMetrics;
 use crate::proxy::Locality;
 use crate::script::{Pool, ScriptEngine, Source};
+use crate::services::Services;
 use crate::sip::Message;
 
 /// Why a change to the tenants was refused; nothing changed.
@@ -91,6 +92,7 @@ pub struct Tenancy {
     engine: Arc<ScriptEngine>,
     locality: Arc<Locality>,
     metrics: SharedMetrics,
+    services: Arc<Services>,
     directory: ArcSwap<Directory>,
     config_path: Option<PathBuf>,
     /// The configuration the directory was built from.
@@ -106,12 +108,13 @@ impl Tenancy {
         engine: Arc<ScriptEngine>,
         locality: Arc<Locality>,
         metrics: SharedMetrics,
+        services: Arc<Services>,
         config: &Config,
         config_path: Option<PathBuf>,
     ) -> anyhow::Result<Tenancy> {
         let mut tenants = Vec::with_capacity(config.tenant.len());
         for t in &config.tenant {
-            let tenant = new_tenant(&engine, &locality, &metrics, t)
+            let tenant = new_tenant(&engine, &locality, &services, &metrics, t)
                 .map_err(|err| err.context(format!("tenant {}", t.name)))?;
             tenants.push(Arc::new(tenant));
         }
@@ -120,6 +123,7 @@ impl Tenancy {
             engine,
             locality,
             metrics,
+            services,
             config_path,
             config: Mutex::new(config.clone()),
             changing: Mutex::new(()),
@@ -181,6 +185,7 @@ impl Tenancy {
         let built = build::build_version(
             &self.engine,
             &self.locality,
+            &self.services,
             tenant.metrics.clone(),
             &config,
             version,
@@ -311,7 +316,8 @@ impl Tenancy {
         let mut unchanged = Vec::new();
         for t in &config.tenant {
             let Some(existing) = current.get(&t.name) else {
-                let tenant = new_tenant(&self.engine, &self.locality, &self.metrics, t)
+                let tenant =
+                    new_tenant(&self.engine, &self.locality, &self.services, &self.metrics, t)
                     .map_err(|err| TenancyError::Load(err.context(format!("tenant {}", t.name))))?;
                 let stable = tenant.rollout().stable.clone();
                 reports.push((t.name.clone(), "added", Some(stable)));
@@ -331,6 +337,7 @@ impl Tenancy {
                 let (pool, digest) = build::build_version(
                     &self.engine,
                     &self.locality,
+                    &self.services,
                     existing.metrics.clone(),
                     t,
                     version,
@@ -442,11 +449,18 @@ impl Tenancy {
 fn new_tenant(
     engine: &ScriptEngine,
     locality: &Arc<Locality>,
+    services: &Arc<Services>,
     metrics: &SharedMetrics,
     config: &TenantConfig,
 ) -> anyhow::Result<Tenant> {
-    let (pool, digest) =
-        build::build_version(engine, locality, metrics.tenant(&config.name), config, 1)?;
+    let (pool, digest) = build::build_version(
+        engine,
+        locality,
+        services,
+        metrics.tenant(&config.name),
+        config,
+        1,
+    )?;
     Ok(Tenant::new(config.clone(), digest, pool, metrics))
 }
 

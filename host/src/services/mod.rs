@@ -1,0 +1,86 @@
+//! The services routing scripts call beside the SIP core, as Kamailio's
+//! modules provide them: location (registrar/usrloc), digest
+//! authentication (auth/auth_db), key-value (htable), IP allow-lists
+//! (permissions), NAT helpers (nathelper) and accounting (acc).
+//!
+//! Everything a tenant stores is keyed by its name. The WIT adapters are
+//! in `script/services_api.rs`; each module here is plain Rust, one idea
+//! per file.
+
+pub mod acc;
+pub mod auth;
+pub mod digest;
+pub mod kv;
+pub mod location;
+pub mod nat;
+pub mod nonce;
+pub mod permissions;
+pub mod storage;
+pub mod subscribers;
+
+use std::path::Path;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+pub use storage::{Storage, StorageError};
+
+/// How often expired bindings, nonces and keys are purged.
+pub const PURGE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The services shared by every tenant and worker of the process.
+pub struct Services {
+    pub storage: Storage,
+    pub nonces: nonce::Nonces,
+    pub kv: kv::Kv,
+}
+
+impl Services {
+    /// Opens the database at `path` (creating and migrating it).
+    pub fn open(path: &Path) -> Result<Arc<Services>, StorageError> {
+        Ok(Arc::new(Services::with_storage(Storage::open(path)?)))
+    }
+
+    pub fn with_storage(storage: Storage) -> Services {
+        Services {
+            storage,
+            nonces: nonce::Nonces::default(),
+            kv: kv::Kv::default(),
+        }
+    }
+
+    /// For a serving proxy: drops the bindings the last run saved without
+    /// persistence, and starts the purge timer (a thread that ends with
+    /// the services).
+    pub fn start(self: &Arc<Self>) -> anyhow::Result<()> {
+        let dropped = location::drop_volatile(&self.storage)?;
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "bindings of the last run without persistence dropped"
+            );
+        }
+        let weak: Weak<Services> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("wisp-purge".into())
+            .spawn(move || loop {
+                std::thread::sleep(PURGE_INTERVAL);
+                let Some(services) = weak.upgrade() else {
+                    return;
+                };
+                services.purge();
+            })?;
+        Ok(())
+    }
+
+    /// Removes what has expired: bindings, nonces, keys.
+    pub fn purge(&self) {
+        match location::purge_expired(&self.storage, location::unix_now()) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(bindings = n, "expired bindings purged"),
+            Err(err) => tracing::warn!(%err, "cannot purge expired bindings"),
+        }
+        let now = Instant::now();
+        self.nonces.purge(now);
+        self.kv.purge(now);
+    }
+}

@@ -1,0 +1,136 @@
+//! Subscribers: who may authenticate, as `wisp user add` stores them.
+//! Only HA1 hashes (MD5 and SHA-256) are kept, never the password.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::digest::{ha1, Algorithm};
+use super::storage::{Storage, StorageError};
+
+/// One subscriber as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscriber {
+    pub tenant: String,
+    pub username: String,
+    pub domain: String,
+}
+
+/// Adds a subscriber, or changes the password of an existing one. The
+/// digest realm is the domain, as Kamailio's default config uses `$td`/`$fd`.
+pub fn add(
+    storage: &Storage,
+    tenant: &str,
+    username: &str,
+    domain: &str,
+    password: &str,
+) -> Result<(), StorageError> {
+    storage.conn().execute(
+        "INSERT INTO subscriber (tenant, username, domain, ha1_md5, ha1_sha256)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (tenant, username, domain)
+         DO UPDATE SET ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256",
+        params![
+            tenant,
+            username,
+            domain,
+            ha1(Algorithm::Md5, username, domain, password),
+            ha1(Algorithm::Sha256, username, domain, password),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Removes a subscriber; whether there was one.
+pub fn delete(
+    storage: &Storage,
+    tenant: &str,
+    username: &str,
+    domain: &str,
+) -> Result<bool, StorageError> {
+    let n = storage.conn().execute(
+        "DELETE FROM subscriber WHERE tenant = ?1 AND username = ?2 AND domain = ?3",
+        params![tenant, username, domain],
+    )?;
+    Ok(n > 0)
+}
+
+/// Every subscriber, sorted; of one tenant when given.
+pub fn list(storage: &Storage, tenant: Option<&str>) -> Result<Vec<Subscriber>, StorageError> {
+    let conn = storage.conn();
+    let mut stmt = conn.prepare(
+        "SELECT tenant, username, domain FROM subscriber
+         WHERE ?1 IS NULL OR tenant = ?1 ORDER BY tenant, domain, username",
+    )?;
+    let rows = stmt.query_map(params![tenant], |r| {
+        Ok(Subscriber {
+            tenant: r.get(0)?,
+            username: r.get(1)?,
+            domain: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The HA1 of a subscriber for an algorithm, if the subscriber exists.
+pub fn ha1_of(
+    storage: &Storage,
+    tenant: &str,
+    username: &str,
+    domain: &str,
+    algorithm: Algorithm,
+) -> Result<Option<String>, StorageError> {
+    let column = match algorithm {
+        Algorithm::Md5 => "ha1_md5",
+        Algorithm::Sha256 => "ha1_sha256",
+    };
+    let sql = format!(
+        "SELECT {column} FROM subscriber WHERE tenant = ?1 AND username = ?2 AND domain = ?3"
+    );
+    Ok(storage
+        .conn()
+        .query_row(&sql, params![tenant, username, domain], |r| r.get(0))
+        .optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stores_hashes_not_passwords() {
+        let storage = Storage::in_memory().expect("db");
+        add(&storage, "t", "alice", "example.com", "secret").expect("add");
+        add(&storage, "t", "alice", "example.com", "better").expect("update");
+        add(&storage, "u", "bob", "example.org", "pw").expect("add");
+        let md5 = ha1_of(&storage, "t", "alice", "example.com", Algorithm::Md5)
+            .expect("query")
+            .expect("present");
+        assert_eq!(md5, ha1(Algorithm::Md5, "alice", "example.com", "better"));
+        let sha = ha1_of(&storage, "t", "alice", "example.com", Algorithm::Sha256)
+            .expect("query")
+            .expect("present");
+        assert_eq!(sha.len(), 64);
+        let dump: Vec<String> = storage
+            .conn()
+            .prepare("SELECT * FROM subscriber")
+            .and_then(|mut s| {
+                s.query_map([], |r| {
+                    Ok(format!(
+                        "{:?}{:?}",
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?
+                    ))
+                })?
+                .collect()
+            })
+            .expect("dump");
+        assert!(dump.iter().all(|row| !row.contains("better")));
+        assert_eq!(list(&storage, Some("t")).expect("list").len(), 1);
+        assert_eq!(list(&storage, None).expect("list").len(), 2);
+        assert!(delete(&storage, "t", "alice", "example.com").expect("del"));
+        assert!(!delete(&storage, "t", "alice", "example.com").expect("del"));
+        assert_eq!(
+            ha1_of(&storage, "t", "alice", "example.com", Algorithm::Md5).expect("query"),
+            None
+        );
+    }
+}
