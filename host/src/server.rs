@@ -62,7 +62,7 @@ pub fn check(config: &Config) -> anyhow::Result<Vec<String>> {
     let locality = Arc::new(Locality::new(listeners, config.aliases.clone()));
     // The database is not opened: checking must not create or migrate it.
     let services = Arc::new(Services::with_storage(
-        crate::services::Storage::in_memory()?,
+        crate::services::Storage::in_memory()?
     ));
     let tenancy = Tenancy::load(
         engine,

@@ -316,9 +316,14 @@ impl Tenancy {
         let mut unchanged = Vec::new();
         for t in &config.tenant {
             let Some(existing) = current.get(&t.name) else {
-                let tenant =
-                    new_tenant(&self.engine, &self.locality, &self.services, &self.metrics, t)
-                    .map_err(|err| TenancyError::Load(err.context(format!("tenant {}", t.name))))?;
+                let tenant = new_tenant(
+                    &self.engine,
+                    &self.locality,
+                    &self.services,
+                    &self.metrics,
+                    t,
+                )
+                .map_err(|err| TenancyError::Load(err.context(format!("tenant {}", t.name))))?;
                 let stable = tenant.rollout().stable.clone();
                 reports.push((t.name.clone(), "added", Some(stable)));
                 tenants.push(Arc::new(tenant));
