@@ -1,4 +1,5 @@
-//! A guest that loops, traps or hogs memory gets its request answered 500,
+//! A guest that loops, traps, hogs memory or sleeps in WASI (host code the
+//! epoch deadline cannot stop, so waiting is refused) gets its request answered 500,
 //! logged with the tenant and the reason; the instance is replaced and the
 //! next request is served normally.
 
@@ -18,6 +19,10 @@ impl Router for Misbehaving {
                 std::hint::black_box(0);
             },
             Some("trap") => panic!("asked to trap"),
+            Some("sleep") => {
+                std::thread::sleep(std::time::Duration::from_secs(30));
+                req.reply(200, "Slept")
+            }
             Some("hog") => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
@@ -48,6 +53,7 @@ fn failing_hooks_answer_500_and_the_next_request_is_served() {
             ("loop", "deadline"),
             ("trap", "trapped"),
             ("hog", "trapped"),
+            ("sleep", "may not block"),
         ] {
             let reply = udp_exchange(
                 wisp.addr(),

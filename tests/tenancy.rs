@@ -462,6 +462,39 @@ fn config_reload_adds_changes_and_removes_tenants() {
     );
     let tenants = wisp.ctl(&["tenants"]).expect("ctl");
     assert!(!tenants.stdout.contains("\"first\""), "{tenants:?}");
+
+    // SIGHUP does what `wisp ctl reload` does.
+    wisp.rewrite_config(&format!(
+        "{admin}[[tenant]]\nname = \"second\"\ndomains = [\"second.example\"]\n\
+         [[tenant]]\nname = \"third\"\n[routing]\nunknown_reply = 403\n"
+    ))
+    .expect("rewrite");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &wisp.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let tenants = wisp.ctl(&["tenants"]).expect("ctl");
+        if tenants.stdout.contains("\"third\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not add the tenant: {tenants:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // "third" takes what no domain claims: no more 403.
+    let reply = udp_exchange(
+        wisp.addr(),
+        request("OPTIONS", &format!("sip:127.0.0.1:{}", wisp.port), "").as_bytes(),
+        Duration::from_secs(5),
+    )
+    .expect("udp")
+    .unwrap_or_default();
+    assert!(reply.starts_with("SIP/2.0 200"), "{reply}");
 }
 
 #[test]

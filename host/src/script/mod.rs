@@ -72,6 +72,7 @@ impl ScriptEngine {
         // Rust guests built with std import WASI; they get a context with no
         // files, sockets, environment or clocks beyond the defaults.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        forbid_blocking(&mut linker)?;
         Router::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
 
         let ticker = engine.weak();
@@ -136,6 +137,31 @@ impl ScriptEngine {
             .with_context(|| format!("{origin}: cannot instantiate"))?;
         Ok(pool)
     }
+}
+
+/// The WASI version wasmtime-wasi links (guests built against any 0.2.x
+/// match it).
+const WASI_IO: &str = "wasi:io/poll@0.2.12";
+
+/// Replaces WASI's blocking waits (`poll`, `pollable.block`) with a trap.
+///
+/// The epoch deadline interrupts wasm code only: a guest sleeping in host
+/// code (`std::thread::sleep` is a `block` on a clock) would hold its
+/// worker, and every call hashed to it, for as long as it asked. A routing
+/// hook has nothing to wait for, so waiting is refused outright and counts
+/// as a trap of the tenant.
+fn forbid_blocking(linker: &mut Linker<call::HostState>) -> anyhow::Result<()> {
+    linker.allow_shadowing(true);
+    let mut poll = linker.instance(WASI_IO)?;
+    for name in ["poll", "[method]pollable.block"] {
+        poll.func_new(name, |_store, _ty, _params, _results| {
+            Err(wasmtime::Error::msg(
+                "a hook may not block (WASI poll or sleep): wisp refuses it",
+            ))
+        })?;
+    }
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// Limits as the pool applies them.
