@@ -9,6 +9,7 @@
 //! as long (up to `max_backoff_ms`); a success ends the probation.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::Limits;
@@ -27,6 +28,9 @@ pub struct Health {
     threshold: u32,
     base_backoff_ms: u64,
     max_backoff_ms: u64,
+    /// Failures on two workers at once must not both start a suspension
+    /// (doubling the backoff twice); failures are rare, so a lock is fine.
+    failing: Mutex<()>,
 }
 
 /// Calls and failures of a version so far.
@@ -49,6 +53,7 @@ impl Health {
             threshold: limits.crash_loop_failures.max(1),
             base_backoff_ms: limits.backoff_ms,
             max_backoff_ms: limits.max_backoff_ms.max(limits.backoff_ms),
+            failing: Mutex::new(()),
         }
     }
 
@@ -79,6 +84,7 @@ impl Health {
     pub fn failed(&self, now: Instant) -> Option<Duration> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.failures.fetch_add(1, Ordering::Relaxed);
+        let _one_at_a_time = self.failing.lock().unwrap_or_else(|e| e.into_inner());
         let in_a_row = self.in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
         if in_a_row < self.threshold && !self.probation.load(Ordering::Relaxed) {
             return None;

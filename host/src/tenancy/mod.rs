@@ -308,6 +308,18 @@ impl Tenancy {
         let config = Config::load(path).map_err(|err| TenancyError::Load(err.into()))?;
         let _changing = self.lock_changes();
         self.warn_about_restart_only_changes(&config);
+        // Tenants may only claim listeners that are bound now: new
+        // [[listen]] entries wait for a restart.
+        for t in &config.tenant {
+            for listener in &t.listeners {
+                if !self.locality.listeners().iter().any(|l| l.local == *listener) {
+                    return Err(TenancyError::Load(anyhow::anyhow!(
+                        "tenant {}: listener {listener} is not bound (new [[listen]] entries need a restart)",
+                        t.name
+                    )));
+                }
+            }
+        }
         let current = self.directory.load();
         let mut tenants = Vec::with_capacity(config.tenant.len());
         let mut reports = Vec::new();
