@@ -536,3 +536,61 @@ fn a_hundred_tenants_in_one_process() {
         (rss.saturating_sub(base)) as f64 / (TENANTS - 1) as f64
     );
 }
+
+#[test]
+fn requests_find_their_tenant_by_domain_to_and_listener() {
+    let named = build_guest(
+        "says-its-name",
+        "use wisp_sdk::prelude::*;\nstruct N;\nimpl Router for N {\n    fn route(req: &Request) -> Result<()> {\n        let name = config::param(\"NAME\").unwrap_or_default();\n        req.reply(200, &name)\n    }\n}\nwisp_sdk::export_router!(N);\n",
+    )
+    .expect("guest builds");
+    let config = [
+        ("main", ""),
+        ("side", "listeners = [\"127.0.0.2:$PORT\"]\n"),
+        ("dom", "domains = [\"Dom.Example\"]\n"),
+    ]
+    .iter()
+    .map(|(name, extra)| {
+        tenant(
+            name,
+            &named,
+            &format!("params = {{ NAME = \"{name}\" }}\n{extra}"),
+        )
+    })
+    .collect::<String>();
+    let wisp = Wisp::start_on(&["127.0.0.1", "127.0.0.2"], &config).expect("wisp starts");
+    let port = wisp.port;
+    let ask = |to_ip: &str, uri: &str, to_header: Option<&str>| {
+        let mut msg = request("OPTIONS", uri, "");
+        if let Some(to) = to_header {
+            msg = msg.replacen(&format!("To: <{uri}>"), &format!("To: <{to}>"), 1);
+        }
+        let addr = format!("{to_ip}:{port}").parse().expect("addr");
+        let reply = udp_exchange(addr, msg.as_bytes(), Duration::from_secs(5))
+            .expect("udp")
+            .unwrap_or_default();
+        reply.lines().next().unwrap_or_default().to_owned()
+    };
+    assert_eq!(
+        ask("127.0.0.1", &format!("sip:a@127.0.0.1:{port}"), None),
+        "SIP/2.0 200 main"
+    );
+    assert_eq!(
+        ask("127.0.0.2", &format!("sip:a@127.0.0.2:{port}"), None),
+        "SIP/2.0 200 side"
+    );
+    assert_eq!(
+        ask("127.0.0.2", "sip:a@dom.example", None),
+        "SIP/2.0 200 dom",
+        "domain before listener"
+    );
+    assert_eq!(
+        ask(
+            "127.0.0.1",
+            &format!("sip:a@127.0.0.1:{port}"),
+            Some("sip:b@DOM.example")
+        ),
+        "SIP/2.0 200 dom",
+        "To domain"
+    );
+}

@@ -72,7 +72,8 @@ pub struct Wisp {
 impl Wisp {
     /// Starts wisp on 127.0.0.1:`port` (UDP and TCP) with the given tenant
     /// section of the config, and waits until it listens. Top-level keys at
-    /// the head of `tenant_toml` (before its first table) go first in the file.
+    /// the head of `tenant_toml` (before its first table) go first in the
+    /// file; `$PORT` in it stands for the port wisp listens on.
     pub fn start(tenant_toml: &str) -> Result<Wisp> {
         Wisp::start_on(&["127.0.0.1"], tenant_toml)
     }
@@ -92,7 +93,8 @@ impl Wisp {
     fn start_full(ips: &[&str], tenant_toml: &str, db: Option<&Path>) -> Result<Wisp> {
         let port = free_port();
         let dir = tempfile::tempdir()?;
-        let (top, tenant_toml) = split_top_level(tenant_toml);
+        let tenant_toml = tenant_toml.replace("$PORT", &port.to_string());
+        let (top, tenant_toml) = split_top_level(&tenant_toml);
         let db = db.map_or_else(|| dir.path().join("wisp.db"), Path::to_path_buf);
         let mut config = top.to_owned();
         for ip in ips {

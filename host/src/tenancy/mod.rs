@@ -312,7 +312,12 @@ impl Tenancy {
         // [[listen]] entries wait for a restart.
         for t in &config.tenant {
             for listener in &t.listeners {
-                if !self.locality.listeners().iter().any(|l| l.local == *listener) {
+                if !self
+                    .locality
+                    .listeners()
+                    .iter()
+                    .any(|l| l.local == *listener)
+                {
                     return Err(TenancyError::Load(anyhow::anyhow!(
                         "tenant {}: listener {listener} is not bound (new [[listen]] entries need a restart)",
                         t.name
