@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wisp_tests::{
-    admin_toml, assert_all_successful, build_guest, request, scenario, udp_exchange, LossyUas,
-    Sipp, Transport, UasReport, Wisp,
+    admin_toml, assert_all_successful, build_guest, request, scenario, udp_reply, LossyUas, Sipp,
+    Transport, UasReport, Wisp,
 };
 
 /// Stamps every request, branch and reply with its version, and logs an
@@ -243,9 +243,7 @@ fn canary_takes_its_share_and_a_failing_canary_is_rolled_back() {
     let mut failed = 0;
     for i in 0..200 {
         let options = request("OPTIONS", &format!("sip:probe{i}@127.0.0.1:{port}"), "");
-        let reply = udp_exchange(wisp.addr(), options.as_bytes(), Duration::from_secs(5))
-            .expect("udp")
-            .unwrap_or_default();
+        let reply = udp_reply(wisp.addr(), options.as_bytes());
         // The stable version relays the probe (to wisp itself, which ends in
         // a 483 or a 482); the trapping canary answers 500, or 503 once in
         // backoff.
@@ -411,9 +409,7 @@ fn broken_components_are_refused_and_the_old_version_serves_on() {
             .expect("ctl");
         assert!(!out.success, "{what}: {out:?}");
         assert!(out.stderr.contains(says), "{what}: {}", out.stderr);
-        let reply = udp_exchange(wisp.addr(), options().as_bytes(), Duration::from_secs(5))
-            .expect("udp")
-            .unwrap_or_default();
+        let reply = udp_reply(wisp.addr(), options().as_bytes());
         assert!(
             reply.starts_with("SIP/2.0 200 Fine"),
             "after {what}: {reply}"
@@ -449,13 +445,10 @@ fn config_reload_adds_changes_and_removes_tenants() {
     .expect("rewrite");
     let out = wisp.ctl(&["reload"]).expect("ctl");
     assert!(out.stdout.contains("tenant first: removed"), "{out:?}");
-    let reply = udp_exchange(
+    let reply = udp_reply(
         wisp.addr(),
         request("OPTIONS", "sip:someone@elsewhere.example", "").as_bytes(),
-        Duration::from_secs(5),
-    )
-    .expect("udp")
-    .unwrap_or_default();
+    );
     assert!(
         reply.starts_with("SIP/2.0 403"),
         "no tenant takes it now: {reply}"
@@ -487,13 +480,10 @@ fn config_reload_adds_changes_and_removes_tenants() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // "third" takes what no domain claims: no more 403.
-    let reply = udp_exchange(
+    let reply = udp_reply(
         wisp.addr(),
         request("OPTIONS", &format!("sip:127.0.0.1:{}", wisp.port), "").as_bytes(),
-        Duration::from_secs(5),
-    )
-    .expect("udp")
-    .unwrap_or_default();
+    );
     assert!(reply.starts_with("SIP/2.0 200"), "{reply}");
 }
 
@@ -516,13 +506,10 @@ fn a_hundred_tenants_in_one_process() {
     }
     let wisp = Wisp::start(&config).expect("wisp starts with 100 tenants");
     for i in 0..TENANTS {
-        let reply = udp_exchange(
+        let reply = udp_reply(
             wisp.addr(),
             request("OPTIONS", &format!("sip:t{i}.example:{}", wisp.port), "").as_bytes(),
-            Duration::from_secs(5),
-        )
-        .expect("udp")
-        .unwrap_or_default();
+        );
         assert!(reply.starts_with("SIP/2.0 200"), "t{i}: {reply}");
     }
     let rss = wisp.rss_kib().expect("rss");
@@ -566,9 +553,7 @@ fn requests_find_their_tenant_by_domain_to_and_listener() {
             msg = msg.replacen(&format!("To: <{uri}>"), &format!("To: <{to}>"), 1);
         }
         let addr = format!("{to_ip}:{port}").parse().expect("addr");
-        let reply = udp_exchange(addr, msg.as_bytes(), Duration::from_secs(5))
-            .expect("udp")
-            .unwrap_or_default();
+        let reply = udp_reply(addr, msg.as_bytes());
         reply.lines().next().unwrap_or_default().to_owned()
     };
     assert_eq!(

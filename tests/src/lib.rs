@@ -284,6 +284,13 @@ pub fn add_subscriber(db: &Path, tenant_toml: &str, address: &str, password: &st
     Ok(())
 }
 
+/// [`udp_exchange`] with a 5 s wait: the reply, or "" when none came.
+pub fn udp_reply(to: SocketAddr, message: &[u8]) -> String {
+    udp_exchange(to, message, Duration::from_secs(5))
+        .expect("udp socket")
+        .unwrap_or_default()
+}
+
 /// Sends one message over UDP from a fresh socket and returns the first
 /// reply, if one comes within `timeout`.
 pub fn udp_exchange(to: SocketAddr, message: &[u8], timeout: Duration) -> Result<Option<String>> {
