@@ -393,6 +393,8 @@ pub struct SippOutcome {
     pub exit_code: i32,
     pub successful: u64,
     pub failed: u64,
+    /// Mean time from the first request to the response marked `rtd`.
+    pub response_time_ms: f64,
     pub output: String,
 }
 
@@ -510,7 +512,7 @@ impl SippProcess {
 
     fn outcome(&self, exit_code: i32) -> Result<SippOutcome> {
         let stats = std::fs::read_to_string(self.dir.path().join("stats.csv")).unwrap_or_default();
-        let (successful, failed) = parse_stats(&stats);
+        let (successful, failed, response_time_ms) = parse_stats(&stats);
         let errors =
             std::fs::read_to_string(self.dir.path().join("errors.log")).unwrap_or_default();
         // Errors with the messages that caused them, without the notes on
@@ -537,6 +539,7 @@ impl SippProcess {
             exit_code,
             successful,
             failed,
+            response_time_ms,
             output,
         })
     }
@@ -551,46 +554,49 @@ impl Drop for SippProcess {
     }
 }
 
-/// The non-zero `Failed...(C)` counters of the last line of a SIPp
-/// statistics file (why calls failed: retransmissions exhausted, timeouts,
-/// unexpected messages...).
-fn failure_reasons(csv: &str) -> String {
+/// The columns of the last line of a SIPp statistics file
+/// (semicolon-separated, header line first), as (name, value).
+fn last_stats(csv: &str) -> Vec<(&str, &str)> {
     let mut lines = csv.lines().filter(|l| !l.trim().is_empty());
     let (Some(header), Some(last)) = (lines.next(), lines.next_back()) else {
-        return String::new();
+        return Vec::new();
     };
     header
         .split(';')
         .zip(last.split(';'))
+        .map(|(n, v)| (n, v.trim()))
+        .collect()
+}
+
+/// The non-zero `Failed...(C)` counters of a SIPp statistics file (why
+/// calls failed: retransmissions exhausted, timeouts, unexpected messages...).
+fn failure_reasons(csv: &str) -> String {
+    last_stats(csv)
+        .into_iter()
         .filter(|(name, value)| {
-            name.starts_with("Failed") && name.ends_with("(C)") && value.trim() != "0"
+            name.starts_with("Failed") && name.ends_with("(C)") && *value != "0"
         })
-        .map(|(name, value)| format!("{name}={}", value.trim()))
+        .map(|(name, value)| format!("{name}={value}"))
         .collect::<Vec<_>>()
         .join(" ")
 }
 
-/// SuccessfulCall(C) and FailedCall(C) from the last line of a SIPp
-/// statistics file (semicolon-separated, header line first).
-fn parse_stats(csv: &str) -> (u64, u64) {
-    let mut lines = csv.lines().filter(|l| !l.trim().is_empty());
-    let Some(header) = lines.next() else {
-        return (0, 0);
-    };
-    let Some(last) = lines.next_back() else {
-        return (0, 0);
-    };
-    let names: Vec<&str> = header.split(';').collect();
-    let values: Vec<&str> = last.split(';').collect();
-    let get = |name: &str| {
-        names
-            .iter()
-            .position(|n| *n == name)
-            .and_then(|i| values.get(i))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (get("SuccessfulCall(C)"), get("FailedCall(C)"))
+/// SuccessfulCall(C), FailedCall(C) and the mean response time of the
+/// scenario's `rtd` (ResponseTime1(C), "HH:MM:SS:microseconds") in ms.
+fn parse_stats(csv: &str) -> (u64, u64, f64) {
+    let stats = last_stats(csv);
+    let get = |name: &str| stats.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+    let count = |name: &str| get(name).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let rtd_ms = get("ResponseTime1(C)")
+        .map(|v| {
+            let parts: Vec<f64> = v.split(':').filter_map(|p| p.parse().ok()).collect();
+            match parts[..] {
+                [h, m, s, us] => ((h * 60.0 + m) * 60.0 + s) * 1e3 + us / 1e3,
+                _ => 0.0,
+            }
+        })
+        .unwrap_or(0.0);
+    (count("SuccessfulCall(C)"), count("FailedCall(C)"), rtd_ms)
 }
 
 /// Builds a routing component from Rust source with wisp-sdk, the way a
@@ -1061,12 +1067,19 @@ fn hash_files(files: &[PathBuf]) -> Result<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_stats;
+    use super::{failure_reasons, parse_stats};
 
     #[test]
     fn reads_sipp_counters() {
-        let csv = "StartTime;SuccessfulCall(C);FailedCall(C);\n1;0;0;\n2;498;2;\n";
-        assert_eq!(parse_stats(csv), (498, 2));
-        assert_eq!(parse_stats(""), (0, 0));
+        let csv =
+            "StartTime;SuccessfulCall(C);FailedCall(C);ResponseTime1(C);FailedMaxUDPRetrans(C)\n\
+                   1;0;0;00:00:00:000000;0\n\
+                   2;498;2;00:00:01:002500;2\n";
+        assert_eq!(parse_stats(csv), (498, 2, 1002.5));
+        assert_eq!(
+            failure_reasons(csv),
+            "FailedCall(C)=2 FailedMaxUDPRetrans(C)=2"
+        );
+        assert_eq!(parse_stats(""), (0, 0, 0.0));
     }
 }
