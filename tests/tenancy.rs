@@ -589,3 +589,29 @@ fn requests_find_their_tenant_by_domain_to_and_listener() {
         "To domain"
     );
 }
+
+#[test]
+fn a_watched_configuration_reloads_on_its_own() {
+    let admin = admin_toml();
+    let wisp = Wisp::start(&format!(
+        "{admin}[reload]\nwatch = true\n[[tenant]]\nname = \"first\"\n"
+    ))
+    .expect("wisp starts");
+    wisp.rewrite_config(&format!(
+        "{admin}[reload]\nwatch = true\n[[tenant]]\nname = \"first\"\n\
+         [[tenant]]\nname = \"watched\"\ndomains = [\"watched.example\"]\n"
+    ))
+    .expect("rewrite");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let tenants = wisp.ctl(&["tenants"]).expect("ctl");
+        if tenants.stdout.contains("\"watched\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reload after the file changed: {tenants:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

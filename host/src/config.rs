@@ -42,6 +42,18 @@ pub struct Config {
     /// The database of registrations and subscribers.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// Reloading on its own.
+    #[serde(default)]
+    pub reload: ReloadConfig,
+}
+
+/// When wisp reloads without being told.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// Reload (as SIGHUP does) when the configuration file or a tenant's
+    /// component file changes on disk.
+    pub watch: bool,
 }
 
 /// Where registrations and subscribers are kept.
@@ -245,6 +257,7 @@ impl Default for Config {
             routing: RoutingConfig::default(),
             admin: None,
             storage: StorageConfig::default(),
+            reload: ReloadConfig::default(),
         }
     }
 }

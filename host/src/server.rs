@@ -39,6 +39,10 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         tracing::info!(%address, "admin API listening");
     }
     reload_on_sighup(tenancy.clone());
+    if config.reload.watch {
+        crate::tenancy::watch::spawn(tenancy.clone())?;
+        tracing::info!("watching the configuration and component files");
+    }
     let proxy = Proxy::new(transports, locality, tenancy, config.timers);
     tokio::spawn(proxy.run(inbound));
     shutdown_signal().await;

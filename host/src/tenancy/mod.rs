@@ -12,6 +12,7 @@
 mod build;
 mod directory;
 mod tenant;
+pub mod watch;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -430,9 +431,23 @@ impl Tenancy {
         if admin(&old) != admin(new) {
             tracing::warn!("configuration reload: [admin] changes take effect after a restart");
         }
+        if old.reload != new.reload {
+            tracing::warn!("configuration reload: [reload] changes take effect after a restart");
+        }
         if old.engine.cache_dir != new.engine.cache_dir {
             tracing::warn!("configuration reload: [engine] changes take effect after a restart");
         }
+    }
+
+    /// The configuration file and the component files it names: what
+    /// `[reload] watch` watches.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let config = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        self.config_path
+            .iter()
+            .cloned()
+            .chain(config.tenant.iter().filter_map(|t| t.component.clone()))
+            .collect()
     }
 
     /// Every tenant, its versions and counters.
