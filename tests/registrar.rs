@@ -144,8 +144,23 @@ fn headers<'a>(message: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-fn tenant(params: &[(&str, &str)]) -> String {
-    Routing::Rust.tenant_with_params(params).expect("tenant")
+fn tenant(routing: Routing, params: &[(&str, &str)]) -> String {
+    routing.tenant_with_params(params).expect("tenant")
+}
+
+/// A test run with the Rust default routing and with its TypeScript port.
+macro_rules! both {
+    ($name:ident, $rust:ident, $js:ident) => {
+        #[test]
+        fn $rust() {
+            $name(Routing::Rust)
+        }
+
+        #[test]
+        fn $js() {
+            $name(Routing::Js)
+        }
+    };
 }
 
 /// Waits until the peer got a message containing `needle`.
@@ -164,11 +179,16 @@ fn peer_gets(peer: &SilentPeer, needle: &str) -> String {
     }
 }
 
-#[test]
-fn register_with_digest_auth() {
+both!(
+    register_with_digest_auth,
+    register_with_digest_auth_rust,
+    register_with_digest_auth_js
+);
+
+fn register_with_digest_auth(routing: Routing) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("wisp.db");
-    let toml = tenant(&[("WITH_AUTH", "yes")]);
+    let toml = tenant(routing, &[("WITH_AUTH", "yes")]);
     add_subscriber(&db, &toml, "alice@127.0.0.1", "wonderland").expect("user add");
     add_subscriber(&db, &toml, "bob@127.0.0.1", "builder").expect("user add");
     let wisp = Wisp::start_with_db(&toml, &db).expect("wisp starts");
@@ -248,9 +268,14 @@ fn register_with_digest_auth() {
     assert_eq!(status(&reply), "SIP/2.0 401 Unauthorized", "{reply}");
 }
 
-#[test]
-fn callers_must_authenticate_and_no_open_relay() {
-    let toml = tenant(&[("WITH_AUTH", "yes")]);
+both!(
+    callers_must_authenticate_and_no_open_relay,
+    callers_must_authenticate_and_no_open_relay_rust,
+    callers_must_authenticate_and_no_open_relay_js
+);
+
+fn callers_must_authenticate_and_no_open_relay(routing: Routing) {
+    let toml = tenant(routing, &[("WITH_AUTH", "yes")]);
     let wisp = Wisp::start(&toml).expect("wisp starts");
     let me = format!("127.0.0.1:{}", wisp.port);
     let mut ua = Ua::new(wisp.addr());
@@ -278,13 +303,21 @@ fn callers_must_authenticate_and_no_open_relay() {
     assert_eq!(status(&reply), "SIP/2.0 404 Not Found", "{reply}");
 }
 
-#[test]
-fn trusted_addresses_skip_authentication() {
-    let toml = tenant(&[
-        ("WITH_AUTH", "yes"),
-        ("WITH_IPAUTH", "yes"),
-        ("IPAUTH_ALLOW", "127.0.0.0/8"),
-    ]);
+both!(
+    trusted_addresses_skip_authentication,
+    trusted_addresses_skip_authentication_rust,
+    trusted_addresses_skip_authentication_js
+);
+
+fn trusted_addresses_skip_authentication(routing: Routing) {
+    let toml = tenant(
+        routing,
+        &[
+            ("WITH_AUTH", "yes"),
+            ("WITH_IPAUTH", "yes"),
+            ("IPAUTH_ALLOW", "127.0.0.0/8"),
+        ],
+    );
     let wisp = Wisp::start(&toml).expect("wisp starts");
     let me = format!("127.0.0.1:{}", wisp.port);
     let mut ua = Ua::new(wisp.addr());
@@ -295,11 +328,16 @@ fn trusted_addresses_skip_authentication() {
     assert_eq!(status(&reply), "SIP/2.0 404 Not Found", "{reply}");
 }
 
+both!(
+    location_without_auth,
+    location_without_auth_rust,
+    location_without_auth_js
+);
+
 /// A registered user is reached at its contact; without a binding, 404.
 /// Registered, refreshed, removed, with `Contact: *`, limits.
-#[test]
-fn location_without_auth() {
-    let toml = tenant(&[("REG_MAX_CONTACTS", "2")]);
+fn location_without_auth(routing: Routing) {
+    let toml = tenant(routing, &[("REG_MAX_CONTACTS", "2")]);
     let wisp = Wisp::start(&toml).expect("wisp starts");
     let me = format!("127.0.0.1:{}", wisp.port);
     let peer = SilentPeer::start().expect("peer");
@@ -365,9 +403,14 @@ fn location_without_auth() {
     assert_eq!(status(&ua.send(&invite)), "SIP/2.0 404 Not Found");
 }
 
-#[test]
-fn expired_bindings_are_gone() {
-    let toml = tenant(&[("REG_MIN_EXPIRES", "1")]);
+both!(
+    expired_bindings_are_gone,
+    expired_bindings_are_gone_rust,
+    expired_bindings_are_gone_js
+);
+
+fn expired_bindings_are_gone(routing: Routing) {
+    let toml = tenant(routing, &[("REG_MIN_EXPIRES", "1")]);
     let wisp = Wisp::start(&toml).expect("wisp starts");
     let me = format!("127.0.0.1:{}", wisp.port);
     let mut ua = Ua::new(wisp.addr());
@@ -428,32 +471,47 @@ fn restart(toml: &str, db: &Path) -> (bool, Option<String>) {
     (kept, forwarded)
 }
 
-#[test]
-fn registrations_survive_a_restart_with_usrlocdb() {
+both!(
+    registrations_survive_a_restart_with_usrlocdb,
+    registrations_survive_a_restart_with_usrlocdb_rust,
+    registrations_survive_a_restart_with_usrlocdb_js
+);
+
+fn registrations_survive_a_restart_with_usrlocdb(routing: Routing) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (kept, forwarded) = restart(
-        &tenant(&[("WITH_USRLOCDB", "yes")]),
+        &tenant(routing, &[("WITH_USRLOCDB", "yes")]),
         &dir.path().join("wisp.db"),
     );
     assert!(kept, "the binding is gone after a restart");
     assert!(forwarded.is_some());
 }
 
-#[test]
-fn registrations_do_not_survive_a_restart_without_usrlocdb() {
+both!(
+    registrations_do_not_survive_a_restart_without_usrlocdb,
+    registrations_do_not_survive_a_restart_without_usrlocdb_rust,
+    registrations_do_not_survive_a_restart_without_usrlocdb_js
+);
+
+fn registrations_do_not_survive_a_restart_without_usrlocdb(routing: Routing) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (kept, _) = restart(&tenant(&[]), &dir.path().join("wisp.db"));
+    let (kept, _) = restart(&tenant(routing, &[]), &dir.path().join("wisp.db"));
     assert!(
         !kept,
         "a binding without WITH_USRLOCDB outlived the process"
     );
 }
 
+both!(
+    nat_binding_is_reached_at_its_source,
+    nat_binding_is_reached_at_its_source_rust,
+    nat_binding_is_reached_at_its_source_js
+);
+
 /// WITH_NAT: a contact with a private address registered from elsewhere
 /// is reached where the REGISTER came from.
-#[test]
-fn nat_binding_is_reached_at_its_source() {
-    let wisp = Wisp::start(&tenant(&[("WITH_NAT", "yes")])).expect("wisp starts");
+fn nat_binding_is_reached_at_its_source(routing: Routing) {
+    let wisp = Wisp::start(&tenant(routing, &[("WITH_NAT", "yes")])).expect("wisp starts");
     let me = format!("127.0.0.1:{}", wisp.port);
     let mut ua = Ua::new(wisp.addr());
     let gina = format!("sip:gina@{me}");
@@ -480,16 +538,24 @@ fn nat_binding_is_reached_at_its_source() {
     );
 }
 
+both!(
+    pstn_numbers_go_to_the_gateway,
+    pstn_numbers_go_to_the_gateway_rust,
+    pstn_numbers_go_to_the_gateway_js
+);
+
 /// WITH_PSTN: international numbers go to the gateway, from local users only.
-#[test]
-fn pstn_numbers_go_to_the_gateway() {
+fn pstn_numbers_go_to_the_gateway(routing: Routing) {
     let gw = SilentPeer::start().expect("gateway");
     let port = gw.addr().port().to_string();
-    let toml = tenant(&[
-        ("WITH_PSTN", "yes"),
-        ("PSTN_GW_IP", "127.0.0.1"),
-        ("PSTN_GW_PORT", &port),
-    ]);
+    let toml = tenant(
+        routing,
+        &[
+            ("WITH_PSTN", "yes"),
+            ("PSTN_GW_IP", "127.0.0.1"),
+            ("PSTN_GW_PORT", &port),
+        ],
+    );
     let wisp = Wisp::start(&toml).expect("wisp starts");
     let me = format!("127.0.0.1:{}", wisp.port);
     let mut ua = Ua::new(wisp.addr());
@@ -506,18 +572,27 @@ fn pstn_numbers_go_to_the_gateway() {
     );
 }
 
+both!(
+    authenticated_call_to_a_registered_user,
+    authenticated_call_to_a_registered_user_rust,
+    authenticated_call_to_a_registered_user_js
+);
+
 /// The whole thing with SIPp: bob registers with digest auth, alice calls
 /// him with proxy auth, the call reaches bob's contact; accounting records
 /// the start and the end of the call.
-#[test]
-fn authenticated_call_to_a_registered_user() {
+fn authenticated_call_to_a_registered_user(routing: Routing) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("wisp.db");
-    let toml = tenant(&[
-        ("WITH_AUTH", "yes"),
-        ("WITH_USRLOCDB", "yes"),
-        ("AUTH_ALGORITHMS", "MD5"),
-    ]);
+    let toml = tenant(
+        routing,
+        &[
+            ("WITH_AUTH", "yes"),
+            ("WITH_USRLOCDB", "yes"),
+            // SIPp 3.6 reads only the first challenge and knows only MD5.
+            ("AUTH_ALGORITHMS", "MD5"),
+        ],
+    );
     add_subscriber(&db, &toml, "alice@127.0.0.1", "wonderland").expect("user add");
     add_subscriber(&db, &toml, "bob@127.0.0.1", "builder").expect("user add");
     let mut wisp = Wisp::start_with_db(&toml, &db).expect("wisp starts");
