@@ -351,6 +351,10 @@ fn location_without_auth(routing: Routing) {
         header_of(&reply, "Contact"),
         Some(format!("{contact};expires=600").as_str())
     );
+    assert!(
+        header_of(&reply, "Date").is_some_and(|d| d.ends_with(" GMT")),
+        "{reply}"
+    );
 
     // A request for carol goes to her contact, the Request-URI rewritten.
     let options = ua.request("OPTIONS", &carol, "sip:x@198.51.100.1", &carol, "");
@@ -531,10 +535,33 @@ fn nat_binding_is_reached_at_its_source(routing: Routing) {
     // gina's UA (our `ua` socket) gets it, the Request-URI her contact.
     let mut buf = vec![0u8; 65_536];
     let len = ua.socket.recv(&mut buf).expect("relayed to the source");
-    let got = String::from_utf8_lossy(&buf[..len]);
+    let got = String::from_utf8_lossy(&buf[..len]).into_owned();
     assert!(
         got.starts_with("OPTIONS sip:gina@10.0.0.5:5060 SIP/2.0"),
         "{got}"
+    );
+    // Her answer names her private address; the caller gets it fixed to
+    // the address the answer came from (fix_nated_contact in REPLY_ONE).
+    let mut answer = String::from("SIP/2.0 200 OK\r\n");
+    for line in got.lines() {
+        let name = line.split(':').next().unwrap_or_default();
+        if ["Via", "From", "Call-ID", "CSeq"].contains(&name) {
+            answer.push_str(&format!("{line}\r\n"));
+        } else if name == "To" {
+            answer.push_str(&format!("{line};tag=gina\r\n"));
+        }
+    }
+    answer.push_str("Contact: <sip:gina@10.0.0.5:5060>\r\nContent-Length: 0\r\n\r\n");
+    ua.socket
+        .send_to(answer.as_bytes(), wisp.addr())
+        .expect("answer");
+    let len = caller.socket.recv(&mut buf).expect("the answer comes back");
+    let reply = String::from_utf8_lossy(&buf[..len]);
+    assert_eq!(status(&reply), "SIP/2.0 200 OK", "{reply}");
+    assert_eq!(
+        header_of(&reply, "Contact"),
+        Some(format!("<sip:gina@127.0.0.1:{}>", ua.port()).as_str()),
+        "{reply}"
     );
 }
 

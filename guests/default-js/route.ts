@@ -301,10 +301,12 @@ function pstn(req: Request): Flow {
 }
 
 /**
- * onreply_route[REPLY_ONE]: accounting of final answers: a 2xx to an INVITE
- * starts a call, a 2xx to a BYE ends it.
+ * onreply_route[REPLY_ONE]: the Contact of a callee behind NAT is fixed
+ * (WITH_NAT; no media relay), and final answers are accounted: a 2xx to an
+ * INVITE starts a call, a 2xx to a BYE ends it.
  */
 function replyOne(req: Request, res: Response): void {
+  if (config.enabled("WITH_NAT") && vars.isFlagSet(FLB_NATB)) nathelper.fixReplyContact(res);
   const status = res.status();
   if (status < 200 || status >= 300 || !vars.isFlagSet(FLT_ACC)) return;
   if (req.isMethod("INVITE")) acc.report(req, "start", res);

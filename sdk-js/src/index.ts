@@ -588,6 +588,10 @@ export const nat = {
   forceRport(req: Request): void {
     rawNat.forceRport(req.raw);
   },
+  /** `fix_nated_contact()` in `onReply`: the Contact gets the response's source address. */
+  fixReplyContact(res: Response): boolean {
+    return rawNat.fixReplyContact(res.raw);
+  },
 };
 
 /** Accounting records under the log target `wisp::acc` (Kamailio's acc). */
