@@ -153,3 +153,16 @@ fn user_add_list_del() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn check_refuses_a_bad_allow_list() {
+    let (_dir, path) = config(
+        "[[tenant]]\nname = \"t\"\nparams = { WITH_IPAUTH = \"yes\", IPAUTH_ALLOW = \"10.0.0.0/8, nowhere\" }\n",
+    );
+    let (code, _, err) = wisp(&["check", "--config", &path]);
+    assert_ne!(code, 0, "a bad IPAUTH_ALLOW was accepted");
+    assert!(
+        err.contains("IPAUTH_ALLOW") && err.contains("nowhere"),
+        "{err}"
+    );
+}

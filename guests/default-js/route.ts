@@ -106,7 +106,15 @@ function relay(req: Request): Flow {
   const timers = frTimers();
   if (timers) req.setTimers(timers[0], timers[1]);
   if (req.isMethod("INVITE")) {
-    for (const uri of uriList("PARALLEL")) req.appendBranch(uri);
+    for (const uri of uriList("PARALLEL")) {
+      // Past the branch limit (a lookup may have used it up) the call goes
+      // on with the branches it has.
+      try {
+        req.appendBranch(uri);
+      } catch (err) {
+        log.warn(`PARALLEL ${uri}: ${err}`);
+      }
+    }
     const failover = config.param("FAILOVER");
     if (failover !== undefined) vars.set(FAILOVER_VAR, failover);
   }

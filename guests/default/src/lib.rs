@@ -125,7 +125,11 @@ fn relay(req: &Request) -> Result<Flow> {
     }
     if req.is_method(&["INVITE"]) {
         for uri in uri_list("PARALLEL") {
-            req.append_branch(&uri)?;
+            // Past the branch limit (a lookup may have used it up) the
+            // call goes on with the branches it has.
+            if let Err(err) = req.append_branch(&uri) {
+                log::warn(&format!("PARALLEL {uri}: {err}"));
+            }
         }
         if let Some(failover) = config::param("FAILOVER") {
             vars::set(FAILOVER_VAR, Some(&failover));
