@@ -6,7 +6,11 @@ use std::process::Command;
 use wisp_tests::{repo_root, wisp_binary};
 
 fn wisp(args: &[&str]) -> (i32, String, String) {
+    // In a folder of its own: a serving wisp opens `wisp.db` in its
+    // working directory.
+    let cwd = tempfile::tempdir().expect("tempdir");
     let out = Command::new(wisp_binary().expect("wisp is built"))
+        .current_dir(cwd.path())
         .args(args)
         .env("XDG_CACHE_HOME", repo_root().join("target/e2e-cache"))
         .output()
