@@ -269,6 +269,43 @@ fn register_with_digest_auth(routing: Routing) {
 }
 
 both!(
+    expired_nonce_is_stale,
+    expired_nonce_is_stale_rust,
+    expired_nonce_is_stale_js
+);
+
+/// Credentials with an expired nonce: challenged again with stale=true,
+/// and the new nonce works with the same password.
+fn expired_nonce_is_stale(routing: Routing) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("wisp.db");
+    let toml = tenant(
+        routing,
+        &[("WITH_AUTH", "yes"), ("AUTH_NONCE_EXPIRES", "1")],
+    );
+    add_subscriber(&db, &toml, "alice@127.0.0.1", "wonderland").expect("user add");
+    let wisp = Wisp::start_with_db(&toml, &db).expect("wisp starts");
+    let me = format!("127.0.0.1:{}", wisp.port);
+    let alice = format!("sip:alice@{me}");
+    let registrar = format!("sip:{me}");
+    let mut ua = Ua::new(wisp.addr());
+    let contact = format!("Contact: <sip:alice@127.0.0.1:{}>\r\n", ua.port());
+    let reply = ua.register(&alice, &contact);
+    let first = headers(&reply, "WWW-Authenticate")[0].to_owned();
+    assert!(!first.contains("stale"), "{reply}");
+    // Past the nonce's lifetime of one second.
+    std::thread::sleep(Duration::from_millis(1100));
+    let auth = credentials(&first, "alice", "wonderland", "REGISTER", &registrar, 1);
+    let reply = ua.register(&alice, &format!("{contact}Authorization: {auth}\r\n"));
+    assert_eq!(status(&reply), "SIP/2.0 401 Unauthorized", "{reply}");
+    let renewed = headers(&reply, "WWW-Authenticate")[0].to_owned();
+    assert!(renewed.contains("stale=true"), "{reply}");
+    let auth = credentials(&renewed, "alice", "wonderland", "REGISTER", &registrar, 1);
+    let reply = ua.register(&alice, &format!("{contact}Authorization: {auth}\r\n"));
+    assert_eq!(status(&reply), "SIP/2.0 200 OK", "{reply}");
+}
+
+both!(
     callers_must_authenticate_and_no_open_relay,
     callers_must_authenticate_and_no_open_relay_rust,
     callers_must_authenticate_and_no_open_relay_js

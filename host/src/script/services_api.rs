@@ -71,6 +71,12 @@ impl HostState {
             realm,
             stale,
             &self.algorithms(),
+            digest_auth::nonce_lifetime(
+                self.guest
+                    .params
+                    .get("AUTH_NONCE_EXPIRES")
+                    .map(String::as_str),
+            ),
             Instant::now(),
         );
         let (code, reason) = kind.status();
