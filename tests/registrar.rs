@@ -44,13 +44,18 @@ impl Ua {
         self.socket
             .send_to(message.as_bytes(), self.wisp)
             .expect("send");
+        self.final_answer()
+    }
+
+    /// The next final answer to a request already sent (provisionals skipped).
+    fn final_answer(&self) -> String {
         let deadline = Instant::now() + WAIT;
         let mut buf = vec![0u8; 65_536];
         loop {
-            assert!(Instant::now() < deadline, "no final answer to:\n{message}");
+            assert!(Instant::now() < deadline, "no final answer in time");
             let len = match self.socket.recv(&mut buf) {
                 Ok(len) => len,
-                Err(err) => panic!("no answer ({err}) to:\n{message}"),
+                Err(err) => panic!("no answer: {err}"),
             };
             let text = String::from_utf8_lossy(&buf[..len]).into_owned();
             if !text.starts_with("SIP/2.0 1") {
@@ -705,4 +710,99 @@ fn authenticated_call_to_a_registered_user(routing: Routing) {
         .expect("acc start record");
     wisp.wait_for_log("event=\"stop\"", 1, WAIT)
         .expect("acc stop record");
+}
+
+both!(
+    path_forking_and_failed_calls,
+    path_forking_and_failed_calls_rust,
+    path_forking_and_failed_calls_js
+);
+
+/// A binding's Path becomes the Route set towards it (RFC 3327); several
+/// bindings are forked to in parallel; an INVITE answered 486 everywhere
+/// is accounted as failed.
+fn path_forking_and_failed_calls(routing: Routing) {
+    let mut wisp = Wisp::start(&tenant(routing, &[])).expect("wisp starts");
+    let me = format!("127.0.0.1:{}", wisp.port);
+    let mut ua = Ua::new(wisp.addr());
+
+    // hank is behind an edge proxy (the peer), which put itself in Path.
+    let edge = SilentPeer::start().expect("edge");
+    let hank = format!("sip:hank@{me}");
+    let path = format!("<sip:{};lr>", edge.addr());
+    let reply = ua.register(
+        &hank,
+        &format!("Contact: <sip:hank@192.0.2.5>\r\nPath: {path}\r\n"),
+    );
+    assert_eq!(status(&reply), "SIP/2.0 200 OK", "{reply}");
+    assert_eq!(header_of(&reply, "Path"), Some(path.as_str()), "{reply}");
+    let options = ua.request("OPTIONS", &hank, "sip:x@198.51.100.1", &hank, "");
+    ua.socket
+        .send_to(options.as_bytes(), wisp.addr())
+        .expect("send");
+    let got = peer_gets(&edge, "OPTIONS sip:hank@192.0.2.5 SIP/2.0");
+    assert_eq!(header_of(&got, "Route"), Some(path.as_str()), "{got}");
+
+    // ivy has two phones: both get the request.
+    let (one, two) = (
+        SilentPeer::start().expect("phone"),
+        SilentPeer::start().expect("phone"),
+    );
+    let ivy = format!("sip:ivy@{me}");
+    let reply = ua.register(
+        &ivy,
+        &format!(
+            "Contact: <sip:ivy@{}>;q=0.4, <sip:ivy@{}>;q=0.9\r\n",
+            one.addr(),
+            two.addr()
+        ),
+    );
+    assert_eq!(headers(&reply, "Contact").len(), 2, "{reply}");
+    let options = ua.request("OPTIONS", &ivy, "sip:x@198.51.100.1", &ivy, "");
+    ua.socket
+        .send_to(options.as_bytes(), wisp.addr())
+        .expect("send");
+    peer_gets(&one, &format!("OPTIONS sip:ivy@{} SIP/2.0", one.addr()));
+    peer_gets(&two, &format!("OPTIONS sip:ivy@{} SIP/2.0", two.addr()));
+
+    // jack is busy: the caller gets 486 and a "failed" record is written.
+    let jack_phone = Ua::new(wisp.addr());
+    let jack = format!("sip:jack@{me}");
+    let reply = ua.register(
+        &jack,
+        &format!("Contact: <sip:jack@127.0.0.1:{}>\r\n", jack_phone.port()),
+    );
+    assert_eq!(status(&reply), "SIP/2.0 200 OK", "{reply}");
+    let caller = Ua::new(wisp.addr());
+    let mut caller = caller;
+    let invite = caller.request("INVITE", &jack, "sip:x@198.51.100.1", &jack, "");
+    caller
+        .socket
+        .send_to(invite.as_bytes(), wisp.addr())
+        .expect("send");
+    let mut buf = vec![0u8; 65_536];
+    let len = jack_phone
+        .socket
+        .recv(&mut buf)
+        .expect("INVITE reaches jack");
+    let got = String::from_utf8_lossy(&buf[..len]).into_owned();
+    assert!(got.starts_with("INVITE sip:jack@"), "{got}");
+    let mut busy = String::from("SIP/2.0 486 Busy Here\r\n");
+    for line in got.lines() {
+        let name = line.split(':').next().unwrap_or_default();
+        if ["Via", "From", "Call-ID", "CSeq"].contains(&name) {
+            busy.push_str(&format!("{line}\r\n"));
+        } else if name == "To" {
+            busy.push_str(&format!("{line};tag=jack\r\n"));
+        }
+    }
+    busy.push_str("Content-Length: 0\r\n\r\n");
+    jack_phone
+        .socket
+        .send_to(busy.as_bytes(), wisp.addr())
+        .expect("486");
+    let answer = caller.final_answer();
+    assert_eq!(status(&answer), "SIP/2.0 486 Busy Here", "{answer}");
+    wisp.wait_for_log("event=\"failed\"", 1, WAIT)
+        .expect("acc failed record");
 }
