@@ -6,7 +6,11 @@ use std::process::Command;
 use wisp_tests::{repo_root, wisp_binary};
 
 fn wisp(args: &[&str]) -> (i32, String, String) {
+    // In a folder of its own: a serving wisp opens `wisp.db` in its
+    // working directory.
+    let cwd = tempfile::tempdir().expect("tempdir");
     let out = Command::new(wisp_binary().expect("wisp is built"))
+        .current_dir(cwd.path())
         .args(args)
         .env("XDG_CACHE_HOME", repo_root().join("target/e2e-cache"))
         .output()
@@ -93,4 +97,76 @@ fn check_refuses_broken_components() {
     );
     let (code, _, _) = wisp(&["--config", &path]);
     assert_ne!(code, 0, "serving with a missing component must fail");
+}
+
+#[test]
+fn user_add_list_del() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("users.db");
+    let (_d, path) = config(&format!(
+        "[storage]\npath = \"{}\"\n[[tenant]]\nname = \"first\"\n[[tenant]]\nname = \"second\"\n",
+        db.display()
+    ));
+    let (code, out, err) = wisp(&[
+        "user",
+        "add",
+        "alice@example.com",
+        "s3cret",
+        "--config",
+        &path,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = wisp(&[
+        "user",
+        "add",
+        "bob@example.com",
+        "pw",
+        "--tenant",
+        "second",
+        "--config",
+        &path,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = wisp(&["user", "list", "--config", &path]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["alice@example.com\tfirst", "bob@example.com\tsecond"]
+    );
+    // The password itself is nowhere in the database.
+    let bytes = std::fs::read(&db).expect("db");
+    assert!(!bytes.windows(6).any(|w| w == b"s3cret"));
+
+    let (code, out, _) = wisp(&["user", "list", "--tenant", "second", "--config", &path]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "bob@example.com\tsecond");
+    let (code, _, _) = wisp(&["user", "del", "alice@example.com", "--config", &path]);
+    assert_eq!(code, 0);
+    let (code, _, err) = wisp(&["user", "del", "alice@example.com", "--config", &path]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no subscriber"), "{err}");
+    for bad in [
+        vec!["user", "add", "nodomain", "pw"],
+        vec!["user", "add", "a@b", ""],
+        vec!["user", "add", "a@b", "pw", "--tenant", "third"],
+    ] {
+        let mut args = bad.clone();
+        args.extend(["--config", &path]);
+        let (code, _, err) = wisp(&args);
+        assert_ne!(code, 0, "{bad:?} accepted");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn check_refuses_a_bad_allow_list() {
+    let (_dir, path) = config(
+        "[[tenant]]\nname = \"t\"\nparams = { WITH_IPAUTH = \"yes\", IPAUTH_ALLOW = \"10.0.0.0/8, nowhere\" }\n",
+    );
+    let (code, _, err) = wisp(&["check", "--config", &path]);
+    assert_ne!(code, 0, "a bad IPAUTH_ALLOW was accepted");
+    assert!(
+        err.contains("IPAUTH_ALLOW") && err.contains("nowhere"),
+        "{err}"
+    );
 }

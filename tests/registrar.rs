@@ -44,13 +44,18 @@ impl Ua {
         self.socket
             .send_to(message.as_bytes(), self.wisp)
             .expect("send");
+        self.final_answer()
+    }
+
+    /// The next final answer to a request already sent (provisionals skipped).
+    fn final_answer(&self) -> String {
         let deadline = Instant::now() + WAIT;
         let mut buf = vec![0u8; 65_536];
         loop {
-            assert!(Instant::now() < deadline, "no final answer to:\n{message}");
+            assert!(Instant::now() < deadline, "no final answer in time");
             let len = match self.socket.recv(&mut buf) {
                 Ok(len) => len,
-                Err(err) => panic!("no answer ({err}) to:\n{message}"),
+                Err(err) => panic!("no answer: {err}"),
             };
             let text = String::from_utf8_lossy(&buf[..len]).into_owned();
             if !text.starts_with("SIP/2.0 1") {
@@ -144,8 +149,23 @@ fn headers<'a>(message: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-fn tenant(params: &[(&str, &str)]) -> String {
-    Routing::Rust.tenant_with_params(params).expect("tenant")
+fn tenant(routing: Routing, params: &[(&str, &str)]) -> String {
+    routing.tenant_with_params(params).expect("tenant")
+}
+
+/// A test run with the Rust default routing and with its TypeScript port.
+macro_rules! both {
+    ($name:ident, $rust:ident, $js:ident) => {
+        #[test]
+        fn $rust() {
+            $name(Routing::Rust)
+        }
+
+        #[test]
+        fn $js() {
+            $name(Routing::Js)
+        }
+    };
 }
 
 /// Waits until the peer got a message containing `needle`.
@@ -164,11 +184,16 @@ fn peer_gets(peer: &SilentPeer, needle: &str) -> String {
     }
 }
 
-#[test]
-fn register_with_digest_auth() {
+both!(
+    register_with_digest_auth,
+    register_with_digest_auth_rust,
+    register_with_digest_auth_js
+);
+
+fn register_with_digest_auth(routing: Routing) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("wisp.db");
-    let toml = tenant(&[("WITH_AUTH", "yes")]);
+    let toml = tenant(routing, &[("WITH_AUTH", "yes")]);
     add_subscriber(&db, &toml, "alice@127.0.0.1", "wonderland").expect("user add");
     add_subscriber(&db, &toml, "bob@127.0.0.1", "builder").expect("user add");
     let wisp = Wisp::start_with_db(&toml, &db).expect("wisp starts");
@@ -248,9 +273,51 @@ fn register_with_digest_auth() {
     assert_eq!(status(&reply), "SIP/2.0 401 Unauthorized", "{reply}");
 }
 
-#[test]
-fn callers_must_authenticate_and_no_open_relay() {
-    let toml = tenant(&[("WITH_AUTH", "yes")]);
+both!(
+    expired_nonce_is_stale,
+    expired_nonce_is_stale_rust,
+    expired_nonce_is_stale_js
+);
+
+/// Credentials with an expired nonce: challenged again with stale=true,
+/// and the new nonce works with the same password.
+fn expired_nonce_is_stale(routing: Routing) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("wisp.db");
+    let toml = tenant(
+        routing,
+        &[("WITH_AUTH", "yes"), ("AUTH_NONCE_EXPIRES", "1")],
+    );
+    add_subscriber(&db, &toml, "alice@127.0.0.1", "wonderland").expect("user add");
+    let wisp = Wisp::start_with_db(&toml, &db).expect("wisp starts");
+    let me = format!("127.0.0.1:{}", wisp.port);
+    let alice = format!("sip:alice@{me}");
+    let registrar = format!("sip:{me}");
+    let mut ua = Ua::new(wisp.addr());
+    let contact = format!("Contact: <sip:alice@127.0.0.1:{}>\r\n", ua.port());
+    let reply = ua.register(&alice, &contact);
+    let first = headers(&reply, "WWW-Authenticate")[0].to_owned();
+    assert!(!first.contains("stale"), "{reply}");
+    // Past the nonce's lifetime of one second.
+    std::thread::sleep(Duration::from_millis(1100));
+    let auth = credentials(&first, "alice", "wonderland", "REGISTER", &registrar, 1);
+    let reply = ua.register(&alice, &format!("{contact}Authorization: {auth}\r\n"));
+    assert_eq!(status(&reply), "SIP/2.0 401 Unauthorized", "{reply}");
+    let renewed = headers(&reply, "WWW-Authenticate")[0].to_owned();
+    assert!(renewed.contains("stale=true"), "{reply}");
+    let auth = credentials(&renewed, "alice", "wonderland", "REGISTER", &registrar, 1);
+    let reply = ua.register(&alice, &format!("{contact}Authorization: {auth}\r\n"));
+    assert_eq!(status(&reply), "SIP/2.0 200 OK", "{reply}");
+}
+
+both!(
+    callers_must_authenticate_and_no_open_relay,
+    callers_must_authenticate_and_no_open_relay_rust,
+    callers_must_authenticate_and_no_open_relay_js
+);
+
+fn callers_must_authenticate_and_no_open_relay(routing: Routing) {
+    let toml = tenant(routing, &[("WITH_AUTH", "yes")]);
     let wisp = Wisp::start(&toml).expect("wisp starts");
     let me = format!("127.0.0.1:{}", wisp.port);
     let mut ua = Ua::new(wisp.addr());
@@ -278,13 +345,21 @@ fn callers_must_authenticate_and_no_open_relay() {
     assert_eq!(status(&reply), "SIP/2.0 404 Not Found", "{reply}");
 }
 
-#[test]
-fn trusted_addresses_skip_authentication() {
-    let toml = tenant(&[
-        ("WITH_AUTH", "yes"),
-        ("WITH_IPAUTH", "yes"),
-        ("IPAUTH_ALLOW", "127.0.0.0/8"),
-    ]);
+both!(
+    trusted_addresses_skip_authentication,
+    trusted_addresses_skip_authentication_rust,
+    trusted_addresses_skip_authentication_js
+);
+
+fn trusted_addresses_skip_authentication(routing: Routing) {
+    let toml = tenant(
+        routing,
+        &[
+            ("WITH_AUTH", "yes"),
+            ("WITH_IPAUTH", "yes"),
+            ("IPAUTH_ALLOW", "127.0.0.0/8"),
+        ],
+    );
     let wisp = Wisp::start(&toml).expect("wisp starts");
     let me = format!("127.0.0.1:{}", wisp.port);
     let mut ua = Ua::new(wisp.addr());
@@ -295,11 +370,16 @@ fn trusted_addresses_skip_authentication() {
     assert_eq!(status(&reply), "SIP/2.0 404 Not Found", "{reply}");
 }
 
+both!(
+    location_without_auth,
+    location_without_auth_rust,
+    location_without_auth_js
+);
+
 /// A registered user is reached at its contact; without a binding, 404.
 /// Registered, refreshed, removed, with `Contact: *`, limits.
-#[test]
-fn location_without_auth() {
-    let toml = tenant(&[("REG_MAX_CONTACTS", "2")]);
+fn location_without_auth(routing: Routing) {
+    let toml = tenant(routing, &[("REG_MAX_CONTACTS", "2")]);
     let wisp = Wisp::start(&toml).expect("wisp starts");
     let me = format!("127.0.0.1:{}", wisp.port);
     let peer = SilentPeer::start().expect("peer");
@@ -312,6 +392,10 @@ fn location_without_auth() {
     assert_eq!(
         header_of(&reply, "Contact"),
         Some(format!("{contact};expires=600").as_str())
+    );
+    assert!(
+        header_of(&reply, "Date").is_some_and(|d| d.ends_with(" GMT")),
+        "{reply}"
     );
 
     // A request for carol goes to her contact, the Request-URI rewritten.
@@ -365,9 +449,14 @@ fn location_without_auth() {
     assert_eq!(status(&ua.send(&invite)), "SIP/2.0 404 Not Found");
 }
 
-#[test]
-fn expired_bindings_are_gone() {
-    let toml = tenant(&[("REG_MIN_EXPIRES", "1")]);
+both!(
+    expired_bindings_are_gone,
+    expired_bindings_are_gone_rust,
+    expired_bindings_are_gone_js
+);
+
+fn expired_bindings_are_gone(routing: Routing) {
+    let toml = tenant(routing, &[("REG_MIN_EXPIRES", "1")]);
     let wisp = Wisp::start(&toml).expect("wisp starts");
     let me = format!("127.0.0.1:{}", wisp.port);
     let mut ua = Ua::new(wisp.addr());
@@ -428,32 +517,47 @@ fn restart(toml: &str, db: &Path) -> (bool, Option<String>) {
     (kept, forwarded)
 }
 
-#[test]
-fn registrations_survive_a_restart_with_usrlocdb() {
+both!(
+    registrations_survive_a_restart_with_usrlocdb,
+    registrations_survive_a_restart_with_usrlocdb_rust,
+    registrations_survive_a_restart_with_usrlocdb_js
+);
+
+fn registrations_survive_a_restart_with_usrlocdb(routing: Routing) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (kept, forwarded) = restart(
-        &tenant(&[("WITH_USRLOCDB", "yes")]),
+        &tenant(routing, &[("WITH_USRLOCDB", "yes")]),
         &dir.path().join("wisp.db"),
     );
     assert!(kept, "the binding is gone after a restart");
     assert!(forwarded.is_some());
 }
 
-#[test]
-fn registrations_do_not_survive_a_restart_without_usrlocdb() {
+both!(
+    registrations_do_not_survive_a_restart_without_usrlocdb,
+    registrations_do_not_survive_a_restart_without_usrlocdb_rust,
+    registrations_do_not_survive_a_restart_without_usrlocdb_js
+);
+
+fn registrations_do_not_survive_a_restart_without_usrlocdb(routing: Routing) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (kept, _) = restart(&tenant(&[]), &dir.path().join("wisp.db"));
+    let (kept, _) = restart(&tenant(routing, &[]), &dir.path().join("wisp.db"));
     assert!(
         !kept,
         "a binding without WITH_USRLOCDB outlived the process"
     );
 }
 
+both!(
+    nat_binding_is_reached_at_its_source,
+    nat_binding_is_reached_at_its_source_rust,
+    nat_binding_is_reached_at_its_source_js
+);
+
 /// WITH_NAT: a contact with a private address registered from elsewhere
 /// is reached where the REGISTER came from.
-#[test]
-fn nat_binding_is_reached_at_its_source() {
-    let wisp = Wisp::start(&tenant(&[("WITH_NAT", "yes")])).expect("wisp starts");
+fn nat_binding_is_reached_at_its_source(routing: Routing) {
+    let wisp = Wisp::start(&tenant(routing, &[("WITH_NAT", "yes")])).expect("wisp starts");
     let me = format!("127.0.0.1:{}", wisp.port);
     let mut ua = Ua::new(wisp.addr());
     let gina = format!("sip:gina@{me}");
@@ -473,23 +577,54 @@ fn nat_binding_is_reached_at_its_source() {
     // gina's UA (our `ua` socket) gets it, the Request-URI her contact.
     let mut buf = vec![0u8; 65_536];
     let len = ua.socket.recv(&mut buf).expect("relayed to the source");
-    let got = String::from_utf8_lossy(&buf[..len]);
+    let got = String::from_utf8_lossy(&buf[..len]).into_owned();
     assert!(
         got.starts_with("OPTIONS sip:gina@10.0.0.5:5060 SIP/2.0"),
         "{got}"
     );
+    // Her answer names her private address; the caller gets it fixed to
+    // the address the answer came from (fix_nated_contact in REPLY_ONE).
+    let mut answer = String::from("SIP/2.0 200 OK\r\n");
+    for line in got.lines() {
+        let name = line.split(':').next().unwrap_or_default();
+        if ["Via", "From", "Call-ID", "CSeq"].contains(&name) {
+            answer.push_str(&format!("{line}\r\n"));
+        } else if name == "To" {
+            answer.push_str(&format!("{line};tag=gina\r\n"));
+        }
+    }
+    answer.push_str("Contact: <sip:gina@10.0.0.5:5060>\r\nContent-Length: 0\r\n\r\n");
+    ua.socket
+        .send_to(answer.as_bytes(), wisp.addr())
+        .expect("answer");
+    let len = caller.socket.recv(&mut buf).expect("the answer comes back");
+    let reply = String::from_utf8_lossy(&buf[..len]);
+    assert_eq!(status(&reply), "SIP/2.0 200 OK", "{reply}");
+    assert_eq!(
+        header_of(&reply, "Contact"),
+        Some(format!("<sip:gina@127.0.0.1:{}>", ua.port()).as_str()),
+        "{reply}"
+    );
 }
 
+both!(
+    pstn_numbers_go_to_the_gateway,
+    pstn_numbers_go_to_the_gateway_rust,
+    pstn_numbers_go_to_the_gateway_js
+);
+
 /// WITH_PSTN: international numbers go to the gateway, from local users only.
-#[test]
-fn pstn_numbers_go_to_the_gateway() {
+fn pstn_numbers_go_to_the_gateway(routing: Routing) {
     let gw = SilentPeer::start().expect("gateway");
     let port = gw.addr().port().to_string();
-    let toml = tenant(&[
-        ("WITH_PSTN", "yes"),
-        ("PSTN_GW_IP", "127.0.0.1"),
-        ("PSTN_GW_PORT", &port),
-    ]);
+    let toml = tenant(
+        routing,
+        &[
+            ("WITH_PSTN", "yes"),
+            ("PSTN_GW_IP", "127.0.0.1"),
+            ("PSTN_GW_PORT", &port),
+        ],
+    );
     let wisp = Wisp::start(&toml).expect("wisp starts");
     let me = format!("127.0.0.1:{}", wisp.port);
     let mut ua = Ua::new(wisp.addr());
@@ -506,18 +641,27 @@ fn pstn_numbers_go_to_the_gateway() {
     );
 }
 
+both!(
+    authenticated_call_to_a_registered_user,
+    authenticated_call_to_a_registered_user_rust,
+    authenticated_call_to_a_registered_user_js
+);
+
 /// The whole thing with SIPp: bob registers with digest auth, alice calls
 /// him with proxy auth, the call reaches bob's contact; accounting records
 /// the start and the end of the call.
-#[test]
-fn authenticated_call_to_a_registered_user() {
+fn authenticated_call_to_a_registered_user(routing: Routing) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("wisp.db");
-    let toml = tenant(&[
-        ("WITH_AUTH", "yes"),
-        ("WITH_USRLOCDB", "yes"),
-        ("AUTH_ALGORITHMS", "MD5"),
-    ]);
+    let toml = tenant(
+        routing,
+        &[
+            ("WITH_AUTH", "yes"),
+            ("WITH_USRLOCDB", "yes"),
+            // SIPp 3.6 reads only the first challenge and knows only MD5.
+            ("AUTH_ALGORITHMS", "MD5"),
+        ],
+    );
     add_subscriber(&db, &toml, "alice@127.0.0.1", "wonderland").expect("user add");
     add_subscriber(&db, &toml, "bob@127.0.0.1", "builder").expect("user add");
     let mut wisp = Wisp::start_with_db(&toml, &db).expect("wisp starts");
@@ -566,4 +710,99 @@ fn authenticated_call_to_a_registered_user() {
         .expect("acc start record");
     wisp.wait_for_log("event=\"stop\"", 1, WAIT)
         .expect("acc stop record");
+}
+
+both!(
+    path_forking_and_failed_calls,
+    path_forking_and_failed_calls_rust,
+    path_forking_and_failed_calls_js
+);
+
+/// A binding's Path becomes the Route set towards it (RFC 3327); several
+/// bindings are forked to in parallel; an INVITE answered 486 everywhere
+/// is accounted as failed.
+fn path_forking_and_failed_calls(routing: Routing) {
+    let mut wisp = Wisp::start(&tenant(routing, &[])).expect("wisp starts");
+    let me = format!("127.0.0.1:{}", wisp.port);
+    let mut ua = Ua::new(wisp.addr());
+
+    // hank is behind an edge proxy (the peer), which put itself in Path.
+    let edge = SilentPeer::start().expect("edge");
+    let hank = format!("sip:hank@{me}");
+    let path = format!("<sip:{};lr>", edge.addr());
+    let reply = ua.register(
+        &hank,
+        &format!("Contact: <sip:hank@192.0.2.5>\r\nPath: {path}\r\n"),
+    );
+    assert_eq!(status(&reply), "SIP/2.0 200 OK", "{reply}");
+    assert_eq!(header_of(&reply, "Path"), Some(path.as_str()), "{reply}");
+    let options = ua.request("OPTIONS", &hank, "sip:x@198.51.100.1", &hank, "");
+    ua.socket
+        .send_to(options.as_bytes(), wisp.addr())
+        .expect("send");
+    let got = peer_gets(&edge, "OPTIONS sip:hank@192.0.2.5 SIP/2.0");
+    assert_eq!(header_of(&got, "Route"), Some(path.as_str()), "{got}");
+
+    // ivy has two phones: both get the request.
+    let (one, two) = (
+        SilentPeer::start().expect("phone"),
+        SilentPeer::start().expect("phone"),
+    );
+    let ivy = format!("sip:ivy@{me}");
+    let reply = ua.register(
+        &ivy,
+        &format!(
+            "Contact: <sip:ivy@{}>;q=0.4, <sip:ivy@{}>;q=0.9\r\n",
+            one.addr(),
+            two.addr()
+        ),
+    );
+    assert_eq!(headers(&reply, "Contact").len(), 2, "{reply}");
+    let options = ua.request("OPTIONS", &ivy, "sip:x@198.51.100.1", &ivy, "");
+    ua.socket
+        .send_to(options.as_bytes(), wisp.addr())
+        .expect("send");
+    peer_gets(&one, &format!("OPTIONS sip:ivy@{} SIP/2.0", one.addr()));
+    peer_gets(&two, &format!("OPTIONS sip:ivy@{} SIP/2.0", two.addr()));
+
+    // jack is busy: the caller gets 486 and a "failed" record is written.
+    let jack_phone = Ua::new(wisp.addr());
+    let jack = format!("sip:jack@{me}");
+    let reply = ua.register(
+        &jack,
+        &format!("Contact: <sip:jack@127.0.0.1:{}>\r\n", jack_phone.port()),
+    );
+    assert_eq!(status(&reply), "SIP/2.0 200 OK", "{reply}");
+    let caller = Ua::new(wisp.addr());
+    let mut caller = caller;
+    let invite = caller.request("INVITE", &jack, "sip:x@198.51.100.1", &jack, "");
+    caller
+        .socket
+        .send_to(invite.as_bytes(), wisp.addr())
+        .expect("send");
+    let mut buf = vec![0u8; 65_536];
+    let len = jack_phone
+        .socket
+        .recv(&mut buf)
+        .expect("INVITE reaches jack");
+    let got = String::from_utf8_lossy(&buf[..len]).into_owned();
+    assert!(got.starts_with("INVITE sip:jack@"), "{got}");
+    let mut busy = String::from("SIP/2.0 486 Busy Here\r\n");
+    for line in got.lines() {
+        let name = line.split(':').next().unwrap_or_default();
+        if ["Via", "From", "Call-ID", "CSeq"].contains(&name) {
+            busy.push_str(&format!("{line}\r\n"));
+        } else if name == "To" {
+            busy.push_str(&format!("{line};tag=jack\r\n"));
+        }
+    }
+    busy.push_str("Content-Length: 0\r\n\r\n");
+    jack_phone
+        .socket
+        .send_to(busy.as_bytes(), wisp.addr())
+        .expect("486");
+    let answer = caller.final_answer();
+    assert_eq!(status(&answer), "SIP/2.0 486 Busy Here", "{answer}");
+    wisp.wait_for_log("event=\"failed\"", 1, WAIT)
+        .expect("acc failed record");
 }

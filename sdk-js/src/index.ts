@@ -39,6 +39,12 @@ import * as tm from "wisp:proxy/tm@0.1.0";
 import * as rawVars from "wisp:proxy/vars@0.1.0";
 import * as rawConfig from "wisp:proxy/config@0.1.0";
 import * as rawLog from "wisp:proxy/log@0.1.0";
+import * as rawRegistrar from "wisp:proxy/registrar@0.1.0";
+import * as rawAuth from "wisp:proxy/auth@0.1.0";
+import * as rawKv from "wisp:proxy/kv@0.1.0";
+import * as rawPermissions from "wisp:proxy/permissions@0.1.0";
+import * as rawNat from "wisp:proxy/nat@0.1.0";
+import * as rawAcc from "wisp:proxy/acc@0.1.0";
 
 export type RawRequest = types.Request;
 export type RawResponse = types.Response;
@@ -310,6 +316,41 @@ export class Request {
   uriIsMyself(): boolean {
     return proxy.isMyself(this.raw.uri());
   }
+
+  /** The From URI (`$fu`). */
+  fromUri(): string {
+    return this.raw.fromUri();
+  }
+
+  /** The To URI (`$tu`). */
+  toUri(): string {
+    return this.raw.toUri();
+  }
+
+  /** The user of the From URI (`$fU`). */
+  fromUser(): string | undefined {
+    return proxy.parseUri(this.raw.fromUri())?.user;
+  }
+
+  /** The host of the From URI (`$fd`); empty when From is unparsable. */
+  fromHost(): string {
+    return proxy.parseUri(this.raw.fromUri())?.host ?? "";
+  }
+
+  /** The user of the To URI (`$tU`). */
+  toUser(): string | undefined {
+    return proxy.parseUri(this.raw.toUri())?.user;
+  }
+
+  /** The host of the To URI (`$td`). */
+  toHost(): string {
+    return proxy.parseUri(this.raw.toUri())?.host ?? "";
+  }
+
+  /** Whether the From URI names this proxy (`from_uri == myself`). */
+  fromIsMyself(): boolean {
+    return proxy.isMyself(this.raw.fromUri());
+  }
 }
 
 /**
@@ -430,6 +471,134 @@ export const log = {
   },
   debug(message: string): void {
     rawLog.write("debug", message);
+  },
+};
+
+export type SaveOptions = rawRegistrar.SaveOptions;
+export type Located = rawRegistrar.Located;
+export type LookupError = rawRegistrar.LookupError;
+export type AuthOutcome = rawAuth.Outcome;
+export type AccEvent = rawAcc.Event;
+
+/** The location service (Kamailio's registrar/usrloc). */
+export const registrar = {
+  /** Kamailio's registrar defaults: 3600 s by default and at most, 60 s at least. */
+  defaults(): SaveOptions {
+    return {
+      persistent: true,
+      nat: false,
+      defaultExpires: 3600,
+      minExpires: 60,
+      maxExpires: 3600,
+      maxContacts: 0,
+    };
+  },
+  /**
+   * Saves the bindings of a REGISTER and queues the 200 OK listing them
+   * (`save("location")`). Returns the rejection to answer with
+   * (`sl_reply_error()`, via `req.reject`), or undefined when saved.
+   */
+  save(req: Request, options: SaveOptions): Rejection | undefined {
+    return check(() => {
+      rawRegistrar.save(req.raw, options);
+    });
+  },
+  /**
+   * Points the request at the user's contacts (`lookup("location")`): what
+   * was found, or why nothing was ("not-found", "method-not-allowed", "storage").
+   */
+  lookup(req: Request): Located | LookupError {
+    try {
+      return rawRegistrar.lookup(req.raw);
+    } catch (thrown) {
+      const value = payload(thrown);
+      if (value === "not-found" || value === "method-not-allowed" || value === "storage") return value;
+      throw thrown;
+    }
+  },
+  /** Whether a user has a live binding (`registered()`). */
+  registered(user: string): boolean {
+    return rawRegistrar.registered(user);
+  },
+};
+
+/** Digest authentication against the subscribers of `wisp user add`. */
+export const auth = {
+  /** `www_authorize(realm, "subscriber")`. */
+  wwwAuthorize(req: Request, realm: string): AuthOutcome {
+    return rawAuth.wwwAuthorize(req.raw, realm);
+  },
+  /** `proxy_authorize(realm, "subscriber")`. */
+  proxyAuthorize(req: Request, realm: string): AuthOutcome {
+    return rawAuth.proxyAuthorize(req.raw, realm);
+  },
+  /** Queues a 401 challenge (`www_challenge(realm, "0")`). */
+  wwwChallenge(req: Request, realm: string): void {
+    rawAuth.wwwChallenge(req.raw, realm);
+  },
+  /** Queues a 407 challenge (`proxy_challenge(realm, "0")`). */
+  proxyChallenge(req: Request, realm: string): void {
+    rawAuth.proxyChallenge(req.raw, realm);
+  },
+  /** `consume_credentials()`. */
+  consumeCredentials(req: Request): void {
+    rawAuth.consumeCredentials(req.raw);
+  },
+};
+
+/** The tenant's key-value store with expiry (Kamailio's htable). */
+export const kv = {
+  get(key: string): string | undefined {
+    return rawKv.get(key);
+  },
+  set(key: string, value: string, ttlSeconds = 0): void {
+    rawKv.set(key, value, ttlSeconds);
+  },
+  delete(key: string): boolean {
+    return rawKv.delete(key);
+  },
+  incr(key: string, delta: bigint, ttlSeconds = 0): bigint {
+    return rawKv.incr(key, delta, ttlSeconds);
+  },
+};
+
+/** IP allow-lists (Kamailio's permissions). */
+export const permissions = {
+  /** The source IP is in the tenant's `IPAUTH_ALLOW` (`allow_source_address()`). */
+  allowSourceAddress(req: Request): boolean {
+    return rawPermissions.allowSourceAddress(req.raw);
+  },
+};
+
+/** NAT helpers (Kamailio's nathelper and `force_rport`). */
+export const nat = {
+  CONTACT_PRIVATE: 1,
+  VIA_ADDRESS_DIFFERS: 2,
+  VIA_PRIVATE: 4,
+  VIA_PORT_DIFFERS: 16,
+  /** `nat_uac_test(tests)`. */
+  uacTest(req: Request, tests: number): boolean {
+    return rawNat.uacTest(req.raw, tests);
+  },
+  /** `fix_nated_contact()`. */
+  fixContact(req: Request): boolean {
+    return rawNat.fixContact(req.raw);
+  },
+  /** `force_rport()`. */
+  forceRport(req: Request): void {
+    rawNat.forceRport(req.raw);
+  },
+  /** `fix_nated_contact()` in `onReply`: the Contact gets the response's source address. */
+  fixReplyContact(res: Response): boolean {
+    return rawNat.fixReplyContact(res.raw);
+  },
+};
+
+/** Accounting records under the log target `wisp::acc` (Kamailio's acc). */
+export const acc = {
+  /** One record of `req` and its final answer `res`. */
+  report(req: Request, event: AccEvent, res: Response): void {
+    rawAcc.report(req.raw, event, res.raw);
   },
 };
 

@@ -149,6 +149,12 @@ pub mod nat {
     pub fn force_rport(req: &Request) {
         raw::force_rport(req.raw())
     }
+
+    /// `fix_nated_contact()` in `on_reply`: the response's Contact gets the
+    /// address the response came from.
+    pub fn fix_reply_contact(res: &crate::Response) -> bool {
+        raw::fix_reply_contact(res.raw())
+    }
 }
 
 /// Accounting records under the log target `wisp::acc` (Kamailio's acc).

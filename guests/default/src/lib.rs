@@ -125,7 +125,11 @@ fn relay(req: &Request) -> Result<Flow> {
     }
     if req.is_method(&["INVITE"]) {
         for uri in uri_list("PARALLEL") {
-            req.append_branch(&uri)?;
+            // Past the branch limit (a lookup may have used it up) the
+            // call goes on with the branches it has.
+            if let Err(err) = req.append_branch(&uri) {
+                log::warn(&format!("PARALLEL {uri}: {err}"));
+            }
         }
         if let Some(failover) = config::param("FAILOVER") {
             vars::set(FAILOVER_VAR, Some(&failover));
@@ -360,11 +364,14 @@ fn is_pstn_number(user: &str) -> bool {
         && digits.chars().all(|c| c.is_ascii_digit())
 }
 
-/// onreply_route[REPLY_ONE]: accounting of final answers (`acc`
-/// `log_flag`): a 2xx to an INVITE starts a call, a 2xx to a BYE ends it.
-/// (With `WITH_NAT`, Kamailio also fixes the callee's Contact here and
-/// anchors media; wisp has no media relay.)
+/// onreply_route[REPLY_ONE]: the Contact of a callee behind NAT is fixed
+/// (`WITH_NAT`; Kamailio also anchors media here, wisp has no media relay),
+/// and final answers are accounted (`acc` `log_flag`): a 2xx to an INVITE
+/// starts a call, a 2xx to a BYE ends it.
 fn reply_one(req: &Request, res: &Response) {
+    if config::enabled("WITH_NAT") && vars::is_flag_set(FLB_NATB) {
+        nat::fix_reply_contact(res);
+    }
     let status = res.status();
     if !(200..300).contains(&status) || !vars::is_flag_set(FLT_ACC) {
         return;

@@ -204,6 +204,7 @@ impl Worker {
         tx: TxId,
         index: usize,
         mut msg: Message,
+        source: std::net::SocketAddr,
     ) {
         let Some(mut ctx) = self.contexts.remove(&tx) else {
             return;
@@ -213,7 +214,7 @@ impl Worker {
         let mut keep = true;
         if status > 100 {
             let pool = ctx.pool.clone();
-            let (req, res, result) = pool.on_reply(ctx.req, msg, &mut ctx.vars);
+            let (req, res, result) = pool.on_reply(ctx.req, msg, source, &mut ctx.vars);
             ctx.req = req;
             msg = res;
             match result {

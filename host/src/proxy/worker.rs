@@ -64,7 +64,7 @@ impl Worker {
                     if msg.is_request() {
                         self.on_request(now, msg, source);
                     } else {
-                        self.on_response(now, msg);
+                        self.on_response(now, msg, source.remote);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -299,7 +299,7 @@ impl Worker {
         }
     }
 
-    fn on_response(&mut self, now: Instant, msg: Message) {
+    fn on_response(&mut self, now: Instant, msg: Message, source: std::net::SocketAddr) {
         if let Err(err) = sip::validate(&msg) {
             tracing::debug!(%err, "dropping a malformed response");
             return;
@@ -312,7 +312,7 @@ impl Worker {
             Some((client, ResponseDisposition::Deliver)) => {
                 // Responses to our own CANCELs end here.
                 if let Some(&(tx, index)) = self.branch_of.get(&client) {
-                    self.on_branch_response(now, tx, index, msg);
+                    self.on_branch_response(now, tx, index, msg, source);
                 }
             }
         }

@@ -159,6 +159,8 @@ pub struct HostState {
     pub(super) actions: Vec<Action>,
     /// The current transaction's variables, lent for the hook call.
     pub(super) vars: TxVars,
+    /// Where the response of an on-reply call came from.
+    pub(super) reply_source: Option<std::net::SocketAddr>,
 }
 
 impl HostState {
@@ -175,6 +177,7 @@ impl HostState {
             guest,
             actions: Vec::new(),
             vars: TxVars::default(),
+            reply_source: None,
         }
     }
 }

@@ -147,15 +147,17 @@ impl Pool {
         (req, result)
     }
 
-    /// The on-reply hook: true keeps the response.
+    /// The on-reply hook: true keeps the response, which came from `source`.
     pub fn on_reply(
         &self,
         req: RequestCtx,
         res: Message,
+        source: std::net::SocketAddr,
         vars: &mut TxVars,
     ) -> (RequestCtx, Message, HookResult<bool>) {
         let (req, res, result) =
             self.call(ON_REPLY, req, Some(res), vars, |router, store, req, res| {
+                store.data_mut().reply_source = Some(source);
                 router.call_on_reply(store, req, response(res)?)
             });
         (req, res.unwrap_or_else(empty_response), result)
@@ -209,6 +211,7 @@ impl Pool {
         store.set_epoch_deadline(deadline_ticks(&self.guest.limits));
         let state = store.data_mut();
         state.actions.clear();
+        state.reply_source = None;
         std::mem::swap(&mut state.vars, vars);
         let req_rep = state
             .table

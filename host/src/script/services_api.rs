@@ -71,6 +71,12 @@ impl HostState {
             realm,
             stale,
             &self.algorithms(),
+            digest_auth::nonce_lifetime(
+                self.guest
+                    .params
+                    .get("AUTH_NONCE_EXPIRES")
+                    .map(String::as_str),
+            ),
             Instant::now(),
         );
         let (code, reason) = kind.status();
@@ -138,6 +144,8 @@ impl registrar::Host for HostState {
                 for path in ctx.msg.values(&HeaderName::Path) {
                     headers.push((HeaderName::Path, path.to_owned()));
                 }
+                // RFC 3261 §10.3 step 8: the registrar's time, for UAs without a clock.
+                headers.push((HeaderName::Other("Date".into()), location::http_date(now)));
                 let count = u32::try_from(bindings.len()).unwrap_or(u32::MAX);
                 tracing::debug!(
                     target: "wisp::registrar",
@@ -346,6 +354,14 @@ impl nat::Host for HostState {
         let ctx = self.request_mut(&req)?;
         let source = ctx.source.remote;
         Ok(nathelper::fix_contact(&mut ctx.msg, source))
+    }
+
+    fn fix_reply_contact(&mut self, res: Resource<super::call::ResponseCtx>) -> Result<bool> {
+        let Some(source) = self.reply_source else {
+            return Ok(false);
+        };
+        let res: &mut super::call::ResponseCtx = self.table.get_mut(&res)?;
+        Ok(nathelper::fix_contact(&mut res.msg, source))
     }
 
     fn force_rport(&mut self, req: Resource<RequestCtx>) -> Result<()> {

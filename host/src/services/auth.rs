@@ -1,10 +1,10 @@
 //! Digest authentication of requests against the subscriber table
 //! (Kamailio's `www_authorize` / `proxy_authorize` and their challenges).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::digest::{Algorithm, Credentials};
-use super::nonce::NonceCheck;
+use super::nonce::{NonceCheck, NONCE_LIFETIME};
 use super::{subscribers, Services};
 use crate::sip::{HeaderName, Message};
 
@@ -143,20 +143,31 @@ pub fn authorize(
     }
 }
 
-/// The challenge headers: one per algorithm, each with a fresh nonce.
+/// The nonce lifetime: the tenant param `AUTH_NONCE_EXPIRES` in seconds
+/// (30 when unset or not a number above 0).
+pub fn nonce_lifetime(param: Option<&str>) -> Duration {
+    param
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .map_or(NONCE_LIFETIME, Duration::from_secs)
+}
+
+/// The challenge headers: one per algorithm, each with a fresh nonce good
+/// for `lifetime`.
 pub fn challenge(
     services: &Services,
     kind: Kind,
     realm: &str,
     stale: bool,
     algorithms: &[Algorithm],
+    lifetime: Duration,
     now: Instant,
 ) -> Vec<(HeaderName, String)> {
     let realm = realm.replace(['"', '\\'], "");
     algorithms
         .iter()
         .map(|a| {
-            let nonce = services.nonces.issue(now);
+            let nonce = services.nonces.issue(now, lifetime);
             let stale = if stale { ", stale=true" } else { "" };
             (
                 kind.challenge_header(),
@@ -224,7 +235,18 @@ mod tests {
             |msg: &Message| authorize(&services, "t", msg, Kind::Www, "example.com", &all, now);
         assert_eq!(run(&register(None)), Outcome::Missing);
 
-        let headers = challenge(&services, Kind::Www, "example.com", false, &all, now);
+        assert_eq!(nonce_lifetime(None), NONCE_LIFETIME);
+        assert_eq!(nonce_lifetime(Some("5")), Duration::from_secs(5));
+        assert_eq!(nonce_lifetime(Some("0")), NONCE_LIFETIME);
+        let headers = challenge(
+            &services,
+            Kind::Www,
+            "example.com",
+            false,
+            &all,
+            NONCE_LIFETIME,
+            now,
+        );
         assert_eq!(headers.len(), 2);
         assert!(
             headers[0].1.contains("algorithm=SHA-256"),
@@ -275,7 +297,7 @@ mod tests {
             Outcome::Invalid(m) if m.contains("unknown user")
         ));
         // Past the nonce's lifetime: stale.
-        let later = now + super::super::nonce::NONCE_LIFETIME;
+        let later = now + NONCE_LIFETIME;
         let fifth = register(Some(&answer(&nonce, "00000005", "secret", Algorithm::Md5)));
         assert_eq!(
             authorize(
@@ -289,7 +311,15 @@ mod tests {
             ),
             Outcome::Stale
         );
-        let stale = challenge(&services, Kind::Proxy, "example.com", true, &md5_only, now);
+        let stale = challenge(
+            &services,
+            Kind::Proxy,
+            "example.com",
+            true,
+            &md5_only,
+            NONCE_LIFETIME,
+            now,
+        );
         assert_eq!(stale[0].0, HeaderName::ProxyAuthenticate);
         assert!(stale[0].1.ends_with("stale=true"));
     }

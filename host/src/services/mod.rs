@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 pub use storage::{Storage, StorageError};
 
-/// How often expired bindings, nonces and keys are purged.
+/// How often expired bindings, nonces and keys are purged and the
+/// database checkpointed.
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The services shared by every tenant and worker of the process.
@@ -50,7 +51,8 @@ impl Services {
 
     /// For a serving proxy: drops the bindings the last run saved without
     /// persistence, and starts the purge timer (a thread that ends with
-    /// the services).
+    /// the services), which also checkpoints the database's write-ahead
+    /// log on a connection of its own.
     pub fn start(self: &Arc<Self>) -> anyhow::Result<()> {
         let dropped = location::drop_volatile(&self.storage)?;
         if dropped > 0 {
@@ -59,6 +61,7 @@ impl Services {
                 "bindings of the last run without persistence dropped"
             );
         }
+        let checkpointer = self.storage.checkpointer()?;
         let weak: Weak<Services> = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("wisp-purge".into())
@@ -68,6 +71,12 @@ impl Services {
                     return;
                 };
                 services.purge();
+                drop(services);
+                if let Some(conn) = &checkpointer {
+                    if let Err(err) = storage::checkpoint(conn) {
+                        tracing::warn!(%err, "database checkpoint failed");
+                    }
+                }
             })?;
         Ok(())
     }

@@ -63,8 +63,9 @@ fn host_of(ip: IpAddr) -> Host {
     }
 }
 
-/// Rewrites the first Contact's host and port to `source`. False when the
-/// request has no Contact URI to fix (or `Contact: *`).
+/// Rewrites the first Contact's host and port to `source`, for a request
+/// or a response from behind NAT. False when the message has no Contact
+/// URI to fix (or `Contact: *`).
 pub fn fix_contact(msg: &mut Message, source: SocketAddr) -> bool {
     let Some(first) = msg.values(&HeaderName::Contact).next() else {
         return false;

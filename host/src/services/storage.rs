@@ -92,6 +92,10 @@ impl Storage {
             .map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
+        // Checkpoints (the only step that waits for the disk) are left to
+        // the purge thread's own connection, off the hook calls' path.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(open_err)?;
         migrate(&mut conn, path)?;
         Ok(Storage {
             conn: Mutex::new(conn),
@@ -103,12 +107,33 @@ impl Storage {
         &self.path
     }
 
+    /// A second connection to the same file, for checkpoints (None for a
+    /// database in memory).
+    pub fn checkpointer(&self) -> Result<Option<Connection>, StorageError> {
+        if self.path == Path::new(":memory:") {
+            return Ok(None);
+        }
+        let conn = Connection::open(&self.path).map_err(|source| StorageError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Some(conn))
+    }
+
     /// The connection, for one short statement or transaction.
     pub fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves a connection SQLite keeps
         // consistent (an open transaction is rolled back when dropped).
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Copies the write-ahead log into the database file without blocking
+/// readers or the writer (`PRAGMA wal_checkpoint(PASSIVE)`).
+pub fn checkpoint(conn: &Connection) -> Result<(), StorageError> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StorageError> {
@@ -148,6 +173,13 @@ mod tests {
         drop(storage);
         // Reopening does not run the steps again (CREATE TABLE would fail).
         let storage = Storage::open(&path).expect("reopen");
+        let checkpointer = storage.checkpointer().expect("second connection");
+        checkpoint(checkpointer.as_ref().expect("a file")).expect("checkpoint");
+        assert!(Storage::in_memory()
+            .expect("memory")
+            .checkpointer()
+            .expect("none")
+            .is_none());
         storage
             .conn()
             .pragma_update(None, "user_version", 99)
