@@ -104,7 +104,7 @@ fn user_add_list_del() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("users.db");
     let (_d, path) = config(&format!(
-        "[storage]\npath = \"{}\"\n[[tenant]]\nname = \"first\"\n[[tenant]]\nname = \"second\"\n",
+        "[storage]\npath = \"{}\"\n[[tenant]]\nname = \"first\"\n[[tenant]]\nname = \"second\"\ndomains = [\"second.example\"]\n",
         db.display()
     ));
     let (code, out, err) = wisp(&[
