@@ -31,17 +31,18 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         &config,
         config_path,
     )?);
-    for l in transports.listeners() {
-        tracing::info!(transport = %l.transport, address = %l.local, "listening");
-    }
     if let Some(admin) = &config.admin {
         let address = crate::admin::serve(admin, tenancy.clone()).await?;
-        tracing::info!(%address, "admin API listening");
+        tracing::info!(%address, "admin API ready");
     }
     reload_on_sighup(tenancy.clone());
     if config.reload.watch {
         crate::tenancy::watch::spawn(tenancy.clone())?;
         tracing::info!("watching the configuration and component files");
+    }
+    // Last: "listening" tells that everything above is in place.
+    for l in transports.listeners() {
+        tracing::info!(transport = %l.transport, address = %l.local, "listening");
     }
     let proxy = Proxy::new(transports, locality, tenancy, config.timers);
     tokio::spawn(proxy.run(inbound));
