@@ -48,6 +48,10 @@ UAS_PORT = PROXY_PORT + 30
 # net.core.rmem_max and reports twice the value it grants); SIPp too.
 RCVBUF = 4 << 20
 AUTH_USER, AUTH_PASSWORD = "bench", "bench-secret"
+# Kamailio's memory manager: qm (its default, with a debugging free-list
+# walk that dominates its profile under load), fm or tlsf.
+# tlsf by default: the figures compare wisp with a Kamailio set up for speed.
+KAMAILIO_MEM = os.environ.get("BENCH_KAMAILIO_MEM", "tlsf")
 
 LOADS = {
     "call": "INVITE/180/200/ACK/BYE/200 over UDP, record-routed (tests/scenarios/uac.xml, uas.xml)",
@@ -308,9 +312,15 @@ class Kamailio(Proxy):
             "-m", "256", "-M", "8",
             "-A", f"MAXBUFFER={RCVBUF}",
         ]
+        if KAMAILIO_MEM:
+            # The memory manager of shared and private memory (-x, -X).
+            argv += ["-x", KAMAILIO_MEM, "-X", KAMAILIO_MEM]
         if self.load == "register":
             argv += ["-A", "WITH_AUTH", "-A", f'DBURL="text://{self.db}"']
         return argv
+
+
+PROXIES = [Wisp, Kamailio]
 
 
 def kamailio_modules():
@@ -398,7 +408,7 @@ class Load:
             "-nostdin",
             "-trace_stat", "-stf", f"{role}.csv", "-fd", "1",
             "-trace_err", "-error_file", f"{role}-errors.log",
-            "-timeout", f"{int(self.seconds + 30)}s",
+            "-timeout", f"{int(self.seconds + 15)}s",
         ]
 
     def start_callee(self):
@@ -417,6 +427,13 @@ class Load:
             "-r", str(self.rate),
             "-m", str(self.calls),
             "-l", str(max(1000, self.rate * 4)),
+            # A call that hears nothing for 5 s has failed: an overloaded
+            # run ends in seconds, not after Timer B (32 s).
+            "-recv_timeout", "5000",
+            # Kamailio's two UDP workers may relay the callee's 180 and
+            # 200 in either order; a 180 after the 200 is harmless, but
+            # SIPp would abort the call on it by default.
+            "-default_behaviors", "all,-abortunexp",
         ] + self.common("uac")
         if self.kind == "call":
             argv = [f"127.0.0.1:{UAS_PORT}", "-sf", UAC, "-rsa", f"127.0.0.1:{PROXY_PORT}"] + argv
@@ -427,7 +444,7 @@ class Load:
 
     def wait_caller(self):
         """Waits for the caller to finish (bounded); returns its outcome."""
-        limit = self.seconds + 40
+        limit = self.seconds + 20
         try:
             self.uac.wait(timeout=max(1.0, self.started + limit - time.monotonic()))
             timed_out = False
@@ -438,9 +455,16 @@ class Load:
         stop(self.uas)
         uac = sipp_stats(os.path.join(self.dir, "uac.csv"))
         uas = sipp_stats(os.path.join(self.dir, "uas.csv"))
+        kinds = {
+            key[len("Failed") : -len("(C)")]: int(value)
+            for key, value in uac.items()
+            if key.startswith("Failed") and key.endswith("(C)") and key != "FailedCall(C)"
+            and value.isdigit() and int(value) > 0
+        }
         return {
             "rate": self.rate,
             "calls": self.calls,
+            "failures": kinds,
             "successful": counter(uac, "SuccessfulCall"),
             "failed": counter(uac, "FailedCall"),
             "retransmissions": counter(uac, "Retransmissions") + counter(uas, "Retransmissions"),
@@ -466,7 +490,8 @@ def sustained(outcome, seconds):
     if outcome["timed_out"]:
         reasons.append("timed out")
     if failed > calls * 0.001:
-        reasons.append(f"{failed} failed ({100.0 * failed / calls:.2f}%)")
+        kinds = " ".join(f"{k}={v}" for k, v in outcome["failures"].items())
+        reasons.append(f"{failed} failed ({100.0 * failed / calls:.2f}%{'; ' + kinds if kinds else ''})")
     if outcome["retransmissions"] > calls * 0.01:
         reasons.append(f"{outcome['retransmissions']} retransmissions")
     if elapsed > seconds * 1.2 + 2:
@@ -679,7 +704,7 @@ def search(args):
 
 def max_rates(kind, args, workdir):
     runs = {}
-    for cls in (Wisp, Kamailio):
+    for cls in PROXIES:
         gen = search(args)()
         runs[cls] = [gen, next(gen), None]
     while any(state[0] is not None for state in runs.values()):
@@ -693,6 +718,98 @@ def max_rates(kind, args, workdir):
             except StopIteration as done:
                 state[0], state[2] = None, done.value
     return {cls.name: runs[cls][2] for cls in runs}
+
+
+# ------------------------------------------------------------------ profile
+
+CATEGORIES = [
+    # (name, test on (dso, symbol)); the first that matches wins.
+    ("kernel: UDP/IP send and receive", lambda d, s: d.startswith("[kernel") and any(
+        w in s for w in ("udp", "ip_", "skb", "sock", "net_", "sendto", "recvfrom", "recvmsg",
+                         "sendmsg", "dev_", "loopback", "napi", "__copy", "copy_", "csum", "nf_"))),
+    ("kernel: wakeups, futex, scheduler", lambda d, s: d.startswith("[kernel") and any(
+        w in s for w in ("futex", "sched", "switch", "pick_next", "enqueue", "dequeue", "wake",
+                         "update_", "select_task", "_raw_spin", "idle", "hrtimer", "tick"))),
+    ("kernel: epoll", lambda d, s: d.startswith("[kernel") and ("epoll" in s or s.startswith("ep_"))),
+    ("kernel: other (syscall entry/exit, page faults, ...)", lambda d, s: d.startswith("[kernel")),
+    ("wasm guest code (JIT)", lambda d, s: d.startswith("[JIT") or d.startswith("memfd") or d == "[unknown]"),
+    ("wasmtime: host calls, lifting/lowering, stores", lambda d, s: "wasmtime" in s or "cranelift" in s),
+    ("wisp sip: parse, headers, URIs, serialize", lambda d, s: "wisp::sip" in s),
+    ("wisp transaction layer", lambda d, s: "wisp::transaction" in s),
+    ("wisp proxy core", lambda d, s: "wisp::proxy" in s or "wisp::transport" in s),
+    ("wisp script host API", lambda d, s: "wisp::script" in s or "wisp::services" in s),
+    ("allocation (malloc/free)", lambda d, s: any(
+        w in s for w in ("malloc", "free", "realloc", "_int_", "drop_in_place", "alloc::alloc", "RawVec"))),
+    ("memcpy/memmove/memchr", lambda d, s: any(w in s for w in ("memcpy", "memmove", "memset", "memchr", "memcmp"))),
+    ("tokio runtime", lambda d, s: "tokio" in s or "mio" in s),
+    ("std channels, locks, threads", lambda d, s: "std::sync" in s or "mpmc" in s or "pthread" in s or "lll_" in s),
+    ("kamailio core", lambda d, s: d == "kamailio"),
+    ("kamailio modules", lambda d, s: d.endswith(".so") and not d.startswith("lib")),
+    ("libc other", lambda d, s: d.startswith("libc")),
+]
+
+
+def profile(args, workdir):
+    """Samples each proxy (perf, cpu-clock: this machine has no hardware
+    counters) during a call load at the fixed rate; prints where the time
+    goes by category, by thread, and the top symbols."""
+    if not shutil.which("perf"):
+        sys.exit("bench: perf is missing (Debian: linux-perf)")
+    for cls in PROXIES:
+        proxy = cls("call", tempfile.mkdtemp(prefix=f"{cls.name}-", dir=workdir), args.proxy_cpus)
+        proxy.prepare()
+        proxy.start()
+        load = Load("call", args.rate, args.seconds, proxy.workdir, args.sipp_cpus)
+        data = os.path.join(proxy.workdir, "perf.data")
+        try:
+            load.start_callee()
+            load.start_caller()
+            time.sleep(2.0)
+            subprocess.run(
+                ["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-o", data,
+                 "-p", ",".join(str(p) for p in proxy.pids), "--", "sleep", str(max(1.0, args.seconds - 4))],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=args.seconds + 30,
+            )
+            outcome = load.wait_caller()
+        finally:
+            load.stop()
+            proxy.stop()
+        report = subprocess.run(
+            ["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "comm,dso,sym", "-g", "none"],
+            capture_output=True, text=True, timeout=300,
+        ).stdout
+        rows = []
+        for line in report.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#") or "%" not in line:
+                continue
+            parts = line.split(None, 3)
+            if len(parts) < 4:
+                continue
+            try:
+                share = float(parts[0].rstrip("%"))
+            except ValueError:
+                continue
+            comm, dso, rest = parts[1], parts[2], parts[3]
+            sym = rest.split("] ", 1)[1] if "] " in rest else rest
+            rows.append((share, comm, dso, sym))
+        log(f"\n== profile: {cls.name}, calls at {args.rate}/s "
+            f"({outcome['successful']}/{outcome['calls']} ok; perf cpu-clock samples)")
+        cats, comms = {}, {}
+        for share, comm, dso, sym in rows:
+            name = next((n for n, test in CATEGORIES if test(dso, sym)), "other")
+            cats[name] = cats.get(name, 0.0) + share
+            comm = comm.rstrip("0123456789-") or comm
+            comms[comm] = comms.get(comm, 0.0) + share
+        for name, share in sorted(cats.items(), key=lambda kv: -kv[1]):
+            log(f"  {share:5.1f}%  {name}")
+        log("  by thread: " + ", ".join(f"{c} {v:.0f}%" for c, v in sorted(comms.items(), key=lambda kv: -kv[1])))
+        log("  top symbols:")
+        merged = {}
+        for share, _, dso, sym in rows:
+            merged[(dso, sym)] = merged.get((dso, sym), 0.0) + share
+        for (dso, sym), share in sorted(merged.items(), key=lambda kv: -kv[1])[: args.top]:
+            log(f"    {share:5.1f}%  {dso:<18.18} {sym[:100]}")
 
 
 # ------------------------------------------------------------------- output
@@ -754,7 +871,9 @@ def ratio(a, b):
 
 
 def table(kind, fixed, maxes, args):
-    w, k = fixed["wisp"], fixed["kamailio"]
+    empty = {"cpu_us_per_call": None, "kernel_share": None, "p50_ms": None, "p99_ms": None,
+             "pss_mib": None, "rss_mib": None, "processes": 0, "rcvbuf": None}
+    w, k = fixed.get("wisp", empty), fixed.get("kamailio", empty)
     unit = "call" if kind == "call" else "registration"
     what = "INVITE->200" if kind == "call" else "REGISTER(auth)->200"
     rows = [
@@ -778,7 +897,7 @@ def table(kind, fixed, maxes, args):
         if not r["kept_up"] or o["successful"] < o["calls"]:
             lines.append(
                 f"  note: {name} at {args.rate}/s: {o['successful']}/{o['calls']} ok, "
-                f"{o['failed']} failed, {o['retransmissions']} retransmissions"
+                f"{o['failed']} failed {o['failures']}, {o['retransmissions']} retransmissions"
                 + (f" ({r['why_not']})" if r["why_not"] else "")
             )
     return "\n".join(lines)
@@ -799,12 +918,18 @@ def main():
     parser.add_argument("--max-rate", type=int, default=30000)
     parser.add_argument("--loads", default="call,register")
     parser.add_argument("--no-max", action="store_true", help="skip the max-rate search")
+    parser.add_argument("--proxies", default="wisp,kamailio", help="which proxies to run")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, SIPp errors)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of the benchmark: where each proxy spends its CPU under the call load (perf)")
+    parser.add_argument("--top", type=int, default=25, help="symbols listed by --profile")
     cpus = f"0-{os.cpu_count() - 1}" if os.cpu_count() and os.cpu_count() > 1 else "0"
     parser.add_argument("--proxy-cpus", default=os.environ.get("BENCH_PROXY_CPUS", cpus),
                         help="taskset CPU list of both proxies")
     parser.add_argument("--sipp-cpus", default=os.environ.get("BENCH_SIPP_CPUS", cpus),
                         help="taskset CPU list of SIPp")
     args = parser.parse_args()
+    PROXIES[:] = [c for c in (Wisp, Kamailio) if c.name in args.proxies.split(",")]
     # `timeout` (bench/run.sh) or Ctrl-C: end through the `finally`
     # blocks, which stop every process started here.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -815,6 +940,14 @@ def main():
     if not os.path.exists(WISP):
         sys.exit(f"bench: {WISP} is missing: cargo build --release -p wisp")
 
+    for port in (PROXY_PORT, UAC_PORT, UAS_PORT):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError as err:
+                sys.exit(f"bench: UDP port {port} is taken ({err}): another benchmark running? "
+                         "(BENCH_PROXY_PORT=N moves them: N, N+10, N+30)")
+
     m = machine()
     m["load_before"] = loadavg()
     log("== machine")
@@ -824,10 +957,18 @@ def main():
         f"both proxies and SIPp ask for {RCVBUF} bytes of UDP receive buffer")
     log(f"  {'pinning':<12} proxies: taskset -c {args.proxy_cpus}; SIPp: taskset -c {args.sipp_cpus}")
     log(f"  {'loadavg':<12} {m['load_before']} (before)")
-    log("  wisp: bundled routing (guests/default), 1 tenant, UDP listener, log level warn;"
-        " kamailio: bench/kamailio/kamailio.cfg, children=2")
+    log("  wisp: bundled routing (guests/default), 1 tenant, UDP listener, log level warn, "
+        "one worker thread per core")
+    log(f"  kamailio: bench/kamailio/kamailio.cfg, children=2, memory manager {KAMAILIO_MEM or 'default'} "
+        "(BENCH_KAMAILIO_MEM), -m 256 -M 8")
 
     workdir = tempfile.mkdtemp(prefix="wisp-bench-")
+    if args.profile:
+        try:
+            profile(args, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return
     results = {"machine": m, "args": vars(args), "loads": {}}
     started = time.monotonic()
     try:
@@ -835,7 +976,7 @@ def main():
             log(f"\n== {kind}: {LOADS[kind]}")
             log(f"  fixed rate {args.rate}/s for {args.seconds:.0f} s, alternating")
             fixed = {}
-            for cls in (Wisp, Kamailio):
+            for cls in PROXIES:
                 fixed[cls.name] = fixed_rate(cls, kind, args, workdir)
                 r = fixed[cls.name]
                 log(f"  {cls.name:<8} {r['cpu_us_per_call']:.0f} CPU-us/{kind}, "
@@ -849,13 +990,16 @@ def main():
             log("")
             log(table(kind, fixed, maxes, args))
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep:
+            log(f"  work folder kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     m["load_after"] = loadavg()
     log(f"\n== summary ({m['date']}, {m['cpu']}, {m['cores']} cores, load {m['load_before']} -> {m['load_after']}, "
         f"{time.monotonic() - started:.0f} s)")
     call = results["loads"].get("call")
-    if call:
+    if call and len(call["fixed"]) == 2:
         cw, ck = call["fixed"]["wisp"]["cpu_us_per_call"], call["fixed"]["kamailio"]["cpu_us_per_call"]
         log(f"  calls: CPU per call wisp/kamailio = {cw / ck:.2f} (target <= 0.60: "
             f"{'met' if cw / ck <= 0.6 else 'not met'})")
