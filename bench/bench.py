@@ -32,7 +32,7 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WISP = os.path.join(REPO, "target", "release", "wisp")
+WISP = os.environ.get("BENCH_WISP_BIN") or os.path.join(REPO, "target", "release", "wisp")
 KAMAILIO_CFG = os.path.join(REPO, "bench", "kamailio", "kamailio.cfg")
 UAC = os.path.join(REPO, "tests", "scenarios", "uac.xml")
 UAS = os.path.join(REPO, "tests", "scenarios", "uas.xml")
