@@ -258,6 +258,8 @@ class Wisp(Proxy):
             f'[storage]\npath = "{self.workdir}/wisp.db"\n\n'
             f'[engine]\ncache_dir = "{REPO}/target/bench/cache"\n\n'
             f'[[tenant]]\nname = "bench"\nparams = {{ {params_toml} }}\n'
+            # More configuration for experiments, e.g. "[timers]\nj_ms = 5000".
+            + os.environ.get("BENCH_WISP_CONFIG", "").replace("\\n", "\n")
         )
 
     def prepare(self):
@@ -742,6 +744,11 @@ CATEGORIES = [
         w in s for w in ("malloc", "free", "realloc", "_int_", "drop_in_place", "alloc::alloc", "RawVec"))),
     ("memcpy/memmove/memchr", lambda d, s: any(w in s for w in ("memcpy", "memmove", "memset", "memchr", "memcmp"))),
     ("tokio runtime", lambda d, s: "tokio" in s or "mio" in s),
+    ("hashing (transaction and worker keys)", lambda d, s: "hash" in s.lower()),
+    ("formatting (core::fmt: building headers)", lambda d, s: "fmt" in s),
+    ("string scanning (core::str, slices, iterators; mostly under parsing)", lambda d, s: any(
+        w in s for w in ("core::str", "core::slice", "CharSearcher", "FromFn", "core::iter", "trim",
+                         "is_token_char", "from_utf8", "eq_ignore_ascii_case"))),
     ("std channels, locks, threads", lambda d, s: "std::sync" in s or "mpmc" in s or "pthread" in s or "lll_" in s),
     ("kamailio core", lambda d, s: d == "kamailio"),
     ("kamailio modules", lambda d, s: d.endswith(".so") and not d.startswith("lib")),
