@@ -734,7 +734,13 @@ CATEGORIES = [
                          "update_", "select_task", "_raw_spin", "idle", "hrtimer", "tick"))),
     ("kernel: epoll", lambda d, s: d.startswith("[kernel") and ("epoll" in s or s.startswith("ep_"))),
     ("kernel: other (syscall entry/exit, page faults, ...)", lambda d, s: d.startswith("[kernel")),
-    ("wasm guest code (JIT)", lambda d, s: d.startswith("[JIT") or d.startswith("memfd") or d == "[unknown]"),
+    ("SQLite (location, subscribers; SQL parsed and run per request)", lambda d, s: (
+        "sqlite" in s.lower() or s.startswith(("yy_", "resolve", "walkExpr", "btree", "pager", "vdbe", "whereLoop"))
+        or "rusqlite" in s)),
+    ("wasm guest code (compiled component)", lambda d, s: d.endswith(".cwasm") or d.startswith("[JIT")
+     or d.startswith("memfd") or d == "[unknown]"),
+    ("transaction timers (binary heap)", lambda d, s: "binary_heap" in s),
+    ("clocks (Instant::now, clock_gettime)", lambda d, s: "clock_gettime" in s or "Instant" in s),
     ("wasmtime: host calls, lifting/lowering, stores", lambda d, s: "wasmtime" in s or "cranelift" in s),
     ("wisp sip: parse, headers, URIs, serialize", lambda d, s: "wisp::sip" in s),
     ("wisp transaction layer", lambda d, s: "wisp::transaction" in s),
@@ -762,11 +768,11 @@ def profile(args, workdir):
     goes by category, by thread, and the top symbols."""
     if not shutil.which("perf"):
         sys.exit("bench: perf is missing (Debian: linux-perf)")
-    for cls in PROXIES:
-        proxy = cls("call", tempfile.mkdtemp(prefix=f"{cls.name}-", dir=workdir), args.proxy_cpus)
+    for kind, cls in [(k, c) for k in args.loads.split(",") for c in PROXIES]:
+        proxy = cls(kind, tempfile.mkdtemp(prefix=f"{cls.name}-", dir=workdir), args.proxy_cpus)
         proxy.prepare()
         proxy.start()
-        load = Load("call", args.rate, args.seconds, proxy.workdir, args.sipp_cpus)
+        load = Load(kind, args.rate, args.seconds, proxy.workdir, args.sipp_cpus)
         data = os.path.join(proxy.workdir, "perf.data")
         try:
             load.start_callee()
@@ -800,7 +806,7 @@ def profile(args, workdir):
             comm, dso, rest = parts[1], parts[2], parts[3]
             sym = rest.split("] ", 1)[1] if "] " in rest else rest
             rows.append((share, comm, dso, sym))
-        log(f"\n== profile: {cls.name}, calls at {args.rate}/s "
+        log(f"\n== profile: {cls.name}, {kind} load at {args.rate}/s "
             f"({outcome['successful']}/{outcome['calls']} ok; perf cpu-clock samples)")
         cats, comms = {}, {}
         for share, comm, dso, sym in rows:
@@ -810,6 +816,10 @@ def profile(args, workdir):
             comms[comm] = comms.get(comm, 0.0) + share
         for name, share in sorted(cats.items(), key=lambda kv: -kv[1]):
             log(f"  {share:5.1f}%  {name}")
+        if os.environ.get("BENCH_PROFILE_OTHER"):
+            for share, _, dso, sym in sorted(rows, reverse=True):
+                if next((n for n, test in CATEGORIES if test(dso, sym)), "other") == "other" and share >= 0.1:
+                    log(f"    other: {share:5.2f}% {dso} {sym[:90]}")
         log("  by thread: " + ", ".join(f"{c} {v:.0f}%" for c, v in sorted(comms.items(), key=lambda kv: -kv[1])))
         log("  top symbols:")
         merged = {}
@@ -928,7 +938,7 @@ def main():
     parser.add_argument("--proxies", default="wisp,kamailio", help="which proxies to run")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, SIPp errors)")
     parser.add_argument("--profile", action="store_true",
-                        help="instead of the benchmark: where each proxy spends its CPU under the call load (perf)")
+                        help="instead of the benchmark: where each proxy spends its CPU under each load (perf)")
     parser.add_argument("--top", type=int, default=25, help="symbols listed by --profile")
     cpus = f"0-{os.cpu_count() - 1}" if os.cpu_count() and os.cpu_count() > 1 else "0"
     parser.add_argument("--proxy-cpus", default=os.environ.get("BENCH_PROXY_CPUS", cpus),
