@@ -32,7 +32,8 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WISP = os.environ.get("BENCH_WISP_BIN") or os.path.join(REPO, "target", "release", "wisp")
+TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
+WISP = os.environ.get("BENCH_WISP_BIN") or os.path.join(TARGET, "release", "wisp")
 KAMAILIO_CFG = os.path.join(REPO, "bench", "kamailio", "kamailio.cfg")
 UAC = os.path.join(REPO, "tests", "scenarios", "uac.xml")
 UAS = os.path.join(REPO, "tests", "scenarios", "uas.xml")
@@ -256,7 +257,7 @@ class Wisp(Proxy):
         return (
             f'[[listen]]\ntransport = "udp"\naddress = "127.0.0.1:{PROXY_PORT}"\n\n'
             f'[storage]\npath = "{self.workdir}/wisp.db"\n\n'
-            f'[engine]\ncache_dir = "{REPO}/target/bench/cache"\n\n'
+            f'[engine]\ncache_dir = "{TARGET}/bench/cache"\n\n'
             f'[[tenant]]\nname = "bench"\nparams = {{ {params_toml} }}\n'
             # More configuration for experiments, e.g. "[timers]\nj_ms = 5000".
             + os.environ.get("BENCH_WISP_CONFIG", "").replace("\\n", "\n")
@@ -1024,12 +1025,12 @@ def main():
         if mw and mk:
             log(f"  calls: max calls/s wisp/kamailio = {mw / mk:.2f} (target >= 1.50: "
                 f"{'met' if mw / mk >= 1.5 else 'not met'})")
-    out_dir = os.path.join(REPO, "target", "bench")
+    out_dir = os.path.join(TARGET, "bench")
     os.makedirs(out_dir, exist_ok=True)
     out = os.path.join(out_dir, "results-" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + ".json")
     with open(out, "w") as f:
         json.dump(results, f, indent=2, default=str)
-    log(f"  figures as JSON: {os.path.relpath(out, REPO)}")
+    log(f"  figures as JSON: {out}")
 
 
 if __name__ == "__main__":
