@@ -626,9 +626,10 @@ def fixed_rate(proxy_cls, kind, args, workdir):
         # Steady window: from 2 s after the start to 1 s before the last call.
         warm, end = 2.0, args.seconds - 1.0
         time.sleep(max(0.0, load.started + warm - time.monotonic()))
-        c0, t0 = cpu_ticks(proxy.pids), time.monotonic()
+        sipp_pids = [p.pid for p in (load.uac, load.uas) if p is not None]
+        c0, s0, t0 = cpu_ticks(proxy.pids), cpu_ticks(sipp_pids), time.monotonic()
         time.sleep(max(0.0, load.started + end - time.monotonic()))
-        c1, t1 = cpu_ticks(proxy.pids), time.monotonic()
+        c1, s1, t1 = cpu_ticks(proxy.pids), cpu_ticks(sipp_pids), time.monotonic()
         pss, rss = memory_kib(proxy.pids)
         outcome = load.wait_caller()
         capture.stop()
@@ -648,6 +649,7 @@ def fixed_rate(proxy_cls, kind, args, workdir):
         "why_not": why,
         "cpu_us_per_call": 1e6 * (user + system) / calls_in_window,
         "kernel_share": system / (user + system) if user + system else None,
+        "sipp_cpu_us_per_call": 1e6 * (sum(s1) - sum(s0)) / CLK_TCK / calls_in_window,
         "cpu_share_of_a_core": (user + system) / window,
         "idle_cpu_share": ((idle1[0] + idle1[1]) - (idle0[0] + idle0[1])) / CLK_TCK,
         "p50_ms": percentile(times, 0.5),
@@ -889,7 +891,7 @@ def ratio(a, b):
 
 
 def table(kind, fixed, maxes, args):
-    empty = {"cpu_us_per_call": None, "kernel_share": None, "p50_ms": None, "p99_ms": None,
+    empty = {"cpu_us_per_call": None, "kernel_share": None, "sipp_cpu_us_per_call": None, "p50_ms": None, "p99_ms": None,
              "pss_mib": None, "rss_mib": None, "processes": 0, "rcvbuf": None}
     w, k = fixed.get("wisp", empty), fixed.get("kamailio", empty)
     unit = "call" if kind == "call" else "registration"
@@ -900,6 +902,7 @@ def table(kind, fixed, maxes, args):
         ("  of which kernel (%)", pct(w["kernel_share"]), pct(k["kernel_share"]), ".0f"),
         (f"p50 {what} (ms)", w["p50_ms"], k["p50_ms"], ".3f"),
         (f"p99 {what} (ms)", w["p99_ms"], k["p99_ms"], ".3f"),
+        (f"  SIPp CPU-us/{unit} (uac+uas)", w["sipp_cpu_us_per_call"], k["sipp_cpu_us_per_call"], ".0f"),
         (f"memory PSS (MiB) @{args.rate}/s", w["pss_mib"], k["pss_mib"], ".1f"),
         (f"memory RSS sum (MiB)", w["rss_mib"], k["rss_mib"], ".1f"),
     ]
