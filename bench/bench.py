@@ -662,6 +662,21 @@ def fixed_rate(proxy_cls, kind, args, workdir):
     }
 
 
+def merge_runs(runs):
+    """The fixed-rate runs of one proxy as one: the median of each figure
+    (the mean of two), the last run's outcome and socket facts."""
+    merged = dict(runs[-1])
+    for key in ("cpu_us_per_call", "kernel_share", "sipp_cpu_us_per_call", "p50_ms", "p99_ms",
+                "pss_mib", "rss_mib"):
+        values = sorted(r[key] for r in runs if r[key] is not None)
+        if values:
+            mid = len(values) // 2
+            merged[key] = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    merged["runs"] = runs
+    merged["kept_up"] = all(r["kept_up"] for r in runs)
+    return merged
+
+
 def probe(proxy_cls, kind, rate, args, workdir):
     proxy = proxy_cls(kind, tempfile.mkdtemp(prefix=f"{proxy_cls.name}-", dir=workdir), args.proxy_cpus)
     proxy.prepare()
@@ -902,7 +917,7 @@ def table(kind, fixed, maxes, args):
         ("  of which kernel (%)", pct(w["kernel_share"]), pct(k["kernel_share"]), ".0f"),
         (f"p50 {what} (ms)", w["p50_ms"], k["p50_ms"], ".3f"),
         (f"p99 {what} (ms)", w["p99_ms"], k["p99_ms"], ".3f"),
-        (f"  SIPp CPU-us/{unit} (uac+uas)", w["sipp_cpu_us_per_call"], k["sipp_cpu_us_per_call"], ".0f"),
+        ("  SIPp CPU-us per call, uac+uas", w["sipp_cpu_us_per_call"], k["sipp_cpu_us_per_call"], ".0f"),
         (f"memory PSS (MiB) @{args.rate}/s", w["pss_mib"], k["pss_mib"], ".1f"),
         (f"memory RSS sum (MiB)", w["rss_mib"], k["rss_mib"], ".1f"),
     ]
@@ -933,6 +948,8 @@ def main():
     parser.add_argument("--rate", type=int, default=int(os.environ.get("BENCH_RATE", "1000")),
                         help="the fixed rate for CPU, latency and memory (per second)")
     parser.add_argument("--seconds", type=float, default=12.0, help="length of a fixed-rate run")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="fixed-rate runs per proxy and load, alternating; the table shows medians")
     parser.add_argument("--probe-seconds", type=float, default=5.0, help="length of a max-rate probe")
     parser.add_argument("--probes", type=int, default=7, help="max-rate probes per proxy and load")
     parser.add_argument("--start-rate", type=int, default=2000, help="first max-rate probe")
@@ -995,14 +1012,16 @@ def main():
     try:
         for kind in args.loads.split(","):
             log(f"\n== {kind}: {LOADS[kind]}")
-            log(f"  fixed rate {args.rate}/s for {args.seconds:.0f} s, alternating")
-            fixed = {}
-            for cls in PROXIES:
-                fixed[cls.name] = fixed_rate(cls, kind, args, workdir)
-                r = fixed[cls.name]
-                log(f"  {cls.name:<8} {r['cpu_us_per_call']:.0f} CPU-us/{kind}, "
-                    f"{r['outcome']['successful']}/{r['outcome']['calls']} ok, "
-                    f"p50 {fmt(r['p50_ms'], '.3f')} ms over {r['timed']} timed")
+            log(f"  fixed rate {args.rate}/s for {args.seconds:.0f} s, {args.repeat} runs each, alternating")
+            runs = {cls.name: [] for cls in PROXIES}
+            for _ in range(args.repeat):
+                for cls in PROXIES:
+                    r = fixed_rate(cls, kind, args, workdir)
+                    runs[cls.name].append(r)
+                    log(f"  {cls.name:<8} {r['cpu_us_per_call']:.0f} CPU-us/{kind}, "
+                        f"{r['outcome']['successful']}/{r['outcome']['calls']} ok, "
+                        f"p50 {fmt(r['p50_ms'], '.3f')} ms over {r['timed']} timed")
+            fixed = {name: merge_runs(rs) for name, rs in runs.items()}
             maxes = {}
             if not args.no_max:
                 log(f"  max rate: {args.probe_seconds:.0f} s probes, alternating")
