@@ -115,6 +115,25 @@ def cpu_ticks(pids):
     return user, system
 
 
+def context_switches(pids):
+    """Voluntary + involuntary context switches of every thread of `pids`."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                            total += int(line.split()[1])
+            except OSError:
+                continue
+    return total
+
+
 def memory_kib(pids):
     """(sum of PSS, sum of RSS) in KiB: PSS shares pages mapped by several
     processes (Kamailio's shared memory) among them, RSS counts them in
@@ -627,9 +646,11 @@ def fixed_rate(proxy_cls, kind, args, workdir):
         warm, end = 2.0, args.seconds - 1.0
         time.sleep(max(0.0, load.started + warm - time.monotonic()))
         sipp_pids = [p.pid for p in (load.uac, load.uas) if p is not None]
+        x0 = context_switches(proxy.pids)
         c0, s0, t0 = cpu_ticks(proxy.pids), cpu_ticks(sipp_pids), time.monotonic()
         time.sleep(max(0.0, load.started + end - time.monotonic()))
         c1, s1, t1 = cpu_ticks(proxy.pids), cpu_ticks(sipp_pids), time.monotonic()
+        x1 = context_switches(proxy.pids)
         pss, rss = memory_kib(proxy.pids)
         outcome = load.wait_caller()
         capture.stop()
@@ -650,6 +671,7 @@ def fixed_rate(proxy_cls, kind, args, workdir):
         "cpu_us_per_call": 1e6 * (user + system) / calls_in_window,
         "kernel_share": system / (user + system) if user + system else None,
         "sipp_cpu_us_per_call": 1e6 * (sum(s1) - sum(s0)) / CLK_TCK / calls_in_window,
+        "switches_per_call": (x1 - x0) / calls_in_window,
         "cpu_share_of_a_core": (user + system) / window,
         "idle_cpu_share": ((idle1[0] + idle1[1]) - (idle0[0] + idle0[1])) / CLK_TCK,
         "p50_ms": percentile(times, 0.5),
@@ -666,7 +688,7 @@ def merge_runs(runs):
     """The fixed-rate runs of one proxy as one: the median of each figure
     (the mean of two), the last run's outcome and socket facts."""
     merged = dict(runs[-1])
-    for key in ("cpu_us_per_call", "kernel_share", "sipp_cpu_us_per_call", "p50_ms", "p99_ms",
+    for key in ("cpu_us_per_call", "kernel_share", "sipp_cpu_us_per_call", "switches_per_call", "p50_ms", "p99_ms",
                 "pss_mib", "rss_mib"):
         values = sorted(r[key] for r in runs if r[key] is not None)
         if values:
@@ -906,7 +928,8 @@ def ratio(a, b):
 
 
 def table(kind, fixed, maxes, args):
-    empty = {"cpu_us_per_call": None, "kernel_share": None, "sipp_cpu_us_per_call": None, "p50_ms": None, "p99_ms": None,
+    empty = {"cpu_us_per_call": None, "kernel_share": None, "sipp_cpu_us_per_call": None,
+             "switches_per_call": None, "p50_ms": None, "p99_ms": None,
              "pss_mib": None, "rss_mib": None, "processes": 0, "rcvbuf": None}
     w, k = fixed.get("wisp", empty), fixed.get("kamailio", empty)
     unit = "call" if kind == "call" else "registration"
@@ -917,7 +940,8 @@ def table(kind, fixed, maxes, args):
         ("  of which kernel (%)", pct(w["kernel_share"]), pct(k["kernel_share"]), ".0f"),
         (f"p50 {what} (ms)", w["p50_ms"], k["p50_ms"], ".3f"),
         (f"p99 {what} (ms)", w["p99_ms"], k["p99_ms"], ".3f"),
-        ("  SIPp CPU-us per call, uac+uas", w["sipp_cpu_us_per_call"], k["sipp_cpu_us_per_call"], ".0f"),
+        (f"  context switches per {unit}", w["switches_per_call"], k["switches_per_call"], ".1f"),
+        ("  SIPp CPU-us (uac+uas), same", w["sipp_cpu_us_per_call"], k["sipp_cpu_us_per_call"], ".0f"),
         (f"memory PSS (MiB) @{args.rate}/s", w["pss_mib"], k["pss_mib"], ".1f"),
         (f"memory RSS sum (MiB)", w["rss_mib"], k["rss_mib"], ".1f"),
     ]
