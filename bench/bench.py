@@ -940,7 +940,7 @@ def table(kind, fixed, maxes, args):
         ("  of which kernel (%)", pct(w["kernel_share"]), pct(k["kernel_share"]), ".0f"),
         (f"p50 {what} (ms)", w["p50_ms"], k["p50_ms"], ".3f"),
         (f"p99 {what} (ms)", w["p99_ms"], k["p99_ms"], ".3f"),
-        (f"  context switches per {unit}", w["switches_per_call"], k["switches_per_call"], ".1f"),
+        (f"  ctx switches per {unit}", w["switches_per_call"], k["switches_per_call"], ".1f"),
         ("  SIPp CPU-us (uac+uas), same", w["sipp_cpu_us_per_call"], k["sipp_cpu_us_per_call"], ".0f"),
         (f"memory PSS (MiB) @{args.rate}/s", w["pss_mib"], k["pss_mib"], ".1f"),
         (f"memory RSS sum (MiB)", w["rss_mib"], k["rss_mib"], ".1f"),
