@@ -51,6 +51,9 @@ RCVBUF = 4 << 20
 AUTH_USER, AUTH_PASSWORD = "bench", "bench-secret"
 # Kamailio's memory manager: qm (its default, with a debugging free-list
 # walk that dominates its profile under load), fm or tlsf.
+# Kamailio's shared memory (-m, MiB): its transactions live there, and
+# 256 MiB runs out above ~2000 calls/s ("could not allocate shared memory").
+KAMAILIO_SHM_MB = os.environ.get("BENCH_KAMAILIO_SHM_MB", "1024")
 # tlsf by default: the figures compare wisp with a Kamailio set up for speed.
 KAMAILIO_MEM = os.environ.get("BENCH_KAMAILIO_MEM", "tlsf")
 
@@ -331,7 +334,7 @@ class Kamailio(Proxy):
             "-L", self.modules,
             "-Y", self.workdir,
             "-l", f"udp:127.0.0.1:{PROXY_PORT}",
-            "-m", "256", "-M", "8",
+            "-m", KAMAILIO_SHM_MB, "-M", "8",
             "-A", f"MAXBUFFER={RCVBUF}",
         ]
         if KAMAILIO_MEM:
@@ -977,6 +980,7 @@ def main():
     parser.add_argument("--probe-seconds", type=float, default=5.0, help="length of a max-rate probe")
     parser.add_argument("--probes", type=int, default=7, help="max-rate probes per proxy and load")
     parser.add_argument("--start-rate", type=int, default=2000, help="first max-rate probe")
+    parser.add_argument("--probe-rate", type=int, help="one max-rate probe at this rate per proxy (diagnosis)")
     parser.add_argument("--max-rate", type=int, default=30000)
     parser.add_argument("--loads", default="call,register")
     parser.add_argument("--no-max", action="store_true", help="skip the max-rate search")
@@ -1022,7 +1026,7 @@ def main():
     log("  wisp: bundled routing (guests/default), 1 tenant, UDP listener, log level warn, "
         "one worker thread per core")
     log(f"  kamailio: bench/kamailio/kamailio.cfg, children=2, memory manager {KAMAILIO_MEM or 'default'} "
-        "(BENCH_KAMAILIO_MEM), -m 256 -M 8")
+        f"(BENCH_KAMAILIO_MEM), -m {KAMAILIO_SHM_MB} (BENCH_KAMAILIO_SHM_MB) -M 8")
 
     workdir = tempfile.mkdtemp(prefix="wisp-bench-")
     if args.profile:
@@ -1047,7 +1051,10 @@ def main():
                         f"p50 {fmt(r['p50_ms'], '.3f')} ms over {r['timed']} timed")
             fixed = {name: merge_runs(rs) for name, rs in runs.items()}
             maxes = {}
-            if not args.no_max:
+            if args.probe_rate:
+                for cls in PROXIES:
+                    probe(cls, kind, args.probe_rate, args, workdir)
+            elif not args.no_max:
                 log(f"  max rate: {args.probe_seconds:.0f} s probes, alternating")
                 maxes = max_rates(kind, args, workdir)
             results["loads"][kind] = {"fixed": fixed, "max": maxes}
