@@ -176,7 +176,14 @@ impl HeaderName {
 
 impl PartialEq for HeaderName {
     fn eq(&self, other: &HeaderName) -> bool {
-        self.as_str().eq_ignore_ascii_case(other.as_str())
+        match (self, other) {
+            // Two known names: the same variant or not (the hot case: a
+            // lookup of Via, Call-ID, CSeq... among a message's headers).
+            (HeaderName::Other(_), _) | (_, HeaderName::Other(_)) => {
+                self.as_str().eq_ignore_ascii_case(other.as_str())
+            }
+            _ => std::mem::discriminant(self) == std::mem::discriminant(other),
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -34,10 +34,13 @@ pub(super) async fn receive(
     listener: usize,
     to_proxy: mpsc::Sender<Inbound>,
 ) {
-    let mut buf = BytesMut::with_capacity(MAX_DATAGRAM);
+    // One receive buffer, reused; each datagram is copied out at its own
+    // size. (Splitting datagrams off a shared BytesMut made every message
+    // keep a 64 KiB allocation alive for as long as its transaction, and
+    // allocate and fault in a fresh one per datagram.)
+    let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
-        buf.reserve(MAX_DATAGRAM);
-        let (len, remote) = match socket.recv_buf_from(&mut buf).await {
+        let (len, remote) = match socket.recv_from(&mut buf).await {
             Ok(got) => got,
             Err(err) => {
                 // ICMP errors from earlier sends surface here on some
@@ -46,10 +49,11 @@ pub(super) async fn receive(
                 continue;
             }
         };
-        let data = buf.split_to(len).freeze();
-        if data.iter().all(|b| b.is_ascii_whitespace()) {
+        let datagram = &buf[..len];
+        if datagram.iter().all(|b| b.is_ascii_whitespace()) {
             continue; // keepalive (CRLF) or empty datagram
         }
+        let data = Bytes::copy_from_slice(datagram);
         let inbound = Inbound {
             data,
             transport: Transport::Udp,

@@ -1,0 +1,1090 @@
+#!/usr/bin/env python3
+"""wisp against Kamailio under the same SIPp load, on this machine.
+
+Run through bench/run.sh, which installs what is missing and builds wisp.
+For each load (a record-routed call over UDP; a REGISTER with digest
+auth) and each proxy, alternating wisp and Kamailio:
+
+- a fixed-rate run (default 1000/s): proxy CPU-µs per call from
+  /proc/PID/stat (utime + stime of every thread and process of the proxy)
+  over a steady window, the response time (INVITE -> 200, or the
+  authenticated REGISTER -> 200) from a loopback capture, the memory;
+- a search for the highest rate sustained with fewer than 0.1% failed
+  calls and no retransmission surge.
+
+Every process started here is killed by its PID; every run is bounded in
+time. Prints the figures and the ratios wisp/Kamailio; writes them as JSON
+to target/bench/. Asserts nothing.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
+WISP = os.environ.get("BENCH_WISP_BIN") or os.path.join(TARGET, "release", "wisp")
+KAMAILIO_CFG = os.path.join(REPO, "bench", "kamailio", "kamailio.cfg")
+UAC = os.path.join(REPO, "tests", "scenarios", "uac.xml")
+UAS = os.path.join(REPO, "tests", "scenarios", "uas.xml")
+REGISTER = os.path.join(REPO, "bench", "scenarios", "register.xml")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# Loopback ports: the proxy, the caller (SIPp uac), the callee (SIPp uas).
+PROXY_PORT = int(os.environ.get("BENCH_PROXY_PORT", "25060"))
+UAC_PORT = PROXY_PORT + 10
+UAS_PORT = PROXY_PORT + 30
+
+# Socket buffers: the proxies ask for this much (the kernel caps it at
+# net.core.rmem_max and reports twice the value it grants); SIPp too.
+RCVBUF = 4 << 20
+AUTH_USER, AUTH_PASSWORD = "bench", "bench-secret"
+# Kamailio's memory manager: qm (its default, with a debugging free-list
+# walk that dominates its profile under load), fm or tlsf.
+# Kamailio's shared memory (-m, MiB): its transactions live there, and
+# 256 MiB runs out above ~2000 calls/s ("could not allocate shared memory").
+KAMAILIO_SHM_MB = os.environ.get("BENCH_KAMAILIO_SHM_MB", "1024")
+# tlsf by default: the figures compare wisp with a Kamailio set up for speed.
+KAMAILIO_MEM = os.environ.get("BENCH_KAMAILIO_MEM", "tlsf")
+
+LOADS = {
+    "call": "INVITE/180/200/ACK/BYE/200 over UDP, record-routed (tests/scenarios/uac.xml, uas.xml)",
+    "register": "REGISTER / 401 / REGISTER with digest (MD5) / 200 over UDP (bench/scenarios/register.xml)",
+}
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+# ---------------------------------------------------------------- processes
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def children_of(pid):
+    """PIDs of every descendant process of `pid` (not threads)."""
+    parent = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        parent[int(entry)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        found.extend(kids)
+        frontier.extend(kids)
+    return found
+
+
+def cpu_ticks(pids):
+    """(utime, stime) summed over `pids`, in clock ticks. A process's
+    /proc/PID/stat counts all its threads."""
+    user = system = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        user += int(fields[11])
+        system += int(fields[12])
+    return user, system
+
+
+def context_switches(pids):
+    """Voluntary + involuntary context switches of every thread of `pids`."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                            total += int(line.split()[1])
+            except OSError:
+                continue
+    return total
+
+
+def memory_kib(pids):
+    """(sum of PSS, sum of RSS) in KiB: PSS shares pages mapped by several
+    processes (Kamailio's shared memory) among them, RSS counts them in
+    every process."""
+    pss = rss = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss += int(line.split()[1])
+        except OSError:
+            continue
+    return pss, rss
+
+
+def stop(proc, grace=5.0):
+    """Ends a process we started, by its PID: SIGTERM, then SIGKILL."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=grace)
+
+
+def taskset(cpus, argv):
+    return ["taskset", "-c", cpus] + argv if cpus else argv
+
+
+def udp_rcvbuf(port):
+    """The receive buffer of the UDP socket bound to `port`, as `ss` shows
+    it (skmem rb: what the kernel granted, twice what was asked)."""
+    try:
+        out = subprocess.run(
+            ["ss", "-uamnH", f"sport = :{port}"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for token in out.replace("(", ",").replace(")", ",").split(","):
+        if token.startswith("rb") and token[2:].isdigit():
+            return int(token[2:])
+    return None
+
+
+def options_ping(port, timeout):
+    """Waits until the proxy answers an OPTIONS to itself with 200."""
+    deadline = time.monotonic() + timeout
+    n = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(0.2)
+        me = s.getsockname()[1]
+        while time.monotonic() < deadline:
+            n += 1
+            msg = (
+                f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bKping{n}{os.getpid()};rport\r\n"
+                f"Max-Forwards: 70\r\n"
+                f"From: <sip:ping@127.0.0.1:{me}>;tag=p{n}\r\n"
+                f"To: <sip:127.0.0.1:{port}>\r\n"
+                f"Call-ID: ping-{n}-{os.getpid()}@127.0.0.1\r\n"
+                f"CSeq: {n} OPTIONS\r\nContent-Length: 0\r\n\r\n"
+            )
+            try:
+                s.sendto(msg.encode(), ("127.0.0.1", port))
+                data, _ = s.recvfrom(65535)
+                if data.startswith(b"SIP/2.0 200"):
+                    return True
+            except OSError:
+                time.sleep(0.1)
+    return False
+
+
+# ------------------------------------------------------------------ proxies
+
+
+class Proxy:
+    """One proxy process (and its children), started for one run."""
+
+    name = "?"
+
+    def __init__(self, load, workdir, cpus):
+        self.load = load
+        self.workdir = workdir
+        self.cpus = cpus
+        self.proc = None
+        self.log_path = os.path.join(workdir, f"{self.name}.log")
+
+    def argv(self):
+        raise NotImplementedError
+
+    def env(self):
+        return dict(os.environ)
+
+    def start(self):
+        self.log_file = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            taskset(self.cpus, self.argv()),
+            cwd=self.workdir,
+            env=self.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=self.log_file,
+            stderr=self.log_file,
+        )
+        if not options_ping(PROXY_PORT, 60):
+            self.stop()
+            raise RuntimeError(f"{self.name} did not answer on 127.0.0.1:{PROXY_PORT}; see {self.log_path}")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited; see {self.log_path}")
+        # Kamailio forks its workers before it answers; wisp has threads.
+        self.pids = [self.proc.pid] + children_of(self.proc.pid)
+
+    def stop(self):
+        pids = [p for p in getattr(self, "pids", []) if p != self.proc.pid]
+        stop(self.proc)
+        for pid in pids:  # children that outlived their parent
+            if alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.log_file.close()
+
+
+class Wisp(Proxy):
+    name = "wisp"
+
+    def config(self):
+        params = {"AUTH_ALGORITHMS": "MD5"}
+        if self.load == "register":
+            params["WITH_AUTH"] = "yes"
+        params_toml = ", ".join(f'{k} = "{v}"' for k, v in params.items())
+        return (
+            f'[[listen]]\ntransport = "udp"\naddress = "127.0.0.1:{PROXY_PORT}"\n\n'
+            f'[storage]\npath = "{self.workdir}/wisp.db"\n\n'
+            f'[engine]\ncache_dir = "{TARGET}/bench/cache"\n\n'
+            f'[[tenant]]\nname = "bench"\nparams = {{ {params_toml} }}\n'
+            # More configuration for experiments, e.g. "[timers]\nj_ms = 5000".
+            + os.environ.get("BENCH_WISP_CONFIG", "").replace("\\n", "\n")
+        )
+
+    def prepare(self):
+        path = os.path.join(self.workdir, "wisp.toml")
+        with open(path, "w") as f:
+            f.write(self.config())
+        self.config_path = path
+        if self.load == "register":
+            run_checked(
+                [WISP, "user", "add", f"{AUTH_USER}@127.0.0.1", AUTH_PASSWORD, "--config", path],
+                "wisp user add",
+            )
+        # Compiles the component into the cache, so that no run pays it.
+        run_checked([WISP, "check", "--config", path], "wisp check")
+
+    def argv(self):
+        return [WISP, "--config", self.config_path]
+
+    def env(self):
+        env = dict(os.environ)
+        # Accounting records are info-level log events; Kamailio writes none.
+        env["WISP_LOG"] = "warn"
+        return env
+
+
+class Kamailio(Proxy):
+    name = "kamailio"
+
+    def prepare(self):
+        self.modules = kamailio_modules()
+        if self.load == "register":
+            db = os.path.join(self.workdir, "db")
+            os.makedirs(db, exist_ok=True)
+            with open(os.path.join(db, "version"), "w") as f:
+                f.write("table_name(string) table_version(int)\nsubscriber:7\n")
+            with open(os.path.join(db, "subscriber"), "w") as f:
+                f.write(
+                    "id(int,auto) username(string) domain(string) password(string) "
+                    "ha1(string,null) ha1b(string,null)\n"
+                    f"1:{AUTH_USER}:127.0.0.1:{AUTH_PASSWORD}::\n"
+                )
+            self.db = db
+
+    def argv(self):
+        argv = [
+            shutil.which("kamailio") or "/usr/sbin/kamailio",
+            "-DD", "-E",
+            "-f", KAMAILIO_CFG,
+            "-L", self.modules,
+            "-Y", self.workdir,
+            "-l", f"udp:127.0.0.1:{PROXY_PORT}",
+            "-m", KAMAILIO_SHM_MB, "-M", "8",
+            "-A", f"MAXBUFFER={RCVBUF}",
+        ]
+        if KAMAILIO_MEM:
+            # The memory manager of shared and private memory (-x, -X).
+            argv += ["-x", KAMAILIO_MEM, "-X", KAMAILIO_MEM]
+        if self.load == "register":
+            argv += ["-A", "WITH_AUTH", "-A", f'DBURL="text://{self.db}"']
+        return argv
+
+
+PROXIES = [Wisp, Kamailio]
+
+
+def kamailio_modules():
+    if os.environ.get("KAMAILIO_MODULES"):
+        return os.environ["KAMAILIO_MODULES"]
+    for path in [
+        "/usr/lib/x86_64-linux-gnu/kamailio/modules",
+        "/usr/lib/aarch64-linux-gnu/kamailio/modules",
+        "/usr/lib/kamailio/modules",
+        "/usr/local/lib64/kamailio/modules",
+    ]:
+        if os.path.exists(os.path.join(path, "tm.so")):
+            return path
+    raise RuntimeError("Kamailio's modules not found; set KAMAILIO_MODULES")
+
+
+def run_checked(argv, what):
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        raise RuntimeError(f"{what} failed ({out.returncode}): {out.stderr.strip()}")
+
+
+# --------------------------------------------------------------------- SIPp
+
+
+def sipp_stats(path):
+    """The last line of a SIPp -trace_stat file, as a dict of cumulative
+    counters."""
+    try:
+        with open(path) as f:
+            lines = [l for l in f.read().splitlines() if l.strip()]
+    except OSError:
+        return {}
+    if len(lines) < 2:
+        return {}
+    head = lines[0].split(";")
+    last = lines[-1].split(";")
+    return dict(zip(head, last))
+
+
+def counter(stats, name):
+    try:
+        return int(stats.get(f"{name}(C)", "0"))
+    except ValueError:
+        return 0
+
+
+def elapsed_s(stats):
+    """ElapsedTime(C) is HH:MM:SS:micro."""
+    try:
+        h, m, s, us = stats["ElapsedTime(C)"].split(":")
+        return int(h) * 3600 + int(m) * 60 + int(s) + int(us) / 1e6
+    except (KeyError, ValueError):
+        return None
+
+
+class Load:
+    """One SIPp run against the proxy: the callee (for calls) and the
+    caller, at `rate` per second for `seconds`."""
+
+    def __init__(self, kind, rate, seconds, workdir, cpus):
+        self.kind = kind
+        self.rate = rate
+        self.calls = max(1, int(rate * seconds))
+        self.seconds = seconds
+        self.dir = tempfile.mkdtemp(prefix=f"sipp-{kind}-{rate}-", dir=workdir)
+        self.cpus = cpus
+        self.uas = None
+        self.uac = None
+
+    def sipp(self, role, argv):
+        log_file = open(os.path.join(self.dir, f"{role}.out"), "wb")
+        return subprocess.Popen(
+            taskset(self.cpus, ["sipp"] + argv),
+            cwd=self.dir,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+    def common(self, role):
+        return [
+            "-t", "u1", "-i", "127.0.0.1",
+            "-buff_size", str(RCVBUF),
+            "-nostdin",
+            "-trace_stat", "-stf", f"{role}.csv", "-fd", "1",
+            "-trace_err", "-error_file", f"{role}-errors.log",
+            "-timeout", f"{int(self.seconds + 15)}s",
+        ]
+
+    def start_callee(self):
+        if self.kind != "call":
+            return
+        self.uas = self.sipp("uas", ["-sf", UAS, "-p", str(UAS_PORT)] + self.common("uas"))
+        time.sleep(0.3)
+
+    def start_caller(self):
+        callers = os.path.join(self.dir, "callers.csv")
+        with open(callers, "w") as f:
+            f.write(f"SEQUENTIAL\n{AUTH_USER};\n")
+        argv = [
+            "-p", str(UAC_PORT),
+            "-inf", callers,
+            "-r", str(self.rate),
+            "-m", str(self.calls),
+            "-l", str(max(1000, self.rate * 4)),
+            # A call that hears nothing for 5 s has failed: an overloaded
+            # run ends in seconds, not after Timer B (32 s).
+            "-recv_timeout", "5000",
+            # Kamailio's two UDP workers may relay the callee's 180 and
+            # 200 in either order; a 180 after the 200 is harmless, but
+            # SIPp would abort the call on it by default.
+            "-default_behaviors", "all,-abortunexp",
+        ] + self.common("uac")
+        if self.kind == "call":
+            argv = [f"127.0.0.1:{UAS_PORT}", "-sf", UAC, "-rsa", f"127.0.0.1:{PROXY_PORT}"] + argv
+        else:
+            argv = [f"127.0.0.1:{PROXY_PORT}", "-sf", REGISTER, "-au", AUTH_USER, "-ap", AUTH_PASSWORD] + argv
+        self.started = time.monotonic()
+        self.uac = self.sipp("uac", argv)
+
+    def wait_caller(self):
+        """Waits for the caller to finish (bounded); returns its outcome."""
+        limit = self.seconds + 20
+        try:
+            self.uac.wait(timeout=max(1.0, self.started + limit - time.monotonic()))
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            stop(self.uac)
+        wall = time.monotonic() - self.started
+        stop(self.uas)
+        uac = sipp_stats(os.path.join(self.dir, "uac.csv"))
+        uas = sipp_stats(os.path.join(self.dir, "uas.csv"))
+        kinds = {
+            key[len("Failed") : -len("(C)")]: int(value)
+            for key, value in uac.items()
+            if key.startswith("Failed") and key.endswith("(C)") and key != "FailedCall(C)"
+            and value.isdigit() and int(value) > 0
+        }
+        return {
+            "rate": self.rate,
+            "calls": self.calls,
+            "failures": kinds,
+            "successful": counter(uac, "SuccessfulCall"),
+            "failed": counter(uac, "FailedCall"),
+            "retransmissions": counter(uac, "Retransmissions") + counter(uas, "Retransmissions"),
+            "sipp_elapsed_s": elapsed_s(uac),
+            "wall_s": round(wall, 2),
+            "timed_out": timed_out,
+        }
+
+    def stop(self):
+        stop(self.uac)
+        stop(self.uas)
+
+
+def sustained(outcome, seconds):
+    """Whether a run kept up: fewer than 0.1% failed calls (a call that did
+    not end is failed), no retransmission surge (at most 1% of calls saw
+    one), and SIPp not held back (the calls ended within 20% + 2 s of the
+    planned duration)."""
+    calls = outcome["calls"]
+    failed = calls - outcome["successful"]
+    elapsed = outcome["sipp_elapsed_s"] or outcome["wall_s"]
+    reasons = []
+    if outcome["timed_out"]:
+        reasons.append("timed out")
+    if failed > calls * 0.001:
+        kinds = " ".join(f"{k}={v}" for k, v in outcome["failures"].items())
+        reasons.append(f"{failed} failed ({100.0 * failed / calls:.2f}%{'; ' + kinds if kinds else ''})")
+    if outcome["retransmissions"] > calls * 0.01:
+        reasons.append(f"{outcome['retransmissions']} retransmissions")
+    if elapsed > seconds * 1.2 + 2:
+        reasons.append(f"took {elapsed:.1f} s")
+    return not reasons, ", ".join(reasons)
+
+
+# ---------------------------------------------------- latency from a capture
+
+
+class Capture:
+    """tcpdump of the caller's datagrams on loopback, for the response
+    times (microsecond timestamps, where SIPp counts milliseconds)."""
+
+    def __init__(self, workdir):
+        self.path = os.path.join(workdir, "uac.pcap")
+        self.proc = None
+
+    def start(self):
+        if not shutil.which("tcpdump"):
+            return
+        self.err = open(self.path + ".log", "wb")
+        self.proc = subprocess.Popen(
+            ["tcpdump", "-i", "lo", "-nn", "-s", "2048", "-B", "16384", "-w", self.path,
+             f"udp and port {UAC_PORT}"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self.err,
+        )
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with open(self.path + ".log", "rb") as f:
+                if b"listening on" in f.read():
+                    break
+            time.sleep(0.05)
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                stop(self.proc)
+        self.err.close()
+
+    def response_times(self, kind):
+        """Milliseconds from a request leaving the caller to its final
+        response reaching it: INVITE -> 200 for calls, the authenticated
+        REGISTER (CSeq 2) -> 200 for registrations."""
+        if self.proc is None or not os.path.exists(self.path):
+            return []
+        want = b"1 INVITE" if kind == "call" else b"2 REGISTER"
+        sent, times = {}, []
+        for ts, src_port, payload in read_pcap(self.path):
+            cseq = header(payload, b"CSeq")
+            if cseq is None or cseq.upper() != want:
+                continue
+            call_id = header(payload, b"Call-ID")
+            if src_port == UAC_PORT and not payload.startswith(b"SIP/2.0"):
+                sent.setdefault(call_id, ts)
+            elif payload.startswith(b"SIP/2.0 2") and call_id in sent:
+                start = sent.pop(call_id)
+                times.append((ts - start) * 1e3)
+        return times
+
+
+def header(payload, name):
+    head = payload.split(b"\r\n\r\n", 1)[0]
+    for line in head.split(b"\r\n")[1:]:
+        key, sep, value = line.partition(b":")
+        if sep and key.strip().lower() == name.lower():
+            return value.strip()
+    return None
+
+
+def read_pcap(path):
+    """(timestamp, UDP source port, payload) of each IPv4 UDP packet of a
+    classic pcap file (Ethernet or Linux cooked link type)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 24:
+        return
+    magic = struct.unpack("<I", data[:4])[0]
+    endian = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
+    nano = magic in (0xA1B23C4D, 0x4D3CB2A1)
+    linktype = struct.unpack(endian + "I", data[20:24])[0]
+    link_len = {1: 14, 113: 16, 0: 4}.get(linktype, 14)
+    at = 24
+    while at + 16 <= len(data):
+        sec, frac, incl, _ = struct.unpack(endian + "IIII", data[at : at + 16])
+        pkt = data[at + 16 : at + 16 + incl]
+        at += 16 + incl
+        ip = pkt[link_len:]
+        if len(ip) < 28 or ip[0] >> 4 != 4 or ip[9] != 17:
+            continue
+        ihl = (ip[0] & 0x0F) * 4
+        src_port = struct.unpack("!H", ip[ihl : ihl + 2])[0]
+        yield sec + frac / (1e9 if nano else 1e6), src_port, ip[ihl + 8 :]
+
+
+def percentile(values, q):
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+# ------------------------------------------------------------------- phases
+
+
+def fixed_rate(proxy_cls, kind, args, workdir):
+    """One run at the fixed rate: CPU per call over the steady window,
+    response times, memory, the socket's receive buffer."""
+    proxy = proxy_cls(kind, tempfile.mkdtemp(prefix=f"{proxy_cls.name}-", dir=workdir), args.proxy_cpus)
+    proxy.prepare()
+    proxy.start()
+    load = Load(kind, args.rate, args.seconds, proxy.workdir, args.sipp_cpus)
+    capture = Capture(proxy.workdir)
+    try:
+        rcvbuf = udp_rcvbuf(PROXY_PORT)
+        idle0 = cpu_ticks(proxy.pids)
+        time.sleep(1.0)
+        idle1 = cpu_ticks(proxy.pids)
+        load.start_callee()
+        capture.start()
+        load.start_caller()
+        # Steady window: from 2 s after the start to 1 s before the last call.
+        warm, end = 2.0, args.seconds - 1.0
+        time.sleep(max(0.0, load.started + warm - time.monotonic()))
+        sipp_pids = [p.pid for p in (load.uac, load.uas) if p is not None]
+        x0 = context_switches(proxy.pids)
+        c0, s0, t0 = cpu_ticks(proxy.pids), cpu_ticks(sipp_pids), time.monotonic()
+        time.sleep(max(0.0, load.started + end - time.monotonic()))
+        c1, s1, t1 = cpu_ticks(proxy.pids), cpu_ticks(sipp_pids), time.monotonic()
+        x1 = context_switches(proxy.pids)
+        pss, rss = memory_kib(proxy.pids)
+        outcome = load.wait_caller()
+        capture.stop()
+    finally:
+        load.stop()
+        capture.stop()
+        proxy.stop()
+    window = t1 - t0
+    calls_in_window = args.rate * window
+    user = (c1[0] - c0[0]) / CLK_TCK
+    system = (c1[1] - c0[1]) / CLK_TCK
+    times = capture.response_times(kind)
+    ok, why = sustained(outcome, args.seconds)
+    return {
+        "outcome": outcome,
+        "kept_up": ok,
+        "why_not": why,
+        "cpu_us_per_call": 1e6 * (user + system) / calls_in_window,
+        "kernel_share": system / (user + system) if user + system else None,
+        "sipp_cpu_us_per_call": 1e6 * (sum(s1) - sum(s0)) / CLK_TCK / calls_in_window,
+        "switches_per_call": (x1 - x0) / calls_in_window,
+        "cpu_share_of_a_core": (user + system) / window,
+        "idle_cpu_share": ((idle1[0] + idle1[1]) - (idle0[0] + idle0[1])) / CLK_TCK,
+        "p50_ms": percentile(times, 0.5),
+        "p99_ms": percentile(times, 0.99),
+        "timed": len(times),
+        "pss_mib": pss / 1024,
+        "rss_mib": rss / 1024,
+        "processes": len(proxy.pids),
+        "rcvbuf": rcvbuf,
+    }
+
+
+def merge_runs(runs):
+    """The fixed-rate runs of one proxy as one: the median of each figure
+    (the mean of two), the last run's outcome and socket facts."""
+    merged = dict(runs[-1])
+    for key in ("cpu_us_per_call", "kernel_share", "sipp_cpu_us_per_call", "switches_per_call", "p50_ms", "p99_ms",
+                "pss_mib", "rss_mib"):
+        values = sorted(r[key] for r in runs if r[key] is not None)
+        if values:
+            mid = len(values) // 2
+            merged[key] = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    merged["runs"] = runs
+    merged["kept_up"] = all(r["kept_up"] for r in runs)
+    return merged
+
+
+def probe(proxy_cls, kind, rate, args, workdir):
+    proxy = proxy_cls(kind, tempfile.mkdtemp(prefix=f"{proxy_cls.name}-", dir=workdir), args.proxy_cpus)
+    proxy.prepare()
+    proxy.start()
+    load = Load(kind, rate, args.probe_seconds, proxy.workdir, args.sipp_cpus)
+    try:
+        load.start_callee()
+        load.start_caller()
+        outcome = load.wait_caller()
+    finally:
+        load.stop()
+        proxy.stop()
+    ok, why = sustained(outcome, args.probe_seconds)
+    log(
+        f"  {proxy_cls.name:<8} {kind:<8} {rate:>6}/s  "
+        f"{'kept up' if ok else 'failed: ' + why}"
+        f"  ({outcome['successful']}/{outcome['calls']} ok, {outcome['retransmissions']} retrans)"
+    )
+    return ok
+
+
+def search(args):
+    """A search per proxy: up by half until a rate fails, then halving the
+    gap, `args.probes` runs at most; wisp and Kamailio alternate."""
+
+    def searcher():
+        lo, hi, rate = 0, None, args.start_rate
+        for _ in range(args.probes):
+            ok = yield rate
+            if ok:
+                lo = rate
+                rate = int(rate * 1.5) if hi is None else (lo + hi) // 2
+            else:
+                hi = rate
+                rate = (lo + hi) // 2 if lo else rate // 2
+            rate = max(50, (rate // 50) * 50)
+            if hi is not None and (hi - lo) <= max(100, lo * 0.05):
+                break
+            if rate >= args.max_rate:
+                break
+        return lo
+
+    return searcher
+
+
+def max_rates(kind, args, workdir):
+    runs = {}
+    for cls in PROXIES:
+        gen = search(args)()
+        runs[cls] = [gen, next(gen), None]
+    while any(state[0] is not None for state in runs.values()):
+        for cls, state in runs.items():
+            gen, rate, _ = state
+            if gen is None:
+                continue
+            ok = probe(cls, kind, rate, args, workdir)
+            try:
+                state[1] = gen.send(ok)
+            except StopIteration as done:
+                state[0], state[2] = None, done.value
+    return {cls.name: runs[cls][2] for cls in runs}
+
+
+# ------------------------------------------------------------------ profile
+
+CATEGORIES = [
+    # (name, test on (dso, symbol)); the first that matches wins.
+    ("kernel: UDP/IP send and receive", lambda d, s: d.startswith("[kernel") and any(
+        w in s for w in ("udp", "ip_", "skb", "sock", "net_", "sendto", "recvfrom", "recvmsg",
+                         "sendmsg", "dev_", "loopback", "napi", "__copy", "copy_", "csum", "nf_"))),
+    ("kernel: wakeups, futex, scheduler", lambda d, s: d.startswith("[kernel") and any(
+        w in s for w in ("futex", "sched", "switch", "pick_next", "enqueue", "dequeue", "wake",
+                         "update_", "select_task", "_raw_spin", "idle", "hrtimer", "tick"))),
+    ("kernel: epoll", lambda d, s: d.startswith("[kernel") and ("epoll" in s or s.startswith("ep_"))),
+    ("kernel: other (syscall entry/exit, page faults, ...)", lambda d, s: d.startswith("[kernel")),
+    ("SQLite (location, subscribers; SQL parsed and run per request)", lambda d, s: (
+        "sqlite" in s.lower() or s.startswith(("yy_", "resolve", "walkExpr", "btree", "pager", "vdbe", "whereLoop"))
+        or "rusqlite" in s)),
+    ("wasm guest code (compiled component)", lambda d, s: d.endswith(".cwasm") or d.startswith("[JIT")
+     or d.startswith("memfd") or d == "[unknown]"),
+    ("transaction timers (binary heap)", lambda d, s: "binary_heap" in s),
+    ("clocks (Instant::now, clock_gettime)", lambda d, s: "clock_gettime" in s or "Instant" in s),
+    ("wasmtime: host calls, lifting/lowering, stores", lambda d, s: "wasmtime" in s or "cranelift" in s),
+    ("wisp sip: parse, headers, URIs, serialize", lambda d, s: "wisp::sip" in s),
+    ("wisp transaction layer", lambda d, s: "wisp::transaction" in s),
+    ("wisp proxy core", lambda d, s: "wisp::proxy" in s or "wisp::transport" in s),
+    ("wisp script host API", lambda d, s: "wisp::script" in s or "wisp::services" in s),
+    ("allocation (malloc/free)", lambda d, s: any(
+        w in s for w in ("malloc", "free", "realloc", "_int_", "drop_in_place", "alloc::alloc", "RawVec"))),
+    ("memcpy/memmove/memchr", lambda d, s: any(w in s for w in ("memcpy", "memmove", "memset", "memchr", "memcmp"))),
+    ("tokio runtime", lambda d, s: "tokio" in s or "mio" in s),
+    ("hashing (transaction and worker keys)", lambda d, s: "hash" in s.lower()),
+    ("formatting (core::fmt: building headers)", lambda d, s: "fmt" in s),
+    ("string scanning (core::str, slices, iterators; mostly under parsing)", lambda d, s: any(
+        w in s for w in ("core::str", "core::slice", "CharSearcher", "FromFn", "core::iter", "trim",
+                         "is_token_char", "from_utf8", "eq_ignore_ascii_case"))),
+    ("std channels, locks, threads", lambda d, s: "std::sync" in s or "mpmc" in s or "pthread" in s or "lll_" in s),
+    ("kamailio core", lambda d, s: d == "kamailio"),
+    ("kamailio modules", lambda d, s: d.endswith(".so") and not d.startswith("lib")),
+    ("libc other", lambda d, s: d.startswith("libc")),
+]
+
+
+def profile(args, workdir):
+    """Samples each proxy (perf, cpu-clock: this machine has no hardware
+    counters) during a call load at the fixed rate; prints where the time
+    goes by category, by thread, and the top symbols."""
+    if not shutil.which("perf"):
+        sys.exit("bench: perf is missing (Debian: linux-perf)")
+    for kind, cls in [(k, c) for k in args.loads.split(",") for c in PROXIES]:
+        proxy = cls(kind, tempfile.mkdtemp(prefix=f"{cls.name}-", dir=workdir), args.proxy_cpus)
+        proxy.prepare()
+        proxy.start()
+        load = Load(kind, args.rate, args.seconds, proxy.workdir, args.sipp_cpus)
+        data = os.path.join(proxy.workdir, "perf.data")
+        try:
+            load.start_callee()
+            load.start_caller()
+            time.sleep(2.0)
+            subprocess.run(
+                ["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-o", data,
+                 "-p", ",".join(str(p) for p in proxy.pids), "--", "sleep", str(max(1.0, args.seconds - 4))],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=args.seconds + 30,
+            )
+            outcome = load.wait_caller()
+        finally:
+            load.stop()
+            proxy.stop()
+        report = subprocess.run(
+            ["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "comm,dso,sym", "-g", "none"],
+            capture_output=True, text=True, timeout=300,
+        ).stdout
+        rows = []
+        for line in report.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#") or "%" not in line:
+                continue
+            parts = line.split(None, 3)
+            if len(parts) < 4:
+                continue
+            try:
+                share = float(parts[0].rstrip("%"))
+            except ValueError:
+                continue
+            comm, dso, rest = parts[1], parts[2], parts[3]
+            sym = rest.split("] ", 1)[1] if "] " in rest else rest
+            rows.append((share, comm, dso, sym))
+        log(f"\n== profile: {cls.name}, {kind} load at {args.rate}/s "
+            f"({outcome['successful']}/{outcome['calls']} ok; perf cpu-clock samples)")
+        cats, comms = {}, {}
+        for share, comm, dso, sym in rows:
+            name = next((n for n, test in CATEGORIES if test(dso, sym)), "other")
+            cats[name] = cats.get(name, 0.0) + share
+            comm = comm.rstrip("0123456789-") or comm
+            comms[comm] = comms.get(comm, 0.0) + share
+        for name, share in sorted(cats.items(), key=lambda kv: -kv[1]):
+            log(f"  {share:5.1f}%  {name}")
+        if os.environ.get("BENCH_PROFILE_OTHER"):
+            for share, _, dso, sym in sorted(rows, reverse=True):
+                if next((n for n, test in CATEGORIES if test(dso, sym)), "other") == "other" and share >= 0.1:
+                    log(f"    other: {share:5.2f}% {dso} {sym[:90]}")
+        log("  by thread: " + ", ".join(f"{c} {v:.0f}%" for c, v in sorted(comms.items(), key=lambda kv: -kv[1])))
+        log("  top symbols:")
+        merged = {}
+        for share, _, dso, sym in rows:
+            merged[(dso, sym)] = merged.get((dso, sym), 0.0) + share
+        for (dso, sym), share in sorted(merged.items(), key=lambda kv: -kv[1])[: args.top]:
+            log(f"    {share:5.1f}%  {dso:<18.18} {sym[:100]}")
+
+
+# ------------------------------------------------------------------- output
+
+
+def machine():
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+
+    def sysctl(name):
+        try:
+            with open("/proc/sys/" + name.replace(".", "/")) as f:
+                return f.read().strip()
+        except OSError:
+            return "?"
+
+    def version(argv):
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            text = (out.stdout + out.stderr).strip().splitlines()
+            return next((l.strip() for l in text if l.strip()), "?")
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+
+    rev = version(["git", "-C", REPO, "rev-parse", "--short", "HEAD"])
+    with open("/proc/meminfo") as f:
+        mem = f.readline().split()[1]
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "memory_gib": round(int(mem) / 1024 / 1024, 1),
+        "rmem_max": sysctl("net.core.rmem_max"),
+        "rmem_default": sysctl("net.core.rmem_default"),
+        "wisp": f"{rev} (target/release/wisp)",
+        "kamailio": version(["kamailio", "-v"]),
+        "sipp": version(["sipp", "-v"]),
+    }
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def fmt(value, spec):
+    return "n/a" if value is None else format(value, spec)
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "n/a"
+    return f"{a / b:.2f}"
+
+
+def table(kind, fixed, maxes, args):
+    empty = {"cpu_us_per_call": None, "kernel_share": None, "sipp_cpu_us_per_call": None,
+             "switches_per_call": None, "p50_ms": None, "p99_ms": None,
+             "pss_mib": None, "rss_mib": None, "processes": 0, "rcvbuf": None}
+    w, k = fixed.get("wisp", empty), fixed.get("kamailio", empty)
+    unit = "call" if kind == "call" else "registration"
+    what = "INVITE->200" if kind == "call" else "REGISTER(auth)->200"
+    rows = [
+        (f"max {unit}s/s sustained", maxes.get("wisp"), maxes.get("kamailio"), "d"),
+        (f"CPU-us per {unit} @{args.rate}/s", w["cpu_us_per_call"], k["cpu_us_per_call"], ".0f"),
+        ("  of which kernel (%)", pct(w["kernel_share"]), pct(k["kernel_share"]), ".0f"),
+        (f"p50 {what} (ms)", w["p50_ms"], k["p50_ms"], ".3f"),
+        (f"p99 {what} (ms)", w["p99_ms"], k["p99_ms"], ".3f"),
+        (f"  ctx switches per {unit}", w["switches_per_call"], k["switches_per_call"], ".1f"),
+        ("  SIPp CPU-us (uac+uas), same", w["sipp_cpu_us_per_call"], k["sipp_cpu_us_per_call"], ".0f"),
+        (f"memory PSS (MiB) @{args.rate}/s", w["pss_mib"], k["pss_mib"], ".1f"),
+        (f"memory RSS sum (MiB)", w["rss_mib"], k["rss_mib"], ".1f"),
+    ]
+    lines = [f"{'':<32} {'wisp':>10} {'kamailio':>10} {'wisp/kam':>9}"]
+    for label, a, b, spec in rows:
+        lines.append(f"{label:<32} {fmt(a, spec):>10} {fmt(b, spec):>10} {ratio(a, b):>9}")
+    lines.append(
+        f"{'processes / UDP rcvbuf (bytes)':<32} {w['processes']:>3} {fmt(w['rcvbuf'], 'd'):>6} "
+        f"{k['processes']:>3} {fmt(k['rcvbuf'], 'd'):>6}"
+    )
+    for name, r in fixed.items():
+        o = r["outcome"]
+        if not r["kept_up"] or o["successful"] < o["calls"]:
+            lines.append(
+                f"  note: {name} at {args.rate}/s: {o['successful']}/{o['calls']} ok, "
+                f"{o['failed']} failed {o['failures']}, {o['retransmissions']} retransmissions"
+                + (f" ({r['why_not']})" if r["why_not"] else "")
+            )
+    return "\n".join(lines)
+
+
+def pct(share):
+    return None if share is None else 100 * share
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=int, default=int(os.environ.get("BENCH_RATE", "1000")),
+                        help="the fixed rate for CPU, latency and memory (per second)")
+    parser.add_argument("--seconds", type=float, default=12.0, help="length of a fixed-rate run")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="fixed-rate runs per proxy and load, alternating; the table shows medians")
+    parser.add_argument("--probe-seconds", type=float, default=5.0, help="length of a max-rate probe")
+    parser.add_argument("--probes", type=int, default=7, help="max-rate probes per proxy and load")
+    parser.add_argument("--start-rate", type=int, default=2000, help="first max-rate probe")
+    parser.add_argument("--probe-rate", type=int, help="one max-rate probe at this rate per proxy (diagnosis)")
+    parser.add_argument("--max-rate", type=int, default=30000)
+    parser.add_argument("--loads", default="call,register")
+    parser.add_argument("--no-max", action="store_true", help="skip the max-rate search")
+    parser.add_argument("--proxies", default="wisp,kamailio", help="which proxies to run")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, SIPp errors)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of the benchmark: where each proxy spends its CPU under each load (perf)")
+    parser.add_argument("--top", type=int, default=25, help="symbols listed by --profile")
+    cpus = f"0-{os.cpu_count() - 1}" if os.cpu_count() and os.cpu_count() > 1 else "0"
+    parser.add_argument("--proxy-cpus", default=os.environ.get("BENCH_PROXY_CPUS", cpus),
+                        help="taskset CPU list of both proxies")
+    parser.add_argument("--sipp-cpus", default=os.environ.get("BENCH_SIPP_CPUS", cpus),
+                        help="taskset CPU list of SIPp")
+    args = parser.parse_args()
+    PROXIES[:] = [c for c in (Wisp, Kamailio) if c.name in args.proxies.split(",")]
+    # `timeout` (bench/run.sh) or Ctrl-C: end through the `finally`
+    # blocks, which stop every process started here.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    for tool in ("sipp", "kamailio", "taskset", "ss"):
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} is missing (bench/run.sh installs it)")
+    if not os.path.exists(WISP):
+        sys.exit(f"bench: {WISP} is missing: cargo build --release -p wisp")
+
+    for port in (PROXY_PORT, UAC_PORT, UAS_PORT):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError as err:
+                sys.exit(f"bench: UDP port {port} is taken ({err}): another benchmark running? "
+                         "(BENCH_PROXY_PORT=N moves them: N, N+10, N+30)")
+
+    m = machine()
+    m["load_before"] = loadavg()
+    log("== machine")
+    for key in ("date", "cpu", "cores", "kernel", "memory_gib", "wisp", "kamailio", "sipp"):
+        log(f"  {key:<12} {m[key]}")
+    log(f"  {'net.core':<12} rmem_max={m['rmem_max']} rmem_default={m['rmem_default']}; "
+        f"both proxies and SIPp ask for {RCVBUF} bytes of UDP receive buffer")
+    log(f"  {'pinning':<12} proxies: taskset -c {args.proxy_cpus}; SIPp: taskset -c {args.sipp_cpus}")
+    log(f"  {'loadavg':<12} {m['load_before']} (before)")
+    log("  wisp: bundled routing (guests/default), 1 tenant, UDP listener, log level warn, "
+        "one worker thread per core")
+    log(f"  kamailio: bench/kamailio/kamailio.cfg, children=2, memory manager {KAMAILIO_MEM or 'default'} "
+        f"(BENCH_KAMAILIO_MEM), -m {KAMAILIO_SHM_MB} (BENCH_KAMAILIO_SHM_MB) -M 8")
+
+    workdir = tempfile.mkdtemp(prefix="wisp-bench-")
+    if args.profile:
+        try:
+            profile(args, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return
+    results = {"machine": m, "args": vars(args), "loads": {}}
+    started = time.monotonic()
+    try:
+        for kind in args.loads.split(","):
+            log(f"\n== {kind}: {LOADS[kind]}")
+            log(f"  fixed rate {args.rate}/s for {args.seconds:.0f} s, {args.repeat} runs each, alternating")
+            runs = {cls.name: [] for cls in PROXIES}
+            for _ in range(args.repeat):
+                for cls in PROXIES:
+                    r = fixed_rate(cls, kind, args, workdir)
+                    runs[cls.name].append(r)
+                    log(f"  {cls.name:<8} {r['cpu_us_per_call']:.0f} CPU-us/{kind}, "
+                        f"{r['outcome']['successful']}/{r['outcome']['calls']} ok, "
+                        f"p50 {fmt(r['p50_ms'], '.3f')} ms over {r['timed']} timed")
+            fixed = {name: merge_runs(rs) for name, rs in runs.items()}
+            maxes = {}
+            if args.probe_rate:
+                for cls in PROXIES:
+                    probe(cls, kind, args.probe_rate, args, workdir)
+            elif not args.no_max:
+                log(f"  max rate: {args.probe_seconds:.0f} s probes, alternating")
+                maxes = max_rates(kind, args, workdir)
+            results["loads"][kind] = {"fixed": fixed, "max": maxes}
+            log("")
+            log(table(kind, fixed, maxes, args))
+    finally:
+        if args.keep:
+            log(f"  work folder kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    m["load_after"] = loadavg()
+    log(f"\n== summary ({m['date']}, {m['cpu']}, {m['cores']} cores, load {m['load_before']} -> {m['load_after']}, "
+        f"{time.monotonic() - started:.0f} s)")
+    call = results["loads"].get("call")
+    if call and len(call["fixed"]) == 2:
+        cw, ck = call["fixed"]["wisp"]["cpu_us_per_call"], call["fixed"]["kamailio"]["cpu_us_per_call"]
+        log(f"  calls: CPU per call wisp/kamailio = {cw / ck:.2f} (target <= 0.60: "
+            f"{'met' if cw / ck <= 0.6 else 'not met'})")
+        mw, mk = call["max"].get("wisp"), call["max"].get("kamailio")
+        if mw and mk:
+            log(f"  calls: max calls/s wisp/kamailio = {mw / mk:.2f} (target >= 1.50: "
+                f"{'met' if mw / mk >= 1.5 else 'not met'})")
+    out_dir = os.path.join(TARGET, "bench")
+    os.makedirs(out_dir, exist_ok=True)
+    out = os.path.join(out_dir, "results-" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + ".json")
+    with open(out, "w") as f:
+        json.dump(results, f, indent=2, default=str)
+    log(f"  figures as JSON: {out}")
+
+
+if __name__ == "__main__":
+    main()
