@@ -24,6 +24,19 @@ struct KindLabel {
     kind: String,
 }
 
+fn by_tenant(tenant: &str) -> TenantLabel {
+    TenantLabel {
+        tenant: tenant.to_owned(),
+    }
+}
+
+fn by_kind(tenant: &str, kind: &str) -> KindLabel {
+    KindLabel {
+        tenant: tenant.to_owned(),
+        kind: kind.to_owned(),
+    }
+}
+
 /// Every metric of the process.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -130,62 +143,38 @@ impl Metrics {
 
     /// The handles a tenant counts with.
     pub fn tenant(&self, tenant: &str) -> TenantMetrics {
-        let kind = |family: &Family<KindLabel, Counter>, kind: &str| {
-            family
-                .get_or_create(&KindLabel {
-                    tenant: tenant.to_owned(),
-                    kind: kind.to_owned(),
-                })
-                .clone()
+        let counter = |family: &Family<KindLabel, Counter>, kind: &str| {
+            family.get_or_create(&by_kind(tenant, kind)).clone()
         };
-        let replies = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"].map(|c| kind(&self.replies, c));
-        let hooks = HOOKS.map(|hook| {
-            self.hook_seconds
-                .get_or_create(&KindLabel {
-                    tenant: tenant.to_owned(),
-                    kind: hook.to_owned(),
-                })
-                .clone()
-        });
         TenantMetrics {
-            requests: self
-                .requests
-                .get_or_create(&TenantLabel {
-                    tenant: tenant.to_owned(),
-                })
-                .clone(),
-            replies,
-            traps: kind(&self.hook_failures, "trap"),
-            deadlines: kind(&self.hook_failures, "deadline"),
-            instantiate_failures: kind(&self.hook_failures, "instantiate"),
-            suspended: kind(&self.rejected, "suspended"),
-            busy: kind(&self.rejected, "busy"),
-            hooks,
+            requests: self.requests.get_or_create(&by_tenant(tenant)).clone(),
+            replies: ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"].map(|c| counter(&self.replies, c)),
+            traps: counter(&self.hook_failures, "trap"),
+            deadlines: counter(&self.hook_failures, "deadline"),
+            instantiate_failures: counter(&self.hook_failures, "instantiate"),
+            suspended: counter(&self.rejected, "suspended"),
+            busy: counter(&self.rejected, "busy"),
+            hooks: HOOKS.map(|hook| {
+                self.hook_seconds
+                    .get_or_create(&by_kind(tenant, hook))
+                    .clone()
+            }),
         }
     }
 
     /// A reload's outcome and, when it ended with a version serving, its cost.
     pub fn reload(&self, tenant: &str, outcome: &str, took: Option<Duration>) {
-        self.reloads
-            .get_or_create(&KindLabel {
-                tenant: tenant.to_owned(),
-                kind: outcome.to_owned(),
-            })
-            .inc();
+        self.reloads.get_or_create(&by_kind(tenant, outcome)).inc();
         if let Some(took) = took {
             self.reload_seconds
-                .get_or_create(&TenantLabel {
-                    tenant: tenant.to_owned(),
-                })
+                .get_or_create(&by_tenant(tenant))
                 .observe(took.as_secs_f64());
         }
     }
 
     pub fn canary_rolled_back(&self, tenant: &str) {
         self.canary_rollbacks
-            .get_or_create(&TenantLabel {
-                tenant: tenant.to_owned(),
-            })
+            .get_or_create(&by_tenant(tenant))
             .inc();
     }
 
