@@ -40,12 +40,12 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         crate::tenancy::watch::spawn(tenancy.clone())?;
         tracing::info!("watching the configuration and component files");
     }
+    let listeners = transports.listeners().to_vec();
+    Proxy::new(transports, locality, tenancy, config.timers).start(inbound)?;
     // Last: "listening" tells that everything above is in place.
-    for l in transports.listeners() {
+    for l in &listeners {
         tracing::info!(transport = %l.transport, address = %l.local, "listening");
     }
-    let proxy = Proxy::new(transports, locality, tenancy, config.timers);
-    tokio::spawn(proxy.run(inbound));
     shutdown_signal().await;
     tracing::info!("shutting down");
     Ok(())

@@ -1,9 +1,9 @@
-//! A worker thread: owns the transactions of the calls hashed to it, runs
-//! their hooks, and drives the transaction layer's timers.
+//! A worker: the transactions of the calls hashed to one shard, their
+//! hooks, and the transaction layer's timers. It runs on whichever thread
+//! holds its shard (see `shard.rs`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -49,40 +49,22 @@ impl Worker {
         }
     }
 
-    /// Serves messages until the dispatcher goes away.
-    pub(super) fn run(mut self, inbound: Receiver<(Message, Source)>) {
-        loop {
-            let received = match self.next_deadline() {
-                Some(deadline) => {
-                    inbound.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                }
-                None => inbound.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
-            match received {
-                Ok((msg, source)) => {
-                    let now = Instant::now();
-                    if msg.is_request() {
-                        self.on_request(now, msg, source);
-                    } else {
-                        self.on_response(now, msg, source.remote);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
-            let now = Instant::now();
-            self.txs.handle_timeout(now);
-            self.fire_fr_timers(now);
-            self.flush(now);
+    /// Handles one message of this shard's calls.
+    pub(super) fn handle(&mut self, msg: Message, source: Source) {
+        let now = Instant::now();
+        if msg.is_request() {
+            self.on_request(now, msg, source);
+        } else {
+            self.on_response(now, msg, source.remote);
         }
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
-        let fr = self.fr_timers.peek().map(|Reverse((at, _))| *at);
-        match (self.txs.poll_timeout(), fr) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+    /// Fires the transaction and final-response timers that are due.
+    pub(super) fn expire(&mut self) {
+        let now = Instant::now();
+        self.txs.handle_timeout(now);
+        self.fire_fr_timers(now);
+        self.flush(now);
     }
 
     pub(super) fn next_branch(&mut self) -> String {

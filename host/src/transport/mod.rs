@@ -2,7 +2,9 @@
 //!
 //! The transport layer knows framing and connections, nothing of SIP
 //! routing. It hands each complete message to the proxy as an [`Inbound`]
-//! and sends whatever the proxy asks through [`Transports::send`].
+//! (datagrams on the receiving thread, see [`Transports::receive_datagrams`];
+//! stream messages through a channel) and sends whatever the proxy asks
+//! through [`Transports::send`].
 
 mod tcp;
 mod udp;
@@ -103,7 +105,7 @@ pub enum SendError {
 /// All sockets of the process, and the open TCP connections.
 pub struct Transports {
     listeners: Vec<Listener>,
-    udp: Vec<(usize, Arc<tokio::net::UdpSocket>)>,
+    udp: Vec<(usize, Arc<std::net::UdpSocket>)>,
     /// Writers of open TCP connections, keyed by the peer's address, so that
     /// responses and later requests reuse the connection (RFC 3261 §18).
     connections: Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>,
@@ -113,8 +115,9 @@ pub struct Transports {
 }
 
 impl Transports {
-    /// Binds every configured listener and starts receiving; complete
-    /// messages go to the returned channel.
+    /// Binds every configured listener and starts accepting connections;
+    /// complete messages from streams go to the returned channel. Datagrams
+    /// wait for [`Transports::receive_datagrams`].
     pub async fn bind(
         listen: &[Listen],
     ) -> anyhow::Result<(Arc<Transports>, mpsc::Receiver<Inbound>)> {
@@ -153,13 +156,6 @@ impl Transports {
             inbound: tx,
             runtime: tokio::runtime::Handle::current(),
         });
-        for (index, socket) in &transports.udp {
-            tokio::spawn(udp::receive(
-                socket.clone(),
-                *index,
-                transports.inbound.clone(),
-            ));
-        }
         for (index, listener) in tcp_listeners {
             tokio::spawn(tcp::accept(listener, index, transports.clone()));
         }
@@ -168,6 +164,24 @@ impl Transports {
 
     pub fn listeners(&self) -> &[Listener] {
         &self.listeners
+    }
+
+    /// Starts `threads` receiving threads per UDP listener, each handing
+    /// every datagram it receives to `deliver` on its own thread.
+    pub fn receive_datagrams(
+        &self,
+        threads: usize,
+        deliver: Arc<dyn Fn(Inbound) + Send + Sync>,
+    ) -> std::io::Result<()> {
+        for (index, socket) in &self.udp {
+            for i in 0..threads.max(1) {
+                let (socket, deliver, index) = (socket.clone(), deliver.clone(), *index);
+                std::thread::Builder::new()
+                    .name(format!("wisp-udp-{index}.{i}"))
+                    .spawn(move || udp::receive(socket, index, &*deliver))?;
+            }
+        }
+        Ok(())
     }
 
     /// The listener to send from towards `target`: same transport and
@@ -196,7 +210,8 @@ impl Transports {
         ))
     }
 
-    /// Sends one message without waiting, from any thread. UDP goes out of
+    /// Sends one message, from any thread, without waiting for the network
+    /// (a datagram waits only for room in the socket's send buffer). UDP goes out of
     /// the listener's socket so that the peer sees our well-known port; TCP
     /// reuses an open connection to the peer or opens one. Messages to one
     /// peer leave in the order they were sent.
@@ -210,18 +225,8 @@ impl Transports {
                     .find(|(i, _)| *i == listener)
                     .map(|(_, s)| s)
                     .ok_or(SendError::NoListener(Transport::Udp, "any"))?;
-                match socket.try_send_to(&data, target.addr) {
+                match socket.send_to(&data, target.addr) {
                     Ok(_) => Ok(()),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        // The socket buffer is full: wait for room off this thread.
-                        let socket = socket.clone();
-                        self.runtime.spawn(async move {
-                            if let Err(err) = socket.send_to(&data, target.addr).await {
-                                tracing::debug!(addr = %target.addr, %err, "udp send failed");
-                            }
-                        });
-                        Ok(())
-                    }
                     Err(e) => Err(SendError::Io(target.addr, e)),
                 }
             }
