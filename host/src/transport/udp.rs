@@ -37,13 +37,13 @@ pub(super) fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 /// Receives datagrams for ever and hands each to `deliver`, on the calling
 /// thread.
 pub(super) fn receive(socket: Arc<UdpSocket>, listener: usize, deliver: &dyn Fn(Inbound)) {
-    // One receive buffer, reused; each datagram is copied out at its own
-    // size. (Splitting datagrams off a shared BytesMut made every message
-    // keep a 64 KiB allocation alive for as long as its transaction.)
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    // Receive buffers, reused; each datagram is copied out at its own size.
+    // (Splitting datagrams off a shared BytesMut made every message keep a
+    // 64 KiB allocation alive for as long as its transaction.)
+    let mut batch = Batch::new();
     loop {
-        let (len, remote) = match socket.recv_from(&mut buf) {
-            Ok(got) => got,
+        let received = match batch.receive(&socket) {
+            Ok(received) => received,
             Err(err) => {
                 // ICMP errors from earlier sends surface here on some
                 // systems; they concern one peer, not the socket.
@@ -51,15 +51,105 @@ pub(super) fn receive(socket: Arc<UdpSocket>, listener: usize, deliver: &dyn Fn(
                 continue;
             }
         };
-        let datagram = &buf[..len];
-        if datagram.iter().all(|b| b.is_ascii_whitespace()) {
-            continue; // keepalive (CRLF) or empty datagram
+        for (datagram, remote) in received {
+            if datagram.iter().all(|b| b.is_ascii_whitespace()) {
+                continue; // keepalive (CRLF) or empty datagram
+            }
+            deliver(Inbound {
+                data: Bytes::copy_from_slice(datagram),
+                transport: Transport::Udp,
+                remote,
+                listener,
+            });
         }
-        deliver(Inbound {
-            data: Bytes::copy_from_slice(datagram),
-            transport: Transport::Udp,
-            remote,
-            listener,
+    }
+}
+
+/// Datagrams taken by one system call at most: under load, one
+/// `recvmmsg` returns what queued meanwhile, where `recv_from` would need a
+/// call (and often a wakeup) each.
+const BATCH: usize = 8;
+
+struct Batch {
+    buffers: Vec<Vec<u8>>,
+    /// The buffer, length and sender of each datagram of the last receive.
+    received: Vec<(usize, usize, SocketAddr)>,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            buffers: (0..BATCH).map(|_| vec![0u8; MAX_DATAGRAM]).collect(),
+            received: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// Waits for at least one datagram, and takes what else is queued.
+    #[cfg(target_os = "linux")]
+    fn receive(
+        &mut self,
+        socket: &UdpSocket,
+    ) -> std::io::Result<impl Iterator<Item = (&[u8], SocketAddr)>> {
+        use socket2::{SockAddr, SockAddrStorage};
+        use std::os::fd::AsRawFd;
+
+        let mut names: [SockAddrStorage; BATCH] =
+            std::array::from_fn(|_| SockAddrStorage::zeroed());
+        let mut iovecs: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
+            iov_base: self.buffers[i].as_mut_ptr().cast(),
+            iov_len: self.buffers[i].len(),
         });
+        // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths).
+        let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for ((header, name), iovec) in headers.iter_mut().zip(&mut names).zip(&mut iovecs) {
+            // SAFETY: SockAddrStorage wraps a sockaddr_storage.
+            header.msg_hdr.msg_name = unsafe { name.view_as::<libc::sockaddr_storage>() }
+                as *mut libc::sockaddr_storage
+                as *mut libc::c_void;
+            header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+            header.msg_hdr.msg_iov = iovec;
+            header.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: every header points at a live name and a live buffer of
+        // the length given, for the duration of the call.
+        let got = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                headers.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if got < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        self.received.clear();
+        for (i, (header, name)) in headers.iter().zip(names).enumerate().take(got as usize) {
+            // SAFETY: the kernel wrote a socket address of this length.
+            let from = unsafe { SockAddr::new(name, header.msg_hdr.msg_namelen) };
+            if let Some(from) = from.as_socket() {
+                self.received.push((i, header.msg_len as usize, from));
+            }
+        }
+        Ok(self.datagrams())
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn receive(
+        &mut self,
+        socket: &UdpSocket,
+    ) -> std::io::Result<impl Iterator<Item = (&[u8], SocketAddr)>> {
+        let (len, from) = socket.recv_from(&mut self.buffers[0])?;
+        self.received.clear();
+        self.received.push((0, len, from));
+        Ok(self.datagrams())
+    }
+
+    fn datagrams(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> {
+        self.received.iter().map(|&(i, len, from)| {
+            let buffer = &self.buffers[i];
+            (&buffer[..len.min(buffer.len())], from)
+        })
     }
 }
