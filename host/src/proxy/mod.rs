@@ -113,7 +113,7 @@ impl Dispatcher {
     fn dispatch(&self, message: Inbound) {
         let source = Source::from(&message);
         match sip::parse(message.data.clone()) {
-            Ok(msg) => self.shards[shard_of(&msg, self.shards.len())].submit(msg, source),
+            Ok(msg) => self.shards[shard_of(&msg, self.shards.len())].submit((msg, source)),
             Err(err) => {
                 tracing::debug!(remote = %source.remote, %err, "unparsable message");
                 if let Some(reply) = bad_request::reply_400(&message.data, &err.to_string()) {

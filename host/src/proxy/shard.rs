@@ -21,13 +21,33 @@ use super::worker::Worker;
 /// Messages waiting for one shard before new ones are dropped (overload).
 const QUEUE_LIMIT: usize = 8192;
 
-pub(super) struct Shard {
-    worker: Mutex<Worker>,
-    pending: Mutex<VecDeque<(Message, Source)>>,
+/// What a shard's holder does with its messages.
+pub(super) trait Handler {
+    type Message;
+    fn handle(&mut self, msg: Self::Message);
+    /// Fires the timers that are due.
+    fn expire(&mut self);
 }
 
-impl Shard {
-    pub(super) fn new(worker: Worker) -> Shard {
+impl Handler for Worker {
+    type Message = (Message, Source);
+
+    fn handle(&mut self, (msg, source): (Message, Source)) {
+        Worker::handle(self, msg, source);
+    }
+
+    fn expire(&mut self) {
+        Worker::expire(self);
+    }
+}
+
+pub(super) struct Shard<H: Handler = Worker> {
+    worker: Mutex<H>,
+    pending: Mutex<VecDeque<H::Message>>,
+}
+
+impl<H: Handler> Shard<H> {
+    pub(super) fn new(worker: H) -> Shard<H> {
         Shard {
             worker: Mutex::new(worker),
             pending: Mutex::new(VecDeque::new()),
@@ -36,14 +56,14 @@ impl Shard {
 
     /// Handles a message now, or queues it for the thread that holds the
     /// shard.
-    pub(super) fn submit(&self, msg: Message, source: Source) {
+    pub(super) fn submit(&self, msg: H::Message) {
         {
             let mut pending = lock(&self.pending);
             if pending.len() >= QUEUE_LIMIT {
-                tracing::warn!(remote = %source.remote, "shard queue full: dropping a message");
+                tracing::warn!("shard queue full: dropping a message");
                 return;
             }
-            pending.push_back((msg, source));
+            pending.push_back(msg);
         }
         self.drain();
     }
@@ -59,8 +79,8 @@ impl Shard {
             };
             loop {
                 let next = lock(&self.pending).pop_front();
-                let Some((msg, source)) = next else { break };
-                guarded(|| worker.handle(msg, source));
+                let Some(msg) = next else { break };
+                guarded(|| worker.handle(msg));
             }
             guarded(|| worker.expire());
             drop(worker);
@@ -83,4 +103,69 @@ fn guarded(step: impl FnOnce()) {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::{channel, Receiver, Sender};
+    use std::sync::{Arc, Mutex};
+
+    /// Records what it handles; message 0 waits for a go-ahead, holding
+    /// the shard meanwhile.
+    struct Recorder {
+        handled: Arc<Mutex<Vec<u32>>>,
+        started: Sender<()>,
+        go: Receiver<()>,
+        expired: usize,
+    }
+
+    impl Handler for Recorder {
+        type Message = u32;
+        fn handle(&mut self, msg: u32) {
+            if msg == 0 {
+                self.started.send(()).expect("test alive");
+                self.go.recv().expect("test alive");
+            }
+            if msg == 99 {
+                panic!("a bug in handling");
+            }
+            self.handled.lock().expect("lock").push(msg);
+        }
+        fn expire(&mut self) {
+            self.expired += 1;
+        }
+    }
+
+    #[test]
+    fn a_busy_shard_queues_for_its_holder_in_order() {
+        let handled = Arc::new(Mutex::new(Vec::new()));
+        let (started_tx, started) = channel();
+        let (go, go_rx) = channel();
+        let shard = Arc::new(Shard::new(Recorder {
+            handled: handled.clone(),
+            started: started_tx,
+            go: go_rx,
+            expired: 0,
+        }));
+        let holder = {
+            let shard = shard.clone();
+            std::thread::spawn(move || shard.submit(0))
+        };
+        started.recv().expect("message 0 is being handled");
+        // The shard is held: these return at once, queued for the holder.
+        for msg in 1..=5 {
+            shard.submit(msg);
+        }
+        shard.drain();
+        assert_eq!(*handled.lock().expect("lock"), Vec::<u32>::new());
+        go.send(()).expect("holder alive");
+        holder.join().expect("holder thread");
+        assert_eq!(*handled.lock().expect("lock"), vec![0, 1, 2, 3, 4, 5]);
+        // A panic costs its message only; the shard goes on.
+        shard.submit(99);
+        shard.submit(6);
+        assert_eq!(*handled.lock().expect("lock"), vec![0, 1, 2, 3, 4, 5, 6]);
+        assert!(lock(&shard.worker).expired >= 3);
+    }
 }
