@@ -1,10 +1,10 @@
 //! The message model: start line, header lines indexed once at parse time
 //! (name + value slice of the received text), body as a `Bytes` slice of the
-//! received datagram or frame. Typed views (Via, CSeq, From/To, ...) are
-//! parsed on access.
+//! received datagram or frame. Typed views (top Via, CSeq, From, To) are
+//! parsed on first access and kept until their header changes.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -107,12 +107,37 @@ pub enum StartLine {
     Response { code: u16, reason: Text },
 }
 
+/// The typed views of the headers a proxy reads many times per message
+/// (validation, transaction keys, reply targets, hooks): each is parsed
+/// once, on first access, instead of at every access.
+#[derive(Debug, Clone, Default)]
+struct Views {
+    top_via: OnceLock<Result<Via, ParseError>>,
+    cseq: OnceLock<Result<CSeq, ParseError>>,
+    from: OnceLock<Result<NameAddr, ParseError>>,
+    to: OnceLock<Result<NameAddr, ParseError>>,
+}
+
+impl Views {
+    /// Forgets what was parsed from a header that is about to change.
+    fn forget(&mut self, name: &HeaderName) {
+        match name {
+            HeaderName::Via => self.top_via = OnceLock::new(),
+            HeaderName::CSeq => self.cseq = OnceLock::new(),
+            HeaderName::From => self.from = OnceLock::new(),
+            HeaderName::To => self.to = OnceLock::new(),
+            _ => {}
+        }
+    }
+}
+
 /// A SIP request or response.
 #[derive(Debug, Clone)]
 pub struct Message {
     start: StartLine,
     headers: Vec<Header>,
     body: Bytes,
+    views: Views,
 }
 
 /// Refuses values that would break the message framing.
@@ -136,6 +161,7 @@ impl Message {
             start,
             headers,
             body,
+            views: Views::default(),
         }
     }
 
@@ -268,6 +294,7 @@ impl Message {
     /// Adds a header line after all the others.
     pub fn append_header(&mut self, name: HeaderName, value: &str) -> Result<(), ParseError> {
         let h = Self::make_header(name, value)?;
+        self.views.forget(&h.name);
         self.headers.push(h);
         Ok(())
     }
@@ -276,6 +303,7 @@ impl Message {
     /// top of the headers when there is none (Via, Record-Route).
     pub fn prepend_header(&mut self, name: HeaderName, value: &str) -> Result<(), ParseError> {
         let h = Self::make_header(name, value)?;
+        self.views.forget(&h.name);
         let at = self
             .headers
             .iter()
@@ -287,6 +315,7 @@ impl Message {
 
     /// Removes every line of that header; returns how many.
     pub fn remove_headers(&mut self, name: &HeaderName) -> usize {
+        self.views.forget(name);
         let before = self.headers.len();
         self.headers.retain(|h| h.name != *name);
         before - self.headers.len()
@@ -296,6 +325,7 @@ impl Message {
     /// only the first element goes when a line holds several ("a, b"
     /// becomes "b"); lines left without any value are removed.
     pub fn pop_first_value(&mut self, name: &HeaderName) -> Option<String> {
+        self.views.forget(name);
         loop {
             let i = self.headers.iter().position(|h| h.name == *name)?;
             let value = self.headers[i].value();
@@ -331,6 +361,7 @@ impl Message {
         value: &str,
     ) -> Result<(), ParseError> {
         check_value(value)?;
+        self.views.forget(name);
         let value = trim_ws(value);
         // Skip lines that hold no value at all (e.g. an empty "Route:").
         let found = self
@@ -347,37 +378,69 @@ impl Message {
     }
 
     /// The first Via value, parsed.
-    pub fn top_via(&self) -> Result<Via, ParseError> {
-        let v = self
-            .values(&HeaderName::Via)
-            .next()
-            .ok_or_else(|| ParseError::missing("Via"))?;
-        Via::parse(v)
+    pub fn top_via(&self) -> Result<&Via, ParseError> {
+        self.views
+            .top_via
+            .get_or_init(|| {
+                let v = self
+                    .values(&HeaderName::Via)
+                    .next()
+                    .ok_or_else(|| ParseError::missing("Via"))?;
+                Via::parse(v)
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Replaces the first Via value with `via` (e.g. with received/rport
+    /// added), which is kept as the parsed top Via.
+    pub fn set_top_via(&mut self, via: Via) -> Result<(), ParseError> {
+        self.replace_first_value(&HeaderName::Via, &via.to_string())?;
+        self.views.top_via = OnceLock::from(Ok(via));
+        Ok(())
     }
 
     pub fn call_id(&self) -> Option<&str> {
         self.header(&HeaderName::CallId)
     }
 
-    pub fn cseq(&self) -> Result<CSeq, ParseError> {
-        CSeq::parse(
-            self.header(&HeaderName::CSeq)
-                .ok_or_else(|| ParseError::missing("CSeq"))?,
-        )
+    pub fn cseq(&self) -> Result<&CSeq, ParseError> {
+        self.views
+            .cseq
+            .get_or_init(|| {
+                CSeq::parse(
+                    self.header(&HeaderName::CSeq)
+                        .ok_or_else(|| ParseError::missing("CSeq"))?,
+                )
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
-    pub fn from(&self) -> Result<NameAddr, ParseError> {
-        let v = self
-            .header(&HeaderName::From)
-            .ok_or_else(|| ParseError::missing("From"))?;
-        NameAddr::parse(v).map_err(|e| ParseError::bad_header("From", e.reason()))
+    pub fn from(&self) -> Result<&NameAddr, ParseError> {
+        self.views
+            .from
+            .get_or_init(|| {
+                let v = self
+                    .header(&HeaderName::From)
+                    .ok_or_else(|| ParseError::missing("From"))?;
+                NameAddr::parse(v).map_err(|e| ParseError::bad_header("From", e.reason()))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
-    pub fn to(&self) -> Result<NameAddr, ParseError> {
-        let v = self
-            .header(&HeaderName::To)
-            .ok_or_else(|| ParseError::missing("To"))?;
-        NameAddr::parse(v).map_err(|e| ParseError::bad_header("To", e.reason()))
+    pub fn to(&self) -> Result<&NameAddr, ParseError> {
+        self.views
+            .to
+            .get_or_init(|| {
+                let v = self
+                    .header(&HeaderName::To)
+                    .ok_or_else(|| ParseError::missing("To"))?;
+                NameAddr::parse(v).map_err(|e| ParseError::bad_header("To", e.reason()))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     /// Max-Forwards: `None` when absent, Err when not a number (1*DIGIT
@@ -500,7 +563,7 @@ mod tests {
             m.header(&HeaderName::Via),
             Some("SIP/2.0/UDP h2;branch=z9hG4bK2")
         );
-        let mut via = m.top_via().unwrap();
+        let mut via = m.top_via().unwrap().clone();
         via.set_param("received", Some("192.0.2.1"));
         m.replace_first_value(&HeaderName::Via, &via.to_string())
             .unwrap();
@@ -540,6 +603,46 @@ mod tests {
             "l"
         );
         assert_eq!(again.header(&HeaderName::parse("x-test")), Some("1"));
+    }
+
+    #[test]
+    fn views_follow_edits() {
+        let mut m = msg();
+        assert_eq!(m.top_via().unwrap().branch(), Some("z9hG4bK1"));
+        assert_eq!(m.cseq().unwrap().seq, 1);
+        assert_eq!(m.from().unwrap().tag(), Some("1"));
+        assert_eq!(m.to().unwrap().tag(), None);
+        m.pop_first_value(&HeaderName::Via);
+        assert_eq!(m.top_via().unwrap().branch(), Some("z9hG4bK2"));
+        m.prepend_header(HeaderName::Via, "SIP/2.0/UDP p;branch=z9hG4bKp")
+            .unwrap();
+        assert_eq!(m.top_via().unwrap().branch(), Some("z9hG4bKp"));
+        m.replace_first_value(&HeaderName::CSeq, "2 OPTIONS")
+            .unwrap();
+        assert_eq!(m.cseq().unwrap().seq, 2);
+        m.replace_first_value(&HeaderName::To, "<sip:c@d>;tag=9")
+            .unwrap();
+        assert_eq!(m.to().unwrap().tag(), Some("9"));
+        m.remove_headers(&HeaderName::From);
+        assert!(m.from().is_err());
+        m.append_header(HeaderName::From, "<sip:e@f>;tag=2")
+            .unwrap();
+        assert_eq!(m.from().unwrap().tag(), Some("2"));
+        let mut via = m.top_via().unwrap().clone();
+        via.set_param("received", Some("192.0.2.1"));
+        m.set_top_via(via.clone()).unwrap();
+        assert_eq!(m.top_via().unwrap(), &via);
+        assert_eq!(
+            m.header(&HeaderName::Via),
+            Some("SIP/2.0/UDP p;branch=z9hG4bKp;received=192.0.2.1")
+        );
+        // What a setter caches is what parsing the new text gives.
+        let again = parse(m.to_bytes()).unwrap();
+        assert_eq!(again.top_via().unwrap(), &via);
+        let (mut a, b) = (m.clone(), m);
+        a.pop_first_value(&HeaderName::Via);
+        assert_eq!(b.top_via().unwrap(), &via);
+        assert_ne!(a.top_via().unwrap(), &via);
     }
 
     #[test]
