@@ -23,15 +23,23 @@ use super::via::Via;
 /// that no accessor has to validate UTF-8 again.
 #[derive(Clone)]
 pub struct Text {
-    buf: Arc<str>,
+    buf: Buf,
     start: usize,
     end: usize,
+}
+
+#[derive(Clone)]
+enum Buf {
+    Shared(Arc<str>),
+    /// Text known at compile time (the names of headers the proxy adds),
+    /// which needs no allocation.
+    Static(&'static str),
 }
 
 impl Text {
     pub(super) fn shared(buf: &Arc<str>, start: usize, end: usize) -> Text {
         Text {
-            buf: buf.clone(),
+            buf: Buf::Shared(buf.clone()),
             start,
             end,
         }
@@ -39,14 +47,26 @@ impl Text {
 
     pub(super) fn owned(s: &str) -> Text {
         Text {
-            buf: Arc::from(s),
+            buf: Buf::Shared(Arc::from(s)),
+            start: 0,
+            end: s.len(),
+        }
+    }
+
+    fn fixed(s: &'static str) -> Text {
+        Text {
+            buf: Buf::Static(s),
             start: 0,
             end: s.len(),
         }
     }
 
     pub fn as_str(&self) -> &str {
-        self.buf.get(self.start..self.end).unwrap_or("")
+        let whole: &str = match &self.buf {
+            Buf::Shared(buf) => buf,
+            Buf::Static(s) => s,
+        };
+        whole.get(self.start..self.end).unwrap_or("")
     }
 }
 
@@ -287,7 +307,10 @@ impl Message {
     fn make_header(name: HeaderName, value: &str) -> Result<Header, ParseError> {
         check_name(&name)?;
         check_value(value)?;
-        let raw = Text::owned(name.as_str());
+        let raw = match name.known_str() {
+            Some(known) => Text::fixed(known),
+            None => Text::owned(name.as_str()),
+        };
         Ok(Header::new(name, raw, Text::owned(trim_ws(value))))
     }
 
@@ -297,6 +320,37 @@ impl Message {
         self.views.forget(&h.name);
         self.headers.push(h);
         Ok(())
+    }
+
+    /// Appends the lines of a header of `from` (all of them, or the first),
+    /// as `append_header` would, but sharing their text instead of copying
+    /// it (replies copy Via, From, Call-ID and CSeq from their request).
+    pub(super) fn copy_lines(&mut self, from: &Message, name: &HeaderName, all: bool) {
+        let Some(known) = name.known_str() else {
+            for v in from
+                .header_lines(name)
+                .take(if all { usize::MAX } else { 1 })
+            {
+                let _ = self.append_header(name.clone(), v);
+            }
+            return;
+        };
+        self.views.forget(name);
+        let lines = from.headers.iter().filter(|h| h.name == *name);
+        for h in lines.take(if all { usize::MAX } else { 1 }) {
+            let v = h.value();
+            if trim_ws(v).len() == v.len() {
+                if check_value(v).is_ok() {
+                    self.headers.push(Header::new(
+                        name.clone(),
+                        Text::fixed(known),
+                        h.value.clone(),
+                    ));
+                }
+            } else {
+                let _ = self.append_header(name.clone(), v);
+            }
+        }
     }
 
     /// Adds a header line before the first one of the same name, or at the
@@ -479,12 +533,20 @@ impl Message {
                 out.put_slice(b" SIP/2.0\r\n");
             }
             StartLine::Response { code, reason } => {
-                out.put_slice(format!("SIP/2.0 {code:03} ").as_bytes());
+                out.put_slice(b"SIP/2.0 ");
+                // A parsed code has three digits; one set by hand may not.
+                if *code < 100 {
+                    out.put_slice(format!("{code:03}").as_bytes());
+                } else {
+                    put_decimal(&mut out, usize::from(*code));
+                }
+                out.put_u8(b' ');
                 out.put_slice(reason.as_str().as_bytes());
                 out.put_slice(b"\r\n");
             }
         }
-        let length = self.body.len().to_string();
+        let mut digits = [0u8; 20];
+        let length = decimal(self.body.len(), &mut digits);
         let mut wrote_length = false;
         for h in &self.headers {
             let value = if h.name == HeaderName::ContentLength {
@@ -492,7 +554,7 @@ impl Message {
                     continue;
                 }
                 wrote_length = true;
-                &length
+                length
             } else {
                 h.value()
             };
@@ -510,6 +572,26 @@ impl Message {
         out.put_slice(&self.body);
         out.freeze()
     }
+}
+
+/// `n` in decimal, written at the end of `buf`, without the allocation of
+/// `to_string` (serializing runs once per message sent).
+fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
+}
+
+fn put_decimal(out: &mut BytesMut, n: usize) {
+    let mut digits = [0u8; 20];
+    out.put_slice(decimal(n, &mut digits).as_bytes());
 }
 
 #[cfg(test)]
@@ -603,6 +685,20 @@ mod tests {
             "l"
         );
         assert_eq!(again.header(&HeaderName::parse("x-test")), Some("1"));
+    }
+
+    #[test]
+    fn decimals() {
+        let mut digits = [0u8; 20];
+        for n in [0, 7, 10, 99, 100, 1234, 65535, usize::MAX] {
+            assert_eq!(decimal(n, &mut digits), n.to_string());
+        }
+        for code in [0u16, 7, 42, 100, 180, 699, 999, 1000, 65535] {
+            let r = Message::new_response(code, "X");
+            let text = r.to_bytes();
+            let want = format!("SIP/2.0 {code:03} X\r\n");
+            assert!(text.starts_with(want.as_bytes()), "{code}");
+        }
     }
 
     #[test]
