@@ -180,7 +180,7 @@ fn rr_value(me: &str, transport: Transport) -> String {
 /// transports always get rport, so that responses reuse the connection.
 /// Done on receipt, so that our own replies carry it too.
 pub(super) fn stamp_received(msg: &mut Message, source: &Source) {
-    let Ok(mut via) = msg.top_via() else { return };
+    let Ok(via) = msg.top_via() else { return };
     let ip = source.remote.ip();
     let same_host = via.host.ip() == Some(ip);
     let want_rport = via.rport().is_some() || source.transport.is_stream();
@@ -192,11 +192,12 @@ pub(super) fn stamp_received(msg: &mut Message, source: &Source) {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("[{v6}]"),
     };
+    let mut via = via.clone();
     via.set_param("received", Some(&received));
     if want_rport {
         via.set_param("rport", Some(&source.remote.port().to_string()));
     }
-    let _ = msg.replace_first_value(&HeaderName::Via, &via.to_string());
+    let _ = msg.set_top_via(via);
 }
 
 /// Where a reply to a request we received goes (RFC 3261 §18.2.2, RFC 3581):

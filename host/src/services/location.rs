@@ -229,10 +229,8 @@ pub fn save(
 
     let mut conn = storage.conn();
     let tx = conn.transaction()?;
-    tx.execute(
-        "DELETE FROM location WHERE tenant = ?1 AND aor = ?2 AND expires <= ?3",
-        params![tenant, aor, now],
-    )?;
+    tx.prepare_cached("DELETE FROM location WHERE tenant = ?1 AND aor = ?2 AND expires <= ?3")?
+        .execute(params![tenant, aor, now])?;
 
     if contacts.iter().any(|c| c.trim() == "*") {
         // Contact: * removes every binding, and only with Expires: 0 (§10.3 step 6).
@@ -248,10 +246,8 @@ pub fn save(
         {
             return Err(SaveError::OutOfOrder);
         }
-        tx.execute(
-            "DELETE FROM location WHERE tenant = ?1 AND aor = ?2",
-            params![tenant, aor],
-        )?;
+        tx.prepare_cached("DELETE FROM location WHERE tenant = ?1 AND aor = ?2")?
+            .execute(params![tenant, aor])?;
         tx.commit()?;
         return Ok(Vec::new());
     }
@@ -270,9 +266,7 @@ pub fn save(
     }
 
     for a in &asked {
-        let stored: Option<(String, u32)> = tx
-            .query_row(
-                "SELECT call_id, cseq FROM location WHERE tenant = ?1 AND aor = ?2 AND contact = ?3",
+        let stored: Option<(String, u32)> = tx.prepare_cached("SELECT call_id, cseq FROM location WHERE tenant = ?1 AND aor = ?2 AND contact = ?3")?.query_row(
                 params![tenant, aor, a.uri],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -283,13 +277,13 @@ pub fn save(
             }
         }
         if a.expires == 0 {
-            tx.execute(
+            tx.prepare_cached(
                 "DELETE FROM location WHERE tenant = ?1 AND aor = ?2 AND contact = ?3",
-                params![tenant, aor, a.uri],
-            )?;
+            )?
+            .execute(params![tenant, aor, a.uri])?;
             continue;
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO location (tenant, aor, contact, expires, q, call_id, cseq, path,
                  received, user_agent, methods, nat, persistent)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
@@ -298,22 +292,22 @@ pub fn save(
                  cseq = excluded.cseq, path = excluded.path, received = excluded.received,
                  user_agent = excluded.user_agent, methods = excluded.methods,
                  nat = excluded.nat, persistent = excluded.persistent",
-            params![
-                tenant,
-                aor,
-                a.uri,
-                now + i64::from(a.expires),
-                f64::from(a.q),
-                call_id,
-                cseq,
-                path.join("\n"),
-                if opts.nat { received.clone() } else { None }.unwrap_or_default(),
-                user_agent,
-                methods.join(","),
-                opts.nat,
-                opts.persistent,
-            ],
-        )?;
+        )?
+        .execute(params![
+            tenant,
+            aor,
+            a.uri,
+            now + i64::from(a.expires),
+            f64::from(a.q),
+            call_id,
+            cseq,
+            path.join("\n"),
+            if opts.nat { received.clone() } else { None }.unwrap_or_default(),
+            user_agent,
+            methods.join(","),
+            opts.nat,
+            opts.persistent,
+        ])?;
     }
 
     let current = bindings_in(&tx, tenant, &aor, now)?;
@@ -378,10 +372,10 @@ fn bindings_in(
 
 /// Removes every binding of a user; how many there were.
 pub fn unregister(storage: &Storage, tenant: &str, aor: &str) -> Result<usize, StorageError> {
-    Ok(storage.conn().execute(
-        "DELETE FROM location WHERE tenant = ?1 AND aor = ?2",
-        params![tenant, aor],
-    )?)
+    Ok(storage
+        .conn()
+        .prepare_cached("DELETE FROM location WHERE tenant = ?1 AND aor = ?2")?
+        .execute(params![tenant, aor])?)
 }
 
 /// Removes expired bindings (the purge timer); how many.

@@ -94,14 +94,15 @@ pub fn received_uri(source: SocketAddr, transport: Transport) -> String {
 
 /// Marks the top Via so that replies go to the source port (RFC 3581).
 pub fn force_rport(msg: &mut Message, source: SocketAddr) {
-    let Ok(mut via) = msg.top_via() else { return };
+    let Ok(via) = msg.top_via() else { return };
+    let mut via = via.clone();
     let received = match source.ip() {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("[{v6}]"),
     };
     via.set_param("received", Some(&received));
     via.set_param("rport", Some(&source.port().to_string()));
-    let _ = msg.replace_first_value(&HeaderName::Via, &via.to_string());
+    let _ = msg.set_top_via(via);
 }
 
 #[cfg(test)]

@@ -78,16 +78,18 @@ pub fn ha1_of(
     domain: &str,
     algorithm: Algorithm,
 ) -> Result<Option<String>, StorageError> {
-    let column = match algorithm {
-        Algorithm::Md5 => "ha1_md5",
-        Algorithm::Sha256 => "ha1_sha256",
+    let sql = match algorithm {
+        Algorithm::Md5 => {
+            "SELECT ha1_md5 FROM subscriber WHERE tenant = ?1 AND username = ?2 AND domain = ?3"
+        }
+        Algorithm::Sha256 => {
+            "SELECT ha1_sha256 FROM subscriber WHERE tenant = ?1 AND username = ?2 AND domain = ?3"
+        }
     };
-    let sql = format!(
-        "SELECT {column} FROM subscriber WHERE tenant = ?1 AND username = ?2 AND domain = ?3"
-    );
     Ok(storage
         .conn()
-        .query_row(&sql, params![tenant, username, domain], |r| r.get(0))
+        .prepare_cached(sql)?
+        .query_row(params![tenant, username, domain], |r| r.get(0))
         .optional()?)
 }
 

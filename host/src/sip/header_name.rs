@@ -109,6 +109,15 @@ impl HeaderName {
     /// The canonical long name; `Other` as written.
     pub fn as_str(&self) -> &str {
         match self {
+            HeaderName::Other(s) => s,
+            known => known.known_str().unwrap_or_default(),
+        }
+    }
+
+    /// The canonical long name of a known header; `None` for `Other`. Lets
+    /// a header added by the proxy name itself without an allocation.
+    pub fn known_str(&self) -> Option<&'static str> {
+        Some(match self {
             HeaderName::Via => "Via",
             HeaderName::From => "From",
             HeaderName::To => "To",
@@ -135,8 +144,8 @@ impl HeaderName {
             HeaderName::Subject => "Subject",
             HeaderName::Event => "Event",
             HeaderName::Path => "Path",
-            HeaderName::Other(s) => s,
-        }
+            HeaderName::Other(_) => return None,
+        })
     }
 
     /// Whether the value is a comma-separated list whose elements may be

@@ -1,10 +1,10 @@
 //! The message model: start line, header lines indexed once at parse time
 //! (name + value slice of the received text), body as a `Bytes` slice of the
-//! received datagram or frame. Typed views (Via, CSeq, From/To, ...) are
-//! parsed on access.
+//! received datagram or frame. Typed views (top Via, CSeq, From, To) are
+//! parsed on first access and kept until their header changes.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -23,15 +23,23 @@ use super::via::Via;
 /// that no accessor has to validate UTF-8 again.
 #[derive(Clone)]
 pub struct Text {
-    buf: Arc<str>,
+    buf: Buf,
     start: usize,
     end: usize,
+}
+
+#[derive(Clone)]
+enum Buf {
+    Shared(Arc<str>),
+    /// Text known at compile time (the names of headers the proxy adds),
+    /// which needs no allocation.
+    Static(&'static str),
 }
 
 impl Text {
     pub(super) fn shared(buf: &Arc<str>, start: usize, end: usize) -> Text {
         Text {
-            buf: buf.clone(),
+            buf: Buf::Shared(buf.clone()),
             start,
             end,
         }
@@ -39,14 +47,26 @@ impl Text {
 
     pub(super) fn owned(s: &str) -> Text {
         Text {
-            buf: Arc::from(s),
+            buf: Buf::Shared(Arc::from(s)),
+            start: 0,
+            end: s.len(),
+        }
+    }
+
+    fn fixed(s: &'static str) -> Text {
+        Text {
+            buf: Buf::Static(s),
             start: 0,
             end: s.len(),
         }
     }
 
     pub fn as_str(&self) -> &str {
-        self.buf.get(self.start..self.end).unwrap_or("")
+        let whole: &str = match &self.buf {
+            Buf::Shared(buf) => buf,
+            Buf::Static(s) => s,
+        };
+        whole.get(self.start..self.end).unwrap_or("")
     }
 }
 
@@ -107,12 +127,37 @@ pub enum StartLine {
     Response { code: u16, reason: Text },
 }
 
+/// The typed views of the headers a proxy reads many times per message
+/// (validation, transaction keys, reply targets, hooks): each is parsed
+/// once, on first access, instead of at every access.
+#[derive(Debug, Clone, Default)]
+struct Views {
+    top_via: OnceLock<Result<Via, ParseError>>,
+    cseq: OnceLock<Result<CSeq, ParseError>>,
+    from: OnceLock<Result<NameAddr, ParseError>>,
+    to: OnceLock<Result<NameAddr, ParseError>>,
+}
+
+impl Views {
+    /// Forgets what was parsed from a header that is about to change.
+    fn forget(&mut self, name: &HeaderName) {
+        match name {
+            HeaderName::Via => self.top_via = OnceLock::new(),
+            HeaderName::CSeq => self.cseq = OnceLock::new(),
+            HeaderName::From => self.from = OnceLock::new(),
+            HeaderName::To => self.to = OnceLock::new(),
+            _ => {}
+        }
+    }
+}
+
 /// A SIP request or response.
 #[derive(Debug, Clone)]
 pub struct Message {
     start: StartLine,
     headers: Vec<Header>,
     body: Bytes,
+    views: Views,
 }
 
 /// Refuses values that would break the message framing.
@@ -136,6 +181,7 @@ impl Message {
             start,
             headers,
             body,
+            views: Views::default(),
         }
     }
 
@@ -261,21 +307,57 @@ impl Message {
     fn make_header(name: HeaderName, value: &str) -> Result<Header, ParseError> {
         check_name(&name)?;
         check_value(value)?;
-        let raw = Text::owned(name.as_str());
+        let raw = match name.known_str() {
+            Some(known) => Text::fixed(known),
+            None => Text::owned(name.as_str()),
+        };
         Ok(Header::new(name, raw, Text::owned(trim_ws(value))))
     }
 
     /// Adds a header line after all the others.
     pub fn append_header(&mut self, name: HeaderName, value: &str) -> Result<(), ParseError> {
         let h = Self::make_header(name, value)?;
+        self.views.forget(&h.name);
         self.headers.push(h);
         Ok(())
+    }
+
+    /// Appends the lines of a header of `from` (all of them, or the first),
+    /// as `append_header` would, but sharing their text instead of copying
+    /// it (replies copy Via, From, Call-ID and CSeq from their request).
+    pub(super) fn copy_lines(&mut self, from: &Message, name: &HeaderName, all: bool) {
+        let Some(known) = name.known_str() else {
+            for v in from
+                .header_lines(name)
+                .take(if all { usize::MAX } else { 1 })
+            {
+                let _ = self.append_header(name.clone(), v);
+            }
+            return;
+        };
+        self.views.forget(name);
+        let lines = from.headers.iter().filter(|h| h.name == *name);
+        for h in lines.take(if all { usize::MAX } else { 1 }) {
+            let v = h.value();
+            if trim_ws(v).len() == v.len() {
+                if check_value(v).is_ok() {
+                    self.headers.push(Header::new(
+                        name.clone(),
+                        Text::fixed(known),
+                        h.value.clone(),
+                    ));
+                }
+            } else {
+                let _ = self.append_header(name.clone(), v);
+            }
+        }
     }
 
     /// Adds a header line before the first one of the same name, or at the
     /// top of the headers when there is none (Via, Record-Route).
     pub fn prepend_header(&mut self, name: HeaderName, value: &str) -> Result<(), ParseError> {
         let h = Self::make_header(name, value)?;
+        self.views.forget(&h.name);
         let at = self
             .headers
             .iter()
@@ -287,6 +369,7 @@ impl Message {
 
     /// Removes every line of that header; returns how many.
     pub fn remove_headers(&mut self, name: &HeaderName) -> usize {
+        self.views.forget(name);
         let before = self.headers.len();
         self.headers.retain(|h| h.name != *name);
         before - self.headers.len()
@@ -296,6 +379,7 @@ impl Message {
     /// only the first element goes when a line holds several ("a, b"
     /// becomes "b"); lines left without any value are removed.
     pub fn pop_first_value(&mut self, name: &HeaderName) -> Option<String> {
+        self.views.forget(name);
         loop {
             let i = self.headers.iter().position(|h| h.name == *name)?;
             let value = self.headers[i].value();
@@ -331,6 +415,7 @@ impl Message {
         value: &str,
     ) -> Result<(), ParseError> {
         check_value(value)?;
+        self.views.forget(name);
         let value = trim_ws(value);
         // Skip lines that hold no value at all (e.g. an empty "Route:").
         let found = self
@@ -347,37 +432,69 @@ impl Message {
     }
 
     /// The first Via value, parsed.
-    pub fn top_via(&self) -> Result<Via, ParseError> {
-        let v = self
-            .values(&HeaderName::Via)
-            .next()
-            .ok_or_else(|| ParseError::missing("Via"))?;
-        Via::parse(v)
+    pub fn top_via(&self) -> Result<&Via, ParseError> {
+        self.views
+            .top_via
+            .get_or_init(|| {
+                let v = self
+                    .values(&HeaderName::Via)
+                    .next()
+                    .ok_or_else(|| ParseError::missing("Via"))?;
+                Via::parse(v)
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Replaces the first Via value with `via` (e.g. with received/rport
+    /// added), which is kept as the parsed top Via.
+    pub fn set_top_via(&mut self, via: Via) -> Result<(), ParseError> {
+        self.replace_first_value(&HeaderName::Via, &via.to_string())?;
+        self.views.top_via = OnceLock::from(Ok(via));
+        Ok(())
     }
 
     pub fn call_id(&self) -> Option<&str> {
         self.header(&HeaderName::CallId)
     }
 
-    pub fn cseq(&self) -> Result<CSeq, ParseError> {
-        CSeq::parse(
-            self.header(&HeaderName::CSeq)
-                .ok_or_else(|| ParseError::missing("CSeq"))?,
-        )
+    pub fn cseq(&self) -> Result<&CSeq, ParseError> {
+        self.views
+            .cseq
+            .get_or_init(|| {
+                CSeq::parse(
+                    self.header(&HeaderName::CSeq)
+                        .ok_or_else(|| ParseError::missing("CSeq"))?,
+                )
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
-    pub fn from(&self) -> Result<NameAddr, ParseError> {
-        let v = self
-            .header(&HeaderName::From)
-            .ok_or_else(|| ParseError::missing("From"))?;
-        NameAddr::parse(v).map_err(|e| ParseError::bad_header("From", e.reason()))
+    pub fn from(&self) -> Result<&NameAddr, ParseError> {
+        self.views
+            .from
+            .get_or_init(|| {
+                let v = self
+                    .header(&HeaderName::From)
+                    .ok_or_else(|| ParseError::missing("From"))?;
+                NameAddr::parse(v).map_err(|e| ParseError::bad_header("From", e.reason()))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
-    pub fn to(&self) -> Result<NameAddr, ParseError> {
-        let v = self
-            .header(&HeaderName::To)
-            .ok_or_else(|| ParseError::missing("To"))?;
-        NameAddr::parse(v).map_err(|e| ParseError::bad_header("To", e.reason()))
+    pub fn to(&self) -> Result<&NameAddr, ParseError> {
+        self.views
+            .to
+            .get_or_init(|| {
+                let v = self
+                    .header(&HeaderName::To)
+                    .ok_or_else(|| ParseError::missing("To"))?;
+                NameAddr::parse(v).map_err(|e| ParseError::bad_header("To", e.reason()))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     /// Max-Forwards: `None` when absent, Err when not a number (1*DIGIT
@@ -416,12 +533,20 @@ impl Message {
                 out.put_slice(b" SIP/2.0\r\n");
             }
             StartLine::Response { code, reason } => {
-                out.put_slice(format!("SIP/2.0 {code:03} ").as_bytes());
+                out.put_slice(b"SIP/2.0 ");
+                // A parsed code has three digits; one set by hand may not.
+                if *code < 100 {
+                    out.put_slice(format!("{code:03}").as_bytes());
+                } else {
+                    put_decimal(&mut out, usize::from(*code));
+                }
+                out.put_u8(b' ');
                 out.put_slice(reason.as_str().as_bytes());
                 out.put_slice(b"\r\n");
             }
         }
-        let length = self.body.len().to_string();
+        let mut digits = [0u8; 20];
+        let length = decimal(self.body.len(), &mut digits);
         let mut wrote_length = false;
         for h in &self.headers {
             let value = if h.name == HeaderName::ContentLength {
@@ -429,7 +554,7 @@ impl Message {
                     continue;
                 }
                 wrote_length = true;
-                &length
+                length
             } else {
                 h.value()
             };
@@ -447,6 +572,26 @@ impl Message {
         out.put_slice(&self.body);
         out.freeze()
     }
+}
+
+/// `n` in decimal, written at the end of `buf`, without the allocation of
+/// `to_string` (serializing runs once per message sent).
+fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
+}
+
+fn put_decimal(out: &mut BytesMut, n: usize) {
+    let mut digits = [0u8; 20];
+    out.put_slice(decimal(n, &mut digits).as_bytes());
 }
 
 #[cfg(test)]
@@ -500,7 +645,7 @@ mod tests {
             m.header(&HeaderName::Via),
             Some("SIP/2.0/UDP h2;branch=z9hG4bK2")
         );
-        let mut via = m.top_via().unwrap();
+        let mut via = m.top_via().unwrap().clone();
         via.set_param("received", Some("192.0.2.1"));
         m.replace_first_value(&HeaderName::Via, &via.to_string())
             .unwrap();
@@ -540,6 +685,60 @@ mod tests {
             "l"
         );
         assert_eq!(again.header(&HeaderName::parse("x-test")), Some("1"));
+    }
+
+    #[test]
+    fn decimals() {
+        let mut digits = [0u8; 20];
+        for n in [0, 7, 10, 99, 100, 1234, 65535, usize::MAX] {
+            assert_eq!(decimal(n, &mut digits), n.to_string());
+        }
+        for code in [0u16, 7, 42, 100, 180, 699, 999, 1000, 65535] {
+            let r = Message::new_response(code, "X");
+            let text = r.to_bytes();
+            let want = format!("SIP/2.0 {code:03} X\r\n");
+            assert!(text.starts_with(want.as_bytes()), "{code}");
+        }
+    }
+
+    #[test]
+    fn views_follow_edits() {
+        let mut m = msg();
+        assert_eq!(m.top_via().unwrap().branch(), Some("z9hG4bK1"));
+        assert_eq!(m.cseq().unwrap().seq, 1);
+        assert_eq!(m.from().unwrap().tag(), Some("1"));
+        assert_eq!(m.to().unwrap().tag(), None);
+        m.pop_first_value(&HeaderName::Via);
+        assert_eq!(m.top_via().unwrap().branch(), Some("z9hG4bK2"));
+        m.prepend_header(HeaderName::Via, "SIP/2.0/UDP p;branch=z9hG4bKp")
+            .unwrap();
+        assert_eq!(m.top_via().unwrap().branch(), Some("z9hG4bKp"));
+        m.replace_first_value(&HeaderName::CSeq, "2 OPTIONS")
+            .unwrap();
+        assert_eq!(m.cseq().unwrap().seq, 2);
+        m.replace_first_value(&HeaderName::To, "<sip:c@d>;tag=9")
+            .unwrap();
+        assert_eq!(m.to().unwrap().tag(), Some("9"));
+        m.remove_headers(&HeaderName::From);
+        assert!(m.from().is_err());
+        m.append_header(HeaderName::From, "<sip:e@f>;tag=2")
+            .unwrap();
+        assert_eq!(m.from().unwrap().tag(), Some("2"));
+        let mut via = m.top_via().unwrap().clone();
+        via.set_param("received", Some("192.0.2.1"));
+        m.set_top_via(via.clone()).unwrap();
+        assert_eq!(m.top_via().unwrap(), &via);
+        assert_eq!(
+            m.header(&HeaderName::Via),
+            Some("SIP/2.0/UDP p;branch=z9hG4bKp;received=192.0.2.1")
+        );
+        // What a setter caches is what parsing the new text gives.
+        let again = parse(m.to_bytes()).unwrap();
+        assert_eq!(again.top_via().unwrap(), &via);
+        let (mut a, b) = (m.clone(), m);
+        a.pop_first_value(&HeaderName::Via);
+        assert_eq!(b.top_via().unwrap(), &via);
+        assert_ne!(a.top_via().unwrap(), &via);
     }
 
     #[test]

@@ -2,7 +2,6 @@
 
 use super::header_name::HeaderName;
 use super::message::Message;
-use super::name_addr::NameAddr;
 
 /// A reply to `req`: copies every Via line (same order), From, To (with
 /// `;tag=to_tag` added when given and To has none), Call-ID and CSeq, and
@@ -12,14 +11,10 @@ pub fn response_to(req: &Message, code: u16, reason: &str, to_tag: Option<&str>)
     let mut resp = Message::new_response(code, reason);
     // Values come from a parsed message, so they pass append_header's
     // checks; errors are ignored rather than unwrapped all the same.
-    for v in req.header_lines(&HeaderName::Via) {
-        let _ = resp.append_header(HeaderName::Via, v);
-    }
-    if let Some(v) = req.header(&HeaderName::From) {
-        let _ = resp.append_header(HeaderName::From, v);
-    }
+    resp.copy_lines(req, &HeaderName::Via, true);
+    resp.copy_lines(req, &HeaderName::From, false);
     if let Some(v) = req.header(&HeaderName::To) {
-        let has_tag = match NameAddr::parse(v) {
+        let has_tag = match req.to() {
             Ok(to) => to.tag().is_some(),
             Err(_) => v.to_ascii_lowercase().contains(";tag="),
         };
@@ -30,11 +25,8 @@ pub fn response_to(req: &Message, code: u16, reason: &str, to_tag: Option<&str>)
         };
         let _ = resp.append_header(HeaderName::To, &value);
     }
-    for name in [HeaderName::CallId, HeaderName::CSeq] {
-        if let Some(v) = req.header(&name) {
-            let _ = resp.append_header(name, v);
-        }
-    }
+    resp.copy_lines(req, &HeaderName::CallId, false);
+    resp.copy_lines(req, &HeaderName::CSeq, false);
     let _ = resp.append_header(HeaderName::ContentLength, "0");
     resp
 }

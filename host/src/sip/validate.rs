@@ -6,7 +6,6 @@ use super::error::ParseError;
 use super::header_name::HeaderName;
 use super::message::Message;
 use super::method::Method;
-use super::name_addr::NameAddr;
 use super::uri::{Scheme, Uri};
 use super::via::Via;
 
@@ -47,24 +46,23 @@ pub fn validate(msg: &Message) -> Result<(), ParseError> {
     if call_id.is_empty() || call_id.contains([' ', '\t']) {
         return Err(ParseError::bad_header("Call-ID", "invalid"));
     }
-    let cseq = super::cseq::CSeq::parse(single(msg, &HeaderName::CSeq)?)?;
-    NameAddr::parse(single(msg, &HeaderName::From)?)
-        .map_err(|e| ParseError::bad_header("From", e.reason()))?;
-    NameAddr::parse(single(msg, &HeaderName::To)?)
-        .map_err(|e| ParseError::bad_header("To", e.reason()))?;
+    // Once there is exactly one line, the message's views parse that line:
+    // what is checked here is parsed once for the rest of the message's life.
+    single(msg, &HeaderName::CSeq)?;
+    let cseq = msg.cseq()?;
+    single(msg, &HeaderName::From)?;
+    msg.from()?;
+    single(msg, &HeaderName::To)?;
+    msg.to()?;
     if msg.header_lines(&HeaderName::MaxForwards).count() > 1 {
         return Err(ParseError::new("Multiple Max-Forwards headers"));
     }
     if let Some(mf) = msg.max_forwards() {
         mf?;
     }
-    let mut vias = 0;
-    for v in msg.values(&HeaderName::Via) {
+    msg.top_via()?;
+    for v in msg.values(&HeaderName::Via).skip(1) {
         Via::parse(v)?;
-        vias += 1;
-    }
-    if vias == 0 {
-        return Err(ParseError::missing("Via"));
     }
     if let Some(method) = msg.method() {
         if cseq.method != *method {

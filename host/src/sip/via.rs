@@ -66,14 +66,23 @@ impl Via {
             Some(close) => sent_by[close..].find(':').map(|i| i + close),
             None => sent_by.find(':'),
         };
+        let joined;
         let sent_by = match colon {
-            Some(i) => format!("{}:{}", trim_ws(&sent_by[..i]), trim_ws(&sent_by[i + 1..])),
-            None => sent_by.to_string(),
+            Some(i) => {
+                let (host, port) = (trim_ws(&sent_by[..i]), trim_ws(&sent_by[i + 1..]));
+                if host.len() + 1 + port.len() == sent_by.len() {
+                    sent_by
+                } else {
+                    joined = format!("{host}:{port}");
+                    joined.as_str()
+                }
+            }
+            None => sent_by,
         };
         if sent_by.bytes().any(is_ws) {
             return Err(bad("bad sent-by"));
         }
-        let (host, port) = parse_hostport(&sent_by).map_err(|e| bad(e.reason()))?;
+        let (host, port) = parse_hostport(sent_by).map_err(|e| bad(e.reason()))?;
         let params = parse_params(&rest[end..], "Via")?;
         let via = Via {
             transport: transport.to_string(),

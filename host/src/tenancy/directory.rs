@@ -82,7 +82,7 @@ impl Directory {
             return None;
         }
         let ruri = msg.uri().and_then(|u| Uri::parse(u).ok());
-        let to = msg.to().ok().map(|to| to.uri);
+        let to = msg.to().ok().map(|to| to.uri.clone());
         [ruri, to]
             .into_iter()
             .flatten()

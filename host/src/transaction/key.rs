@@ -61,7 +61,7 @@ impl ClientKey {
     pub(super) fn of_response(msg: &Message) -> Option<ClientKey> {
         let via = msg.top_via().ok()?;
         let branch = via.branch()?.to_ascii_lowercase();
-        let method = msg.cseq().ok()?.method;
+        let method = msg.cseq().ok()?.method.clone();
         Some(ClientKey { branch, method })
     }
 }
@@ -129,7 +129,7 @@ impl RequestKey {
             };
             return Ok(RequestKey::Rfc3261(ServerKey {
                 branch: branch.to_ascii_lowercase(),
-                sent_by: sent_by(&via),
+                sent_by: sent_by(via),
                 method,
             }));
         }
@@ -146,7 +146,7 @@ impl RequestKey {
                 top_via: via.to_string(),
             },
             to_tag: to.tag().map(str::to_string),
-            cseq_method: cseq.method,
+            cseq_method: cseq.method.clone(),
         })
     }
 }
