@@ -76,7 +76,7 @@ impl<'a> Request<'a> {
     /// Whether the method is one of `methods` (Kamailio's `is_method("INVITE|BYE")`).
     pub fn is_method(&self, methods: &[&str]) -> bool {
         let method = self.cached_method();
-        methods.iter().any(|m| *m == method)
+        methods.contains(&method)
     }
 
     /// The Request-URI (`$ru`).
@@ -239,7 +239,7 @@ impl<'a> Request<'a> {
 
     /// Whether the Request-URI names this proxy (`uri == myself`).
     pub fn uri_is_myself(&self) -> bool {
-        proxy::is_myself(&self.raw.uri())
+        self.raw.uri_is_myself()
     }
 
     /// The From URI (`$fu`).

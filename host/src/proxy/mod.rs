@@ -21,6 +21,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 pub use locality::Locality;
+pub(crate) use routing::mentions;
 pub use routing::{loose_route, Destination};
 
 use crate::script::Source;
