@@ -4,13 +4,15 @@
 //! Each tenant gets its handles once ([`Metrics::tenant`]); counting is
 //! then an atomic add on the hot path, with no label lookup.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,7 +46,7 @@ pub struct Metrics {
     replies: Family<KindLabel, Counter>,
     hook_failures: Family<KindLabel, Counter>,
     rejected: Family<KindLabel, Counter>,
-    hook_seconds: Family<KindLabel, Histogram>,
+    hook_seconds: Family<KindLabel, HookHistogram>,
     reloads: Family<KindLabel, Counter>,
     reload_seconds: Family<TenantLabel, Histogram>,
     canary_rollbacks: Family<TenantLabel, Counter>,
@@ -66,7 +68,83 @@ pub struct TenantMetrics {
     pub suspended: Counter,
     /// Requests answered 503 because every instance was busy.
     pub busy: Counter,
-    hooks: [Histogram; 4],
+    hooks: [HookHistogram; 4],
+}
+
+/// Upper bounds of the hook latency buckets, in seconds.
+const HOOK_BUCKETS: [f64; 12] = [
+    2e-6, 5e-6, 10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 5e-3, 20e-3, 100e-3,
+];
+
+/// A histogram of hook latencies observed with atomic adds alone.
+///
+/// Every hook call of every worker observes one; prometheus-client's
+/// `Histogram` takes a write lock per observation, which the workers of a
+/// tenant would contend for. A scrape reads the counters one by one, so
+/// it may see an observation in its bucket but not yet in the sum; the next
+/// scrape is whole again.
+#[derive(Clone, Debug)]
+pub struct HookHistogram {
+    inner: Arc<HookCounts>,
+}
+
+#[derive(Debug)]
+struct HookCounts {
+    /// One per bound of [`HOOK_BUCKETS`], then +Inf; not cumulative.
+    buckets: [AtomicU64; HOOK_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Default for HookHistogram {
+    fn default() -> Self {
+        HookHistogram {
+            inner: Arc::new(HookCounts {
+                buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+                sum_nanos: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+impl HookHistogram {
+    pub fn observe(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = HOOK_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(HOOK_BUCKETS.len());
+        self.inner.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Observations so far, by bucket (+Inf last) and in all.
+    fn counts(&self) -> ([(f64, u64); HOOK_BUCKETS.len() + 1], u64) {
+        let mut total = 0;
+        let buckets = std::array::from_fn(|i| {
+            let n = self.inner.buckets[i].load(Ordering::Relaxed);
+            total += n;
+            // prometheus-client writes its own +Inf bucket as f64::MAX too.
+            (HOOK_BUCKETS.get(i).copied().unwrap_or(f64::MAX), n)
+        });
+        (buckets, total)
+    }
+}
+
+impl TypedMetric for HookHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for HookHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let (buckets, count) = self.counts();
+        let sum = self.inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
 }
 
 impl Default for Metrics {
@@ -77,11 +155,6 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let hook_buckets = || {
-            Histogram::new([
-                2e-6, 5e-6, 10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 5e-3, 20e-3, 100e-3,
-            ])
-        };
         let reload_buckets =
             || Histogram::new([1e-3, 5e-3, 20e-3, 50e-3, 0.1, 0.5, 1.0, 5.0, 30.0]);
         let m = Metrics {
@@ -90,7 +163,7 @@ impl Metrics {
             replies: Family::default(),
             hook_failures: Family::default(),
             rejected: Family::default(),
-            hook_seconds: Family::new_with_constructor(hook_buckets),
+            hook_seconds: Family::default(),
             reloads: Family::default(),
             reload_seconds: Family::new_with_constructor(reload_buckets),
             canary_rollbacks: Family::default(),
@@ -198,7 +271,7 @@ impl TenantMetrics {
     /// Records how long a hook took (`hook` indexes [`HOOKS`]).
     pub fn hook(&self, hook: usize, took: Duration) {
         if let Some(h) = self.hooks.get(hook) {
-            h.observe(took.as_secs_f64());
+            h.observe(took);
         }
     }
 
@@ -210,3 +283,45 @@ impl TenantMetrics {
 
 /// Shared by the proxy, the tenants and the admin API.
 pub type SharedMetrics = Arc<Metrics>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::registry::{Metric, Unit};
+
+    fn text(metric: impl Metric) -> String {
+        let mut registry = Registry::default();
+        registry.register_with_unit("hook", "help", Unit::Seconds, metric);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encodes");
+        out
+    }
+
+    /// The lock-free histogram is written as prometheus-client's own, but
+    /// for the last digits of the sum (nanoseconds summed, not seconds).
+    #[test]
+    fn hook_histogram_encodes_as_a_histogram() {
+        let ours = HookHistogram::default();
+        let stock = Histogram::new(HOOK_BUCKETS);
+        for micros in [1, 3, 3, 40, 900, 250_000] {
+            let took = Duration::from_micros(micros);
+            ours.observe(took);
+            stock.observe(took.as_secs_f64());
+        }
+        let (ours, stock) = (text(ours), text(stock));
+        let without_sum = |t: &str| {
+            t.lines()
+                .filter(|l| !l.starts_with("hook_seconds_sum"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(without_sum(&ours), without_sum(&stock));
+        let sum = ours
+            .lines()
+            .find_map(|l| l.strip_prefix("hook_seconds_sum "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .expect("a sum");
+        assert!((sum - 0.250947).abs() < 1e-9, "{ours}");
+        assert!(ours.contains("hook_seconds_count 6"), "{ours}");
+    }
+}

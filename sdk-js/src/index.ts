@@ -314,7 +314,7 @@ export class Request {
 
   /** Whether the Request-URI names this proxy (`uri == myself`). */
   uriIsMyself(): boolean {
-    return proxy.isMyself(this.raw.uri());
+    return this.raw.uriIsMyself();
   }
 
   /** The From URI (`$fu`). */

@@ -216,18 +216,70 @@ pub mod vars {
 }
 
 /// The tenant's parameters from the config file (`params = { KEY = "value" }`).
+///
+/// The answers are kept in the instance: a tenant's params are fixed for the
+/// life of an instance (changing them loads a new version with new
+/// instances), and the default routing reads half a dozen of them per
+/// request, each a host call otherwise.
 pub mod config {
+    use std::cell::RefCell;
+
     use super::bindings::wisp::proxy::config as raw;
+
+    /// A name asked before and what the host said. A routing script asks
+    /// for a handful of names, so a list beats a map.
+    enum Answer {
+        Param(Option<String>),
+        Enabled(bool),
+    }
+
+    thread_local! {
+        static ASKED: RefCell<Vec<(Box<str>, Answer)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn cached<T>(
+        name: &str,
+        read: impl Fn(&Answer) -> Option<T>,
+        ask: impl FnOnce() -> Answer,
+    ) -> T {
+        ASKED.with_borrow_mut(|asked| {
+            if let Some(value) = asked
+                .iter()
+                .filter(|(n, _)| **n == *name)
+                .find_map(|(_, answer)| read(answer))
+            {
+                return value;
+            }
+            let answer = ask();
+            let value = read(&answer).expect("the answer asked for");
+            asked.push((name.into(), answer));
+            value
+        })
+    }
 
     /// The value of a parameter, if set.
     pub fn param(name: &str) -> Option<String> {
-        raw::param(name)
+        cached(
+            name,
+            |a| match a {
+                Answer::Param(v) => Some(v.clone()),
+                Answer::Enabled(_) => None,
+            },
+            || Answer::Param(raw::param(name)),
+        )
     }
 
     /// Whether a parameter is switched on ("yes", "true", "1", "on"), the way
     /// `#!define WITH_AUTH` switches a feature on in Kamailio's config.
     pub fn enabled(name: &str) -> bool {
-        raw::enabled(name)
+        cached(
+            name,
+            |a| match a {
+                Answer::Enabled(on) => Some(*on),
+                Answer::Param(_) => None,
+            },
+            || Answer::Enabled(raw::enabled(name)),
+        )
     }
 }
 

@@ -23,6 +23,7 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 
 pub use locality::Locality;
+pub(crate) use routing::mentions;
 pub use routing::{loose_route, Destination};
 
 use crate::script::Source;

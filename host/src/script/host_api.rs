@@ -110,6 +110,15 @@ impl types::HostRequest for HostState {
             .unwrap_or_default())
     }
 
+    fn uri_is_myself(&mut self, req: Resource<RequestCtx>) -> Result<bool> {
+        let req = self.req(&req)?;
+        Ok(req
+            .msg
+            .uri()
+            .and_then(|u| sip::Uri::parse(u).ok())
+            .is_some_and(|uri| self.guest.locality.is_myself(&uri)))
+    }
+
     fn header(&mut self, req: Resource<RequestCtx>, name: String) -> Result<Option<String>> {
         Ok(first_value(&self.req(&req)?.msg, &name))
     }
@@ -159,6 +168,15 @@ impl types::HostRequest for HostState {
 
     fn has_to_tag(&mut self, req: Resource<RequestCtx>) -> Result<bool> {
         let req = self.req(&req)?;
+        // Initial requests are the common case and carry no tag: a To value
+        // without the word needs no parsing.
+        if !req
+            .msg
+            .header(&HeaderName::To)
+            .is_some_and(|to| crate::proxy::mentions(to, "tag"))
+        {
+            return Ok(false);
+        }
         Ok(req.msg.to().ok().is_some_and(|to| to.tag().is_some()))
     }
 

@@ -385,6 +385,10 @@ impl acc::Host for HostState {
             acc::Event::Failed => accounting::Event::Failed,
         };
         let res: &super::call::ResponseCtx = self.table.get(&res)?;
+        self.request(&req)?;
+        if !accounting::wanted() {
+            return Ok(());
+        }
         let code = res.msg.status().unwrap_or(0);
         let reason = res.msg.reason().unwrap_or_default().to_owned();
         let to_tag = res.msg.to().ok().and_then(|t| t.tag().map(str::to_owned));
