@@ -128,7 +128,7 @@ impl Proxy {
             tracing::debug!("dropping a response with no Via left (it was for us)");
             return;
         };
-        let target = match response_target(&next) {
+        let target = match response_target(next) {
             Ok(target) => target,
             Err(err) => {
                 tracing::debug!(%err, "cannot relay a response");

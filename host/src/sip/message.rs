@@ -157,7 +157,9 @@ pub struct Message {
     start: StartLine,
     headers: Vec<Header>,
     body: Bytes,
-    views: Views,
+    /// Boxed: inline, the parsed views would make every move of a message
+    /// (channels, transactions, hook contexts) copy some 700 bytes.
+    views: Box<Views>,
 }
 
 /// Refuses values that would break the message framing.
@@ -181,7 +183,7 @@ impl Message {
             start,
             headers,
             body,
-            views: Views::default(),
+            views: Box::default(),
         }
     }
 
