@@ -102,6 +102,12 @@ impl Worker {
         };
         self.contexts.insert(tx, ctx);
         self.add_branches(now, tx, destination);
+        // The context lives as long as the server transaction (32 s over
+        // UDP); the branches are built, and later hooks read the request
+        // seldom: its parsed views would be most of what it holds.
+        if let Some(ctx) = self.contexts.get_mut(&tx) {
+            ctx.req.msg.shed_views();
+        }
         self.check_done(now, tx);
     }
 

@@ -158,8 +158,10 @@ pub struct Message {
     headers: Vec<Header>,
     body: Bytes,
     /// Boxed: inline, the parsed views would make every move of a message
-    /// (channels, transactions, hook contexts) copy some 700 bytes.
-    views: Box<Views>,
+    /// (channels, transactions, hook contexts) copy some 700 bytes; and
+    /// allocated on first use, so that a message that sheds them (see
+    /// [`Message::shed_views`]) holds nothing for them.
+    views: OnceLock<Box<Views>>,
 }
 
 /// Refuses values that would break the message framing.
@@ -183,7 +185,7 @@ impl Message {
             start,
             headers,
             body,
-            views: Box::default(),
+            views: OnceLock::new(),
         }
     }
 
@@ -319,7 +321,7 @@ impl Message {
     /// Adds a header line after all the others.
     pub fn append_header(&mut self, name: HeaderName, value: &str) -> Result<(), ParseError> {
         let h = Self::make_header(name, value)?;
-        self.views.forget(&h.name);
+        self.forget_view(&h.name);
         self.headers.push(h);
         Ok(())
     }
@@ -337,7 +339,7 @@ impl Message {
             }
             return;
         };
-        self.views.forget(name);
+        self.forget_view(name);
         let lines = from.headers.iter().filter(|h| h.name == *name);
         for h in lines.take(if all { usize::MAX } else { 1 }) {
             let v = h.value();
@@ -359,7 +361,7 @@ impl Message {
     /// top of the headers when there is none (Via, Record-Route).
     pub fn prepend_header(&mut self, name: HeaderName, value: &str) -> Result<(), ParseError> {
         let h = Self::make_header(name, value)?;
-        self.views.forget(&h.name);
+        self.forget_view(&h.name);
         let at = self
             .headers
             .iter()
@@ -371,7 +373,7 @@ impl Message {
 
     /// Removes every line of that header; returns how many.
     pub fn remove_headers(&mut self, name: &HeaderName) -> usize {
-        self.views.forget(name);
+        self.forget_view(name);
         let before = self.headers.len();
         self.headers.retain(|h| h.name != *name);
         before - self.headers.len()
@@ -381,7 +383,7 @@ impl Message {
     /// only the first element goes when a line holds several ("a, b"
     /// becomes "b"); lines left without any value are removed.
     pub fn pop_first_value(&mut self, name: &HeaderName) -> Option<String> {
-        self.views.forget(name);
+        self.forget_view(name);
         loop {
             let i = self.headers.iter().position(|h| h.name == *name)?;
             let value = self.headers[i].value();
@@ -417,7 +419,7 @@ impl Message {
         value: &str,
     ) -> Result<(), ParseError> {
         check_value(value)?;
-        self.views.forget(name);
+        self.forget_view(name);
         let value = trim_ws(value);
         // Skip lines that hold no value at all (e.g. an empty "Route:").
         let found = self
@@ -433,9 +435,26 @@ impl Message {
         Ok(())
     }
 
+    fn views(&self) -> &Views {
+        self.views.get_or_init(Box::default)
+    }
+
+    fn forget_view(&mut self, name: &HeaderName) {
+        if let Some(views) = self.views.get_mut() {
+            views.forget(name);
+        }
+    }
+
+    /// Drops the parsed views; they are parsed again if asked for. For a
+    /// message kept for a transaction's lifetime (tens of seconds), whose
+    /// views are seldom read again: the views weigh more than the text.
+    pub fn shed_views(&mut self) {
+        self.views = OnceLock::new();
+    }
+
     /// The first Via value, parsed.
     pub fn top_via(&self) -> Result<&Via, ParseError> {
-        self.views
+        self.views()
             .top_via
             .get_or_init(|| {
                 let v = self
@@ -452,7 +471,9 @@ impl Message {
     /// added), which is kept as the parsed top Via.
     pub fn set_top_via(&mut self, via: Via) -> Result<(), ParseError> {
         self.replace_first_value(&HeaderName::Via, &via.to_string())?;
-        self.views.top_via = OnceLock::from(Ok(via));
+        let mut views = self.views.take().unwrap_or_default();
+        views.top_via = OnceLock::from(Ok(via));
+        self.views = OnceLock::from(views);
         Ok(())
     }
 
@@ -461,7 +482,7 @@ impl Message {
     }
 
     pub fn cseq(&self) -> Result<&CSeq, ParseError> {
-        self.views
+        self.views()
             .cseq
             .get_or_init(|| {
                 CSeq::parse(
@@ -474,7 +495,7 @@ impl Message {
     }
 
     pub fn from(&self) -> Result<&NameAddr, ParseError> {
-        self.views
+        self.views()
             .from
             .get_or_init(|| {
                 let v = self
@@ -487,7 +508,7 @@ impl Message {
     }
 
     pub fn to(&self) -> Result<&NameAddr, ParseError> {
-        self.views
+        self.views()
             .to
             .get_or_init(|| {
                 let v = self

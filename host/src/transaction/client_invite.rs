@@ -29,8 +29,11 @@ pub(super) struct InviteClient {
 
 impl InviteClient {
     /// Sends the INVITE and starts timers A (unreliable only) and B.
-    pub(super) fn start(ctx: &mut Ctx, request: Message) -> InviteClient {
+    pub(super) fn start(ctx: &mut Ctx, mut request: Message) -> InviteClient {
         let bytes = request.to_bytes();
+        // Kept until the transaction ends, for an ACK or a CANCEL: their
+        // views are parsed again then, if ever.
+        request.shed_views();
         ctx.send(bytes.clone());
         let interval = ctx.timers.a;
         if !ctx.reliable() {
