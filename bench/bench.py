@@ -1024,7 +1024,7 @@ def main():
     log(f"  {'pinning':<12} proxies: taskset -c {args.proxy_cpus}; SIPp: taskset -c {args.sipp_cpus}")
     log(f"  {'loadavg':<12} {m['load_before']} (before)")
     log("  wisp: bundled routing (guests/default), 1 tenant, UDP listener, log level warn, "
-        "one worker thread per core")
+        "one receiving thread per core and UDP socket")
     log(f"  kamailio: bench/kamailio/kamailio.cfg, children=2, memory manager {KAMAILIO_MEM or 'default'} "
         f"(BENCH_KAMAILIO_MEM), -m {KAMAILIO_SHM_MB} (BENCH_KAMAILIO_SHM_MB) -M 8")
 
