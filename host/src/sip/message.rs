@@ -164,6 +164,14 @@ pub struct Message {
     views: OnceLock<Box<Views>>,
 }
 
+/// A view, parsed by `parse` on first access and kept, errors included.
+fn view<T>(
+    cell: &OnceLock<Result<T, ParseError>>,
+    parse: impl FnOnce() -> Result<T, ParseError>,
+) -> Result<&T, ParseError> {
+    cell.get_or_init(parse).as_ref().map_err(Clone::clone)
+}
+
 /// Refuses values that would break the message framing.
 fn check_value(value: &str) -> Result<(), ParseError> {
     if value.contains(['\r', '\n', '\0']) {
@@ -454,17 +462,13 @@ impl Message {
 
     /// The first Via value, parsed.
     pub fn top_via(&self) -> Result<&Via, ParseError> {
-        self.views()
-            .top_via
-            .get_or_init(|| {
-                let v = self
-                    .values(&HeaderName::Via)
-                    .next()
-                    .ok_or_else(|| ParseError::missing("Via"))?;
-                Via::parse(v)
-            })
-            .as_ref()
-            .map_err(Clone::clone)
+        view(&self.views().top_via, || {
+            let v = self
+                .values(&HeaderName::Via)
+                .next()
+                .ok_or_else(|| ParseError::missing("Via"))?;
+            Via::parse(v)
+        })
     }
 
     /// Replaces the first Via value with `via` (e.g. with received/rport
@@ -482,42 +486,28 @@ impl Message {
     }
 
     pub fn cseq(&self) -> Result<&CSeq, ParseError> {
-        self.views()
-            .cseq
-            .get_or_init(|| {
-                CSeq::parse(
-                    self.header(&HeaderName::CSeq)
-                        .ok_or_else(|| ParseError::missing("CSeq"))?,
-                )
-            })
-            .as_ref()
-            .map_err(Clone::clone)
+        view(&self.views().cseq, || {
+            CSeq::parse(
+                self.header(&HeaderName::CSeq)
+                    .ok_or_else(|| ParseError::missing("CSeq"))?,
+            )
+        })
     }
 
     pub fn from(&self) -> Result<&NameAddr, ParseError> {
-        self.views()
-            .from
-            .get_or_init(|| {
-                let v = self
-                    .header(&HeaderName::From)
-                    .ok_or_else(|| ParseError::missing("From"))?;
-                NameAddr::parse(v).map_err(|e| ParseError::bad_header("From", e.reason()))
-            })
-            .as_ref()
-            .map_err(Clone::clone)
+        view(&self.views().from, || self.name_addr(HeaderName::From))
     }
 
     pub fn to(&self) -> Result<&NameAddr, ParseError> {
-        self.views()
-            .to
-            .get_or_init(|| {
-                let v = self
-                    .header(&HeaderName::To)
-                    .ok_or_else(|| ParseError::missing("To"))?;
-                NameAddr::parse(v).map_err(|e| ParseError::bad_header("To", e.reason()))
-            })
-            .as_ref()
-            .map_err(Clone::clone)
+        view(&self.views().to, || self.name_addr(HeaderName::To))
+    }
+
+    /// From or To, parsed.
+    fn name_addr(&self, name: HeaderName) -> Result<NameAddr, ParseError> {
+        let v = self
+            .header(&name)
+            .ok_or_else(|| ParseError::missing(name.as_str()))?;
+        NameAddr::parse(v).map_err(|e| ParseError::bad_header(name.as_str(), e.reason()))
     }
 
     /// Max-Forwards: `None` when absent, Err when not a number (1*DIGIT
