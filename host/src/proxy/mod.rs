@@ -23,7 +23,6 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 
 pub use locality::Locality;
-pub(crate) use routing::mentions;
 pub use routing::{loose_route, Destination};
 
 use crate::script::Source;

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
-use crate::sip::{HeaderName, Host, Message, NameAddr, Scheme, Uri};
+use crate::sip::{self, HeaderName, Host, Message, NameAddr, Scheme, Uri};
 use crate::transport::{Target, Transport};
 
 use super::Locality;
@@ -21,7 +21,7 @@ pub fn loose_route(msg: &mut Message, locality: &Locality) -> bool {
     // the text tells that without parsing the URI.
     let ruri_is_ours = msg
         .uri()
-        .filter(|u| mentions(u, "lr"))
+        .filter(|u| sip::mentions(u, "lr"))
         .and_then(|u| Uri::parse(u).ok())
         .is_some_and(|u| u.param("lr").is_some() && locality.is_myself(&u));
     if ruri_is_ours {
@@ -44,16 +44,6 @@ pub fn loose_route(msg: &mut Message, locality: &Locality) -> bool {
         }
     }
     true
-}
-
-/// Whether `text` contains `word`, ASCII case ignored: a parameter named
-/// `word` cannot be there otherwise, so a parse looking for it can be skipped.
-pub(crate) fn mentions(text: &str, word: &str) -> bool {
-    word.is_empty()
-        || text
-            .as_bytes()
-            .windows(word.len())
-            .any(|w| w.eq_ignore_ascii_case(word.as_bytes()))
 }
 
 fn first_route(msg: &Message) -> Option<String> {
@@ -173,19 +163,4 @@ pub fn next_hop(msg: &mut Message, explicit: Option<&str>) -> Result<Destination
     let uri = msg.uri().unwrap_or_default();
     let uri = Uri::parse(uri).map_err(|e| format!("bad Request-URI: {e}"))?;
     Destination::from_uri(&uri)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::mentions;
-
-    #[test]
-    fn mentions_ignores_ascii_case() {
-        assert!(mentions("<sip:p.example.com;LR>", "lr"));
-        assert!(mentions("<sip:b@c>;Tag=x", "tag"));
-        assert!(!mentions("sip:bob@127.0.0.2:5080", "lr"));
-        assert!(!mentions("<sip:b@c>;ta=g", "tag"));
-        assert!(!mentions("t", "tag"));
-        assert!(mentions("anything", ""));
-    }
 }

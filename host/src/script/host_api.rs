@@ -173,7 +173,7 @@ impl types::HostRequest for HostState {
         if !req
             .msg
             .header(&HeaderName::To)
-            .is_some_and(|to| crate::proxy::mentions(to, "tag"))
+            .is_some_and(|to| sip::mentions(to, "tag"))
         {
             return Ok(false);
         }

@@ -32,6 +32,7 @@ pub use method::Method;
 pub use name_addr::NameAddr;
 pub use parse::{frame, parse, MAX_HEADER_BYTES, MAX_STREAM_BODY};
 pub use response::response_to;
+pub use syntax::mentions;
 pub use uri::{Host, Scheme, Uri};
 pub use validate::{sanity_check, validate, Rejection};
 pub use values::split_list;

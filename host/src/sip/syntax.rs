@@ -159,9 +159,29 @@ pub(super) fn parse_u32(s: &str) -> Option<u32> {
     s.parse().ok()
 }
 
+/// Whether `text` contains `word`, ASCII case ignored: a parameter named
+/// `word` cannot be there otherwise, so a parse looking for it can be skipped.
+pub fn mentions(text: &str, word: &str) -> bool {
+    word.is_empty()
+        || text
+            .as_bytes()
+            .windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word.as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mentions_ignores_ascii_case() {
+        assert!(mentions("<sip:p.example.com;LR>", "lr"));
+        assert!(mentions("<sip:b@c>;Tag=x", "tag"));
+        assert!(!mentions("sip:bob@127.0.0.2:5080", "lr"));
+        assert!(!mentions("<sip:b@c>;ta=g", "tag"));
+        assert!(!mentions("t", "tag"));
+        assert!(mentions("anything", ""));
+    }
 
     #[test]
     fn params() {
