@@ -86,13 +86,9 @@ def children_of(pid):
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        parent[int(entry)] = int(fields[1])
+        fields = stat_fields(entry)
+        if fields:
+            parent[int(entry)] = int(fields[1])
     found, frontier = [], [pid]
     while frontier:
         p = frontier.pop()
@@ -102,17 +98,25 @@ def children_of(pid):
     return found
 
 
+def stat_fields(pid):
+    """The fields of /proc/PID/stat after the command name (state first),
+    or None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2 :].split()
+
+
 def cpu_ticks(pids):
     """(utime, stime) summed over `pids`, in clock ticks. A process's
     /proc/PID/stat counts all its threads."""
     user = system = 0
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-        except OSError:
+        fields = stat_fields(pid)
+        if not fields:
             continue
-        fields = stat[stat.rfind(")") + 2 :].split()
         user += int(fields[11])
         system += int(fields[12])
     return user, system
