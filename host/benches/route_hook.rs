@@ -20,7 +20,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use wisp::script::TxVars;
+use wisp::proxy::TxVars;
 
 #[path = "common/hook_call.rs"]
 mod hook_call;

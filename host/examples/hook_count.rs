@@ -17,7 +17,7 @@
 
 use std::hint::black_box;
 
-use wisp::script::TxVars;
+use wisp::proxy::TxVars;
 
 #[path = "../benches/common/hook_call.rs"]
 mod hook_call;

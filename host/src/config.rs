@@ -45,6 +45,9 @@ pub struct Config {
     /// Reloading on its own.
     #[serde(default)]
     pub reload: ReloadConfig,
+    /// Name servers for RFC 3263 lookups (default: the system's).
+    #[serde(default)]
+    pub dns: crate::dns::DnsConfig,
 }
 
 /// When wisp reloads without being told.
@@ -254,6 +257,7 @@ impl Default for Config {
             tenant: default_tenants(),
             engine: EngineConfig::default(),
             timers: Timers::default(),
+            dns: crate::dns::DnsConfig::default(),
             routing: RoutingConfig::default(),
             admin: None,
             storage: StorageConfig::default(),

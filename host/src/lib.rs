@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod dns;
 pub mod metrics;
 pub mod proxy;
 pub mod script;

@@ -10,10 +10,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use wisp::config::Limits;
-use wisp::proxy::Locality;
-use wisp::script::{
-    Action, Guest, Pool, RequestCtx, ScriptEngine, Source, TxVars, DEFAULT_COMPONENT,
-};
+use wisp::proxy::{Action, Locality, RequestCtx, Source, TxVars};
+use wisp::script::{Guest, Pool, ScriptEngine, DEFAULT_COMPONENT};
 use wisp::sip::Message;
 use wisp::transport::{Listener, Transport};
 

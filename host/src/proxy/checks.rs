@@ -1,7 +1,7 @@
 //! Checks a proxy applies to what it forwards or sends: Max-Forwards
 //! (RFC 3261 §16.3 step 3, §16.6 step 3) and the text a guest puts on the wire.
 
-use crate::script::RequestCtx;
+use crate::proxy::RequestCtx;
 use crate::sip::{HeaderName, Rejection};
 
 /// Max-Forwards a request gets when it arrives without one (RFC 3261 §8.1.1.6).
@@ -71,7 +71,7 @@ pub fn header_field(name: &str, value: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::script::RequestCtx;
+    use crate::proxy::RequestCtx;
     use crate::sip;
 
     fn request(max_forwards: Option<&str>) -> RequestCtx {
@@ -86,7 +86,7 @@ mod tests {
         let msg = sip::parse(bytes::Bytes::from(text)).expect("valid request");
         RequestCtx::new(
             msg,
-            crate::script::Source {
+            crate::proxy::Source {
                 transport: crate::transport::Transport::Udp,
                 remote: "192.0.2.1:5060".parse().expect("addr"),
                 listener: 0,

@@ -1,7 +1,7 @@
 //! Where a request goes next: loose routing (RFC 3261 §16.4, §16.6 steps
 //! 6–7) and the destination of a forward, down to a socket address.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 
 use crate::sip::{self, HeaderName, Host, Message, NameAddr, Scheme, Uri};
 use crate::transport::{Target, Transport};
@@ -83,8 +83,8 @@ impl Destination {
         Destination::from_uri(&uri)
     }
 
-    /// The next hop a URI names (RFC 3263 without NAPTR/SRV: the URI's
-    /// transport parameter, else UDP; its port, else 5060).
+    /// The next hop a URI names: its maddr or host, its port and transport
+    /// parameter when given (RFC 3263 §4 fills in the rest).
     pub fn from_uri(uri: &Uri) -> Result<Destination, String> {
         match &uri.scheme {
             Scheme::Sip => {}
@@ -115,27 +115,17 @@ impl Destination {
         })
     }
 
-    /// Resolves the host to a socket address. A name is looked up with the
-    /// system resolver (A/AAAA), which blocks this worker until it answers.
-    pub fn resolve(&self) -> Result<Target, String> {
-        let transport = self.transport.unwrap_or(Transport::Udp);
-        let port = self.port.unwrap_or(5060);
+    /// The socket address when the host is an IP address; a name is
+    /// resolved by the driver (RFC 3263), never here.
+    pub fn literal_target(&self) -> Option<Target> {
         let ip = match &self.host {
             Host::V4(ip) => IpAddr::V4(*ip),
             Host::V6(ip) => IpAddr::V6(*ip),
-            Host::Name(name) => {
-                let mut addrs = (name.as_str(), port)
-                    .to_socket_addrs()
-                    .map_err(|e| format!("cannot resolve {name}: {e}"))?;
-                addrs
-                    .next()
-                    .map(|a| a.ip())
-                    .ok_or_else(|| format!("{name} has no address"))?
-            }
+            Host::Name(_) => return None,
         };
-        Ok(Target {
-            transport,
-            addr: SocketAddr::new(ip, port),
+        Some(Target {
+            transport: self.transport.unwrap_or(Transport::Udp),
+            addr: SocketAddr::new(ip, self.port.unwrap_or(5060)),
         })
     }
 }

@@ -1,5 +1,6 @@
 //! Stateless forwarding and replying (Kamailio's `forward()`, `sl`
-//! and reply relaying by Via, RFC 3261 §16.6, §16.7 step 9, §18.2.2, RFC 3581).
+//! and reply relaying by Via, RFC 3261 §16.6, §16.7 step 9, §18.2.2,
+//! RFC 3581), and where replies go.
 //!
 //! Nothing is remembered between messages: retransmissions are forwarded
 //! again, and the branch of a forwarded request is derived from the
@@ -7,116 +8,103 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
 
-use crate::script::{RequestCtx, Source};
 use crate::sip::{self, HeaderName, Host, Message, Method, Via};
 use crate::transport::{Target, Transport};
 
 use super::checks::{self, DEFAULT_MAX_FORWARDS};
-use super::routing::next_hop;
-use super::Proxy;
+use super::core::Core;
+use super::effects::Parked;
+use super::request::{RequestCtx, Source};
+use super::routing::{next_hop, Destination};
+use crate::transaction::TxId;
 
 /// Branches of requests we forward start with the RFC 3261 magic cookie
 /// and a marker of ours.
 const BRANCH_PREFIX: &str = "z9hG4bKwsp";
 
-impl Proxy {
-    /// Forwards a copy of the request to its next hop; errors say why it
-    /// could not go. The request itself is left as the guest saw it, so
-    /// that it can still be answered.
+impl<P> Core<P> {
+    /// Forwards a copy of the request to its next hop (Kamailio's
+    /// `forward()`). True when the request was answered instead (it could
+    /// not go). The request itself is left as the guest saw it.
     pub(super) fn forward(
-        &self,
+        &mut self,
+        now: Instant,
+        tx: Option<TxId>,
         req: &mut RequestCtx,
-        explicit: Option<&str>,
-    ) -> Result<(), String> {
+        destination: Option<String>,
+    ) -> bool {
+        let destination = destination.or_else(|| req.dst_uri.clone());
         if let Err(rejection) = checks::max_forwards(req, DEFAULT_MAX_FORWARDS) {
-            self.reply(req, rejection.code, &rejection.reason, &[]);
-            return Ok(());
+            self.fx.reply(req, rejection.code, &rejection.reason, &[]);
+            return false;
         }
         let branch = branch_for(&req.msg);
-        let (target, msg) = self.prepare(req.clone(), explicit, &branch)?;
-        self.transports
-            .send(target, msg.to_bytes())
-            .map_err(|e| e.to_string())
+        let mut msg = req.msg.clone();
+        let hop = next_hop(&mut msg, destination.as_deref());
+        let sent = hop.and_then(|hop| match hop.literal_target() {
+            Some(target) => {
+                let msg = self
+                    .fx
+                    .prepare(msg, req.record_route, &req.source, target, &branch)?;
+                self.fx.send(target, msg.to_bytes());
+                Ok(())
+            }
+            None => {
+                let parked = Parked::Forward {
+                    req: Box::new(req.clone()),
+                    msg,
+                    branch,
+                };
+                self.fx
+                    .lookup(hop, false, parked)
+                    .map(|_| ())
+                    .ok_or_else(|| "too many lookups waiting".to_owned())
+            }
+        });
+        match sent {
+            Ok(()) => false,
+            Err(err) => {
+                tracing::info!(remote = %req.source.remote, %err, "cannot forward");
+                self.fx.answer(now, tx, req, 500, "Cannot Forward", &[]);
+                true
+            }
+        }
     }
 
-    /// Makes a copy of a request ready to leave: next hop resolved (strict
-    /// routers handled), Record-Route if asked, our Via with `branch` on
-    /// top. Max-Forwards must already be checked.
-    pub(super) fn prepare(
-        &self,
-        req: RequestCtx,
-        explicit: Option<&str>,
-        branch: &str,
-    ) -> Result<(Target, Message), String> {
-        let mut msg = req.msg;
-        let dest = next_hop(&mut msg, explicit)?;
-        let target = dest.resolve()?;
-        if is_unroutable(target.addr.ip()) {
-            return Err(format!("will not send to {}", target.addr));
-        }
-        let out = self
-            .transports
-            .listener_for(&target)
-            .map_err(|e| e.to_string())?;
-        let me = self.locality.address_towards(out, target.addr.ip());
-        if req.record_route {
-            self.record_route(&mut msg, &req.source, out, &me, target.transport)?;
-        }
-        let via = format!(
-            "SIP/2.0/{} {me};branch={branch};rport",
-            target.transport.via_name()
-        );
-        msg.prepend_header(HeaderName::Via, &via)
-            .map_err(|e| e.to_string())?;
-        Ok((target, msg))
-    }
-
-    /// Adds our Record-Route; twice when the request changes listener
-    /// (transport or address family), so that each side of the dialog
-    /// reaches us on the socket it knows (Kamailio's double RR).
-    fn record_route(
-        &self,
-        msg: &mut Message,
-        source: &Source,
-        out: usize,
-        me: &str,
-        transport: Transport,
-    ) -> Result<(), String> {
-        if source.listener != out {
-            let inbound_me = self
-                .locality
-                .address_towards(source.listener, source.remote.ip());
-            let value = rr_value(&inbound_me, source.transport);
-            msg.prepend_header(HeaderName::RecordRoute, &value)
-                .map_err(|e| e.to_string())?;
-        }
-        msg.prepend_header(HeaderName::RecordRoute, &rr_value(me, transport))
-            .map_err(|e| e.to_string())
-    }
-
-    /// Answers a request statelessly. ACK is never answered.
-    pub(super) fn reply(
-        &self,
+    /// A forward's next hop was looked up: it goes to the first target,
+    /// or is answered with 503 (statelessly: its transaction was let go).
+    pub(super) fn forward_resolved(
+        &mut self,
         req: &RequestCtx,
-        code: u16,
-        reason: &str,
-        headers: &[(HeaderName, String)],
+        msg: Message,
+        branch: &str,
+        result: Result<Vec<Target>, String>,
     ) {
-        let Some(response) = make_reply(&req.msg, code, reason, headers) else {
-            return;
-        };
-        let target = reply_target(&req.msg, &req.source);
-        if let Err(err) = self.transports.send(target, response.to_bytes()) {
-            tracing::debug!(%err, code, "reply not sent");
+        let sent = result.and_then(|targets| {
+            let target = targets
+                .first()
+                .copied()
+                .ok_or_else(|| "no target".to_owned())?;
+            let msg = self
+                .fx
+                .prepare(msg, req.record_route, &req.source, target, branch)?;
+            self.fx.send(target, msg.to_bytes());
+            Ok(())
+        });
+        if let Err(err) = sent {
+            tracing::info!(remote = %req.source.remote, %err, "cannot forward");
+            self.fx.reply(req, 503, "Service Unavailable", &[]);
         }
     }
 
     /// Relays a response up the Via chain: ours must be on top; it is
     /// removed and the response goes where the next Via says.
-    pub(super) fn relay_response(&self, mut msg: Message) {
+    pub(super) fn relay_response(&mut self, mut msg: Message) {
         let ours = msg.top_via().ok().is_some_and(|via| {
-            self.locality
+            self.fx
+                .locality
                 .is_myself_host(&via.host, via.port.unwrap_or(5060))
         });
         if !ours {
@@ -128,20 +116,42 @@ impl Proxy {
             tracing::debug!("dropping a response with no Via left (it was for us)");
             return;
         };
-        let target = match response_target(next) {
-            Ok(target) => target,
+        let destination = match response_destination(next) {
+            Ok(destination) => destination,
             Err(err) => {
                 tracing::debug!(%err, "cannot relay a response");
                 return;
             }
         };
+        match destination.literal_target() {
+            Some(target) => self.send_response(msg, target),
+            None => {
+                if self
+                    .fx
+                    .lookup(destination, true, Parked::Response { msg })
+                    .is_none()
+                {
+                    tracing::info!("too many lookups waiting; response dropped");
+                }
+            }
+        }
+    }
+
+    /// The Via of a response to relay was looked up.
+    pub(super) fn response_resolved(&mut self, msg: Message, result: Result<Vec<Target>, String>) {
+        match result.map(|targets| targets.first().copied()) {
+            Ok(Some(target)) => self.send_response(msg, target),
+            Ok(None) => tracing::info!("response dropped: its Via has no address"),
+            Err(err) => tracing::info!(%err, "response dropped: its Via is not resolved"),
+        }
+    }
+
+    fn send_response(&mut self, msg: Message, target: Target) {
         if is_unroutable(target.addr.ip()) {
             tracing::info!(addr = %target.addr, "not relaying a response to a broadcast or unspecified address");
             return;
         }
-        if let Err(err) = self.transports.send(target, msg.to_bytes()) {
-            tracing::debug!(%err, "response not relayed");
-        }
+        self.fx.send(target, msg.to_bytes());
     }
 }
 
@@ -165,14 +175,6 @@ pub(super) fn make_reply(
         }
     }
     Some(response)
-}
-
-/// Record-Route value naming us on one socket.
-fn rr_value(me: &str, transport: Transport) -> String {
-    match transport {
-        Transport::Udp => format!("<sip:{me};lr>"),
-        t => format!("<sip:{me};transport={t};lr>"),
-    }
 }
 
 /// RFC 3261 §18.2.1 and RFC 3581: note on the sender's Via where the request
@@ -221,8 +223,8 @@ pub(super) fn reply_target(msg: &Message, source: &Source) -> Target {
 }
 
 /// Where a relayed response goes: the Via's received/rport when set, else
-/// its sent-by (RFC 3261 §18.2.2).
-fn response_target(via: &Via) -> Result<Target, String> {
+/// its sent-by (RFC 3261 §18.2.2), a name being resolved by RFC 3263 §5.
+pub(super) fn response_destination(via: &Via) -> Result<Destination, String> {
     let transport = Transport::from_name(&via.transport)
         .ok_or_else(|| format!("unsupported Via transport {}", via.transport))?;
     let port = match via.rport() {
@@ -237,16 +239,15 @@ fn response_target(via: &Via) -> Result<Target, String> {
         Some(IpAddr::V6(ip)) => Host::V6(ip),
         None => via.host.clone(),
     };
-    super::Destination {
+    Ok(Destination {
         transport: Some(transport),
         host,
         port: Some(port),
-    }
-    .resolve()
+    })
 }
 
 /// Addresses no SIP message should be sent to (RFC 4475 §3.3.14 bcast).
-fn is_unroutable(ip: IpAddr) -> bool {
+pub(super) fn is_unroutable(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_broadcast() || v4.is_unspecified() || v4.is_multicast(),
         IpAddr::V6(v6) => v6.is_unspecified() || v6.is_multicast(),
@@ -256,7 +257,7 @@ fn is_unroutable(ip: IpAddr) -> bool {
 /// A branch that is the same for the same request (retransmissions, and
 /// a CANCEL or non-2xx ACK of an INVITE) and different for others
 /// (RFC 3261 §16.11).
-fn branch_for(msg: &Message) -> String {
+pub(super) fn branch_for(msg: &Message) -> String {
     let mut h = DefaultHasher::new();
     msg.uri().hash(&mut h);
     match msg

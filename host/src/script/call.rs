@@ -10,10 +10,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::Limits;
 use crate::metrics::TenantMetrics;
-use crate::proxy::Locality;
-use crate::sip::{HeaderName, Message};
-
-use crate::transport::Inbound;
+use crate::proxy::{Action, Locality, TxVars};
+use crate::sip::Message;
 
 /// What a tenant's guest is given, whichever instance runs it.
 pub struct Guest {
@@ -30,98 +28,9 @@ pub struct Guest {
     pub allow: crate::services::permissions::AllowList,
 }
 
-/// The request a hook is working on (the `request` resource of the WIT).
-#[derive(Clone)]
-pub struct RequestCtx {
-    pub msg: Message,
-    /// Where it came from.
-    pub source: Source,
-    /// Max-Forwards was already checked and decremented.
-    pub max_forwards_done: bool,
-    /// The guest asked for Record-Route; it is added when the request is
-    /// sent, with the address of the socket it leaves by.
-    pub record_route: bool,
-    /// Extra branches for the next relay (`append-branch`, `lookup`).
-    pub branches: Vec<BranchTarget>,
-    /// Where the first branch goes when the guest names no destination
-    /// (Kamailio's `$du`, set by `registrar.lookup` for a NAT binding).
-    pub dst_uri: Option<String>,
-    /// Route set put in front of the first branch (a binding's Path).
-    pub path: Vec<String>,
-    /// The last authorize of this request found an expired nonce.
-    pub auth_stale: bool,
-    /// Final-response timers asked with `tm.set-timers` (INVITE, others).
-    pub fr_timers: Option<(std::time::Duration, std::time::Duration)>,
-}
-
-/// One extra branch of a relay: its Request-URI and, from a location
-/// binding, where to send it and the Route set (Path) to put in front.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct BranchTarget {
-    pub uri: String,
-    pub destination: Option<String>,
-    pub path: Vec<String>,
-}
-
 /// A response handed to a hook (the `response` resource of the WIT).
 pub struct ResponseCtx {
     pub msg: Message,
-}
-
-/// Variables and flags of one transaction, kept across its hooks.
-#[derive(Debug, Default, Clone)]
-pub struct TxVars {
-    pub values: BTreeMap<String, String>,
-    pub flags: u64,
-}
-
-/// The transport-level origin of a message.
-#[derive(Debug, Clone, Copy)]
-pub struct Source {
-    pub transport: crate::transport::Transport,
-    pub remote: std::net::SocketAddr,
-    pub listener: usize,
-}
-
-impl From<&Inbound> for Source {
-    fn from(inbound: &Inbound) -> Self {
-        Source {
-            transport: inbound.transport,
-            remote: inbound.remote,
-            listener: inbound.listener,
-        }
-    }
-}
-
-impl RequestCtx {
-    pub fn new(msg: Message, source: Source) -> Self {
-        RequestCtx {
-            msg,
-            source,
-            max_forwards_done: false,
-            record_route: false,
-            branches: Vec::new(),
-            dst_uri: None,
-            path: Vec::new(),
-            auth_stale: false,
-            fr_timers: None,
-        }
-    }
-}
-
-/// What the guest decided, carried out by the proxy after the hook returns
-/// (sending is asynchronous; hooks are not).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    Reply {
-        code: u16,
-        reason: String,
-        headers: Vec<(HeaderName, String)>,
-    },
-    /// Stateless forward (`proxy.forward`).
-    Forward { destination: Option<String> },
-    /// Stateful relay (`tm.relay`).
-    Relay { destination: Option<String> },
 }
 
 /// Why a hook call failed. The request gets a 500 (503 when the guest was

@@ -4,9 +4,10 @@
 use wasmtime::component::Resource;
 use wasmtime::Result;
 
-use super::call::{Action, HostState, RequestCtx, ResponseCtx};
+use super::call::{HostState, ResponseCtx};
 use super::wisp::proxy::{config, log, proxy, rr, tm, types, vars};
 use crate::proxy::checks;
+use crate::proxy::{Action, RequestCtx};
 use crate::sip::{self, HeaderName};
 
 /// The first value of a header, by any of its names (`$hdr(name)`).
@@ -307,7 +308,7 @@ impl tm::Host for HostState {
                 "at most {MAX_BRANCHES} branches per relay"
             ))));
         }
-        req.branches.push(super::call::BranchTarget {
+        req.branches.push(crate::proxy::BranchTarget {
             uri,
             ..Default::default()
         });

@@ -19,7 +19,7 @@ use anyhow::Context;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
-pub use call::{Action, BranchTarget, Guest, HookError, RequestCtx, ResponseCtx, Source, TxVars};
+pub use call::{Guest, HookError, ResponseCtx};
 pub use health::HealthCounts;
 pub use pool::Pool;
 
@@ -29,7 +29,7 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "router",
     with: {
-        "wisp:proxy/types.request": call::RequestCtx,
+        "wisp:proxy/types.request": crate::proxy::RequestCtx,
         "wisp:proxy/types.response": call::ResponseCtx,
     },
     imports: { default: trappable },

@@ -11,9 +11,10 @@ use std::time::Instant;
 use wasmtime::component::Resource;
 use wasmtime::{Engine, Store, Trap};
 
-use super::call::{Action, Guest, HookError, HostState, RequestCtx, ResponseCtx, TxVars};
+use super::call::{Guest, HookError, HostState, ResponseCtx};
 use super::health::Health;
 use super::{deadline_ticks, Loaded, Router, RouterPre};
+use crate::proxy::{Action, RequestCtx, TxVars};
 use crate::sip::Message;
 
 pub struct Pool {

@@ -7,8 +7,9 @@ use std::time::Instant;
 use wasmtime::component::Resource;
 use wasmtime::Result;
 
-use super::call::{Action, BranchTarget, HostState, RequestCtx};
+use super::call::HostState;
 use super::wisp::proxy::{acc, auth, kv, nat, permissions, proxy, registrar, types};
+use crate::proxy::{Action, BranchTarget, RequestCtx};
 use crate::services::auth::{self as digest_auth, Kind, Outcome};
 use crate::services::location::{self, SaveOptions};
 use crate::services::{acc as accounting, nat as nathelper};

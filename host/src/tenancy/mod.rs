@@ -11,6 +11,7 @@
 
 mod build;
 mod directory;
+mod hooks;
 mod tenant;
 pub mod watch;
 
@@ -22,12 +23,13 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 pub use directory::{Directory, Selected};
+pub use hooks::TenantHooks;
 pub use tenant::{Canary, Rollout, Tenant};
 
 use crate::config::{Config, TenantConfig};
 use crate::metrics::SharedMetrics;
-use crate::proxy::Locality;
-use crate::script::{Pool, ScriptEngine, Source};
+use crate::proxy::{Locality, Source};
+use crate::script::{Pool, ScriptEngine};
 use crate::services::Services;
 use crate::sip::Message;
 

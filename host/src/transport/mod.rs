@@ -102,6 +102,32 @@ pub enum SendError {
     Closed(SocketAddr),
 }
 
+/// The listener to send from towards `target`: same transport and
+/// address family, preferring one bound to the same kind of address
+/// (loopback to loopback).
+pub fn listener_for(listeners: &[Listener], target: &Target) -> Result<usize, SendError> {
+    let family = |a: &SocketAddr| a.is_ipv4();
+    let candidates = listeners.iter().enumerate().filter(|(_, l)| {
+        l.transport == target.transport && family(&l.local) == family(&target.addr)
+    });
+    let mut fallback = None;
+    for (i, l) in candidates {
+        let ip = l.local.ip();
+        if ip.is_unspecified() || ip.is_loopback() == target.addr.ip().is_loopback() {
+            return Ok(i);
+        }
+        fallback.get_or_insert(i);
+    }
+    fallback.ok_or(SendError::NoListener(
+        target.transport,
+        if target.addr.is_ipv4() {
+            "IPv4"
+        } else {
+            "IPv6"
+        },
+    ))
+}
+
 /// All sockets of the process, and the open TCP connections.
 pub struct Transports {
     listeners: Vec<Listener>,
@@ -184,30 +210,9 @@ impl Transports {
         Ok(())
     }
 
-    /// The listener to send from towards `target`: same transport and
-    /// address family, preferring one bound to the same kind of address
-    /// (loopback to loopback).
+    /// The listener to send from towards `target` (see [`listener_for`]).
     pub fn listener_for(&self, target: &Target) -> Result<usize, SendError> {
-        let family = |a: &SocketAddr| a.is_ipv4();
-        let candidates = self.listeners.iter().enumerate().filter(|(_, l)| {
-            l.transport == target.transport && family(&l.local) == family(&target.addr)
-        });
-        let mut fallback = None;
-        for (i, l) in candidates {
-            let ip = l.local.ip();
-            if ip.is_unspecified() || ip.is_loopback() == target.addr.ip().is_loopback() {
-                return Ok(i);
-            }
-            fallback.get_or_insert(i);
-        }
-        fallback.ok_or(SendError::NoListener(
-            target.transport,
-            if target.addr.is_ipv4() {
-                "IPv4"
-            } else {
-                "IPv6"
-            },
-        ))
+        listener_for(&self.listeners, target)
     }
 
     /// Sends one message, from any thread, without waiting for the network

@@ -1,11 +1,18 @@
-//! Wiring: from a configuration to a running proxy, or to a checked one.
+//! Wiring: from a configuration to a running proxy, or to a checked one;
+//! and the threads that drive the proxy core ([`driver`]).
+
+mod bad_request;
+mod driver;
+mod shard;
+mod worker;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::dns::Resolver;
 use crate::metrics::Metrics;
-use crate::proxy::{Locality, Proxy};
+use crate::proxy::Locality;
 use crate::script::ScriptEngine;
 use crate::services::Services;
 use crate::tenancy::Tenancy;
@@ -41,7 +48,18 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         tracing::info!("watching the configuration and component files");
     }
     let listeners = transports.listeners().to_vec();
-    Proxy::new(transports, locality, tenancy, config.timers).start(inbound)?;
+    let resolver = Resolver::new(&config.dns)?;
+    driver::Dispatcher::start(
+        driver::Shared {
+            transports,
+            locality,
+            tenancy,
+            timers: config.timers,
+            resolver,
+            runtime: tokio::runtime::Handle::current(),
+        },
+        inbound,
+    )?;
     // Last: "listening" tells that everything above is in place.
     for l in &listeners {
         tracing::info!(transport = %l.transport, address = %l.local, "listening");

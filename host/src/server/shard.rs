@@ -1,4 +1,4 @@
-//! A shard: the transactions of the calls hashed to it (a [`Worker`]), and
+//! A shard: the transactions of the calls hashed to it (a worker), and
 //! the messages waiting for it.
 //!
 //! Whichever thread received a message handles it, holding the shard's
@@ -13,11 +13,6 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
-use crate::script::Source;
-use crate::sip::Message;
-
-use super::worker::Worker;
-
 /// Messages waiting for one shard before new ones are dropped (overload).
 const QUEUE_LIMIT: usize = 8192;
 
@@ -29,19 +24,7 @@ pub(super) trait Handler {
     fn expire(&mut self);
 }
 
-impl Handler for Worker {
-    type Message = (Message, Source);
-
-    fn handle(&mut self, (msg, source): (Message, Source)) {
-        Worker::handle(self, msg, source);
-    }
-
-    fn expire(&mut self) {
-        Worker::expire(self);
-    }
-}
-
-pub(super) struct Shard<H: Handler = Worker> {
+pub(super) struct Shard<H: Handler> {
     worker: Mutex<H>,
     pending: Mutex<VecDeque<H::Message>>,
 }
@@ -57,15 +40,21 @@ impl<H: Handler> Shard<H> {
     /// Handles a message now, or queues it for the thread that holds the
     /// shard.
     pub(super) fn submit(&self, msg: H::Message) {
-        {
-            let mut pending = lock(&self.pending);
-            if pending.len() >= QUEUE_LIMIT {
-                tracing::warn!("shard queue full: dropping a message");
-                return;
-            }
-            pending.push_back(msg);
+        if self.enqueue(msg) {
+            self.drain();
         }
-        self.drain();
+    }
+
+    /// Queues a message for the next [`Shard::drain`]; false when the
+    /// queue is full and the message was dropped.
+    pub(super) fn enqueue(&self, msg: H::Message) -> bool {
+        let mut pending = lock(&self.pending);
+        if pending.len() >= QUEUE_LIMIT {
+            tracing::warn!("shard queue full: dropping a message");
+            return false;
+        }
+        pending.push_back(msg);
+        true
     }
 
     /// Handles every queued message and fires the timers that are due,

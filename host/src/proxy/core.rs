@@ -1,0 +1,393 @@
+//! The proxy core (RFC 3261 §16) as a sans-IO state machine, driven the way
+//! [`Transactions`] is: messages, lookup answers and time come in through
+//! `handle_*(now, …)`; messages to send, names to look up and the next
+//! deadline come out through [`Core::poll_transmit`], [`Core::poll_event`]
+//! and [`Core::poll_timeout`]. Hooks are called through [`Hooks`] while a
+//! message is handled. The core never reads a clock, a socket or a
+//! resolver, so forking, CANCEL and the timers are tested on a fake clock.
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::sip::{self, HeaderName, Message, Method};
+use crate::transaction::{Event as TxEvent, Incoming, ResponseDisposition, Transactions, TxId};
+use crate::transport::Target;
+
+use super::effects::{Effects, Event, LookupId, Parked, Transmit};
+use super::hooks::{Hooks, Routed};
+use super::locality::Locality;
+use super::relay::Relay;
+use super::request::{Action, RequestCtx, Source, TxVars};
+use super::stateless::{reply_target, stamp_received};
+
+/// The proxy transactions of one shard's calls, over their transactions.
+pub struct Core<P> {
+    pub(super) fx: Effects,
+    /// Relayed requests, by their server transaction.
+    pub(super) relays: HashMap<TxId, Relay<P>>,
+}
+
+impl<P> Core<P> {
+    /// `branch_prefix` starts the branch parameter of every request this
+    /// core relays (the magic cookie, then something unique to it).
+    pub fn new(txs: Transactions, locality: Arc<Locality>, branch_prefix: String) -> Core<P> {
+        Core {
+            fx: Effects::new(txs, locality, branch_prefix),
+            relays: HashMap::new(),
+        }
+    }
+
+    /// A message received from `source`, parsed.
+    pub fn handle<H: Hooks<Pinned = P>>(
+        &mut self,
+        now: Instant,
+        msg: Message,
+        source: Source,
+        hooks: &mut H,
+    ) {
+        if msg.is_request() {
+            self.on_request(now, msg, source, hooks);
+        } else {
+            self.on_response(now, msg, source.remote, hooks);
+        }
+        self.pump(now, hooks);
+    }
+
+    /// Fires the transaction and final-response timers due at `now`.
+    pub fn handle_timeout<H: Hooks<Pinned = P>>(&mut self, now: Instant, hooks: &mut H) {
+        self.fx.txs.handle_timeout(now);
+        self.pump(now, hooks);
+        while let Some(Reverse((deadline, tx))) = self.fx.fr_timers.peek().copied() {
+            if deadline > now {
+                break;
+            }
+            self.fx.fr_timers.pop();
+            if let Some(relay) = self.relays.get_mut(&tx) {
+                relay.fr_expired(&mut self.fx, hooks, now, tx, deadline);
+            }
+            self.pump(now, hooks);
+        }
+    }
+
+    /// Sending a message of transaction `tx` failed.
+    pub fn handle_transport_error<H: Hooks<Pinned = P>>(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        hooks: &mut H,
+    ) {
+        self.fx.txs.handle_transport_error(now, tx);
+        self.pump(now, hooks);
+    }
+
+    /// The answer to lookup `id`: the targets to try in order, or why
+    /// there are none.
+    pub fn handle_resolved<H: Hooks<Pinned = P>>(
+        &mut self,
+        now: Instant,
+        id: LookupId,
+        result: Result<Vec<Target>, String>,
+        hooks: &mut H,
+    ) {
+        match self.fx.parked.remove(&id) {
+            None => {}
+            Some(Parked::Branch { tx, index }) => {
+                if let Some(relay) = self.relays.get_mut(&tx) {
+                    relay.resolved(&mut self.fx, hooks, now, tx, index, result);
+                }
+            }
+            Some(Parked::Forward { req, msg, branch }) => {
+                self.forward_resolved(&req, msg, &branch, result)
+            }
+            Some(Parked::Response { msg }) => self.response_resolved(msg, result),
+        }
+        self.pump(now, hooks);
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.fx.poll_transmit()
+    }
+
+    /// The next thing the driver must do for the core.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.fx.poll_event()
+    }
+
+    /// When [`Core::handle_timeout`] is next due (possibly early: a
+    /// final-response timer that moved leaves its old deadline behind).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let fr = self.fx.fr_timers.peek().map(|Reverse((d, _))| *d);
+        match (self.fx.txs.poll_timeout(), fr) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Live transactions and relays, for tests and stats.
+    pub fn len(&self) -> (usize, usize) {
+        (self.fx.txs.len(), self.relays.len())
+    }
+
+    /// Handles what the transaction layer reported, until nothing is left
+    /// (a timeout may start new branches, whose sends may fail...).
+    fn pump<H: Hooks<Pinned = P>>(&mut self, now: Instant, hooks: &mut H) {
+        loop {
+            self.fx.take_tx_transmits();
+            let Some(event) = self.fx.txs.poll_event() else {
+                return;
+            };
+            self.on_tx_event(now, event, hooks);
+        }
+    }
+
+    fn on_tx_event<H: Hooks<Pinned = P>>(&mut self, now: Instant, event: TxEvent, hooks: &mut H) {
+        match event {
+            TxEvent::Timeout(client) => {
+                self.branch_failed(now, client, 408, "Request Timeout", hooks)
+            }
+            TxEvent::TransportError(client) => {
+                self.branch_failed(now, client, 503, "Service Unavailable", hooks)
+            }
+            TxEvent::NoAck(tx) => tracing::debug!(%tx, "no ACK for a final response"),
+            TxEvent::Terminated(tx) => {
+                self.fx.branch_of.remove(&tx);
+                if let Some(relay) = self.relays.remove(&tx) {
+                    for client in relay.clients() {
+                        self.fx.branch_of.remove(&client);
+                    }
+                }
+            }
+        }
+    }
+
+    fn branch_failed<H: Hooks<Pinned = P>>(
+        &mut self,
+        now: Instant,
+        client: TxId,
+        code: u16,
+        reason: &str,
+        hooks: &mut H,
+    ) {
+        let Some(&(tx, index)) = self.fx.branch_of.get(&client) else {
+            return;
+        };
+        if let Some(relay) = self.relays.get_mut(&tx) {
+            relay.branch_failed(&mut self.fx, hooks, now, tx, index, code, reason);
+        }
+    }
+
+    fn on_request<H: Hooks<Pinned = P>>(
+        &mut self,
+        now: Instant,
+        msg: Message,
+        source: Source,
+        hooks: &mut H,
+    ) {
+        let mut req = RequestCtx::new(msg, source);
+        if let Err(err) = sip::validate(&req.msg) {
+            tracing::debug!(remote = %source.remote, %err, "malformed request");
+            self.fx.reply(&req, 400, &err.to_string(), &[]);
+            return;
+        }
+        stamp_received(&mut req.msg, &req.source);
+        let reply_to = reply_target(&req.msg, &req.source);
+        let incoming = self.fx.txs.handle_request(now, &req.msg, reply_to);
+        self.fx.take_tx_transmits();
+        match incoming {
+            Err(err) => self.fx.reply(&req, 400, &err.to_string(), &[]),
+            Ok(Incoming::Retransmission) | Ok(Incoming::AckOfNon2xx(_)) => {}
+            Ok(Incoming::Ack2xx) => self.route(now, None, req, hooks),
+            Ok(Incoming::New(tx)) => self.route(now, Some(tx), req, hooks),
+            // RFC 3261 §16.10: a CANCEL for a relayed INVITE is answered
+            // here and sent down every pending branch; one for a
+            // transaction we do not know goes to the route hook, which
+            // forwards it statelessly.
+            Ok(Incoming::Cancel {
+                cancel,
+                invite: Some(invite),
+            }) => {
+                self.fx.answer(now, Some(cancel), &req, 200, "OK", &[]);
+                if let Some(relay) = self.relays.get_mut(&invite) {
+                    relay.cancel(&mut self.fx, hooks, now, invite);
+                }
+            }
+            Ok(Incoming::Cancel {
+                cancel,
+                invite: None,
+            }) => self.route(now, Some(cancel), req, hooks),
+        }
+    }
+
+    /// Runs the route hook and carries out what it decided.
+    fn route<H: Hooks<Pinned = P>>(
+        &mut self,
+        now: Instant,
+        tx: Option<TxId>,
+        req: RequestCtx,
+        hooks: &mut H,
+    ) {
+        let mut vars = TxVars::default();
+        let (req, routed) = hooks.route(req, &mut vars);
+        match routed {
+            Routed::Actions { pinned, actions } => {
+                self.execute(now, tx, req, actions, pinned, vars, hooks)
+            }
+            Routed::NoRouting(code) => {
+                let reason = if code == 403 {
+                    "Forbidden"
+                } else {
+                    "Not Found"
+                };
+                self.fx.answer(now, tx, &req, code, reason, &[]);
+            }
+            Routed::Overloaded {
+                pinned,
+                retry_after,
+            } => {
+                let retry_after = [(HeaderName::parse("Retry-After"), retry_after.to_string())];
+                self.answer_for(
+                    hooks,
+                    &pinned,
+                    now,
+                    tx,
+                    &req,
+                    503,
+                    "Service Unavailable",
+                    &retry_after,
+                );
+            }
+            Routed::Failed { pinned } => {
+                self.answer_for(
+                    hooks,
+                    &pinned,
+                    now,
+                    tx,
+                    &req,
+                    500,
+                    "Server Internal Error",
+                    &[],
+                );
+            }
+        }
+    }
+
+    /// Answers a request and counts the reply for the routing.
+    #[allow(clippy::too_many_arguments)]
+    fn answer_for<H: Hooks<Pinned = P>>(
+        &mut self,
+        hooks: &mut H,
+        pinned: &P,
+        now: Instant,
+        tx: Option<TxId>,
+        req: &RequestCtx,
+        code: u16,
+        reason: &str,
+        headers: &[(HeaderName, String)],
+    ) {
+        if req.msg.method() != Some(&Method::Ack) {
+            hooks.replied(pinned, code);
+        }
+        self.fx.answer(now, tx, req, code, reason, headers);
+    }
+
+    /// Carries out the route hook's actions in order. A request neither
+    /// answered nor relayed leaves no state behind.
+    #[allow(clippy::too_many_arguments)]
+    fn execute<H: Hooks<Pinned = P>>(
+        &mut self,
+        now: Instant,
+        tx: Option<TxId>,
+        mut req: RequestCtx,
+        actions: Vec<Action>,
+        pinned: P,
+        vars: TxVars,
+        hooks: &mut H,
+    ) {
+        let mut answered = false;
+        let mut actions = actions.into_iter();
+        while let Some(action) = actions.next() {
+            match action {
+                Action::Reply {
+                    code,
+                    reason,
+                    headers,
+                } => {
+                    self.answer_for(hooks, &pinned, now, tx, &req, code, &reason, &headers);
+                    answered = true;
+                }
+                Action::Relay { destination } => match tx {
+                    // An ACK has no transaction: relaying it is a stateless forward.
+                    Some(tx) if !answered => {
+                        if actions.next().is_some() {
+                            tracing::debug!("actions after a relay are ignored");
+                        }
+                        self.start_relay(now, tx, req, destination, pinned, vars, hooks);
+                        return;
+                    }
+                    _ => answered |= self.forward(now, tx, &mut req, destination),
+                },
+                Action::Forward { destination } => {
+                    answered |= self.forward(now, tx, &mut req, destination)
+                }
+            }
+        }
+        if !answered {
+            if let Some(tx) = tx {
+                self.fx.txs.forget(tx);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_relay<H: Hooks<Pinned = P>>(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        req: RequestCtx,
+        destination: Option<String>,
+        pinned: P,
+        vars: TxVars,
+        hooks: &mut H,
+    ) {
+        let Some(relay) = Relay::start(&mut self.fx, hooks, now, tx, req, pinned, vars) else {
+            return;
+        };
+        let relay = self.relays.entry(tx).or_insert(relay);
+        relay.add_branches(&mut self.fx, hooks, now, tx, destination);
+        relay.check_done(&mut self.fx, hooks, now, tx);
+    }
+
+    fn on_response<H: Hooks<Pinned = P>>(
+        &mut self,
+        now: Instant,
+        msg: Message,
+        source: SocketAddr,
+        hooks: &mut H,
+    ) {
+        if let Err(err) = sip::validate(&msg) {
+            tracing::debug!(%err, "dropping a malformed response");
+            return;
+        }
+        let delivered = self.fx.txs.handle_response(now, &msg);
+        self.fx.take_tx_transmits();
+        match delivered {
+            // No transaction: a 2xx retransmitted after ours ended, or the
+            // answer to a statelessly forwarded request (RFC 3261 §16.7).
+            None => self.relay_response(msg),
+            Some((_, ResponseDisposition::Absorbed)) => {}
+            Some((client, ResponseDisposition::Deliver)) => {
+                // Responses to our own CANCELs end here.
+                let Some(&(tx, index)) = self.fx.branch_of.get(&client) else {
+                    return;
+                };
+                if let Some(relay) = self.relays.get_mut(&tx) {
+                    relay.on_response(&mut self.fx, hooks, now, tx, index, msg, source);
+                }
+            }
+        }
+    }
+}

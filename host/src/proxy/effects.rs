@@ -1,0 +1,258 @@
+//! What handling a message leaves behind besides a relay's own state: the
+//! transaction layer, messages to send, names to look up and what waits
+//! for them, which relay a client transaction belongs to, and the
+//! final-response timers. Relays get it as `&mut Effects` next to
+//! `&mut self`, so no relay is ever taken out of its table to be worked on.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::sip::{HeaderName, Message};
+use crate::transaction::{Transactions, TxId};
+use crate::transport::{listener_for, Target, Transport};
+
+use super::locality::Locality;
+use super::request::{RequestCtx, Source};
+use super::routing::Destination;
+use super::stateless::{is_unroutable, make_reply, reply_target};
+
+/// Lookups one shard keeps waiting at once; past it, what needs a name
+/// fails at once (503 for a request), so a flood of names under a DNS
+/// server that never answers cannot grow memory without bound.
+pub const MAX_PARKED: usize = 4096;
+
+/// A message to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// The transaction sending it, to be told with
+    /// [`super::Core::handle_transport_error`] when sending fails.
+    pub tx: Option<TxId>,
+    pub target: Target,
+    pub data: Bytes,
+}
+
+/// Names one lookup: answered with [`super::Core::handle_resolved`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LookupId(pub u64);
+
+/// What the driver must do for the core.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Resolve `destination` (a host name) by RFC 3263: §4 for a request,
+    /// §5 (`response`) for the sent-by of a Via.
+    Resolve {
+        id: LookupId,
+        destination: Destination,
+        response: bool,
+    },
+}
+
+/// What waits for a lookup.
+pub(super) enum Parked {
+    /// Branch `index` of the relay of server transaction `tx`; its request
+    /// waits in the branch.
+    Branch { tx: TxId, index: usize },
+    /// A stateless forward: the request as the hook left it (to answer if
+    /// the name fails), the copy routed to its next hop, and its branch.
+    Forward {
+        req: Box<RequestCtx>,
+        msg: Message,
+        branch: String,
+    },
+    /// A response going up to a Via that names a host.
+    Response { msg: Message },
+}
+
+pub(super) struct Effects {
+    pub(super) txs: Transactions,
+    pub(super) locality: Arc<Locality>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    pub(super) parked: HashMap<LookupId, Parked>,
+    next_lookup: u64,
+    /// Client transaction → (server transaction, branch index).
+    pub(super) branch_of: HashMap<TxId, (TxId, usize)>,
+    /// Final-response timers (fr_timer / fr_inv_timer) by deadline; an
+    /// entry is stale when its relay's deadline moved on.
+    pub(super) fr_timers: BinaryHeap<Reverse<(Instant, TxId)>>,
+    /// Unique branch parameters: a prefix of the driver's plus a counter.
+    branch_prefix: String,
+    branch_seq: u64,
+}
+
+impl Effects {
+    pub(super) fn new(txs: Transactions, locality: Arc<Locality>, branch_prefix: String) -> Self {
+        Effects {
+            txs,
+            locality,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            parked: HashMap::new(),
+            next_lookup: 0,
+            branch_of: HashMap::new(),
+            fr_timers: BinaryHeap::new(),
+            branch_prefix,
+            branch_seq: 0,
+        }
+    }
+
+    pub(super) fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub(super) fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub(super) fn next_branch(&mut self) -> String {
+        self.branch_seq += 1;
+        format!("{}{}", self.branch_prefix, self.branch_seq)
+    }
+
+    /// Queues a message that no transaction sends.
+    pub(super) fn send(&mut self, target: Target, data: Bytes) {
+        self.transmits.push_back(Transmit {
+            tx: None,
+            target,
+            data,
+        });
+    }
+
+    /// Moves what the transaction layer queued behind what is queued
+    /// already, keeping the order in which things were decided.
+    pub(super) fn take_tx_transmits(&mut self) {
+        while let Some(t) = self.txs.poll_transmit() {
+            self.transmits.push_back(Transmit {
+                tx: Some(t.tx),
+                target: t.target,
+                data: t.data,
+            });
+        }
+    }
+
+    /// Asks the driver to resolve `destination`; None when too many
+    /// lookups wait already.
+    pub(super) fn lookup(
+        &mut self,
+        destination: Destination,
+        response: bool,
+        parked: Parked,
+    ) -> Option<LookupId> {
+        if self.parked.len() >= MAX_PARKED {
+            return None;
+        }
+        self.next_lookup += 1;
+        let id = LookupId(self.next_lookup);
+        self.parked.insert(id, parked);
+        self.events.push_back(Event::Resolve {
+            id,
+            destination,
+            response,
+        });
+        Some(id)
+    }
+
+    /// Answers a request statelessly. ACK is never answered.
+    pub(super) fn reply(
+        &mut self,
+        req: &RequestCtx,
+        code: u16,
+        reason: &str,
+        headers: &[(HeaderName, String)],
+    ) {
+        let Some(response) = make_reply(&req.msg, code, reason, headers) else {
+            return;
+        };
+        let target = reply_target(&req.msg, &req.source);
+        self.send(target, response.to_bytes());
+    }
+
+    /// Answers on the server transaction, or statelessly without one.
+    pub(super) fn answer(
+        &mut self,
+        now: Instant,
+        tx: Option<TxId>,
+        req: &RequestCtx,
+        code: u16,
+        reason: &str,
+        headers: &[(HeaderName, String)],
+    ) {
+        let Some(tx) = tx else {
+            self.reply(req, code, reason, headers);
+            return;
+        };
+        if let Some(response) = make_reply(&req.msg, code, reason, headers) {
+            self.respond(now, tx, response);
+        }
+    }
+
+    /// Sends a response on a server transaction.
+    pub(super) fn respond(&mut self, now: Instant, tx: TxId, response: Message) {
+        if let Err(err) = self.txs.respond(now, tx, response) {
+            tracing::debug!(%err, "response not sent on its transaction");
+        }
+        self.take_tx_transmits();
+    }
+
+    /// Makes a request routed to its next hop ready to leave towards
+    /// `target`: Record-Route if asked, our Via with `branch` on top.
+    pub(super) fn prepare(
+        &self,
+        mut msg: Message,
+        record_route: bool,
+        source: &Source,
+        target: Target,
+        branch: &str,
+    ) -> Result<Message, String> {
+        if is_unroutable(target.addr.ip()) {
+            return Err(format!("will not send to {}", target.addr));
+        }
+        let out = listener_for(self.locality.listeners(), &target).map_err(|e| e.to_string())?;
+        let me = self.locality.address_towards(out, target.addr.ip());
+        if record_route {
+            self.record_route(&mut msg, source, out, &me, target.transport)?;
+        }
+        let via = format!(
+            "SIP/2.0/{} {me};branch={branch};rport",
+            target.transport.via_name()
+        );
+        msg.prepend_header(HeaderName::Via, &via)
+            .map_err(|e| e.to_string())?;
+        Ok(msg)
+    }
+
+    /// Adds our Record-Route; twice when the request changes listener
+    /// (transport or address family), so that each side of the dialog
+    /// reaches us on the socket it knows (Kamailio's double RR).
+    fn record_route(
+        &self,
+        msg: &mut Message,
+        source: &Source,
+        out: usize,
+        me: &str,
+        transport: Transport,
+    ) -> Result<(), String> {
+        if source.listener != out {
+            let inbound_me = self
+                .locality
+                .address_towards(source.listener, source.remote.ip());
+            let value = rr_value(&inbound_me, source.transport);
+            msg.prepend_header(HeaderName::RecordRoute, &value)
+                .map_err(|e| e.to_string())?;
+        }
+        msg.prepend_header(HeaderName::RecordRoute, &rr_value(me, transport))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Record-Route value naming us on one socket.
+fn rr_value(me: &str, transport: Transport) -> String {
+    match transport {
+        Transport::Udp => format!("<sip:{me};lr>"),
+        t => format!("<sip:{me};transport={t};lr>"),
+    }
+}

@@ -1,0 +1,715 @@
+//! The proxy core on a fake clock (a base `Instant` plus milliseconds),
+//! with scripted hooks instead of wasm: forking, CANCEL, response
+//! selection, final-response timers, ACKs and RFC 3263 failover, checked
+//! message by message.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::sip::{parse, response_to, HeaderName, Message, Method};
+use crate::transaction::{Timers, Transactions};
+use crate::transport::{Listener, Target, Transport};
+
+const CALLER: &str = "192.0.2.1:5060";
+const UAS_A: &str = "192.0.2.10:5060";
+const UAS_B: &str = "192.0.2.11:5060";
+const UAS_C: &str = "192.0.2.12:5060";
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().expect("address")
+}
+
+fn udp(text: &str) -> Target {
+    Target {
+        transport: Transport::Udp,
+        addr: addr(text),
+    }
+}
+
+fn msg(text: &str) -> Message {
+    let text = text.replace("\r\n", "\n").replace('\n', "\r\n");
+    parse(Bytes::from(text)).expect("test message parses")
+}
+
+/// A request from the caller, to bob at the proxy.
+fn request(method: &str, branch: &str, to_tag: Option<&str>, cseq: u32) -> Message {
+    let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
+    msg(&format!(
+        "{method} sip:bob@127.0.0.1 SIP/2.0\n\
+         Via: SIP/2.0/UDP 192.0.2.1:5060;branch={branch}\n\
+         Max-Forwards: 70\n\
+         From: Alice <sip:alice@example.org>;tag=a1\n\
+         To: Bob <sip:bob@example.com>{to_tag}\n\
+         Call-ID: call-1@example.org\n\
+         CSeq: {cseq} {method}\n\
+         Contact: <sip:alice@192.0.2.1>\n\
+         Content-Length: 0\n\n"
+    ))
+}
+
+fn invite() -> Message {
+    request("INVITE", "z9hG4bKcaller1", None, 1)
+}
+
+/// The caller's CANCEL of [`invite`].
+fn cancel() -> Message {
+    request("CANCEL", "z9hG4bKcaller1", None, 1)
+}
+
+/// What the route hook of a test does with a request.
+type RouteScript = Box<dyn FnMut(&mut RequestCtx) -> Vec<Action>>;
+/// What its failure hook does: given the best response, the actions.
+type FailureScript = Box<dyn FnMut(&mut RequestCtx, &Message) -> Vec<Action>>;
+
+/// Hooks played by closures; every call is logged.
+struct Scripted {
+    route: RouteScript,
+    failure: FailureScript,
+    calls: Vec<String>,
+    replied: Vec<u16>,
+}
+
+impl Hooks for Scripted {
+    type Pinned = ();
+
+    fn route(&mut self, mut req: RequestCtx, _vars: &mut TxVars) -> (RequestCtx, Routed<()>) {
+        self.calls.push(format!(
+            "route {}",
+            req.msg.method().map_or("?", Method::as_str)
+        ));
+        let actions = (self.route)(&mut req);
+        (
+            req,
+            Routed::Actions {
+                pinned: (),
+                actions,
+            },
+        )
+    }
+
+    fn on_branch(
+        &mut self,
+        _: &(),
+        req: RequestCtx,
+        index: u32,
+        _vars: &mut TxVars,
+    ) -> (RequestCtx, Result<(), HookFailed>) {
+        self.calls.push(format!("branch {index}"));
+        (req, Ok(()))
+    }
+
+    fn on_reply(
+        &mut self,
+        _: &(),
+        req: RequestCtx,
+        res: Message,
+        _source: SocketAddr,
+        _vars: &mut TxVars,
+    ) -> (RequestCtx, Message, Result<bool, HookFailed>) {
+        self.calls
+            .push(format!("reply {}", res.status().unwrap_or(0)));
+        (req, res, Ok(true))
+    }
+
+    fn on_failure(
+        &mut self,
+        _: &(),
+        mut req: RequestCtx,
+        best: Message,
+        _vars: &mut TxVars,
+    ) -> (RequestCtx, Message, Result<Vec<Action>, HookFailed>) {
+        self.calls
+            .push(format!("failure {}", best.status().unwrap_or(0)));
+        let actions = (self.failure)(&mut req, &best);
+        (req, best, Ok(actions))
+    }
+
+    fn replied(&mut self, _: &(), code: u16) {
+        self.replied.push(code);
+    }
+}
+
+/// A core, its hooks and a fake clock.
+struct Proxy {
+    core: Core<()>,
+    hooks: Scripted,
+    t0: Instant,
+}
+
+/// Relays every request to `destination` (a stateful proxy's route hook).
+fn relay_to(destination: &'static str) -> RouteScript {
+    Box::new(move |_| {
+        vec![Action::Relay {
+            destination: Some(format!("sip:{destination}")),
+        }]
+    })
+}
+
+impl Proxy {
+    fn new(route: RouteScript) -> Proxy {
+        let locality = Locality::new(
+            vec![Listener {
+                transport: Transport::Udp,
+                local: addr("127.0.0.1:5060"),
+                advertise: None,
+            }],
+            vec![],
+        );
+        Proxy {
+            core: Core::new(
+                Transactions::new(Timers::default()),
+                Arc::new(locality),
+                "z9hG4bKtest.".into(),
+            ),
+            hooks: Scripted {
+                route,
+                failure: Box::new(|_, _| Vec::new()),
+                calls: Vec::new(),
+                replied: Vec::new(),
+            },
+            t0: Instant::now(),
+        }
+    }
+
+    fn with_failure(mut self, failure: FailureScript) -> Proxy {
+        self.hooks.failure = failure;
+        self
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.t0 + Duration::from_millis(ms)
+    }
+
+    /// `message` arrives from `from` at `ms`.
+    fn recv(&mut self, ms: u64, from: &str, message: Message) {
+        let source = Source {
+            transport: Transport::Udp,
+            remote: addr(from),
+            listener: 0,
+        };
+        let now = self.at(ms);
+        self.core.handle(now, message, source, &mut self.hooks);
+    }
+
+    /// Time passes to `ms`: every timer due by then fires, in order.
+    fn advance(&mut self, ms: u64) {
+        let end = self.at(ms);
+        while let Some(due) = self.core.poll_timeout().filter(|d| *d <= end) {
+            self.core.handle_timeout(due, &mut self.hooks);
+        }
+    }
+
+    /// Everything queued to send, parsed.
+    fn sent(&mut self) -> Vec<(Target, Message)> {
+        let mut out = Vec::new();
+        while let Some(t) = self.core.poll_transmit() {
+            out.push((t.target, parse(t.data).expect("we send parsable messages")));
+        }
+        out
+    }
+
+    fn lookups(&mut self) -> Vec<(LookupId, Destination)> {
+        let mut out = Vec::new();
+        while let Some(Event::Resolve {
+            id, destination, ..
+        }) = self.core.poll_event()
+        {
+            out.push((id, destination));
+        }
+        out
+    }
+}
+
+/// A one-line summary of a message: "INVITE" or "180", to compare lists.
+fn line(m: &Message) -> String {
+    match m.status() {
+        Some(code) => code.to_string(),
+        None => m.method().map_or("?", Method::as_str).to_string(),
+    }
+}
+
+/// (where, what) for each message sent.
+fn summary(sent: &[(Target, Message)]) -> Vec<(String, String)> {
+    sent.iter()
+        .map(|(t, m)| (t.addr.to_string(), line(m)))
+        .collect()
+}
+
+fn pair(to: &str, what: &str) -> (String, String) {
+    (to.to_string(), what.to_string())
+}
+
+/// The request last sent to `to` with `method`.
+fn last_to(sent: &[(Target, Message)], to: &str, method: &str) -> Message {
+    sent.iter()
+        .rev()
+        .find(|(t, m)| t.addr == addr(to) && m.method().map(Method::as_str) == Some(method))
+        .map(|(_, m)| m.clone())
+        .unwrap_or_else(|| panic!("no {method} sent to {to}"))
+}
+
+fn answer(req: &Message, code: u16, tag: &str) -> Message {
+    response_to(req, code, "Test", Some(tag))
+}
+
+#[test]
+fn parallel_forking_one_200_cancels_the_others() {
+    let mut p = Proxy::new(Box::new(|req| {
+        req.branches.push(BranchTarget {
+            uri: "sip:bob@192.0.2.11".into(),
+            ..BranchTarget::default()
+        });
+        vec![Action::Relay {
+            destination: Some(format!("sip:{UAS_A}")),
+        }]
+    }));
+    p.recv(0, CALLER, invite());
+    let sent = p.sent();
+    assert_eq!(
+        summary(&sent),
+        vec![
+            pair(CALLER, "100"),
+            pair(UAS_A, "INVITE"),
+            pair(UAS_B, "INVITE")
+        ]
+    );
+    let (to_a, to_b) = (
+        last_to(&sent, UAS_A, "INVITE"),
+        last_to(&sent, UAS_B, "INVITE"),
+    );
+    assert_eq!(to_b.uri(), Some("sip:bob@192.0.2.11"));
+    // Our Via on top, with a branch of our own per branch.
+    let branch = |m: &Message| m.top_via().expect("via").branch().map(str::to_owned);
+    assert_ne!(branch(&to_a), branch(&to_b));
+    assert!(branch(&to_a).is_some_and(|b| b.starts_with("z9hG4bKtest.")));
+
+    p.recv(10, UAS_A, answer(&to_a, 180, "a"));
+    p.recv(20, UAS_B, answer(&to_b, 180, "b"));
+    assert_eq!(
+        summary(&p.sent()),
+        vec![pair(CALLER, "180"), pair(CALLER, "180")]
+    );
+    p.recv(30, UAS_A, answer(&to_a, 200, "a"));
+    let sent = p.sent();
+    assert_eq!(
+        summary(&sent),
+        vec![pair(CALLER, "200"), pair(UAS_B, "CANCEL")]
+    );
+    // The 200 upstream lost our Via.
+    assert_eq!(sent[0].1.values(&HeaderName::Via).count(), 1);
+    // B's 487 is acknowledged hop by hop and goes no further.
+    p.recv(40, UAS_B, answer(&to_b, 487, "b"));
+    assert_eq!(summary(&p.sent()), vec![pair(UAS_B, "ACK")]);
+    assert!(!p.hooks.calls.iter().any(|c| c.starts_with("failure")));
+}
+
+#[test]
+fn serial_forking_from_the_failure_hook() {
+    let mut p = Proxy::new(relay_to(UAS_A)).with_failure(Box::new(|_, best| {
+        assert_eq!(best.status(), Some(486));
+        vec![Action::Relay {
+            destination: Some(format!("sip:{UAS_B}")),
+        }]
+    }));
+    p.recv(0, CALLER, invite());
+    let to_a = last_to(&p.sent(), UAS_A, "INVITE");
+    p.recv(10, UAS_A, answer(&to_a, 486, "a"));
+    let sent = p.sent();
+    assert_eq!(
+        summary(&sent),
+        vec![pair(UAS_A, "ACK"), pair(UAS_B, "INVITE")]
+    );
+    let to_b = last_to(&sent, UAS_B, "INVITE");
+    p.recv(20, UAS_B, answer(&to_b, 200, "b"));
+    assert_eq!(summary(&p.sent()), vec![pair(CALLER, "200")]);
+    assert_eq!(
+        p.hooks.calls,
+        vec![
+            "route INVITE",
+            "branch 0",
+            "reply 486",
+            "failure 486",
+            "branch 1",
+            "reply 200"
+        ]
+    );
+}
+
+/// Relays an INVITE to A, B and C at once.
+fn three_way() -> Proxy {
+    Proxy::new(Box::new(|req| {
+        for uas in ["sip:bob@192.0.2.11", "sip:bob@192.0.2.12"] {
+            req.branches.push(BranchTarget {
+                uri: uas.into(),
+                ..BranchTarget::default()
+            });
+        }
+        vec![Action::Relay {
+            destination: Some(format!("sip:{UAS_A}")),
+        }]
+    }))
+}
+
+/// Three branches answer `codes` in order; what goes upstream.
+fn selected(codes: [(u16, &str); 3]) -> Vec<Message> {
+    let mut p = three_way();
+    p.recv(0, CALLER, invite());
+    let sent = p.sent();
+    for (i, (uas, (code, header))) in [UAS_A, UAS_B, UAS_C].into_iter().zip(codes).enumerate() {
+        let mut res = answer(&last_to(&sent, uas, "INVITE"), code, "t");
+        if !header.is_empty() {
+            let (name, value) = header.split_once(": ").expect("header");
+            res.append_header(HeaderName::parse(name), value)
+                .expect("header");
+        }
+        p.recv(10 * (i as u64 + 1), uas, res);
+    }
+    p.sent()
+        .into_iter()
+        .filter(|(t, _)| t.addr == addr(CALLER))
+        .map(|(_, m)| m)
+        .collect()
+}
+
+#[test]
+fn selection_prefers_6xx() {
+    let upstream = selected([(486, ""), (603, ""), (302, "")]);
+    assert_eq!(upstream.iter().map(line).collect::<Vec<_>>(), vec!["603"]);
+}
+
+#[test]
+fn selection_takes_the_lowest_class() {
+    let upstream = selected([(486, ""), (302, ""), (500, "")]);
+    assert_eq!(upstream.iter().map(line).collect::<Vec<_>>(), vec!["302"]);
+    let upstream = selected([(500, ""), (404, ""), (502, "")]);
+    assert_eq!(upstream.iter().map(line).collect::<Vec<_>>(), vec!["404"]);
+}
+
+#[test]
+fn selection_merges_challenges() {
+    let upstream = selected([
+        (401, "WWW-Authenticate: Digest realm=\"a\", nonce=\"1\""),
+        (407, "Proxy-Authenticate: Digest realm=\"b\", nonce=\"2\""),
+        (401, "WWW-Authenticate: Digest realm=\"c\", nonce=\"3\""),
+    ]);
+    assert_eq!(upstream.len(), 1);
+    let best = &upstream[0];
+    assert!(matches!(best.status(), Some(401 | 407)));
+    let www: Vec<_> = best.header_lines(&HeaderName::WwwAuthenticate).collect();
+    let proxy: Vec<_> = best.header_lines(&HeaderName::ProxyAuthenticate).collect();
+    assert_eq!(www.len(), 2, "{www:?}");
+    assert_eq!(proxy.len(), 1, "{proxy:?}");
+}
+
+#[test]
+fn a_503_from_downstream_goes_up_as_500() {
+    let mut p = Proxy::new(relay_to(UAS_A));
+    p.recv(0, CALLER, invite());
+    let to_a = last_to(&p.sent(), UAS_A, "INVITE");
+    p.recv(10, UAS_A, answer(&to_a, 503, "a"));
+    assert_eq!(
+        summary(&p.sent()),
+        vec![pair(UAS_A, "ACK"), pair(CALLER, "500")]
+    );
+}
+
+#[test]
+fn cancel_before_a_provisional_waits_for_one() {
+    let mut p = Proxy::new(relay_to(UAS_A));
+    p.recv(0, CALLER, invite());
+    let to_a = last_to(&p.sent(), UAS_A, "INVITE");
+    p.recv(100, CALLER, cancel());
+    // The CANCEL is answered at once; none goes down before a 1xx (§9.1).
+    assert_eq!(summary(&p.sent()), vec![pair(CALLER, "200")]);
+    p.recv(200, UAS_A, answer(&to_a, 180, "a"));
+    // The 1xx lets the CANCEL go down; the 1xx itself still goes up.
+    let sent = p.sent();
+    assert_eq!(
+        summary(&sent),
+        vec![pair(UAS_A, "CANCEL"), pair(CALLER, "180")]
+    );
+    let cancel_down = last_to(&sent, UAS_A, "CANCEL");
+    assert_eq!(
+        cancel_down.top_via().expect("via").branch(),
+        to_a.top_via().expect("via").branch()
+    );
+    p.recv(210, UAS_A, answer(&cancel_down, 200, "a"));
+    p.recv(220, UAS_A, answer(&to_a, 487, "a"));
+    assert_eq!(
+        summary(&p.sent()),
+        vec![pair(UAS_A, "ACK"), pair(CALLER, "487")]
+    );
+    // No failure hook after a CANCEL.
+    assert!(!p.hooks.calls.iter().any(|c| c.starts_with("failure")));
+}
+
+#[test]
+fn cancel_after_a_provisional_goes_down_at_once() {
+    let mut p = Proxy::new(relay_to(UAS_A));
+    p.recv(0, CALLER, invite());
+    let to_a = last_to(&p.sent(), UAS_A, "INVITE");
+    p.recv(10, UAS_A, answer(&to_a, 180, "a"));
+    assert_eq!(summary(&p.sent()), vec![pair(CALLER, "180")]);
+    p.recv(20, CALLER, cancel());
+    assert_eq!(
+        summary(&p.sent()),
+        vec![pair(CALLER, "200"), pair(UAS_A, "CANCEL")]
+    );
+    p.recv(30, UAS_A, answer(&to_a, 487, "a"));
+    assert_eq!(
+        summary(&p.sent()),
+        vec![pair(UAS_A, "ACK"), pair(CALLER, "487")]
+    );
+}
+
+/// Relays to A with fr_inv_timer 10 s and fr_timer 3 s.
+fn with_fr_timers() -> Proxy {
+    Proxy::new(Box::new(|req| {
+        req.fr_timers = Some((Duration::from_secs(10), Duration::from_secs(3)));
+        vec![Action::Relay {
+            destination: Some(format!("sip:{UAS_A}")),
+        }]
+    }))
+}
+
+#[test]
+fn fr_timer_ends_a_branch_that_never_answered() {
+    let mut p = with_fr_timers();
+    p.recv(0, CALLER, invite());
+    p.sent();
+    p.advance(2_999);
+    // Only Timer A retransmissions of the INVITE so far (0.5, 1.5 s).
+    assert_eq!(
+        summary(&p.sent()),
+        vec![pair(UAS_A, "INVITE"), pair(UAS_A, "INVITE")]
+    );
+    p.advance(3_000);
+    // fr_timer: 408 upstream; no CANCEL, since nothing rang (§9.1).
+    assert_eq!(summary(&p.sent()), vec![pair(CALLER, "408")]);
+    assert_eq!(
+        p.hooks.calls.last().map(String::as_str),
+        Some("failure 408")
+    );
+}
+
+#[test]
+fn fr_inv_timer_cancels_a_branch_that_rings_too_long() {
+    let mut p = with_fr_timers();
+    p.recv(0, CALLER, invite());
+    let to_a = last_to(&p.sent(), UAS_A, "INVITE");
+    p.recv(1_000, UAS_A, answer(&to_a, 180, "a"));
+    assert_eq!(summary(&p.sent()), vec![pair(CALLER, "180")]);
+    // Past fr_timer (3 s): the 180 moved the deadline to fr_inv_timer.
+    p.advance(10_999);
+    assert!(p.sent().iter().all(|(t, _)| t.addr != addr(CALLER)));
+    p.advance(11_000);
+    assert_eq!(
+        summary(&p.sent()),
+        vec![pair(UAS_A, "CANCEL"), pair(CALLER, "408")]
+    );
+}
+
+#[test]
+fn the_default_fr_timer_answers_408_after_30_s() {
+    let mut p = Proxy::new(relay_to(UAS_A));
+    p.recv(0, CALLER, invite());
+    p.sent();
+    p.advance(29_999);
+    assert!(p.sent().iter().all(|(t, _)| t.addr != addr(CALLER)));
+    // fr_timer (30 s) runs out before Timer B (64*T1 = 32 s).
+    p.advance(30_000);
+    assert_eq!(summary(&p.sent()), vec![pair(CALLER, "408")]);
+    assert_eq!(DEFAULT_FR, Duration::from_secs(30));
+    assert_eq!(DEFAULT_FR_INVITE, Duration::from_secs(120));
+}
+
+#[test]
+fn retransmitted_2xx_are_forwarded() {
+    let mut p = Proxy::new(relay_to(UAS_A));
+    p.recv(0, CALLER, invite());
+    let to_a = last_to(&p.sent(), UAS_A, "INVITE");
+    let ok = answer(&to_a, 200, "a");
+    p.recv(10, UAS_A, ok.clone());
+    p.recv(510, UAS_A, ok.clone());
+    p.recv(1510, UAS_A, ok);
+    assert_eq!(
+        summary(&p.sent()),
+        vec![
+            pair(CALLER, "200"),
+            pair(CALLER, "200"),
+            pair(CALLER, "200")
+        ]
+    );
+}
+
+#[test]
+fn ack_of_a_2xx_goes_end_to_end_through_the_route_hook() {
+    let mut p = Proxy::new(relay_to(UAS_A));
+    p.recv(0, CALLER, invite());
+    let to_a = last_to(&p.sent(), UAS_A, "INVITE");
+    p.recv(10, UAS_A, answer(&to_a, 200, "a"));
+    p.sent();
+    // The ACK is a new transaction (new branch) with the To tag.
+    p.recv(20, CALLER, request("ACK", "z9hG4bKcallerack", Some("a"), 1));
+    let sent = p.sent();
+    assert_eq!(summary(&sent), vec![pair(UAS_A, "ACK")]);
+    assert_eq!(p.hooks.calls.last().map(String::as_str), Some("route ACK"));
+    // Our Via on top: the ACK is forwarded, not generated.
+    assert_eq!(sent[0].1.values(&HeaderName::Via).count(), 2);
+}
+
+#[test]
+fn ack_of_a_non_2xx_is_hop_by_hop() {
+    let mut p = Proxy::new(relay_to(UAS_A));
+    p.recv(0, CALLER, invite());
+    let to_a = last_to(&p.sent(), UAS_A, "INVITE");
+    p.recv(10, UAS_A, answer(&to_a, 486, "a"));
+    let sent = p.sent();
+    assert_eq!(
+        summary(&sent),
+        vec![pair(UAS_A, "ACK"), pair(CALLER, "486")]
+    );
+    // Our ACK downstream: our branch, the INVITE's CSeq number.
+    let ack = &sent[0].1;
+    assert_eq!(
+        ack.top_via().expect("via").branch(),
+        to_a.top_via().expect("via").branch()
+    );
+    // The caller's ACK (same branch as its INVITE) ends here.
+    let calls = p.hooks.calls.len();
+    p.recv(20, CALLER, request("ACK", "z9hG4bKcaller1", Some("a"), 1));
+    assert!(p.sent().is_empty());
+    assert_eq!(p.hooks.calls.len(), calls, "no hook for an absorbed ACK");
+}
+
+#[test]
+fn a_name_is_resolved_and_the_next_target_tried_after_a_503() {
+    let mut p = Proxy::new(relay_to("bob@sip.example.com"));
+    p.recv(0, CALLER, invite());
+    // 100 Trying only: the branch waits for its name.
+    assert_eq!(summary(&p.sent()), vec![pair(CALLER, "100")]);
+    let lookups = p.lookups();
+    assert_eq!(lookups.len(), 1);
+    let (id, destination) = &lookups[0];
+    assert_eq!(
+        destination.host,
+        crate::sip::Host::Name("sip.example.com".into())
+    );
+    let now = p.at(50);
+    p.core
+        .handle_resolved(now, *id, Ok(vec![udp(UAS_A), udp(UAS_B)]), &mut p.hooks);
+    let to_a = last_to(&p.sent(), UAS_A, "INVITE");
+    p.recv(60, UAS_A, answer(&to_a, 503, "a"));
+    let sent = p.sent();
+    assert_eq!(
+        summary(&sent),
+        vec![pair(UAS_A, "ACK"), pair(UAS_B, "INVITE")]
+    );
+    let to_b = last_to(&sent, UAS_B, "INVITE");
+    assert_ne!(
+        to_a.top_via().expect("via").branch(),
+        to_b.top_via().expect("via").branch(),
+        "a new transaction for the next target"
+    );
+    p.recv(70, UAS_B, answer(&to_b, 200, "b"));
+    assert_eq!(summary(&p.sent()), vec![pair(CALLER, "200")]);
+}
+
+#[test]
+fn a_timeout_moves_on_to_the_next_target() {
+    // A MESSAGE, with fr_timer past Timer F (64*T1 = 32 s).
+    let mut p = Proxy::new(Box::new(|req| {
+        req.fr_timers = Some((Duration::from_secs(120), Duration::from_secs(60)));
+        vec![Action::Relay {
+            destination: Some("sip:bob@sip.example.com".into()),
+        }]
+    }));
+    p.recv(0, CALLER, request("MESSAGE", "z9hG4bKmsg1", None, 1));
+    let (id, _) = p.lookups()[0].clone();
+    let now = p.at(0);
+    p.core
+        .handle_resolved(now, id, Ok(vec![udp(UAS_A), udp(UAS_B)]), &mut p.hooks);
+    p.advance(31_999);
+    assert!(summary(&p.sent())
+        .iter()
+        .all(|sent| *sent == pair(UAS_A, "MESSAGE")));
+    // Timer F: A timed out, B gets the request.
+    p.advance(32_000);
+    let sent = p.sent();
+    assert_eq!(summary(&sent), vec![pair(UAS_B, "MESSAGE")]);
+    p.recv(
+        32_010,
+        UAS_B,
+        answer(&last_to(&sent, UAS_B, "MESSAGE"), 200, "b"),
+    );
+    assert_eq!(summary(&p.sent()), vec![pair(CALLER, "200")]);
+}
+
+#[test]
+fn an_unresolvable_name_ends_the_branch_with_503() {
+    let mut p = Proxy::new(relay_to("bob@nowhere.example.com"));
+    p.recv(0, CALLER, invite());
+    p.sent();
+    let (id, _) = p.lookups()[0].clone();
+    let now = p.at(2_000);
+    p.core
+        .handle_resolved(now, id, Err("timed out".into()), &mut p.hooks);
+    assert_eq!(summary(&p.sent()), vec![pair(CALLER, "503")]);
+    assert_eq!(
+        p.hooks.calls.last().map(String::as_str),
+        Some("failure 503")
+    );
+}
+
+#[test]
+fn cancel_while_a_name_is_resolved_ends_the_branch() {
+    let mut p = Proxy::new(relay_to("bob@sip.example.com"));
+    p.recv(0, CALLER, invite());
+    p.sent();
+    let (id, _) = p.lookups()[0].clone();
+    p.recv(10, CALLER, cancel());
+    assert_eq!(
+        summary(&p.sent()),
+        vec![pair(CALLER, "200"), pair(CALLER, "487")]
+    );
+    // The answer that comes later sends nothing.
+    let now = p.at(20);
+    p.core
+        .handle_resolved(now, id, Ok(vec![udp(UAS_A)]), &mut p.hooks);
+    assert!(p.sent().is_empty());
+}
+
+#[test]
+fn a_stateless_forward_waits_for_its_name() {
+    let mut p = Proxy::new(Box::new(|_| {
+        vec![Action::Forward {
+            destination: Some("sip:sip.example.com".into()),
+        }]
+    }));
+    p.recv(0, CALLER, request("MESSAGE", "z9hG4bKmsg1", None, 1));
+    assert!(p.sent().is_empty());
+    let (id, _) = p.lookups()[0].clone();
+    let now = p.at(5);
+    p.core
+        .handle_resolved(now, id, Ok(vec![udp(UAS_C)]), &mut p.hooks);
+    assert_eq!(summary(&p.sent()), vec![pair(UAS_C, "MESSAGE")]);
+}
+
+#[test]
+fn lookups_waiting_are_bounded() {
+    let mut p = Proxy::new(relay_to("bob@sip.example.com"));
+    for i in 0..MAX_PARKED + 1 {
+        p.recv(
+            0,
+            CALLER,
+            request("INVITE", &format!("z9hG4bKflood{i}"), None, 1),
+        );
+    }
+    assert_eq!(p.lookups().len(), MAX_PARKED);
+    let last: Vec<_> = summary(&p.sent()).into_iter().rev().take(1).collect();
+    assert_eq!(last, vec![pair(CALLER, "503")]);
+}

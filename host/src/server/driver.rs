@@ -1,0 +1,134 @@
+//! The threads that drive the proxy core: receiving threads parse what
+//! arrives and hand it to its shard, a thread takes stream messages, a
+//! timer thread fires the timers of idle shards, and lookups run on the
+//! tokio runtime and come back to their shard as input.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+
+use crate::dns::Resolver;
+use crate::proxy::{Locality, Source};
+use crate::sip::{self, Message};
+use crate::tenancy::Tenancy;
+use crate::transaction::Timers;
+use crate::transport::{Inbound, Target, Transports};
+
+use super::bad_request;
+use super::shard::Shard;
+use super::worker::{Input, Worker};
+
+/// Calls are spread over this many shards. Many more shards than cores:
+/// two threads seldom want the same one, and a hook that runs long holds up
+/// few calls.
+const SHARDS: usize = 64;
+/// How often the timer thread looks for due timers in idle shards (a busy
+/// shard fires its own after each message).
+const TIMER_TICK: Duration = Duration::from_millis(10);
+
+/// What every worker shares.
+pub(super) struct Shared {
+    pub(super) transports: Arc<Transports>,
+    pub(super) locality: Arc<Locality>,
+    pub(super) tenancy: Arc<Tenancy>,
+    pub(super) timers: Timers,
+    pub(super) resolver: Resolver,
+    /// Where lookups run.
+    pub(super) runtime: tokio::runtime::Handle,
+}
+
+/// Parses what arrives and hands it to its shard.
+pub(super) struct Dispatcher {
+    shared: Arc<Shared>,
+    shards: Vec<Shard<Worker>>,
+}
+
+impl Dispatcher {
+    /// Starts handling messages: datagrams on the threads that receive
+    /// them (one per core and UDP listener), stream messages on a thread of
+    /// their own, and a timer thread.
+    ///
+    /// A call's messages and transactions belong to one shard, chosen by
+    /// Call-ID; its messages are handled one at a time and in the order they
+    /// arrived, while calls spread over every core. Hooks run on these
+    /// plain threads: route hooks are synchronous wasm calls. Nothing they
+    /// wait for is the network: names are looked up on the runtime, and
+    /// the message waits parked in its shard meanwhile.
+    pub(super) fn start(shared: Shared, streams: mpsc::Receiver<Inbound>) -> anyhow::Result<()> {
+        let shared = Arc::new(shared);
+        let dispatcher = Arc::new_cyclic(|me: &Weak<Dispatcher>| Dispatcher {
+            shards: (0..SHARDS)
+                .map(|i| Shard::new(Worker::new(shared.clone(), me.clone(), i)))
+                .collect(),
+            shared: shared.clone(),
+        });
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let d = dispatcher.clone();
+        shared
+            .transports
+            .receive_datagrams(threads, Arc::new(move |inbound| d.dispatch(inbound)))
+            .context("cannot start the UDP receiving threads")?;
+        let d = dispatcher.clone();
+        std::thread::Builder::new()
+            .name("wisp-streams".into())
+            .spawn(move || d.serve_streams(streams))
+            .context("cannot start the stream thread")?;
+        std::thread::Builder::new()
+            .name("wisp-timers".into())
+            .spawn(move || loop {
+                std::thread::sleep(TIMER_TICK);
+                for shard in &dispatcher.shards {
+                    shard.drain();
+                }
+            })
+            .context("cannot start the timer thread")?;
+        Ok(())
+    }
+
+    fn dispatch(&self, message: Inbound) {
+        let source = Source::from(&message);
+        match sip::parse(message.data.clone()) {
+            Ok(msg) => {
+                let shard = shard_of(&msg, self.shards.len());
+                self.shards[shard].submit(Input::Message(msg, source));
+            }
+            Err(err) => {
+                tracing::debug!(remote = %source.remote, %err, "unparsable message");
+                if let Some(reply) = bad_request::reply_400(&message.data, &err.to_string()) {
+                    let target = Target {
+                        transport: source.transport,
+                        addr: source.remote,
+                    };
+                    if let Err(err) = self.shared.transports.send(target, reply) {
+                        tracing::debug!(%err, "400 not sent");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues something for shard `index` (a lookup's answer) without
+    /// handling it on this thread.
+    pub(super) fn enqueue(&self, index: usize, input: Input) {
+        if let Some(shard) = self.shards.get(index) {
+            shard.enqueue(input);
+        }
+    }
+
+    /// Messages from TCP connections, until the transports close.
+    fn serve_streams(&self, mut streams: mpsc::Receiver<Inbound>) {
+        while let Some(message) = streams.blocking_recv() {
+            self.dispatch(message);
+        }
+    }
+}
+
+/// The shard of a message: by Call-ID, so that a call stays on one shard.
+fn shard_of(msg: &Message, shards: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    msg.call_id().hash(&mut h);
+    (h.finish() % shards.max(1) as u64) as usize
+}

@@ -1,0 +1,141 @@
+//! A worker: the proxy core of the calls hashed to one shard, driven. It
+//! runs on whichever thread holds its shard (see `shard.rs`): it feeds the
+//! core what arrived and the time, sends what the core queued, and starts
+//! the lookups the core asked for on the runtime.
+
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use crate::dns::Locate;
+use crate::proxy::{Core, Event, LookupId, Source};
+use crate::script::Pool;
+use crate::sip::{Host, Message};
+use crate::tenancy::TenantHooks;
+use crate::transaction::Transactions;
+use crate::transport::Target;
+
+use super::driver::{Dispatcher, Shared};
+use super::shard::Handler;
+
+/// What a shard is handed.
+pub(super) enum Input {
+    /// A message that arrived.
+    Message(Message, Source),
+    /// The answer to a lookup the core asked for.
+    Resolved(LookupId, Result<Vec<Target>, String>),
+}
+
+pub(super) struct Worker {
+    core: Core<Arc<Pool>>,
+    hooks: TenantHooks,
+    shared: Arc<Shared>,
+    dispatcher: Weak<Dispatcher>,
+    index: usize,
+}
+
+impl Worker {
+    pub(super) fn new(shared: Arc<Shared>, dispatcher: Weak<Dispatcher>, index: usize) -> Worker {
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ u64::from(std::process::id()).rotate_left(32);
+        Worker {
+            core: Core::new(
+                Transactions::new(shared.timers),
+                shared.locality.clone(),
+                format!("z9hG4bKwsp{nonce:x}.{index}."),
+            ),
+            hooks: TenantHooks::new(shared.tenancy.clone()),
+            shared,
+            dispatcher,
+            index,
+        }
+    }
+
+    /// Sends what the core queued and starts the lookups it asked for,
+    /// until neither is left (a failed send may queue more).
+    fn flush(&mut self, now: Instant) {
+        loop {
+            let mut progressed = false;
+            while let Some(t) = self.core.poll_transmit() {
+                progressed = true;
+                if let Err(err) = self.shared.transports.send(t.target, t.data) {
+                    tracing::debug!(%err, "send failed");
+                    if let Some(tx) = t.tx {
+                        self.core.handle_transport_error(now, tx, &mut self.hooks);
+                    }
+                }
+            }
+            while let Some(event) = self.core.poll_event() {
+                progressed = true;
+                match event {
+                    Event::Resolve {
+                        id,
+                        destination,
+                        response,
+                    } => {
+                        let Host::Name(host) = destination.host else {
+                            continue;
+                        };
+                        self.lookup(
+                            id,
+                            Locate {
+                                host,
+                                port: destination.port,
+                                transport: destination.transport,
+                                secure: false,
+                                response,
+                            },
+                        );
+                    }
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    /// Looks a name up on the runtime; the answer comes back to this shard
+    /// as input, handled by the next thread that holds it (the timer
+    /// thread at the latest), never on the runtime's threads, which must
+    /// not run hooks.
+    fn lookup(&self, id: LookupId, query: Locate) {
+        let resolver = self.shared.resolver.clone();
+        let dispatcher = self.dispatcher.clone();
+        let index = self.index;
+        self.shared.runtime.spawn(async move {
+            let result = resolver
+                .locate(&query)
+                .await
+                .map_err(|err| format!("{}: {err}", query.host));
+            if let Some(dispatcher) = dispatcher.upgrade() {
+                dispatcher.enqueue(index, Input::Resolved(id, result));
+            }
+        });
+    }
+}
+
+impl Handler for Worker {
+    type Message = Input;
+
+    fn handle(&mut self, input: Input) {
+        let now = Instant::now();
+        match input {
+            Input::Message(msg, source) => self.core.handle(now, msg, source, &mut self.hooks),
+            Input::Resolved(id, result) => {
+                self.core.handle_resolved(now, id, result, &mut self.hooks)
+            }
+        }
+        self.flush(now);
+    }
+
+    fn expire(&mut self) {
+        let now = Instant::now();
+        if self.core.poll_timeout().is_some_and(|due| due <= now) {
+            self.core.handle_timeout(now, &mut self.hooks);
+        }
+        self.flush(now);
+    }
+}
