@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use md5::Md5;
 use sha2::{Digest, Sha256};
 use wisp_tests::{
-    add_subscriber, assert_all_successful, free_port, header_of, scenario, Routing, SilentPeer,
-    Sipp, Transport, Wisp,
+    add_subscriber_to as add_subscriber, assert_all_successful, free_port, header_of, scenario,
+    Routing, SilentPeer, Sipp, Transport, Wisp,
 };
 
 const WAIT: Duration = Duration::from_secs(5);

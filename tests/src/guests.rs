@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{repo_root, wisp_binary};
+use crate::{repo_root, wisp_binary, Tenant};
 
 /// Builds a routing component from Rust source with wisp-sdk, the way a
 /// user would: a cdylib crate built for wasm32-wasip2. Returns the .wasm path.
@@ -67,31 +67,26 @@ pub enum Routing {
 }
 
 impl Routing {
-    /// The `[[tenant]]` section that runs this routing. For JS, the
-    /// component is built (or taken from the cache) and precompiled first.
-    pub fn tenant_toml(self) -> Result<String> {
+    /// The tenant that runs this routing. For JS, the component is built
+    /// (or taken from the cache) and precompiled first.
+    pub fn tenant(self) -> Result<Tenant> {
         match self {
-            Routing::Rust => Ok("[[tenant]]\nname = \"default\"\n".to_owned()),
-            Routing::Js => Ok(format!(
-                "[[tenant]]\nname = \"default-js\"\ncomponent = \"{}\"\n",
-                default_js_component()?.display()
-            )),
+            Routing::Rust => Ok(Tenant::new("default")),
+            Routing::Js => Ok(Tenant::new("default-js").component(&default_js_component()?)),
         }
     }
-}
 
-impl Routing {
+    /// [`Routing::tenant`]'s `[[tenant]]` section.
+    pub fn tenant_toml(self) -> Result<String> {
+        Ok(self.tenant()?.to_toml())
+    }
+
     /// [`Routing::tenant_toml`] with tenant params, given as (KEY, value).
     pub fn tenant_with_params(self, params: &[(&str, &str)]) -> Result<String> {
-        let list: Vec<String> = params
+        let tenant = params
             .iter()
-            .map(|(k, v)| format!("{k} = \"{v}\""))
-            .collect();
-        Ok(format!(
-            "{}params = {{ {} }}\n",
-            self.tenant_toml()?,
-            list.join(", ")
-        ))
+            .fold(self.tenant()?, |t, (k, v)| t.param(k, v));
+        Ok(tenant.to_toml())
     }
 }
 

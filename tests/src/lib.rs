@@ -3,10 +3,15 @@
 //! Every process a test starts is killed by PID when its handle drops, and
 //! every SIPp run is bounded in calls and in time. One file per idea:
 //!
-//! - `wisp.rs`: the wisp process (configuration file, start, log, `wisp
-//!   ctl`, subscribers);
-//! - `peers.rs`: raw SIP over UDP and TCP (exchanges, a minimal request, a
-//!   peer that only listens, headers of a message in text form);
+//! - `wisp.rs`: the wisp process (start from a configuration file, log,
+//!   `wisp ctl`, a rewritten file);
+//! - `config.rs`: what it starts with, put together by `WispBuilder`
+//!   (listeners, tenants and their params, admin, subscribers, database);
+//! - `message.rs`: SIP messages as text (a request to send, a response to
+//!   one, headers read back);
+//! - `peers.rs`: raw SIP peers over UDP and TCP (one-shot exchanges, a peer
+//!   that only listens, a user agent with a call of its own);
+//! - `digest.rs`: digest credentials computed from scratch;
 //! - `sipp.rs`: SIPp runs, their statistics and scenarios;
 //! - `kamailio.rs`: Kamailio as the neighbouring proxy;
 //! - `guests.rs`: routing components built for the tests (Rust and
@@ -16,19 +21,28 @@
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 
+mod config;
+mod digest;
 mod guests;
 mod kamailio;
 mod lossy_uas;
+mod message;
 mod peers;
 mod sipp;
 mod wisp;
 
+pub use config::{Tenant, WispBuilder};
+pub use digest::{challenge_param, credentials};
 pub use guests::{build_guest, build_js_guest, cached_js_build, default_js_component, Routing};
 pub use kamailio::Kamailio;
 pub use lossy_uas::{LossyUas, UasReport};
-pub use peers::{header_of, request, tcp_exchange, udp_exchange, udp_reply, SilentPeer};
+pub use message::{header_of, headers_of, request, response_to, Request};
+pub use peers::{tcp_exchange, udp_exchange, udp_reply, SilentPeer, Ua};
 pub use sipp::{assert_all_successful, scenario, Sipp, SippOutcome, SippProcess, Transport};
-pub use wisp::{add_subscriber, admin_toml, wisp_binary, CtlOutput, Wisp};
+pub use wisp::{wisp_binary, CtlOutput, Wisp};
+
+// Kept until registrar.rs and tenancy.rs use the builder.
+pub use config::{add_subscriber_to, admin_toml};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {

@@ -1,11 +1,13 @@
-//! Raw SIP over loopback: one-shot UDP and TCP exchanges, a minimal
-//! request, a peer that only listens, and reading headers from text.
+//! Raw SIP peers on loopback: one-shot UDP and TCP exchanges, a peer that
+//! only listens, and a user agent with a call of its own.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+
+use crate::{credentials, free_port, Request};
 
 /// [`udp_exchange`] with a 5 s wait: the reply, or "" when none came.
 pub fn udp_reply(to: SocketAddr, message: &[u8]) -> String {
@@ -56,26 +58,6 @@ fn reply_or_timeout(read: std::io::Result<usize>, buf: &[u8]) -> Result<Option<S
     }
 }
 
-/// A minimal request, `\r\n` line ends, for tests that talk raw SIP.
-pub fn request(method: &str, uri: &str, extra_headers: &str) -> String {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!(
-        "{method} {uri} SIP/2.0\r\n\
-         Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKtest{id}{nanos};rport\r\n\
-         From: <sip:tester@127.0.0.1>;tag=t{id}\r\n\
-         To: <{uri}>\r\n\
-         Call-ID: {nanos}-{id}@test\r\n\
-         CSeq: 1 {method}\r\n\
-         {extra_headers}\
-         Content-Length: 0\r\n\r\n",
-        nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    )
-}
-
 /// A UDP peer that never answers: it records what reaches it, as text.
 pub struct SilentPeer {
     pub port: u16,
@@ -120,6 +102,24 @@ impl SilentPeer {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+
+    /// The first message received that contains `needle`, waiting for it
+    /// up to `timeout`.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(m) = self.received().into_iter().find(|m| m.contains(needle)) {
+                return Ok(m);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the peer got no message with {needle:?}: {:?}",
+                    self.received()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for SilentPeer {
@@ -131,11 +131,112 @@ impl Drop for SilentPeer {
     }
 }
 
-/// The value of the first header `name` (case-insensitive, long form) of a
-/// message in text form.
-pub fn header_of<'a>(message: &'a str, name: &str) -> Option<&'a str> {
-    message.lines().skip(1).find_map(|line| {
-        let (n, v) = line.split_once(':')?;
-        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
+/// A user agent on its own UDP socket, talking raw SIP to wisp: one
+/// dialog-less call, each request of which takes the next CSeq and a
+/// branch of its own. Reads wait up to 5 s.
+pub struct Ua {
+    socket: UdpSocket,
+    wisp: SocketAddr,
+    seq: u32,
+    call_id: String,
+}
+
+impl Ua {
+    const WAIT: Duration = Duration::from_secs(5);
+
+    pub fn new(wisp: SocketAddr) -> Ua {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.set_read_timeout(Some(Ua::WAIT)).expect("timeout");
+        Ua {
+            socket,
+            wisp,
+            seq: 0,
+            call_id: format!("ua-{}-{}", std::process::id(), free_port()),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.socket.local_addr().expect("addr").port()
+    }
+
+    /// A request of this UA's call from `from` to `uri` (its To too), with
+    /// Max-Forwards.
+    pub fn request(&mut self, method: &str, uri: &str, from: &str) -> String {
+        self.next_request(method, uri, from).to_string()
+    }
+
+    fn next_request(&mut self, method: &str, uri: &str, from: &str) -> Request {
+        self.seq += 1;
+        let mut request = Request::new(method, uri)
+            .from(from)
+            .headers("Max-Forwards: 70\r\n");
+        request.via_port = self.port();
+        request.branch = format!("z9hG4bK{}x{}", self.call_id, self.seq);
+        request.from_tag = format!("f{}", self.seq);
+        request.call_id = self.call_id.clone();
+        request.cseq = self.seq;
+        request
+    }
+
+    /// A REGISTER of `aor` (a SIP URI) with `extra` header lines (each
+    /// ending in `\r\n`); returns the final answer.
+    pub fn register(&mut self, aor: &str, extra: &str) -> String {
+        let registrar = format!("sip:{}", self.wisp);
+        let message = self
+            .next_request("REGISTER", &registrar, aor)
+            .to(aor)
+            .headers(extra)
+            .to_string();
+        self.send(&message)
+    }
+
+    /// [`Ua::register`] answering `challenge` (a WWW-Authenticate value)
+    /// as `user` with `password` and the nonce-count `nc`: `extra` and an
+    /// Authorization header.
+    pub fn register_answering(
+        &mut self,
+        aor: &str,
+        extra: &str,
+        challenge: &str,
+        (user, password): (&str, &str),
+        nc: u32,
+    ) -> String {
+        let registrar = format!("sip:{}", self.wisp);
+        let auth = credentials(challenge, user, password, "REGISTER", &registrar, nc);
+        self.register(aor, &format!("{extra}Authorization: {auth}\r\n"))
+    }
+
+    /// Sends a message to wisp and returns its final answer.
+    pub fn send(&self, message: &str) -> String {
+        self.send_no_wait(message);
+        self.final_answer()
+    }
+
+    /// Sends a message to wisp, waiting for nothing.
+    pub fn send_no_wait(&self, message: &str) {
+        self.socket
+            .send_to(message.as_bytes(), self.wisp)
+            .expect("send");
+    }
+
+    /// The next final answer to a request already sent (provisionals skipped).
+    pub fn final_answer(&self) -> String {
+        let deadline = Instant::now() + Ua::WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "no final answer in time");
+            let text = self.receive();
+            if !text.starts_with("SIP/2.0 1") {
+                return text;
+            }
+        }
+    }
+
+    /// The next message that reaches this UA, request or response.
+    pub fn receive(&self) -> String {
+        let mut buf = vec![0u8; 65_536];
+        match self.socket.recv(&mut buf) {
+            Ok(len) => String::from_utf8_lossy(&buf[..len]).into_owned(),
+            Err(err) => panic!("nothing reached the UA on port {}: {err}", self.port()),
+        }
+    }
 }

@@ -1,5 +1,6 @@
-//! The wisp process under test: its configuration file, start, log,
-//! `wisp ctl` and `wisp user add`.
+//! The wisp process under test: started from a configuration file (see
+//! `config.rs` for what goes into it), watched through its log, driven with
+//! `wisp ctl` and a rewritten file, killed when its handle drops.
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{free_port, repo_root};
+use crate::config::{split_top_level, WispBuilder};
 
 /// The `wisp` binary of the same profile as this test (target/<profile>/wisp).
 /// The README's test command builds it before the tests run.
@@ -38,56 +39,43 @@ pub struct Wisp {
     pub log: mpsc::Receiver<String>,
     /// The configuration file it runs with (`wisp ctl --config` reads it too).
     pub config_path: PathBuf,
-    /// The listen and engine sections, kept by [`Wisp::rewrite_config`].
+    /// The listen, storage, engine and admin sections, kept by
+    /// [`Wisp::rewrite_config`].
     base_config: String,
     _dir: tempfile::TempDir,
 }
 
 impl Wisp {
-    /// Starts wisp on 127.0.0.1:`port` (UDP and TCP) with the given tenant
-    /// section of the config, and waits until it listens. Top-level keys at
-    /// the head of `tenant_toml` (before its first table) go first in the
-    /// file; `$PORT` in it stands for the port wisp listens on.
+    /// Starts wisp on 127.0.0.1 (UDP and TCP, on a free port) with the given
+    /// tenant section of the config, and waits until it listens. Top-level
+    /// keys at the head of `tenant_toml` (before its first table) go first
+    /// in the file; `$PORT` in it stands for the port wisp listens on. For
+    /// more than a tenant section, see [`WispBuilder`].
     pub fn start(tenant_toml: &str) -> Result<Wisp> {
-        Wisp::start_on(&["127.0.0.1"], tenant_toml)
+        WispBuilder::new().toml(tenant_toml).start()
     }
 
     /// Starts wisp with UDP and TCP listeners on each of `ips` (IPv6
     /// without brackets), all on one free port.
     pub fn start_on(ips: &[&str], tenant_toml: &str) -> Result<Wisp> {
-        Wisp::start_full(ips, tenant_toml, None)
+        WispBuilder::new().listen_on(ips).toml(tenant_toml).start()
     }
 
-    /// Starts wisp on 127.0.0.1 with its database at `db` (registrations
-    /// and subscribers), which outlives this process: for restarts.
+    /// Kept until registrar.rs uses the builder.
     pub fn start_with_db(tenant_toml: &str, db: &Path) -> Result<Wisp> {
-        Wisp::start_full(&["127.0.0.1"], tenant_toml, Some(db))
+        WispBuilder::new().toml(tenant_toml).db(db).start()
     }
 
-    fn start_full(ips: &[&str], tenant_toml: &str, db: Option<&Path>) -> Result<Wisp> {
-        let port = free_port();
-        let dir = tempfile::tempdir()?;
-        let tenant_toml = tenant_toml.replace("$PORT", &port.to_string());
-        let (top, tenant_toml) = split_top_level(&tenant_toml);
-        let db = db.map_or_else(|| dir.path().join("wisp.db"), Path::to_path_buf);
-        let mut config = top.to_owned();
-        for ip in ips {
-            let addr = SocketAddr::new(ip.parse()?, port);
-            for transport in ["udp", "tcp"] {
-                config.push_str(&format!(
-                    "[[listen]]\ntransport = \"{transport}\"\naddress = \"{addr}\"\n"
-                ));
-            }
-        }
-        config.push_str(&format!(
-            "[storage]\npath = \"{db}\"\n\n[engine]\ncache_dir = \"{cache}\"\n\n",
-            db = db.display(),
-            cache = repo_root().join("target/e2e-cache").display()
-        ));
-        let base_config = config[top.len()..].to_owned();
-        config.push_str(tenant_toml);
-        let config_path = dir.path().join("wisp.toml");
-        std::fs::write(&config_path, config)?;
+    /// Runs wisp with the configuration file at `config_path` (in `dir`,
+    /// which the handle keeps) and waits until its `listeners` listen.
+    /// `base_config` is the part of the file [`Wisp::rewrite_config`] keeps.
+    pub(crate) fn spawn(
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        port: u16,
+        base_config: String,
+        listeners: usize,
+    ) -> Result<Wisp> {
         let mut child = Command::new(wisp_binary()?)
             .arg("--config")
             .arg(&config_path)
@@ -115,12 +103,18 @@ impl Wisp {
             base_config,
             _dir: dir,
         };
-        wisp.wait_for_log("listening", 2 * ips.len(), Duration::from_secs(60))?;
+        wisp.wait_for_log("listening", listeners, Duration::from_secs(60))?;
         Ok(wisp)
     }
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// The SIP URI of `user` at this wisp's address, e.g.
+    /// `sip:alice@127.0.0.1:PORT`: a user of its own domain.
+    pub fn uri(&self, user: &str) -> String {
+        format!("sip:{user}@{}", self.addr())
     }
 
     /// Waits until `count` log lines containing `needle` were printed.
@@ -144,8 +138,9 @@ impl Wisp {
         Ok(())
     }
 
-    /// Replaces the tenant part of the configuration file (listeners and
-    /// engine stay); the running wisp sees it on `wisp ctl reload` or SIGHUP.
+    /// Replaces the tenant part of the configuration file (listeners,
+    /// storage, engine and admin stay); the running wisp sees it on `wisp
+    /// ctl reload`, on SIGHUP, or by itself when it watches the file.
     pub fn rewrite_config(&self, tenant_toml: &str) -> Result<()> {
         let (top, tables) = split_top_level(tenant_toml);
         std::fs::write(
@@ -171,6 +166,22 @@ impl Wisp {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         })
+    }
+
+    /// Waits until `wisp ctl tenants` lists the tenant `name` (after a
+    /// reload that is not `wisp ctl`'s own, which returns once it is done).
+    pub fn wait_for_tenant(&self, name: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let tenants = self.ctl(&["tenants"])?;
+            if tenants.stdout.contains(&format!("\"{name}\"")) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("no tenant {name:?} within {timeout:?}: {tenants:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The process id, e.g. to read its memory or send it a signal.
@@ -201,59 +212,10 @@ impl Drop for Wisp {
     }
 }
 
-/// A TOML text split before its first table header: top-level keys, tables.
-fn split_top_level(toml: &str) -> (&str, &str) {
-    let mut at = 0;
-    for line in toml.split_inclusive('\n') {
-        if line.trim_start().starts_with('[') {
-            break;
-        }
-        at += line.len();
-    }
-    toml.split_at(at)
-}
-
 /// What `wisp ctl` printed.
 #[derive(Debug)]
 pub struct CtlOutput {
     pub success: bool,
     pub stdout: String,
     pub stderr: String,
-}
-
-/// An `[admin]` section on a free loopback port, with a test token.
-pub fn admin_toml() -> String {
-    format!(
-        "[admin]\naddress = \"127.0.0.1:{}\"\ntoken = \"test-token-{}\"\n",
-        free_port(),
-        std::process::id()
-    )
-}
-
-/// Adds a subscriber with `wisp user add` to the database at `db`, for
-/// the tenant of `tenant_toml`.
-pub fn add_subscriber(db: &Path, tenant_toml: &str, address: &str, password: &str) -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("wisp.toml");
-    std::fs::write(
-        &config,
-        format!("[storage]\npath = \"{}\"\n\n{tenant_toml}\n", db.display()),
-    )?;
-    let out = Command::new(wisp_binary()?)
-        .arg("user")
-        .arg("add")
-        .arg(address)
-        .arg(password)
-        .arg("--config")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run wisp user add")?;
-    if !out.status.success() {
-        bail!(
-            "wisp user add failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
 }
