@@ -297,20 +297,3 @@ fn add_subscriber(config: &Path, address: &str, password: &str) -> Result<()> {
     }
     Ok(())
 }
-
-/// Adds a subscriber with `wisp user add` to the database at `db`, for
-/// the tenant of `tenant_toml`.
-pub fn add_subscriber_to(
-    db: &Path,
-    tenant_toml: &str,
-    address: &str,
-    password: &str,
-) -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("wisp.toml");
-    std::fs::write(
-        &config,
-        format!("[storage]\npath = \"{}\"\n\n{tenant_toml}\n", db.display()),
-    )?;
-    add_subscriber(&config, address, password)
-}

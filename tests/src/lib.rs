@@ -41,8 +41,8 @@ pub use peers::{tcp_exchange, udp_exchange, udp_reply, SilentPeer, Ua};
 pub use sipp::{assert_all_successful, scenario, Sipp, SippOutcome, SippProcess, Transport};
 pub use wisp::{wisp_binary, CtlOutput, Wisp};
 
-// Kept until registrar.rs and tenancy.rs use the builder.
-pub use config::{add_subscriber_to, admin_toml};
+// Kept until tenancy.rs uses the builder.
+pub use config::admin_toml;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {

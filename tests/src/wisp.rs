@@ -61,11 +61,6 @@ impl Wisp {
         WispBuilder::new().listen_on(ips).toml(tenant_toml).start()
     }
 
-    /// Kept until registrar.rs uses the builder.
-    pub fn start_with_db(tenant_toml: &str, db: &Path) -> Result<Wisp> {
-        WispBuilder::new().toml(tenant_toml).db(db).start()
-    }
-
     /// Runs wisp with the configuration file at `config_path` (in `dir`,
     /// which the handle keeps) and waits until its `listeners` listen.
     /// `base_config` is the part of the file [`Wisp::rewrite_config`] keeps.
