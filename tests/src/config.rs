@@ -268,7 +268,7 @@ pub(crate) fn split_top_level(toml: &str) -> (&str, &str) {
 }
 
 /// An `[admin]` section on a free loopback port, with a test token.
-pub fn admin_toml() -> String {
+fn admin_toml() -> String {
     format!(
         "[admin]\naddress = \"127.0.0.1:{}\"\ntoken = \"test-token-{}\"\n",
         free_port(),

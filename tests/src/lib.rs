@@ -41,9 +41,6 @@ pub use peers::{tcp_exchange, udp_exchange, udp_reply, SilentPeer, Ua};
 pub use sipp::{assert_all_successful, scenario, Sipp, SippOutcome, SippProcess, Transport};
 pub use wisp::{wisp_binary, CtlOutput, Wisp};
 
-// Kept until tenancy.rs uses the builder.
-pub use config::admin_toml;
-
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
