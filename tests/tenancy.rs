@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wisp_tests::{
-    admin_toml, assert_all_successful, build_guest, request, scenario, udp_reply, LossyUas, Sipp,
-    Transport, UasReport, Wisp,
+    assert_all_successful, build_guest, request, scenario, udp_reply, LossyUas, Request, Sipp,
+    Tenant, Transport, UasReport, WispBuilder,
 };
 
 /// Stamps every request, branch and reply with its version, and logs an
@@ -109,13 +109,6 @@ fn versions_seen(report: &UasReport) -> BTreeMap<String, usize> {
     seen
 }
 
-fn tenant(name: &str, component: &std::path::Path, extra: &str) -> String {
-    format!(
-        "[[tenant]]\nname = \"{name}\"\ncomponent = \"{}\"\n{extra}",
-        component.display()
-    )
-}
-
 #[test]
 fn reload_under_load_loses_no_call() {
     const RATE: u32 = 200;
@@ -123,8 +116,11 @@ fn reload_under_load_loses_no_call() {
     const RELOADS: usize = 20;
     let a = build_guest("stamp-a", &stamp_guest("A")).expect("guest A builds");
     let b = build_guest("stamp-b", &stamp_guest("B")).expect("guest B builds");
-    let config = format!("{}{}", admin_toml(), tenant("main", &a, ""));
-    let wisp = Wisp::start(&config).expect("wisp starts");
+    let wisp = WispBuilder::new()
+        .admin()
+        .tenant(Tenant::new("main").component(&a))
+        .start()
+        .expect("wisp starts");
     let uas = LossyUas::start(0, 1).expect("uas starts");
 
     let calls = RATE * SECONDS;
@@ -180,16 +176,15 @@ fn canary_takes_its_share_and_a_failing_canary_is_rolled_back() {
         "use wisp_sdk::prelude::*;\nstruct T;\nimpl Router for T {\n    fn route(_req: &Request) -> Result<()> {\n        panic!(\"broken canary\")\n    }\n}\nwisp_sdk::export_router!(T);\n",
     )
     .expect("trapping guest builds");
-    let config = format!(
-        "{}{}",
-        admin_toml(),
-        tenant(
-            "main",
-            &a,
-            "canary = { max_error_rate = 0.2, min_calls = 10 }\n"
+    let mut wisp = WispBuilder::new()
+        .admin()
+        .tenant(
+            Tenant::new("main")
+                .component(&a)
+                .toml("canary = { max_error_rate = 0.2, min_calls = 10 }\n"),
         )
-    );
-    let mut wisp = Wisp::start(&config).expect("wisp starts");
+        .start()
+        .expect("wisp starts");
 
     let out = wisp
         .ctl(&[
@@ -239,10 +234,9 @@ fn canary_takes_its_share_and_a_failing_canary_is_rolled_back() {
         ])
         .expect("ctl");
     assert!(out.success, "{out:?}");
-    let port = wisp.port;
     let mut failed = 0;
     for i in 0..200 {
-        let options = request("OPTIONS", &format!("sip:probe{i}@127.0.0.1:{port}"), "");
+        let options = request("OPTIONS", &wisp.uri(&format!("probe{i}")), "");
         let reply = udp_reply(wisp.addr(), options.as_bytes());
         // The stable version relays the probe (to wisp itself, which ends in
         // a 483 or a 482); the trapping canary answers 500, or 503 once in
@@ -296,18 +290,17 @@ wisp_sdk::export_router!(Misbehaving);
 #[test]
 fn hostile_tenants_do_not_hurt_a_well_behaved_one() {
     let hostile = build_guest("misbehaving-by-mode", MISBEHAVING).expect("guest builds");
-    let mut config = admin_toml();
-    config.push_str("[[tenant]]\nname = \"good\"\n");
+    let mut config = WispBuilder::new().admin().tenant(Tenant::new("good"));
     for mode in ["loop", "trap", "hog"] {
-        config.push_str(&tenant(
-            mode,
-            &hostile,
-            &format!(
-                "domains = [\"{mode}.example\"]\nparams = {{ MODE = \"{mode}\" }}\nlimits = {{ hook_deadline_ms = 20, memory_mib = 16 }}\n"
-            ),
-        ));
+        config = config.tenant(
+            Tenant::new(mode)
+                .component(&hostile)
+                .domain(&format!("{mode}.example"))
+                .param("MODE", mode)
+                .toml("limits = { hook_deadline_ms = 20, memory_mib = 16 }\n"),
+        );
     }
-    let wisp = Wisp::start(&config).expect("wisp starts");
+    let wisp = config.start().expect("wisp starts");
     let good_calls = |calls: u32| {
         let uas = LossyUas::start(0, 3).expect("uas");
         let mut uac = Sipp::uac(
@@ -400,9 +393,12 @@ fn broken_components_are_refused_and_the_old_version_serves_on() {
     let core_module = dir.path().join("core.wasm");
     std::fs::write(&core_module, b"\0asm\x01\0\0\0").expect("write");
 
-    let config = format!("{}{}", admin_toml(), tenant("main", &good, ""));
-    let wisp = Wisp::start(&config).expect("wisp starts");
-    let options = || request("OPTIONS", &format!("sip:a@127.0.0.1:{}", wisp.port), "");
+    let wisp = WispBuilder::new()
+        .admin()
+        .tenant(Tenant::new("main").component(&good))
+        .start()
+        .expect("wisp starts");
+    let options = || request("OPTIONS", &wisp.uri("a"), "");
     for (what, path, says) in [
         ("not wasm", &not_wasm, "not a valid wasm component"),
         ("a core module", &core_module, "not a valid wasm component"),
@@ -436,13 +432,17 @@ fn broken_components_are_refused_and_the_old_version_serves_on() {
 
 #[test]
 fn config_reload_adds_changes_and_removes_tenants() {
-    let admin = admin_toml();
-    let wisp = Wisp::start(&format!("{admin}[[tenant]]\nname = \"first\"\n")).expect("wisp starts");
-    wisp.rewrite_config(&format!(
-        "{admin}[[tenant]]\nname = \"first\"\nparams = {{ MAX_FORWARDS = \"5\" }}\n\
+    let wisp = WispBuilder::new()
+        .admin()
+        .tenant(Tenant::new("first"))
+        .start()
+        .expect("wisp starts");
+    // The admin section stays through the rewrites.
+    wisp.rewrite_config(
+        "[[tenant]]\nname = \"first\"\nparams = { MAX_FORWARDS = \"5\" }\n\
          [[tenant]]\nname = \"second\"\ndomains = [\"second.example\"]\n\
-         [routing]\nunknown_reply = 403\n"
-    ))
+         [routing]\nunknown_reply = 403\n",
+    )
     .expect("rewrite");
     let out = wisp.ctl(&["reload"]).expect("ctl");
     assert!(out.success, "{out:?}");
@@ -453,9 +453,9 @@ fn config_reload_adds_changes_and_removes_tenants() {
         .expect("rewrite");
     let out = wisp.ctl(&["reload"]).expect("ctl");
     assert!(!out.success, "{out:?}");
-    wisp.rewrite_config(&format!(
-        "{admin}[[tenant]]\nname = \"second\"\ndomains = [\"second.example\"]\n[routing]\nunknown_reply = 403\n"
-    ))
+    wisp.rewrite_config(
+        "[[tenant]]\nname = \"second\"\ndomains = [\"second.example\"]\n[routing]\nunknown_reply = 403\n",
+    )
     .expect("rewrite");
     let out = wisp.ctl(&["reload"]).expect("ctl");
     assert!(out.stdout.contains("tenant first: removed"), "{out:?}");
@@ -471,32 +471,22 @@ fn config_reload_adds_changes_and_removes_tenants() {
     assert!(!tenants.stdout.contains("\"first\""), "{tenants:?}");
 
     // SIGHUP does what `wisp ctl reload` does.
-    wisp.rewrite_config(&format!(
-        "{admin}[[tenant]]\nname = \"second\"\ndomains = [\"second.example\"]\n\
-         [[tenant]]\nname = \"third\"\n[routing]\nunknown_reply = 403\n"
-    ))
+    wisp.rewrite_config(
+        "[[tenant]]\nname = \"second\"\ndomains = [\"second.example\"]\n\
+         [[tenant]]\nname = \"third\"\n[routing]\nunknown_reply = 403\n",
+    )
     .expect("rewrite");
     let status = std::process::Command::new("kill")
         .args(["-HUP", &wisp.pid().to_string()])
         .status()
         .expect("kill runs");
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let tenants = wisp.ctl(&["tenants"]).expect("ctl");
-        if tenants.stdout.contains("\"third\"") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "SIGHUP did not add the tenant: {tenants:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wisp.wait_for_tenant("third", Duration::from_secs(20))
+        .expect("SIGHUP adds the tenant");
     // "third" takes what no domain claims: no more 403.
     let reply = udp_reply(
         wisp.addr(),
-        request("OPTIONS", &format!("sip:127.0.0.1:{}", wisp.port), "").as_bytes(),
+        request("OPTIONS", &format!("sip:{}", wisp.addr()), "").as_bytes(),
     );
     assert!(reply.starts_with("SIP/2.0 200"), "{reply}");
 }
@@ -504,21 +494,23 @@ fn config_reload_adds_changes_and_removes_tenants() {
 #[test]
 fn a_hundred_tenants_in_one_process() {
     const TENANTS: usize = 100;
-    let one = Wisp::start(&format!("{}[[tenant]]\nname = \"only\"\n", admin_toml()))
+    let one = WispBuilder::new()
+        .admin()
+        .tenant(Tenant::new("only"))
+        .start()
         .expect("wisp starts");
     std::thread::sleep(Duration::from_millis(500));
     let base = one.rss_kib().expect("rss");
     drop(one);
 
-    let mut config = admin_toml();
     let domains: Vec<String> = (0..TENANTS).map(|i| format!("\"t{i}.example\"")).collect();
-    config = format!("aliases = [{}]\n{config}", domains.join(", "));
+    let mut config = WispBuilder::new()
+        .admin()
+        .toml(&format!("aliases = [{}]\n", domains.join(", ")));
     for i in 0..TENANTS {
-        config.push_str(&format!(
-            "[[tenant]]\nname = \"t{i}\"\ndomains = [\"t{i}.example\"]\n"
-        ));
+        config = config.tenant(Tenant::new(&format!("t{i}")).domain(&format!("t{i}.example")));
     }
-    let wisp = Wisp::start(&config).expect("wisp starts with 100 tenants");
+    let wisp = config.start().expect("wisp starts with 100 tenants");
     for i in 0..TENANTS {
         let reply = udp_reply(
             wisp.addr(),
@@ -545,29 +537,19 @@ fn requests_find_their_tenant_by_domain_to_and_listener() {
         "use wisp_sdk::prelude::*;\nstruct N;\nimpl Router for N {\n    fn route(req: &Request) -> Result<()> {\n        let name = config::param(\"NAME\").unwrap_or_default();\n        req.reply(200, &name)\n    }\n}\nwisp_sdk::export_router!(N);\n",
     )
     .expect("guest builds");
-    let config = [
-        ("main", ""),
-        ("side", "listeners = [\"127.0.0.2:$PORT\"]\n"),
-        ("dom", "domains = [\"Dom.Example\"]\n"),
-    ]
-    .iter()
-    .map(|(name, extra)| {
-        tenant(
-            name,
-            &named,
-            &format!("params = {{ NAME = \"{name}\" }}\n{extra}"),
-        )
-    })
-    .collect::<String>();
-    let wisp = Wisp::start_on(&["127.0.0.1", "127.0.0.2"], &config).expect("wisp starts");
+    let tenant = |name: &str| Tenant::new(name).component(&named).param("NAME", name);
+    let wisp = WispBuilder::new()
+        .listen_on(&["127.0.0.1", "127.0.0.2"])
+        .tenant(tenant("main"))
+        .tenant(tenant("side").toml("listeners = [\"127.0.0.2:$PORT\"]\n"))
+        .tenant(tenant("dom").domain("Dom.Example"))
+        .start()
+        .expect("wisp starts");
     let port = wisp.port;
     let ask = |to_ip: &str, uri: &str, to_header: Option<&str>| {
-        let mut msg = request("OPTIONS", uri, "");
-        if let Some(to) = to_header {
-            msg = msg.replacen(&format!("To: <{uri}>"), &format!("To: <{to}>"), 1);
-        }
+        let msg = Request::new("OPTIONS", uri).to(to_header.unwrap_or(uri));
         let addr = format!("{to_ip}:{port}").parse().expect("addr");
-        let reply = udp_reply(addr, msg.as_bytes());
+        let reply = udp_reply(addr, msg.to_string().as_bytes());
         reply.lines().next().unwrap_or_default().to_owned()
     };
     assert_eq!(
@@ -596,26 +578,17 @@ fn requests_find_their_tenant_by_domain_to_and_listener() {
 
 #[test]
 fn a_watched_configuration_reloads_on_its_own() {
-    let admin = admin_toml();
-    let wisp = Wisp::start(&format!(
-        "{admin}[reload]\nwatch = true\n[[tenant]]\nname = \"first\"\n"
-    ))
-    .expect("wisp starts");
-    wisp.rewrite_config(&format!(
-        "{admin}[reload]\nwatch = true\n[[tenant]]\nname = \"first\"\n\
-         [[tenant]]\nname = \"watched\"\ndomains = [\"watched.example\"]\n"
-    ))
+    let wisp = WispBuilder::new()
+        .admin()
+        .toml("[reload]\nwatch = true\n")
+        .tenant(Tenant::new("first"))
+        .start()
+        .expect("wisp starts");
+    wisp.rewrite_config(
+        "[reload]\nwatch = true\n[[tenant]]\nname = \"first\"\n\
+         [[tenant]]\nname = \"watched\"\ndomains = [\"watched.example\"]\n",
+    )
     .expect("rewrite");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let tenants = wisp.ctl(&["tenants"]).expect("ctl");
-        if tenants.stdout.contains("\"watched\"") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no reload after the file changed: {tenants:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wisp.wait_for_tenant("watched", Duration::from_secs(20))
+        .expect("a reload after the file changed");
 }
