@@ -2,8 +2,8 @@
 //! `FR_INV_TIMER_MS`, i.e. `tm.set-timers`): a callee that never answers
 //! gets the caller a 408, and one that rings forever is cancelled and the
 //! caller gets a 408. The SIPp caller gives up after 20 s, well short of
-//! the 32 s default (Timer B), so the 408 can only come from the timers the
-//! routing set.
+//! the defaults (30 s `fr_timer`, 120 s `fr_inv_timer`) and of Timer B
+//! (32 s), so the 408 can only come from the timers the routing set.
 
 use std::time::Duration;
 

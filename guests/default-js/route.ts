@@ -375,18 +375,22 @@ function splitList(value: string): string[] {
     .filter((s) => s !== "");
 }
 
-/** Timer B/F with the default T1: 64 × 500 ms. */
-const DEFAULT_FR_MS = 32_000;
+/**
+ * The host's defaults, Kamailio's fr_inv_timer and fr_timer: `setTimers`
+ * sets both, so the one left out must be given as the host would have it.
+ */
+const DEFAULT_FR_INV_MS = 120_000;
+const DEFAULT_FR_MS = 30_000;
 
 /**
  * FR_INV_TIMER_MS and FR_TIMER_MS (`t_set_fr`), when either is set; the one
- * left out keeps Timer B/F's default of 32 s.
+ * left out keeps its default (120 s and 30 s).
  */
 function frTimers(): [number, number] | undefined {
   const invite = u32Param("FR_INV_TIMER_MS");
   const other = u32Param("FR_TIMER_MS");
   if (invite === undefined && other === undefined) return undefined;
-  return [invite ?? DEFAULT_FR_MS, other ?? DEFAULT_FR_MS];
+  return [invite ?? DEFAULT_FR_INV_MS, other ?? DEFAULT_FR_MS];
 }
 
 /** A param parsed like Rust's `str::parse::<u32>` (after trimming), else undefined. */

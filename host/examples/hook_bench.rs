@@ -24,9 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use wisp::config::Limits;
 use wisp::proxy::{Action, Locality, RequestCtx, Source, TxVars};
-use wisp::script::{Guest, Pool, ScriptEngine, DEFAULT_COMPONENT};
+use wisp::script::{Guest, Limits, Pool, ScriptEngine, DEFAULT_COMPONENT};
 use wisp::transport::{Listener, Transport};
 
 const PROXY: &str = "127.0.0.1:5060";

@@ -283,7 +283,8 @@ export class Request {
    * How long the transaction waits for a final answer, in milliseconds
    * (`t_set_fr(inviteMs, finalMs)`): `inviteMs` once an INVITE branch had
    * a provisional, `finalMs` otherwise. Pending branches are then cancelled
-   * and count as 408. The defaults are Timer B/F (32 s).
+   * and count as 408. The defaults are Kamailio's: 120 s (`fr_inv_timer`)
+   * and 30 s (`fr_timer`).
    */
   setTimers(inviteMs: number, finalMs: number): void {
     tm.setTimers(this.raw, inviteMs, finalMs);

@@ -211,7 +211,8 @@ impl<'a> Request<'a> {
     /// How long the transaction waits for a final answer, in milliseconds
     /// (`t_set_fr(invite_ms, final_ms)`): `invite_ms` once an INVITE branch
     /// had a provisional, `final_ms` otherwise. Pending branches are then
-    /// cancelled and count as 408. The defaults are Timer B/F (32 s).
+    /// cancelled and count as 408. The defaults are Kamailio's: 120 s
+    /// (`fr_inv_timer`) and 30 s (`fr_timer`).
     pub fn set_timers(&self, invite_ms: u32, final_ms: u32) {
         tm::set_timers(self.raw, invite_ms, final_ms)
     }

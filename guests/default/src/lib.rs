@@ -452,7 +452,7 @@ fn param_u32(name: &str, default: u32) -> u32 {
 }
 
 /// `FR_INV_TIMER_MS` and `FR_TIMER_MS` (`t_set_fr`), when either is set;
-/// the one left out keeps Timer B/F's default of 32 s.
+/// the one left out keeps its default (120 s and 30 s).
 fn fr_timers() -> Option<(u32, u32)> {
     let ms = |name| config::param(name).and_then(|v| v.trim().parse::<u32>().ok());
     let (invite, other) = (ms("FR_INV_TIMER_MS"), ms("FR_TIMER_MS"));
@@ -460,13 +460,15 @@ fn fr_timers() -> Option<(u32, u32)> {
         return None;
     }
     Some((
-        invite.unwrap_or(DEFAULT_FR_MS),
+        invite.unwrap_or(DEFAULT_FR_INV_MS),
         other.unwrap_or(DEFAULT_FR_MS),
     ))
 }
 
-/// Timer B/F with the default T1: 64 × 500 ms.
-const DEFAULT_FR_MS: u32 = 32_000;
+/// The host's defaults, Kamailio's fr_inv_timer and fr_timer: `set_timers`
+/// sets both, so the one left out must be given as the host would have it.
+const DEFAULT_FR_INV_MS: u32 = 120_000;
+const DEFAULT_FR_MS: u32 = 30_000;
 
 fn max_forwards_limit() -> u32 {
     param_u32("MAX_FORWARDS", 10)

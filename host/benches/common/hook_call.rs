@@ -9,9 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use wisp::config::Limits;
 use wisp::proxy::{Action, Locality, RequestCtx, Source, TxVars};
-use wisp::script::{Guest, Pool, ScriptEngine, DEFAULT_COMPONENT};
+use wisp::script::{Guest, Limits, Pool, ScriptEngine, DEFAULT_COMPONENT};
 use wisp::sip::Message;
 use wisp::transport::{Listener, Transport};
 

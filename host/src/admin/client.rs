@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::config::AdminConfig;
-
-use super::ReloadRequest;
+use super::{AdminConfig, ReloadRequest};
 
 /// What `wisp ctl` can ask.
 #[derive(Debug)]

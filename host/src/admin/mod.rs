@@ -28,8 +28,32 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::config::AdminConfig;
 use crate::tenancy::{Tenancy, TenancyError};
+
+/// The `[admin]` section of the configuration file: the HTTP admin API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where it listens. Default: 127.0.0.1:9060 (loopback only).
+    #[serde(default = "default_admin_address")]
+    pub address: SocketAddr,
+    /// The bearer token every request must carry.
+    pub token: String,
+}
+
+fn default_admin_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9060))
+}
+
+impl AdminConfig {
+    /// The checks serde cannot express.
+    pub fn check(&self) -> Result<(), String> {
+        if self.token.trim().is_empty() {
+            return Err("[admin] token must not be empty".into());
+        }
+        Ok(())
+    }
+}
 
 /// The body of `POST /tenants/{name}/reload`.
 #[derive(Debug, Default, Serialize, Deserialize)]

@@ -5,9 +5,20 @@
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::Engine;
+
+/// The `[engine]` section of the configuration file: script engine
+/// settings shared by all tenants.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Where compiled components are cached. Default: `$XDG_CACHE_HOME/wisp`
+    /// or `~/.cache/wisp`, else a folder under the system temp dir.
+    pub cache_dir: Option<PathBuf>,
+}
 
 pub(super) struct CompileCache {
     dir: Option<PathBuf>,

@@ -8,7 +8,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::config::Limits;
+use super::limits::Limits;
 use crate::metrics::TenantMetrics;
 use crate::proxy::{Action, Locality, TxVars};
 use crate::sip::Message;

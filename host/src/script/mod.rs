@@ -8,6 +8,7 @@ mod cache;
 mod call;
 mod health;
 mod host_api;
+mod limits;
 mod pool;
 mod services_api;
 
@@ -19,11 +20,11 @@ use anyhow::Context;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
+pub use cache::EngineConfig;
 pub use call::{Guest, HookError, ResponseCtx};
 pub use health::HealthCounts;
+pub use limits::Limits;
 pub use pool::Pool;
-
-use crate::config::Limits;
 
 wasmtime::component::bindgen!({
     path: "../wit",

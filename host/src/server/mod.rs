@@ -9,13 +9,13 @@ mod worker;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigFile};
 use crate::dns::Resolver;
 use crate::metrics::Metrics;
 use crate::proxy::Locality;
 use crate::script::ScriptEngine;
 use crate::services::Services;
-use crate::tenancy::Tenancy;
+use crate::tenancy::{ConfigSource, Tenancy};
 use crate::transport::{Listener, Transports};
 
 /// Runs the proxy until SIGINT or SIGTERM. SIGHUP reloads the tenants from
@@ -35,8 +35,9 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         locality.clone(),
         metrics,
         services,
-        &config,
-        config_path,
+        &config.tenancy(),
+        config_path
+            .map(|path| Box::new(ConfigFile::new(path, config.clone())) as Box<dyn ConfigSource>),
     )?);
     if let Some(admin) = &config.admin {
         let address = crate::admin::serve(admin, tenancy.clone()).await?;
@@ -92,7 +93,7 @@ pub fn check(config: &Config) -> anyhow::Result<Vec<String>> {
         locality,
         Arc::new(Metrics::new()),
         services,
-        config,
+        &config.tenancy(),
         None,
     )?;
     Ok(tenancy

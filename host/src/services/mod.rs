@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-pub use storage::{Storage, StorageError};
+pub use storage::{Storage, StorageConfig, StorageError};
 
 /// How often expired bindings, nonces and keys are purged and the
 /// database checkpointed.

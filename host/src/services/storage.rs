@@ -8,6 +8,25 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::Connection;
+use serde::Deserialize;
+
+/// The `[storage]` section of the configuration file: where registrations
+/// and subscribers are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// The SQLite database file, created when missing. Relative paths are
+    /// taken from the working directory. Default: `wisp.db`.
+    pub path: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            path: PathBuf::from("wisp.db"),
+        }
+    }
+}
 
 /// Schema steps, applied in order; `user_version` counts those done.
 const MIGRATIONS: &[&str] = &[

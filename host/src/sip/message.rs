@@ -13,8 +13,8 @@ use super::error::ParseError;
 use super::header_name::HeaderName;
 use super::method::Method;
 use super::name_addr::NameAddr;
-use super::parse::check_request_uri;
 use super::syntax::{is_token, parse_u32, trim_ws};
+use super::uri::Uri;
 use super::values::{split_first, split_list};
 use super::via::Via;
 
@@ -202,7 +202,7 @@ impl Message {
         if !is_token(method.as_str()) {
             return Err(ParseError::new("Bad method"));
         }
-        check_request_uri(uri)?;
+        Uri::parse_request_uri(uri)?;
         Ok(Message::from_parts(
             StartLine::Request {
                 method,
@@ -257,7 +257,7 @@ impl Message {
     /// Replaces the Request-URI (checked as `parse` checks it). Err for
     /// responses or an invalid URI.
     pub fn set_uri(&mut self, new: &str) -> Result<(), ParseError> {
-        check_request_uri(new)?;
+        Uri::parse_request_uri(new)?;
         match &mut self.start {
             StartLine::Request { uri, .. } => {
                 *uri = Text::owned(new);

@@ -51,18 +51,6 @@ fn find_head_end(data: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
-/// The checks a Request-URI gets: it parses as a URI (sip, sips and tel
-/// fully; other schemes as opaque absolute URIs), and a SIP URI carries no
-/// `?headers` (RFC 3261 §19.1.1 table 1; RFC 4475 escruri).
-pub(super) fn check_request_uri(uri: &str) -> Result<Uri, ParseError> {
-    let parsed = Uri::parse(uri)
-        .map_err(|e| ParseError::owned(format!("Bad Request-URI: {}", e.reason())))?;
-    if parsed.is_sip() && !parsed.headers.is_empty() {
-        return Err(ParseError::new("Bad Request-URI: headers not allowed"));
-    }
-    Ok(parsed)
-}
-
 fn is_sip_version(s: &str) -> bool {
     s.eq_ignore_ascii_case("SIP/2.0")
 }
@@ -115,7 +103,7 @@ fn parse_start_line(line: &str, buf: &Arc<str>, offset: usize) -> Result<StartLi
     if uri.is_empty() || uri.bytes().any(is_ws) {
         return Err(ParseError::new("Bad Request-URI: whitespace"));
     }
-    check_request_uri(uri)?;
+    Uri::parse_request_uri(uri)?;
     let start = offset + method.len() + 1;
     Ok(StartLine::Request {
         method: Method::parse(method),

@@ -331,6 +331,20 @@ impl Uri {
         })
     }
 
+    /// Parses a Request-URI, as a message's start line and `set_uri` take
+    /// it: a URI (sip, sips and tel fully; other schemes as opaque absolute
+    /// URIs) with no `?headers` when it is a SIP URI (RFC 3261 §19.1.1
+    /// table 1; RFC 4475 escruri). Here rather than in `parse` so that the
+    /// message model and the parser share it without using each other.
+    pub(super) fn parse_request_uri(uri: &str) -> Result<Uri, ParseError> {
+        let parsed = Uri::parse(uri)
+            .map_err(|e| ParseError::owned(format!("Bad Request-URI: {}", e.reason())))?;
+        if parsed.is_sip() && !parsed.headers.is_empty() {
+            return Err(ParseError::new("Bad Request-URI: headers not allowed"));
+        }
+        Ok(parsed)
+    }
+
     /// A URI parameter by name (case-insensitive): `Some(None)` for a flag
     /// such as `;lr`, `Some(Some(v))` for `;name=v`.
     pub fn param(&self, name: &str) -> Option<Option<&str>> {

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 
-use crate::config::TenantConfig;
 use crate::metrics::TenantMetrics;
 use crate::proxy::Locality;
 use crate::script::{Guest, Pool, ScriptEngine, DEFAULT_COMPONENT};
 use crate::services::permissions::AllowList;
 use crate::services::Services;
+
+use super::config::TenantConfig;
 
 /// The component's bytes and where they came from.
 pub(super) fn read_component(config: &TenantConfig) -> anyhow::Result<(Vec<u8>, String)> {

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::RoutingConfig;
 use crate::sip::{Host, Message, Uri};
 
+use super::config::RoutingConfig;
 use super::tenant::Tenant;
 
 /// The tenants in service and how requests find them; replaced whole on a

@@ -10,23 +10,24 @@
 //! the last of them.
 
 mod build;
+mod config;
 mod directory;
 mod hooks;
 mod tenant;
 pub mod watch;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
+pub use config::{check, CanaryPolicy, ReloadConfig, RoutingConfig, TenancyConfig, TenantConfig};
 pub use directory::{Directory, Selected};
 pub use hooks::TenantHooks;
 pub use tenant::{Canary, Rollout, Tenant};
 
-use crate::config::{Config, TenantConfig};
 use crate::metrics::SharedMetrics;
 use crate::proxy::{Locality, Source};
 use crate::script::{Pool, ScriptEngine};
@@ -91,15 +92,26 @@ pub struct TenantStatus {
     pub busy_requests: u64,
 }
 
+/// The configuration file, as a configuration reload reads it again. The
+/// server level implements it: it knows the whole file, and what in it
+/// needs a restart; tenancy knows only its own sections.
+pub trait ConfigSource: Send + Sync {
+    /// The file, watched by `[reload] watch`.
+    fn path(&self) -> &Path;
+    /// Reads and checks the whole file again; tenancy's sections of it.
+    fn load(&self) -> anyhow::Result<TenancyConfig>;
+}
+
 pub struct Tenancy {
     engine: Arc<ScriptEngine>,
     locality: Arc<Locality>,
     metrics: SharedMetrics,
     services: Arc<Services>,
     directory: ArcSwap<Directory>,
-    config_path: Option<PathBuf>,
-    /// The configuration the directory was built from.
-    config: Mutex<Config>,
+    /// Absent when wisp runs without a configuration file.
+    file: Option<Box<dyn ConfigSource>>,
+    /// The sections the directory was built from.
+    applied: Mutex<TenancyConfig>,
     /// One change at a time: each builds off the hot path, then swaps.
     changing: Mutex<()>,
 }
@@ -112,11 +124,11 @@ impl Tenancy {
         locality: Arc<Locality>,
         metrics: SharedMetrics,
         services: Arc<Services>,
-        config: &Config,
-        config_path: Option<PathBuf>,
+        config: &TenancyConfig,
+        file: Option<Box<dyn ConfigSource>>,
     ) -> anyhow::Result<Tenancy> {
-        let mut tenants = Vec::with_capacity(config.tenant.len());
-        for t in &config.tenant {
+        let mut tenants = Vec::with_capacity(config.tenants.len());
+        for t in &config.tenants {
             let tenant = new_tenant(&engine, &locality, &services, &metrics, t)
                 .map_err(|err| err.context(format!("tenant {}", t.name)))?;
             tenants.push(Arc::new(tenant));
@@ -127,8 +139,8 @@ impl Tenancy {
             locality,
             metrics,
             services,
-            config_path,
-            config: Mutex::new(config.clone()),
+            file,
+            applied: Mutex::new(config.clone()),
             changing: Mutex::new(()),
         })
     }
@@ -292,7 +304,7 @@ impl Tenancy {
     /// ones added, removed ones dropped, changed ones (config or component
     /// file) given a new version. All are built before any is swapped in;
     /// one failure changes nothing. Listeners, aliases and timers need a
-    /// restart and are left as they are (with a warning).
+    /// restart and are left as they are (the [`ConfigSource`] warns).
     pub fn reload_config(&self) -> Result<Vec<ChangeReport>, TenancyError> {
         let outcome = self.try_reload_config();
         if let Err(err) = &outcome {
@@ -304,16 +316,12 @@ impl Tenancy {
 
     fn try_reload_config(&self) -> Result<Vec<ChangeReport>, TenancyError> {
         let started = Instant::now();
-        let path = self
-            .config_path
-            .as_ref()
-            .ok_or(TenancyError::NoConfigFile)?;
-        let config = Config::load(path).map_err(|err| TenancyError::Load(err.into()))?;
+        let file = self.file.as_ref().ok_or(TenancyError::NoConfigFile)?;
+        let config = file.load().map_err(TenancyError::Load)?;
         let _changing = self.lock_changes();
-        self.warn_about_restart_only_changes(&config);
         // Tenants may only claim listeners that are bound now: new
         // [[listen]] entries wait for a restart.
-        for t in &config.tenant {
+        for t in &config.tenants {
             for listener in &t.listeners {
                 if !self
                     .locality
@@ -329,12 +337,12 @@ impl Tenancy {
             }
         }
         let current = self.directory.load();
-        let mut tenants = Vec::with_capacity(config.tenant.len());
+        let mut tenants = Vec::with_capacity(config.tenants.len());
         let mut reports = Vec::new();
         // Built, not yet serving: (tenant, config, digest, pool).
         let mut pending = Vec::new();
         let mut unchanged = Vec::new();
-        for t in &config.tenant {
+        for t in &config.tenants {
             let Some(existing) = current.get(&t.name) else {
                 let tenant = new_tenant(
                     &self.engine,
@@ -385,13 +393,13 @@ impl Tenancy {
             });
         }
         for gone in current.tenants() {
-            if !config.tenant.iter().any(|t| t.name == gone.name) {
+            if !config.tenants.iter().any(|t| t.name == gone.name) {
                 reports.push((gone.name.clone(), "removed", None));
             }
         }
         self.directory
             .store(Arc::new(Directory::new(tenants, &config.routing)));
-        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config;
+        *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = config;
         let took = started.elapsed();
         let reports = reports
             .into_iter()
@@ -412,43 +420,14 @@ impl Tenancy {
         Ok(reports)
     }
 
-    fn warn_about_restart_only_changes(&self, new: &Config) {
-        let old = self.config.lock().unwrap_or_else(|e| e.into_inner());
-        let listen = |c: &Config| {
-            c.listen
-                .iter()
-                .map(|l| (l.transport, l.address, l.advertise.clone()))
-                .collect::<Vec<_>>()
-        };
-        if listen(&old) != listen(new) {
-            tracing::warn!("configuration reload: [[listen]] changes take effect after a restart");
-        }
-        if old.aliases != new.aliases {
-            tracing::warn!("configuration reload: alias changes take effect after a restart");
-        }
-        if old.timers != new.timers {
-            tracing::warn!("configuration reload: [timers] changes take effect after a restart");
-        }
-        let admin = |c: &Config| c.admin.as_ref().map(|a| (a.address, a.token.clone()));
-        if admin(&old) != admin(new) {
-            tracing::warn!("configuration reload: [admin] changes take effect after a restart");
-        }
-        if old.reload != new.reload {
-            tracing::warn!("configuration reload: [reload] changes take effect after a restart");
-        }
-        if old.engine.cache_dir != new.engine.cache_dir {
-            tracing::warn!("configuration reload: [engine] changes take effect after a restart");
-        }
-    }
-
     /// The configuration file and the component files it names: what
     /// `[reload] watch` watches.
     pub fn watched_files(&self) -> Vec<PathBuf> {
-        let config = self.config.lock().unwrap_or_else(|e| e.into_inner());
-        self.config_path
+        let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        self.file
             .iter()
-            .cloned()
-            .chain(config.tenant.iter().filter_map(|t| t.component.clone()))
+            .map(|f| f.path().to_owned())
+            .chain(applied.tenants.iter().filter_map(|t| t.component.clone()))
             .collect()
     }
 

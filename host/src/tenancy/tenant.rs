@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{CanaryPolicy, TenantConfig};
 use crate::metrics::{SharedMetrics, TenantMetrics};
 use crate::script::Pool;
+
+use super::config::{CanaryPolicy, TenantConfig};
 
 pub struct Tenant {
     pub name: String,

@@ -18,8 +18,6 @@ use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::config::Listen;
-
 /// A SIP transport protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -79,6 +77,58 @@ pub struct Inbound {
 pub struct Target {
     pub transport: Transport,
     pub addr: SocketAddr,
+}
+
+/// One `[[listen]]` entry of the configuration file: a socket to open.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    pub transport: Transport,
+    /// `IP:PORT`; IPv6 as `[::1]:5060`.
+    pub address: SocketAddr,
+    /// The `host:port` to put in Via and Record-Route instead of the bound
+    /// address, for a proxy behind NAT or bound to a wildcard address.
+    #[serde(default)]
+    pub advertise: Option<String>,
+}
+
+impl Listen {
+    /// Without a `[[listen]]`: UDP and TCP on 0.0.0.0:5060.
+    pub fn defaults() -> Vec<Listen> {
+        let any = SocketAddr::from(([0, 0, 0, 0], 5060));
+        vec![
+            Listen {
+                transport: Transport::Udp,
+                address: any,
+                advertise: None,
+            },
+            Listen {
+                transport: Transport::Tcp,
+                address: any,
+                advertise: None,
+            },
+        ]
+    }
+
+    /// The checks serde cannot express, on the whole `[[listen]]` list: one
+    /// socket at least, none twice.
+    pub fn check_all(listen: &[Listen]) -> Result<(), String> {
+        if listen.is_empty() {
+            return Err("at least one [[listen]] is needed".into());
+        }
+        for (i, a) in listen.iter().enumerate() {
+            if listen[..i]
+                .iter()
+                .any(|b| a.transport == b.transport && a.address == b.address)
+            {
+                return Err(format!(
+                    "[[listen]] {} {} appears twice",
+                    a.transport, a.address
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A listening socket as the proxy sees it.
@@ -278,5 +328,37 @@ impl Transports {
         if map.get(&peer).is_some_and(|w| w.is_closed()) {
             map.remove(&peer);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_errors_say_what_is_wrong() {
+        let err = toml::from_str::<Listen>("transport = \"smoke\"\naddress = \"1.2.3.4:5\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("smoke"), "{err}");
+        let err = toml::from_str::<Listen>("transport = \"udp\"\naddress = \"nowhere\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("address"), "{err}");
+    }
+
+    #[test]
+    fn each_socket_once() {
+        assert_eq!(
+            Listen::check_all(&[]).unwrap_err(),
+            "at least one [[listen]] is needed"
+        );
+        assert!(Listen::check_all(&Listen::defaults()).is_ok());
+        let mut twice = Listen::defaults();
+        twice.push(twice[1].clone());
+        assert_eq!(
+            Listen::check_all(&twice).unwrap_err(),
+            "[[listen]] tcp 0.0.0.0:5060 appears twice"
+        );
     }
 }
