@@ -28,18 +28,7 @@ use std::path::{Path, PathBuf};
 /// `module/file`. The test fails when one is gone, so the list only shrinks.
 /// (The sans-IO proxy core rewrite removed the two it was made for: proxy
 /// used script and tenancy.)
-const KNOWN_CYCLES: &[(&str, &str)] = &[
-    // From the sans-IO proxy core rewrite: proxy/stateless.rs holds both
-    // reply helpers (`make_reply`, `reply_target`, `is_unroutable`) that
-    // core, relay and effects use, and an `impl Core` block that uses core
-    // and effects. The helpers in a file of their own break all three.
-    ("proxy/core", "proxy/stateless"),
-    ("proxy/effects", "proxy/stateless"),
-    ("proxy/relay", "proxy/stateless"),
-    // Also from the rewrite: server/worker.rs uses the driver's
-    // `Dispatcher` and `Shared`, and the driver uses `worker::Input`.
-    ("server/worker", "server/driver"),
-];
+const KNOWN_CYCLES: &[(&str, &str)] = &[];
 
 /// Modules allowed to use `crate::config`, the whole configuration file:
 /// the server level. Everything below it owns its own section's types.

@@ -20,8 +20,8 @@ use super::effects::{Effects, Event, LookupId, Parked, Transmit};
 use super::hooks::{Hooks, Routed};
 use super::locality::Locality;
 use super::relay::Relay;
+use super::replies::{reply_target, stamp_received};
 use super::request::{Action, RequestCtx, Source, TxVars};
-use super::stateless::{reply_target, stamp_received};
 
 /// The proxy transactions of one shard's calls, over their transactions.
 pub struct Core<P> {

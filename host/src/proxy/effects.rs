@@ -16,9 +16,9 @@ use crate::transaction::{Transactions, TxId};
 use crate::transport::{listener_for, Target, Transport};
 
 use super::locality::Locality;
+use super::replies::{is_unroutable, make_reply, reply_target};
 use super::request::{RequestCtx, Source};
 use super::routing::Destination;
-use super::stateless::{is_unroutable, make_reply, reply_target};
 
 /// Lookups one shard keeps waiting at once; past it, what needs a name
 /// fails at once (503 for a request), so a flood of names under a DNS

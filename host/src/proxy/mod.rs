@@ -16,6 +16,7 @@ mod effects;
 mod hooks;
 mod locality;
 mod relay;
+mod replies;
 mod request;
 mod routing;
 mod stateless;

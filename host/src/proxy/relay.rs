@@ -17,9 +17,9 @@ use crate::transport::Target;
 use super::checks::{self, DEFAULT_MAX_FORWARDS};
 use super::effects::{Effects, Parked};
 use super::hooks::Hooks;
+use super::replies::make_reply;
 use super::request::{Action, RequestCtx, TxVars};
 use super::routing::{next_hop, Destination};
-use super::stateless::make_reply;
 
 /// Kamailio's defaults: fr_inv_timer (an INVITE branch that rang) and
 /// fr_timer (any branch before its first answer).

@@ -3,22 +3,19 @@
 //! timer thread fires the timers of idle shards, and lookups run on the
 //! tokio runtime and come back to their shard as input.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::mpsc;
 
-use crate::dns::Resolver;
-use crate::proxy::{Locality, Source};
+use crate::proxy::Source;
 use crate::sip::{self, Message};
-use crate::tenancy::Tenancy;
-use crate::transaction::Timers;
-use crate::transport::{Inbound, Target, Transports};
+use crate::transport::{Inbound, Target};
 
 use super::bad_request;
 use super::shard::Shard;
-use super::worker::{Input, Worker};
+use super::worker::{Input, Shared, Worker};
 
 /// Calls are spread over this many shards. Many more shards than cores:
 /// two threads seldom want the same one, and a hook that runs long holds up
@@ -28,21 +25,10 @@ const SHARDS: usize = 64;
 /// shard fires its own after each message).
 const TIMER_TICK: Duration = Duration::from_millis(10);
 
-/// What every worker shares.
-pub(super) struct Shared {
-    pub(super) transports: Arc<Transports>,
-    pub(super) locality: Arc<Locality>,
-    pub(super) tenancy: Arc<Tenancy>,
-    pub(super) timers: Timers,
-    pub(super) resolver: Resolver,
-    /// Where lookups run.
-    pub(super) runtime: tokio::runtime::Handle,
-}
-
 /// Parses what arrives and hands it to its shard.
 pub(super) struct Dispatcher {
     shared: Arc<Shared>,
-    shards: Vec<Shard<Worker>>,
+    shards: Vec<Arc<Shard<Worker>>>,
 }
 
 impl Dispatcher {
@@ -58,9 +44,11 @@ impl Dispatcher {
     /// the message waits parked in its shard meanwhile.
     pub(super) fn start(shared: Shared, streams: mpsc::Receiver<Inbound>) -> anyhow::Result<()> {
         let shared = Arc::new(shared);
-        let dispatcher = Arc::new_cyclic(|me: &Weak<Dispatcher>| Dispatcher {
+        let dispatcher = Arc::new(Dispatcher {
             shards: (0..SHARDS)
-                .map(|i| Shard::new(Worker::new(shared.clone(), me.clone(), i)))
+                .map(|i| {
+                    Arc::new_cyclic(|me| Shard::new(Worker::new(shared.clone(), me.clone(), i)))
+                })
                 .collect(),
             shared: shared.clone(),
         });
@@ -106,14 +94,6 @@ impl Dispatcher {
                     }
                 }
             }
-        }
-    }
-
-    /// Queues something for shard `index` (a lookup's answer) without
-    /// handling it on this thread.
-    pub(super) fn enqueue(&self, index: usize, input: Input) {
-        if let Some(shard) = self.shards.get(index) {
-            shard.enqueue(input);
         }
     }
 

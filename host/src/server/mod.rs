@@ -51,7 +51,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let listeners = transports.listeners().to_vec();
     let resolver = Resolver::new(&config.dns)?;
     driver::Dispatcher::start(
-        driver::Shared {
+        worker::Shared {
             transports,
             locality,
             tenancy,

@@ -6,16 +6,26 @@
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use crate::dns::Locate;
-use crate::proxy::{Core, Event, LookupId, Source};
+use crate::dns::{Locate, Resolver};
+use crate::proxy::{Core, Event, Locality, LookupId, Source};
 use crate::script::Pool;
 use crate::sip::{Host, Message};
-use crate::tenancy::TenantHooks;
-use crate::transaction::Transactions;
-use crate::transport::Target;
+use crate::tenancy::{Tenancy, TenantHooks};
+use crate::transaction::{Timers, Transactions};
+use crate::transport::{Target, Transports};
 
-use super::driver::{Dispatcher, Shared};
-use super::shard::Handler;
+use super::shard::{Handler, Shard};
+
+/// What every worker shares.
+pub(super) struct Shared {
+    pub(super) transports: Arc<Transports>,
+    pub(super) locality: Arc<Locality>,
+    pub(super) tenancy: Arc<Tenancy>,
+    pub(super) timers: Timers,
+    pub(super) resolver: Resolver,
+    /// Where lookups run.
+    pub(super) runtime: tokio::runtime::Handle,
+}
 
 /// What a shard is handed.
 pub(super) enum Input {
@@ -29,12 +39,12 @@ pub(super) struct Worker {
     core: Core<Arc<Pool>>,
     hooks: TenantHooks,
     shared: Arc<Shared>,
-    dispatcher: Weak<Dispatcher>,
-    index: usize,
+    /// Its own shard, where lookup answers are queued.
+    shard: Weak<Shard<Worker>>,
 }
 
 impl Worker {
-    pub(super) fn new(shared: Arc<Shared>, dispatcher: Weak<Dispatcher>, index: usize) -> Worker {
+    pub(super) fn new(shared: Arc<Shared>, shard: Weak<Shard<Worker>>, index: usize) -> Worker {
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -48,8 +58,7 @@ impl Worker {
             ),
             hooks: TenantHooks::new(shared.tenancy.clone()),
             shared,
-            dispatcher,
-            index,
+            shard,
         }
     }
 
@@ -103,15 +112,14 @@ impl Worker {
     /// not run hooks.
     fn lookup(&self, id: LookupId, query: Locate) {
         let resolver = self.shared.resolver.clone();
-        let dispatcher = self.dispatcher.clone();
-        let index = self.index;
+        let shard = self.shard.clone();
         self.shared.runtime.spawn(async move {
             let result = resolver
                 .locate(&query)
                 .await
                 .map_err(|err| format!("{}: {err}", query.host));
-            if let Some(dispatcher) = dispatcher.upgrade() {
-                dispatcher.enqueue(index, Input::Resolved(id, result));
+            if let Some(shard) = shard.upgrade() {
+                shard.enqueue(Input::Resolved(id, result));
             }
         });
     }
