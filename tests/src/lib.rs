@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+mod dns;
 mod lossy_uas;
+pub use dns::{Asked, DnsServer, SilentDns, Zone};
 pub use lossy_uas::{LossyUas, UasReport};
 
 /// The repository root.

@@ -195,12 +195,10 @@ impl Procedure {
             return;
         };
         match (step, answer) {
-            // The host does not exist: no SRV name under it does either
-            // (RFC 8020), so there is nothing more to ask.
-            (Step::Naptr, Answer::NoName) => {
-                self.steps.clear();
-                self.fallback = None;
-            }
+            // The host does not exist in DNS: no SRV name under it does
+            // either (RFC 8020). Only the A/AAAA fallback is left, which
+            // still finds names that only /etc/hosts knows ("localhost").
+            (Step::Naptr, Answer::NoName) => {}
             (Step::Naptr, answer) => {
                 let leads = match answer {
                     Answer::Naptr(records) => naptr::select(records, MAX_NAPTR),
@@ -488,10 +486,17 @@ mod tests {
     }
 
     #[test]
-    fn a_name_that_does_not_exist_stops_at_the_first_question() {
+    fn a_name_that_does_not_exist_is_asked_no_srv() {
         let (asked, result) = run(&locate("nowhere.test"), |_| Answer::NoName);
-        assert_eq!(asked, vec![naptr_q("nowhere.test")]);
+        assert_eq!(asked, vec![naptr_q("nowhere.test"), addr_q("nowhere.test")]);
         assert!(matches!(result, Err(DnsError::NoRecords(name)) if name == "nowhere.test"));
+
+        // Known to /etc/hosts only: the A/AAAA question still finds it.
+        let (_, targets) = run(&locate("localhost"), |q| match q {
+            Question::Address(_) => Answer::Address(vec![v4(1)]),
+            _ => Answer::NoName,
+        });
+        assert_eq!(targets.unwrap(), vec![target(Transport::Udp, v4(1), 5060)]);
     }
 
     #[test]
