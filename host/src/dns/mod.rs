@@ -296,6 +296,16 @@ mod tests {
         };
         let resolver = Resolver::new(&config).expect("resolver");
         let _copy = resolver.clone();
+        // The proxy spawns lookups as tasks: the future must be Send.
+        fn send<T: Send>(_: &T) {}
+        let query = Locate {
+            host: "example.test".into(),
+            port: None,
+            transport: None,
+            secure: false,
+            response: false,
+        };
+        send(&resolver.locate(&query));
 
         let zero = DnsConfig {
             timeout_ms: 0,

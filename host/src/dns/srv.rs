@@ -49,15 +49,23 @@ pub fn order(
             let total = group
                 .iter()
                 .fold(0u32, |sum, r| sum.saturating_add(u32::from(r.weight)));
-            let pick = random(total).min(total);
-            let mut running = 0u32;
-            let index = group
-                .iter()
-                .position(|r| {
-                    running = running.saturating_add(u32::from(r.weight));
-                    running >= pick
-                })
-                .unwrap_or(group.len() - 1);
+            let last = group.len() - 1;
+            let index = if total == 0 {
+                // All weights 0: RFC 2782 gives no preference, so spread
+                // the load evenly rather than always taking the first.
+                usize::try_from(random(u32::try_from(last).unwrap_or(u32::MAX)))
+                    .map_or(last, |i| i.min(last))
+            } else {
+                let pick = random(total).min(total);
+                let mut running = 0u32;
+                group
+                    .iter()
+                    .position(|r| {
+                        running = running.saturating_add(u32::from(r.weight));
+                        running >= pick
+                    })
+                    .unwrap_or(last)
+            };
             ordered.push(group.remove(index));
         }
         rest = tail;
@@ -135,6 +143,17 @@ mod tests {
         }
         assert!(firsts[1] > firsts[2], "{firsts:?}");
         assert!(firsts[2] > 0, "{firsts:?}");
+    }
+
+    #[test]
+    fn all_zero_weights_pick_uniformly() {
+        let records = vec![srv(1, 0, 1, "a"), srv(1, 0, 2, "b"), srv(1, 0, 3, "c")];
+        assert_eq!(
+            ports(&order(records.clone(), 16, &mut |_| 0)),
+            vec![1, 2, 3]
+        );
+        // random(2) = 2 takes "c" first; then random(1) = 1 takes "b".
+        assert_eq!(ports(&order(records, 16, &mut |n| n)), vec![3, 2, 1]);
     }
 
     #[test]
