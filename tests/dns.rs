@@ -78,7 +78,9 @@ fn names_at_rate(
             if !running.load(Ordering::SeqCst) && drain_until.is_none() {
                 drain_until = Some(now + Duration::from_millis(DNS_TIMEOUT_MS * 5));
             }
-            if drain_until.is_some_and(|until| now >= until) || finals.len() == sent.len() && drain_until.is_some() {
+            if drain_until.is_some_and(|until| now >= until)
+                || finals.len() == sent.len() && drain_until.is_some()
+            {
                 break;
             }
             let mut buf = [0u8; 4096];
@@ -124,9 +126,15 @@ fn a_dns_server_that_never_answers_holds_up_nothing_else() {
     let names = names_at_rate(wisp.addr(), 20, running.clone());
     // 1000 calls at 100 calls/s to an IP destination, meanwhile.
     let callee = SocketAddr::from((Ipv4Addr::LOCALHOST, uas_port));
-    let outcome = Sipp::uac(scenario("uac.xml"), Transport::Udp, callee, wisp.addr(), calls)
-        .run()
-        .expect("uac runs");
+    let outcome = Sipp::uac(
+        scenario("uac.xml"),
+        Transport::Udp,
+        callee,
+        wisp.addr(),
+        calls,
+    )
+    .run()
+    .expect("uac runs");
     running.store(false, Ordering::SeqCst);
     let names = names.join().expect("name sender");
     let uas = uas.wait().expect("uas ends");
@@ -154,7 +162,10 @@ fn a_dns_server_that_never_answers_holds_up_nothing_else() {
         dns.queries()
     );
     assert_all_successful("calls to an IP destination", &outcome, calls);
-    assert!(names.len() >= 100, "the name requests ran alongside the calls");
+    assert!(
+        names.len() >= 100,
+        "the name requests ran alongside the calls"
+    );
     assert!(dns.queries() > 0, "wisp asked the silent server");
     for (status, took) in &names {
         assert!(
@@ -181,8 +192,20 @@ fn srv_failover_reaches_the_second_callee() {
             "SIP+D2U",
             "_sip._udp.failover.test",
         )
-        .srv("_sip._udp.failover.test", 10, 0, port_a, "uas-a.failover.test")
-        .srv("_sip._udp.failover.test", 20, 0, port_b, "uas-b.failover.test")
+        .srv(
+            "_sip._udp.failover.test",
+            10,
+            0,
+            port_a,
+            "uas-a.failover.test",
+        )
+        .srv(
+            "_sip._udp.failover.test",
+            20,
+            0,
+            port_b,
+            "uas-b.failover.test",
+        )
         .a("uas-a.failover.test", Ipv4Addr::LOCALHOST)
         .a("uas-b.failover.test", Ipv4Addr::LOCALHOST);
     let dns = DnsServer::start(zone).expect("DNS server");
@@ -216,5 +239,9 @@ fn srv_failover_reaches_the_second_callee() {
         dns.queries()
     );
     assert_all_successful("calls to failover.test", &outcome, calls);
-    assert_eq!(second.successful, u64::from(calls), "every call reached the second callee");
+    assert_eq!(
+        second.successful,
+        u64::from(calls),
+        "every call reached the second callee"
+    );
 }

@@ -6,7 +6,8 @@
 //! [`services`]: location, digest auth, ...) → back out through
 //! [`transport`]. [`tenancy`] picks the tenant and version for each request
 //! and swaps them at runtime; [`admin`] and [`metrics`] expose it to
-//! operators. [`server`] wires them together from a [`config`].
+//! operators. [`dns`] locates servers by name (RFC 3263) off the receiving
+//! threads. [`server`] wires them together from a [`config`].
 
 pub mod admin;
 pub mod config;

@@ -16,6 +16,8 @@
 //! - `kamailio.rs`: Kamailio as the neighbouring proxy;
 //! - `guests.rs`: routing components built for the tests (Rust and
 //!   TypeScript) and the choice of default routing;
+//! - `dns.rs`: DNS servers on loopback (one serving a zone written in
+//!   code, one that never answers);
 //! - `lossy_uas.rs`: a callee that loses packets on purpose.
 
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
@@ -23,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 mod config;
 mod digest;
+mod dns;
 mod guests;
 mod kamailio;
 mod lossy_uas;
@@ -33,6 +36,7 @@ mod wisp;
 
 pub use config::{Tenant, WispBuilder};
 pub use digest::{challenge_param, credentials};
+pub use dns::{Asked, DnsServer, SilentDns, Zone};
 pub use guests::{build_guest, build_js_guest, cached_js_build, default_js_component, Routing};
 pub use kamailio::Kamailio;
 pub use lossy_uas::{LossyUas, UasReport};
