@@ -230,15 +230,24 @@ fn srv_failover_reaches_the_second_callee() {
     uac.extra = vec!["-key".into(), "callee_host".into(), "failover.test".into()];
     let outcome = uac.run().expect("uac runs");
     let second = second.wait().expect("second uas ends");
-    drop(first);
+    let first = first.wait().expect("first uas ends");
     eprintln!(
-        "uac {} successful, {} failed; second uas {} successful; DNS questions {:?}",
+        "uac {} successful, {} failed; first uas (503) {} answered; second uas {} successful; \
+         DNS questions {:?}",
         outcome.successful,
         outcome.failed,
+        first.successful,
         second.successful,
         dns.queries()
     );
     assert_all_successful("calls to failover.test", &outcome, calls);
+    // Every INVITE went to the preferred target first (its 503 acknowledged
+    // hop by hop), then to the next one.
+    assert_eq!(
+        first.successful,
+        u64::from(calls),
+        "every call tried the first callee"
+    );
     assert_eq!(
         second.successful,
         u64::from(calls),

@@ -114,10 +114,7 @@ impl Worker {
         let resolver = self.shared.resolver.clone();
         let shard = self.shard.clone();
         self.shared.runtime.spawn(async move {
-            let result = resolver
-                .locate(&query)
-                .await
-                .map_err(|err| format!("{}: {err}", query.host));
+            let result = resolver.locate(&query).await.map_err(|e| e.to_string());
             if let Some(shard) = shard.upgrade() {
                 shard.enqueue(Input::Resolved(id, result));
             }
