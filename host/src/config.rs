@@ -167,6 +167,9 @@ impl Config {
         if self.storage.path != new.storage.path {
             changed.push("[storage]");
         }
+        if self.dns != new.dns {
+            changed.push("[dns]");
+        }
         changed
     }
 }
@@ -300,5 +303,8 @@ mod tests {
         new.listen.pop();
         new.tenant[0].domains.push("example.com".into());
         assert_eq!(running.restart_only_changes(&new), ["[[listen]]", "alias"]);
+        let mut new = Config::default();
+        new.dns.timeout_ms = 500;
+        assert_eq!(running.restart_only_changes(&new), ["[dns]"]);
     }
 }

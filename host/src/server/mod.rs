@@ -7,6 +7,8 @@ mod shard;
 mod worker;
 
 use std::path::PathBuf;
+
+use anyhow::Context;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigFile};
@@ -49,7 +51,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         tracing::info!("watching the configuration and component files");
     }
     let listeners = transports.listeners().to_vec();
-    let resolver = Resolver::new(&config.dns)?;
+    let resolver = Resolver::new(&config.dns).context("[dns]")?;
     driver::Dispatcher::start(
         worker::Shared {
             transports,
@@ -73,6 +75,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
 /// Loads every tenant's component and instantiates it once, without
 /// opening any socket; returns a line per tenant for the operator.
 pub fn check(config: &Config) -> anyhow::Result<Vec<String>> {
+    Resolver::new(&config.dns).context("[dns]")?;
     let engine = ScriptEngine::new(config.engine.cache_dir.clone())?;
     let listeners = config
         .listen
