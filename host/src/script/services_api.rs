@@ -11,7 +11,7 @@ use super::call::{Action, BranchTarget, HostState, RequestCtx};
 use super::wisp::proxy::{acc, auth, kv, nat, permissions, proxy, registrar, types};
 use crate::services::auth::{self as digest_auth, Kind, Outcome};
 use crate::services::location::{self, SaveOptions};
-use crate::services::{acc as accounting, nat as nathelper};
+use crate::services::{acc as accounting, nat as nathelper, Wait};
 use crate::sip::{HeaderName, Method, Uri};
 
 /// Contacts one lookup forks to at most (the host's branch limit).
@@ -28,6 +28,11 @@ impl HostState {
 
     fn request_mut(&mut self, handle: &Resource<RequestCtx>) -> Result<&mut RequestCtx> {
         Ok(self.table.get_mut(handle)?)
+    }
+
+    /// How long a hook waits for its storage write (within its deadline).
+    fn storage_wait(&self) -> Wait {
+        Wait::for_hook(self.guest.limits.hook_deadline())
     }
 
     fn algorithms(&self) -> Vec<crate::services::digest::Algorithm> {
@@ -137,6 +142,7 @@ impl registrar::Host for HostState {
             received,
             &opts,
             now,
+            self.storage_wait(),
         );
         match saved {
             Ok(bindings) => {
@@ -245,11 +251,14 @@ impl registrar::Host for HostState {
     }
 
     fn unregister(&mut self, user: String) -> Result<Result<u32, String>> {
-        Ok(
-            location::unregister(&self.guest.services.storage, self.tenant(), &user)
-                .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
-                .map_err(|e| e.to_string()),
+        Ok(location::unregister(
+            &self.guest.services.storage,
+            self.tenant(),
+            &user,
+            self.storage_wait(),
         )
+        .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+        .map_err(|e| e.to_string()))
     }
 
     fn registered(&mut self, user: String) -> Result<bool> {
