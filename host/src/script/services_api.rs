@@ -11,7 +11,7 @@ use super::call::{Action, BranchTarget, HostState, RequestCtx};
 use super::wisp::proxy::{acc, auth, kv, nat, permissions, proxy, registrar, types};
 use crate::services::auth::{self as digest_auth, Kind, Outcome};
 use crate::services::location::{self, SaveOptions};
-use crate::services::{acc as accounting, nat as nathelper, Wait};
+use crate::services::{acc as accounting, nat as nathelper, StorageError, Wait};
 use crate::sip::{HeaderName, Method, Uri};
 
 /// Contacts one lookup forks to at most (the host's branch limit).
@@ -47,7 +47,7 @@ impl HostState {
     ) -> Result<auth::Outcome> {
         let allowed = self.algorithms();
         let ctx = self.request(&req)?;
-        let outcome = digest_auth::authorize(
+        let outcome = match digest_auth::authorize(
             &self.guest.services,
             self.tenant(),
             &ctx.msg,
@@ -55,7 +55,19 @@ impl HostState {
             realm,
             &allowed,
             Instant::now(),
-        );
+        ) {
+            Ok(outcome) => outcome,
+            // The outcome has no word for it, and a challenge would tell
+            // the UA its password is wrong: the call traps, and the
+            // request is answered 500.
+            Err(err) => {
+                return Err(storage_failure(
+                    "subscriber lookup",
+                    &self.guest.tenant,
+                    err,
+                ))
+            }
+        };
         self.request_mut(&req)?.auth_stale = outcome == Outcome::Stale;
         Ok(match outcome {
             Outcome::Authorized(user) => auth::Outcome::Authorized(user),
@@ -92,6 +104,14 @@ impl HostState {
         });
         Ok(())
     }
+}
+
+/// The error that traps a hook whose service call met a storage failure
+/// it cannot report (the request is answered 500). It carries the
+/// [`StorageError`], for whoever wants to tell it from a guest's fault.
+fn storage_failure(what: &str, tenant: &str, err: StorageError) -> wasmtime::Error {
+    tracing::warn!(tenant, %err, "{what} failed; the request is answered 500");
+    wasmtime::Error::new(err).context(format!("{what} failed"))
 }
 
 fn rejection(code: u16, reason: String, headers: Vec<(HeaderName, String)>) -> proxy::Rejection {
@@ -262,13 +282,17 @@ impl registrar::Host for HostState {
     }
 
     fn registered(&mut self, user: String) -> Result<bool> {
-        Ok(location::lookup(
+        match location::lookup(
             &self.guest.services.storage,
             self.tenant(),
             &user,
             location::unix_now(),
-        )
-        .is_ok_and(|b| !b.is_empty()))
+        ) {
+            Ok(bindings) => Ok(!bindings.is_empty()),
+            // A failed lookup is not "not registered"; the WIT's bool has
+            // no room for an error: the call traps (500).
+            Err(err) => Err(storage_failure("location lookup", &self.guest.tenant, err)),
+        }
     }
 }
 
