@@ -188,8 +188,14 @@ function registrar(req: Request): Flow {
 /** route[LOCATION]: the Request-URI becomes the user's registered contacts. */
 function location(req: Request): Flow {
   const found = usrloc.lookup(req);
-  if (found === "not-found" || found === "storage") {
+  if (found === "not-found") {
     req.reply(404, "Not Found");
+    return EXIT;
+  }
+  // Kamailio's default config answers -3 with 404 too; a failed store
+  // says nothing about the user: 500.
+  if (found === "storage") {
+    req.reply(500, "Server Internal Error");
     return EXIT;
   }
   if (found === "method-not-allowed") {

@@ -219,8 +219,14 @@ fn location(req: &Request) -> Result<Flow> {
                 vars::set_flag(FLB_NATB);
             }
         }
-        Err(LookupError::NotFound | LookupError::Storage) => {
+        Err(LookupError::NotFound) => {
             req.reply(404, "Not Found")?;
+            return Ok(Exit);
+        }
+        // Kamailio's default config answers -3 with 404 too; a failed
+        // store says nothing about the user: 500.
+        Err(LookupError::Storage) => {
+            req.reply(500, "Server Internal Error")?;
             return Ok(Exit);
         }
         Err(LookupError::MethodNotAllowed) => {

@@ -12,7 +12,7 @@ use super::wisp::proxy::{acc, auth, kv, nat, permissions, proxy, registrar, type
 use crate::proxy::{Action, BranchTarget, RequestCtx};
 use crate::services::auth::{self as digest_auth, Kind, Outcome};
 use crate::services::location::{self, SaveOptions};
-use crate::services::{acc as accounting, nat as nathelper};
+use crate::services::{acc as accounting, nat as nathelper, StorageError, Wait};
 use crate::sip::{HeaderName, Method, Uri};
 
 /// Contacts one lookup forks to at most (the host's branch limit).
@@ -31,6 +31,11 @@ impl HostState {
         Ok(self.table.get_mut(handle)?)
     }
 
+    /// How long a hook waits for its storage write (within its deadline).
+    fn storage_wait(&self) -> Wait {
+        Wait::for_hook(self.guest.limits.hook_deadline())
+    }
+
     fn algorithms(&self) -> Vec<crate::services::digest::Algorithm> {
         digest_auth::algorithms(self.guest.params.get("AUTH_ALGORITHMS").map(String::as_str))
     }
@@ -43,7 +48,7 @@ impl HostState {
     ) -> Result<auth::Outcome> {
         let allowed = self.algorithms();
         let ctx = self.request(&req)?;
-        let outcome = digest_auth::authorize(
+        let outcome = match digest_auth::authorize(
             &self.guest.services,
             self.tenant(),
             &ctx.msg,
@@ -51,7 +56,19 @@ impl HostState {
             realm,
             &allowed,
             Instant::now(),
-        );
+        ) {
+            Ok(outcome) => outcome,
+            // The outcome has no word for it, and a challenge would tell
+            // the UA its password is wrong: the call traps, and the
+            // request is answered 500.
+            Err(err) => {
+                return Err(storage_failure(
+                    "subscriber lookup",
+                    &self.guest.tenant,
+                    err,
+                ))
+            }
+        };
         self.request_mut(&req)?.auth_stale = outcome == Outcome::Stale;
         Ok(match outcome {
             Outcome::Authorized(user) => auth::Outcome::Authorized(user),
@@ -88,6 +105,14 @@ impl HostState {
         });
         Ok(())
     }
+}
+
+/// The error that traps a hook whose service call met a storage failure
+/// it cannot report (the request is answered 500). It carries the
+/// [`StorageError`], for whoever wants to tell it from a guest's fault.
+fn storage_failure(what: &str, tenant: &str, err: StorageError) -> wasmtime::Error {
+    tracing::warn!(tenant, %err, "{what} failed; the request is answered 500");
+    wasmtime::Error::new(err).context(format!("{what} failed"))
 }
 
 fn rejection(code: u16, reason: String, headers: Vec<(HeaderName, String)>) -> proxy::Rejection {
@@ -138,6 +163,7 @@ impl registrar::Host for HostState {
             received,
             &opts,
             now,
+            self.storage_wait(),
         );
         match saved {
             Ok(bindings) => {
@@ -246,21 +272,28 @@ impl registrar::Host for HostState {
     }
 
     fn unregister(&mut self, user: String) -> Result<Result<u32, String>> {
-        Ok(
-            location::unregister(&self.guest.services.storage, self.tenant(), &user)
-                .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
-                .map_err(|e| e.to_string()),
+        Ok(location::unregister(
+            &self.guest.services.storage,
+            self.tenant(),
+            &user,
+            self.storage_wait(),
         )
+        .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+        .map_err(|e| e.to_string()))
     }
 
     fn registered(&mut self, user: String) -> Result<bool> {
-        Ok(location::lookup(
+        match location::lookup(
             &self.guest.services.storage,
             self.tenant(),
             &user,
             location::unix_now(),
-        )
-        .is_ok_and(|b| !b.is_empty()))
+        ) {
+            Ok(bindings) => Ok(!bindings.is_empty()),
+            // A failed lookup is not "not registered"; the WIT's bool has
+            // no room for an error: the call traps (500).
+            Err(err) => Err(storage_failure("location lookup", &self.guest.tenant, err)),
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::digest::{Algorithm, Credentials};
 use super::nonce::{NonceCheck, NONCE_LIFETIME};
-use super::{subscribers, Services};
+use super::{subscribers, Services, StorageError};
 use crate::sip::{HeaderName, Message};
 
 /// Which header pair is used: 401 + WWW-Authenticate / Authorization for
@@ -64,7 +64,8 @@ pub fn algorithms(param: Option<&str>) -> Vec<Algorithm> {
 }
 
 /// Checks the request's credentials for `realm`. `allowed` are the
-/// algorithms the tenant accepts.
+/// algorithms the tenant accepts. Err: the subscriber store failed, which
+/// says nothing about the credentials (answer 500, not a challenge).
 pub fn authorize(
     services: &Services,
     tenant: &str,
@@ -73,7 +74,7 @@ pub fn authorize(
     realm: &str,
     allowed: &[Algorithm],
     now: Instant,
-) -> Outcome {
+) -> Result<Outcome, StorageError> {
     let name = kind.credentials_header();
     // Several credentials may come (one per realm or algorithm): use the
     // first for our realm in an algorithm we accept.
@@ -95,16 +96,16 @@ pub fn authorize(
         }
     }
     let Some((creds, algorithm)) = found else {
-        return match last_err {
+        return Ok(match last_err {
             Some(err) => Outcome::Invalid(err),
             None => Outcome::Missing,
-        };
+        });
     };
     match services.nonces.peek(&creds.nonce, now) {
         NonceCheck::Fresh => {}
-        NonceCheck::Stale => return Outcome::Stale,
+        NonceCheck::Stale => return Ok(Outcome::Stale),
         NonceCheck::Unknown | NonceCheck::Replayed => {
-            return Outcome::Invalid("unknown nonce".into())
+            return Ok(Outcome::Invalid("unknown nonce".into()))
         }
     }
     if creds
@@ -112,35 +113,34 @@ pub fn authorize(
         .as_deref()
         .is_some_and(|q| !q.eq_ignore_ascii_case("auth"))
     {
-        return Outcome::Invalid("qop other than auth".into());
+        return Ok(Outcome::Invalid("qop other than auth".into()));
     }
-    let ha1 =
-        match subscribers::ha1_of(&services.storage, tenant, &creds.username, realm, algorithm) {
-            Ok(Some(ha1)) => ha1,
-            Ok(None) => return Outcome::Invalid(format!("unknown user {}", creds.username)),
-            Err(err) => {
-                tracing::warn!(%err, "subscriber lookup failed");
-                return Outcome::Invalid("subscriber store unavailable".into());
-            }
-        };
+    let Some(ha1) =
+        subscribers::ha1_of(&services.storage, tenant, &creds.username, realm, algorithm)?
+    else {
+        return Ok(Outcome::Invalid(format!("unknown user {}", creds.username)));
+    };
     let method = msg.method().map(|m| m.as_str()).unwrap_or_default();
     if !creds.verify(algorithm, &ha1, method) {
-        return Outcome::Invalid(format!("wrong digest for {}", creds.username));
+        return Ok(Outcome::Invalid(format!(
+            "wrong digest for {}",
+            creds.username
+        )));
     }
     let nc = if creds.qop.is_some() {
         match creds.nonce_count() {
             Some(nc) => Some(nc),
-            None => return Outcome::Invalid("bad nc".into()),
+            None => return Ok(Outcome::Invalid("bad nc".into())),
         }
     } else {
         None
     };
-    match services.nonces.consume(&creds.nonce, nc, now) {
+    Ok(match services.nonces.consume(&creds.nonce, nc, now) {
         NonceCheck::Fresh => Outcome::Authorized(creds.username),
         NonceCheck::Stale => Outcome::Stale,
         NonceCheck::Replayed => Outcome::Invalid("replayed nonce count".into()),
         NonceCheck::Unknown => Outcome::Invalid("unknown nonce".into()),
-    }
+    })
 }
 
 /// The nonce lifetime: the tenant param `AUTH_NONCE_EXPIRES` in seconds
@@ -231,8 +231,9 @@ mod tests {
         let now = Instant::now();
         let all = algorithms(None);
         assert_eq!(all, vec![Algorithm::Sha256, Algorithm::Md5]);
-        let run =
-            |msg: &Message| authorize(&services, "t", msg, Kind::Www, "example.com", &all, now);
+        let run = |msg: &Message| {
+            authorize(&services, "t", msg, Kind::Www, "example.com", &all, now).expect("store")
+        };
         assert_eq!(run(&register(None)), Outcome::Missing);
 
         assert_eq!(nonce_lifetime(None), NONCE_LIFETIME);
@@ -287,13 +288,15 @@ mod tests {
                 "example.com",
                 &md5_only,
                 now
-            ),
+            )
+            .expect("store"),
             Outcome::Invalid(_)
         ));
         // Another tenant has no such subscriber.
         let fourth = register(Some(&answer(&nonce, "00000004", "secret", Algorithm::Md5)));
         assert!(matches!(
-            authorize(&services, "u", &fourth, Kind::Www, "example.com", &all, now),
+            authorize(&services, "u", &fourth, Kind::Www, "example.com", &all, now)
+                .expect("store"),
             Outcome::Invalid(m) if m.contains("unknown user")
         ));
         // Past the nonce's lifetime: stale.
@@ -308,7 +311,8 @@ mod tests {
                 "example.com",
                 &all,
                 later
-            ),
+            )
+            .expect("store"),
             Outcome::Stale
         );
         let stale = challenge(
@@ -322,5 +326,27 @@ mod tests {
         );
         assert_eq!(stale[0].0, HeaderName::ProxyAuthenticate);
         assert!(stale[0].1.ends_with("stale=true"));
+    }
+
+    /// A failed subscriber lookup is an error, not an unknown user: the
+    /// request deserves a 500, not another challenge.
+    #[test]
+    fn a_failed_store_is_not_an_unknown_user() {
+        let services = Services::with_storage(super::super::Storage::in_memory().expect("db"));
+        let now = Instant::now();
+        let nonce = services.nonces.issue(now, NONCE_LIFETIME);
+        services
+            .storage
+            .write(|c| Ok::<_, StorageError>(c.execute_batch("DROP TABLE subscriber")?))
+            .expect("dropped");
+        let req = register(Some(&answer(&nonce, "00000001", "secret", Algorithm::Md5)));
+        let all = algorithms(None);
+        let out = authorize(&services, "t", &req, Kind::Www, "example.com", &all, now);
+        assert!(out.is_err(), "{out:?}");
+        // The nonce-count was not used up by the failed attempt.
+        assert_eq!(
+            services.nonces.consume(&nonce, Some(1), now),
+            NonceCheck::Fresh
+        );
     }
 }

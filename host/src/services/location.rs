@@ -7,10 +7,14 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::params;
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::storage::{Storage, StorageError};
+use super::writer::Wait;
 use crate::sip::{HeaderName, Message, NameAddr};
+
+/// Seconds a REGISTER refused for an overloaded writer is told to wait.
+const RETRY_AFTER_SECONDS: u32 = 5;
 
 /// How `save` treats a REGISTER (see the `registrar` WIT interface).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +97,16 @@ impl SaveError {
             ),
             SaveError::TooManyContacts(_) => (403, "Too Many Registered Contacts".into(), vec![]),
             SaveError::OutOfOrder => (500, "Server Internal Error (out of order)".into(), vec![]),
+            // The writer is behind and nothing was written: the UA may
+            // retry shortly (RFC 3261 §21.5.4).
+            SaveError::Storage(err) if err.is_overload() => (
+                503,
+                "Service Unavailable".into(),
+                vec![(
+                    HeaderName::Other("Retry-After".into()),
+                    RETRY_AFTER_SECONDS.to_string(),
+                )],
+            ),
             SaveError::Storage(_) => (500, "Server Internal Error".into(), vec![]),
         }
     }
@@ -195,6 +209,11 @@ fn parse_q(v: Option<&str>) -> Result<f32, SaveError> {
 /// Handles a REGISTER (RFC 3261 §10.3 steps 5–8) for `aor`: `received`
 /// is where it came from (kept when `opts.nat`). Returns the bindings the
 /// address has afterwards, for the 200 OK.
+///
+/// The request is read here, on the caller's thread; the bindings are
+/// checked and changed in one transaction on the writer thread, so that
+/// REGISTERs of one address of record apply one after the other. The
+/// caller waits up to `wait` for it (see [`Storage::write_within`]).
 pub fn save(
     storage: &Storage,
     tenant: &str,
@@ -202,133 +221,201 @@ pub fn save(
     received: Option<String>,
     opts: &SaveOptions,
     now: i64,
+    wait: Wait,
 ) -> Result<Vec<Binding>, SaveError> {
-    let to = req
-        .to()
-        .map_err(|e| SaveError::BadRequest(e.reason().to_owned()))?;
-    let aor = aor_of(&to.uri).ok_or_else(|| SaveError::BadRequest("no user in To".into()))?;
-    let call_id = req.call_id().unwrap_or_default().to_owned();
-    let cseq = req
-        .cseq()
-        .map_err(|e| SaveError::BadRequest(e.reason().to_owned()))?
-        .seq;
-    let header_expires = match req.header(&HeaderName::Expires) {
-        Some(v) => Some(parse_delta(v).ok_or_else(|| SaveError::BadRequest("bad Expires".into()))?),
-        None => None,
-    };
-    let contacts: Vec<&str> = req.values(&HeaderName::Contact).collect();
-    let path: Vec<String> = req.values(&HeaderName::Path).map(str::to_owned).collect();
-    let methods: Vec<String> = req
-        .values(&HeaderName::Allow)
-        .map(|m| m.trim().to_ascii_uppercase())
-        .collect();
-    let user_agent = req
-        .header(&HeaderName::UserAgent)
-        .unwrap_or_default()
-        .to_owned();
+    let register = Register::read(tenant, req, received, opts, now)?;
+    storage.write_within(wait, move |conn| register.apply(conn))
+}
 
-    let mut conn = storage.conn();
-    let tx = conn.transaction()?;
-    tx.prepare_cached("DELETE FROM location WHERE tenant = ?1 AND aor = ?2 AND expires <= ?3")?
-        .execute(params![tenant, aor, now])?;
+/// What a REGISTER asks, owned, for the writer thread.
+struct Register {
+    tenant: String,
+    aor: String,
+    call_id: String,
+    cseq: u32,
+    /// None: `Contact: *` (remove every binding).
+    contacts: Option<Vec<Asked>>,
+    path: String,
+    received: String,
+    user_agent: String,
+    methods: String,
+    nat: bool,
+    persistent: bool,
+    max_contacts: u32,
+    now: i64,
+}
 
-    if contacts.iter().any(|c| c.trim() == "*") {
-        // Contact: * removes every binding, and only with Expires: 0 (§10.3 step 6).
-        if contacts.len() != 1 || header_expires != Some(0) {
-            return Err(SaveError::BadRequest(
-                "Contact: * needs Expires: 0 and no other contact".into(),
-            ));
-        }
-        let stored = bindings_in(&tx, tenant, &aor, now)?;
-        if stored
-            .iter()
-            .any(|b| b.call_id == call_id && b.cseq >= cseq)
-        {
-            return Err(SaveError::OutOfOrder);
-        }
-        tx.prepare_cached("DELETE FROM location WHERE tenant = ?1 AND aor = ?2")?
-            .execute(params![tenant, aor])?;
-        tx.commit()?;
-        return Ok(Vec::new());
-    }
-
-    let mut asked = Vec::with_capacity(contacts.len());
-    for value in &contacts {
-        let contact = NameAddr::parse(value)
-            .map_err(|e| SaveError::BadRequest(format!("Contact: {}", e.reason())))?;
-        let expires = effective_expires(contact.param("expires").flatten(), header_expires, opts)?;
-        let q = parse_q(contact.param("q").flatten())?;
-        asked.push(Asked {
-            uri: contact.uri.to_string(),
-            expires,
-            q,
-        });
-    }
-
-    for a in &asked {
-        let stored: Option<(String, u32)> = tx.prepare_cached("SELECT call_id, cseq FROM location WHERE tenant = ?1 AND aor = ?2 AND contact = ?3")?.query_row(
-                params![tenant, aor, a.uri],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .ok();
-        if let Some((stored_call, stored_cseq)) = stored {
-            if stored_call == call_id && stored_cseq >= cseq {
-                return Err(SaveError::OutOfOrder);
+impl Register {
+    /// Reads and checks the request: every refusal that does not depend
+    /// on the stored bindings is found here, before the writer is asked.
+    fn read(
+        tenant: &str,
+        req: &Message,
+        received: Option<String>,
+        opts: &SaveOptions,
+        now: i64,
+    ) -> Result<Register, SaveError> {
+        let to = req
+            .to()
+            .map_err(|e| SaveError::BadRequest(e.reason().to_owned()))?;
+        let aor = aor_of(&to.uri).ok_or_else(|| SaveError::BadRequest("no user in To".into()))?;
+        let call_id = req.call_id().unwrap_or_default().to_owned();
+        let cseq = req
+            .cseq()
+            .map_err(|e| SaveError::BadRequest(e.reason().to_owned()))?
+            .seq;
+        let header_expires = match req.header(&HeaderName::Expires) {
+            Some(v) => {
+                Some(parse_delta(v).ok_or_else(|| SaveError::BadRequest("bad Expires".into()))?)
             }
-        }
-        if a.expires == 0 {
-            tx.prepare_cached(
-                "DELETE FROM location WHERE tenant = ?1 AND aor = ?2 AND contact = ?3",
-            )?
-            .execute(params![tenant, aor, a.uri])?;
-            continue;
-        }
-        tx.prepare_cached(
-            "INSERT INTO location (tenant, aor, contact, expires, q, call_id, cseq, path,
-                 received, user_agent, methods, nat, persistent)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-             ON CONFLICT (tenant, aor, contact) DO UPDATE SET
-                 expires = excluded.expires, q = excluded.q, call_id = excluded.call_id,
-                 cseq = excluded.cseq, path = excluded.path, received = excluded.received,
-                 user_agent = excluded.user_agent, methods = excluded.methods,
-                 nat = excluded.nat, persistent = excluded.persistent",
-        )?
-        .execute(params![
-            tenant,
+            None => None,
+        };
+        let values: Vec<&str> = req.values(&HeaderName::Contact).collect();
+        let contacts = if values.iter().any(|c| c.trim() == "*") {
+            // Contact: * removes every binding, and only with Expires: 0 (§10.3 step 6).
+            if values.len() != 1 || header_expires != Some(0) {
+                return Err(SaveError::BadRequest(
+                    "Contact: * needs Expires: 0 and no other contact".into(),
+                ));
+            }
+            None
+        } else {
+            let mut asked = Vec::with_capacity(values.len());
+            for value in &values {
+                let contact = NameAddr::parse(value)
+                    .map_err(|e| SaveError::BadRequest(format!("Contact: {}", e.reason())))?;
+                let expires =
+                    effective_expires(contact.param("expires").flatten(), header_expires, opts)?;
+                let q = parse_q(contact.param("q").flatten())?;
+                asked.push(Asked {
+                    uri: contact.uri.to_string(),
+                    expires,
+                    q,
+                });
+            }
+            Some(asked)
+        };
+        let path: Vec<&str> = req.values(&HeaderName::Path).collect();
+        let methods: Vec<String> = req
+            .values(&HeaderName::Allow)
+            .map(|m| m.trim().to_ascii_uppercase())
+            .collect();
+        Ok(Register {
+            tenant: tenant.to_owned(),
             aor,
-            a.uri,
-            now + i64::from(a.expires),
-            f64::from(a.q),
             call_id,
             cseq,
-            path.join("\n"),
-            if opts.nat { received.clone() } else { None }.unwrap_or_default(),
-            user_agent,
-            methods.join(","),
-            opts.nat,
-            opts.persistent,
-        ])?;
+            contacts,
+            path: path.join("\n"),
+            received: if opts.nat { received } else { None }.unwrap_or_default(),
+            user_agent: req
+                .header(&HeaderName::UserAgent)
+                .unwrap_or_default()
+                .to_owned(),
+            methods: methods.join(","),
+            nat: opts.nat,
+            persistent: opts.persistent,
+            max_contacts: opts.max_contacts,
+            now,
+        })
     }
 
-    let current = bindings_in(&tx, tenant, &aor, now)?;
-    if opts.max_contacts > 0 && current.len() > opts.max_contacts as usize {
-        // Dropping `tx` rolls every change of this REGISTER back.
-        return Err(SaveError::TooManyContacts(opts.max_contacts));
+    /// Checks the REGISTER against the stored bindings and applies it, in
+    /// one transaction (on the writer thread).
+    fn apply(self, conn: &mut Connection) -> Result<Vec<Binding>, SaveError> {
+        let Register {
+            tenant,
+            aor,
+            call_id,
+            cseq,
+            now,
+            ..
+        } = &self;
+        let tx = conn.transaction()?;
+        tx.prepare_cached("DELETE FROM location WHERE tenant = ?1 AND aor = ?2 AND expires <= ?3")?
+            .execute(params![tenant, aor, now])?;
+
+        let Some(asked) = &self.contacts else {
+            let stored = bindings_in(&tx, tenant, aor, *now)?;
+            if stored
+                .iter()
+                .any(|b| &b.call_id == call_id && b.cseq >= *cseq)
+            {
+                return Err(SaveError::OutOfOrder);
+            }
+            tx.prepare_cached("DELETE FROM location WHERE tenant = ?1 AND aor = ?2")?
+                .execute(params![tenant, aor])?;
+            tx.commit()?;
+            return Ok(Vec::new());
+        };
+
+        for a in asked {
+            // A failed read is a storage error, not "no binding yet".
+            let stored: Option<(String, u32)> = tx
+                .prepare_cached(
+                    "SELECT call_id, cseq FROM location
+                     WHERE tenant = ?1 AND aor = ?2 AND contact = ?3",
+                )?
+                .query_row(params![tenant, aor, a.uri], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if let Some((stored_call, stored_cseq)) = stored {
+                if &stored_call == call_id && stored_cseq >= *cseq {
+                    return Err(SaveError::OutOfOrder);
+                }
+            }
+            if a.expires == 0 {
+                tx.prepare_cached(
+                    "DELETE FROM location WHERE tenant = ?1 AND aor = ?2 AND contact = ?3",
+                )?
+                .execute(params![tenant, aor, a.uri])?;
+                continue;
+            }
+            tx.prepare_cached(
+                "INSERT INTO location (tenant, aor, contact, expires, q, call_id, cseq, path,
+                     received, user_agent, methods, nat, persistent)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                 ON CONFLICT (tenant, aor, contact) DO UPDATE SET
+                     expires = excluded.expires, q = excluded.q, call_id = excluded.call_id,
+                     cseq = excluded.cseq, path = excluded.path, received = excluded.received,
+                     user_agent = excluded.user_agent, methods = excluded.methods,
+                     nat = excluded.nat, persistent = excluded.persistent",
+            )?
+            .execute(params![
+                tenant,
+                aor,
+                a.uri,
+                now + i64::from(a.expires),
+                f64::from(a.q),
+                call_id,
+                cseq,
+                self.path,
+                self.received,
+                self.user_agent,
+                self.methods,
+                self.nat,
+                self.persistent,
+            ])?;
+        }
+
+        let current = bindings_in(&tx, tenant, aor, *now)?;
+        if self.max_contacts > 0 && current.len() > self.max_contacts as usize {
+            // Dropping `tx` rolls every change of this REGISTER back.
+            return Err(SaveError::TooManyContacts(self.max_contacts));
+        }
+        tx.commit()?;
+        Ok(current)
     }
-    tx.commit()?;
-    Ok(current)
 }
 
 /// The live bindings of a user, highest q first, then the most recently
-/// refreshed.
+/// refreshed (on the calling thread's reader).
 pub fn lookup(
     storage: &Storage,
     tenant: &str,
     aor: &str,
     now: i64,
 ) -> Result<Vec<Binding>, StorageError> {
-    let conn = storage.conn();
-    Ok(bindings_in(&conn, tenant, aor, now)?)
+    storage.read(|conn| Ok(bindings_in(conn, tenant, aor, now)?))
 }
 
 fn bindings_in(
@@ -370,27 +457,35 @@ fn bindings_in(
     rows.collect()
 }
 
-/// Removes every binding of a user; how many there were.
-pub fn unregister(storage: &Storage, tenant: &str, aor: &str) -> Result<usize, StorageError> {
-    Ok(storage
-        .conn()
-        .prepare_cached("DELETE FROM location WHERE tenant = ?1 AND aor = ?2")?
-        .execute(params![tenant, aor])?)
+/// Removes every binding of a user; how many there were. The caller
+/// waits up to `wait` for the writer.
+pub fn unregister(
+    storage: &Storage,
+    tenant: &str,
+    aor: &str,
+    wait: Wait,
+) -> Result<usize, StorageError> {
+    let (tenant, aor) = (tenant.to_owned(), aor.to_owned());
+    storage.write_within(wait, move |conn| {
+        Ok(conn
+            .prepare_cached("DELETE FROM location WHERE tenant = ?1 AND aor = ?2")?
+            .execute(params![tenant, aor])?)
+    })
 }
 
 /// Removes expired bindings (the purge timer); how many.
 pub fn purge_expired(storage: &Storage, now: i64) -> Result<usize, StorageError> {
-    Ok(storage
-        .conn()
-        .execute("DELETE FROM location WHERE expires <= ?1", params![now])?)
+    storage.write(move |conn| {
+        Ok(conn
+            .prepare_cached("DELETE FROM location WHERE expires <= ?1")?
+            .execute(params![now])?)
+    })
 }
 
 /// Removes the bindings saved without persistence (at start-up: they
 /// belonged to the process that stopped, as with usrloc's db_mode 0).
 pub fn drop_volatile(storage: &Storage) -> Result<usize, StorageError> {
-    Ok(storage
-        .conn()
-        .execute("DELETE FROM location WHERE persistent = 0", [])?)
+    storage.write(|conn| Ok(conn.execute("DELETE FROM location WHERE persistent = 0", [])?))
 }
 
 /// The Contact values of a 200 OK to a REGISTER: each binding with the
@@ -416,6 +511,13 @@ pub fn reply_contacts(bindings: &[Binding], now: i64) -> Vec<(HeaderName, String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::time::Duration;
+
+    const WAIT: Wait = Wait {
+        to_start: Duration::from_secs(5),
+        to_finish: Duration::from_secs(5),
+    };
 
     fn register(contacts: &[&str], extra: &str, call_id: &str, cseq: u32) -> Message {
         let mut text = format!(
@@ -488,7 +590,7 @@ mod tests {
             "c1",
             1,
         );
-        let b = save(&db, "t", &req, None, &opts(), now).expect("saved");
+        let b = save(&db, "t", &req, None, &opts(), now, WAIT).expect("saved");
         assert_eq!(b.len(), 2);
         // Highest q first.
         assert_eq!(b[0].contact, "sip:alice@198.51.100.7");
@@ -509,21 +611,21 @@ mod tests {
         // The same CSeq again is out of order; a higher one refreshes.
         let again = register(&["<sip:alice@192.0.2.4:5060>"], "", "c1", 1);
         assert!(matches!(
-            save(&db, "t", &again, None, &opts(), now),
+            save(&db, "t", &again, None, &opts(), now, WAIT),
             Err(SaveError::OutOfOrder)
         ));
         let remove = register(&["<sip:alice@192.0.2.4:5060>;expires=0"], "", "c1", 2);
-        let b = save(&db, "t", &remove, None, &opts(), now).expect("removed");
+        let b = save(&db, "t", &remove, None, &opts(), now, WAIT).expect("removed");
         assert_eq!(b.len(), 1);
 
         // Contact: * needs Expires: 0.
         let star = register(&["*"], "Expires: 10\r\n", "c2", 1);
         assert!(matches!(
-            save(&db, "t", &star, None, &opts(), now),
+            save(&db, "t", &star, None, &opts(), now, WAIT),
             Err(SaveError::BadRequest(_))
         ));
         let star = register(&["*"], "Expires: 0\r\n", "c2", 1);
-        assert!(save(&db, "t", &star, None, &opts(), now)
+        assert!(save(&db, "t", &star, None, &opts(), now, WAIT)
             .expect("star")
             .is_empty());
         assert!(lookup(&db, "t", "alice", now).expect("lookup").is_empty());
@@ -534,7 +636,7 @@ mod tests {
         let db = Storage::in_memory().expect("db");
         let now = 5_000;
         let brief = register(&["<sip:a@192.0.2.1>;expires=10"], "", "c", 1);
-        let err = save(&db, "t", &brief, None, &opts(), now).expect_err("too brief");
+        let err = save(&db, "t", &brief, None, &opts(), now, WAIT).expect_err("too brief");
         let (code, _, headers) = err.reply();
         assert_eq!(code, 423);
         assert_eq!(headers[0].1, "60");
@@ -551,7 +653,7 @@ mod tests {
             2,
         );
         assert!(matches!(
-            save(&db, "t", &four, None, &opts(), now),
+            save(&db, "t", &four, None, &opts(), now, WAIT),
             Err(SaveError::TooManyContacts(3))
         ));
         // Nothing of the refused REGISTER was kept.
@@ -570,6 +672,7 @@ mod tests {
             Some("sip:203.0.113.9:40000".into()),
             &nat,
             now,
+            WAIT,
         )
         .expect("saved");
         assert_eq!(b[0].received.as_deref(), Some("sip:203.0.113.9:40000"));
@@ -583,8 +686,69 @@ mod tests {
             .is_empty());
         assert_eq!(purge_expired(&db, now + 60).expect("purge"), 1);
         let one = register(&["<sip:alice@10.0.0.5:5060>;expires=60"], "", "c", 4);
-        save(&db, "t", &one, None, &nat, now).expect("saved");
+        save(&db, "t", &one, None, &nat, now, WAIT).expect("saved");
         assert_eq!(drop_volatile(&db).expect("drop"), 1);
-        assert_eq!(unregister(&db, "t", "alice").expect("unregister"), 0);
+        assert_eq!(unregister(&db, "t", "alice", WAIT).expect("unregister"), 0);
+    }
+
+    /// A storage failure is a 500 (an overloaded writer a 503), never a
+    /// refusal that blames the request, and a failed lookup is an error,
+    /// not "no binding".
+    #[test]
+    fn storage_errors_are_server_errors() {
+        let db = Storage::in_memory().expect("db");
+        let req = register(&["<sip:alice@192.0.2.4>"], "", "c", 1);
+        save(&db, "t", &req, None, &opts(), 1000, WAIT).expect("saved");
+        db.write(|c| Ok::<_, StorageError>(c.execute_batch("DROP TABLE location")?))
+            .expect("dropped");
+        assert!(lookup(&db, "t", "alice", 1000).is_err());
+        let again = register(&["<sip:alice@192.0.2.4>"], "", "c", 2);
+        let err = save(&db, "t", &again, None, &opts(), 1000, WAIT).expect_err("no table");
+        assert!(matches!(err, SaveError::Storage(_)), "{err:?}");
+        assert_eq!(err.reply().0, 500);
+        assert!(unregister(&db, "t", "alice", WAIT).is_err());
+
+        let busy = SaveError::Storage(StorageError::QueueFull(1));
+        let (code, _, headers) = busy.reply();
+        assert_eq!(code, 503);
+        assert_eq!(headers[0].0.as_str(), "Retry-After");
+        let late = SaveError::Storage(StorageError::Late(WAIT.to_start));
+        assert_eq!(late.reply().0, 503);
+        let unknown = SaveError::Storage(StorageError::Unfinished(WAIT.to_finish));
+        assert_eq!(unknown.reply().0, 500);
+    }
+
+    /// REGISTERs of one address from many threads at once: none is lost,
+    /// and each sees its own binding in its 200 and in a lookup right after.
+    #[test]
+    fn concurrent_registers_are_all_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Storage::open(&dir.path().join("wisp.db")).expect("db");
+        let unlimited = SaveOptions {
+            max_contacts: 0,
+            ..opts()
+        };
+        std::thread::scope(|s| {
+            for t in 0..4u32 {
+                let (db, unlimited) = (&db, &unlimited);
+                s.spawn(move || {
+                    for i in 0..20u32 {
+                        let contact = format!("<sip:alice@192.0.2.{t}:{}>", 5000 + i);
+                        let req = register(&[&contact], "", &format!("c{t}"), i + 1);
+                        let now = 1_000_000;
+                        let bindings =
+                            save(db, "t", &req, None, unlimited, now, WAIT).expect("saved");
+                        let uri = &contact[1..contact.len() - 1];
+                        assert!(bindings.iter().any(|b| b.contact == uri));
+                        let found = lookup(db, "t", "alice", now).expect("lookup");
+                        assert!(found.iter().any(|b| b.contact == uri));
+                    }
+                });
+            }
+        });
+        assert_eq!(
+            lookup(&db, "t", "alice", 1_000_000).expect("lookup").len(),
+            80
+        );
     }
 }

@@ -15,14 +15,17 @@ pub mod location;
 pub mod nat;
 pub mod nonce;
 pub mod permissions;
+mod readers;
 pub mod storage;
 pub mod subscribers;
+pub mod writer;
 
 use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 pub use storage::{Storage, StorageConfig, StorageError};
+pub use writer::Wait;
 
 /// How often expired bindings, nonces and keys are purged and the
 /// database checkpointed.

@@ -1,8 +1,15 @@
 //! Digest nonces: issued by the host, valid for a while, and each
 //! nonce-count accepted once (RFC 7616 §3.3, §5.12: replay protection).
+//!
+//! Every receiving thread issues and checks nonces inside its hooks, so
+//! the table is split in [`SHARDS`] by a keyed hash of the nonce, each
+//! behind a lock of its own: two threads meet on a lock only when their
+//! nonces fall in the same shard.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How long a nonce is accepted by default (Kamailio's `nonce_expire`).
@@ -13,9 +20,15 @@ pub const NONCE_LIFETIME: Duration = Duration::from_secs(30);
 /// right) rather than challenged as if it had never authenticated.
 pub const STALE_GRACE: Duration = Duration::from_secs(3600);
 
-/// Nonces remembered at most; expired ones are forgotten first, then the
-/// oldest (a client with a forgotten nonce is challenged again).
+/// Nonces remembered at most; past it the oldest issued is forgotten (a
+/// client with a forgotten nonce is challenged again). Those are the
+/// expired ones first when every tenant's nonces live as long.
 const MAX_NONCES: usize = 100_000;
+
+/// Shards of the table; each remembers `MAX_NONCES / SHARDS` nonces, and
+/// the one forgotten is the oldest of its shard.
+pub const SHARDS: usize = 32;
+const PER_SHARD: usize = MAX_NONCES / SHARDS;
 
 /// What the store says about a nonce and nonce-count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,15 +48,43 @@ struct Issued {
     last_nc: u32,
 }
 
-/// The nonces issued by this process, shared by every worker.
+/// The nonces of one shard, and the order they were issued in, so that
+/// forgetting the oldest of a full shard is one step, not a sweep of
+/// thousands under the lock (a flood of challenges fills the table).
 #[derive(Default)]
+struct Table {
+    issued: HashMap<Arc<str>, Issued>,
+    /// The keys of `issued`, oldest first.
+    order: VecDeque<Arc<str>>,
+}
+
+/// One shard, on a cache line of its own so that threads working on
+/// neighbouring shards do not contend for the line holding both locks.
+#[derive(Default)]
+#[repr(align(64))]
+struct Shard(Mutex<Table>);
+
+/// The nonces issued by this process, shared by every worker.
 pub struct Nonces {
-    issued: Mutex<HashMap<String, Issued>>,
+    shards: Box<[Shard]>,
+    /// Keyed with random keys: nonces are random, but a client chooses
+    /// what it presents, and must not steer lookups to one shard.
+    hasher: RandomState,
+}
+
+impl Default for Nonces {
+    fn default() -> Self {
+        Nonces {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            hasher: RandomState::new(),
+        }
+    }
 }
 
 impl Nonces {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Issued>> {
-        self.issued.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self, nonce: &str) -> MutexGuard<'_, Table> {
+        let i = (self.hasher.hash_one(nonce) % SHARDS as u64) as usize;
+        lock(&self.shards[i])
     }
 
     /// A new nonce, good for `lifetime`: 128 random bits, hex.
@@ -59,21 +100,17 @@ impl Nonces {
             bytes = t.to_le_bytes();
         }
         let nonce = hex::encode(bytes);
-        let mut issued = self.lock();
-        if issued.len() >= MAX_NONCES {
-            issued.retain(|_, i| now < i.expires);
-            if issued.len() >= MAX_NONCES {
-                if let Some(oldest) = issued
-                    .iter()
-                    .min_by_key(|(_, i)| i.expires)
-                    .map(|(k, _)| k.clone())
-                {
-                    issued.remove(&oldest);
-                }
-            }
+        let key: Arc<str> = Arc::from(nonce.as_str());
+        let mut table = self.lock(&nonce);
+        while table.issued.len() >= PER_SHARD {
+            let Some(oldest) = table.order.pop_front() else {
+                break;
+            };
+            table.issued.remove(&oldest);
         }
-        issued.insert(
-            nonce.clone(),
+        table.order.push_back(key.clone());
+        table.issued.insert(
+            key,
             Issued {
                 expires: now + lifetime,
                 last_nc: 0,
@@ -84,7 +121,7 @@ impl Nonces {
 
     /// Checks a nonce without using it up.
     pub fn peek(&self, nonce: &str, now: Instant) -> NonceCheck {
-        match self.lock().get(nonce) {
+        match self.lock(nonce).issued.get(nonce) {
             None => NonceCheck::Unknown,
             Some(i) if now >= i.expires => NonceCheck::Stale,
             Some(_) => NonceCheck::Fresh,
@@ -95,8 +132,8 @@ impl Nonces {
     /// nonce is good once). Call only once the digest was verified, so
     /// that a forged request cannot burn a client's nonce-count.
     pub fn consume(&self, nonce: &str, nc: Option<u32>, now: Instant) -> NonceCheck {
-        let mut issued = self.lock();
-        let Some(entry) = issued.get_mut(nonce) else {
+        let mut table = self.lock(nonce);
+        let Some(entry) = table.issued.get_mut(nonce) else {
             return NonceCheck::Unknown;
         };
         if now >= entry.expires {
@@ -111,9 +148,29 @@ impl Nonces {
     }
 
     /// Forgets nonces expired for longer than [`STALE_GRACE`] (the purge timer).
+    /// One shard at a time: hooks wait at most for one shard's sweep.
     pub fn purge(&self, now: Instant) {
-        self.lock().retain(|_, i| now < i.expires + STALE_GRACE);
+        for shard in self.shards.iter() {
+            let table = &mut *lock(shard);
+            table.issued.retain(|_, i| now < i.expires + STALE_GRACE);
+            let issued = &table.issued;
+            table.order.retain(|n| issued.contains_key(n));
+        }
     }
+
+    /// Nonces remembered now.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).issued.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn lock(shard: &Shard) -> MutexGuard<'_, Table> {
+    // A panic while holding a shard leaves a table that is still whole.
+    shard.0.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -155,5 +212,44 @@ mod tests {
             nonces.peek(&n, t0 + Duration::from_secs(5)),
             NonceCheck::Stale
         );
+    }
+
+    /// The table stays bounded: past its size the oldest of a shard is
+    /// forgotten (and is unknown after), the newest are kept.
+    #[test]
+    fn memory_is_bounded_and_the_oldest_go_first() {
+        let nonces = Nonces::default();
+        let t0 = Instant::now();
+        let first = nonces.issue(t0, NONCE_LIFETIME);
+        let mut last = String::new();
+        // Twice the bound: every shard fills, and `first` is the oldest
+        // of its shard.
+        for i in 1..2 * MAX_NONCES as u64 {
+            last = nonces.issue(t0 + Duration::from_micros(i), NONCE_LIFETIME);
+        }
+        assert_eq!(nonces.len(), MAX_NONCES);
+        assert_eq!(nonces.peek(&first, t0), NonceCheck::Unknown);
+        assert_eq!(nonces.peek(&last, t0), NonceCheck::Fresh);
+        nonces.purge(t0 + NONCE_LIFETIME + STALE_GRACE + Duration::from_secs(1000));
+        assert!(nonces.is_empty());
+    }
+
+    /// Threads issuing and using nonces at once each see only their own.
+    #[test]
+    fn threads_use_their_nonces_at_once() {
+        let nonces = Nonces::default();
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..500 {
+                        let n = nonces.issue(t0, NONCE_LIFETIME);
+                        assert_eq!(nonces.consume(&n, Some(1), t0), NonceCheck::Fresh);
+                        assert_eq!(nonces.consume(&n, Some(1), t0), NonceCheck::Replayed);
+                    }
+                });
+            }
+        });
+        assert_eq!(nonces.len(), 2000);
     }
 }

@@ -1,14 +1,21 @@
 //! The proxy's SQLite database: location bindings and subscribers.
 //!
-//! One connection behind a mutex, in WAL mode: hooks run on a few worker
-//! threads and each statement is short. The schema is versioned with
-//! `PRAGMA user_version`; [`MIGRATIONS`] brings an older file up to date.
+//! Writes go to one thread that owns the writing connection
+//! ([`super::writer`]); reads run on a connection of the reading thread's
+//! own ([`super::readers`]). In WAL mode the readers never wait for the
+//! writer, and no thread that runs hooks takes a lock another holds. The
+//! schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] brings
+//! an older file up to date.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags};
 use serde::Deserialize;
+
+use super::readers::Readers;
+use super::writer::{Wait, Writer, QUEUE_CAPACITY};
 
 /// The `[storage]` section of the configuration file: where registrations
 /// and subscribers are kept.
@@ -74,11 +81,37 @@ pub enum StorageError {
     },
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// The writer's queue is full: the write was refused, nothing written.
+    #[error("database writer overloaded ({0} writes waiting)")]
+    QueueFull(usize),
+    /// The write waited its time in the queue and was withdrawn unstarted:
+    /// nothing written.
+    #[error("database write not started within {0:?}")]
+    Late(Duration),
+    /// The write started but had not finished when its caller stopped
+    /// waiting: it may yet be applied.
+    #[error("database write unfinished {0:?} after it was queued")]
+    Unfinished(Duration),
+    #[error("database writer dropped the write (stopped, or the write panicked)")]
+    WriterGone,
+    #[error("database reader of this thread in use (a read inside a read)")]
+    ReaderBusy,
+    #[error("cannot start the database writer: {0}")]
+    Thread(#[from] std::io::Error),
 }
 
-/// The open database.
+impl StorageError {
+    /// Nothing was written because the writer is behind: worth a 503
+    /// (try again later) rather than a 500.
+    pub fn is_overload(&self) -> bool {
+        matches!(self, StorageError::QueueFull(_) | StorageError::Late(_))
+    }
+}
+
+/// The open database: its writer thread and its readers.
 pub struct Storage {
-    conn: Mutex<Connection>,
+    writer: Writer,
+    readers: Readers,
     path: PathBuf,
 }
 
@@ -90,15 +123,30 @@ impl Storage {
             source,
         };
         let conn = Connection::open(path).map_err(open_err)?;
-        Storage::init(conn, path)
+        Storage::init(conn, path, path.to_owned())
     }
 
-    /// A private database in memory, for tests.
+    /// A private database in memory, for tests and `wisp check`. It is
+    /// shared by its writer and readers through SQLite's `memdb` VFS (a
+    /// name starting with `/`), under a name no other database has.
     pub fn in_memory() -> Result<Storage, StorageError> {
-        Storage::init(Connection::open_in_memory()?, Path::new(":memory:"))
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let uri = format!(
+            "file:/wisp-{}-{}?vfs=memdb",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let conn = Connection::open_with_flags(&uri, OpenFlags::default()).map_err(|source| {
+            StorageError::Open {
+                path: PathBuf::from(&uri),
+                source,
+            }
+        })?;
+        Storage::init(conn, Path::new(":memory:"), PathBuf::from(uri))
     }
 
-    fn init(mut conn: Connection, path: &Path) -> Result<Storage, StorageError> {
+    /// `target` is what readers open: the file, or the memory URI.
+    fn init(mut conn: Connection, path: &Path, target: PathBuf) -> Result<Storage, StorageError> {
         let open_err = |source| StorageError::Open {
             path: path.to_owned(),
             source,
@@ -109,15 +157,18 @@ impl Storage {
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
+        // Only the checkpointer or another process (`wisp user add`) can
+        // hold the writer up; hooks bound their own wait.
+        conn.busy_timeout(Duration::from_secs(5))
             .map_err(open_err)?;
         // Checkpoints (the only step that waits for the disk) are left to
-        // the purge thread's own connection, off the hook calls' path.
+        // the purge thread's own connection, off the writer's path.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(open_err)?;
         migrate(&mut conn, path)?;
         Ok(Storage {
-            conn: Mutex::new(conn),
+            writer: Writer::spawn(conn, QUEUE_CAPACITY)?,
+            readers: Readers::new(target),
             path: path.to_owned(),
         })
     }
@@ -136,15 +187,40 @@ impl Storage {
             path: self.path.clone(),
             source,
         })?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.busy_timeout(Duration::from_secs(5))?;
         Ok(Some(conn))
     }
 
-    /// The connection, for one short statement or transaction.
-    pub fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves a connection SQLite keeps
-        // consistent (an open transaction is rolled back when dropped).
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    /// Runs `f` (statements, or one transaction) on the calling thread's
+    /// read-only connection.
+    pub fn read<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StorageError>,
+    {
+        self.readers.with(f)
+    }
+
+    /// Runs `f` on the writer thread for a hook: refused at once when the
+    /// writer's queue is full, and an error past `wait` (see
+    /// [`Writer::submit`]). The caller waits for its own write only.
+    pub fn write_within<T, E, F>(&self, wait: Wait, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StorageError> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
+    {
+        self.writer.submit(Some(wait), f)?
+    }
+
+    /// Runs `f` on the writer thread, waiting as long as it takes (off the
+    /// hooks' path: the purge timer, the command line).
+    pub fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StorageError> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
+    {
+        self.writer.submit(None, f)?
     }
 }
 
@@ -179,15 +255,86 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StorageError> {
 mod tests {
     use super::*;
 
+    fn user_version(c: &Connection) -> Result<i64, StorageError> {
+        Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    fn count(storage: &Storage) -> Result<i64, StorageError> {
+        storage.read(|c| Ok(c.query_row("SELECT count(*) FROM subscriber", [], |r| r.get(0))?))
+    }
+
+    fn insert(storage: &Storage, n: usize) -> Result<usize, StorageError> {
+        let wait = Wait {
+            to_start: Duration::from_secs(5),
+            to_finish: Duration::from_secs(5),
+        };
+        storage.write_within(wait, move |c| {
+            Ok(c.execute(
+                "INSERT INTO subscriber VALUES ('t', ?1, 'd', '', '')",
+                [n.to_string()],
+            )?)
+        })
+    }
+
+    /// A write that returned is seen by the next read on any thread, file
+    /// or memory; readers of different threads have connections of their own.
+    #[test]
+    fn reads_see_the_writes_before_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for storage in [
+            Storage::open(&dir.path().join("wisp.db")).expect("file"),
+            Storage::in_memory().expect("memory"),
+        ] {
+            assert_eq!(count(&storage).expect("count"), 0);
+            std::thread::scope(|s| {
+                for t in 0..4 {
+                    let storage = &storage;
+                    s.spawn(move || {
+                        for i in 0..25 {
+                            insert(storage, t * 100 + i).expect("insert");
+                            // Its own write, at once, on this thread's reader.
+                            let found: i64 = storage
+                                .read(|c| {
+                                    Ok::<_, StorageError>(c.query_row(
+                                        "SELECT count(*) FROM subscriber WHERE username = ?1",
+                                        [(t * 100 + i).to_string()],
+                                        |r| r.get(0),
+                                    )?)
+                                })
+                                .expect("read");
+                            assert_eq!(found, 1);
+                        }
+                    });
+                }
+            });
+            assert_eq!(count(&storage).expect("count"), 100);
+            // Readers are read-only: a write on one fails, it does not hide.
+            let refused =
+                storage.read(|c| Ok::<_, StorageError>(c.execute("DELETE FROM subscriber", [])?));
+            assert!(refused.is_err());
+            assert_eq!(count(&storage).expect("count"), 100);
+        }
+    }
+
+    /// Two databases in memory are apart, and one dropped frees its name.
+    #[test]
+    fn databases_in_memory_are_private() {
+        let a = Storage::in_memory().expect("a");
+        let b = Storage::in_memory().expect("b");
+        insert(&a, 1).expect("insert");
+        assert_eq!(count(&a).expect("a"), 1);
+        assert_eq!(count(&b).expect("b"), 0);
+        drop(a);
+        let c = Storage::in_memory().expect("c");
+        assert_eq!(count(&c).expect("c"), 0);
+    }
+
     #[test]
     fn migrates_once_and_refuses_newer_schemas() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("wisp.db");
         let storage = Storage::open(&path).expect("open");
-        let version: i64 = storage
-            .conn()
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .expect("version");
+        let version: i64 = storage.read(user_version).expect("version");
         assert_eq!(version, MIGRATIONS.len() as i64);
         drop(storage);
         // Reopening does not run the steps again (CREATE TABLE would fail).
@@ -200,8 +347,7 @@ mod tests {
             .expect("none")
             .is_none());
         storage
-            .conn()
-            .pragma_update(None, "user_version", 99)
+            .write(|c| Ok::<_, StorageError>(c.pragma_update(None, "user_version", 99)?))
             .expect("bump");
         drop(storage);
         let err = Storage::open(&path).err().expect("too new");

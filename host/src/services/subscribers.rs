@@ -23,20 +23,23 @@ pub fn add(
     domain: &str,
     password: &str,
 ) -> Result<(), StorageError> {
-    storage.conn().execute(
-        "INSERT INTO subscriber (tenant, username, domain, ha1_md5, ha1_sha256)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (tenant, username, domain)
-         DO UPDATE SET ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256",
-        params![
-            tenant,
-            username,
-            domain,
-            ha1(Algorithm::Md5, username, domain, password),
-            ha1(Algorithm::Sha256, username, domain, password),
-        ],
-    )?;
-    Ok(())
+    let row = (
+        tenant.to_owned(),
+        username.to_owned(),
+        domain.to_owned(),
+        ha1(Algorithm::Md5, username, domain, password),
+        ha1(Algorithm::Sha256, username, domain, password),
+    );
+    storage.write(move |conn| {
+        conn.execute(
+            "INSERT INTO subscriber (tenant, username, domain, ha1_md5, ha1_sha256)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (tenant, username, domain)
+             DO UPDATE SET ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256",
+            params![row.0, row.1, row.2, row.3, row.4],
+        )?;
+        Ok(())
+    })
 }
 
 /// Removes a subscriber; whether there was one.
@@ -46,31 +49,36 @@ pub fn delete(
     username: &str,
     domain: &str,
 ) -> Result<bool, StorageError> {
-    let n = storage.conn().execute(
-        "DELETE FROM subscriber WHERE tenant = ?1 AND username = ?2 AND domain = ?3",
-        params![tenant, username, domain],
-    )?;
-    Ok(n > 0)
+    let key = (tenant.to_owned(), username.to_owned(), domain.to_owned());
+    storage.write(move |conn| {
+        let n = conn.execute(
+            "DELETE FROM subscriber WHERE tenant = ?1 AND username = ?2 AND domain = ?3",
+            params![key.0, key.1, key.2],
+        )?;
+        Ok(n > 0)
+    })
 }
 
 /// Every subscriber, sorted; of one tenant when given.
 pub fn list(storage: &Storage, tenant: Option<&str>) -> Result<Vec<Subscriber>, StorageError> {
-    let conn = storage.conn();
-    let mut stmt = conn.prepare(
-        "SELECT tenant, username, domain FROM subscriber
-         WHERE ?1 IS NULL OR tenant = ?1 ORDER BY tenant, domain, username",
-    )?;
-    let rows = stmt.query_map(params![tenant], |r| {
-        Ok(Subscriber {
-            tenant: r.get(0)?,
-            username: r.get(1)?,
-            domain: r.get(2)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    storage.read(|conn| {
+        let mut stmt = conn.prepare(
+            "SELECT tenant, username, domain FROM subscriber
+             WHERE ?1 IS NULL OR tenant = ?1 ORDER BY tenant, domain, username",
+        )?;
+        let rows = stmt.query_map(params![tenant], |r| {
+            Ok(Subscriber {
+                tenant: r.get(0)?,
+                username: r.get(1)?,
+                domain: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    })
 }
 
-/// The HA1 of a subscriber for an algorithm, if the subscriber exists.
+/// The HA1 of a subscriber for an algorithm, if the subscriber exists
+/// (on the calling thread's reader). An error is not "no such user".
 pub fn ha1_of(
     storage: &Storage,
     tenant: &str,
@@ -86,11 +94,12 @@ pub fn ha1_of(
             "SELECT ha1_sha256 FROM subscriber WHERE tenant = ?1 AND username = ?2 AND domain = ?3"
         }
     };
-    Ok(storage
-        .conn()
-        .prepare_cached(sql)?
-        .query_row(params![tenant, username, domain], |r| r.get(0))
-        .optional()?)
+    storage.read(|conn| {
+        Ok(conn
+            .prepare_cached(sql)?
+            .query_row(params![tenant, username, domain], |r| r.get(0))
+            .optional()?)
+    })
 }
 
 #[cfg(test)]
@@ -112,17 +121,16 @@ mod tests {
             .expect("present");
         assert_eq!(sha.len(), 64);
         let dump: Vec<String> = storage
-            .conn()
-            .prepare("SELECT * FROM subscriber")
-            .and_then(|mut s| {
-                s.query_map([], |r| {
+            .read(|c| {
+                let mut s = c.prepare("SELECT * FROM subscriber")?;
+                let rows = s.query_map([], |r| {
                     Ok(format!(
                         "{:?}{:?}",
                         r.get::<_, String>(3)?,
                         r.get::<_, String>(4)?
                     ))
-                })?
-                .collect()
+                })?;
+                Ok::<_, StorageError>(rows.collect::<Result<_, _>>()?)
             })
             .expect("dump");
         assert!(dump.iter().all(|row| !row.contains("better")));
