@@ -15,6 +15,7 @@ use super::call::{Guest, HookError, HostState, ResponseCtx};
 use super::health::Health;
 use super::{deadline_ticks, Loaded, Router, RouterPre};
 use crate::proxy::{Action, RequestCtx, TxVars};
+use crate::services::StorageError;
 use crate::sip::Message;
 
 pub struct Pool {
@@ -261,6 +262,15 @@ impl Pool {
                 }
                 (req, res, Ok((value, actions)))
             }
+            Err(err) if err.downcast_ref::<StorageError>().is_some() => {
+                // The database failed, not the guest: the request gets its
+                // 500, and the version's health (crash-loop backoff,
+                // canary rollback) does not count it against the guest.
+                // The trapped instance is dropped all the same.
+                let err = HookError::Storage(format!("{err:#}"));
+                self.count_failure(&err, started);
+                (req, res, Err(err))
+            }
             Err(err) => {
                 let err = match err.downcast_ref::<Trap>() {
                     Some(Trap::Interrupt) => {
@@ -287,7 +297,7 @@ impl Pool {
                 m.busy.inc();
                 return; // overload, not the guest's fault
             }
-            HookError::Suspended(_) => return,
+            HookError::Suspended(_) | HookError::Storage(_) => return,
         };
         if let Some(backoff) = self.health.failed(now) {
             tracing::warn!(

@@ -17,6 +17,7 @@ pub mod nonce;
 pub mod permissions;
 mod readers;
 pub mod storage;
+mod storage_error;
 pub mod subscribers;
 pub mod writer;
 

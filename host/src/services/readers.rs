@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::storage::StorageError;
+use super::storage_error::StorageError;
 
 /// How long a read waits for a lock it cannot take. In WAL mode that is
 /// only the moments the log is recovered or reset; a hook must not wait

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use super::storage::StorageError;
+use super::storage_error::StorageError;
 
 /// Writes waiting at most; past it a hook's write is refused at once
 /// (`StorageError::QueueFull`). A write is a few tens of microseconds, so
