@@ -63,8 +63,10 @@ struct Branch {
     /// not one received from downstream.
     synthesized: bool,
     /// The branch's request, routed but without our Via, while its name is
-    /// being resolved or other targets of it are left to try.
-    retry: Option<Retry>,
+    /// being resolved or other targets of it are left to try. Boxed: most
+    /// branches go to one address and never hold one, and a relay's
+    /// branches live as long as its transaction (32 s over UDP).
+    retry: Option<Box<Retry>>,
 }
 
 struct Retry {
@@ -168,11 +170,29 @@ impl<P> Relay<P> {
         fx.fr_timers.push(Reverse((deadline, tx)));
         for (uri, destination, path) in targets {
             let index = self.branches.len();
-            let (branch, name) = self.new_branch(hooks, index, uri, destination, &path);
+            let (branch, next) = self.new_branch(hooks, index, uri, destination, &path);
             self.branches.push(branch);
-            match name {
-                Some(name) => self.resolve_branch(fx, tx, index, name),
-                None => self.try_next_target(fx, now, tx, index),
+            match next {
+                Next::Send(msg, target) => {
+                    let (source, record_route) = (self.req.source, self.req.record_route);
+                    let sent = self.branches.get_mut(index).is_some_and(|branch| {
+                        send_branch(
+                            fx,
+                            now,
+                            (tx, index),
+                            branch,
+                            msg,
+                            target,
+                            record_route,
+                            &source,
+                        )
+                    });
+                    if !sent {
+                        self.end_branch(index, 503, "Service Unavailable");
+                    }
+                }
+                Next::Resolve(name) => self.resolve_branch(fx, tx, index, name),
+                Next::Ended => {}
             }
         }
         // The context lives as long as the server transaction (32 s over
@@ -182,8 +202,8 @@ impl<P> Relay<P> {
     }
 
     /// A branch's request: the hook's request with the branch's URI and
-    /// Path, through on-branch, routed to its next hop; and the name to
-    /// resolve when that hop is not an IP address.
+    /// Path, through on-branch, routed to its next hop; and what to do
+    /// with it.
     fn new_branch<H: Hooks<Pinned = P>>(
         &mut self,
         hooks: &mut H,
@@ -191,19 +211,22 @@ impl<P> Relay<P> {
         uri: Option<String>,
         destination: Option<String>,
         path: &[String],
-    ) -> (Branch, Option<Destination>) {
+    ) -> (Branch, Next) {
         let mut copy = self.req.clone();
         if let Some(uri) = uri {
             if let Err(err) = copy.msg.set_uri(&uri) {
                 tracing::info!(%err, "bad branch URI");
-                return (Branch::ended(&self.req.msg, 400, "Bad Branch URI"), None);
+                return (
+                    Branch::ended(&self.req.msg, 400, "Bad Branch URI"),
+                    Next::Ended,
+                );
             }
         }
         // A binding's Path is the branch's Route set (RFC 3327 §5.3).
         for route in path.iter().rev() {
             if let Err(err) = copy.msg.prepend_header(HeaderName::Route, route) {
                 tracing::info!(%err, "bad Path of a binding");
-                return (Branch::ended(&self.req.msg, 500, "Bad Path"), None);
+                return (Branch::ended(&self.req.msg, 500, "Bad Path"), Next::Ended);
             }
         }
         let index32 = u32::try_from(index).unwrap_or(u32::MAX);
@@ -212,7 +235,7 @@ impl<P> Relay<P> {
             tracing::warn!(%err, "branch hook failed");
             return (
                 Branch::ended(&self.req.msg, 500, "Server Internal Error"),
-                None,
+                Next::Ended,
             );
         }
         let mut msg = copy.msg;
@@ -222,20 +245,24 @@ impl<P> Relay<P> {
                 tracing::info!(%err, "cannot send a branch");
                 return (
                     Branch::ended(&self.req.msg, 503, "Service Unavailable"),
-                    None,
+                    Next::Ended,
                 );
             }
         };
-        let target = hop.literal_target();
-        let branch = Branch {
-            retry: Some(Retry {
-                msg,
-                targets: target.into_iter().collect(),
-                resolving: target.is_none(),
-            }),
-            ..Branch::default()
-        };
-        (branch, target.is_none().then_some(hop))
+        match hop.literal_target() {
+            Some(target) => (Branch::default(), Next::Send(msg, target)),
+            None => {
+                let branch = Branch {
+                    retry: Some(Box::new(Retry {
+                        msg,
+                        targets: VecDeque::new(),
+                        resolving: true,
+                    })),
+                    ..Branch::default()
+                };
+                (branch, Next::Resolve(hop))
+            }
+        }
     }
 
     /// Parks a branch until its next hop's name is resolved.
@@ -313,25 +340,17 @@ impl<P> Relay<P> {
                 Some(retry.msg.clone())
             };
             let Some(msg) = msg else { break };
-            let via_branch = fx.next_branch();
-            let msg = match fx.prepare(msg, record_route, &source, target, &via_branch) {
-                Ok(msg) => msg,
-                Err(err) => {
-                    tracing::info!(%err, "cannot send a branch to this target");
-                    continue;
-                }
-            };
-            match fx.txs.send_request(now, msg, target) {
-                Ok(client) => {
-                    fx.take_tx_transmits();
-                    if let Some(old) = branch.client.replace(client) {
-                        fx.branch_of.remove(&old);
-                    }
-                    branch.target = Some(target);
-                    fx.branch_of.insert(client, (tx, index));
-                    return;
-                }
-                Err(err) => tracing::warn!(%err, "transaction layer refused a branch"),
+            if send_branch(
+                fx,
+                now,
+                (tx, index),
+                branch,
+                msg,
+                target,
+                record_route,
+                &source,
+            ) {
+                return;
             }
         }
         branch.retry = None;
@@ -484,7 +503,6 @@ impl<P> Relay<P> {
 
     fn cancel_pending_branches(&mut self, fx: &mut Effects, now: Instant) {
         self.canceled = true;
-        let terminated = make_reply(&self.req.msg, 487, "Request Terminated", &[]);
         for branch in self.branches.iter_mut().filter(|b| b.pending()) {
             if branch.provisional {
                 send_cancel(fx, now, branch);
@@ -492,8 +510,11 @@ impl<P> Relay<P> {
                 branch.cancel_pending = true;
             } else {
                 // Still waiting for its name: nothing went out to cancel.
+                // (The 487 is made only here: making a reply parses the
+                // request's views, which it would then keep for the
+                // transaction's life.)
                 branch.retry = None;
-                branch.final_response = terminated.clone();
+                branch.final_response = make_reply(&self.req.msg, 487, "Request Terminated", &[]);
                 branch.synthesized = true;
             }
         }
@@ -514,13 +535,12 @@ impl<P> Relay<P> {
         }
         tracing::debug!(%tx, "final response timer ran out");
         self.fr_deadline = None;
-        let timeout = make_reply(&self.req.msg, 408, "Request Timeout", &[]);
         for branch in self.branches.iter_mut().filter(|b| b.pending()) {
             if branch.provisional {
                 send_cancel(fx, now, branch);
             }
             branch.retry = None;
-            branch.final_response = timeout.clone();
+            branch.final_response = make_reply(&self.req.msg, 408, "Request Timeout", &[]);
             branch.synthesized = true;
         }
         self.check_done(fx, hooks, now, tx);
@@ -609,6 +629,54 @@ impl<P> Relay<P> {
 /// the request by value and give it back): empty, so it allocates nothing.
 fn placeholder_request(source: super::request::Source) -> RequestCtx {
     RequestCtx::new(Message::new_response(0, ""), source)
+}
+
+/// What comes of a new branch.
+enum Next {
+    /// Its next hop is an address.
+    Send(Message, Target),
+    /// Its next hop is a name: its request waits in the branch.
+    Resolve(Destination),
+    /// It ended before it could be sent.
+    Ended,
+}
+
+/// Sends a branch's request to `target` on a client transaction of its
+/// own; false when it cannot go there.
+#[allow(clippy::too_many_arguments)]
+fn send_branch(
+    fx: &mut Effects,
+    now: Instant,
+    (tx, index): (TxId, usize),
+    branch: &mut Branch,
+    msg: Message,
+    target: Target,
+    record_route: bool,
+    source: &super::request::Source,
+) -> bool {
+    let via_branch = fx.next_branch();
+    let msg = match fx.prepare(msg, record_route, source, target, &via_branch) {
+        Ok(msg) => msg,
+        Err(err) => {
+            tracing::info!(%err, "cannot send a branch to this target");
+            return false;
+        }
+    };
+    match fx.txs.send_request(now, msg, target) {
+        Ok(client) => {
+            fx.take_tx_transmits();
+            if let Some(old) = branch.client.replace(client) {
+                fx.branch_of.remove(&old);
+            }
+            branch.target = Some(target);
+            fx.branch_of.insert(client, (tx, index));
+            true
+        }
+        Err(err) => {
+            tracing::warn!(%err, "transaction layer refused a branch");
+            false
+        }
+    }
 }
 
 fn send_cancel(fx: &mut Effects, now: Instant, branch: &mut Branch) {
