@@ -89,9 +89,12 @@ impl Branch {
         }
     }
 
-    /// Whether another target of the branch's name may still be tried.
+    /// Whether another target of the branch's name may still be tried:
+    /// the branch is pending, no target answered, and one is left.
     fn can_fail_over(&self) -> bool {
-        !self.provisional && self.retry.as_ref().is_some_and(|r| !r.targets.is_empty())
+        self.pending()
+            && !self.provisional
+            && self.retry.as_ref().is_some_and(|r| !r.targets.is_empty())
     }
 }
 
@@ -437,12 +440,7 @@ impl<P> Relay<P> {
             _ => {
                 // RFC 3263 §4.3: a 503 from one server of a name sends the
                 // request to the next one.
-                if status == 503
-                    && branch.pending()
-                    && branch.can_fail_over()
-                    && !self.canceled
-                    && !self.final_sent
-                {
+                if status == 503 && branch.can_fail_over() && !(self.canceled || self.final_sent) {
                     tracing::debug!(%tx, index, "503 from a target; trying the next one");
                     self.try_next_target(fx, now, tx, index);
                 } else {
@@ -478,7 +476,7 @@ impl<P> Relay<P> {
         let Some(branch) = self.branches.get(index) else {
             return;
         };
-        if branch.pending() && branch.can_fail_over() && !self.canceled && !self.final_sent {
+        if branch.can_fail_over() && !(self.canceled || self.final_sent) {
             self.try_next_target(fx, now, tx, index);
         } else {
             self.end_branch(index, code, reason);
