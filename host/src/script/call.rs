@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
@@ -45,7 +46,7 @@ pub enum HookError {
     Instantiate(String),
     /// Crash-loop backoff: the guest was not run.
     #[error("suspended for {} ms after a crash loop", .0.as_millis())]
-    Suspended(std::time::Duration),
+    Suspended(Duration),
     /// A service the hook called met a storage failure it could not
     /// report to the guest: not the guest's fault.
     #[error("storage failure in a service call: {0}")]
@@ -74,6 +75,43 @@ pub struct HostState {
     pub(super) vars: TxVars,
     /// Where the response of an on-reply call came from.
     pub(super) reply_source: Option<std::net::SocketAddr>,
+    /// Host time the current hook spent waiting for storage, and how much
+    /// of it the deadline has given back (see [`StorageTime`]).
+    pub(super) storage_time: StorageTime,
+}
+
+/// The hook deadline is the guest's own time: waiting for the database
+/// (a write queued behind others, a disk or a CPU slow to serve it) is the
+/// host's, and a REGISTER whose write is merely slow must not be stopped
+/// as a runaway guest. The deadline is extended by what storage calls took,
+/// up to [`STORAGE_CREDIT`] per hook, so a hook still ends within
+/// `hook_deadline_ms` + that much however many storage calls it makes.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct StorageTime {
+    waited: Duration,
+    credited: Duration,
+}
+
+/// The most host time in storage calls one hook is not charged for: the
+/// longest a write may take ([`crate::services::Wait::HOOK`]), so that one
+/// write waited for to the end never costs its hook the deadline.
+pub(super) const STORAGE_CREDIT: Duration = crate::services::Wait::HOOK.to_finish;
+
+impl StorageTime {
+    /// A storage call took `took`.
+    pub(super) fn add(&mut self, took: Duration) {
+        self.waited = self.waited.saturating_add(took);
+    }
+
+    /// At the deadline: the time not yet given back (zero: stop the hook).
+    pub(super) fn owed(&mut self) -> Duration {
+        let owed = self
+            .waited
+            .min(STORAGE_CREDIT)
+            .saturating_sub(self.credited);
+        self.credited += owed;
+        owed
+    }
 }
 
 impl HostState {
@@ -91,6 +129,7 @@ impl HostState {
             actions: Vec::new(),
             vars: TxVars::default(),
             reply_source: None,
+            storage_time: StorageTime::default(),
         }
     }
 }
@@ -101,5 +140,30 @@ impl WasiView for HostState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn storage_time_is_given_back_once_and_up_to_the_bound() {
+        let mut time = StorageTime::default();
+        assert_eq!(time.owed(), Duration::ZERO, "no storage call: stop");
+        time.add(30 * MS);
+        assert_eq!(time.owed(), 30 * MS);
+        assert_eq!(time.owed(), Duration::ZERO, "given back once");
+        time.add(10 * MS);
+        assert_eq!(time.owed(), 10 * MS);
+        time.add(STORAGE_CREDIT * 3);
+        assert_eq!(
+            time.owed(),
+            STORAGE_CREDIT - 40 * MS,
+            "never past the bound"
+        );
+        assert_eq!(time.owed(), Duration::ZERO);
     }
 }

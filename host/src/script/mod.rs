@@ -167,6 +167,13 @@ fn forbid_blocking(linker: &mut Linker<call::HostState>) -> anyhow::Result<()> {
 
 /// Limits as the pool applies them.
 pub(crate) fn deadline_ticks(limits: &Limits) -> u64 {
-    let tick = EPOCH_TICK.as_millis().max(1) as u64;
-    limits.hook_deadline_ms.div_ceil(tick).max(1)
+    ticks(limits.hook_deadline())
+}
+
+/// Epoch ticks covering `time`, rounded up, at least one.
+pub(crate) fn ticks(time: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_micros().max(1);
+    u64::try_from(time.as_micros().div_ceil(tick))
+        .unwrap_or(u64::MAX)
+        .max(1)
 }

@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use wasmtime::component::Resource;
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
-use super::call::{Guest, HookError, HostState, ResponseCtx};
+use super::call::{Guest, HookError, HostState, ResponseCtx, StorageTime};
 use super::health::Health;
-use super::{deadline_ticks, Loaded, Router, RouterPre};
+use super::{deadline_ticks, ticks, Loaded, Router, RouterPre};
 use crate::proxy::{Action, RequestCtx, TxVars};
 use crate::services::StorageError;
 use crate::sip::Message;
@@ -109,6 +109,15 @@ impl Pool {
         let mut store = Store::new(&self.engine, HostState::new(self.guest.clone()));
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(deadline_ticks(&self.guest.limits));
+        // At the deadline: the time the hook waited for storage is given
+        // back (up to a bound), then the guest is stopped.
+        store.epoch_deadline_callback(|mut ctx| {
+            let owed = ctx.data_mut().storage_time.owed();
+            if owed.is_zero() {
+                return Err(Trap::Interrupt.into());
+            }
+            Ok(UpdateDeadline::Continue(ticks(owed)))
+        });
         match self.pre.instantiate(&mut store) {
             Ok(router) => Ok(Warm {
                 store,
@@ -212,6 +221,7 @@ impl Pool {
         let store = &mut warm.store;
         store.set_epoch_deadline(deadline_ticks(&self.guest.limits));
         let state = store.data_mut();
+        state.storage_time = StorageTime::default();
         state.actions.clear();
         state.reply_source = None;
         std::mem::swap(&mut state.vars, vars);

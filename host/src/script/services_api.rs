@@ -31,9 +31,15 @@ impl HostState {
         Ok(self.table.get_mut(handle)?)
     }
 
-    /// How long a hook waits for its storage write (within its deadline).
+    /// How long a hook waits for its storage write.
     fn storage_wait(&self) -> Wait {
-        Wait::for_hook(self.guest.limits.hook_deadline())
+        Wait::HOOK
+    }
+
+    /// A storage call that began at `started` is over: its time is the
+    /// host's, not charged to the hook's deadline.
+    fn storage_done(&mut self, started: Instant) {
+        self.storage_time.add(started.elapsed());
     }
 
     fn algorithms(&self) -> Vec<crate::services::digest::Algorithm> {
@@ -48,15 +54,18 @@ impl HostState {
     ) -> Result<auth::Outcome> {
         let allowed = self.algorithms();
         let ctx = self.request(&req)?;
-        let outcome = match digest_auth::authorize(
+        let started = Instant::now();
+        let outcome = digest_auth::authorize(
             &self.guest.services,
             self.tenant(),
             &ctx.msg,
             kind,
             realm,
             &allowed,
-            Instant::now(),
-        ) {
+            started,
+        );
+        self.storage_done(started);
+        let outcome = match outcome {
             Ok(outcome) => outcome,
             // The outcome has no word for it, and a challenge would tell
             // the UA its password is wrong: the call traps, and the
@@ -156,6 +165,7 @@ impl registrar::Host for HostState {
             ctx.source.transport,
         ));
         let now = location::unix_now();
+        let started = Instant::now();
         let saved = location::save(
             &self.guest.services.storage,
             self.tenant(),
@@ -165,6 +175,8 @@ impl registrar::Host for HostState {
             now,
             self.storage_wait(),
         );
+        self.storage_done(started);
+        let ctx = self.request(&req)?;
         match saved {
             Ok(bindings) => {
                 let mut headers = location::reply_contacts(&bindings, now);
@@ -218,12 +230,15 @@ impl registrar::Host for HostState {
             .method()
             .map(|m| m.as_str().to_owned())
             .unwrap_or_default();
-        let bindings = match location::lookup(
+        let started = Instant::now();
+        let bindings = location::lookup(
             &self.guest.services.storage,
             self.tenant(),
             &aor,
             location::unix_now(),
-        ) {
+        );
+        self.storage_done(started);
+        let bindings = match bindings {
             Ok(b) => b,
             Err(err) => {
                 tracing::warn!(tenant = %self.guest.tenant, %err, "location lookup failed");
@@ -272,23 +287,29 @@ impl registrar::Host for HostState {
     }
 
     fn unregister(&mut self, user: String) -> Result<Result<u32, String>> {
-        Ok(location::unregister(
+        let started = Instant::now();
+        let removed = location::unregister(
             &self.guest.services.storage,
             self.tenant(),
             &user,
             self.storage_wait(),
-        )
-        .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
-        .map_err(|e| e.to_string()))
+        );
+        self.storage_done(started);
+        Ok(removed
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+            .map_err(|e| e.to_string()))
     }
 
     fn registered(&mut self, user: String) -> Result<bool> {
-        match location::lookup(
+        let started = Instant::now();
+        let bindings = location::lookup(
             &self.guest.services.storage,
             self.tenant(),
             &user,
             location::unix_now(),
-        ) {
+        );
+        self.storage_done(started);
+        match bindings {
             Ok(bindings) => Ok(!bindings.is_empty()),
             // A failed lookup is not "not registered"; the WIT's bool has
             // no room for an error: the call traps (500).

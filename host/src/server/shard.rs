@@ -37,14 +37,6 @@ impl<H: Handler> Shard<H> {
         }
     }
 
-    /// Handles a message now, or queues it for the thread that holds the
-    /// shard.
-    pub(super) fn submit(&self, msg: H::Message) {
-        if self.enqueue(msg) {
-            self.drain();
-        }
-    }
-
     /// Queues a message for the next [`Shard::drain`]; false when the
     /// queue is full and the message was dropped.
     pub(super) fn enqueue(&self, msg: H::Message) -> bool {
@@ -100,6 +92,13 @@ mod tests {
     use std::sync::mpsc::{channel, Receiver, Sender};
     use std::sync::{Arc, Mutex};
 
+    /// What a receiving thread does with a message.
+    fn submit<H: Handler>(shard: &Shard<H>, msg: H::Message) {
+        if shard.enqueue(msg) {
+            shard.drain();
+        }
+    }
+
     /// Records what it handles; message 0 waits for a go-ahead, holding
     /// the shard meanwhile.
     struct Recorder {
@@ -139,12 +138,12 @@ mod tests {
         }));
         let holder = {
             let shard = shard.clone();
-            std::thread::spawn(move || shard.submit(0))
+            std::thread::spawn(move || submit(&shard, 0))
         };
         started.recv().expect("message 0 is being handled");
         // The shard is held: these return at once, queued for the holder.
         for msg in 1..=5 {
-            shard.submit(msg);
+            submit(&shard, msg);
         }
         shard.drain();
         assert_eq!(*handled.lock().expect("lock"), Vec::<u32>::new());
@@ -152,8 +151,8 @@ mod tests {
         holder.join().expect("holder thread");
         assert_eq!(*handled.lock().expect("lock"), vec![0, 1, 2, 3, 4, 5]);
         // A panic costs its message only; the shard goes on.
-        shard.submit(99);
-        shard.submit(6);
+        submit(&shard, 99);
+        submit(&shard, 6);
         assert_eq!(*handled.lock().expect("lock"), vec![0, 1, 2, 3, 4, 5, 6]);
         assert!(lock(&shard.worker).expired >= 3);
     }

@@ -72,6 +72,23 @@ pub struct Inbound {
     pub listener: usize,
 }
 
+/// What the receiving threads do with datagrams, in two steps.
+///
+/// The threads of one socket take turns at it: the one whose turn it is
+/// receives a batch and passes each datagram to [`Datagrams::sort`], in the
+/// order the socket delivered them, before another may receive; then it
+/// gives up its turn and calls [`Datagrams::handle`]. Whatever `sort` puts
+/// in order (a call's queue) stays in arrival order.
+pub trait Datagrams: Send + Sync + 'static {
+    /// What sorting leaves for handling.
+    type Sorted: Send;
+    /// Takes one datagram while holding its socket's turn: keep it short
+    /// (parse, queue), never wait here.
+    fn sort(&self, inbound: Inbound) -> Option<Self::Sorted>;
+    /// Handles a batch sorted by this thread, its turn given up.
+    fn handle(&self, sorted: &mut Vec<Self::Sorted>);
+}
+
 /// Where to send a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target {
@@ -242,19 +259,21 @@ impl Transports {
         &self.listeners
     }
 
-    /// Starts `threads` receiving threads per UDP listener, each handing
-    /// every datagram it receives to `deliver` on its own thread.
-    pub fn receive_datagrams(
+    /// Starts `threads` receiving threads per UDP listener; see
+    /// [`Datagrams`] for what they do with what they receive.
+    pub fn receive_datagrams<D: Datagrams>(
         &self,
         threads: usize,
-        deliver: Arc<dyn Fn(Inbound) + Send + Sync>,
+        datagrams: Arc<D>,
     ) -> std::io::Result<()> {
         for (index, socket) in &self.udp {
+            let turn = Arc::new(udp::Turn::new());
             for i in 0..threads.max(1) {
-                let (socket, deliver, index) = (socket.clone(), deliver.clone(), *index);
+                let (socket, turn, datagrams, index) =
+                    (socket.clone(), turn.clone(), datagrams.clone(), *index);
                 std::thread::Builder::new()
                     .name(format!("wisp-udp-{index}.{i}"))
-                    .spawn(move || udp::receive(socket, index, &*deliver))?;
+                    .spawn(move || udp::receive(socket, turn, index, &*datagrams))?;
             }
         }
         Ok(())

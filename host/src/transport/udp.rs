@@ -1,17 +1,22 @@
 //! UDP: one datagram is one message.
 //!
-//! Datagrams are received by plain threads blocked in `recv_from` on the
-//! listener's socket, several per socket: the kernel wakes one waiter per
-//! datagram, so a burst spreads over every core with no hand-off between
-//! threads, and the thread that received a message handles it.
+//! Several plain threads receive from each listener's socket, so that a
+//! burst spreads over every core, and the thread that received a message
+//! handles it. They take turns at the socket: the one whose turn it is
+//! receives a batch and sorts it (parses each datagram and queues it for
+//! its call) before the next may receive. Handling, hooks included, comes
+//! after the turn is given up. So messages from one peer are queued in the
+//! order the socket delivered them: when each thread received on its own,
+//! a callee's back-to-back 180 and 200 could be taken by two threads and
+//! the 200 queued first, and a stateless route forwarded them swapped.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{Inbound, Transport};
+use super::{Datagrams, Inbound, Transport};
 
 /// Largest datagram we accept; SIP over UDP stays far below this.
 const MAX_DATAGRAM: usize = 65_535;
@@ -34,34 +39,58 @@ pub(super) fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     Ok(socket.into())
 }
 
-/// Receives datagrams for ever and hands each to `deliver`, on the calling
-/// thread.
-pub(super) fn receive(socket: Arc<UdpSocket>, listener: usize, deliver: &dyn Fn(Inbound)) {
-    // Receive buffers, reused; each datagram is copied out at its own size.
-    // (Splitting datagrams off a shared BytesMut made every message keep a
-    // 64 KiB allocation alive for as long as its transaction.)
-    let mut batch = Batch::new();
+/// A socket's turn to receive: whoever holds it is the one thread
+/// receiving from the socket, into the socket's buffers.
+pub(super) struct Turn(Mutex<Batch>);
+
+impl Turn {
+    pub(super) fn new() -> Turn {
+        Turn(Mutex::new(Batch::new()))
+    }
+}
+
+/// Receives datagrams for ever on the calling thread: sorts each with
+/// `datagrams` while holding the socket's `turn`, then handles them.
+pub(super) fn receive<D: Datagrams>(
+    socket: Arc<UdpSocket>,
+    turn: Arc<Turn>,
+    listener: usize,
+    datagrams: &D,
+) {
+    let mut sorted = Vec::with_capacity(BATCH);
     loop {
-        let received = match batch.receive(&socket) {
-            Ok(received) => received,
-            Err(err) => {
-                // ICMP errors from earlier sends surface here on some
-                // systems; they concern one peer, not the socket.
-                tracing::debug!(%err, "udp receive error");
-                continue;
+        {
+            // A thread that panicked while sorting left only buffers behind.
+            let mut batch = turn.0.lock().unwrap_or_else(|e| e.into_inner());
+            let received = match batch.receive(&socket) {
+                Ok(received) => received,
+                Err(err) => {
+                    // ICMP errors from earlier sends surface here on some
+                    // systems; they concern one peer, not the socket.
+                    tracing::debug!(%err, "udp receive error");
+                    continue;
+                }
+            };
+            for (datagram, remote) in received {
+                if datagram.iter().all(|b| b.is_ascii_whitespace()) {
+                    continue; // keepalive (CRLF) or empty datagram
+                }
+                // Each datagram is copied out at its own size. (Splitting
+                // datagrams off a shared BytesMut made every message keep a
+                // 64 KiB allocation alive for as long as its transaction.)
+                let inbound = Inbound {
+                    data: Bytes::copy_from_slice(datagram),
+                    transport: Transport::Udp,
+                    remote,
+                    listener,
+                };
+                if let Some(s) = datagrams.sort(inbound) {
+                    sorted.push(s);
+                }
             }
-        };
-        for (datagram, remote) in received {
-            if datagram.iter().all(|b| b.is_ascii_whitespace()) {
-                continue; // keepalive (CRLF) or empty datagram
-            }
-            deliver(Inbound {
-                data: Bytes::copy_from_slice(datagram),
-                transport: Transport::Udp,
-                remote,
-                listener,
-            });
         }
+        datagrams.handle(&mut sorted);
+        sorted.clear();
     }
 }
 
@@ -151,5 +180,68 @@ impl Batch {
             let buffer = &self.buffers[i];
             (&buffer[..len.min(buffer.len())], from)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use std::time::{Duration, Instant};
+
+    /// Records the order datagrams are sorted in; handling takes a while,
+    /// as a hook would.
+    struct Recorder(Mutex<Vec<u32>>);
+
+    impl Datagrams for Recorder {
+        type Sorted = ();
+        fn sort(&self, inbound: Inbound) -> Option<()> {
+            let text = std::str::from_utf8(&inbound.data).expect("utf-8");
+            let n = text.parse().expect("a number");
+            self.0.lock().expect("lock").push(n);
+            Some(())
+        }
+        fn handle(&self, sorted: &mut Vec<()>) {
+            for () in sorted.drain(..) {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    }
+
+    #[test]
+    fn one_peers_datagrams_are_sorted_in_the_order_they_arrived() {
+        let socket = Arc::new(bind((Ipv4Addr::LOCALHOST, 0).into()).expect("bind"));
+        let addr = socket.local_addr().expect("addr");
+        let recorder = Arc::new(Recorder(Mutex::new(Vec::new())));
+        let turn = Arc::new(Turn::new());
+        for _ in 0..4 {
+            let (socket, turn, recorder) = (socket.clone(), turn.clone(), recorder.clone());
+            // Left running: the test process ends them.
+            std::thread::spawn(move || receive(socket, turn, 0, &*recorder));
+        }
+        let peer = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("peer");
+        const SENT: u32 = 3000;
+        for n in 0..SENT {
+            peer.send_to(n.to_string().as_bytes(), addr).expect("send");
+            if n % 100 == 99 {
+                // Bursts, so that several threads wait at the socket.
+                std::thread::sleep(Duration::from_micros(300));
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while recorder.0.lock().expect("lock").len() < SENT as usize && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let sorted = recorder.0.lock().expect("lock").clone();
+        assert!(
+            sorted.len() > SENT as usize / 2,
+            "only {} arrived",
+            sorted.len()
+        );
+        let swapped = sorted.windows(2).filter(|w| w[0] > w[1]).count();
+        assert_eq!(
+            swapped, 0,
+            "{swapped} datagrams sorted before one sent earlier"
+        );
     }
 }
