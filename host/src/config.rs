@@ -55,6 +55,9 @@ pub struct Config {
     /// Name servers for RFC 3263 lookups (default: the system's).
     #[serde(default)]
     pub dns: crate::dns::DnsConfig,
+    /// Bounds on stream connections.
+    #[serde(default)]
+    pub connections: crate::transport::ConnectionLimits,
 }
 
 impl Default for Config {
@@ -66,6 +69,7 @@ impl Default for Config {
             engine: EngineConfig::default(),
             timers: Timers::default(),
             dns: crate::dns::DnsConfig::default(),
+            connections: crate::transport::ConnectionLimits::default(),
             routing: RoutingConfig::default(),
             admin: None,
             storage: StorageConfig::default(),
@@ -124,6 +128,7 @@ impl Config {
         if let Some(admin) = &self.admin {
             admin.check()?;
         }
+        self.connections.check()?;
         Ok(())
     }
 
@@ -169,6 +174,9 @@ impl Config {
         }
         if self.dns != new.dns {
             changed.push("[dns]");
+        }
+        if self.connections != new.connections {
+            changed.push("[connections]");
         }
         changed
     }

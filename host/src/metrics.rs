@@ -210,6 +210,11 @@ impl Metrics {
         m
     }
 
+    /// Adds metrics kept elsewhere (the transports') to what is rendered.
+    pub fn register(&self, add: impl FnOnce(&mut Registry)) {
+        add(&mut self.lock());
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }

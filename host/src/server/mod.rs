@@ -18,7 +18,7 @@ use crate::proxy::Locality;
 use crate::script::ScriptEngine;
 use crate::services::Services;
 use crate::tenancy::{ConfigSource, Tenancy};
-use crate::transport::{Listener, Transports};
+use crate::transport::{ConnectionMetrics, Listener, Transports};
 
 /// Runs the proxy until SIGINT or SIGTERM. SIGHUP reloads the tenants from
 /// `config_path` (see [`Tenancy::reload_config`]).
@@ -26,12 +26,16 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let engine = ScriptEngine::new(config.engine.cache_dir.clone())?;
     let services = Services::open(&config.storage.path)?;
     services.start()?;
-    let (transports, inbound) = Transports::bind(&config.listen).await?;
+    raise_descriptor_limit(config.connections.max);
+    let metrics = Arc::new(Metrics::new());
+    let connection_metrics = ConnectionMetrics::default();
+    metrics.register(|registry| connection_metrics.register(registry));
+    let (transports, inbound) =
+        Transports::bind(&config.listen, &config.connections, connection_metrics).await?;
     let locality = Arc::new(Locality::new(
         transports.listeners().to_vec(),
         config.aliases.clone(),
     ));
-    let metrics = Arc::new(Metrics::new());
     let tenancy = Arc::new(Tenancy::load(
         engine,
         locality.clone(),
@@ -134,6 +138,47 @@ fn reload_on_sighup(tenancy: Arc<Tenancy>) {
     }
     #[cfg(not(unix))]
     let _ = tenancy;
+}
+
+/// Every connection is a descriptor, and many systems start a process
+/// with a soft limit of 1024: raised to the hard limit, as far as the
+/// system lets a process raise its own, with a warning when even that is
+/// below `[connections] max`.
+fn raise_descriptor_limit(max_connections: usize) {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write `limit`.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                limit = raised;
+            }
+        }
+        // Room for what wisp holds besides connections.
+        let needed = libc::rlim_t::try_from(max_connections)
+            .unwrap_or(libc::rlim_t::MAX)
+            .saturating_add(256);
+        if limit.rlim_cur < needed {
+            tracing::warn!(
+                descriptors = limit.rlim_cur,
+                needed,
+                "the descriptor limit is below [connections] max: raise it (ulimit -n, LimitNOFILE=) or lower max"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = max_connections;
 }
 
 async fn shutdown_signal() {

@@ -30,7 +30,7 @@ pub use header_name::HeaderName;
 pub use message::{Header, Message, StartLine, Text};
 pub use method::Method;
 pub use name_addr::NameAddr;
-pub use parse::{frame, parse, MAX_HEADER_BYTES, MAX_STREAM_BODY};
+pub use parse::{frame, frame_within, parse, MAX_HEADER_BYTES, MAX_STREAM_BODY};
 pub use response::response_to;
 pub use syntax::mentions;
 pub use uri::{Host, Scheme, Uri};

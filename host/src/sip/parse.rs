@@ -247,15 +247,28 @@ fn parse_length(v: &str) -> Result<usize, ParseError> {
 /// exceeds [`MAX_HEADER_BYTES`] or Content-Length — mandatory on streams —
 /// is missing, repeated or not a number.
 pub fn frame(buf: &[u8]) -> Result<Option<usize>, ParseError> {
+    frame_within(buf, MAX_HEADER_BYTES, MAX_STREAM_BODY)
+}
+
+/// [`frame`] with smaller bounds: a header section past `max_header`
+/// bytes, or a Content-Length past `max_body`, is an error as soon as it
+/// is seen, before the rest is waited for.
+pub fn frame_within(
+    buf: &[u8],
+    max_header: usize,
+    max_body: usize,
+) -> Result<Option<usize>, ParseError> {
+    let max_header = max_header.min(MAX_HEADER_BYTES);
+    let max_body = max_body.min(MAX_STREAM_BODY);
     let skip = leading_newlines(buf);
     let rest = &buf[skip..];
     let Some((head_end, body_start)) = find_head_end(rest) else {
-        if rest.len() > MAX_HEADER_BYTES {
+        if rest.len() > max_header {
             return Err(ParseError::new("Header section too large"));
         }
         return Ok(None);
     };
-    if head_end > MAX_HEADER_BYTES {
+    if head_end > max_header {
         return Err(ParseError::new("Header section too large"));
     }
     // Find Content-Length (or "l") among the header lines, with its
@@ -289,7 +302,7 @@ pub fn frame(buf: &[u8]) -> Result<Option<usize>, ParseError> {
     let length = std::str::from_utf8(&length)
         .map_err(|_| ParseError::new("Bad Content-Length"))
         .and_then(parse_length)?;
-    if length > MAX_STREAM_BODY {
+    if length > max_body {
         return Err(ParseError::new("Body too large"));
     }
     let total = skip + body_start + length;

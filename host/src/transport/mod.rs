@@ -6,17 +6,23 @@
 //! stream messages through a channel) and sends whatever the proxy asks
 //! through [`Transports::send`].
 
+mod connections;
+mod framing;
+mod limits;
+mod stream;
 mod tcp;
 mod udp;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::mpsc;
+
+pub use connections::{ConnectionMetrics, Connections, NotQueued, Reason};
+pub use limits::ConnectionLimits;
 
 /// A SIP transport protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -52,12 +58,19 @@ impl Transport {
     }
 }
 
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Transport {
+    /// The name in the configuration and in metrics ("udp").
+    pub fn name(self) -> &'static str {
+        match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -167,6 +180,12 @@ pub enum SendError {
     Io(SocketAddr, std::io::Error),
     #[error("connection to {0} closed")]
     Closed(SocketAddr),
+    #[error(
+        "connection to {0} has [connections] max_queued_bytes waiting: the peer is not reading"
+    )]
+    QueueFull(SocketAddr),
+    #[error("cannot open a connection to {0}: [connections] max connections are open")]
+    TooMany(SocketAddr),
 }
 
 /// The listener to send from towards `target`: same transport and
@@ -199,9 +218,9 @@ pub fn listener_for(listeners: &[Listener], target: &Target) -> Result<usize, Se
 pub struct Transports {
     listeners: Vec<Listener>,
     udp: Vec<(usize, Arc<std::net::UdpSocket>)>,
-    /// Writers of open TCP connections, keyed by the peer's address, so that
+    /// Open stream connections, keyed by the peer's address, so that
     /// responses and later requests reuse the connection (RFC 3261 §18).
-    connections: Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>,
+    connections: Arc<Connections>,
     inbound: mpsc::Sender<Inbound>,
     /// For the work a send cannot finish at once (connecting, a full buffer).
     runtime: tokio::runtime::Handle,
@@ -213,6 +232,8 @@ impl Transports {
     /// wait for [`Transports::receive_datagrams`].
     pub async fn bind(
         listen: &[Listen],
+        limits: &ConnectionLimits,
+        metrics: ConnectionMetrics,
     ) -> anyhow::Result<(Arc<Transports>, mpsc::Receiver<Inbound>)> {
         use anyhow::Context;
         let (tx, rx) = mpsc::channel(4096);
@@ -245,7 +266,7 @@ impl Transports {
         let transports = Arc::new(Transports {
             listeners,
             udp: udp_sockets,
-            connections: Mutex::new(HashMap::new()),
+            connections: Connections::new(limits.clone(), metrics),
             inbound: tx,
             runtime: tokio::runtime::Handle::current(),
         });
@@ -305,48 +326,28 @@ impl Transports {
                 }
             }
             Transport::Tcp => {
-                let writer = match self.connection(target.addr) {
-                    Some(w) => w,
+                let writer = match self.connections.get(target.transport, target.addr) {
+                    Some(writer) => writer,
                     None => {
                         let listener = self.listener_for(&target)?;
-                        tcp::connect(target.addr, listener, self)
+                        tcp::connect(self, target.addr, listener)
+                            .map_err(|_| SendError::TooMany(target.addr))?
                     }
                 };
-                match writer.try_send(data) {
-                    Ok(()) => Ok(()),
-                    Err(mpsc::error::TrySendError::Full(data)) => {
-                        self.runtime.spawn(async move {
-                            let _ = writer.send(data).await;
-                        });
-                        Ok(())
+                writer.send(data).map_err(|err| match err {
+                    NotQueued::Full => {
+                        self.connections.not_queued(target.transport);
+                        SendError::QueueFull(target.addr)
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        Err(SendError::Closed(target.addr))
-                    }
-                }
+                    NotQueued::Closed => SendError::Closed(target.addr),
+                })
             }
         }
     }
 
-    fn connection(&self, peer: SocketAddr) -> Option<mpsc::Sender<Bytes>> {
-        let map = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&peer).filter(|w| !w.is_closed()).cloned()
-    }
-
-    fn register_connection(&self, peer: SocketAddr, writer: mpsc::Sender<Bytes>) {
-        let mut map = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= 1024 {
-            // Outgoing connections that failed or closed leave their entry.
-            map.retain(|_, w| !w.is_closed());
-        }
-        map.insert(peer, writer);
-    }
-
-    fn forget_connection(&self, peer: SocketAddr) {
-        let mut map = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(&peer).is_some_and(|w| w.is_closed()) {
-            map.remove(&peer);
-        }
+    /// Stream connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.open_count()
     }
 }
 
