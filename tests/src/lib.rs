@@ -53,17 +53,53 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".."))
 }
 
-/// A free loopback port for both UDP and TCP (the OS picks; a race with
-/// another process taking it in between is possible but rare).
+/// A free loopback port for both UDP and TCP, for a process a test starts
+/// (wisp, SIPp, Kamailio) to bind a moment later.
+///
+/// Never one of the kernel's ephemeral ports: those are handed to every
+/// outgoing connection meanwhile (wisp's to a TCP callee, SIPp's), and a
+/// port the OS picked for us and we let go could be taken that way before
+/// the process that should listen on it binds it. Ports come from below
+/// the ephemeral range, in turn within this test process (never the same
+/// twice), from a starting point of its own so that test binaries running
+/// side by side seldom meet; a port something holds is skipped.
 pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let Ok(udp) = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)) else {
-            continue;
-        };
-        let Ok(addr) = udp.local_addr() else { continue };
-        if TcpListener::bind(addr).is_ok() {
-            return addr.port();
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = unephemeral_ports();
+    let span = u32::from(high - low);
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        let seed = std::process::id()
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+        let _ = NEXT.compare_exchange(0, seed % span + 1, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = low + offset as u16;
+        let addr = (Ipv4Addr::LOCALHOST, port);
+        if let Ok(udp) = UdpSocket::bind(addr) {
+            if TcpListener::bind(addr).is_ok() {
+                drop(udp);
+                return port;
+            }
         }
     }
-    panic!("no free loopback port");
+    panic!("no free loopback port in {low}..{high}");
+}
+
+/// The ports [`free_port`] chooses from: 10000 up to the start of the
+/// kernel's ephemeral range (`net.ipv4.ip_local_port_range`).
+fn unephemeral_ports() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_low > 12_000 {
+        (10_000, ephemeral_low)
+    } else {
+        // An unusual range starting low: use the ports above it instead.
+        (61_000, 65_000)
+    }
 }
