@@ -41,7 +41,10 @@ echo "== typescript (sdk-js and guests/default-js)"
 (cd sdk-js && npx --no-install tsc -p tsconfig.json --noEmit)
 
 echo "== build"
-cargo build --release -p wisp
+# Everything the tests need in one build, the wisp binary included: built
+# alone (-p wisp) it resolves other features than the test build does, and
+# wasmtime and its dependencies were compiled twice (minutes on 2 cores).
+cargo build --release --workspace --all-targets
 
 echo "== tests"
 cargo test --release --workspace
