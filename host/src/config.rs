@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -18,7 +19,7 @@ use crate::tenancy::{
     self, ConfigSource, ReloadConfig, RoutingConfig, TenancyConfig, TenantConfig,
 };
 use crate::transaction::Timers;
-use crate::transport::Listen;
+use crate::transport::{Listen, Transports};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -58,6 +59,9 @@ pub struct Config {
     /// Bounds on stream connections.
     #[serde(default)]
     pub connections: crate::transport::ConnectionLimits,
+    /// Outgoing TLS: the roots servers are verified against.
+    #[serde(default)]
+    pub tls: crate::transport::TlsConfig,
 }
 
 impl Default for Config {
@@ -70,6 +74,7 @@ impl Default for Config {
             timers: Timers::default(),
             dns: crate::dns::DnsConfig::default(),
             connections: crate::transport::ConnectionLimits::default(),
+            tls: crate::transport::TlsConfig::default(),
             routing: RoutingConfig::default(),
             admin: None,
             storage: StorageConfig::default(),
@@ -146,7 +151,14 @@ impl Config {
         let listen = |c: &Config| {
             c.listen
                 .iter()
-                .map(|l| (l.transport, l.address, l.advertise.clone()))
+                .map(|l| {
+                    (
+                        l.transport,
+                        l.address,
+                        l.advertise.clone(),
+                        l.tls_files().ok().flatten(),
+                    )
+                })
                 .collect::<Vec<_>>()
         };
         let admin = |c: &Config| c.admin.as_ref().map(|a| (a.address, a.token.clone()));
@@ -178,6 +190,9 @@ impl Config {
         if self.connections != new.connections {
             changed.push("[connections]");
         }
+        if self.tls != new.tls {
+            changed.push("[tls]");
+        }
         changed
     }
 }
@@ -190,17 +205,55 @@ pub struct ConfigFile {
     /// What the process runs with: the sections a reload leaves alone
     /// stay as they were at start until a restart.
     running: Config,
+    /// Whose certificates a reload reads again.
+    transports: Option<Arc<Transports>>,
 }
 
 impl ConfigFile {
-    pub fn new(path: PathBuf, running: Config) -> ConfigFile {
-        ConfigFile { path, running }
+    pub fn new(path: PathBuf, running: Config, transports: Option<Arc<Transports>>) -> ConfigFile {
+        ConfigFile {
+            path,
+            running,
+            transports,
+        }
     }
 }
 
 impl ConfigSource for ConfigFile {
     fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn more_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for files_of in self
+            .running
+            .listen
+            .iter()
+            .filter_map(|l| l.tls_files().ok().flatten())
+        {
+            for pair in std::iter::once(&files_of.default).chain(&files_of.more) {
+                files.push(pair.certificate.clone());
+                files.push(pair.private_key.clone());
+            }
+            files.extend(files_of.client_ca);
+        }
+        files
+    }
+
+    fn applied(&self) {
+        let Some(transports) = &self.transports else {
+            return;
+        };
+        match transports.reload_certificates() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(listeners = n, "TLS certificates read again"),
+            Err(errors) => {
+                for err in errors {
+                    tracing::error!(%err, "TLS certificates not reloaded; the old ones stay");
+                }
+            }
+        }
     }
 
     fn load(&self) -> anyhow::Result<TenancyConfig> {

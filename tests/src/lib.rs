@@ -32,6 +32,7 @@ mod lossy_uas;
 mod message;
 mod peers;
 mod sipp;
+mod tls;
 mod wisp;
 
 pub use config::{Tenant, WispBuilder};
@@ -43,6 +44,7 @@ pub use lossy_uas::{LossyUas, UasReport};
 pub use message::{header_of, headers_of, request, response_to, Request};
 pub use peers::{tcp_exchange, udp_exchange, udp_reply, SilentPeer, Ua};
 pub use sipp::{assert_all_successful, scenario, Sipp, SippOutcome, SippProcess, Transport};
+pub use tls::{certificate_der, CertFiles, Pki, TlsClient};
 pub use wisp::{wisp_binary, CtlOutput, Wisp};
 
 /// The repository root.

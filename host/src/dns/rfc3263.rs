@@ -99,13 +99,15 @@ impl Procedure {
         if host.is_empty() {
             return Err(DnsError::InvalidName(query.host.clone()));
         }
-        if query.secure {
-            // sips: needs TLS (NAPTR SIPS+D2T, SRV _sips._tcp), which wisp
-            // does not speak yet; falling back to plain SIP would break the
-            // caller's demand for security.
+        if query.secure || query.transport == Some(Transport::Tls) {
+            // TLS to a host name (NAPTR SIPS+D2T, SRV _sips._tcp) needs the
+            // name carried to the handshake and checked against the peer's
+            // certificate, which wisp does not do yet (TLS to an IP address
+            // works: the certificate must name the address); falling back
+            // to plain SIP would break the caller's demand for security.
             return Err(DnsError::Unsupported {
                 name: host.to_string(),
-                what: "sips: (TLS)",
+                what: "TLS to a host name",
             });
         }
         let mut procedure = Procedure {

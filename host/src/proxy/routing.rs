@@ -86,21 +86,26 @@ impl Destination {
     /// The next hop a URI names: its maddr or host, its port and transport
     /// parameter when given (RFC 3263 §4 fills in the rest).
     pub fn from_uri(uri: &Uri) -> Result<Destination, String> {
-        match &uri.scheme {
-            Scheme::Sip => {}
-            Scheme::Sips => {
-                return Err(format!(
-                    "cannot route to {uri}: sips needs TLS, which this wisp does not listen on"
-                ))
-            }
+        let sips = match &uri.scheme {
+            Scheme::Sip => false,
+            Scheme::Sips => true,
             Scheme::Tel => return Err(format!("cannot route to {uri}: a tel URI needs a gateway")),
             Scheme::Other(s) => return Err(format!("cannot route to a {s}: URI")),
-        }
+        };
         let transport = match uri.transport() {
             None => None,
             Some(t) => Some(
                 Transport::from_name(t).ok_or_else(|| format!("transport {t} is not supported"))?,
             ),
+        };
+        // sips: is TLS whatever the transport parameter says (RFC 3261
+        // §19.1.2: `sips:...;transport=tcp` is TLS over TCP).
+        let transport = match (sips, transport) {
+            (true, Some(Transport::Udp)) => {
+                return Err(format!("cannot route to {uri}: sips over UDP"))
+            }
+            (true, _) => Some(Transport::Tls),
+            (false, t) => t,
         };
         let host = match uri.param("maddr") {
             Some(Some(maddr)) => Uri::parse(&format!("sip:{maddr}"))
@@ -123,9 +128,15 @@ impl Destination {
             Host::V6(ip) => IpAddr::V6(*ip),
             Host::Name(_) => return None,
         };
+        let transport = self.transport.unwrap_or(Transport::Udp);
+        let default_port = if transport == Transport::Tls {
+            5061
+        } else {
+            5060
+        };
         Some(Target {
-            transport: self.transport.unwrap_or(Transport::Udp),
-            addr: SocketAddr::new(ip, self.port.unwrap_or(5060)),
+            transport,
+            addr: SocketAddr::new(ip, self.port.unwrap_or(default_port)),
         })
     }
 }

@@ -161,6 +161,7 @@ impl types::HostRequest for HostState {
             transport: match source.transport {
                 crate::transport::Transport::Udp => types::Transport::Udp,
                 crate::transport::Transport::Tcp => types::Transport::Tcp,
+                crate::transport::Transport::Tls => types::Transport::Tls,
             },
             ip: source.remote.ip().to_string(),
             port: source.remote.port(),

@@ -30,8 +30,13 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let metrics = Arc::new(Metrics::new());
     let connection_metrics = ConnectionMetrics::default();
     metrics.register(|registry| connection_metrics.register(registry));
-    let (transports, inbound) =
-        Transports::bind(&config.listen, &config.connections, connection_metrics).await?;
+    let (transports, inbound) = Transports::bind(
+        &config.listen,
+        &config.connections,
+        &config.tls,
+        connection_metrics,
+    )
+    .await?;
     let locality = Arc::new(Locality::new(
         transports.listeners().to_vec(),
         config.aliases.clone(),
@@ -42,8 +47,13 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         metrics,
         services,
         &config.tenancy(),
-        config_path
-            .map(|path| Box::new(ConfigFile::new(path, config.clone())) as Box<dyn ConfigSource>),
+        config_path.map(|path| {
+            Box::new(ConfigFile::new(
+                path,
+                config.clone(),
+                Some(transports.clone()),
+            )) as Box<dyn ConfigSource>
+        }),
     )?);
     if let Some(admin) = &config.admin {
         let address = crate::admin::serve(admin, tenancy.clone()).await?;

@@ -100,6 +100,14 @@ pub trait ConfigSource: Send + Sync {
     fn path(&self) -> &Path;
     /// Reads and checks the whole file again; tenancy's sections of it.
     fn load(&self) -> anyhow::Result<TenancyConfig>;
+    /// Other files whose change is a reload under `[reload] watch`
+    /// (certificates).
+    fn more_files(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+    /// A reload was applied: what lives outside tenancy takes it too
+    /// (certificates are read again). Failures are the source's to log.
+    fn applied(&self) {}
 }
 
 pub struct Tenancy {
@@ -400,6 +408,7 @@ impl Tenancy {
         self.directory
             .store(Arc::new(Directory::new(tenants, &config.routing)));
         *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = config;
+        file.applied();
         let took = started.elapsed();
         let reports = reports
             .into_iter()
@@ -426,7 +435,7 @@ impl Tenancy {
         let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
         self.file
             .iter()
-            .map(|f| f.path().to_owned())
+            .flat_map(|f| std::iter::once(f.path().to_owned()).chain(f.more_files()))
             .chain(applied.tenants.iter().filter_map(|t| t.component.clone()))
             .collect()
     }

@@ -42,6 +42,8 @@ pub enum Reason {
     Error,
     /// Opening it failed or timed out.
     ConnectFailed,
+    /// The TLS handshake of an accepted connection failed or timed out.
+    Handshake,
     /// wisp stopped taking messages.
     Shutdown,
 }
@@ -57,6 +59,7 @@ impl Reason {
             Reason::Unframeable => "unframeable",
             Reason::Error => "error",
             Reason::ConnectFailed => "connect_failed",
+            Reason::Handshake => "handshake",
             Reason::Shutdown => "shutdown",
         }
     }
@@ -96,7 +99,7 @@ impl ConnectionMetrics {
         );
         registry.register(
             "connections_closed",
-            "Connections closed, by reason: peer, idle, slow, unframeable, error, connect_failed, shutdown",
+            "Connections closed, by reason: peer, idle, slow, unframeable, error, connect_failed, handshake, shutdown",
             self.closed.clone(),
         );
         registry.register(

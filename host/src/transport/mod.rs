@@ -11,6 +11,7 @@ mod framing;
 mod limits;
 mod stream;
 mod tcp;
+mod tls;
 mod udp;
 
 use std::fmt;
@@ -23,6 +24,7 @@ use tokio::sync::mpsc;
 
 pub use connections::{ConnectionMetrics, Connections, NotQueued, Reason};
 pub use limits::ConnectionLimits;
+pub use tls::{CertificateFiles, ServerFiles, TlsConfig, TlsError};
 
 /// A SIP transport protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -30,6 +32,7 @@ pub use limits::ConnectionLimits;
 pub enum Transport {
     Udp,
     Tcp,
+    Tls,
 }
 
 impl Transport {
@@ -38,6 +41,7 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
     }
 
@@ -47,6 +51,8 @@ impl Transport {
             Some(Transport::Udp)
         } else if name.eq_ignore_ascii_case("tcp") {
             Some(Transport::Tcp)
+        } else if name.eq_ignore_ascii_case("tls") {
+            Some(Transport::Tls)
         } else {
             None
         }
@@ -54,7 +60,13 @@ impl Transport {
 
     /// Whether messages travel on a byte stream (Content-Length framing).
     pub fn is_stream(self) -> bool {
-        matches!(self, Transport::Tcp)
+        matches!(self, Transport::Tcp | Transport::Tls)
+    }
+
+    /// Whether its listeners are TCP sockets (TCP and TLS cannot share an
+    /// address).
+    fn is_tcp(self) -> bool {
+        self.is_stream()
     }
 }
 
@@ -64,6 +76,7 @@ impl Transport {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
         }
     }
 }
@@ -120,6 +133,21 @@ pub struct Listen {
     /// address, for a proxy behind NAT or bound to a wildcard address.
     #[serde(default)]
     pub advertise: Option<String>,
+    /// TLS: the certificate chain served (PEM), when no other is for the
+    /// name the client asks for.
+    #[serde(default)]
+    pub certificate: Option<std::path::PathBuf>,
+    /// TLS: the private key of `certificate` (PEM).
+    #[serde(default)]
+    pub private_key: Option<std::path::PathBuf>,
+    /// TLS: more certificates, each served to clients asking for a name
+    /// it is for (SNI).
+    #[serde(default)]
+    pub certificates: Vec<CertificateFiles>,
+    /// TLS: clients must present a certificate issued by one of these
+    /// CA certificates (PEM): mutual TLS.
+    #[serde(default)]
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 impl Listen {
@@ -127,30 +155,70 @@ impl Listen {
     pub fn defaults() -> Vec<Listen> {
         let any = SocketAddr::from(([0, 0, 0, 0], 5060));
         vec![
-            Listen {
-                transport: Transport::Udp,
-                address: any,
-                advertise: None,
-            },
-            Listen {
-                transport: Transport::Tcp,
-                address: any,
-                advertise: None,
-            },
+            Listen::plain(Transport::Udp, any),
+            Listen::plain(Transport::Tcp, any),
         ]
     }
 
+    /// A listener without TLS or advertised name.
+    pub fn plain(transport: Transport, address: SocketAddr) -> Listen {
+        Listen {
+            transport,
+            address,
+            advertise: None,
+            certificate: None,
+            private_key: None,
+            certificates: Vec::new(),
+            client_ca: None,
+        }
+    }
+
+    /// The TLS files of a TLS listener; an error names what is missing
+    /// or out of place.
+    pub fn tls_files(&self) -> Result<Option<ServerFiles>, String> {
+        let where_ = format!("[[listen]] {} {}", self.transport, self.address);
+        if self.transport != Transport::Tls {
+            if self.certificate.is_some()
+                || self.private_key.is_some()
+                || self.client_ca.is_some()
+                || !self.certificates.is_empty()
+            {
+                return Err(format!(
+                    "{where_}: certificate, private_key, certificates and client_ca are for TLS listeners"
+                ));
+            }
+            return Ok(None);
+        }
+        let (Some(certificate), Some(private_key)) = (&self.certificate, &self.private_key) else {
+            return Err(format!("{where_}: TLS needs certificate and private_key"));
+        };
+        Ok(Some(ServerFiles {
+            default: CertificateFiles {
+                certificate: certificate.clone(),
+                private_key: private_key.clone(),
+            },
+            more: self.certificates.clone(),
+            client_ca: self.client_ca.clone(),
+        }))
+    }
+
     /// The checks serde cannot express, on the whole `[[listen]]` list: one
-    /// socket at least, none twice.
+    /// socket at least, none twice, TLS files where TLS is and nowhere
+    /// else. Certificates are read too: a TLS listener that could not serve
+    /// them is an error before start.
     pub fn check_all(listen: &[Listen]) -> Result<(), String> {
         if listen.is_empty() {
             return Err("at least one [[listen]] is needed".into());
         }
         for (i, a) in listen.iter().enumerate() {
-            if listen[..i]
-                .iter()
-                .any(|b| a.transport == b.transport && a.address == b.address)
-            {
+            if let Some(files) = a.tls_files()? {
+                tls::server_config(&files)
+                    .map_err(|e| format!("[[listen]] {} {}: {e}", a.transport, a.address))?;
+            }
+            if listen[..i].iter().any(|b| {
+                (a.transport == b.transport || (a.transport.is_tcp() && b.transport.is_tcp()))
+                    && a.address == b.address
+            }) {
                 return Err(format!(
                     "[[listen]] {} {} appears twice",
                     a.transport, a.address
@@ -224,6 +292,10 @@ pub struct Transports {
     inbound: mpsc::Sender<Inbound>,
     /// For the work a send cannot finish at once (connecting, a full buffer).
     runtime: tokio::runtime::Handle,
+    /// The certificates of each TLS listener, by listener index.
+    tls_servers: Vec<(usize, Arc<tls::TlsServer>)>,
+    /// For the TLS connections we open.
+    tls_client: Arc<rustls::ClientConfig>,
 }
 
 impl Transports {
@@ -233,6 +305,7 @@ impl Transports {
     pub async fn bind(
         listen: &[Listen],
         limits: &ConnectionLimits,
+        tls_config: &TlsConfig,
         metrics: ConnectionMetrics,
     ) -> anyhow::Result<(Arc<Transports>, mpsc::Receiver<Inbound>)> {
         use anyhow::Context;
@@ -240,7 +313,13 @@ impl Transports {
         let mut listeners = Vec::new();
         let mut udp_sockets = Vec::new();
         let mut tcp_listeners = Vec::new();
+        let mut tls_servers = Vec::new();
         for (index, l) in listen.iter().enumerate() {
+            if let Some(files) = l.tls_files().map_err(anyhow::Error::msg)? {
+                let server = tls::TlsServer::load(files)
+                    .with_context(|| format!("[[listen]] tls {}", l.address))?;
+                tls_servers.push((index, Arc::new(server)));
+            }
             let local = match l.transport {
                 Transport::Udp => {
                     let socket = udp::bind(l.address)
@@ -249,9 +328,10 @@ impl Transports {
                     udp_sockets.push((index, Arc::new(socket)));
                     local
                 }
-                Transport::Tcp => {
-                    let listener = tcp::bind(l.address)
-                        .with_context(|| format!("cannot listen on tcp {}", l.address))?;
+                Transport::Tcp | Transport::Tls => {
+                    let listener = tcp::bind(l.address).with_context(|| {
+                        format!("cannot listen on {} {}", l.transport, l.address)
+                    })?;
                     let local = listener.local_addr()?;
                     tcp_listeners.push((index, listener));
                     local
@@ -269,15 +349,44 @@ impl Transports {
             connections: Connections::new(limits.clone(), metrics),
             inbound: tx,
             runtime: tokio::runtime::Handle::current(),
+            tls_servers,
+            tls_client: tls::client_config(tls_config.ca.as_deref()).context("[tls] ca")?,
         });
         for (index, listener) in tcp_listeners {
-            tokio::spawn(tcp::accept(listener, index, transports.clone()));
+            let tls = transports.tls_server(index);
+            tokio::spawn(tcp::accept(listener, index, tls, transports.clone()));
         }
         Ok((transports, rx))
     }
 
     pub fn listeners(&self) -> &[Listener] {
         &self.listeners
+    }
+
+    fn tls_server(&self, listener: usize) -> Option<Arc<tls::TlsServer>> {
+        self.tls_servers
+            .iter()
+            .find(|(i, _)| *i == listener)
+            .map(|(_, s)| s.clone())
+    }
+
+    /// Reads every TLS listener's certificates again. Connections keep the
+    /// session they have; new handshakes get the new certificates. A
+    /// listener whose files fail keeps its certificates (the error says
+    /// which).
+    pub fn reload_certificates(&self) -> Result<usize, Vec<String>> {
+        let mut errors = Vec::new();
+        for (index, server) in &self.tls_servers {
+            if let Err(err) = server.reload() {
+                let l = &self.listeners[*index];
+                errors.push(format!("[[listen]] tls {}: {err}", l.local));
+            }
+        }
+        if errors.is_empty() {
+            Ok(self.tls_servers.len())
+        } else {
+            Err(errors)
+        }
     }
 
     /// Starts `threads` receiving threads per UDP listener; see
@@ -325,12 +434,12 @@ impl Transports {
                     Err(e) => Err(SendError::Io(target.addr, e)),
                 }
             }
-            Transport::Tcp => {
+            Transport::Tcp | Transport::Tls => {
                 let writer = match self.connections.get(target.transport, target.addr) {
                     Some(writer) => writer,
                     None => {
                         let listener = self.listener_for(&target)?;
-                        tcp::connect(self, target.addr, listener)
+                        tcp::connect(self, target, listener)
                             .map_err(|_| SendError::TooMany(target.addr))?
                     }
                 };

@@ -1,5 +1,5 @@
-//! TCP: accepting and opening connections; each is then served by
-//! [`super::stream`] under the table's limits.
+//! TCP and TLS over it: accepting and opening connections; each is then
+//! served by [`super::stream`] under the table's limits.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,9 +8,13 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::connections::{Reason, Writer};
+use rustls_pki_types::ServerName;
+
+use super::connections::{Opened, Reason, Writer};
+use super::limits::ConnectionLimits;
 use super::stream::{self, Peer};
-use super::{Transport, Transports};
+use super::tls::TlsServer;
+use super::{Inbound, Target, Transport, Transports};
 
 pub(super) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -24,28 +28,63 @@ pub(super) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-pub(super) async fn accept(listener: TcpListener, index: usize, transports: Arc<Transports>) {
+/// Accepts connections for ever; with `tls`, each does its handshake in
+/// its own task (a slow client holds up nobody), within
+/// `connect_timeout_ms`.
+pub(super) async fn accept(
+    listener: TcpListener,
+    index: usize,
+    tls: Option<Arc<TlsServer>>,
+    transports: Arc<Transports>,
+) {
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => {
                 // Past a limit the connection is closed at once (counted).
-                let Ok(opened) = transports.connections.admit(Transport::Tcp, remote) else {
+                let Ok(opened) = transports.connections.admit(transport, remote) else {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
                 let peer = Peer {
-                    transport: Transport::Tcp,
+                    transport,
                     remote,
                     listener: index,
                 };
                 let limits = transports.connections.limits().clone();
-                tokio::spawn(stream::serve(
-                    stream,
-                    opened,
-                    peer,
-                    limits,
-                    transports.inbound.clone(),
-                ));
+                let inbound = transports.inbound.clone();
+                match &tls {
+                    None => {
+                        tokio::spawn(stream::serve(stream, opened, peer, limits, inbound));
+                    }
+                    Some(tls) => {
+                        let acceptor = tls.acceptor();
+                        tokio::spawn(async move {
+                            let handshake = tokio::time::timeout(
+                                limits.connect_timeout(),
+                                acceptor.accept(stream),
+                            )
+                            .await;
+                            match handshake {
+                                Ok(Ok(stream)) => {
+                                    stream::serve(stream, opened, peer, limits, inbound).await
+                                }
+                                Ok(Err(err)) => {
+                                    tracing::info!(%remote, %err, "tls handshake failed");
+                                    opened.slot.close(Reason::Handshake);
+                                }
+                                Err(_) => {
+                                    tracing::info!(%remote, "tls handshake timed out");
+                                    opened.slot.close(Reason::Handshake);
+                                }
+                            }
+                        });
+                    }
+                }
             }
             Err(err) => {
                 // Out of file descriptors and the like: wait rather than spin.
@@ -58,43 +97,74 @@ pub(super) async fn accept(listener: TcpListener, index: usize, transports: Arc<
 
 /// Opens a connection to a peer we must send to and serves it like an
 /// accepted one, so the peer's replies come back on it. It is in the
-/// table at once and connects in the background: messages queue in order
-/// meanwhile, and the caller never waits for the handshake.
+/// table at once and connects (and does its TLS handshake) in the
+/// background: messages queue in order meanwhile, and the caller never
+/// waits for the network.
 pub(super) fn connect(
     transports: &Transports,
-    remote: SocketAddr,
+    target: Target,
     listener: usize,
 ) -> Result<Writer, Reason> {
-    let opened = transports.connections.open(Transport::Tcp, remote)?;
+    let opened = transports.connections.open(target.transport, target.addr)?;
     let writer = opened.writer.clone();
     let limits = transports.connections.limits().clone();
     let inbound = transports.inbound.clone();
-    transports.runtime.spawn(async move {
-        let stream = match tokio::time::timeout(
-            limits.connect_timeout(),
-            TcpStream::connect(remote),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(err)) => {
-                tracing::info!(%remote, %err, "tcp connect failed");
-                opened.slot.close(Reason::ConnectFailed);
-                return;
-            }
-            Err(_) => {
-                tracing::info!(%remote, "tcp connect timed out");
-                opened.slot.close(Reason::ConnectFailed);
-                return;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let peer = Peer {
-            transport: Transport::Tcp,
-            remote,
-            listener,
-        };
-        stream::serve(stream, opened, peer, limits, inbound).await;
-    });
+    let tls = (target.transport == Transport::Tls).then(|| transports.tls_client.clone());
+    let peer = Peer {
+        transport: target.transport,
+        remote: target.addr,
+        listener,
+    };
+    transports
+        .runtime
+        .spawn(open(peer, tls, opened, limits, inbound));
     Ok(writer)
+}
+
+async fn open(
+    peer: Peer,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    opened: Opened,
+    limits: ConnectionLimits,
+    inbound: tokio::sync::mpsc::Sender<Inbound>,
+) {
+    let remote = peer.remote;
+    let connecting = async {
+        let stream = TcpStream::connect(remote)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let Some(config) = tls else {
+            return Ok(Connected::Tcp(stream));
+        };
+        // The peer is known by its address here: its certificate must
+        // name that IP address.
+        let name = ServerName::IpAddress(remote.ip().into());
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, stream)
+            .await
+            .map(|s| Connected::Tls(Box::new(s)))
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(limits.connect_timeout(), connecting).await {
+        Ok(Ok(Connected::Tcp(stream))) => {
+            stream::serve(stream, opened, peer, limits, inbound).await
+        }
+        Ok(Ok(Connected::Tls(stream))) => {
+            stream::serve(*stream, opened, peer, limits, inbound).await
+        }
+        Ok(Err(err)) => {
+            tracing::info!(%remote, transport = %peer.transport, %err, "connecting failed");
+            opened.slot.close(Reason::ConnectFailed);
+        }
+        Err(_) => {
+            tracing::info!(%remote, transport = %peer.transport, "connecting timed out");
+            opened.slot.close(Reason::ConnectFailed);
+        }
+    }
+}
+
+enum Connected {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }

@@ -1,0 +1,296 @@
+//! TLS against the real binary: certificates chosen by SNI, mutual TLS,
+//! certificates reloaded while connections stay up (and without growing
+//! memory), broken files refused by `wisp check` and by a reload, closed
+//! TLS connections giving their descriptors back, and wisp opening TLS to
+//! a peer.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use wisp_tests::{
+    certificate_der, free_port, request, wisp_binary, CertFiles, Pki, TlsClient, Wisp, WispBuilder,
+};
+
+fn tls_listen(
+    port: u16,
+    default: &CertFiles,
+    more: &[&CertFiles],
+    client_ca: Option<&Path>,
+) -> String {
+    let mut toml = format!(
+        "[[listen]]\ntransport = \"tls\"\naddress = \"127.0.0.1:{port}\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
+        default.certificate.display(),
+        default.private_key.display()
+    );
+    if let Some(ca) = client_ca {
+        toml.push_str(&format!("client_ca = \"{}\"\n", ca.display()));
+    }
+    for files in more {
+        toml.push_str(&format!(
+            "[[listen.certificates]]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
+            files.certificate.display(),
+            files.private_key.display()
+        ));
+    }
+    toml
+}
+
+fn options(port: u16) -> String {
+    request(
+        "OPTIONS",
+        &format!("sip:127.0.0.1:{port}"),
+        "Max-Forwards: 70\r\n",
+    )
+}
+
+fn ok(reply: &str) -> bool {
+    reply.starts_with("SIP/2.0 200")
+}
+
+fn copy(from: &CertFiles, to: &CertFiles) {
+    std::fs::copy(&from.certificate, &to.certificate).expect("copy certificate");
+    std::fs::copy(&from.private_key, &to.private_key).expect("copy key");
+}
+
+#[test]
+fn certificates_by_sni_reloaded_while_connections_stay() {
+    let pki = Pki::new().expect("CA");
+    let main = pki
+        .issue("main", "DNS:sip.example.test,IP:127.0.0.1")
+        .expect("main certificate");
+    let other = pki.issue("other", "DNS:other.example.test").expect("other");
+    // What wisp serves lives in files of its own, replaced to reload.
+    let served = CertFiles {
+        certificate: pki.dir().join("served.pem"),
+        private_key: pki.dir().join("served.key"),
+    };
+    copy(&main, &served);
+    let port = free_port();
+    let wisp = WispBuilder::new()
+        .admin()
+        .toml(&tls_listen(port, &served, &[&other], None))
+        .start()
+        .expect("wisp starts");
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+
+    let mut first = TlsClient::connect(addr, "sip.example.test", &pki.ca, None).expect("tls");
+    assert!(ok(&first.exchange(&options(port)).expect("reply")));
+    assert_eq!(
+        first.server_certificate(),
+        certificate_der(&main.certificate).expect("der")
+    );
+    let by_sni = TlsClient::connect(addr, "other.example.test", &pki.ca, None).expect("sni");
+    assert_eq!(
+        by_sni.server_certificate(),
+        certificate_der(&other.certificate).expect("der")
+    );
+
+    // A new certificate: new handshakes get it, the open connection goes on.
+    let renewed = pki
+        .issue("renewed", "DNS:sip.example.test,IP:127.0.0.1")
+        .expect("renewed");
+    copy(&renewed, &served);
+    let reload = wisp.ctl(&["reload"]).expect("ctl");
+    assert!(reload.success, "{reload:?}");
+    assert!(ok(&first
+        .exchange(&options(port))
+        .expect("same connection")));
+    let fresh = TlsClient::connect(addr, "sip.example.test", &pki.ca, None).expect("tls");
+    assert_eq!(
+        fresh.server_certificate(),
+        certificate_der(&renewed.certificate).expect("der")
+    );
+
+    // A key that does not go with its certificate: the reload is refused,
+    // saying which files, and the renewed certificate stays.
+    std::fs::copy(&other.private_key, &served.private_key).expect("wrong key");
+    let refused = wisp.ctl(&["reload"]).expect("ctl");
+    assert!(!refused.success, "{refused:?}");
+    assert!(
+        refused.stderr.contains("served.key") || refused.stdout.contains("served.key"),
+        "{refused:?}"
+    );
+    let still = TlsClient::connect(addr, "sip.example.test", &pki.ca, None).expect("tls");
+    assert_eq!(
+        still.server_certificate(),
+        certificate_der(&renewed.certificate).expect("der")
+    );
+    copy(&renewed, &served);
+
+    // 100 reloads more: memory stays where it was.
+    for _ in 0..10 {
+        assert!(wisp.ctl(&["reload"]).expect("ctl").success);
+    }
+    let before = wisp.rss_kib().expect("rss");
+    for _ in 0..100 {
+        assert!(wisp.ctl(&["reload"]).expect("ctl").success);
+    }
+    let after = wisp.rss_kib().expect("rss");
+    eprintln!("RSS {before} KiB before, {after} KiB after 100 certificate reloads");
+    assert!(
+        after < before + 4096,
+        "100 reloads grew RSS from {before} to {after} KiB"
+    );
+    assert!(ok(&first.exchange(&options(port)).expect("still up")));
+}
+
+#[test]
+fn mutual_tls_wants_a_client_certificate_from_the_ca() {
+    let pki = Pki::new().expect("CA");
+    let server = pki.issue("server", "IP:127.0.0.1").expect("server");
+    let client = pki
+        .issue("client", "DNS:phone.example.test")
+        .expect("client");
+    let stranger_ca = Pki::new().expect("another CA");
+    let stranger = stranger_ca
+        .issue("stranger", "DNS:phone.example.test")
+        .expect("stranger");
+    let port = free_port();
+    let _wisp = WispBuilder::new()
+        .toml(&tls_listen(port, &server, &[], Some(&pki.ca)))
+        .start()
+        .expect("wisp starts");
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut good = TlsClient::connect(addr, "127.0.0.1", &pki.ca, Some(&client)).expect("mtls");
+    assert!(ok(&good.exchange(&options(port)).expect("reply")));
+    // TLS 1.3 reports a refused client certificate after the handshake:
+    // at the first exchange at the latest.
+    for who in [None, Some(&stranger)] {
+        let refused = TlsClient::connect(addr, "127.0.0.1", &pki.ca, who)
+            .and_then(|mut c| c.exchange(&options(port)));
+        assert!(
+            refused.is_err(),
+            "{} got in: {refused:?}",
+            if who.is_some() {
+                "a stranger's certificate"
+            } else {
+                "no certificate"
+            }
+        );
+    }
+}
+
+#[test]
+fn check_names_certificate_files_that_cannot_serve() {
+    let pki = Pki::new().expect("CA");
+    let a = pki.issue("a", "IP:127.0.0.1").expect("a");
+    let b = pki.issue("b", "IP:127.0.0.1").expect("b");
+    let mismatched = CertFiles {
+        certificate: a.certificate.clone(),
+        private_key: b.private_key.clone(),
+    };
+    let missing = CertFiles {
+        certificate: pki.dir().join("nowhere.pem"),
+        private_key: a.private_key.clone(),
+    };
+    for (files, expect) in [(&mismatched, "b.key"), (&missing, "nowhere.pem")] {
+        let config = pki.dir().join("wisp.toml");
+        std::fs::write(&config, tls_listen(free_port(), files, &[], None)).expect("config");
+        let out = Command::new(wisp_binary().expect("wisp"))
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .expect("wisp check");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "wisp check passed {files:?}");
+        assert!(err.contains(expect), "{err}");
+    }
+    let no_key = format!(
+        "[[listen]]\ntransport = \"tls\"\naddress = \"127.0.0.1:{}\"\ncertificate = \"{}\"\n",
+        free_port(),
+        a.certificate.display()
+    );
+    let config = pki.dir().join("no-key.toml");
+    std::fs::write(&config, no_key).expect("config");
+    let out = Command::new(wisp_binary().expect("wisp"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("wisp check");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("private_key"));
+}
+
+fn descriptors(wisp: &Wisp) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", wisp.pid()))
+        .expect("fds")
+        .count()
+}
+
+#[test]
+fn closed_tls_connections_give_their_descriptors_back() {
+    let pki = Pki::new().expect("CA");
+    let server = pki.issue("server", "IP:127.0.0.1").expect("server");
+    let port = free_port();
+    let wisp = WispBuilder::new()
+        .toml(&tls_listen(port, &server, &[], None))
+        .start()
+        .expect("wisp starts");
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut warm = TlsClient::connect(addr, "127.0.0.1", &pki.ca, None).expect("tls");
+    assert!(ok(&warm.exchange(&options(port)).expect("reply")));
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(200));
+    let before = descriptors(&wisp);
+    const CYCLES: usize = 1_000;
+    let started = Instant::now();
+    for i in 0..CYCLES {
+        let mut c = TlsClient::connect(addr, "127.0.0.1", &pki.ca, None).expect("tls");
+        let reply = c.exchange(&options(port)).expect("reply");
+        assert!(ok(&reply), "cycle {i}: {reply}");
+    }
+    let took = started.elapsed();
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut after = descriptors(&wisp);
+    while after > before + 3 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+        after = descriptors(&wisp);
+    }
+    eprintln!(
+        "descriptors: {before} before, {after} after {CYCLES} TLS connect / OPTIONS / close cycles ({:.0} handshakes+OPTIONS per second, one client)",
+        CYCLES as f64 / took.as_secs_f64()
+    );
+    assert!(
+        after <= before + 3,
+        "{} descriptors left behind",
+        after - before
+    );
+}
+
+#[test]
+fn wisp_opens_tls_to_a_peer_it_routes_to() {
+    let pki = Pki::new().expect("CA");
+    let server = pki.issue("peer", "IP:127.0.0.1").expect("peer certificate");
+    let tls_port = free_port();
+    // The peer: a wisp listening on TLS, answering for its own address.
+    let peer = WispBuilder::new()
+        .toml(&tls_listen(tls_port, &server, &[], None))
+        .start()
+        .expect("peer starts");
+    // The proxy trusts the test CA for the TLS it opens, and has a TLS
+    // listener of its own to name in Via and Record-Route (without one a
+    // TLS destination is refused: "no tls listener").
+    let proxy_cert = pki.issue("proxy", "IP:127.0.0.1").expect("proxy certificate");
+    let proxy = WispBuilder::new()
+        .toml(&format!(
+            "[tls]\nca = \"{}\"\n{}",
+            pki.ca.display(),
+            tls_listen(free_port(), &proxy_cert, &[], None)
+        ))
+        .start()
+        .expect("proxy starts");
+    let uri = format!("sip:nobody@127.0.0.1:{tls_port};transport=tls");
+    let msg = request("OPTIONS", &uri, "Max-Forwards: 70\r\n");
+    let reply = wisp_tests::udp_exchange(proxy.addr(), msg.as_bytes(), Duration::from_secs(5))
+        .expect("udp")
+        .unwrap_or_default();
+    // The peer answers a user it does not know 404; that it answered at
+    // all means the request crossed the TLS connection the proxy opened.
+    let status = reply.lines().next().unwrap_or("(no reply)");
+    assert!(
+        status.starts_with("SIP/2.0 404") || status.starts_with("SIP/2.0 200"),
+        "{status}\n{reply}"
+    );
+    drop(peer);
+}
