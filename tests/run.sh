@@ -16,6 +16,12 @@ if ! command -v sipp >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sip-tester
 fi
 
+if ! command -v openssl >/dev/null; then
+  echo "== installing openssl (the TLS tests make their certificates with it)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
+fi
+
 if ! command -v kamailio >/dev/null; then
   echo "== installing Kamailio (Debian package kamailio; the interop tests' neighbour proxy)"
   as_root apt-get update -qq
