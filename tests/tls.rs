@@ -271,7 +271,9 @@ fn wisp_opens_tls_to_a_peer_it_routes_to() {
     // The proxy trusts the test CA for the TLS it opens, and has a TLS
     // listener of its own to name in Via and Record-Route (without one a
     // TLS destination is refused: "no tls listener").
-    let proxy_cert = pki.issue("proxy", "IP:127.0.0.1").expect("proxy certificate");
+    let proxy_cert = pki
+        .issue("proxy", "IP:127.0.0.1")
+        .expect("proxy certificate");
     let proxy = WispBuilder::new()
         .toml(&format!(
             "[tls]\nca = \"{}\"\n{}",
