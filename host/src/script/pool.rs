@@ -108,7 +108,13 @@ impl Pool {
         let live = self.live.clone();
         let mut store = Store::new(&self.engine, HostState::new(self.guest.clone()));
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(deadline_ticks(&self.guest.limits));
+        // Instantiating is mostly the host's work: mapping the compiled
+        // code and the memory image, which on a cold page cache (a 37 MB
+        // JavaScript component after a big build, say) is disk reads of
+        // tens of milliseconds; a hook deadline of 50 ms turned that into
+        // failed calls. A start function that loops is still stopped.
+        let deadline = self.guest.limits.hook_deadline().max(INSTANTIATE_DEADLINE);
+        store.set_epoch_deadline(ticks(deadline));
         // At the deadline: the time the hook waited for storage is given
         // back (up to a bound), then the guest is stopped.
         store.epoch_deadline_callback(|mut ctx| {
@@ -294,6 +300,9 @@ impl Pool {
         }
     }
 }
+
+/// The least time an instantiation is given (see [`Pool::instantiate`]).
+const INSTANTIATE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Pool {
     /// Counts a failed hook call; a crash loop suspends the version.
