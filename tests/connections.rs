@@ -10,12 +10,6 @@ use wisp_tests::{request, Wisp, WispBuilder};
 
 const WAIT: Duration = Duration::from_secs(5);
 
-fn descriptors(wisp: &Wisp) -> usize {
-    std::fs::read_dir(format!("/proc/{}/fd", wisp.pid()))
-        .expect("wisp's descriptors")
-        .count()
-}
-
 /// Reads one reply (headers, Content-Length: 0) off `stream`.
 fn read_reply(stream: &mut TcpStream) -> String {
     let mut reply = Vec::new();
@@ -60,19 +54,6 @@ fn closed_by_wisp(stream: &mut TcpStream) -> bool {
     false
 }
 
-/// Polls until wisp holds at most `most` descriptors (closing is
-/// asynchronous), returning the last count.
-fn settle(wisp: &Wisp, most: usize) -> usize {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = descriptors(wisp);
-        if now <= most || Instant::now() > until {
-            return now;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn closed_connections_give_their_descriptors_back() {
     let wisp = WispBuilder::new().start().expect("wisp starts");
@@ -80,14 +61,14 @@ fn closed_connections_give_their_descriptors_back() {
     let mut first = connect(wisp.addr());
     assert!(options(&wisp, &mut first).starts_with("SIP/2.0 200"));
     drop(first);
-    let before = settle(&wisp, 0);
+    let before = wisp.descriptors().expect("descriptors");
     const CYCLES: usize = 5_000;
     for i in 0..CYCLES {
         let mut stream = connect(wisp.addr());
         let reply = options(&wisp, &mut stream);
         assert!(reply.starts_with("SIP/2.0 200"), "cycle {i}: {reply}");
     }
-    let after = settle(&wisp, before + 3);
+    let after = wisp.descriptors_down_to(before + 3).expect("descriptors");
     eprintln!(
         "descriptors: {before} before, {after} after {CYCLES} TCP connect / OPTIONS / close cycles"
     );

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use wisp_tests::{
-    certificate_der, free_port, request, wisp_binary, CertFiles, Pki, TlsClient, Wisp, WispBuilder,
+    certificate_der, free_port, request, wisp_binary, CertFiles, Pki, TlsClient, WispBuilder,
 };
 
 fn tls_listen(
@@ -212,12 +212,6 @@ fn check_names_certificate_files_that_cannot_serve() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("private_key"));
 }
 
-fn descriptors(wisp: &Wisp) -> usize {
-    std::fs::read_dir(format!("/proc/{}/fd", wisp.pid()))
-        .expect("fds")
-        .count()
-}
-
 #[test]
 fn closed_tls_connections_give_their_descriptors_back() {
     let pki = Pki::new().expect("CA");
@@ -232,7 +226,7 @@ fn closed_tls_connections_give_their_descriptors_back() {
     assert!(ok(&warm.exchange(&options(port)).expect("reply")));
     drop(warm);
     std::thread::sleep(Duration::from_millis(200));
-    let before = descriptors(&wisp);
+    let before = wisp.descriptors().expect("descriptors");
     const CYCLES: usize = 1_000;
     let started = Instant::now();
     for i in 0..CYCLES {
@@ -241,12 +235,7 @@ fn closed_tls_connections_give_their_descriptors_back() {
         assert!(ok(&reply), "cycle {i}: {reply}");
     }
     let took = started.elapsed();
-    let until = Instant::now() + Duration::from_secs(10);
-    let mut after = descriptors(&wisp);
-    while after > before + 3 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
-        after = descriptors(&wisp);
-    }
+    let after = wisp.descriptors_down_to(before + 3).expect("descriptors");
     eprintln!(
         "descriptors: {before} before, {after} after {CYCLES} TLS connect / OPTIONS / close cycles ({:.0} handshakes+OPTIONS per second, one client)",
         CYCLES as f64 / took.as_secs_f64()

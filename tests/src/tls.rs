@@ -12,6 +12,15 @@ use anyhow::{bail, Context, Result};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
+/// `openssl req` arguments for a new P-256 key, unencrypted.
+const NEW_EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
 /// A certificate and its key, PEM files.
 #[derive(Debug, Clone)]
 pub struct CertFiles {
@@ -49,22 +58,12 @@ impl Pki {
         openssl(
             dir.path(),
             &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "30",
-                "-subj",
-                "/CN=wisp test CA",
-            ],
+                &["req", "-x509"][..],
+                &NEW_EC_KEY,
+                &["-keyout", "ca.key", "-out", "ca.pem", "-days", "30"],
+                &["-subj", "/CN=wisp test CA"],
+            ]
+            .concat(),
         )?;
         let ca = dir.path().join("ca.pem");
         Ok(Pki { dir, ca })
@@ -87,19 +86,18 @@ impl Pki {
         openssl(
             dir,
             &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={file}"),
-            ],
+                &["req"][..],
+                &NEW_EC_KEY,
+                &[
+                    "-keyout",
+                    &key,
+                    "-out",
+                    &csr,
+                    "-subj",
+                    &format!("/CN={file}"),
+                ],
+            ]
+            .concat(),
         )?;
         openssl(
             dir,

@@ -185,6 +185,24 @@ impl Wisp {
     }
 
     /// Resident memory now, in KiB (from /proc).
+    /// Descriptors the process holds now.
+    pub fn descriptors(&self) -> Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid()))?.count())
+    }
+
+    /// Waits up to 10 s for the process to hold at most `most`
+    /// descriptors (closing is asynchronous); the last count.
+    pub fn descriptors_down_to(&self, most: usize) -> Result<usize> {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.descriptors()?;
+            if now <= most || Instant::now() > until {
+                return Ok(now);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn rss_kib(&self) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         status
