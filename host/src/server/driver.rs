@@ -75,22 +75,7 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Queues a message on its shard; a message that does not parse is
-    /// left to be answered 400.
-    fn sort(&self, message: Inbound) -> Option<Sorted> {
-        match sip::parse(message.data.clone()) {
-            Ok(msg) => {
-                let shard = shard_of(&msg, self.shards.len());
-                let source = Source::from(&message);
-                self.shards[shard]
-                    .enqueue(Input::Message(msg, source))
-                    .then_some(Sorted::Queued(shard))
-            }
-            Err(err) => Some(Sorted::Unparsable(message, err.to_string())),
-        }
-    }
-
-    fn handle(&self, sorted: Sorted) {
+    fn handle_one(&self, sorted: Sorted) {
         match sorted {
             Sorted::Queued(shard) => self.shards[shard].drain(),
             Sorted::Unparsable(message, err) => self.reject(&message, &err),
@@ -113,8 +98,8 @@ impl Dispatcher {
     /// Messages from TCP connections, until the transports close.
     fn serve_streams(&self, mut streams: mpsc::Receiver<Inbound>) {
         while let Some(message) = streams.blocking_recv() {
-            if let Some(sorted) = self.sort(message) {
-                self.handle(sorted);
+            if let Some(sorted) = Datagrams::sort(self, message) {
+                self.handle_one(sorted);
             }
         }
     }
@@ -131,8 +116,19 @@ pub(super) enum Sorted {
 impl Datagrams for Dispatcher {
     type Sorted = Sorted;
 
-    fn sort(&self, inbound: Inbound) -> Option<Sorted> {
-        Dispatcher::sort(self, inbound)
+    /// Queues a message on its shard; a message that does not parse is
+    /// left to be answered 400.
+    fn sort(&self, message: Inbound) -> Option<Sorted> {
+        match sip::parse(message.data.clone()) {
+            Ok(msg) => {
+                let shard = shard_of(&msg, self.shards.len());
+                let source = Source::from(&message);
+                self.shards[shard]
+                    .enqueue(Input::Message(msg, source))
+                    .then_some(Sorted::Queued(shard))
+            }
+            Err(err) => Some(Sorted::Unparsable(message, err.to_string())),
+        }
     }
 
     fn handle(&self, sorted: &mut Vec<Sorted>) {
@@ -151,7 +147,7 @@ impl Datagrams for Dispatcher {
                     n += 1;
                 }
             }
-            Dispatcher::handle(self, s);
+            self.handle_one(s);
         }
     }
 }
