@@ -34,6 +34,7 @@ echo "== JavaScript SDK (npm ci in sdk-js: componentize-js, esbuild, typescript)
 command -v node >/dev/null && command -v npm >/dev/null \
   || { echo "node and npm are needed for sdk-js (Debian: apt-get install nodejs npm)"; exit 1; }
 (cd sdk-js && npm ci --no-audit --no-fund)
+(cd tests/jssip && npm ci --no-audit --no-fund)
 
 echo "== format"
 cargo fmt --all --check
