@@ -99,6 +99,14 @@ impl Procedure {
         if host.is_empty() {
             return Err(DnsError::InvalidName(query.host.clone()));
         }
+        if matches!(query.transport, Some(Transport::Ws | Transport::Wss)) {
+            // Browsers name themselves `*.invalid` (RFC 7118 §5.2): only the
+            // connection they opened reaches them, never a lookup.
+            return Err(DnsError::Unsupported {
+                name: host.to_string(),
+                what: "a WebSocket peer by name (only its own connection reaches it)",
+            });
+        }
         if query.secure || query.transport == Some(Transport::Tls) {
             // TLS to a host name (NAPTR SIPS+D2T, SRV _sips._tcp) needs the
             // name carried to the handshake and checked against the peer's

@@ -15,6 +15,7 @@ use crate::sip::{HeaderName, Message};
 use crate::transaction::{Transactions, TxId};
 use crate::transport::{listener_for, Target, Transport};
 
+use super::flow;
 use super::locality::Locality;
 use super::replies::{is_unroutable, make_reply, reply_target};
 use super::request::{RequestCtx, Source};
@@ -214,7 +215,7 @@ impl Effects {
         let out = listener_for(self.locality.listeners(), &target).map_err(|e| e.to_string())?;
         let me = self.locality.address_towards(out, target.addr.ip());
         if record_route {
-            self.record_route(&mut msg, source, out, &me, target.transport)?;
+            self.record_route(&mut msg, source, out, &me, target)?;
         }
         let via = format!(
             "SIP/2.0/{} {me};branch={branch};rport",
@@ -227,32 +228,46 @@ impl Effects {
 
     /// Adds our Record-Route; twice when the request changes listener
     /// (transport or address family), so that each side of the dialog
-    /// reaches us on the socket it knows (Kamailio's double RR).
+    /// reaches us on the socket it knows (Kamailio's double RR). The
+    /// entry facing a WebSocket peer carries the token of its flow, so
+    /// both entries are there whenever one side is a flow.
     fn record_route(
         &self,
         msg: &mut Message,
         source: &Source,
         out: usize,
         me: &str,
-        transport: Transport,
+        target: Target,
     ) -> Result<(), String> {
-        if source.listener != out {
+        let inbound_flow = flow::needs_token(source.transport).then_some(Target {
+            transport: source.transport,
+            addr: source.remote,
+        });
+        if source.listener != out || inbound_flow.is_some() {
             let inbound_me = self
                 .locality
                 .address_towards(source.listener, source.remote.ip());
-            let value = rr_value(&inbound_me, source.transport);
+            let value = rr_value(&inbound_me, source.transport, inbound_flow);
             msg.prepend_header(HeaderName::RecordRoute, &value)
                 .map_err(|e| e.to_string())?;
         }
-        msg.prepend_header(HeaderName::RecordRoute, &rr_value(me, transport))
-            .map_err(|e| e.to_string())
+        let outbound_flow = flow::needs_token(target.transport).then_some(target);
+        msg.prepend_header(
+            HeaderName::RecordRoute,
+            &rr_value(me, target.transport, outbound_flow),
+        )
+        .map_err(|e| e.to_string())
     }
 }
 
-/// Record-Route value naming us on one socket.
-fn rr_value(me: &str, transport: Transport) -> String {
+/// Record-Route value naming us on one socket, with the flow token of the
+/// connection it faces when that is a flow.
+fn rr_value(me: &str, transport: Transport, flow: Option<Target>) -> String {
+    let user = flow
+        .map(|f| format!("{}@", flow::token(f)))
+        .unwrap_or_default();
     match transport {
-        Transport::Udp => format!("<sip:{me};lr>"),
-        t => format!("<sip:{me};transport={t};lr>"),
+        Transport::Udp => format!("<sip:{user}{me};lr>"),
+        t => format!("<sip:{user}{me};transport={t};lr>"),
     }
 }

@@ -13,6 +13,7 @@
 pub mod checks;
 mod core;
 mod effects;
+pub mod flow;
 mod hooks;
 mod locality;
 mod relay;
@@ -30,4 +31,4 @@ pub use hooks::{HookFailed, Hooks, Routed};
 pub use locality::Locality;
 pub use relay::{DEFAULT_FR, DEFAULT_FR_INVITE};
 pub use request::{Action, BranchTarget, RequestCtx, Source, TxVars};
-pub use routing::{loose_route, Destination};
+pub use routing::{loose_route, Destination, LooseRoute};

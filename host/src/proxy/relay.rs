@@ -476,6 +476,13 @@ impl<P> Relay<P> {
         let Some(branch) = self.branches.get(index) else {
             return;
         };
+        // RFC 5626 §5.3: what could not be sent to a flow (a WebSocket
+        // client's connection, which only the client can open again)
+        // failed for good.
+        let (code, reason) = match branch.target {
+            Some(t) if code == 503 && !t.transport.can_connect() => (430, "Flow Failed"),
+            _ => (code, reason),
+        };
         if branch.can_fail_over() && !(self.canceled || self.final_sent) {
             self.try_next_target(fx, now, tx, index);
         } else {

@@ -6,14 +6,29 @@ use std::net::{IpAddr, SocketAddr};
 use crate::sip::{self, HeaderName, Host, Message, NameAddr, Scheme, Uri};
 use crate::transport::{Target, Transport};
 
-use super::Locality;
+use super::{flow, Locality};
+
+/// What [`loose_route`] found.
+#[derive(Debug, Default, PartialEq)]
+pub struct LooseRoute {
+    /// The request carried a Route header.
+    pub had_route: bool,
+    /// The flow our Route entry next to the next hop names (a flow token,
+    /// see [`super::flow`]): the request goes down that connection.
+    pub flow: Option<Target>,
+}
 
 /// Follows the route set (Kamailio's `loose_route()`): drops the Route
 /// values that name this proxy, and undoes a strict router's rewrite of
-/// the Request-URI. True when the request carried a Route header.
-pub fn loose_route(msg: &mut Message, locality: &Locality) -> bool {
+/// the Request-URI.
+///
+/// Of our own entries, the last one dropped faces the next hop: a flow
+/// token in it names the connection to send on. (The first faces where
+/// the request came from; with a change of transport we record-routed
+/// twice.)
+pub fn loose_route(msg: &mut Message, locality: &Locality) -> LooseRoute {
     if msg.header(&HeaderName::Route).is_none() {
-        return false;
+        return LooseRoute::default();
     }
     // §16.4: a Request-URI that is one of our Record-Route values means the
     // previous hop was a strict router; the real target is the last Route.
@@ -35,15 +50,27 @@ pub fn loose_route(msg: &mut Message, locality: &Locality) -> bool {
     }
     // Our own entries at the top: one, or two when we record-routed twice
     // for a change of transport.
+    let mut last_user = None;
     while let Some(top) = first_route(msg) {
         match NameAddr::parse(&top) {
             Ok(route) if locality.is_myself(&route.uri) => {
                 msg.pop_first_value(&HeaderName::Route);
+                last_user = Some(route.uri.user.unwrap_or_default());
             }
             _ => break,
         }
     }
-    true
+    let flow = last_user.filter(|u| !u.is_empty()).and_then(|user| {
+        let flow = flow::flow_of(&user);
+        if flow.is_none() {
+            tracing::info!(%user, "our Route entry has a user part that is no flow token of ours (forged, or from before a restart)");
+        }
+        flow
+    });
+    LooseRoute {
+        had_route: true,
+        flow,
+    }
 }
 
 fn first_route(msg: &Message) -> Option<String> {
@@ -99,11 +126,13 @@ impl Destination {
             ),
         };
         // sips: is TLS whatever the transport parameter says (RFC 3261
-        // §19.1.2: `sips:...;transport=tcp` is TLS over TCP).
+        // §19.1.2: `sips:...;transport=tcp` is TLS over TCP; RFC 7118 §5:
+        // `sips:...;transport=ws` is a secure WebSocket).
         let transport = match (sips, transport) {
             (true, Some(Transport::Udp)) => {
                 return Err(format!("cannot route to {uri}: sips over UDP"))
             }
+            (true, Some(Transport::Ws | Transport::Wss)) => Some(Transport::Wss),
             (true, _) => Some(Transport::Tls),
             (false, t) => t,
         };
@@ -129,14 +158,9 @@ impl Destination {
             Host::Name(_) => return None,
         };
         let transport = self.transport.unwrap_or(Transport::Udp);
-        let default_port = if transport == Transport::Tls {
-            5061
-        } else {
-            5060
-        };
         Some(Target {
             transport,
-            addr: SocketAddr::new(ip, self.port.unwrap_or(default_port)),
+            addr: SocketAddr::new(ip, self.port.unwrap_or(transport.default_port())),
         })
     }
 }

@@ -162,6 +162,8 @@ impl types::HostRequest for HostState {
                 crate::transport::Transport::Udp => types::Transport::Udp,
                 crate::transport::Transport::Tcp => types::Transport::Tcp,
                 crate::transport::Transport::Tls => types::Transport::Tls,
+                crate::transport::Transport::Ws => types::Transport::Ws,
+                crate::transport::Transport::Wss => types::Transport::Wss,
             },
             ip: source.remote.ip().to_string(),
             port: source.remote.port(),
@@ -469,7 +471,11 @@ impl rr::Host for HostState {
     fn loose_route(&mut self, req: Resource<RequestCtx>) -> Result<bool> {
         let locality = self.guest.locality.clone();
         let req = self.req_mut(&req)?;
-        Ok(crate::proxy::loose_route(&mut req.msg, &locality))
+        let routed = crate::proxy::loose_route(&mut req.msg, &locality);
+        if let Some(flow) = routed.flow {
+            req.dst_uri = Some(flow.uri());
+        }
+        Ok(routed.had_route)
     }
 }
 

@@ -160,10 +160,11 @@ impl registrar::Host for HostState {
             max_expires: options.max_expires,
             max_contacts: options.max_contacts,
         };
-        let received = Some(nathelper::received_uri(
-            ctx.source.remote,
-            ctx.source.transport,
-        ));
+        // Where it came from is where its requests go: behind NAT when the
+        // script says so, and always on a flow (a WebSocket, whose Contact
+        // host is `*.invalid`, RFC 7118 §5.2: only that connection reaches it).
+        let received = (options.nat || !ctx.source.transport.can_connect())
+            .then(|| nathelper::received_uri(ctx.source.remote, ctx.source.transport));
         let now = location::unix_now();
         let started = Instant::now();
         let saved = location::save(

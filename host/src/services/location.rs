@@ -60,6 +60,10 @@ pub struct Binding {
     /// Methods from the REGISTER's Allow header; empty: any.
     pub methods: Vec<String>,
     pub nat: bool,
+    /// The `+sip.instance` the UA gave (RFC 5626, quotes kept); empty: none.
+    pub instance: String,
+    /// The `reg-id` the UA gave (RFC 5626); 0: none.
+    pub reg_id: u32,
 }
 
 /// Why a REGISTER is refused: the reply it calls for.
@@ -158,6 +162,8 @@ struct Asked {
     uri: String,
     expires: u32,
     q: f32,
+    instance: String,
+    reg_id: u32,
 }
 
 /// The expiry a contact asks for: its `expires` param, else the Expires
@@ -206,8 +212,9 @@ fn parse_q(v: Option<&str>) -> Result<f32, SaveError> {
     }
 }
 
-/// Handles a REGISTER (RFC 3261 §10.3 steps 5–8) for `aor`: `received`
-/// is where it came from (kept when `opts.nat`). Returns the bindings the
+/// Handles a REGISTER (RFC 3261 §10.3 steps 5–8) for `aor`: `received`,
+/// where it came from, is kept with the bindings when given (the caller
+/// gives it for a UA behind NAT or on a flow). Returns the bindings the
 /// address has afterwards, for the 200 OK.
 ///
 /// The request is read here, on the caller's thread; the bindings are
@@ -287,10 +294,24 @@ impl Register {
                 let expires =
                     effective_expires(contact.param("expires").flatten(), header_expires, opts)?;
                 let q = parse_q(contact.param("q").flatten())?;
+                let reg_id = match contact.param("reg-id").flatten() {
+                    None => 0,
+                    Some(v) => v
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|id| *id > 0)
+                        .ok_or_else(|| SaveError::BadRequest("bad reg-id".into()))?,
+                };
                 asked.push(Asked {
                     uri: contact.uri.to_string(),
                     expires,
                     q,
+                    instance: contact
+                        .param("+sip.instance")
+                        .flatten()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    reg_id,
                 });
             }
             Some(asked)
@@ -307,7 +328,7 @@ impl Register {
             cseq,
             contacts,
             path: path.join("\n"),
-            received: if opts.nat { received } else { None }.unwrap_or_default(),
+            received: received.unwrap_or_default(),
             user_agent: req
                 .header(&HeaderName::UserAgent)
                 .unwrap_or_default()
@@ -363,6 +384,15 @@ impl Register {
                     return Err(SaveError::OutOfOrder);
                 }
             }
+            // RFC 5626 §6: a UA's instance and reg-id name one flow; a
+            // REGISTER over a new one (a new Contact, often) replaces it.
+            if !a.instance.is_empty() && a.reg_id > 0 {
+                tx.prepare_cached(
+                    "DELETE FROM location WHERE tenant = ?1 AND aor = ?2
+                     AND instance = ?3 AND reg_id = ?4 AND contact != ?5",
+                )?
+                .execute(params![tenant, aor, a.instance, a.reg_id, a.uri])?;
+            }
             if a.expires == 0 {
                 tx.prepare_cached(
                     "DELETE FROM location WHERE tenant = ?1 AND aor = ?2 AND contact = ?3",
@@ -372,13 +402,14 @@ impl Register {
             }
             tx.prepare_cached(
                 "INSERT INTO location (tenant, aor, contact, expires, q, call_id, cseq, path,
-                     received, user_agent, methods, nat, persistent)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                     received, user_agent, methods, nat, persistent, instance, reg_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
                  ON CONFLICT (tenant, aor, contact) DO UPDATE SET
                      expires = excluded.expires, q = excluded.q, call_id = excluded.call_id,
                      cseq = excluded.cseq, path = excluded.path, received = excluded.received,
                      user_agent = excluded.user_agent, methods = excluded.methods,
-                     nat = excluded.nat, persistent = excluded.persistent",
+                     nat = excluded.nat, persistent = excluded.persistent,
+                     instance = excluded.instance, reg_id = excluded.reg_id",
             )?
             .execute(params![
                 tenant,
@@ -394,6 +425,8 @@ impl Register {
                 self.methods,
                 self.nat,
                 self.persistent,
+                a.instance,
+                a.reg_id,
             ])?;
         }
 
@@ -425,7 +458,8 @@ fn bindings_in(
     now: i64,
 ) -> rusqlite::Result<Vec<Binding>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT contact, expires, q, call_id, cseq, path, received, user_agent, methods, nat
+        "SELECT contact, expires, q, call_id, cseq, path, received, user_agent, methods, nat,
+                instance, reg_id
          FROM location WHERE tenant = ?1 AND aor = ?2 AND expires > ?3
          ORDER BY q DESC, expires DESC, contact",
     )?;
@@ -452,6 +486,8 @@ fn bindings_in(
                 .map(str::to_owned)
                 .collect(),
             nat: r.get(9)?,
+            instance: r.get(10)?,
+            reg_id: r.get(11)?,
         })
     })?;
     rows.collect()
@@ -500,9 +536,17 @@ pub fn reply_contacts(bindings: &[Binding], now: i64) -> Vec<(HeaderName, String
             } else {
                 format!(";q={}", b.q)
             };
+            // JsSIP finds its binding by instance and reg-id.
+            let mut outbound = String::new();
+            if !b.instance.is_empty() {
+                outbound.push_str(&format!(";+sip.instance={}", b.instance));
+            }
+            if b.reg_id > 0 {
+                outbound.push_str(&format!(";reg-id={}", b.reg_id));
+            }
             (
                 HeaderName::Contact,
-                format!("<{}>;expires={left}{q}", b.contact),
+                format!("<{}>;expires={left}{q}{outbound}", b.contact),
             )
         })
         .collect()
@@ -629,6 +673,58 @@ mod tests {
             .expect("star")
             .is_empty());
         assert!(lookup(&db, "t", "alice", now).expect("lookup").is_empty());
+    }
+
+    #[test]
+    fn outbound_bindings_are_echoed_and_replaced_by_instance_and_reg_id() {
+        let db = Storage::in_memory().expect("db");
+        let now = 1_000;
+        let instance = "\"<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>\"";
+        let first = register(
+            &[&format!(
+                "<sip:k3ue8r1a@df7jal23ls0d.invalid;transport=ws>;+sip.ice;reg-id=1;+sip.instance={instance};expires=600"
+            )],
+            "",
+            "c1",
+            1,
+        );
+        let flow = Some("sip:127.0.0.1:40000;transport=ws".to_owned());
+        let b = save(&db, "t", &first, flow, &opts(), now, WAIT).expect("saved");
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].instance, instance);
+        assert_eq!(b[0].reg_id, 1);
+        assert_eq!(
+            b[0].received.as_deref(),
+            Some("sip:127.0.0.1:40000;transport=ws")
+        );
+        let contacts = reply_contacts(&b, now);
+        assert_eq!(
+            contacts[0].1,
+            format!("<sip:k3ue8r1a@df7jal23ls0d.invalid;transport=ws>;expires=600;+sip.instance={instance};reg-id=1")
+        );
+        // The same UA again on a new connection, with a new Contact: the
+        // old flow's binding goes.
+        let again = register(
+            &[&format!(
+                "<sip:zz9@other.invalid;transport=ws>;reg-id=1;+sip.instance={instance}"
+            )],
+            "",
+            "c2",
+            1,
+        );
+        let flow = Some("sip:127.0.0.1:40002;transport=ws".to_owned());
+        let b = save(&db, "t", &again, flow, &opts(), now, WAIT).expect("saved");
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].contact, "sip:zz9@other.invalid;transport=ws");
+        assert_eq!(
+            b[0].received.as_deref(),
+            Some("sip:127.0.0.1:40002;transport=ws")
+        );
+        let bad = register(&["<sip:a@192.0.2.1>;reg-id=x"], "", "c3", 1);
+        assert!(matches!(
+            save(&db, "t", &bad, None, &opts(), now, WAIT),
+            Err(SaveError::BadRequest(_))
+        ));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::sip::{HeaderName, Host, Message, NameAddr};
-use crate::transport::Transport;
+use crate::transport::{Target, Transport};
 
 /// `nat_uac_test` flag: the Contact holds a private address.
 pub const CONTACT_PRIVATE: u32 = 1;
@@ -82,14 +82,11 @@ pub fn fix_contact(msg: &mut Message, source: SocketAddr) -> bool {
 /// Where a request came from as a destination URI, kept with a NAT
 /// binding (`received` in usrloc).
 pub fn received_uri(source: SocketAddr, transport: Transport) -> String {
-    let host = match source.ip() {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("[{v6}]"),
-    };
-    match transport {
-        Transport::Udp => format!("sip:{host}:{}", source.port()),
-        t => format!("sip:{host}:{};transport={t}", source.port()),
+    Target {
+        transport,
+        addr: source,
     }
+    .uri()
 }
 
 /// Marks the top Via so that replies go to the source port (RFC 3581).

@@ -64,6 +64,10 @@ const MIGRATIONS: &[&str] = &[
         ha1_sha256 TEXT NOT NULL,
         PRIMARY KEY (tenant, username, domain)
     );",
+    // 2: RFC 5626 outbound: a binding's instance and reg-id (echoed in the
+    // 200 OK; a new flow of the same instance and reg-id replaces it).
+    "ALTER TABLE location ADD COLUMN instance TEXT NOT NULL DEFAULT '';
+    ALTER TABLE location ADD COLUMN reg_id INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The open database: its writer thread and its readers.

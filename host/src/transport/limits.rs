@@ -6,8 +6,7 @@ use serde::Deserialize;
 
 use crate::sip::{MAX_HEADER_BYTES, MAX_STREAM_BODY};
 
-/// Bounds on stream connections (TCP today; the other stream transports
-/// share them). Each has a metric that counts what it refused or closed.
+/// Bounds on stream connections (TCP, TLS, WS, WSS). Each has a metric that counts what it refused or closed.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConnectionLimits {
@@ -29,8 +28,12 @@ pub struct ConnectionLimits {
     /// Bytes waiting to be written to one connection; a message that would
     /// go past it is not sent (the peer is not reading).
     pub max_queued_bytes: usize,
-    /// How long opening a connection may take.
+    /// How long opening a connection may take (for an accepted one: its
+    /// TLS handshake and WebSocket upgrade).
     pub connect_timeout_ms: u64,
+    /// WebSocket: a ping goes out this often, so that NATs keep the
+    /// connection and a browser's pong counts as traffic.
+    pub ws_ping_interval_s: u64,
 }
 
 impl Default for ConnectionLimits {
@@ -44,6 +47,7 @@ impl Default for ConnectionLimits {
             max_body_bytes: 64 * 1024,
             max_queued_bytes: 1024 * 1024,
             connect_timeout_ms: 5_000,
+            ws_ping_interval_s: 30,
         }
     }
 }
@@ -61,6 +65,10 @@ impl ConnectionLimits {
         Duration::from_millis(self.connect_timeout_ms)
     }
 
+    pub fn ws_ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ws_ping_interval_s)
+    }
+
     /// What serde cannot check; the error names the field.
     pub fn check(&self) -> Result<(), String> {
         let positive = [
@@ -71,6 +79,7 @@ impl ConnectionLimits {
             ("max_header_bytes", self.max_header_bytes as u64),
             ("max_queued_bytes", self.max_queued_bytes as u64),
             ("connect_timeout_ms", self.connect_timeout_ms),
+            ("ws_ping_interval_s", self.ws_ping_interval_s),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("[connections] {name} must be above 0"));

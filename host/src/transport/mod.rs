@@ -13,6 +13,7 @@ mod stream;
 mod tcp;
 mod tls;
 mod udp;
+mod websocket;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -33,6 +34,11 @@ pub enum Transport {
     Udp,
     Tcp,
     Tls,
+    /// WebSocket (RFC 7118): one SIP message per WebSocket message, over
+    /// TCP.
+    Ws,
+    /// WebSocket over TLS.
+    Wss,
 }
 
 impl Transport {
@@ -42,6 +48,8 @@ impl Transport {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
             Transport::Tls => "TLS",
+            Transport::Ws => "WS",
+            Transport::Wss => "WSS",
         }
     }
 
@@ -53,20 +61,48 @@ impl Transport {
             Some(Transport::Tcp)
         } else if name.eq_ignore_ascii_case("tls") {
             Some(Transport::Tls)
+        } else if name.eq_ignore_ascii_case("ws") {
+            Some(Transport::Ws)
+        } else if name.eq_ignore_ascii_case("wss") {
+            Some(Transport::Wss)
         } else {
             None
         }
     }
 
-    /// Whether messages travel on a byte stream (Content-Length framing).
+    /// Whether messages travel on a connection (reliable: nothing is
+    /// retransmitted, and answers go back on the connection).
     pub fn is_stream(self) -> bool {
-        matches!(self, Transport::Tcp | Transport::Tls)
+        !matches!(self, Transport::Udp)
     }
 
-    /// Whether its listeners are TCP sockets (TCP and TLS cannot share an
+    /// Whether we may open connections of it. A WebSocket is opened by
+    /// the client (a browser) only: a peer on one is reachable while its
+    /// connection lasts (a flow, RFC 5626), never after.
+    pub fn can_connect(self) -> bool {
+        !matches!(self, Transport::Ws | Transport::Wss)
+    }
+
+    /// Whether it runs on TLS (a certificate on its listener).
+    pub fn is_secure(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
+    }
+
+    /// Whether its listeners are TCP sockets (no two can share an
     /// address).
     fn is_tcp(self) -> bool {
         self.is_stream()
+    }
+
+    /// The port a URI without one means.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Transport::Udp | Transport::Tcp => 5060,
+            Transport::Tls => 5061,
+            // RFC 7118 names none; these are HTTP's.
+            Transport::Ws => 80,
+            Transport::Wss => 443,
+        }
     }
 }
 
@@ -77,6 +113,8 @@ impl Transport {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
         }
     }
 }
@@ -122,6 +160,21 @@ pub struct Target {
     pub addr: SocketAddr,
 }
 
+impl Target {
+    /// As a destination URI (`sip:192.0.2.1:5070;transport=tcp`), the way
+    /// a location binding's `received` and `$du` name it.
+    pub fn uri(&self) -> String {
+        let ip = match self.addr.ip() {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        };
+        match self.transport {
+            Transport::Udp => format!("sip:{ip}:{}", self.addr.port()),
+            t => format!("sip:{ip}:{};transport={t}", self.addr.port()),
+        }
+    }
+}
+
 /// One `[[listen]]` entry of the configuration file: a socket to open.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,8 +186,8 @@ pub struct Listen {
     /// address, for a proxy behind NAT or bound to a wildcard address.
     #[serde(default)]
     pub advertise: Option<String>,
-    /// TLS: the certificate chain served (PEM), when no other is for the
-    /// name the client asks for.
+    /// TLS and WSS: the certificate chain served (PEM), when no other is
+    /// for the name the client asks for.
     #[serde(default)]
     pub certificate: Option<std::path::PathBuf>,
     /// TLS: the private key of `certificate` (PEM).
@@ -148,6 +201,10 @@ pub struct Listen {
     /// CA certificates (PEM): mutual TLS.
     #[serde(default)]
     pub client_ca: Option<std::path::PathBuf>,
+    /// WebSocket: the `Origin` values a browser may connect from (for
+    /// example `"https://phone.example.com"`); empty: any.
+    #[serde(default)]
+    pub origins: Vec<String>,
 }
 
 impl Listen {
@@ -170,6 +227,7 @@ impl Listen {
             private_key: None,
             certificates: Vec::new(),
             client_ca: None,
+            origins: Vec::new(),
         }
     }
 
@@ -177,20 +235,26 @@ impl Listen {
     /// or out of place.
     pub fn tls_files(&self) -> Result<Option<ServerFiles>, String> {
         let where_ = format!("[[listen]] {} {}", self.transport, self.address);
-        if self.transport != Transport::Tls {
+        if !self.origins.is_empty() && !matches!(self.transport, Transport::Ws | Transport::Wss) {
+            return Err(format!("{where_}: origins are for ws and wss listeners"));
+        }
+        if !self.transport.is_secure() {
             if self.certificate.is_some()
                 || self.private_key.is_some()
                 || self.client_ca.is_some()
                 || !self.certificates.is_empty()
             {
                 return Err(format!(
-                    "{where_}: certificate, private_key, certificates and client_ca are for TLS listeners"
+                    "{where_}: certificate, private_key, certificates and client_ca are for tls and wss listeners"
                 ));
             }
             return Ok(None);
         }
         let (Some(certificate), Some(private_key)) = (&self.certificate, &self.private_key) else {
-            return Err(format!("{where_}: TLS needs certificate and private_key"));
+            return Err(format!(
+                "{where_}: {} needs certificate and private_key",
+                self.transport
+            ));
         };
         Ok(Some(ServerFiles {
             default: CertificateFiles {
@@ -254,6 +318,8 @@ pub enum SendError {
     QueueFull(SocketAddr),
     #[error("cannot open a connection to {0}: [connections] max connections are open")]
     TooMany(SocketAddr),
+    #[error("no {0} connection with {1}, and only the client can open one (the flow is gone)")]
+    NoFlow(Transport, SocketAddr),
 }
 
 /// The listener to send from towards `target`: same transport and
@@ -282,11 +348,11 @@ pub fn listener_for(listeners: &[Listener], target: &Target) -> Result<usize, Se
     ))
 }
 
-/// All sockets of the process, and the open TCP connections.
+/// All sockets of the process, and the open stream connections.
 pub struct Transports {
     listeners: Vec<Listener>,
     udp: Vec<(usize, Arc<std::net::UdpSocket>)>,
-    /// Open stream connections, keyed by the peer's address, so that
+    /// Open stream connections, keyed by transport and the peer's address, so that
     /// responses and later requests reuse the connection (RFC 3261 §18).
     connections: Arc<Connections>,
     inbound: mpsc::Sender<Inbound>,
@@ -328,12 +394,12 @@ impl Transports {
                     udp_sockets.push((index, Arc::new(socket)));
                     local
                 }
-                Transport::Tcp | Transport::Tls => {
+                Transport::Tcp | Transport::Tls | Transport::Ws | Transport::Wss => {
                     let listener = tcp::bind(l.address).with_context(|| {
                         format!("cannot listen on {} {}", l.transport, l.address)
                     })?;
                     let local = listener.local_addr()?;
-                    tcp_listeners.push((index, listener));
+                    tcp_listeners.push((index, l.transport, l.origins.clone(), listener));
                     local
                 }
             };
@@ -352,9 +418,15 @@ impl Transports {
             tls_servers,
             tls_client: tls::client_config(tls_config.ca.as_deref()).context("[tls] ca")?,
         });
-        for (index, listener) in tcp_listeners {
-            let tls = transports.tls_server(index);
-            tokio::spawn(tcp::accept(listener, index, tls, transports.clone()));
+        for (index, transport, origins, listener) in tcp_listeners {
+            let accept = tcp::Accept {
+                index,
+                transport,
+                tls: transports.tls_server(index),
+                websocket: matches!(transport, Transport::Ws | Transport::Wss)
+                    .then(|| Arc::new(websocket::Upgrade::new(origins))),
+            };
+            tokio::spawn(tcp::accept(listener, accept, transports.clone()));
         }
         Ok((transports, rx))
     }
@@ -434,9 +506,12 @@ impl Transports {
                     Err(e) => Err(SendError::Io(target.addr, e)),
                 }
             }
-            Transport::Tcp | Transport::Tls => {
-                let writer = match self.connections.get(target.transport, target.addr) {
+            transport => {
+                let writer = match self.connections.get(transport, target.addr) {
                     Some(writer) => writer,
+                    None if !transport.can_connect() => {
+                        return Err(SendError::NoFlow(transport, target.addr))
+                    }
                     None => {
                         let listener = self.listener_for(&target)?;
                         tcp::connect(self, target, listener)

@@ -1,5 +1,6 @@
-//! TCP and TLS over it: accepting and opening connections; each is then
-//! served by [`super::stream`] under the table's limits.
+//! TCP, and TLS and WebSocket over it: accepting and opening
+//! connections; each is then served by [`super::stream`] (or
+//! [`super::websocket`]) under the table's limits.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use super::connections::{Opened, Reason, Writer};
 use super::limits::ConnectionLimits;
 use super::stream::{self, Peer};
 use super::tls::TlsServer;
+use super::websocket::{self, Upgrade};
 use super::{Inbound, Target, Transport, Transports};
 
 pub(super) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -28,20 +30,27 @@ pub(super) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Accepts connections for ever; with `tls`, each does its handshake in
-/// its own task (a slow client holds up nobody), within
-/// `connect_timeout_ms`.
-pub(super) async fn accept(
-    listener: TcpListener,
-    index: usize,
-    tls: Option<Arc<TlsServer>>,
-    transports: Arc<Transports>,
-) {
-    let transport = if tls.is_some() {
-        Transport::Tls
-    } else {
-        Transport::Tcp
-    };
+/// What an accepting listener does with each connection.
+pub(super) struct Accept {
+    /// The listener's index.
+    pub index: usize,
+    pub transport: Transport,
+    /// TLS first (tls, wss).
+    pub tls: Option<Arc<TlsServer>>,
+    /// Then the WebSocket upgrade (ws, wss).
+    pub websocket: Option<Arc<Upgrade>>,
+}
+
+/// Accepts connections for ever. Each does its TLS handshake and its
+/// WebSocket upgrade, when the listener has them, in its own task (a slow
+/// client holds up nobody), within `connect_timeout_ms` together.
+pub(super) async fn accept(listener: TcpListener, accept: Accept, transports: Arc<Transports>) {
+    let Accept {
+        index,
+        transport,
+        tls,
+        websocket,
+    } = accept;
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => {
@@ -57,34 +66,48 @@ pub(super) async fn accept(
                 };
                 let limits = transports.connections.limits().clone();
                 let inbound = transports.inbound.clone();
-                match &tls {
-                    None => {
-                        tokio::spawn(stream::serve(stream, opened, peer, limits, inbound));
-                    }
-                    Some(tls) => {
-                        let acceptor = tls.acceptor();
-                        tokio::spawn(async move {
+                let (tls, websocket) = (tls.clone(), websocket.clone());
+                tokio::spawn(async move {
+                    let started = tokio::time::Instant::now();
+                    match (tls, websocket) {
+                        (None, None) => stream::serve(stream, opened, peer, limits, inbound).await,
+                        (None, Some(upgrade)) => {
+                            websocket::serve(
+                                stream, upgrade, started, opened, peer, limits, inbound,
+                            )
+                            .await
+                        }
+                        (Some(tls), websocket) => {
                             let handshake = tokio::time::timeout(
                                 limits.connect_timeout(),
-                                acceptor.accept(stream),
+                                tls.acceptor().accept(stream),
                             )
                             .await;
-                            match handshake {
-                                Ok(Ok(stream)) => {
-                                    stream::serve(stream, opened, peer, limits, inbound).await
-                                }
+                            let stream = match handshake {
+                                Ok(Ok(stream)) => stream,
                                 Ok(Err(err)) => {
                                     tracing::info!(%remote, %err, "tls handshake failed");
                                     opened.slot.close(Reason::Handshake);
+                                    return;
                                 }
                                 Err(_) => {
                                     tracing::info!(%remote, "tls handshake timed out");
                                     opened.slot.close(Reason::Handshake);
+                                    return;
+                                }
+                            };
+                            match websocket {
+                                None => stream::serve(stream, opened, peer, limits, inbound).await,
+                                Some(upgrade) => {
+                                    websocket::serve(
+                                        stream, upgrade, started, opened, peer, limits, inbound,
+                                    )
+                                    .await
                                 }
                             }
-                        });
+                        }
                     }
-                }
+                });
             }
             Err(err) => {
                 // Out of file descriptors and the like: wait rather than spin.
