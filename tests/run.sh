@@ -30,6 +30,15 @@ if ! command -v kamailio >/dev/null; then
   as_root systemctl disable --now kamailio 2>/dev/null || true
 fi
 
+if ! python3 -c 'import pjsua2' 2>/dev/null; then
+  echo "== installing pjsua2 (PyPI pjsua2-python: PJSIP, the user agent of tests/pjsip.rs)"
+  command -v python3 >/dev/null \
+    || { echo "python3 is needed for tests/pjsua/ua.py (Debian: apt-get install python3 python3-pip)"; exit 1; }
+  # Binary wheels (PJSIP 2.15.1 with its own OpenSSL) for CPython 3.11 and
+  # 3.12 on x86_64 Linux.
+  python3 -m pip install --quiet 'pjsua2-python==2.15.1.post1'
+fi
+
 echo "== JavaScript SDK (npm ci in sdk-js: componentize-js, esbuild, typescript)"
 command -v node >/dev/null && command -v npm >/dev/null \
   || { echo "node and npm are needed for sdk-js (Debian: apt-get install nodejs npm)"; exit 1; }
