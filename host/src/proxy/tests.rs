@@ -713,3 +713,160 @@ fn lookups_waiting_are_bounded() {
     let last: Vec<_> = summary(&p.sent()).into_iter().rev().take(1).collect();
     assert_eq!(last, vec![pair(CALLER, "503")]);
 }
+
+/// A proxy with a UDP and a WebSocket listener, relaying a UDP caller's
+/// INVITE to a browser on its flow (as `registrar.lookup` would).
+fn to_a_browser(browser: Target) -> Proxy {
+    let locality = Locality::new(
+        vec![
+            Listener {
+                transport: Transport::Udp,
+                local: addr("127.0.0.1:5060"),
+                advertise: None,
+            },
+            Listener {
+                transport: Transport::Ws,
+                local: addr("127.0.0.1:8080"),
+                advertise: None,
+            },
+        ],
+        vec![],
+    );
+    let mut proxy = Proxy::new(Box::new(move |req: &mut RequestCtx| {
+        req.record_route = true;
+        // An in-dialog request follows our Route entries (and the flow
+        // token in them); an initial one goes to the binding's flow.
+        let routed = loose_route(&mut req.msg, &Locality::new(locality_listeners(), vec![]));
+        req.dst_uri = Some(routed.flow.unwrap_or(browser).uri());
+        vec![Action::Relay { destination: None }]
+    }));
+    proxy.core = Core::new(
+        Transactions::new(Timers::default()),
+        Arc::new(locality),
+        "z9hG4bKtest.".into(),
+    );
+    proxy
+}
+
+fn locality_listeners() -> Vec<Listener> {
+    vec![
+        Listener {
+            transport: Transport::Udp,
+            local: addr("127.0.0.1:5060"),
+            advertise: None,
+        },
+        Listener {
+            transport: Transport::Ws,
+            local: addr("127.0.0.1:8080"),
+            advertise: None,
+        },
+    ]
+}
+
+fn ws(text: &str) -> Target {
+    Target {
+        transport: Transport::Ws,
+        addr: addr(text),
+    }
+}
+
+#[test]
+fn a_browser_on_a_flow_is_record_routed_twice_with_a_token_that_leads_back_to_it() {
+    let browser = ws("192.0.2.50:51000");
+    let mut p = to_a_browser(browser);
+    p.recv(0, CALLER, invite());
+    let sent = p.sent();
+    let (target, out) = sent
+        .iter()
+        .find(|(_, m)| m.method() == Some(&Method::Invite))
+        .expect("INVITE relayed");
+    assert_eq!(*target, browser);
+    let rr: Vec<String> = out
+        .values(&HeaderName::RecordRoute)
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(rr.len(), 2, "{rr:?}");
+    // The entry facing the browser names its flow; the other, the UDP side.
+    let token = rr[0]
+        .strip_prefix("<sip:")
+        .and_then(|r| r.split_once('@'))
+        .map(|(user, rest)| {
+            assert_eq!(rest, "127.0.0.1:8080;transport=ws;lr>");
+            user.to_owned()
+        })
+        .expect("a user part in the browser side's entry");
+    assert_eq!(flow::flow_of(&token), Some(browser));
+    assert_eq!(rr[1], "<sip:127.0.0.1:5060;lr>");
+
+    // The caller's BYE follows the route set (the Record-Route reversed):
+    // the entry next to the browser sends it down the flow, although
+    // its Request-URI is the browser's `*.invalid` Contact.
+    let bye = |route: &str| {
+        msg(&format!(
+            "BYE sip:k3ue8r1a@df7jal23ls0d.invalid;transport=ws SIP/2.0\n\
+             Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKbye{}\n\
+             Max-Forwards: 70\n\
+             Route: {}, {route}\n\
+             From: Alice <sip:alice@example.org>;tag=a1\n\
+             To: Bob <sip:bob@example.com>;tag=b1\n\
+             Call-ID: call-1@example.org\n\
+             CSeq: 2 BYE\n\
+             Content-Length: 0\n\n",
+            route.len(),
+            rr[1]
+        ))
+    };
+    let elsewhere = ws("198.51.100.9:40000");
+    let mut p = to_a_browser(elsewhere);
+    p.recv(10, CALLER, bye(&rr[0]));
+    let sent = p.sent();
+    let (target, out) = sent
+        .iter()
+        .find(|(_, m)| m.method() == Some(&Method::Bye))
+        .expect("BYE relayed");
+    assert_eq!(*target, browser);
+    assert!(
+        out.header(&HeaderName::Route).is_none(),
+        "our entries popped"
+    );
+
+    // A token with one bit changed names no flow: the BYE does not go to
+    // the browser (here, to where the script sends anything else).
+    let forged = rr[0].replacen(
+        &token[..2],
+        if &token[..2] == "03" { "04" } else { "03" },
+        1,
+    );
+    let mut p = to_a_browser(elsewhere);
+    p.recv(20, CALLER, bye(&forged));
+    let sent = p.sent();
+    let (target, _) = sent
+        .iter()
+        .find(|(_, m)| m.method() == Some(&Method::Bye))
+        .expect("BYE relayed");
+    assert_eq!(*target, elsewhere);
+}
+
+#[test]
+fn a_flow_that_is_gone_fails_the_branch_with_430() {
+    let browser = ws("192.0.2.50:51000");
+    let mut p = to_a_browser(browser);
+    p.recv(0, CALLER, invite());
+    let mut failed = None;
+    while let Some(t) = p.core.poll_transmit() {
+        if t.target == browser {
+            failed = t.tx;
+        }
+    }
+    // The driver found no connection to send on.
+    let tx = failed.expect("the INVITE went to the flow on a transaction");
+    let now = p.at(1);
+    p.core.handle_transport_error(now, tx, &mut p.hooks);
+    let sent = p.sent();
+    let up: Vec<_> = sent
+        .iter()
+        .filter(|(t, _)| t.addr == addr(CALLER))
+        .map(|(_, m)| line(m))
+        .collect();
+    assert_eq!(up, vec!["430"], "{sent:?}");
+}
