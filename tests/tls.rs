@@ -285,3 +285,237 @@ fn wisp_opens_tls_to_a_peer_it_routes_to() {
     );
     drop(peer);
 }
+
+/// A routing component for the first of two wisps: every initial request
+/// goes to the next wisp (param `NEXT`, a `;transport=tls` URI), the
+/// Request-URI left as the caller wrote it; in-dialog requests follow their
+/// Route set. INVITEs are record-routed, so ACK and BYE come back this way.
+const RELAY_TO_NEXT: &str = r#"
+use wisp_sdk::prelude::*;
+
+struct RelayToNext;
+
+impl Router for RelayToNext {
+    fn route(req: &Request) -> Result<()> {
+        if let Err(rejection) = req.max_forwards(10) {
+            return req.reject(&rejection);
+        }
+        if req.has_to_tag() {
+            let routed = req.loose_route();
+            if req.is_method(&["ACK"]) {
+                return req.forward();
+            }
+            if !routed {
+                return req.reply(404, "Not here");
+            }
+            return req.relay();
+        }
+        if req.is_method(&["ACK", "CANCEL"]) {
+            return req.forward();
+        }
+        req.remove_header("Route");
+        if req.is_method(&["INVITE"]) {
+            req.record_route()?;
+        }
+        let next = config::param("NEXT").unwrap_or_default();
+        req.relay_to(&next)
+    }
+}
+
+wisp_sdk::export_router!(RelayToNext);
+"#;
+
+/// The peer ports of the TCP connections established to 127.0.0.1:`port`
+/// (from /proc/net/tcp: the accepting side's sockets).
+fn established_to(port: u16) -> Vec<u16> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port_of = |field: &str| u16::from_str_radix(field.rsplit(':').next()?, 16).ok();
+            let local = port_of(fields.get(1)?)?;
+            let remote = port_of(fields.get(2)?)?;
+            (local == port && *fields.get(3)? == "01").then_some(remote)
+        })
+        .collect()
+}
+
+/// The sum of the samples of metric `name` whose labels contain `label`,
+/// in `wisp ctl metrics`' text.
+fn metric(wisp: &wisp_tests::Wisp, name: &str, label: &str) -> u64 {
+    let out = wisp.ctl(&["metrics"]).expect("ctl metrics");
+    assert!(out.success, "{out:?}");
+    out.stdout
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{'))
+        })
+        .filter(|l| l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[test]
+fn certificates_reloaded_during_a_call_load_between_two_wisps_fail_no_call() {
+    const CALLS: u32 = 600;
+    const RATE: u32 = 40;
+    const RELOADS: usize = 16;
+    const EVERY: Duration = Duration::from_millis(750);
+
+    let pki = Pki::new().expect("CA");
+    let one = pki.issue("one", "IP:127.0.0.1").expect("first certificate");
+    let two = pki
+        .issue("two", "IP:127.0.0.1")
+        .expect("second certificate");
+    let own = pki.issue("a", "IP:127.0.0.1").expect("A's certificate");
+    let served = CertFiles {
+        certificate: pki.dir().join("served.pem"),
+        private_key: pki.dir().join("served.key"),
+    };
+    copy(&one, &served);
+
+    // B: TLS in, the default routing relays to the Request-URI (the UAS)
+    // over UDP.
+    let b_tls = free_port();
+    let b = WispBuilder::new()
+        .admin()
+        .toml(&tls_listen(b_tls, &served, &[], None))
+        .start()
+        .expect("B starts");
+    let b_addr = format!("127.0.0.1:{b_tls}").parse().expect("addr");
+
+    // A: UDP in, every call to B over TLS, B verified against the test CA.
+    let wasm = wisp_tests::build_guest("relay-to-next", RELAY_TO_NEXT).expect("guest builds");
+    let a = WispBuilder::new()
+        .admin()
+        .toml(&format!(
+            "[tls]\nca = \"{}\"\n{}",
+            pki.ca.display(),
+            tls_listen(free_port(), &own, &[], None)
+        ))
+        .tenant(
+            wisp_tests::Tenant::new("relay")
+                .component(&wasm)
+                .param("NEXT", &format!("sip:127.0.0.1:{b_tls};transport=tls")),
+        )
+        .start()
+        .expect("A starts");
+
+    let probe = |expected: &CertFiles| {
+        let mut client = TlsClient::connect(b_addr, "127.0.0.1", &pki.ca, None).expect("tls");
+        assert_eq!(
+            client.server_certificate(),
+            certificate_der(&expected.certificate).expect("der"),
+            "a new handshake with B after the reload got another certificate"
+        );
+        assert!(ok(&client.exchange(&options(b_tls)).expect("reply")));
+    };
+    probe(&one);
+    let mut probes = 1;
+
+    let uas_port = free_port();
+    let uas = wisp_tests::Sipp::uas(
+        wisp_tests::scenario("uas.xml"),
+        wisp_tests::Transport::Udp,
+        uas_port,
+        CALLS,
+    )
+    .spawn()
+    .expect("uas starts");
+    std::thread::sleep(Duration::from_millis(500));
+    let callee = format!("127.0.0.1:{uas_port}").parse().expect("addr");
+    let mut uac = wisp_tests::Sipp::uac(
+        wisp_tests::scenario("uac.xml"),
+        wisp_tests::Transport::Udp,
+        callee,
+        a.addr(),
+        CALLS,
+    );
+    uac.rate = RATE;
+    uac.timeout = Duration::from_secs(90);
+    let started = Instant::now();
+    let uac = uac.spawn().expect("uac starts");
+
+    // The connection A opened to B for the first call.
+    let from_a = loop {
+        match established_to(b_tls)[..] {
+            [port] => break port,
+            [] if started.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            ref other => panic!("connections to B: {other:?}"),
+        }
+    };
+    let requests_before = metric(&b, "wisp_requests_total", "");
+
+    let mut last = &one;
+    for i in 0..RELOADS {
+        std::thread::sleep(EVERY);
+        let next = if i % 2 == 0 { &two } else { &one };
+        copy(next, &served);
+        let reload = b.ctl(&["reload"]).expect("ctl");
+        assert!(reload.success, "reload {i}: {reload:?}");
+        last = next;
+        assert_eq!(
+            established_to(b_tls),
+            vec![from_a],
+            "A's connection to B after reload {i}"
+        );
+        probe(next);
+        probes += 1;
+    }
+    let reloads_took = started.elapsed();
+    let requests_at_last_reload = metric(&b, "wisp_requests_total", "");
+
+    let outcome = uac.wait().expect("uac runs");
+    let load_took = started.elapsed();
+    wisp_tests::assert_all_successful("uac through A, TLS, B", &outcome, CALLS);
+    let uas = uas.wait().expect("uas ends");
+    wisp_tests::assert_all_successful("uas behind B", &uas, CALLS);
+    let requests_after = metric(&b, "wisp_requests_total", "");
+
+    // The reloads happened while calls went through B.
+    assert!(
+        requests_before > 0 && requests_at_last_reload < requests_after,
+        "B's requests: {requests_before} at the first reload, {requests_at_last_reload} at the last, {requests_after} in all"
+    );
+    // One connection from A to B all along: the one opened for the first call.
+    assert_eq!(established_to(b_tls), vec![from_a]);
+    let a_closed = metric(&a, "wisp_connections_closed_total", "transport=\"tls\"");
+    let a_open = metric(&a, "wisp_connections_open", "transport=\"tls\"");
+    assert_eq!(
+        (a_closed, a_open),
+        (0, 1),
+        "A's TLS connections closed, open"
+    );
+    // B closed the probes' connections and no other.
+    let until = Instant::now() + Duration::from_secs(10);
+    let (b_closed, b_open) = loop {
+        let closed = metric(&b, "wisp_connections_closed_total", "transport=\"tls\"");
+        let open = metric(&b, "wisp_connections_open", "transport=\"tls\"");
+        if (closed, open) == (probes, 1) || Instant::now() > until {
+            break (closed, open);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        (b_closed, b_open),
+        (probes, 1),
+        "B's TLS connections closed, open ({probes} probes)"
+    );
+    assert_eq!(metric(&b, "wisp_reloads_total", "kind=\"failed\""), 0);
+    // And a new handshake still gets the certificate of the last reload.
+    probe(last);
+    eprintln!(
+        "{CALLS} calls at {RATE}/s through A -TLS-> B in {:.1} s, all successful; \
+         {RELOADS} certificate reloads of B within the first {:.1} s, each seen by a new handshake; \
+         one TLS connection from A (port {from_a}) all along: A closed {a_closed}, \
+         B closed {b_closed} (the {probes} probes'); B's requests {requests_before} at the first reload, \
+         {requests_at_last_reload} at the last, {requests_after} in all",
+        load_took.as_secs_f64(),
+        reloads_took.as_secs_f64()
+    );
+}
