@@ -22,10 +22,10 @@ if ! command -v openssl >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
 fi
 
-if ! command -v kamailio >/dev/null; then
-  echo "== installing Kamailio (Debian package kamailio; the interop tests' neighbour proxy)"
+if ! command -v kamailio >/dev/null || ! dpkg -s kamailio-tls-modules >/dev/null 2>&1; then
+  echo "== installing Kamailio (Debian packages kamailio and kamailio-tls-modules; the interop tests' neighbour proxy, TLS too)"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kamailio
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kamailio kamailio-tls-modules
   # The package may start a system service on 5060; the tests run their own.
   as_root systemctl disable --now kamailio 2>/dev/null || true
 fi

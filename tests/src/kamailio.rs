@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{free_port, repo_root, request, udp_exchange};
+use crate::{free_port, repo_root, request, udp_exchange, CertFiles};
 
 /// A running Kamailio (Debian package `kamailio`), the neighbouring proxy
 /// of the interop tests, with tests/kamailio/kamailio.cfg. Stopped by PID
@@ -17,13 +17,57 @@ use crate::{free_port, repo_root, request, udp_exchange};
 pub struct Kamailio {
     child: Option<Child>,
     pub port: u16,
+    /// Its TLS listener's port, when started with [`Kamailio::start_tls`].
+    pub tls_port: Option<u16>,
+    /// Its log (stderr), line by line, from the start.
+    pub log: mpsc::Receiver<String>,
     _dir: tempfile::TempDir,
+}
+
+/// Kamailio's TLS (its module from the Debian package
+/// `kamailio-tls-modules`, OpenSSL 3): TLS 1.2 and 1.3 both ways.
+#[derive(Debug, Clone)]
+pub struct KamailioTls {
+    /// Served on its TLS listener, which asks for no client certificate;
+    /// presented as a client to servers that ask for one.
+    pub certificate: CertFiles,
+    /// The CA certificates the servers it connects to must chain to: it
+    /// refuses a server without a valid certificate.
+    pub ca: PathBuf,
+    /// Relay initial requests to the next hop over TLS, else over UDP.
+    pub relay_over_tls: bool,
+}
+
+impl KamailioTls {
+    /// The tls.cfg of the tls module: a default server and client domain.
+    fn config(&self) -> String {
+        let cert = self.certificate.certificate.display();
+        let key = self.certificate.private_key.display();
+        let ca = self.ca.display();
+        format!(
+            "[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\n\
+             certificate = {cert}\nprivate_key = {key}\n\n\
+             [client:default]\nmethod = TLSv1.2+\nverify_certificate = yes\nrequire_certificate = yes\n\
+             ca_list = {ca}\ncertificate = {cert}\nprivate_key = {key}\n"
+        )
+    }
 }
 
 impl Kamailio {
     /// Starts Kamailio on UDP and TCP 127.0.0.1:`port` (a free one), relaying
     /// initial requests to `next_hop` and in-dialog ones by their Route set.
     pub fn start(next_hop: SocketAddr) -> Result<Kamailio> {
+        Kamailio::launch(next_hop, None)
+    }
+
+    /// [`Kamailio::start`] with a TLS listener too, on 127.0.0.1:`tls_port`
+    /// (another free one), relaying initial requests to `next_hop` over
+    /// TLS or UDP as `tls` says.
+    pub fn start_tls(next_hop: SocketAddr, tls: &KamailioTls) -> Result<Kamailio> {
+        Kamailio::launch(next_hop, Some(tls))
+    }
+
+    fn launch(next_hop: SocketAddr, tls: Option<&KamailioTls>) -> Result<Kamailio> {
         let port = free_port();
         let dir = tempfile::tempdir()?;
         let cfg = repo_root().join("tests/kamailio/kamailio.cfg");
@@ -42,9 +86,23 @@ impl Kamailio {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .context("cannot start kamailio (apt-get install kamailio)")?;
+        let tls_port = match tls {
+            Some(tls) => {
+                let tls_port = free_port();
+                let tls_cfg = dir.path().join("tls.cfg");
+                std::fs::write(&tls_cfg, tls.config())?;
+                cmd.args(["-l", &format!("tls:127.0.0.1:{tls_port}")])
+                    .args(["-A", "WITH_TLS"])
+                    .args(["-A", &format!("TLS_CONFIG=\"{}\"", tls_cfg.display())]);
+                let relay = if tls.relay_over_tls { "tls" } else { "udp" };
+                cmd.args(["-A", &format!("RELAY_PROTO=\"{relay}\"")]);
+                Some(tls_port)
+            }
+            None => None,
+        };
+        let mut child = cmd.spawn().context(
+            "cannot start kamailio (apt-get install kamailio, and kamailio-tls-modules for TLS)",
+        )?;
         let stderr = child.stderr.take().context("no stderr")?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -56,6 +114,8 @@ impl Kamailio {
         let mut kamailio = Kamailio {
             child: Some(child),
             port,
+            tls_port,
+            log: rx,
             _dir: dir,
         };
         // Ready once it answers an OPTIONS addressed to itself.
@@ -63,7 +123,7 @@ impl Kamailio {
         loop {
             if let Some(child) = kamailio.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    let log: Vec<String> = rx.try_iter().collect();
+                    let log: Vec<String> = kamailio.log.try_iter().collect();
                     bail!("kamailio exited with {status}:\n{}", log.join("\n"));
                 }
             }
@@ -82,6 +142,28 @@ impl Kamailio {
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// Waits until a log line containing `needle` is printed.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("kamailio did not log \"{needle}\" within {timeout:?}");
+            }
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Ok(()),
+                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!("kamailio closed its log"),
+            }
+        }
+    }
+
+    /// Its TLS listener, when started with [`Kamailio::start_tls`].
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_port
+            .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
     }
 }
 

@@ -41,7 +41,7 @@ pub use digest::{challenge_param, credentials};
 pub use dns::{Asked, DnsServer, SilentDns, Zone};
 pub use guests::{build_guest, build_js_guest, cached_js_build, default_js_component, Routing};
 pub use jssip::{events_named, JsSip};
-pub use kamailio::Kamailio;
+pub use kamailio::{Kamailio, KamailioTls};
 pub use lossy_uas::{LossyUas, UasReport};
 pub use message::{header_of, headers_of, request, response_to, Request};
 pub use peers::{tcp_exchange, udp_exchange, udp_reply, SilentPeer, Ua};
