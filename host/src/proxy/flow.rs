@@ -45,6 +45,7 @@ pub fn flow_of(text: &str) -> Option<Target> {
         2 => Transport::Tls,
         3 => Transport::Ws,
         4 => Transport::Wss,
+        5 => Transport::Quic,
         _ => return None,
     };
     let (ip, port) = flow[1..].split_at_checked(flow.len().checked_sub(3)?)?;
@@ -71,6 +72,7 @@ fn flow_bytes(flow: Target) -> Vec<u8> {
         Transport::Tls => 2,
         Transport::Ws => 3,
         Transport::Wss => 4,
+        Transport::Quic => 5,
     });
     match flow.addr.ip() {
         IpAddr::V4(v4) => bytes.extend_from_slice(&v4.octets()),

@@ -164,6 +164,7 @@ impl types::HostRequest for HostState {
                 crate::transport::Transport::Tls => types::Transport::Tls,
                 crate::transport::Transport::Ws => types::Transport::Ws,
                 crate::transport::Transport::Wss => types::Transport::Wss,
+                crate::transport::Transport::Quic => types::Transport::Quic,
             },
             ip: source.remote.ip().to_string(),
             port: source.remote.port(),

@@ -9,6 +9,7 @@
 mod connections;
 mod framing;
 mod limits;
+mod quic;
 mod stream;
 mod tcp;
 mod tls;
@@ -39,6 +40,9 @@ pub enum Transport {
     Ws,
     /// WebSocket over TLS.
     Wss,
+    /// SIP/2.0 over QUIC, a stream per transaction (experimental; see
+    /// `quic.rs`).
+    Quic,
 }
 
 impl Transport {
@@ -50,6 +54,7 @@ impl Transport {
             Transport::Tls => "TLS",
             Transport::Ws => "WS",
             Transport::Wss => "WSS",
+            Transport::Quic => "QUIC",
         }
     }
 
@@ -65,6 +70,8 @@ impl Transport {
             Some(Transport::Ws)
         } else if name.eq_ignore_ascii_case("wss") {
             Some(Transport::Wss)
+        } else if name.eq_ignore_ascii_case("quic") {
+            Some(Transport::Quic)
         } else {
             None
         }
@@ -85,20 +92,23 @@ impl Transport {
 
     /// Whether it runs on TLS (a certificate on its listener).
     pub fn is_secure(self) -> bool {
-        matches!(self, Transport::Tls | Transport::Wss)
+        matches!(self, Transport::Tls | Transport::Wss | Transport::Quic)
     }
 
-    /// Whether its listeners are TCP sockets (no two can share an
-    /// address).
+    /// Whether its listeners are TCP sockets (else UDP ones); no two
+    /// listeners of one kind can share an address.
     fn is_tcp(self) -> bool {
-        self.is_stream()
+        matches!(
+            self,
+            Transport::Tcp | Transport::Tls | Transport::Ws | Transport::Wss
+        )
     }
 
     /// The port a URI without one means.
     pub fn default_port(self) -> u16 {
         match self {
             Transport::Udp | Transport::Tcp => 5060,
-            Transport::Tls => 5061,
+            Transport::Tls | Transport::Quic => 5061,
             // RFC 7118 names none; these are HTTP's.
             Transport::Ws => 80,
             Transport::Wss => 443,
@@ -115,6 +125,7 @@ impl Transport {
             Transport::Tls => "tls",
             Transport::Ws => "ws",
             Transport::Wss => "wss",
+            Transport::Quic => "quic",
         }
     }
 }
@@ -245,7 +256,7 @@ impl Listen {
                 || !self.certificates.is_empty()
             {
                 return Err(format!(
-                    "{where_}: certificate, private_key, certificates and client_ca are for tls and wss listeners"
+                    "{where_}: certificate, private_key, certificates and client_ca are for tls, wss and quic listeners"
                 ));
             }
             return Ok(None);
@@ -279,10 +290,10 @@ impl Listen {
                 tls::server_config(&files)
                     .map_err(|e| format!("[[listen]] {} {}: {e}", a.transport, a.address))?;
             }
-            if listen[..i].iter().any(|b| {
-                (a.transport == b.transport || (a.transport.is_tcp() && b.transport.is_tcp()))
-                    && a.address == b.address
-            }) {
+            if listen[..i]
+                .iter()
+                .any(|b| a.transport.is_tcp() == b.transport.is_tcp() && a.address == b.address)
+            {
                 return Err(format!(
                     "[[listen]] {} {} appears twice",
                     a.transport, a.address
@@ -362,6 +373,9 @@ pub struct Transports {
     tls_servers: Vec<(usize, Arc<tls::TlsServer>)>,
     /// For the TLS connections we open.
     tls_client: Arc<rustls::ClientConfig>,
+    /// QUIC listeners by listener index; each opens our QUIC connections
+    /// too.
+    quic: Vec<(usize, Arc<quic::QuicListener>)>,
 }
 
 impl Transports {
@@ -380,13 +394,24 @@ impl Transports {
         let mut udp_sockets = Vec::new();
         let mut tcp_listeners = Vec::new();
         let mut tls_servers = Vec::new();
+        let mut quic_listeners = Vec::new();
         for (index, l) in listen.iter().enumerate() {
-            if let Some(files) = l.tls_files().map_err(anyhow::Error::msg)? {
-                let server = tls::TlsServer::load(files)
+            let files = l.tls_files().map_err(anyhow::Error::msg)?;
+            if let (Some(files), Transport::Tls | Transport::Wss) = (&files, l.transport) {
+                let server = tls::TlsServer::load(files.clone())
                     .with_context(|| format!("[[listen]] tls {}", l.address))?;
                 tls_servers.push((index, Arc::new(server)));
             }
             let local = match l.transport {
+                Transport::Quic => {
+                    let files = files.context("quic needs certificate and private_key")?;
+                    let listener =
+                        quic::QuicListener::bind(l.address, files, tls_config.ca.as_deref())
+                            .with_context(|| format!("cannot listen on quic {}", l.address))?;
+                    let local = listener.endpoint.local_addr()?;
+                    quic_listeners.push((index, Arc::new(listener)));
+                    local
+                }
                 Transport::Udp => {
                     let socket = udp::bind(l.address)
                         .with_context(|| format!("cannot listen on udp {}", l.address))?;
@@ -417,7 +442,15 @@ impl Transports {
             runtime: tokio::runtime::Handle::current(),
             tls_servers,
             tls_client: tls::client_config(tls_config.ca.as_deref()).context("[tls] ca")?,
+            quic: quic_listeners,
         });
+        for (index, listener) in &transports.quic {
+            tokio::spawn(quic::accept(
+                listener.endpoint.clone(),
+                *index,
+                transports.clone(),
+            ));
+        }
         for (index, transport, origins, listener) in tcp_listeners {
             let accept = tcp::Accept {
                 index,
@@ -451,11 +484,17 @@ impl Transports {
         for (index, server) in &self.tls_servers {
             if let Err(err) = server.reload() {
                 let l = &self.listeners[*index];
-                errors.push(format!("[[listen]] tls {}: {err}", l.local));
+                errors.push(format!("[[listen]] {} {}: {err}", l.transport, l.local));
+            }
+        }
+        for (index, listener) in &self.quic {
+            if let Err(err) = listener.reload() {
+                let l = &self.listeners[*index];
+                errors.push(format!("[[listen]] quic {}: {err}", l.local));
             }
         }
         if errors.is_empty() {
-            Ok(self.tls_servers.len())
+            Ok(self.tls_servers.len() + self.quic.len())
         } else {
             Err(errors)
         }
@@ -511,6 +550,17 @@ impl Transports {
                     Some(writer) => writer,
                     None if !transport.can_connect() => {
                         return Err(SendError::NoFlow(transport, target.addr))
+                    }
+                    None if transport == Transport::Quic => {
+                        let listener = self.listener_for(&target)?;
+                        let endpoint = self
+                            .quic
+                            .iter()
+                            .find(|(i, _)| *i == listener)
+                            .map(|(_, q)| q.endpoint.clone())
+                            .ok_or(SendError::NoListener(Transport::Quic, "any"))?;
+                        quic::connect(self, endpoint, target, listener)
+                            .map_err(|_| SendError::TooMany(target.addr))?
                     }
                     None => {
                         let listener = self.listener_for(&target)?;

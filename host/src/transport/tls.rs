@@ -137,12 +137,30 @@ impl ResolvesServerCert for BySni {
 
 /// Builds what a listener serves from its files.
 pub fn server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    build_server(files, rustls::DEFAULT_VERSIONS).map(Arc::new)
+}
+
+/// What a QUIC listener serves: the same certificates, over TLS 1.3 (QUIC
+/// has no other), offering `alpn` only.
+pub(super) fn quic_server_config(
+    files: &ServerFiles,
+    alpn: &[u8],
+) -> Result<ServerConfig, TlsError> {
+    let mut config = build_server(files, &[&rustls::version::TLS13])?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
+}
+
+fn build_server(
+    files: &ServerFiles,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<ServerConfig, TlsError> {
     let mut keys = vec![certified_key(&files.default)?];
     for more in &files.more {
         keys.push(certified_key(more)?);
     }
     let builder = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let builder = match &files.client_ca {
         Some(ca) => {
@@ -154,9 +172,7 @@ pub fn server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, TlsError>
         }
         None => builder.with_no_client_auth(),
     };
-    Ok(Arc::new(
-        builder.with_cert_resolver(Arc::new(BySni { keys })),
-    ))
+    Ok(builder.with_cert_resolver(Arc::new(BySni { keys })))
 }
 
 /// A TLS listener's certificates, swapped whole on reload: a handshake
@@ -192,6 +208,20 @@ impl TlsServer {
 /// The roots we verify the servers we connect to against: `ca` (PEM) when
 /// given, else the system's.
 pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    build_client(ca, rustls::DEFAULT_VERSIONS).map(Arc::new)
+}
+
+/// For the QUIC connections we open: TLS 1.3, offering `alpn` only.
+pub(super) fn quic_client_config(ca: Option<&Path>, alpn: &[u8]) -> Result<ClientConfig, TlsError> {
+    let mut config = build_client(ca, &[&rustls::version::TLS13])?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
+}
+
+fn build_client(
+    ca: Option<&Path>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<ClientConfig, TlsError> {
     let roots = match ca {
         Some(ca) => roots(ca)?,
         None => {
@@ -210,12 +240,11 @@ pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
             roots
         }
     };
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+        .with_no_client_auth())
 }
 
 /// `[tls]`: outgoing TLS.
