@@ -10,8 +10,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use wisp_tests::{
-    assert_all_successful, events_named, free_port, request, scenario, CertFiles, JsSip, Pki,
-    Sipp, Transport, Wisp, WispBuilder,
+    assert_all_successful, events_named, free_port, request, scenario, CertFiles, JsSip, Pki, Sipp,
+    Transport, Wisp, WispBuilder,
 };
 
 const DOMAIN: &str = "example.test";
@@ -117,7 +117,10 @@ fn jssip_over_ws_and_wss_calls_a_udp_agent_and_is_called_back() {
         let outcome = caller.run().expect("sipp uac");
         assert_all_successful(&format!("{name}: SIPp caller"), &outcome, 1);
         let (code, events) = bob.wait(Duration::from_secs(30)).expect("bob ends");
-        assert_eq!(code, 0, "{name}: the browser's answered call failed: {events:?}");
+        assert_eq!(
+            code, 0,
+            "{name}: the browser's answered call failed: {events:?}"
+        );
         let incoming = events_named(&events, "incoming");
         assert_eq!(incoming.len(), 1, "{name}");
         // Our Record-Route facing the browser carries a flow token, and we
