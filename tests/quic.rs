@@ -7,34 +7,8 @@ use std::time::{Duration, Instant};
 
 use wisp_tests::{
     assert_all_successful, build_guest, free_port, scenario, CertFiles, Pki, Sipp, Transport, Wisp,
-    WispBuilder,
+    WispBuilder, TRUNK_GUEST,
 };
-
-/// Relays every initial request to NEXT (when set) and record-routes it;
-/// in-dialog requests follow their Route set.
-const TRUNK: &str = r#"
-use wisp_sdk::prelude::*;
-
-struct Trunk;
-
-impl Router for Trunk {
-    fn route(req: &Request) -> Result<()> {
-        if req.has_to_tag() {
-            req.loose_route();
-            return req.relay();
-        }
-        if req.is_method(&["INVITE"]) {
-            req.record_route()?;
-        }
-        match config::param("NEXT").filter(|n| !n.is_empty()) {
-            Some(next) if !req.is_method(&["ACK", "CANCEL"]) => req.relay_to(&next),
-            _ => req.relay(),
-        }
-    }
-}
-
-wisp_sdk::export_router!(Trunk);
-"#;
 
 struct Trunk {
     a: Wisp,
@@ -57,7 +31,7 @@ fn start_b(quic_port: u16, cert: &CertFiles, tenant: &str) -> Wisp {
 }
 
 fn trunk(pki: &Pki, cert: &CertFiles) -> Trunk {
-    let wasm = build_guest("trunk", TRUNK).expect("guest builds");
+    let wasm = build_guest("trunk", TRUNK_GUEST).expect("guest builds");
     let quic_b = free_port();
     let tenant_b = format!(
         "[[tenant]]\nname = \"trunk\"\ncomponent = \"{}\"\n",

@@ -279,3 +279,31 @@ fn hash_files(files: &[PathBuf]) -> Result<u64> {
     }
     Ok(hasher.finish())
 }
+
+/// A trunk's routing, for [`build_guest`]: relays every initial request to
+/// the tenant param NEXT (when set; a SIP URI, its transport parameter
+/// chooses the hop's transport) and record-routes INVITEs; in-dialog
+/// requests follow their Route set.
+pub const TRUNK_GUEST: &str = r#"
+use wisp_sdk::prelude::*;
+
+struct Trunk;
+
+impl Router for Trunk {
+    fn route(req: &Request) -> Result<()> {
+        if req.has_to_tag() {
+            req.loose_route();
+            return req.relay();
+        }
+        if req.is_method(&["INVITE"]) {
+            req.record_route()?;
+        }
+        match config::param("NEXT").filter(|n| !n.is_empty()) {
+            Some(next) if !req.is_method(&["ACK", "CANCEL"]) => req.relay_to(&next),
+            _ => req.relay(),
+        }
+    }
+}
+
+wisp_sdk::export_router!(Trunk);
+"#;

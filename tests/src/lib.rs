@@ -39,7 +39,9 @@ mod wisp;
 pub use config::{Tenant, WispBuilder};
 pub use digest::{challenge_param, credentials};
 pub use dns::{Asked, DnsServer, SilentDns, Zone};
-pub use guests::{build_guest, build_js_guest, cached_js_build, default_js_component, Routing};
+pub use guests::{
+    build_guest, build_js_guest, cached_js_build, default_js_component, Routing, TRUNK_GUEST,
+};
 pub use jssip::{events_named, JsSip};
 pub use kamailio::{Kamailio, KamailioTls};
 pub use lossy_uas::{LossyUas, UasReport};
