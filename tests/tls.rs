@@ -519,3 +519,108 @@ fn certificates_reloaded_during_a_call_load_between_two_wisps_fail_no_call() {
         reloads_took.as_secs_f64()
     );
 }
+
+/// wisp A (trunk routing) sends every call to `next`, a `sips:` URI with
+/// a name, resolved at the test DNS server; B (trunk routing, no NEXT)
+/// takes them over TLS and relays to the callee.
+fn sips_by_name(
+    next: &str,
+    zone_port: u16,
+    b_cert: &CertFiles,
+    pki: &Pki,
+) -> (wisp_tests::Wisp, wisp_tests::Wisp, wisp_tests::DnsServer) {
+    let wasm = wisp_tests::build_guest("trunk", wisp_tests::TRUNK_GUEST).expect("guest builds");
+    let b_tls = zone_port;
+    let b = WispBuilder::new()
+        .toml(&format!(
+            "{}[[tenant]]\nname = \"trunk\"\ncomponent = \"{}\"\n",
+            tls_listen(b_tls, b_cert, &[], None),
+            wasm.display()
+        ))
+        .start()
+        .expect("wisp B starts");
+    let zone = wisp_tests::Zone::new()
+        .srv(
+            "_sips._tcp.sip.example.test",
+            10,
+            10,
+            b_tls,
+            "b.example.test",
+        )
+        .srv(
+            "_sips._tcp.wrong.example.test",
+            10,
+            10,
+            b_tls,
+            "b.example.test",
+        )
+        .a("b.example.test", std::net::Ipv4Addr::LOCALHOST);
+    let dns = wisp_tests::DnsServer::start(zone).expect("dns");
+    let a_cert = pki.issue("a", "IP:127.0.0.1").expect("certificate");
+    let a = WispBuilder::new()
+        .toml(&format!(
+            "{}[tls]\nca = \"{}\"\n[dns]\nservers = [\"{}\"]\n\
+             [[tenant]]\nname = \"trunk\"\ncomponent = \"{}\"\nparams = {{ NEXT = \"{next}\" }}\n",
+            tls_listen(free_port(), &a_cert, &[], None),
+            pki.ca.display(),
+            dns.addr(),
+            wasm.display()
+        ))
+        .start()
+        .expect("wisp A starts");
+    (a, b, dns)
+}
+
+#[test]
+fn tls_to_a_name_found_by_srv_checks_the_certificate_against_the_name() {
+    let pki = Pki::new().expect("CA");
+    // B's certificate names the domain, not its address.
+    let b_cert = pki.issue("b", "DNS:sip.example.test").expect("certificate");
+    let (a, b, dns) = sips_by_name("sips:sip.example.test", free_port(), &b_cert, &pki);
+    let uas_port = free_port();
+    let uas = wisp_tests::Sipp::uas(
+        wisp_tests::scenario("uas.xml"),
+        wisp_tests::Transport::Udp,
+        uas_port,
+        20,
+    )
+    .spawn()
+    .expect("uas");
+    std::thread::sleep(Duration::from_millis(300));
+    let callee = format!("127.0.0.1:{uas_port}").parse().expect("addr");
+    let outcome = wisp_tests::Sipp::uac(
+        wisp_tests::scenario("uac.xml"),
+        wisp_tests::Transport::Udp,
+        callee,
+        a.addr(),
+        20,
+    )
+    .run()
+    .expect("uac");
+    wisp_tests::assert_all_successful("calls to sips:sip.example.test", &outcome, 20);
+    wisp_tests::assert_all_successful("callee", &uas.wait().expect("uas"), 20);
+    let asked: Vec<String> = dns.asked().iter().map(|q| format!("{q:?}")).collect();
+    assert!(
+        asked
+            .iter()
+            .any(|q| q.contains("_sips._tcp.sip.example.test")),
+        "{asked:?}"
+    );
+    drop(b);
+}
+
+#[test]
+fn tls_to_a_name_the_certificate_does_not_carry_is_refused() {
+    let pki = Pki::new().expect("CA");
+    let b_cert = pki.issue("b", "DNS:sip.example.test").expect("certificate");
+    let (mut a, _b, _dns) = sips_by_name("sips:wrong.example.test", free_port(), &b_cert, &pki);
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let message = request("OPTIONS", "sip:service@192.0.2.1", "Max-Forwards: 70\r\n");
+    client.send_to(message.as_bytes(), a.addr()).expect("send");
+    a.wait_for_log(
+        "not valid for name \"wrong.example.test\"",
+        1,
+        Duration::from_secs(10),
+    )
+    .expect("the handshake fails on the name");
+}

@@ -14,6 +14,10 @@ use crate::{repo_root, wisp_binary, Tenant};
 /// Builds a routing component from Rust source with wisp-sdk, the way a
 /// user would: a cdylib crate built for wasm32-wasip2. Returns the .wasm path.
 pub fn build_guest(name: &str, lib_rs: &str) -> Result<PathBuf> {
+    // Tests of one binary run at once: one build at a time, so that no
+    // test rewrites a crate another is building.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let root = repo_root();
     let crate_dir = root.join("target/e2e-guests/src").join(name);
     std::fs::create_dir_all(crate_dir.join("src"))?;

@@ -73,7 +73,8 @@ pub struct Locate {
     pub port: Option<u16>,
     /// The URI's `transport=` or the Via's transport, if any.
     pub transport: Option<Transport>,
-    /// A sips: URI. wisp has no TLS yet, so locating one fails.
+    /// A sips: URI: TLS targets only, found by NAPTR SIPS+D2T and SRV
+    /// `_sips._tcp`.
     pub secure: bool,
     /// Locating a Via sent-by for a response (RFC 3263 §5): no NAPTR, and
     /// SRV only when there is no port.

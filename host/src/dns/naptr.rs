@@ -22,14 +22,16 @@ pub struct SrvLead {
     pub transport: Transport,
 }
 
-/// The transport a SIP NAPTR service names, if wisp speaks it. "SIPS+D2T"
-/// (TLS), "SIP+D2S" (SCTP) and the WebSocket services are not wisp's
-/// transports (yet), so they are skipped like unknown services.
+/// The transport a SIP NAPTR service names, if wisp speaks it. "SIP+D2S"
+/// (SCTP) and the WebSocket services (no one connects to a browser) are
+/// skipped like unknown services.
 pub fn service_transport(services: &[u8]) -> Option<Transport> {
     if services.eq_ignore_ascii_case(b"SIP+D2U") {
         Some(Transport::Udp)
     } else if services.eq_ignore_ascii_case(b"SIP+D2T") {
         Some(Transport::Tcp)
+    } else if services.eq_ignore_ascii_case(b"SIPS+D2T") {
+        Some(Transport::Tls)
     } else {
         None
     }
@@ -118,7 +120,6 @@ mod tests {
         let mut rewrite = naptr(1, 1, "s", "SIP+D2U", "_sip._udp.rw.test");
         rewrite.regexp = b"!^.*$!sip:x@y!".to_vec();
         let records = vec![
-            naptr(1, 1, "s", "SIPS+D2T", "_sips._tcp.example.test"),
             naptr(1, 2, "s", "SIP+D2S", "_sip._sctp.example.test"),
             naptr(1, 3, "s", "SIP+D2W", "_sip._ws.example.test"),
             naptr(1, 4, "a", "SIP+D2U", "host.example.test"),
@@ -131,6 +132,11 @@ mod tests {
         assert_eq!(
             select(records, 8),
             vec![lead("_sip._tcp.example.test", Transport::Tcp)]
+        );
+        let tls = vec![naptr(1, 1, "s", "SIPS+D2T", "_sips._tcp.example.test")];
+        assert_eq!(
+            select(tls, 8),
+            vec![lead("_sips._tcp.example.test", Transport::Tls)]
         );
     }
 

@@ -29,8 +29,9 @@ pub const MAX_LOOKUPS: usize = 12;
 const MAX_NAPTR: usize = 4;
 /// SRV records followed per SRV name.
 const MAX_SRV: usize = 8;
-/// RFC 3263 §4.2: the default SIP port (5061 for TLS, which wisp lacks).
+/// RFC 3263 §4.2: the default SIP port; 5061 for TLS.
 pub const DEFAULT_PORT: u16 = 5060;
+pub const DEFAULT_TLS_PORT: u16 = 5061;
 
 /// A DNS question; names carry no trailing dot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +88,8 @@ pub struct Procedure {
     fallback: Option<Step>,
     asking: Option<Step>,
     srv_found: bool,
+    /// A sips: URI or `transport=tls`: TLS targets only (RFC 3263 §4.1).
+    secure: bool,
     targets: Vec<Target>,
     lookups: usize,
 }
@@ -107,23 +110,17 @@ impl Procedure {
                 what: "a WebSocket peer by name (only its own connection reaches it)",
             });
         }
-        if query.secure || query.transport == Some(Transport::Tls) {
-            // TLS to a host name (NAPTR SIPS+D2T, SRV _sips._tcp) needs the
-            // name carried to the handshake and checked against the peer's
-            // certificate, which wisp does not do yet (TLS to an IP address
-            // works: the certificate must name the address); falling back
-            // to plain SIP would break the caller's demand for security.
-            return Err(DnsError::Unsupported {
-                name: host.to_string(),
-                what: "TLS to a host name",
-            });
-        }
+        // TLS: NAPTR SIPS+D2T, SRV _sips._tcp, A/AAAA on 5061, and never
+        // a fallback to plain SIP, which would break the demand for
+        // security. (The peer's certificate is checked against `host`.)
+        let secure = query.secure || query.transport == Some(Transport::Tls);
         let mut procedure = Procedure {
             host: host.to_string(),
             steps: VecDeque::new(),
             fallback: None,
             asking: None,
             srv_found: false,
+            secure,
             targets: Vec::new(),
             lookups: 0,
         };
@@ -133,13 +130,47 @@ impl Procedure {
             .unwrap_or(host)
             .parse::<IpAddr>();
         if let Ok(ip) = literal {
+            let transport = match secure {
+                true => Transport::Tls,
+                false => query.transport.unwrap_or(Transport::Udp),
+            };
             procedure.targets.push(Target {
-                transport: query.transport.unwrap_or(Transport::Udp),
-                addr: SocketAddr::new(ip, query.port.unwrap_or(DEFAULT_PORT)),
+                transport,
+                addr: SocketAddr::new(ip, query.port.unwrap_or(transport.default_port())),
             });
             return Ok(procedure);
         }
         let name = host.to_string();
+        if secure {
+            match query.port {
+                Some(port) => procedure.steps.push_back(Step::Address {
+                    name,
+                    port,
+                    transport: Transport::Tls,
+                }),
+                // A response's Via names its transport: SRV only (§5).
+                None if query.response => {
+                    procedure.steps.push_back(Step::Srv {
+                        name: srv_name(Transport::Tls, host),
+                        transport: Transport::Tls,
+                    });
+                    procedure.fallback = Some(Step::Address {
+                        name,
+                        port: DEFAULT_TLS_PORT,
+                        transport: Transport::Tls,
+                    });
+                }
+                None => {
+                    procedure.steps.push_back(Step::Naptr);
+                    procedure.fallback = Some(Step::Address {
+                        name,
+                        port: DEFAULT_TLS_PORT,
+                        transport: Transport::Tls,
+                    });
+                }
+            }
+            return Ok(procedure);
+        }
         match (query.port, query.transport) {
             (Some(port), transport) => procedure.steps.push_back(Step::Address {
                 name,
@@ -210,14 +241,24 @@ impl Procedure {
             // still finds names that only /etc/hosts knows ("localhost").
             (Step::Naptr, Answer::NoName) => {}
             (Step::Naptr, answer) => {
-                let leads = match answer {
+                let leads: Vec<_> = match answer {
                     Answer::Naptr(records) => naptr::select(records, MAX_NAPTR),
                     _ => Vec::new(),
-                };
+                }
+                .into_iter()
+                // §4.1: a sips: URI takes TLS records only; a sip: URI
+                // the others (TLS would need a listener it may lack).
+                .filter(|lead| (lead.transport == Transport::Tls) == self.secure)
+                .collect();
                 if leads.is_empty() {
                     // §4.1: no usable NAPTR: SRV for each transport wisp
                     // supports, UDP first (the RFC leaves the order to us).
-                    for transport in [Transport::Udp, Transport::Tcp] {
+                    let transports: &[Transport] = if self.secure {
+                        &[Transport::Tls]
+                    } else {
+                        &[Transport::Udp, Transport::Tcp]
+                    };
+                    for &transport in transports {
                         self.steps.push_back(Step::Srv {
                             name: srv_name(transport, &self.host),
                             transport,
@@ -290,9 +331,13 @@ impl Procedure {
     }
 }
 
-/// `_sip._udp.example.com` (RFC 3263 §4.2 for sip: URIs).
+/// `_sip._udp.example.com` (RFC 3263 §4.2), `_sips._tcp.example.com`
+/// for TLS.
 fn srv_name(transport: Transport, host: &str) -> String {
-    format!("_sip._{transport}.{host}")
+    match transport {
+        Transport::Tls => format!("_sips._tcp.{host}"),
+        t => format!("_sip._{t}.{host}"),
+    }
 }
 
 #[cfg(test)]
@@ -542,13 +587,48 @@ mod tests {
     }
 
     #[test]
-    fn sips_and_empty_names_are_refused_before_any_lookup() {
+    fn sips_follows_tls_records_only_and_never_falls_back_to_plain_sip() {
         let mut query = locate("example.test");
         query.secure = true;
-        let (asked, result) = run(&query, |_| Answer::Empty);
-        assert!(asked.is_empty());
-        assert!(matches!(result, Err(DnsError::Unsupported { .. })));
+        let (asked, targets) = run(&query, |q| match q {
+            Question::Naptr(_) => Answer::Naptr(vec![
+                naptr(10, "SIP+D2U", "_sip._udp.example.test"),
+                naptr(20, "SIPS+D2T", "_sips._tcp.example.test"),
+            ]),
+            Question::Srv(name) if name == "_sips._tcp.example.test" => {
+                Answer::Srv(vec![srv(1, 5071, "tls.example.test")])
+            }
+            Question::Address(name) if name == "tls.example.test" => Answer::Address(vec![v4(5)]),
+            _ => Answer::Empty,
+        });
+        assert_eq!(
+            asked,
+            vec![
+                Question::Naptr("example.test".into()),
+                Question::Srv("_sips._tcp.example.test".into()),
+                addr_q("tls.example.test"),
+            ]
+        );
+        assert_eq!(targets.unwrap(), vec![target(Transport::Tls, v4(5), 5071)]);
 
+        // No NAPTR, no SRV: A/AAAA on 5061, TLS still.
+        let (asked, targets) = run(&query, |q| match q {
+            Question::Address(_) => Answer::Address(vec![v4(6)]),
+            _ => Answer::Empty,
+        });
+        assert_eq!(
+            asked,
+            vec![
+                Question::Naptr("example.test".into()),
+                Question::Srv("_sips._tcp.example.test".into()),
+                addr_q("example.test"),
+            ]
+        );
+        assert_eq!(targets.unwrap(), vec![target(Transport::Tls, v4(6), 5061)]);
+    }
+
+    #[test]
+    fn empty_names_are_refused_before_any_lookup() {
         let (asked, result) = run(&locate("."), |_| Answer::Empty);
         assert!(asked.is_empty());
         assert!(matches!(result, Err(DnsError::InvalidName(_))));

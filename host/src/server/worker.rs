@@ -12,7 +12,7 @@ use crate::script::Pool;
 use crate::sip::{Host, Message};
 use crate::tenancy::{Tenancy, TenantHooks};
 use crate::transaction::{Timers, Transactions};
-use crate::transport::{Target, Transports};
+use crate::transport::{Target, Transport, Transports};
 
 use super::shard::{Handler, Shard};
 
@@ -112,9 +112,16 @@ impl Worker {
     /// not run hooks.
     fn lookup(&self, id: LookupId, query: Locate) {
         let resolver = self.shared.resolver.clone();
+        let transports = self.shared.transports.clone();
         let shard = self.shard.clone();
         self.shared.runtime.spawn(async move {
             let result = resolver.locate(&query).await.map_err(|e| e.to_string());
+            // TLS targets found by name must prove that name (RFC 5922).
+            for target in result.iter().flatten() {
+                if target.transport == Transport::Tls {
+                    transports.expect_tls_name(target.addr, &query.host);
+                }
+            }
             if let Some(shard) = shard.upgrade() {
                 shard.enqueue(Input::Resolved(id, result));
             }

@@ -376,7 +376,14 @@ pub struct Transports {
     /// QUIC listeners by listener index; each opens our QUIC connections
     /// too.
     quic: Vec<(usize, Arc<quic::QuicListener>)>,
+    /// The name a TLS peer's certificate must carry, by address, when a
+    /// name led to it (RFC 5922: the domain of the URI).
+    tls_names: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<str>>>,
 }
+
+/// TLS peer names remembered at most; past it the oldest are forgotten
+/// wholesale (the next lookup names them again).
+const MAX_TLS_NAMES: usize = 4096;
 
 impl Transports {
     /// Binds every configured listener and starts accepting connections;
@@ -443,6 +450,7 @@ impl Transports {
             tls_servers,
             tls_client: tls::client_config(tls_config.ca.as_deref()).context("[tls] ca")?,
             quic: quic_listeners,
+            tls_names: Default::default(),
         });
         for (index, listener) in &transports.quic {
             tokio::spawn(quic::accept(
@@ -577,6 +585,23 @@ impl Transports {
                 })
             }
         }
+    }
+
+    /// The TLS peer at `addr` was found by looking `name` up: a connection
+    /// we open to it must present a certificate for `name` (and asks for
+    /// it by SNI), not for the address.
+    pub fn expect_tls_name(&self, addr: SocketAddr, name: &str) {
+        let mut names = self.tls_names.lock().unwrap_or_else(|e| e.into_inner());
+        if names.len() >= MAX_TLS_NAMES && !names.contains_key(&addr) {
+            names.clear();
+        }
+        names.insert(addr, Arc::from(name));
+    }
+
+    /// The name a TLS connection to `addr` is for, when a name led to it.
+    fn tls_name(&self, addr: SocketAddr) -> Option<Arc<str>> {
+        let names = self.tls_names.lock().unwrap_or_else(|e| e.into_inner());
+        names.get(&addr).cloned()
     }
 
     /// Stream connections open now.

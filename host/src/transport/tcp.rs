@@ -132,7 +132,14 @@ pub(super) fn connect(
     let writer = opened.writer.clone();
     let limits = transports.connections.limits().clone();
     let inbound = transports.inbound.clone();
-    let tls = (target.transport == Transport::Tls).then(|| transports.tls_client.clone());
+    let tls = (target.transport == Transport::Tls).then(|| {
+        // Known by the name that led to it, else by its address.
+        let name = transports
+            .tls_name(target.addr)
+            .and_then(|n| ServerName::try_from(n.to_string()).ok())
+            .unwrap_or_else(|| ServerName::IpAddress(target.addr.ip().into()));
+        (transports.tls_client.clone(), name)
+    });
     let peer = Peer {
         transport: target.transport,
         remote: target.addr,
@@ -146,7 +153,7 @@ pub(super) fn connect(
 
 async fn open(
     peer: Peer,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     opened: Opened,
     limits: ConnectionLimits,
     inbound: tokio::sync::mpsc::Sender<Inbound>,
@@ -157,12 +164,10 @@ async fn open(
             .await
             .map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
-        let Some(config) = tls else {
+        let Some((config, name)) = tls else {
             return Ok(Connected::Tcp(stream));
         };
-        // The peer is known by its address here: its certificate must
-        // name that IP address.
-        let name = ServerName::IpAddress(remote.ip().into());
+        // Its certificate must be for that name (or address).
         tokio_rustls::TlsConnector::from(config)
             .connect(name, stream)
             .await
