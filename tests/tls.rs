@@ -623,4 +623,13 @@ fn tls_to_a_name_the_certificate_does_not_carry_is_refused() {
         Duration::from_secs(10),
     )
     .expect("the handshake fails on the name");
+    // The request is answered as soon as the connection fails, not when
+    // its transaction times out (32 s).
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0u8; 4096];
+    let (n, _) = client.recv_from(&mut buf).expect("an answer within 5 s");
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    assert!(reply.starts_with("SIP/2.0 503"), "{reply}");
 }

@@ -83,6 +83,18 @@ impl<P> Core<P> {
         self.pump(now, hooks);
     }
 
+    /// A connection to `target` could not be opened: the branches waiting
+    /// on it fail at once (503, or 430 for a flow) and may fail over.
+    pub fn handle_connection_failed<H: Hooks<Pinned = P>>(
+        &mut self,
+        now: Instant,
+        target: Target,
+        hooks: &mut H,
+    ) {
+        self.fx.txs.handle_connection_failed(now, target);
+        self.pump(now, hooks);
+    }
+
     /// The answer to lookup `id`: the targets to try in order, or why
     /// there are none.
     pub fn handle_resolved<H: Hooks<Pinned = P>>(

@@ -870,3 +870,62 @@ fn a_flow_that_is_gone_fails_the_branch_with_430() {
         .collect();
     assert_eq!(up, vec!["430"], "{sent:?}");
 }
+
+#[test]
+fn a_connection_that_cannot_be_opened_fails_its_branches_at_once() {
+    let with_tcp = || {
+        let mut p = Proxy::new(relay_to("192.0.2.10:5060;transport=tcp"));
+        let listeners = [Transport::Udp, Transport::Tcp].map(|transport| Listener {
+            transport,
+            local: addr("127.0.0.1:5060"),
+            advertise: None,
+        });
+        p.core = Core::new(
+            Transactions::new(Timers::default()),
+            Arc::new(Locality::new(listeners.to_vec(), vec![])),
+            "z9hG4bKtest.".into(),
+        );
+        p
+    };
+    let mut p = with_tcp();
+    p.recv(0, CALLER, invite());
+    let tcp = Target {
+        transport: Transport::Tcp,
+        addr: addr(UAS_A),
+    };
+    let sent = p.sent();
+    assert!(sent.iter().any(|(t, m)| *t == tcp && line(m) == "INVITE"));
+    // The driver could not connect: no waiting for Timer B (32 s).
+    let now = p.at(5);
+    p.core.handle_connection_failed(now, tcp, &mut p.hooks);
+    let up: Vec<_> = p
+        .sent()
+        .iter()
+        .filter(|(t, _)| t.addr == addr(CALLER))
+        .map(|(_, m)| line(m))
+        .collect();
+    assert_eq!(up, vec!["503"]);
+    // Another target's failure touches nothing.
+    let mut p = with_tcp();
+    p.recv(0, CALLER, invite());
+    p.sent();
+    let other = Target {
+        transport: Transport::Tcp,
+        addr: addr(UAS_B),
+    };
+    let now = p.at(5);
+    p.core.handle_connection_failed(now, other, &mut p.hooks);
+    assert!(p.sent().is_empty());
+    p.advance(31_000);
+    let late: Vec<_> = p
+        .sent()
+        .iter()
+        .filter(|(t, _)| t.addr == addr(CALLER))
+        .map(|(_, m)| line(m))
+        .collect();
+    // (the 408 is retransmitted to the UDP caller until its ACK)
+    assert!(
+        !late.is_empty() && late.iter().all(|l| l == "408"),
+        "the untouched branch waits for its timer: {late:?}"
+    );
+}

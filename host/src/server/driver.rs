@@ -53,6 +53,18 @@ impl Dispatcher {
                 .collect(),
             shared: shared.clone(),
         });
+        // Every shard may have sent to a connection that failed to open:
+        // each is told (rare), and the timer thread hands it over.
+        let told = Arc::downgrade(&dispatcher);
+        shared
+            .transports
+            .on_connect_failed(Arc::new(move |target: Target| {
+                if let Some(dispatcher) = told.upgrade() {
+                    for shard in &dispatcher.shards {
+                        shard.enqueue(Input::ConnectFailed(target));
+                    }
+                }
+            }));
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         shared
             .transports

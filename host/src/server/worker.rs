@@ -33,6 +33,8 @@ pub(super) enum Input {
     Message(Message, Source),
     /// The answer to a lookup the core asked for.
     Resolved(LookupId, Result<Vec<Target>, String>),
+    /// A connection to this target could not be opened.
+    ConnectFailed(Target),
 }
 
 pub(super) struct Worker {
@@ -138,6 +140,10 @@ impl Handler for Worker {
             Input::Message(msg, source) => self.core.handle(now, msg, source, &mut self.hooks),
             Input::Resolved(id, result) => {
                 self.core.handle_resolved(now, id, result, &mut self.hooks)
+            }
+            Input::ConnectFailed(target) => {
+                self.core
+                    .handle_connection_failed(now, target, &mut self.hooks)
             }
         }
         self.flush(now);

@@ -525,6 +525,26 @@ impl Transactions {
         }
     }
 
+    /// A connection to `target` could not be opened: every client
+    /// transaction sent to it and still waiting for a first response fails
+    /// as its send would have (§17.1.4), rather than waiting for Timer B
+    /// or F on a reliable transport that will never deliver.
+    pub fn handle_connection_failed(&mut self, now: Instant, target: Target) {
+        let failed: Vec<TxId> = self
+            .txs
+            .iter()
+            .filter(|(_, tx)| {
+                tx.target == target
+                    && matches!(tx.kind(), Kind::InviteClient | Kind::NonInviteClient)
+                    && matches!(tx.state(), State::Calling | State::Trying)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for tx in failed {
+            self.handle_transport_error(now, tx);
+        }
+    }
+
     /// Ends a transaction the TU handles without state (a request it
     /// forwarded statelessly, or dropped): [`Event::Terminated`] and it is
     /// gone, so a retransmission of the request is a new request again.

@@ -379,7 +379,14 @@ pub struct Transports {
     /// The name a TLS peer's certificate must carry, by address, when a
     /// name led to it (RFC 5922: the domain of the URI).
     tls_names: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<str>>>,
+    /// Told when a connection we opened could not be established.
+    connect_failed: std::sync::OnceLock<ConnectFailed>,
 }
+
+/// What is told of a connection that could not be opened (its target):
+/// the messages queued for it are lost, and whoever sent them should not
+/// wait for answers.
+pub type ConnectFailed = Arc<dyn Fn(Target) + Send + Sync>;
 
 /// TLS peer names remembered at most; past it the oldest are forgotten
 /// wholesale (the next lookup names them again).
@@ -451,6 +458,7 @@ impl Transports {
             tls_client: tls::client_config(tls_config.ca.as_deref()).context("[tls] ca")?,
             quic: quic_listeners,
             tls_names: Default::default(),
+            connect_failed: std::sync::OnceLock::new(),
         });
         for (index, listener) in &transports.quic {
             tokio::spawn(quic::accept(
@@ -585,6 +593,16 @@ impl Transports {
                 })
             }
         }
+    }
+
+    /// Whom to tell when a connection we open cannot be established (set
+    /// once, by the server).
+    pub fn on_connect_failed(&self, report: ConnectFailed) {
+        let _ = self.connect_failed.set(report);
+    }
+
+    fn report_connect_failed(&self) -> Option<ConnectFailed> {
+        self.connect_failed.get().cloned()
     }
 
     /// The TLS peer at `addr` was found by looking `name` up: a connection

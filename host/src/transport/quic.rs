@@ -147,6 +147,7 @@ pub(super) fn connect(
         remote: target.addr,
         listener,
     };
+    let report = transports.report_connect_failed();
     transports.runtime.spawn(async move {
         let remote = peer.remote;
         // The peer is known by its address: its certificate must name it.
@@ -165,6 +166,9 @@ pub(super) fn connect(
             Err(err) => {
                 tracing::info!(%remote, transport = "quic", %err, "connecting failed");
                 opened.slot.close(Reason::ConnectFailed);
+                if let Some(report) = report {
+                    report(target);
+                }
             }
         }
     });

@@ -145,9 +145,10 @@ pub(super) fn connect(
         remote: target.addr,
         listener,
     };
+    let report = transports.report_connect_failed();
     transports
         .runtime
-        .spawn(open(peer, tls, opened, limits, inbound));
+        .spawn(open(peer, tls, opened, limits, inbound, report));
     Ok(writer)
 }
 
@@ -157,8 +158,13 @@ async fn open(
     opened: Opened,
     limits: ConnectionLimits,
     inbound: tokio::sync::mpsc::Sender<Inbound>,
+    report: Option<super::ConnectFailed>,
 ) {
     let remote = peer.remote;
+    let target = Target {
+        transport: peer.transport,
+        addr: remote,
+    };
     let connecting = async {
         let stream = TcpStream::connect(remote)
             .await
@@ -184,10 +190,16 @@ async fn open(
         Ok(Err(err)) => {
             tracing::info!(%remote, transport = %peer.transport, %err, "connecting failed");
             opened.slot.close(Reason::ConnectFailed);
+            if let Some(report) = report {
+                report(target);
+            }
         }
         Err(_) => {
             tracing::info!(%remote, transport = %peer.transport, "connecting timed out");
             opened.slot.close(Reason::ConnectFailed);
+            if let Some(report) = report {
+                report(target);
+            }
         }
     }
 }
