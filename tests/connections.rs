@@ -144,3 +144,71 @@ fn limits_refuse_and_close_what_passes_them_and_no_more() {
         assert!(options(&wisp, stream).starts_with("SIP/2.0 200"));
     }
 }
+
+/// A trunk wisp relaying everything over TCP to 127.0.0.1:`next`, where
+/// nobody listens: what reaches `next` can only come through an alias.
+fn relaying_over_tcp_to(next: u16) -> Wisp {
+    let wasm = wisp_tests::build_guest("trunk", wisp_tests::TRUNK_GUEST).expect("guest builds");
+    WispBuilder::new()
+        .toml(&format!(
+            "[[tenant]]\nname = \"trunk\"\ncomponent = \"{}\"\n\
+             params = {{ NEXT = \"sip:127.0.0.1:{next};transport=tcp\" }}\n",
+            wasm.display()
+        ))
+        .start()
+        .expect("wisp starts")
+}
+
+/// An OPTIONS whose Via names `sent_by`, with `;alias` when asked.
+fn options_via(sent_by: u16, alias: bool, n: u32) -> String {
+    let param = if alias { ";alias" } else { "" };
+    format!(
+        "OPTIONS sip:peer@127.0.0.1:{sent_by};transport=tcp SIP/2.0\r\n\
+         Via: SIP/2.0/TCP 127.0.0.1:{sent_by};branch=z9hG4bKalias{n}{param}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:peer@127.0.0.1>;tag=1\r\n\
+         To: <sip:peer@127.0.0.1>\r\n\
+         Call-ID: alias-{n}@test\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+#[test]
+fn a_via_alias_makes_the_connection_carry_requests_to_its_sent_by() {
+    let listens = wisp_tests::free_port();
+    let wisp = relaying_over_tcp_to(listens);
+    let to_wisp = SocketAddr::from(([127, 0, 0, 1], wisp.port));
+
+    // Without alias: wisp must connect to `listens`, which nobody does.
+    let mut plain = TcpStream::connect(to_wisp).expect("connect");
+    plain.set_read_timeout(Some(WAIT)).expect("timeout");
+    plain
+        .write_all(options_via(listens, false, 1).as_bytes())
+        .expect("send");
+    let reply = read_reply(&mut plain);
+    assert!(reply.starts_with("SIP/2.0 503"), "{reply}");
+
+    // With alias (RFC 5923): the request wisp relays to the sent-by comes
+    // back on this very connection.
+    let mut aliased = TcpStream::connect(to_wisp).expect("connect");
+    aliased.set_read_timeout(Some(WAIT)).expect("timeout");
+    aliased
+        .write_all(options_via(listens, true, 2).as_bytes())
+        .expect("send");
+    let relayed = read_reply(&mut aliased);
+    assert!(
+        relayed.starts_with(&format!("OPTIONS sip:peer@127.0.0.1:{listens}")),
+        "{relayed}"
+    );
+    // Closed, the connection takes its alias with it.
+    drop(aliased);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut again = TcpStream::connect(to_wisp).expect("connect");
+    again.set_read_timeout(Some(WAIT)).expect("timeout");
+    again
+        .write_all(options_via(listens, false, 3).as_bytes())
+        .expect("send");
+    let reply = read_reply(&mut again);
+    assert!(reply.starts_with("SIP/2.0 503"), "{reply}");
+}

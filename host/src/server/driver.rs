@@ -107,7 +107,23 @@ impl Dispatcher {
         }
     }
 
-    /// Messages from TCP connections, until the transports close.
+    /// RFC 5923: a request whose Via asks `alias` makes its connection
+    /// carry what wisp sends to the Via's sent-by (an IP address and
+    /// port; a name is not looked up for it).
+    fn alias(&self, msg: &Message, message: &Inbound) {
+        let Ok(via) = msg.top_via() else { return };
+        if !via.alias() {
+            return;
+        }
+        let Some(ip) = via.host.ip() else { return };
+        let sent_by =
+            std::net::SocketAddr::new(ip, via.port.unwrap_or(message.transport.default_port()));
+        self.shared
+            .transports
+            .alias(message.transport, message.remote, sent_by);
+    }
+
+    /// Messages from stream connections, until the transports close.
     fn serve_streams(&self, mut streams: mpsc::Receiver<Inbound>) {
         while let Some(message) = streams.blocking_recv() {
             if let Some(sorted) = Datagrams::sort(self, message) {
@@ -133,6 +149,9 @@ impl Datagrams for Dispatcher {
     fn sort(&self, message: Inbound) -> Option<Sorted> {
         match sip::parse(message.data.clone()) {
             Ok(msg) => {
+                if message.transport.is_stream() && msg.is_request() {
+                    self.alias(&msg, &message);
+                }
                 let shard = shard_of(&msg, self.shards.len());
                 let source = Source::from(&message);
                 self.shards[shard]

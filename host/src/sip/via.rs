@@ -129,6 +129,11 @@ impl Via {
         self.param("branch").flatten()
     }
 
+    /// Whether the `alias` parameter (RFC 5923) is there.
+    pub fn alias(&self) -> bool {
+        self.param("alias").is_some()
+    }
+
     /// The received parameter (as written; an IPv6 address keeps brackets).
     pub fn received(&self) -> Option<&str> {
         self.param("received").flatten()

@@ -192,6 +192,9 @@ struct Entry {
 #[derive(Default)]
 struct Table {
     by_peer: HashMap<Key, Entry>,
+    /// RFC 5923: another address a connection answers for (the sent-by
+    /// of its peer's Via `alias`), to the connection's key and id.
+    aliases: HashMap<Key, (Key, u64)>,
     /// Accepted connections by source address.
     per_ip: HashMap<IpAddr, usize>,
     open: usize,
@@ -239,12 +242,42 @@ impl Connections {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The writer of the open connection to `peer`, if any.
+    /// The writer of the open connection to `peer` (or aliased to it),
+    /// if any.
     pub fn get(&self, transport: Transport, peer: SocketAddr) -> Option<Writer> {
-        self.lock()
+        let table = self.lock();
+        let key = (transport, peer);
+        if let Some(e) = table.by_peer.get(&key) {
+            return Some(e.writer.clone());
+        }
+        let (real, id) = table.aliases.get(&key)?;
+        table
             .by_peer
-            .get(&(transport, peer))
+            .get(real)
+            .filter(|e| e.id == *id)
             .map(|e| e.writer.clone())
+    }
+
+    /// RFC 5923: the connection from `remote` may also carry what is sent
+    /// to `alias` (its peer listens there). Only an alias on the peer's own
+    /// IP address is taken, so that no peer can draw to itself what wisp
+    /// sends to another machine; an open connection to `alias` itself
+    /// keeps precedence. Aliases go with their connection.
+    pub fn alias(&self, transport: Transport, remote: SocketAddr, alias: SocketAddr) -> bool {
+        if alias == remote || alias.ip() != remote.ip() {
+            return false;
+        }
+        let mut table = self.lock();
+        let Some(id) = table.by_peer.get(&(transport, remote)).map(|e| e.id) else {
+            return false;
+        };
+        if table.aliases.len() >= self.limits.max {
+            return false;
+        }
+        table
+            .aliases
+            .insert((transport, alias), ((transport, remote), id));
+        true
     }
 
     /// A connection accepted from `remote`, within `max` and `max_per_ip`.
@@ -358,6 +391,10 @@ impl Drop for Slot {
         {
             table.by_peer.remove(&self.key);
         }
+        let (key, id) = (self.key, self.id);
+        if !table.aliases.is_empty() {
+            table.aliases.retain(|_, real| *real != (key, id));
+        }
         table.open -= 1;
         if self.accepted {
             let ip = self.key.1.ip();
@@ -421,6 +458,25 @@ mod tests {
             .admit(Transport::Tcp, addr("10.0.0.1:1003"))
             .expect("room again");
         assert!(c.lock().per_ip.len() == 2);
+    }
+
+    #[test]
+    fn an_alias_on_the_peers_own_address_carries_its_messages_while_it_lasts() {
+        let c = connections(10, 10, 1024);
+        let peer = addr("10.0.0.1:40000");
+        let listens = addr("10.0.0.1:5060");
+        let opened = c.admit(Transport::Tls, peer).expect("admit");
+        assert!(
+            !c.alias(Transport::Tls, peer, addr("10.0.0.2:5060")),
+            "another machine"
+        );
+        assert!(c.get(Transport::Tls, listens).is_none());
+        assert!(c.alias(Transport::Tls, peer, listens));
+        assert!(c.get(Transport::Tls, listens).is_some());
+        assert!(c.get(Transport::Tcp, listens).is_none(), "per transport");
+        opened.slot.close(Reason::Peer);
+        assert!(c.get(Transport::Tls, listens).is_none());
+        assert!(c.lock().aliases.is_empty());
     }
 
     #[test]

@@ -622,6 +622,13 @@ impl Transports {
         names.get(&addr).cloned()
     }
 
+    /// RFC 5923: a message from `remote` on a connection asked (Via
+    /// `alias`) that what wisp sends to `alias` go on that connection;
+    /// see [`Connections::alias`] for what is taken.
+    pub fn alias(&self, transport: Transport, remote: SocketAddr, alias: SocketAddr) -> bool {
+        transport.is_stream() && self.connections.alias(transport, remote, alias)
+    }
+
     /// Stream connections open now.
     pub fn open_connections(&self) -> usize {
         self.connections.open_count()
