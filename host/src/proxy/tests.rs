@@ -714,53 +714,44 @@ fn lookups_waiting_are_bounded() {
     assert_eq!(last, vec![pair(CALLER, "503")]);
 }
 
+/// Listeners on 127.0.0.1: each transport at its port.
+fn listeners(of: &[(Transport, u16)]) -> Vec<Listener> {
+    of.iter()
+        .map(|&(transport, port)| Listener {
+            transport,
+            local: SocketAddr::from(([127, 0, 0, 1], port)),
+            advertise: None,
+        })
+        .collect()
+}
+
+impl Proxy {
+    /// A proxy on these listeners instead of UDP alone.
+    fn on(mut self, listeners: Vec<Listener>) -> Proxy {
+        self.core = Core::new(
+            Transactions::new(Timers::default()),
+            Arc::new(Locality::new(listeners, vec![])),
+            "z9hG4bKtest.".into(),
+        );
+        self
+    }
+}
+
+const UDP_AND_WS: &[(Transport, u16)] = &[(Transport::Udp, 5060), (Transport::Ws, 8080)];
+
 /// A proxy with a UDP and a WebSocket listener, relaying a UDP caller's
 /// INVITE to a browser on its flow (as `registrar.lookup` would).
 fn to_a_browser(browser: Target) -> Proxy {
-    let locality = Locality::new(
-        vec![
-            Listener {
-                transport: Transport::Udp,
-                local: addr("127.0.0.1:5060"),
-                advertise: None,
-            },
-            Listener {
-                transport: Transport::Ws,
-                local: addr("127.0.0.1:8080"),
-                advertise: None,
-            },
-        ],
-        vec![],
-    );
-    let mut proxy = Proxy::new(Box::new(move |req: &mut RequestCtx| {
+    let locality = Locality::new(listeners(UDP_AND_WS), vec![]);
+    Proxy::new(Box::new(move |req: &mut RequestCtx| {
         req.record_route = true;
         // An in-dialog request follows our Route entries (and the flow
         // token in them); an initial one goes to the binding's flow.
-        let routed = loose_route(&mut req.msg, &Locality::new(locality_listeners(), vec![]));
+        let routed = loose_route(&mut req.msg, &locality);
         req.dst_uri = Some(routed.flow.unwrap_or(browser).uri());
         vec![Action::Relay { destination: None }]
-    }));
-    proxy.core = Core::new(
-        Transactions::new(Timers::default()),
-        Arc::new(locality),
-        "z9hG4bKtest.".into(),
-    );
-    proxy
-}
-
-fn locality_listeners() -> Vec<Listener> {
-    vec![
-        Listener {
-            transport: Transport::Udp,
-            local: addr("127.0.0.1:5060"),
-            advertise: None,
-        },
-        Listener {
-            transport: Transport::Ws,
-            local: addr("127.0.0.1:8080"),
-            advertise: None,
-        },
-    ]
+    }))
+    .on(listeners(UDP_AND_WS))
 }
 
 fn ws(text: &str) -> Target {
@@ -874,18 +865,8 @@ fn a_flow_that_is_gone_fails_the_branch_with_430() {
 #[test]
 fn a_connection_that_cannot_be_opened_fails_its_branches_at_once() {
     let with_tcp = || {
-        let mut p = Proxy::new(relay_to("192.0.2.10:5060;transport=tcp"));
-        let listeners = [Transport::Udp, Transport::Tcp].map(|transport| Listener {
-            transport,
-            local: addr("127.0.0.1:5060"),
-            advertise: None,
-        });
-        p.core = Core::new(
-            Transactions::new(Timers::default()),
-            Arc::new(Locality::new(listeners.to_vec(), vec![])),
-            "z9hG4bKtest.".into(),
-        );
-        p
+        Proxy::new(relay_to("192.0.2.10:5060;transport=tcp"))
+            .on(listeners(&[(Transport::Udp, 5060), (Transport::Tcp, 5060)]))
     };
     let mut p = with_tcp();
     p.recv(0, CALLER, invite());
