@@ -177,7 +177,7 @@ async fn given_transport_and_responses_skip_naptr() {
 }
 
 #[tokio::test]
-async fn unknown_name_is_an_error_and_sips_unsupported() {
+async fn unknown_name_is_an_error_and_sips_never_takes_plain_sip() {
     let dns = DnsServer::start(sip_zone()).expect("dns server");
     let resolver = resolver(dns.addr());
     let result = resolver.locate(&locate("nowhere.test")).await;
@@ -186,13 +186,19 @@ async fn unknown_name_is_an_error_and_sips_unsupported() {
         "{result:?}"
     );
 
+    // example.test has SIP records for UDP and TCP only: a sips: URI
+    // finds no target rather than falling back to plain SIP.
     let mut query = locate("example.test");
     query.secure = true;
     let result = resolver.locate(&query).await;
     assert!(
-        matches!(result, Err(DnsError::Unsupported { .. })),
+        matches!(&result, Err(DnsError::NoRecords(name)) if name == "example.test"),
         "{result:?}"
     );
+    assert!(dns
+        .asked()
+        .iter()
+        .any(|q| format!("{q:?}").contains("_sips._tcp.example.test")));
 }
 
 #[tokio::test]

@@ -201,12 +201,15 @@ impl Effects {
 
     /// Makes a request routed to its next hop ready to leave towards
     /// `target`: Record-Route if asked, our Via with `branch` on top.
+    /// `to_flow`: the target is a flow (RFC 5626), the connection the
+    /// peer opened, as a binding of an outbound registration names it.
     pub(super) fn prepare(
         &self,
         mut msg: Message,
         record_route: bool,
         source: &Source,
         target: Target,
+        to_flow: bool,
         branch: &str,
     ) -> Result<Message, String> {
         if is_unroutable(target.addr.ip()) {
@@ -215,7 +218,7 @@ impl Effects {
         let out = listener_for(self.locality.listeners(), &target).map_err(|e| e.to_string())?;
         let me = self.locality.address_towards(out, target.addr.ip());
         if record_route {
-            self.record_route(&mut msg, source, out, &me, target)?;
+            self.record_route(&mut msg, source, out, &me, target, to_flow)?;
         }
         let via = format!(
             "SIP/2.0/{} {me};branch={branch};rport",
@@ -229,8 +232,9 @@ impl Effects {
     /// Adds our Record-Route; twice when the request changes listener
     /// (transport or address family), so that each side of the dialog
     /// reaches us on the socket it knows (Kamailio's double RR). The
-    /// entry facing a WebSocket peer carries the token of its flow, so
-    /// both entries are there whenever one side is a flow.
+    /// entry facing a flow — a WebSocket peer, or a peer on a stream whose
+    /// Contact says `ob` (RFC 5626 §5.3) — carries the token of its flow,
+    /// so both entries are there whenever one side is a flow.
     fn record_route(
         &self,
         msg: &mut Message,
@@ -238,8 +242,11 @@ impl Effects {
         out: usize,
         me: &str,
         target: Target,
+        to_flow: bool,
     ) -> Result<(), String> {
-        let inbound_flow = flow::needs_token(source.transport).then_some(Target {
+        let from_flow = flow::needs_token(source.transport)
+            || source.transport.is_stream() && contact_says_ob(msg);
+        let inbound_flow = from_flow.then_some(Target {
             transport: source.transport,
             addr: source.remote,
         });
@@ -251,13 +258,23 @@ impl Effects {
             msg.prepend_header(HeaderName::RecordRoute, &value)
                 .map_err(|e| e.to_string())?;
         }
-        let outbound_flow = flow::needs_token(target.transport).then_some(target);
+        let outbound_flow = (to_flow || flow::needs_token(target.transport)).then_some(target);
         msg.prepend_header(
             HeaderName::RecordRoute,
             &rr_value(me, target.transport, outbound_flow),
         )
         .map_err(|e| e.to_string())
     }
+}
+
+/// Whether the request's Contact URI has `ob`: its UA keeps the
+/// connection as a flow (RFC 5626 §5.3).
+fn contact_says_ob(msg: &Message) -> bool {
+    msg.values(&HeaderName::Contact)
+        .next()
+        .filter(|c| crate::sip::mentions(c, "ob"))
+        .and_then(|c| crate::sip::NameAddr::parse(c).ok())
+        .is_some_and(|c| c.uri.param("ob").is_some())
 }
 
 /// Record-Route value naming us on one socket, with the flow token of the

@@ -67,6 +67,8 @@ struct Branch {
     /// branches go to one address and never hold one, and a relay's
     /// branches live as long as its transaction (32 s over UDP).
     retry: Option<Box<Retry>>,
+    /// Its target is a flow (RFC 5626): the connection the peer opened.
+    flow: bool,
 }
 
 struct Retry {
@@ -253,7 +255,13 @@ impl<P> Relay<P> {
             }
         };
         match hop.literal_target() {
-            Some(target) => (Branch::default(), Next::Send(msg, target)),
+            Some(target) => (
+                Branch {
+                    flow: hop.flow,
+                    ..Branch::default()
+                },
+                Next::Send(msg, target),
+            ),
             None => {
                 let branch = Branch {
                     retry: Some(Box::new(Retry {
@@ -480,7 +488,9 @@ impl<P> Relay<P> {
         // client's connection, which only the client can open again)
         // failed for good.
         let (code, reason) = match branch.target {
-            Some(t) if code == 503 && !t.transport.can_connect() => (430, "Flow Failed"),
+            Some(t) if code == 503 && (branch.flow || !t.transport.can_connect()) => {
+                (430, "Flow Failed")
+            }
             _ => (code, reason),
         };
         if branch.can_fail_over() && !(self.canceled || self.final_sent) {
@@ -660,7 +670,7 @@ fn send_branch(
     source: &super::request::Source,
 ) -> bool {
     let via_branch = fx.next_branch();
-    let msg = match fx.prepare(msg, record_route, source, target, &via_branch) {
+    let msg = match fx.prepare(msg, record_route, source, target, branch.flow, &via_branch) {
         Ok(msg) => msg,
         Err(err) => {
             tracing::info!(%err, "cannot send a branch to this target");

@@ -100,6 +100,7 @@ pub(super) fn response_destination(via: &Via) -> Result<Destination, String> {
         transport: Some(transport),
         host,
         port: Some(port),
+        flow: false,
     })
 }
 

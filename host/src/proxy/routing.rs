@@ -92,6 +92,9 @@ pub struct Destination {
     pub transport: Option<Transport>,
     pub host: Host,
     pub port: Option<u16>,
+    /// A flow (RFC 5626, the URI's `ob` parameter, as a binding's
+    /// `received` has it): the connection the peer opened.
+    pub flow: bool,
 }
 
 impl Destination {
@@ -146,6 +149,7 @@ impl Destination {
             transport,
             host,
             port: uri.port,
+            flow: uri.param("ob").is_some(),
         })
     }
 

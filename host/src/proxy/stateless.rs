@@ -44,9 +44,14 @@ impl<P> Core<P> {
         let hop = next_hop(&mut msg, destination.as_deref());
         let sent = hop.and_then(|hop| match hop.literal_target() {
             Some(target) => {
-                let msg = self
-                    .fx
-                    .prepare(msg, req.record_route, &req.source, target, &branch)?;
+                let msg = self.fx.prepare(
+                    msg,
+                    req.record_route,
+                    &req.source,
+                    target,
+                    hop.flow,
+                    &branch,
+                )?;
                 self.fx.send(target, msg.to_bytes());
                 Ok(())
             }
@@ -88,7 +93,7 @@ impl<P> Core<P> {
                 .ok_or_else(|| "no target".to_owned())?;
             let msg = self
                 .fx
-                .prepare(msg, req.record_route, &req.source, target, branch)?;
+                .prepare(msg, req.record_route, &req.source, target, false, branch)?;
             self.fx.send(target, msg.to_bytes());
             Ok(())
         });

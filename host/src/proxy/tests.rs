@@ -910,3 +910,74 @@ fn a_connection_that_cannot_be_opened_fails_its_branches_at_once() {
         "the untouched branch waits for its timer: {late:?}"
     );
 }
+
+#[test]
+fn outbound_flows_on_tcp_get_tokens_and_430() {
+    // A TCP caller whose Contact says `ob` (RFC 5626), relayed to a TCP
+    // callee's flow (a binding's received URI with `;ob`).
+    let callee = Target {
+        transport: Transport::Tcp,
+        addr: addr("192.0.2.60:40111"),
+    };
+    let route: RouteScript = Box::new(move |req: &mut RequestCtx| {
+        req.record_route = true;
+        req.dst_uri = Some(format!("{};ob", callee.uri()));
+        vec![Action::Relay { destination: None }]
+    });
+    let mut p = Proxy::new(route).on(listeners(&[(Transport::Tcp, 5060)]));
+    let caller = Source {
+        transport: Transport::Tcp,
+        remote: addr("192.0.2.61:40222"),
+        listener: 0,
+    };
+    let invite = msg("INVITE sip:bob@127.0.0.1 SIP/2.0\n\
+         Via: SIP/2.0/TCP 192.0.2.61:40222;branch=z9hG4bKob1\n\
+         Max-Forwards: 70\n\
+         From: <sip:alice@example.org>;tag=a1\n\
+         To: <sip:bob@example.com>\n\
+         Call-ID: ob-1@example.org\n\
+         CSeq: 1 INVITE\n\
+         Contact: <sip:alice@10.0.0.5:5060;transport=tcp;ob>\n\
+         Content-Length: 0\n\n");
+    let now = p.at(0);
+    p.core.handle(now, invite, caller, &mut p.hooks);
+    let mut failed = None;
+    let mut rr = Vec::new();
+    while let Some(t) = p.core.poll_transmit() {
+        if t.target == callee {
+            failed = t.tx;
+            let out = parse(t.data).expect("parses");
+            rr = out
+                .values(&HeaderName::RecordRoute)
+                .map(str::to_owned)
+                .collect();
+        }
+    }
+    assert_eq!(rr.len(), 2, "{rr:?}");
+    let token = |entry: &str| {
+        entry
+            .strip_prefix("<sip:")
+            .and_then(|e| e.split_once('@'))
+            .and_then(|(user, _)| flow::flow_of(user))
+    };
+    assert_eq!(token(&rr[0]), Some(callee), "{rr:?}");
+    assert_eq!(
+        token(&rr[1]),
+        Some(Target {
+            transport: Transport::Tcp,
+            addr: caller.remote
+        }),
+        "{rr:?}"
+    );
+    // The callee's connection is gone: 430, not 503.
+    let now = p.at(1);
+    let tx = failed.expect("sent on a transaction");
+    p.core.handle_transport_error(now, tx, &mut p.hooks);
+    let up: Vec<_> = p
+        .sent()
+        .iter()
+        .filter(|(t, _)| t.addr == caller.remote)
+        .map(|(_, m)| line(m))
+        .collect();
+    assert_eq!(up, vec!["430"]);
+}

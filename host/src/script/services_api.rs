@@ -163,8 +163,24 @@ impl registrar::Host for HostState {
         // Where it came from is where its requests go: behind NAT when the
         // script says so, and always on a flow (a WebSocket, whose Contact
         // host is `*.invalid`, RFC 7118 §5.2: only that connection reaches it).
-        let received = (options.nat || !ctx.source.transport.can_connect())
-            .then(|| nathelper::received_uri(ctx.source.remote, ctx.source.transport));
+        // An outbound registration (RFC 5626: a Contact with reg-id) on a
+        // connection is a flow too; `;ob` marks its received URI so that
+        // calls to it record-route with a flow token and fail with 430.
+        let outbound = ctx.source.transport.is_stream()
+            && ctx
+                .msg
+                .values(&HeaderName::Contact)
+                .filter_map(|c| crate::sip::NameAddr::parse(c).ok())
+                .any(|c| c.param("reg-id").is_some());
+        let flow = !ctx.source.transport.can_connect() || outbound;
+        let received = (options.nat || flow).then(|| {
+            let uri = nathelper::received_uri(ctx.source.remote, ctx.source.transport);
+            if flow {
+                format!("{uri};ob")
+            } else {
+                uri
+            }
+        });
         let now = location::unix_now();
         let started = Instant::now();
         let saved = location::save(
