@@ -132,6 +132,7 @@ fn request(method: &str, uri: &str, n: u32) -> RequestCtx {
             transport: Transport::Udp,
             remote: "127.0.0.1:5070".parse().expect("addr"),
             listener: 0,
+            trusted: false,
         },
     )
 }

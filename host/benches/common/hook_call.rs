@@ -63,6 +63,7 @@ fn request(text: String) -> RequestCtx {
             transport: Transport::Udp,
             remote: CALLER.parse().expect("caller address"),
             listener: 0,
+            trusted: false,
         },
     )
 }

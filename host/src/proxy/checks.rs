@@ -90,6 +90,7 @@ mod tests {
                 transport: crate::transport::Transport::Udp,
                 remote: "192.0.2.1:5060".parse().expect("addr"),
                 listener: 0,
+                trusted: false,
             },
         )
     }

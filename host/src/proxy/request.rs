@@ -69,6 +69,9 @@ pub struct Source {
     pub transport: Transport,
     pub remote: std::net::SocketAddr,
     pub listener: usize,
+    /// Whether `remote` is one of the configured trusted sources: exempt
+    /// from per-source limits, and trusted by routing without proof.
+    pub trusted: bool,
 }
 
 impl From<&Inbound> for Source {
@@ -77,6 +80,7 @@ impl From<&Inbound> for Source {
             transport: inbound.transport,
             remote: inbound.remote,
             listener: inbound.listener,
+            trusted: false,
         }
     }
 }

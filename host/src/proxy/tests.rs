@@ -190,6 +190,7 @@ impl Proxy {
             transport: Transport::Udp,
             remote: addr(from),
             listener: 0,
+            trusted: false,
         };
         let now = self.at(ms);
         self.core.handle(now, message, source, &mut self.hooks);
@@ -929,6 +930,7 @@ fn outbound_flows_on_tcp_get_tokens_and_430() {
         transport: Transport::Tcp,
         remote: addr("192.0.2.61:40222"),
         listener: 0,
+        trusted: false,
     };
     let invite = msg("INVITE sip:bob@127.0.0.1 SIP/2.0\n\
          Via: SIP/2.0/TCP 192.0.2.61:40222;branch=z9hG4bKob1\n\
