@@ -19,7 +19,7 @@ use crate::tenancy::{
     self, ConfigSource, ReloadConfig, RoutingConfig, TenancyConfig, TenantConfig,
 };
 use crate::transaction::Timers;
-use crate::transport::{Listen, Transports};
+use crate::transport::{FloodConfig, Listen, Transports, Trusted};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +41,9 @@ pub struct Config {
     /// Transaction timers (RFC 3261 table 4), in milliseconds.
     #[serde(default)]
     pub timers: Timers,
+    /// What the proxy core lets a request cost: hops, forks, transactions.
+    #[serde(default)]
+    pub proxy: crate::proxy::ProxyLimits,
     /// Which tenant a request goes to when none claims it.
     #[serde(default)]
     pub routing: RoutingConfig,
@@ -62,6 +65,14 @@ pub struct Config {
     /// Outgoing TLS: the roots servers are verified against.
     #[serde(default)]
     pub tls: crate::transport::TlsConfig,
+    /// Sources exempt from per-source limits and bans, whom routing may
+    /// trust without authentication: addresses and CIDR prefixes.
+    /// Default: 127.0.0.1 and ::1.
+    #[serde(default)]
+    pub trusted: Trusted,
+    /// Per-source limits before any hook, and bans (Kamailio's pike).
+    #[serde(default)]
+    pub flood: FloodConfig,
 }
 
 impl Default for Config {
@@ -72,9 +83,12 @@ impl Default for Config {
             tenant: TenantConfig::defaults(),
             engine: EngineConfig::default(),
             timers: Timers::default(),
+            proxy: crate::proxy::ProxyLimits::default(),
             dns: crate::dns::DnsConfig::default(),
             connections: crate::transport::ConnectionLimits::default(),
             tls: crate::transport::TlsConfig::default(),
+            trusted: Trusted::default(),
+            flood: FloodConfig::default(),
             routing: RoutingConfig::default(),
             admin: None,
             storage: StorageConfig::default(),
@@ -134,6 +148,8 @@ impl Config {
             admin.check()?;
         }
         self.connections.check()?;
+        self.proxy.check()?;
+        self.flood.check()?;
         Ok(())
     }
 
@@ -192,6 +208,12 @@ impl Config {
         }
         if self.tls != new.tls {
             changed.push("[tls]");
+        }
+        if self.trusted != new.trusted {
+            changed.push("trusted");
+        }
+        if self.flood != new.flood {
+            changed.push("[flood]");
         }
         changed
     }
@@ -353,6 +375,29 @@ mod tests {
         );
         let err = parse("[admin]\ntoken = \" \"").unwrap_err();
         assert!(err.ends_with(": [admin] token must not be empty"), "{err}");
+        let err = parse("[flood]\nban_s = 0").unwrap_err();
+        assert!(err.ends_with(": [flood] ban_s must be above 0"), "{err}");
+    }
+
+    #[test]
+    fn trusted_sources_and_flood_limits() {
+        let config = parse("").expect("defaults");
+        assert_eq!(config.trusted, Trusted::default());
+        assert_eq!(config.flood, FloodConfig::default());
+        let config =
+            parse("trusted = [\"10.0.0.0/8\", \"192.0.2.7\"]\n[flood]\nrequests_per_s = 20\n")
+                .expect("valid");
+        assert!(config.trusted.contains("10.1.2.3".parse().expect("ip")));
+        assert!(!config.trusted.contains("127.0.0.1".parse().expect("ip")));
+        assert_eq!(config.flood.requests_per_s, 20);
+        assert_eq!(config.flood.burst, FloodConfig::default().burst);
+        let err = parse("trusted = [\"10.0.0.0/33\"]").unwrap_err();
+        assert!(
+            err.contains("trusted: \"10.0.0.0/33\" is not an IP address or a CIDR prefix"),
+            "{err}"
+        );
+        let err = parse("[flood]\nrate = 5").unwrap_err();
+        assert!(err.contains("rate"), "{err}");
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub struct Metrics {
     reloads: Family<KindLabel, Counter>,
     reload_seconds: Family<TenantLabel, Histogram>,
     canary_rollbacks: Family<TenantLabel, Counter>,
+    ratelimit: Family<KindLabel, Counter>,
 }
 
 /// The hooks whose latency is measured, in the order of [`TenantMetrics::hook`].
@@ -69,6 +70,10 @@ pub struct TenantMetrics {
     /// Requests answered 503 because every instance was busy.
     pub busy: Counter,
     hooks: [HookHistogram; 4],
+    /// `ratelimit.check` calls past their limit.
+    pub ratelimit_refused: Counter,
+    /// Bans started by `ratelimit.ban`.
+    pub ratelimit_bans: Counter,
 }
 
 /// Upper bounds of the hook latency buckets, in seconds.
@@ -167,6 +172,7 @@ impl Metrics {
             reloads: Family::default(),
             reload_seconds: Family::new_with_constructor(reload_buckets),
             canary_rollbacks: Family::default(),
+            ratelimit: Family::default(),
         };
         {
             let mut r = m.lock();
@@ -206,6 +212,11 @@ impl Metrics {
                 "Canary versions rolled back on their own for their error rate",
                 m.canary_rollbacks.clone(),
             );
+            r.register(
+                "ratelimit",
+                "The routing's rate limits and bans (ratelimit interface): refused (a check past its limit), bans (bans it started)",
+                m.ratelimit.clone(),
+            );
         }
         m
     }
@@ -237,6 +248,8 @@ impl Metrics {
                     .get_or_create(&by_kind(tenant, hook))
                     .clone()
             }),
+            ratelimit_refused: counter(&self.ratelimit, "refused"),
+            ratelimit_bans: counter(&self.ratelimit, "bans"),
         }
     }
 

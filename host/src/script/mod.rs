@@ -10,6 +10,7 @@ mod health;
 mod host_api;
 mod limits;
 mod pool;
+mod ratelimit_api;
 mod services_api;
 
 use std::path::PathBuf;

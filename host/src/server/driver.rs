@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::proxy::Source;
 use crate::sip::{self, Message};
-use crate::transport::{Datagrams, Inbound, Target};
+use crate::transport::{Datagrams, Flood, Inbound, Target};
 
 use super::bad_request;
 use super::shard::Shard;
@@ -29,6 +29,8 @@ const TIMER_TICK: Duration = Duration::from_millis(10);
 /// Parses what arrives and hands it to its shard.
 pub(super) struct Dispatcher {
     shared: Arc<Shared>,
+    /// Trusted sources, per-source limits and bans, before parsing.
+    flood: Arc<Flood>,
     shards: Vec<Arc<Shard<Worker>>>,
 }
 
@@ -43,7 +45,11 @@ impl Dispatcher {
     /// plain threads: route hooks are synchronous wasm calls. Nothing they
     /// wait for is the network: names are looked up on the runtime, and
     /// the message waits parked in its shard meanwhile.
-    pub(super) fn start(shared: Shared, streams: mpsc::Receiver<Inbound>) -> anyhow::Result<()> {
+    pub(super) fn start(
+        shared: Shared,
+        streams: mpsc::Receiver<Inbound>,
+        flood: Arc<Flood>,
+    ) -> anyhow::Result<()> {
         let shared = Arc::new(shared);
         let dispatcher = Arc::new(Dispatcher {
             shards: (0..SHARDS)
@@ -52,6 +58,7 @@ impl Dispatcher {
                 })
                 .collect(),
             shared: shared.clone(),
+            flood,
         });
         // Every shard may have sent to a connection that failed to open:
         // each is told (rare), and the timer thread hands it over.
@@ -147,13 +154,19 @@ impl Datagrams for Dispatcher {
     /// Queues a message on its shard; a message that does not parse is
     /// left to be answered 400.
     fn sort(&self, message: Inbound) -> Option<Sorted> {
+        // Before parsing: a banned source's messages, and a request past
+        // its source's limit, go no further.
+        let trusted = self.flood.admit(&message)?;
         match sip::parse(message.data.clone()) {
             Ok(msg) => {
                 if message.transport.is_stream() && msg.is_request() {
                     self.alias(&msg, &message);
                 }
                 let shard = shard_of(&msg, self.shards.len());
-                let source = Source::from(&message);
+                let source = Source {
+                    trusted,
+                    ..Source::from(&message)
+                };
                 self.shards[shard]
                     .enqueue(Input::Message(msg, source))
                     .then_some(Sorted::Queued(shard))

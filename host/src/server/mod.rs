@@ -26,10 +26,14 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let engine = ScriptEngine::new(config.engine.cache_dir.clone())?;
     let services = Services::open(&config.storage.path)?;
     services.start()?;
+    let flood = services.flood.clone();
+    flood.configure(config.flood.clone(), config.trusted.clone());
+    log_flood_control(&config);
     raise_descriptor_limit(config.connections.max);
     let metrics = Arc::new(Metrics::new());
     let connection_metrics = ConnectionMetrics::default();
     metrics.register(|registry| connection_metrics.register(registry));
+    metrics.register(|registry| flood.register(registry));
     let (transports, inbound) = Transports::bind(
         &config.listen,
         &config.connections,
@@ -76,6 +80,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             runtime: tokio::runtime::Handle::current(),
         },
         inbound,
+        flood,
     )?;
     // Last: "listening" tells that everything above is in place.
     for l in &listeners {
@@ -118,6 +123,23 @@ pub fn check(config: &Config) -> anyhow::Result<Vec<String>> {
         .iter()
         .map(|t| format!("tenant {}: {} ok", t.name, t.stable.origin))
         .collect())
+}
+
+/// Says whom wisp trusts and how it limits the others.
+fn log_flood_control(config: &Config) {
+    let trusted = config.trusted.entries().collect::<Vec<_>>().join(", ");
+    let f = &config.flood;
+    if f.enabled {
+        tracing::info!(
+            trusted,
+            requests_per_s = f.requests_per_s,
+            burst = f.burst,
+            ban_s = f.ban_s,
+            "flood control: sources not trusted are limited per address"
+        );
+    } else {
+        tracing::warn!(trusted, "flood control off ([flood] enabled = false)");
+    }
 }
 
 fn reload_on_sighup(tenancy: Arc<Tenancy>) {

@@ -1,7 +1,8 @@
 //! The services routing scripts call beside the SIP core, as Kamailio's
 //! modules provide them: location (registrar/usrloc), digest
 //! authentication (auth/auth_db), key-value (htable), IP allow-lists
-//! (permissions), NAT helpers (nathelper) and accounting (acc).
+//! (permissions), NAT helpers (nathelper), accounting (acc) and rate
+//! limits (pipelimit).
 //!
 //! Everything a tenant stores is keyed by its name. The WIT adapters are
 //! in `script/services_api.rs`; each module here is plain Rust, one idea
@@ -15,6 +16,7 @@ pub mod location;
 pub mod nat;
 pub mod nonce;
 pub mod permissions;
+pub mod ratelimit;
 mod readers;
 pub mod storage;
 mod storage_error;
@@ -37,6 +39,11 @@ pub struct Services {
     pub storage: Storage,
     pub nonces: nonce::Nonces,
     pub kv: kv::Kv,
+    /// The flood control and its ban list (the server puts `[flood]` and
+    /// `trusted` in force; the `ratelimit` interface bans through it).
+    pub flood: Arc<crate::transport::Flood>,
+    /// The guests' rate limits by key.
+    pub ratelimits: ratelimit::RateLimits,
 }
 
 impl Services {
@@ -50,6 +57,8 @@ impl Services {
             storage,
             nonces: nonce::Nonces::default(),
             kv: kv::Kv::default(),
+            flood: Arc::default(),
+            ratelimits: ratelimit::RateLimits::default(),
         }
     }
 
@@ -95,5 +104,7 @@ impl Services {
         let now = Instant::now();
         self.nonces.purge(now);
         self.kv.purge(now);
+        self.flood.purge(now);
+        self.ratelimits.purge(now);
     }
 }

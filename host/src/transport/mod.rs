@@ -6,13 +6,17 @@
 //! stream messages through a channel) and sends whatever the proxy asks
 //! through [`Transports::send`].
 
+pub mod bans;
+pub mod bounded;
 mod connections;
+pub mod flood;
 mod framing;
 mod limits;
 mod quic;
 mod stream;
 mod tcp;
 mod tls;
+pub mod trusted;
 mod udp;
 mod websocket;
 
@@ -25,8 +29,10 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 pub use connections::{ConnectionMetrics, Connections, NotQueued, Reason};
+pub use flood::{Flood, FloodConfig};
 pub use limits::ConnectionLimits;
 pub use tls::{CertificateFiles, ServerFiles, TlsConfig, TlsError};
+pub use trusted::Trusted;
 
 /// A SIP transport protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
