@@ -73,10 +73,16 @@ enum CtlAction {
 enum UserAction {
     /// Add a subscriber, or set a new password for an existing one. Only
     /// the HA1 hashes (MD5 and SHA-256) are stored.
+    ///
+    /// Without PASSWORD, the password is read from standard input (its
+    /// first line, without the line end), or asked for without echo when
+    /// standard input is a terminal.
     Add {
         /// USER@DOMAIN; the domain is the digest realm.
         address: String,
-        password: String,
+        /// The password. Avoid it: other users of the machine can see a
+        /// command's arguments (`ps`), and shells keep them in history.
+        password: Option<String>,
         /// The tenant the subscriber belongs to (default: the first one).
         #[arg(long)]
         tenant: Option<String>,
@@ -246,10 +252,14 @@ fn user(config: &Config, action: UserAction) -> anyhow::Result<()> {
             tenant,
         } => {
             let (user, domain) = split(&address)?;
+            let tenant = tenant_of(tenant)?;
+            let password = match password {
+                Some(password) => password,
+                None => read_password(&format!("{user}@{domain}"))?,
+            };
             if password.is_empty() {
                 bail!("the password is empty");
             }
-            let tenant = tenant_of(tenant)?;
             subscribers::add(&storage, &tenant, &user, &domain, &password)?;
             println!("{user}@{domain} saved (tenant {tenant})");
         }
@@ -269,4 +279,58 @@ fn user(config: &Config, action: UserAction) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The password of `wisp user add` when it is not an argument: asked twice
+/// without echo on a terminal, else the first line of standard input.
+fn read_password(address: &str) -> anyhow::Result<String> {
+    use anyhow::{bail, Context};
+    use std::io::IsTerminal;
+
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        let password = rpassword::prompt_password(format!("Password for {address}: "))
+            .context("cannot read the password from the terminal")?;
+        let again = rpassword::prompt_password("Again: ")
+            .context("cannot read the password from the terminal")?;
+        if password != again {
+            bail!("the passwords differ; nothing saved");
+        }
+        Ok(password)
+    } else {
+        first_line(stdin.lock()).context("cannot read the password from standard input")
+    }
+}
+
+/// The first line of `input` without its line end (`\n` or `\r\n`);
+/// an error when the input is empty (no line at all).
+fn first_line(mut input: impl std::io::BufRead) -> anyhow::Result<String> {
+    let mut line = String::new();
+    if input.read_line(&mut line)? == 0 {
+        anyhow::bail!("no password given: standard input is empty (pass it as a line on standard input, or run on a terminal to be asked)");
+    }
+    let line = line.strip_suffix('\n').unwrap_or(&line);
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    Ok(line.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_line;
+
+    #[test]
+    fn the_password_is_the_first_line_without_its_end() {
+        let read = |input: &[u8]| first_line(input).map_err(|e| e.to_string());
+        assert_eq!(read(b"s3cret\n").as_deref(), Ok("s3cret"));
+        assert_eq!(read(b"s3cret\r\n").as_deref(), Ok("s3cret"));
+        assert_eq!(read(b"s3cret").as_deref(), Ok("s3cret"));
+        // Spaces are the password's own; only the line end goes.
+        assert_eq!(read(b" a b \nsecond line\n").as_deref(), Ok(" a b "));
+        // An empty line is an empty password (refused by the caller).
+        assert_eq!(read(b"\n").as_deref(), Ok(""));
+        let err = read(b"").expect_err("no line");
+        assert!(err.contains("standard input is empty"), "{err}");
+        // Not UTF-8: an error, not a panic.
+        assert!(read(b"\xff\xfe\n").is_err());
+    }
 }

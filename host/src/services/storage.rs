@@ -79,12 +79,21 @@ pub struct Storage {
 
 impl Storage {
     /// Opens (creating when missing) and migrates the database at `path`.
+    ///
+    /// The file holds the subscribers' HA1s, which let anyone who reads
+    /// them authenticate as those subscribers: a missing file is created
+    /// with mode 0600 before SQLite opens it, and SQLite gives its `-wal`
+    /// and `-shm` files the mode of the database file. An existing file
+    /// that its group or others may read is used as it is, with a warning
+    /// naming it (see [`warn_if_readable`]).
     pub fn open(path: &Path) -> Result<Storage, StorageError> {
         let open_err = |source| StorageError::Open {
             path: path.to_owned(),
             source,
         };
+        create_private(path);
         let conn = Connection::open(path).map_err(open_err)?;
+        warn_if_readable(path);
         Storage::init(conn, path, path.to_owned())
     }
 
@@ -183,6 +192,58 @@ impl Storage {
         F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
     {
         self.writer.submit(None, f)?
+    }
+}
+
+/// Creates the database file at `path` empty, with mode 0600, unless it
+/// exists (SQLite takes an empty file for an empty database). Only a file
+/// this call makes is touched. When it cannot be made, SQLite's own open
+/// reports why (the folder is missing or not writable).
+fn create_private(path: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => tracing::info!(path = %path.display(), "database created (mode 0600)"),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(err) => {
+            tracing::debug!(path = %path.display(), %err, "cannot create the database file")
+        }
+    }
+}
+
+/// The database file and its `-wal` and `-shm` companions that exist and
+/// that the file's group or others may read, with their modes.
+fn readable_by_others(path: &Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut files = vec![path.to_owned()];
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        files.push(PathBuf::from(name));
+    }
+    files
+        .into_iter()
+        .filter_map(|file| {
+            let mode = std::fs::metadata(&file).ok()?.mode() & 0o777;
+            (mode & 0o077 != 0).then_some((file, mode))
+        })
+        .collect()
+}
+
+/// Logs a warning for each database file others may read (one made by a
+/// wisp before the files were created 0600, or opened up by hand). The
+/// mode is not changed behind the operator's back: a group may be meant to
+/// read it (backups), and a configuration tool that set it would fight us.
+fn warn_if_readable(path: &Path) {
+    for (file, mode) in readable_by_others(path) {
+        tracing::warn!(
+            "database file {} has mode {mode:04o}: other users may read the subscribers' password hashes (HA1); `chmod 600` it unless they should",
+            file.display()
+        );
     }
 }
 
@@ -289,6 +350,41 @@ mod tests {
         drop(a);
         let c = Storage::in_memory().expect("c");
         assert_eq!(count(&c).expect("c"), 0);
+    }
+
+    /// A new database and its WAL companions are 0600 whatever the umask;
+    /// an existing file others may read is kept as it is, and found.
+    #[test]
+    fn database_files_are_private() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wisp.db");
+        let storage = Storage::open(&path).expect("open");
+        insert(&storage, 1).expect("insert");
+        // A reader's connection opens the -shm file too.
+        assert_eq!(count(&storage).expect("count"), 1);
+        for suffix in ["", "-wal", "-shm"] {
+            let file = dir.path().join(format!("wisp.db{suffix}"));
+            let mode = std::fs::metadata(&file)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{}: {mode:o}", file.display());
+        }
+        assert!(readable_by_others(&path).is_empty());
+        drop(storage);
+
+        let old = dir.path().join("old.db");
+        std::fs::write(&old, b"").expect("old file");
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let storage = Storage::open(&old).expect("open old");
+        insert(&storage, 1).expect("insert");
+        let found = readable_by_others(&old);
+        assert!(found.contains(&(old.clone(), 0o644)), "{found:?}");
+        assert_eq!(
+            std::fs::metadata(&old).expect("old").mode() & 0o777,
+            0o644,
+            "left as it was"
+        );
     }
 
     #[test]
