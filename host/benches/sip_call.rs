@@ -154,7 +154,8 @@ fn sent(txs: &mut Transactions) -> usize {
 fn relay_response(txs: &mut Transactions, now: Instant, data: &Bytes, server: TxId) {
     let mut msg = sip::parse(data.clone()).expect("parses");
     sip::validate(&msg).expect("valid");
-    match txs.handle_response(now, &msg) {
+    let from = CALLEE.parse::<std::net::SocketAddr>().expect("callee").ip();
+    match txs.handle_response(now, &msg, from) {
         Some((_, ResponseDisposition::Deliver)) => {}
         other => panic!("response not delivered: {other:?}"),
     }

@@ -109,6 +109,7 @@ fn load(wasm: &[u8], name: &str, cache: &std::path::Path, limits: Limits) -> any
             wisp::services::Storage::in_memory()?,
         )),
         allow: Default::default(),
+        domains: Default::default(),
     });
     engine.load_checked(wasm, name, guest)
 }

@@ -40,6 +40,7 @@ pub fn pool(cache: &std::path::Path) -> Pool {
             wisp::services::Storage::in_memory().expect("in-memory storage"),
         )),
         allow: Default::default(),
+        domains: Default::default(),
     });
     engine
         .load_checked(DEFAULT_COMPONENT, "bench", guest)

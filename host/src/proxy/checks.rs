@@ -2,7 +2,7 @@
 //! (RFC 3261 §16.3 step 3, §16.6 step 3) and the text a guest puts on the wire.
 
 use crate::proxy::RequestCtx;
-use crate::sip::{HeaderName, Rejection};
+use crate::sip::{HeaderName, Message, Rejection};
 
 /// Max-Forwards a request gets when it arrives without one (RFC 3261 §8.1.1.6).
 pub const DEFAULT_MAX_FORWARDS: u32 = 70;
@@ -30,6 +30,56 @@ pub fn max_forwards(req: &mut RequestCtx, limit: u32) -> Result<(), Rejection> {
     set(req, remaining - 1)?;
     req.max_forwards_done = true;
     Ok(())
+}
+
+/// Lowers a Max-Forwards above `cap` to it (RFC 3261 §16.6 step 3 lets a
+/// proxy), so that however many hops a request asks for, a loop ends
+/// after `cap`. Err for a value that is no number.
+pub fn cap_max_forwards(msg: &mut Message, cap: u32) -> Result<(), String> {
+    match msg.max_forwards() {
+        Some(Ok(n)) if n > cap => {
+            msg.remove_headers(&HeaderName::MaxForwards);
+            msg.append_header(HeaderName::MaxForwards, &cap.to_string())
+                .map_err(|e| e.to_string())
+        }
+        Some(Err(_)) => Err("Bad Max-Forwards".into()),
+        _ => Ok(()),
+    }
+}
+
+/// The Max-Breadth of a request (RFC 5393): its own, at most `cap`, or
+/// `cap` when it has none (or one that is no number).
+pub fn max_breadth(msg: &Message, cap: u32) -> u32 {
+    msg.header(&max_breadth_header())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .map_or(cap, |v| v.min(cap))
+}
+
+/// Shares `breadth` between `branches` parallel branches (RFC 5393
+/// §5.3.3): each gets a part, the parts adding up to at most `breadth`;
+/// past `breadth` branches, the rest get none (None: 440).
+pub fn share_breadth(breadth: u32, branches: usize) -> Vec<Option<u32>> {
+    let allowed = branches.min(breadth as usize);
+    (0..branches)
+        .map(|i| {
+            (i < allowed).then(|| {
+                let allowed = allowed as u32;
+                breadth / allowed + u32::from((i as u32) < breadth % allowed)
+            })
+        })
+        .collect()
+}
+
+/// Writes the Max-Breadth a forwarded request carries.
+pub fn set_max_breadth(msg: &mut Message, breadth: u32) -> Result<(), String> {
+    let name = max_breadth_header();
+    msg.remove_headers(&name);
+    msg.append_header(name, &breadth.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn max_breadth_header() -> HeaderName {
+    HeaderName::parse("Max-Breadth")
 }
 
 fn set(req: &mut RequestCtx, value: u32) -> Result<(), Rejection> {

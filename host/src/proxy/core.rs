@@ -8,7 +8,7 @@
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,6 +16,9 @@ use crate::sip::{self, HeaderName, Message, Method};
 use crate::transaction::{Event as TxEvent, Incoming, ResponseDisposition, Transactions, TxId};
 use crate::transport::Target;
 
+use super::admission::Admission;
+use super::branch;
+use super::checks;
 use super::effects::{Effects, Event, LookupId, Parked, Transmit};
 use super::hooks::{Hooks, Routed};
 use super::locality::Locality;
@@ -28,15 +31,25 @@ pub struct Core<P> {
     pub(super) fx: Effects,
     /// Relayed requests, by their server transaction.
     pub(super) relays: HashMap<TxId, Relay<P>>,
+    /// Server transactions counted against the limits, with the source
+    /// they count for (None: a trusted source).
+    admitted: HashMap<TxId, Option<IpAddr>>,
 }
 
 impl<P> Core<P> {
-    /// `branch_prefix` starts the branch parameter of every request this
-    /// core relays (the magic cookie, then something unique to it).
-    pub fn new(txs: Transactions, locality: Arc<Locality>, branch_prefix: String) -> Core<P> {
+    /// `shard` names this core in the branch of every request it relays
+    /// (see [`super::branch`]), so that its responses can be brought back
+    /// to it.
+    pub fn new(
+        txs: Transactions,
+        locality: Arc<Locality>,
+        shard: usize,
+        admission: Arc<Admission>,
+    ) -> Core<P> {
         Core {
-            fx: Effects::new(txs, locality, branch_prefix),
+            fx: Effects::new(txs, locality, shard, admission),
             relays: HashMap::new(),
+            admitted: HashMap::new(),
         }
     }
 
@@ -166,6 +179,9 @@ impl<P> Core<P> {
             }
             TxEvent::NoAck(tx) => tracing::debug!(%tx, "no ACK for a final response"),
             TxEvent::Terminated(tx) => {
+                if let Some(source) = self.admitted.remove(&tx) {
+                    self.fx.admission.release(source);
+                }
                 self.fx.branch_of.remove(&tx);
                 if let Some(relay) = self.relays.remove(&tx) {
                     for client in relay.clients() {
@@ -205,6 +221,24 @@ impl<P> Core<P> {
             self.fx.reply(&req, 400, &err.to_string(), &[]);
             return;
         }
+        let ack = req.msg.method() == Some(&Method::Ack);
+        // RFC 3261 §16.3 step 4: a request that comes back with one of our
+        // Vias and the same loop hash went round in a loop (a spiral, whose
+        // Request-URI changed on the way, goes on).
+        req.loop_hash = branch::loop_hash(&req.msg);
+        if branch::has_looped(&req.msg, req.loop_hash) {
+            tracing::info!(remote = %source.remote, call_id = req.msg.call_id().unwrap_or(""), "loop detected");
+            if !ack {
+                self.fx.reply(&req, 482, "Loop Detected", &[]);
+            }
+            return;
+        }
+        if let Err(err) =
+            checks::cap_max_forwards(&mut req.msg, self.fx.admission.limits.max_forwards)
+        {
+            self.fx.reply(&req, 400, &err, &[]);
+            return;
+        }
         stamp_received(&mut req.msg, &req.source);
         let reply_to = reply_target(&req.msg, &req.source);
         let incoming = self.fx.txs.handle_request(now, &req.msg, reply_to);
@@ -213,7 +247,11 @@ impl<P> Core<P> {
             Err(err) => self.fx.reply(&req, 400, &err.to_string(), &[]),
             Ok(Incoming::Retransmission) | Ok(Incoming::AckOfNon2xx(_)) => {}
             Ok(Incoming::Ack2xx) => self.route(now, None, req, hooks),
-            Ok(Incoming::New(tx)) => self.route(now, Some(tx), req, hooks),
+            Ok(Incoming::New(tx)) => {
+                if self.admit(tx, &req) {
+                    self.route(now, Some(tx), req, hooks)
+                }
+            }
             // RFC 3261 §16.10: a CANCEL for a relayed INVITE is answered
             // here and sent down every pending branch; one for a
             // transaction we do not know goes to the route hook, which
@@ -230,7 +268,31 @@ impl<P> Core<P> {
             Ok(Incoming::Cancel {
                 cancel,
                 invite: None,
-            }) => self.route(now, Some(cancel), req, hooks),
+            }) => {
+                if self.admit(cancel, &req) {
+                    self.route(now, Some(cancel), req, hooks)
+                }
+            }
+        }
+    }
+
+    /// Counts a new server transaction against the limits; past them the
+    /// request is answered 503 without one, and false.
+    fn admit(&mut self, tx: TxId, req: &RequestCtx) -> bool {
+        let source = (!req.source.trusted).then(|| req.source.remote.ip());
+        match self.fx.admission.admit(source) {
+            Ok(()) => {
+                self.admitted.insert(tx, source);
+                true
+            }
+            Err(refused) => {
+                tracing::info!(remote = %req.source.remote, ?refused, "too many transactions");
+                self.fx.txs.forget(tx);
+                let retry_after = [(HeaderName::parse("Retry-After"), "5".to_owned())];
+                self.fx
+                    .reply(req, 503, "Too Many Transactions", &retry_after);
+                false
+            }
         }
     }
 
@@ -302,6 +364,17 @@ impl<P> Core<P> {
     ) {
         if req.msg.method() != Some(&Method::Ack) {
             hooks.replied(pinned, code);
+        }
+        // A routing's refusal of an INVITE is sent once, like Kamailio's
+        // sl_send_reply: its transaction would retransmit it (11 times over
+        // UDP) to a source that may be spoofed, and be kept 32 s; the
+        // caller's own retransmissions bring the answer again.
+        if code >= 300 && req.msg.method() == Some(&Method::Invite) {
+            if let Some(tx) = tx {
+                self.fx.txs.forget(tx);
+            }
+            self.fx.reply(req, code, reason, headers);
+            return;
         }
         self.fx.answer(now, tx, req, code, reason, headers);
     }
@@ -384,9 +457,12 @@ impl<P> Core<P> {
             tracing::debug!(%err, "dropping a malformed response");
             return;
         }
-        let delivered = self.fx.txs.handle_response(now, &msg);
+        let delivered = self.fx.txs.handle_response(now, &msg, source.ip());
         self.fx.take_tx_transmits();
         match delivered {
+            Some((_, ResponseDisposition::Foreign)) => {
+                tracing::info!(%source, status = msg.status().unwrap_or(0), "dropping a response from another address than its request went to");
+            }
             // No transaction: a 2xx retransmitted after ours ended, or the
             // answer to a statelessly forwarded request (RFC 3261 §16.7).
             None => self.relay_response(msg),

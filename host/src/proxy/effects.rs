@@ -11,10 +11,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::sip::{HeaderName, Message};
+use crate::sip::{HeaderName, Message, Via};
 use crate::transaction::{Transactions, TxId};
 use crate::transport::{listener_for, Target, Transport};
 
+use super::admission::Admission;
+use super::branch;
+use super::checks;
 use super::flow;
 use super::locality::Locality;
 use super::replies::{is_unroutable, make_reply, reply_target};
@@ -71,6 +74,7 @@ pub(super) enum Parked {
 pub(super) struct Effects {
     pub(super) txs: Transactions,
     pub(super) locality: Arc<Locality>,
+    pub(super) admission: Arc<Admission>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     pub(super) parked: HashMap<LookupId, Parked>,
@@ -80,23 +84,29 @@ pub(super) struct Effects {
     /// Final-response timers (fr_timer / fr_inv_timer) by deadline; an
     /// entry is stale when its relay's deadline moved on.
     pub(super) fr_timers: BinaryHeap<Reverse<(Instant, TxId)>>,
-    /// Unique branch parameters: a prefix of the driver's plus a counter.
-    branch_prefix: String,
+    /// Branch ids: the shard's number and a counter.
+    shard: usize,
     branch_seq: u64,
 }
 
 impl Effects {
-    pub(super) fn new(txs: Transactions, locality: Arc<Locality>, branch_prefix: String) -> Self {
+    pub(super) fn new(
+        txs: Transactions,
+        locality: Arc<Locality>,
+        shard: usize,
+        admission: Arc<Admission>,
+    ) -> Self {
         Effects {
             txs,
             locality,
+            admission,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             parked: HashMap::new(),
             next_lookup: 0,
             branch_of: HashMap::new(),
             fr_timers: BinaryHeap::new(),
-            branch_prefix,
+            shard,
             branch_seq: 0,
         }
     }
@@ -109,9 +119,12 @@ impl Effects {
         self.events.pop_front()
     }
 
-    pub(super) fn next_branch(&mut self) -> String {
+    /// The branch of a new client transaction for a request whose loop
+    /// hash is `loop_hash` and whose top Via (as received) is `below`.
+    pub(super) fn next_branch(&mut self, loop_hash: u32, below: Option<&Via>) -> String {
         self.branch_seq += 1;
-        format!("{}{}", self.branch_prefix, self.branch_seq)
+        let id = format!("{}-{}", self.shard, self.branch_seq);
+        branch::make(&id, loop_hash, below)
     }
 
     /// Queues a message that no transaction sends.
@@ -220,6 +233,10 @@ impl Effects {
         if record_route {
             self.record_route(&mut msg, source, out, &me, target, to_flow)?;
         }
+        // RFC 5393: every request leaves with a Max-Breadth; one branch
+        // keeps what the request had (relayed branches have their share).
+        let breadth = checks::max_breadth(&msg, self.admission.limits.max_breadth);
+        checks::set_max_breadth(&mut msg, breadth)?;
         let via = format!(
             "SIP/2.0/{} {me};branch={branch};rport",
             target.transport.via_name()

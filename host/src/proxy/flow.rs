@@ -8,13 +8,10 @@
 //! wisp send into another client's connection by writing a token of its
 //! own. Tokens outlive no restart, as the connections they name do not.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::OnceLock;
-
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
 use crate::transport::{Target, Transport};
+use std::net::{IpAddr, SocketAddr};
+
+use super::secret;
 
 /// Bytes of the MAC kept in a token: 80 bits, beyond guessing within a
 /// connection's life.
@@ -29,7 +26,7 @@ pub fn needs_token(transport: Transport) -> bool {
 /// The token naming `flow`, hex (a valid URI user part).
 pub fn token(flow: Target) -> String {
     let mut bytes = flow_bytes(flow);
-    let mac = mac(&bytes);
+    let mac = secret::mac(&[&bytes]);
     bytes.extend_from_slice(&mac[..MAC_BYTES]);
     hex::encode(bytes)
 }
@@ -55,9 +52,9 @@ pub fn flow_of(text: &str) -> Option<Target> {
         _ => return None,
     };
     let port = u16::from_be_bytes(port.try_into().ok()?);
-    let mut check = keyed();
-    check.update(flow);
-    check.verify_truncated_left(tag).ok()?;
+    if !secret::verify(&[flow], tag) {
+        return None;
+    }
     Some(Target {
         transport,
         addr: SocketAddr::new(ip, port),
@@ -80,35 +77,6 @@ fn flow_bytes(flow: Target) -> Vec<u8> {
     }
     bytes.extend_from_slice(&flow.addr.port().to_be_bytes());
     bytes
-}
-
-fn mac(bytes: &[u8]) -> Vec<u8> {
-    let mut mac = keyed();
-    mac.update(bytes);
-    mac.finalize().into_bytes().to_vec()
-}
-
-fn keyed() -> Hmac<Sha256> {
-    // A key of any length is accepted: this cannot fail.
-    <Hmac<Sha256> as Mac>::new_from_slice(secret()).unwrap_or_else(|_| unreachable!())
-}
-
-/// The process's secret, made on first use.
-fn secret() -> &'static [u8; 32] {
-    static SECRET: OnceLock<[u8; 32]> = OnceLock::new();
-    SECRET.get_or_init(|| {
-        let mut key = [0u8; 32];
-        if getrandom::fill(&mut key).is_err() {
-            // No OS randomness through getrandom: std's hasher seeds come
-            // from the OS by another path.
-            use std::hash::BuildHasher;
-            let state = std::collections::hash_map::RandomState::new();
-            for (i, chunk) in key.chunks_mut(8).enumerate() {
-                chunk.copy_from_slice(&state.hash_one(i).to_le_bytes());
-            }
-        }
-        key
-    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@
 //! next hop is a name ─▶ Event::Resolve ─▶ (parked) ─▶ handle_resolved
 //! ```
 
+mod admission;
+mod branch;
 pub mod checks;
 mod core;
 mod effects;
@@ -20,12 +22,14 @@ mod relay;
 mod replies;
 mod request;
 mod routing;
+mod secret;
 mod stateless;
 
 #[cfg(test)]
 mod tests;
 
 pub use self::core::Core;
+pub use admission::{Admission, ProxyLimits, Refused};
 pub use effects::{Event, LookupId, Transmit, MAX_PARKED};
 pub use hooks::{HookFailed, Hooks, Routed};
 pub use locality::Locality;

@@ -173,13 +173,24 @@ impl<P> Relay<P> {
         let deadline = now + self.fr.1;
         self.fr_deadline = Some(deadline);
         fx.fr_timers.push(Reverse((deadline, tx)));
-        for (uri, destination, path) in targets {
+        let breadths = checks::share_breadth(
+            checks::max_breadth(&self.req.msg, fx.admission.limits.max_breadth),
+            targets.len(),
+        );
+        for ((uri, destination, path), breadth) in targets.into_iter().zip(breadths) {
             let index = self.branches.len();
-            let (branch, next) = self.new_branch(hooks, index, uri, destination, &path);
+            let Some(breadth) = breadth else {
+                // RFC 5393 §5.3.3: no breadth left for this branch.
+                self.branches
+                    .push(Branch::ended(&self.req.msg, 440, "Max-Breadth Exceeded"));
+                continue;
+            };
+            let (branch, next) = self.new_branch(hooks, index, uri, destination, &path, breadth);
             self.branches.push(branch);
             match next {
                 Next::Send(msg, target) => {
                     let (source, record_route) = (self.req.source, self.req.record_route);
+                    let loop_hash = self.req.loop_hash;
                     let sent = self.branches.get_mut(index).is_some_and(|branch| {
                         send_branch(
                             fx,
@@ -188,7 +199,7 @@ impl<P> Relay<P> {
                             branch,
                             msg,
                             target,
-                            record_route,
+                            (record_route, loop_hash),
                             &source,
                         )
                     });
@@ -216,6 +227,7 @@ impl<P> Relay<P> {
         uri: Option<String>,
         destination: Option<String>,
         path: &[String],
+        breadth: u32,
     ) -> (Branch, Next) {
         let mut copy = self.req.clone();
         if let Some(uri) = uri {
@@ -244,6 +256,9 @@ impl<P> Relay<P> {
             );
         }
         let mut msg = copy.msg;
+        if let Err(err) = checks::set_max_breadth(&mut msg, breadth) {
+            tracing::warn!(%err, "cannot set Max-Breadth");
+        }
         let hop = match next_hop(&mut msg, destination.as_deref()) {
             Ok(hop) => hop,
             Err(err) => {
@@ -358,7 +373,7 @@ impl<P> Relay<P> {
                 branch,
                 msg,
                 target,
-                record_route,
+                (record_route, self.req.loop_hash),
                 &source,
             ) {
                 return;
@@ -666,10 +681,10 @@ fn send_branch(
     branch: &mut Branch,
     msg: Message,
     target: Target,
-    record_route: bool,
+    (record_route, loop_hash): (bool, u32),
     source: &super::request::Source,
 ) -> bool {
-    let via_branch = fx.next_branch();
+    let via_branch = fx.next_branch(loop_hash, msg.top_via().ok());
     let msg = match fx.prepare(msg, record_route, source, target, branch.flow, &via_branch) {
         Ok(msg) => msg,
         Err(err) => {

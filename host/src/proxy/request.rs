@@ -29,6 +29,9 @@ pub struct RequestCtx {
     pub auth_stale: bool,
     /// Final-response timers asked with `tm.set-timers` (INVITE, others).
     pub fr_timers: Option<(Duration, Duration)>,
+    /// The loop-detection hash of the request as received (RFC 3261
+    /// §16.6 step 8), carried in the branch of what we send for it.
+    pub loop_hash: u32,
 }
 
 impl RequestCtx {
@@ -43,6 +46,7 @@ impl RequestCtx {
             path: Vec::new(),
             auth_stale: false,
             fr_timers: None,
+            loop_hash: 0,
         }
     }
 }

@@ -5,23 +5,19 @@
 //! again, and the branch of a forwarded request is derived from the
 //! request itself so that the same request always gets the same branch.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Instant;
 
-use crate::sip::{HeaderName, Message};
+use crate::sip::{HeaderName, Message, Via};
 use crate::transaction::TxId;
 use crate::transport::Target;
 
+use super::branch;
 use super::checks::{self, DEFAULT_MAX_FORWARDS};
 use super::core::Core;
 use super::effects::Parked;
 use super::replies::{is_unroutable, response_destination};
 use super::request::RequestCtx;
 use super::routing::next_hop;
-
-/// Branches of requests we forward start with the RFC 3261 magic cookie
-/// and a marker of ours.
-const BRANCH_PREFIX: &str = "z9hG4bKwsp";
 
 impl<P> Core<P> {
     /// Forwards a copy of the request to its next hop (Kamailio's
@@ -39,7 +35,7 @@ impl<P> Core<P> {
             self.fx.reply(req, rejection.code, &rejection.reason, &[]);
             return false;
         }
-        let branch = branch_for(&req.msg);
+        let branch = branch_for(req);
         let mut msg = req.msg.clone();
         let hop = next_hop(&mut msg, destination.as_deref());
         let sent = hop.and_then(|hop| match hop.literal_target() {
@@ -105,18 +101,34 @@ impl<P> Core<P> {
 
     /// Relays a response up the Via chain: ours must be on top; it is
     /// removed and the response goes where the next Via says.
+    ///
+    /// Only a Via we can prove we added counts as ours: its branch's MAC
+    /// binds it to the Via below it, where the response goes. A response
+    /// made up by anyone else is dropped, whatever its Vias say.
     pub(super) fn relay_response(&mut self, mut msg: Message) {
-        let ours = msg.top_via().ok().is_some_and(|via| {
+        let (top, next) = {
+            let mut values = msg.values(&HeaderName::Via).map(Via::parse);
+            (values.next(), values.next().and_then(Result::ok))
+        };
+        let Some(Ok(top)) = top else {
+            tracing::debug!("dropping a response without a Via");
+            return;
+        };
+        let ours = Some(&top).is_some_and(|via| {
             self.fx
                 .locality
                 .is_myself_host(&via.host, via.port.unwrap_or(5060))
+                && via
+                    .branch()
+                    .and_then(|b| branch::verify(b, next.as_ref()))
+                    .is_some()
         });
         if !ours {
-            tracing::debug!("dropping a response whose top Via is not ours");
+            tracing::debug!("dropping a response whose top Via we cannot prove ours");
             return;
         }
         msg.pop_first_value(&HeaderName::Via);
-        let Ok(next) = msg.top_via() else {
+        let Some(next) = next.as_ref() else {
             tracing::debug!("dropping a response with no Via left (it was for us)");
             return;
         };
@@ -159,28 +171,13 @@ impl<P> Core<P> {
     }
 }
 
-/// A branch that is the same for the same request (retransmissions, and
-/// a CANCEL or non-2xx ACK of an INVITE) and different for others
-/// (RFC 3261 §16.11).
-pub(super) fn branch_for(msg: &Message) -> String {
-    let mut h = DefaultHasher::new();
-    msg.uri().hash(&mut h);
-    match msg
-        .top_via()
-        .ok()
-        .and_then(|v| v.branch().map(str::to_owned))
-    {
-        Some(branch) if branch.starts_with("z9hG4bK") => branch.hash(&mut h),
-        // RFC 2543 peers: the transaction is named by these (§17.2.3).
-        _ => {
-            msg.call_id().hash(&mut h);
-            msg.cseq().ok().map(|c| c.seq).hash(&mut h);
-            msg.from()
-                .ok()
-                .and_then(|f| f.tag().map(str::to_owned))
-                .hash(&mut h);
-            msg.header(&HeaderName::Via).hash(&mut h);
-        }
-    }
-    format!("{BRANCH_PREFIX}{:016x}", h.finish())
+/// The branch of a stateless forward: the same for the same request (its
+/// retransmissions, and a CANCEL or non-2xx ACK of an INVITE) and
+/// different for others (RFC 3261 §16.11).
+pub(super) fn branch_for(req: &RequestCtx) -> String {
+    branch::make(
+        &branch::stateless_id(&req.msg),
+        req.loop_hash,
+        req.msg.top_via().ok(),
+    )
 }

@@ -163,7 +163,8 @@ impl Proxy {
             core: Core::new(
                 Transactions::new(Timers::default()),
                 Arc::new(locality),
-                "z9hG4bKtest.".into(),
+                0,
+                Arc::new(Admission::default()),
             ),
             hooks: Scripted {
                 route,
@@ -286,7 +287,7 @@ fn parallel_forking_one_200_cancels_the_others() {
     // Our Via on top, with a branch of our own per branch.
     let branch = |m: &Message| m.top_via().expect("via").branch().map(str::to_owned);
     assert_ne!(branch(&to_a), branch(&to_b));
-    assert!(branch(&to_a).is_some_and(|b| b.starts_with("z9hG4bKtest.")));
+    assert!(branch(&to_a).is_some_and(|b| b.starts_with("z9hG4bKwsp")));
 
     p.recv(10, UAS_A, answer(&to_a, 180, "a"));
     p.recv(20, UAS_B, answer(&to_b, 180, "b"));
@@ -702,7 +703,10 @@ fn a_stateless_forward_waits_for_its_name() {
 
 #[test]
 fn lookups_waiting_are_bounded() {
-    let mut p = Proxy::new(relay_to("bob@sip.example.com"));
+    let mut p = Proxy::new(relay_to("bob@sip.example.com")).limits(ProxyLimits {
+        max_transactions_per_source: usize::MAX,
+        ..ProxyLimits::default()
+    });
     for i in 0..MAX_PARKED + 1 {
         p.recv(
             0,
@@ -727,12 +731,24 @@ fn listeners(of: &[(Transport, u16)]) -> Vec<Listener> {
 }
 
 impl Proxy {
+    /// The same proxy with other limits.
+    fn limits(mut self, limits: ProxyLimits) -> Proxy {
+        self.core = Core::new(
+            Transactions::new(Timers::default()),
+            self.core.fx.locality.clone(),
+            0,
+            Arc::new(Admission::new(limits)),
+        );
+        self
+    }
+
     /// A proxy on these listeners instead of UDP alone.
     fn on(mut self, listeners: Vec<Listener>) -> Proxy {
         self.core = Core::new(
             Transactions::new(Timers::default()),
             Arc::new(Locality::new(listeners, vec![])),
-            "z9hG4bKtest.".into(),
+            0,
+            Arc::new(Admission::default()),
         );
         self
     }
@@ -982,4 +998,230 @@ fn outbound_flows_on_tcp_get_tokens_and_430() {
         .map(|(_, m)| line(m))
         .collect();
     assert_eq!(up, vec!["430"]);
+}
+
+fn text(m: &Message) -> String {
+    String::from_utf8_lossy(&m.to_bytes()).into_owned()
+}
+
+/// The message of `sent` to `to`, whatever it is.
+fn only_to(sent: &[(Target, Message)], to: &str) -> Vec<Message> {
+    sent.iter()
+        .filter(|(t, _)| t.addr == addr(to))
+        .map(|(_, m)| m.clone())
+        .collect()
+}
+
+#[test]
+fn a_request_relayed_back_to_us_unchanged_is_a_loop_482() {
+    const ME: &str = "127.0.0.1:5060";
+    let mut p = Proxy::new(relay_to("bob@127.0.0.1"));
+    p.recv(0, CALLER, invite());
+    let sent = p.sent();
+    let looped = last_to(&sent, ME, "INVITE");
+    // It comes back to us from ourselves: our Via on top, same loop hash.
+    p.recv(1, ME, looped);
+    let sent = p.sent();
+    assert_eq!(summary(&sent), vec![pair(ME, "482")]);
+    assert_eq!(
+        p.hooks.calls,
+        ["route INVITE", "branch 0"],
+        "no hook for a loop"
+    );
+}
+
+#[test]
+fn a_spiral_whose_request_uri_changed_is_no_loop() {
+    const ME: &str = "127.0.0.1:5060";
+    let mut hops = 0;
+    let mut p = Proxy::new(Box::new(move |req: &mut RequestCtx| {
+        hops += 1;
+        // First the AOR, then its contact (another user at this proxy).
+        let uri = if hops == 1 {
+            "sip:carol@127.0.0.1"
+        } else {
+            "sip:dave@192.0.2.10"
+        };
+        vec![Action::Relay {
+            destination: Some(uri.to_owned()),
+        }]
+        .into_iter()
+        .inspect(|_| {
+            let _ = req.msg.set_uri(uri);
+        })
+        .collect()
+    }));
+    p.recv(0, CALLER, invite());
+    let back = last_to(&p.sent(), ME, "INVITE");
+    assert_eq!(back.uri(), Some("sip:carol@127.0.0.1"));
+    p.recv(1, ME, back);
+    let sent = p.sent();
+    assert_eq!(summary(&sent), vec![pair(ME, "100"), pair(UAS_A, "INVITE")]);
+}
+
+#[test]
+fn max_forwards_is_capped_on_arrival() {
+    let mut p = Proxy::new(relay_to("bob@192.0.2.10"));
+    let huge = msg(&text(&request("INVITE", "z9hG4bKmf", None, 1))
+        .replace("Max-Forwards: 70", "Max-Forwards: 4294967295"));
+    p.recv(0, CALLER, huge);
+    let out = last_to(&p.sent(), UAS_A, "INVITE");
+    assert_eq!(out.header(&HeaderName::MaxForwards), Some("69"));
+}
+
+#[test]
+fn max_breadth_is_shared_between_parallel_branches_and_bounds_forking() {
+    let fork = |n: usize| -> RouteScript {
+        Box::new(move |req: &mut RequestCtx| {
+            for i in 1..n {
+                req.branches.push(BranchTarget {
+                    uri: format!("sip:bob@192.0.2.{}", 100 + i),
+                    ..BranchTarget::default()
+                });
+            }
+            vec![Action::Relay {
+                destination: Some("sip:bob@192.0.2.100".into()),
+            }]
+        })
+    };
+    let breadth = |m: &Message| {
+        m.header(&HeaderName::parse("Max-Breadth"))
+            .and_then(|v| v.parse::<u32>().ok())
+    };
+    // No Max-Breadth: 60 shared by 16 branches (12 get 4, 4 get 3).
+    let mut p = Proxy::new(fork(16));
+    p.recv(0, CALLER, invite());
+    let invites: Vec<Message> = p
+        .sent()
+        .into_iter()
+        .filter(|(_, m)| m.method() == Some(&Method::Invite))
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(invites.len(), 16);
+    let shares: Vec<u32> = invites.iter().filter_map(breadth).collect();
+    assert_eq!(shares.iter().sum::<u32>(), 60);
+    assert!(shares.iter().all(|s| (3..=4).contains(s)), "{shares:?}");
+    // Max-Breadth 4 from upstream: four branches of 1; the twelve others
+    // end 440 without a message.
+    let mut p = Proxy::new(fork(16));
+    let narrow =
+        msg(&text(&invite()).replace("Max-Forwards: 70", "Max-Forwards: 70\r\nMax-Breadth: 4"));
+    p.recv(0, CALLER, narrow);
+    let sent = p.sent();
+    let invites: Vec<&Message> = sent
+        .iter()
+        .filter(|(_, m)| m.method() == Some(&Method::Invite))
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(invites.len(), 4);
+    assert!(invites.iter().all(|m| breadth(m) == Some(1)));
+    // Those four fail: the answer upstream is the best, not a 440 storm.
+    for (t, m) in sent
+        .iter()
+        .filter(|(_, m)| m.method() == Some(&Method::Invite))
+    {
+        p.recv(5, &t.addr.to_string(), answer(m, 486, "x"));
+    }
+    let up = only_to(&p.sent(), CALLER);
+    assert_eq!(up.iter().map(line).collect::<Vec<_>>(), ["486"]);
+}
+
+#[test]
+fn a_response_from_another_address_does_not_touch_the_call() {
+    let mut p = Proxy::new(relay_to("bob@192.0.2.10"));
+    p.recv(0, CALLER, invite());
+    let out = last_to(&p.sent(), UAS_A, "INVITE");
+    // Someone who saw (or guessed) the branch forges a 603 from elsewhere.
+    p.recv(5, "198.51.100.66:5060", answer(&out, 603, "forged"));
+    assert!(
+        only_to(&p.sent(), CALLER).is_empty(),
+        "the forged 603 went upstream"
+    );
+    // The callee's own answer still counts.
+    p.recv(10, UAS_A, answer(&out, 200, "real"));
+    let up = only_to(&p.sent(), CALLER);
+    assert_eq!(up.iter().map(line).collect::<Vec<_>>(), ["200"]);
+}
+
+#[test]
+fn a_stray_response_goes_only_to_a_via_we_can_prove_we_added() {
+    let mut p = Proxy::new(Box::new(|_: &mut RequestCtx| {
+        vec![Action::Forward {
+            destination: Some("sip:192.0.2.10".into()),
+        }]
+    }));
+    p.recv(0, CALLER, request("MESSAGE", "z9hG4bKst1", None, 1));
+    let out = last_to(&p.sent(), UAS_A, "MESSAGE");
+    // The true answer of a stateless forward goes to the caller.
+    p.recv(5, UAS_A, answer(&out, 200, "x"));
+    assert_eq!(summary(&p.sent()), vec![pair(CALLER, "200")]);
+    // The same branch above another Via: a stray response asking us to
+    // write into 10.0.0.5:6379.
+    let forged = msg(&text(&answer(&out, 200, "x")).replace(
+        "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKst1",
+        "SIP/2.0/TCP 10.0.0.5:6379;branch=z9hG4bKst1",
+    ));
+    p.recv(6, UAS_A, forged);
+    assert!(p.sent().is_empty());
+    // An old-style branch of ours, made up: nothing either.
+    let made_up = msg(&text(&answer(&out, 200, "x")).replace(
+        out.top_via().expect("via").branch().expect("branch"),
+        "z9hG4bKwsp1-1",
+    ));
+    p.recv(7, UAS_A, made_up);
+    assert!(p.sent().is_empty());
+}
+
+#[test]
+fn a_source_past_its_transactions_gets_503_without_one() {
+    let mut p = Proxy::new(relay_to("bob@192.0.2.10")).limits(ProxyLimits {
+        max_transactions_per_source: 2,
+        ..ProxyLimits::default()
+    });
+    for i in 0..3 {
+        p.recv(
+            0,
+            CALLER,
+            request("INVITE", &format!("z9hG4bKtx{i}"), None, 1),
+        );
+    }
+    let up: Vec<String> = only_to(&p.sent(), CALLER).iter().map(line).collect();
+    assert_eq!(up, ["100", "100", "503"]);
+    assert_eq!(p.core.len().0, 4, "two server and two client transactions");
+    // Another source is not held back by this one.
+    let mut other = request("INVITE", "z9hG4bKother", None, 1);
+    other
+        .set_top_via(
+            crate::sip::Via::parse("SIP/2.0/UDP 192.0.2.2:5060;branch=z9hG4bKother").expect("via"),
+        )
+        .expect("via");
+    p.recv(1, "192.0.2.2:5060", other);
+    assert_eq!(
+        summary(&only_to_pairs(&p.sent(), "192.0.2.2:5060")),
+        vec![pair("192.0.2.2:5060", "100")]
+    );
+}
+
+fn only_to_pairs(sent: &[(Target, Message)], to: &str) -> Vec<(Target, Message)> {
+    sent.iter()
+        .filter(|(t, _)| t.addr == addr(to))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_refused_invite_is_answered_once_and_leaves_no_transaction() {
+    let mut p = Proxy::new(Box::new(|_: &mut RequestCtx| {
+        vec![Action::Reply {
+            code: 404,
+            reason: "Not Found".into(),
+            headers: vec![],
+        }]
+    }));
+    p.recv(0, CALLER, invite());
+    assert_eq!(summary(&p.sent()), vec![pair(CALLER, "404")]);
+    assert_eq!(p.core.len(), (0, 0));
+    // No Timer G retransmissions towards a source that may be spoofed.
+    p.advance(40_000);
+    assert!(p.sent().is_empty());
 }

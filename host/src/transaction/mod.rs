@@ -84,6 +84,7 @@ mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -173,6 +174,11 @@ pub enum ResponseDisposition {
     /// A retransmitted final (the ACK was re-sent for an INVITE), or a
     /// response the state no longer wants.
     Absorbed,
+    /// It names a transaction of ours but comes from another address
+    /// than the one the request went to: forged (its branch guessed or
+    /// seen), or from a peer that answers from elsewhere. Dropped; the
+    /// transaction does not see it.
+    Foreign,
 }
 
 /// What the TU must know.
@@ -481,16 +487,25 @@ impl Transactions {
         Ok(id)
     }
 
-    /// A received response. `None` when it matches no client transaction
-    /// (a stray: a proxy forwards a stray 2xx statelessly, §16.7).
+    /// A received response, from `from`. `None` when it matches no client
+    /// transaction (a stray: a proxy forwards a stray 2xx statelessly,
+    /// §16.7). Besides the branch and method of §17.1.3, a response must
+    /// come from the address its request went to (on a connection, that
+    /// is the connection's peer; over UDP a peer may answer from another
+    /// port, not from another host).
     pub fn handle_response(
         &mut self,
         now: Instant,
         msg: &Message,
+        from: IpAddr,
     ) -> Option<(TxId, ResponseDisposition)> {
         let code = msg.status().filter(|c| (100..=699).contains(c))?;
         let key = ClientKey::of_response(msg)?;
         let id = *self.clients.get(&key)?;
+        let expected = self.txs.get(&id)?.target.addr.ip();
+        if expected.to_canonical() != from.to_canonical() {
+            return Some((id, ResponseDisposition::Foreign));
+        }
         let out = self.run(now, id, |m, ctx| match m {
             Machine::InviteClient(c) => c.on_response(ctx, msg, code),
             Machine::NonInviteClient(c) => c.on_response(ctx, code),

@@ -183,7 +183,7 @@ impl Harness {
     }
 
     fn response(&mut self, ms: u64, m: &Message) -> Option<(TxId, ResponseDisposition)> {
-        self.t.handle_response(self.at(ms), m)
+        self.t.handle_response(self.at(ms), m, udp().addr.ip())
     }
 }
 
@@ -1049,8 +1049,11 @@ fn refusals() {
         h.t.handle_request(now, &no_cseq, udp()),
         Err(TxError::BadHeader("CSeq"))
     );
-    assert_eq!(h.t.handle_response(now, &invite), None);
-    assert_eq!(h.t.handle_response(now, &msg("SIP/2.0 200 OK\n\n")), None);
+    assert_eq!(h.t.handle_response(now, &invite, udp().addr.ip()), None);
+    assert_eq!(
+        h.t.handle_response(now, &msg("SIP/2.0 200 OK\n\n"), udp().addr.ip()),
+        None
+    );
     // Refusals changed nothing.
     assert_eq!(h.t.len(), 1);
     assert_eq!(h.out(0), ["0 send INVITE"]);
@@ -1083,9 +1086,10 @@ fn corpus_messages_never_panic() {
                 }
                 let _ = h.t.handle_request(now, &m, udp());
                 let _ = h.t.send_request(now, m.clone(), udp());
-                let _ = h.t.handle_response(now, &reply(&m, 500, Some("x")));
+                let _ =
+                    h.t.handle_response(now, &reply(&m, 500, Some("x")), udp().addr.ip());
             } else {
-                let _ = h.t.handle_response(now, &m);
+                let _ = h.t.handle_response(now, &m, udp().addr.ip());
             }
         }
     }

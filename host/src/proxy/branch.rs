@@ -1,0 +1,248 @@
+//! The branch parameter of every request wisp sends (RFC 3261 §16.6 step
+//! 8): unique, unforgeable, and carrying the loop-detection hash of §16.3
+//! step 4.
+//!
+//! A branch reads `z9hG4bKwsp` ID `.` LOOP `.` MAC:
+//! - ID names the transaction: the shard and a counter for a relayed
+//!   request, a keyed hash of the request for a stateless forward (so that
+//!   its retransmissions, CANCEL and ACK get the same branch);
+//! - LOOP hashes what routes the request as it was received (Request-URI,
+//!   tags, Call-ID, CSeq number, top Route, Proxy-Require,
+//!   Proxy-Authorization): a request that comes back with one of our Vias
+//!   whose LOOP equals its own has looped; with another LOOP it spirals
+//!   (its Request-URI was changed), which is allowed;
+//! - MAC is keyed with the process secret over ID, LOOP and the Via below
+//!   ours (where the response to it goes). A branch cannot be guessed from
+//!   another one, and a response is relayed by Via only when its Via was
+//!   put there by us above the very Via it is going to: a stray response
+//!   cannot make wisp send to an address of the attacker's choosing.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use crate::sip::{HeaderName, Message, Via};
+
+use super::secret;
+
+/// What starts every branch of ours: the RFC 3261 magic cookie and a mark.
+pub const PREFIX: &str = "z9hG4bKwsp";
+/// Bytes of MAC in a branch: 64 bits, beyond guessing while a
+/// transaction lives.
+const MAC_BYTES: usize = 8;
+
+/// The loop hash of a request as received (RFC 3261 §16.6 step 8).
+pub fn loop_hash(msg: &Message) -> u32 {
+    let mut h = DefaultHasher::new();
+    msg.uri().hash(&mut h);
+    let tag = |to: bool| {
+        let header = if to { msg.to() } else { msg.from() };
+        header
+            .ok()
+            .and_then(|n| n.tag().map(str::to_ascii_lowercase))
+    };
+    tag(true).hash(&mut h);
+    tag(false).hash(&mut h);
+    msg.call_id().hash(&mut h);
+    msg.cseq().ok().map(|c| c.seq).hash(&mut h);
+    msg.values(&HeaderName::Route).next().hash(&mut h);
+    for name in [HeaderName::ProxyRequire, HeaderName::ProxyAuthorization] {
+        for line in msg.header_lines(&name) {
+            line.hash(&mut h);
+        }
+    }
+    let full = h.finish();
+    (full ^ (full >> 32)) as u32
+}
+
+/// Our branch for a request named `id` (no dots), whose loop hash is
+/// `loop_hash`, sent with our Via above `below` (the request's top Via as
+/// it arrived, received and rport stamped).
+pub fn make(id: &str, loop_hash: u32, below: Option<&Via>) -> String {
+    let loop_hex = format!("{loop_hash:08x}");
+    let anchor = anchor(below);
+    let mac = secret::mac(&[id.as_bytes(), loop_hex.as_bytes(), anchor.as_bytes()]);
+    format!("{PREFIX}{id}.{loop_hex}.{}", hex::encode(&mac[..MAC_BYTES]))
+}
+
+/// The id of a stateless forward: the same for the same request (its
+/// retransmissions, and a CANCEL or non-2xx ACK of an INVITE) and
+/// different for others, keyed so that it tells nothing.
+pub fn stateless_id(msg: &Message) -> String {
+    let mut h = DefaultHasher::new();
+    msg.uri().hash(&mut h);
+    match msg
+        .top_via()
+        .ok()
+        .and_then(|v| v.branch().map(str::to_owned))
+    {
+        Some(branch) if branch.starts_with("z9hG4bK") => branch.hash(&mut h),
+        // RFC 2543 peers: the transaction is named by these (§17.2.3).
+        _ => {
+            msg.call_id().hash(&mut h);
+            msg.cseq().ok().map(|c| c.seq).hash(&mut h);
+            msg.from()
+                .ok()
+                .and_then(|f| f.tag().map(str::to_owned))
+                .hash(&mut h);
+            msg.header(&HeaderName::Via).hash(&mut h);
+        }
+    }
+    let mac = secret::mac(&[b"stateless", &h.finish().to_be_bytes()]);
+    hex::encode(&mac[..8])
+}
+
+/// The loop hash of `branch` when it is ours, put above `below`; None for
+/// a branch we did not make (another element's, forged, or from before a
+/// restart).
+pub fn verify(branch: &str, below: Option<&Via>) -> Option<u32> {
+    let rest = branch
+        .get(..PREFIX.len())
+        .filter(|p| p.eq_ignore_ascii_case(PREFIX))?;
+    let rest = &branch[rest.len()..];
+    let (rest, mac) = rest.rsplit_once('.')?;
+    let (id, loop_hex) = rest.rsplit_once('.')?;
+    if loop_hex.len() != 8 || mac.len() != 2 * MAC_BYTES {
+        return None;
+    }
+    let tag = hex::decode(mac).ok()?;
+    // Branches compare case-insensitively (RFC 3261 §7.3.1); ours are
+    // written in lower case.
+    let (id, loop_hex) = (id.to_ascii_lowercase(), loop_hex.to_ascii_lowercase());
+    let anchor = anchor(below);
+    secret::verify(
+        &[id.as_bytes(), loop_hex.as_bytes(), anchor.as_bytes()],
+        &tag,
+    )
+    .then(|| u32::from_str_radix(&loop_hex, 16).ok())
+    .flatten()
+}
+
+/// Whether the request was forwarded by us before with the same loop
+/// hash: one of its Vias (any, a loop may take several hops) is ours and
+/// records `loop_hash` (RFC 3261 §16.3 step 4).
+pub fn has_looped(msg: &Message, loop_hash: u32) -> bool {
+    let vias: Vec<&str> = msg.values(&HeaderName::Via).collect();
+    if !vias.iter().any(|v| crate::sip::mentions(v, PREFIX)) {
+        return false;
+    }
+    let parsed: Vec<Option<Via>> = vias.iter().map(|v| Via::parse(v).ok()).collect();
+    parsed.iter().enumerate().any(|(i, via)| {
+        via.as_ref()
+            .and_then(|via| via.branch())
+            .filter(|b| b.len() > PREFIX.len())
+            .and_then(|b| verify(b, parsed.get(i + 1).and_then(Option::as_ref)))
+            == Some(loop_hash)
+    })
+}
+
+/// What the MAC binds of the Via below ours: everything that says where a
+/// response goes, and the branch that names the previous hop's transaction.
+fn anchor(below: Option<&Via>) -> String {
+    let Some(via) = below else {
+        return String::new();
+    };
+    let param = |name: &str| {
+        via.params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_deref().unwrap_or(""))
+    };
+    format!(
+        "{}|{}|{}|{:?}|{:?}|{:?}",
+        via.transport.to_ascii_uppercase(),
+        via.host.to_string().to_ascii_lowercase(),
+        via.port.unwrap_or(0),
+        param("received"),
+        param("rport"),
+        param("branch"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip;
+
+    fn via(text: &str) -> Via {
+        Via::parse(text).expect("via")
+    }
+
+    fn request(uri: &str, vias: &[&str]) -> Message {
+        let mut text = format!("INVITE {uri} SIP/2.0\r\n");
+        for v in vias {
+            text.push_str(&format!("Via: {v}\r\n"));
+        }
+        text.push_str(
+            "From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.com>\r\n\
+             Call-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+        );
+        sip::parse(bytes::Bytes::from(text)).expect("parse")
+    }
+
+    #[test]
+    fn a_branch_is_ours_only_above_the_via_it_was_made_for() {
+        let below = via("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKa;rport=5060;received=192.0.2.1");
+        let b = make("3.17", 0xdead_beef, Some(&below));
+        assert!(b.starts_with(PREFIX), "{b}");
+        assert_eq!(verify(&b, Some(&below)), Some(0xdead_beef));
+        assert_eq!(
+            verify(&b.to_ascii_uppercase(), Some(&below)),
+            Some(0xdead_beef)
+        );
+        // The same branch above another Via: a stray response rewritten
+        // to send us elsewhere.
+        let elsewhere = via("SIP/2.0/TCP 10.0.0.5:6379;branch=z9hG4bKa");
+        assert_eq!(verify(&b, Some(&elsewhere)), None);
+        assert_eq!(verify(&b, None), None);
+        // Another counter with the same MAC, a guessed MAC, another's branch.
+        assert_eq!(verify(&b.replacen("3.17", "3.18", 1), Some(&below)), None);
+        let mut guessed = b.clone();
+        guessed.pop();
+        guessed.push('0');
+        let mut other = guessed.clone();
+        other.pop();
+        other.push('1');
+        assert!(verify(&guessed, Some(&below)).is_none() || verify(&other, Some(&below)).is_none());
+        assert_eq!(verify("z9hG4bKwsp", Some(&below)), None);
+        assert_eq!(verify("z9hG4bK776asdhds", Some(&below)), None);
+    }
+
+    #[test]
+    fn a_request_back_with_our_via_and_its_hash_has_looped_and_a_spiral_has_not() {
+        let first = request(
+            "sip:bob@example.com",
+            &["SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa"],
+        );
+        let hash = loop_hash(&first);
+        let below = first.top_via().expect("via");
+        let ours = format!(
+            "SIP/2.0/UDP 192.0.2.9;branch={}",
+            make("0.1", hash, Some(&below))
+        );
+        let back = request(
+            "sip:bob@example.com",
+            &[
+                "SIP/2.0/UDP 192.0.2.7;branch=z9hG4bKz",
+                &ours,
+                "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa",
+            ],
+        );
+        assert_eq!(loop_hash(&back), hash);
+        assert!(has_looped(&back, loop_hash(&back)));
+        // A spiral: the Request-URI was changed on the way.
+        let spiral = request(
+            "sip:bob@192.0.2.50",
+            &[
+                "SIP/2.0/UDP 192.0.2.7;branch=z9hG4bKz",
+                &ours,
+                "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa",
+            ],
+        );
+        assert!(!has_looped(&spiral, loop_hash(&spiral)));
+        // Our Via moved above another Via does not count.
+        let moved = request(
+            "sip:bob@example.com",
+            &[&ours, "SIP/2.0/UDP 192.0.2.66;branch=z9hG4bKq"],
+        );
+        assert!(!has_looped(&moved, loop_hash(&moved)));
+    }
+}
