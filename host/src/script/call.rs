@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::limits::Limits;
 use crate::metrics::TenantMetrics;
 use crate::proxy::{Action, Locality, TxVars};
-use crate::sip::Message;
+use crate::sip::{Host, Message, Scheme, Uri};
+use arc_swap::ArcSwap;
 
 /// What a tenant's guest is given, whichever instance runs it.
 pub struct Guest {
@@ -27,6 +28,64 @@ pub struct Guest {
     pub services: Arc<crate::services::Services>,
     /// The tenant's `IPAUTH_ALLOW` list, parsed once.
     pub allow: crate::services::permissions::AllowList,
+    /// The tenant's `domains`: local for its routing (`is-myself`).
+    pub domains: Arc<Domains>,
+}
+
+impl Guest {
+    /// Whether a URI names this proxy for this tenant: a listener or an
+    /// alias of the process, or one of the tenant's own `domains` on a
+    /// port wisp listens on (5060 when none is written, 5061 for sips).
+    /// Other tenants' domains are not local for this one.
+    pub fn is_myself(&self, uri: &Uri) -> bool {
+        self.locality.is_myself(uri) || {
+            let port = uri.port.unwrap_or(if uri.scheme == Scheme::Sips {
+                5061
+            } else {
+                5060
+            });
+            self.domains.contains(&uri.host)
+                && self
+                    .locality
+                    .listeners()
+                    .iter()
+                    .any(|l| l.local.port() == port)
+        }
+    }
+}
+
+/// The domains a tenant claims (the `domains` of its `[[tenant]]`), in
+/// lower case. Shared by every version of the tenant and replaced in place
+/// by a configuration reload, so that a domain added at runtime is local
+/// for the tenant's routing at once, without a new version.
+#[derive(Default)]
+pub struct Domains(ArcSwap<Vec<String>>);
+
+impl Domains {
+    pub fn new(list: &[String]) -> Domains {
+        let domains = Domains::default();
+        domains.set(list);
+        domains
+    }
+
+    pub fn set(&self, domains: &[String]) {
+        self.0.store(Arc::new(
+            domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+        ));
+    }
+
+    /// Whether `host` is one of the domains (a name in any case, or an IP).
+    pub fn contains(&self, host: &Host) -> bool {
+        let domains = self.0.load();
+        if domains.is_empty() {
+            return false;
+        }
+        match host {
+            Host::Name(name) => domains.iter().any(|d| d.eq_ignore_ascii_case(name)),
+            Host::V4(ip) => domains.iter().any(|d| *d == ip.to_string()),
+            Host::V6(ip) => domains.iter().any(|d| *d == ip.to_string()),
+        }
+    }
 }
 
 /// A response handed to a hook (the `response` resource of the WIT).
@@ -67,10 +126,13 @@ impl HookError {
 pub struct HostState {
     pub(super) wasi: WasiCtx,
     pub(super) table: ResourceTable,
-    pub(super) limits: StoreLimits,
+    pub(super) limits: InstanceLimits,
     pub(super) guest: Arc<Guest>,
     /// Actions asked for during the current hook call.
     pub(super) actions: Vec<Action>,
+    /// What the current hook call has asked of the host so far, against
+    /// the per-hook caps of its [`Limits`].
+    pub(super) effects: HookEffects,
     /// The current transaction's variables, lent for the hook call.
     pub(super) vars: TxVars,
     /// Where the response of an on-reply call came from.
@@ -116,21 +178,144 @@ impl StorageTime {
 
 impl HostState {
     pub(super) fn new(guest: Arc<Guest>) -> Self {
-        let memory = usize::try_from(guest.limits.memory_mib << 20).unwrap_or(usize::MAX);
         HostState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory)
-                .instances(64)
-                .trap_on_grow_failure(false)
-                .build(),
+            limits: InstanceLimits::new(&guest.limits),
             guest,
             actions: Vec::new(),
+            effects: HookEffects::default(),
             vars: TxVars::default(),
             reply_source: None,
             storage_time: StorageTime::default(),
         }
+    }
+}
+
+/// What one hook call asked of the host: counted against the per-hook
+/// caps of the tenant's [`Limits`] by the host calls that make messages,
+/// branches and sends. The pool starts every hook call at zero.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct HookEffects {
+    /// Headers added (`append-header`, headers of a `reply`).
+    pub(super) headers: usize,
+    /// Bytes of text handed to the host for messages.
+    pub(super) bytes: usize,
+    /// `append-branch` and `relay` calls.
+    pub(super) branches: usize,
+    /// `forward` calls.
+    pub(super) forwards: usize,
+    /// Replies asked for, provisional ones included.
+    pub(super) replies: usize,
+}
+
+/// Linear memories one instance may create (every core instance of the
+/// component together): one. The bundled Rust routing and the JavaScript
+/// runtime (StarlingMonkey, by sdk-js) each have one; a component that
+/// declares more fails to instantiate, so to load, and the memory cap
+/// cannot be multiplied by declaring memories.
+pub(super) const MAX_MEMORIES: usize = 1;
+/// Tables one instance may create (both bundled routings have 2).
+pub(super) const MAX_TABLES: usize = 8;
+/// Table elements of all tables of one instance together, a pointer or
+/// two each (the bundled Rust routing has 85, the JavaScript one ~7,800).
+pub(super) const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Core instances one component instance may create.
+pub(super) const MAX_INSTANCES: usize = 64;
+
+/// What one instance (a Store) may take: all its linear memories together
+/// within the tenant's `memory_mib`, and a bounded number of memories,
+/// tables, table elements and core instances. A component that declares
+/// more memories than [`MAX_MEMORIES`] fails to instantiate (so to load);
+/// one whose memories together start above the cap too.
+///
+/// Every growth the limiter allows is counted for good: a growth that
+/// then fails is not given back, so a guest cannot make room by failing
+/// (wasmtime reports some failures without asking first). Growth past a
+/// memory's declared maximum is refused here, not left to fail.
+#[derive(Debug)]
+pub(super) struct InstanceLimits {
+    memory: usize,
+    memory_used: usize,
+    elements_used: usize,
+    /// Memories and tables made (growths from nothing), for tests.
+    made: (usize, usize),
+}
+
+impl InstanceLimits {
+    pub(super) fn new(limits: &Limits) -> InstanceLimits {
+        InstanceLimits {
+            memory: usize::try_from(limits.memory_mib.saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
+            memory_used: 0,
+            elements_used: 0,
+            made: (0, 0),
+        }
+    }
+
+    /// Bytes of linear memory and table elements the instance has, and
+    /// the memories and tables it made.
+    #[cfg(test)]
+    pub(super) fn used(&self) -> (usize, usize, (usize, usize)) {
+        (self.memory_used, self.elements_used, self.made)
+    }
+}
+
+/// Takes `desired - current` more of `used`, within `cap` and the
+/// declared maximum; false (nothing taken) when either is passed.
+fn grow(used: &mut usize, cap: usize, current: usize, desired: usize, max: Option<usize>) -> bool {
+    let more = desired.saturating_sub(current);
+    let total = used.saturating_add(more);
+    if total > cap || max.is_some_and(|m| desired > m) {
+        return false;
+    }
+    *used = total;
+    true
+}
+
+impl ResourceLimiter for InstanceLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.made.0 += usize::from(current == 0);
+        Ok(grow(
+            &mut self.memory_used,
+            self.memory,
+            current,
+            desired,
+            maximum,
+        ))
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.made.1 += usize::from(current == 0);
+        Ok(grow(
+            &mut self.elements_used,
+            MAX_TABLE_ELEMENTS,
+            current,
+            desired,
+            maximum,
+        ))
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
     }
 }
 
@@ -165,5 +350,213 @@ mod tests {
             "never past the bound"
         );
         assert_eq!(time.owed(), Duration::ZERO);
+    }
+
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+
+    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb(body.len(), out);
+        out.extend_from_slice(body);
+    }
+
+    /// A core module with a memory of each size in `memories` (pages) and
+    /// a funcref table of each size in `tables`.
+    fn core_module(memories: &[usize], tables: &[usize]) -> Vec<u8> {
+        let mut module = b"\0asm\x01\0\0\0".to_vec();
+        if !tables.is_empty() {
+            let mut body = Vec::new();
+            leb(tables.len(), &mut body);
+            for &elements in tables {
+                body.extend([0x70, 0x00]);
+                leb(elements, &mut body);
+            }
+            section(4, &body, &mut module);
+        }
+        if !memories.is_empty() {
+            let mut body = Vec::new();
+            leb(memories.len(), &mut body);
+            for &pages in memories {
+                body.push(0x00);
+                leb(pages, &mut body);
+            }
+            section(5, &body, &mut module);
+        }
+        module
+    }
+
+    /// A component that instantiates each of `modules` once.
+    fn component(modules: &[Vec<u8>]) -> Vec<u8> {
+        let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+        for module in modules {
+            section(1, module, &mut component);
+        }
+        let mut body = Vec::new();
+        leb(modules.len(), &mut body);
+        for i in 0..modules.len() {
+            body.push(0x00);
+            leb(i, &mut body);
+            body.push(0x00);
+        }
+        section(2, &body, &mut component);
+        component
+    }
+
+    fn guest(memory_mib: u64) -> Arc<Guest> {
+        Arc::new(test_guest(memory_mib))
+    }
+
+    fn test_guest(memory_mib: u64) -> Guest {
+        let storage = crate::services::Storage::in_memory().expect("in-memory storage");
+        Guest {
+            tenant: "test".into(),
+            version: 1,
+            params: BTreeMap::new(),
+            limits: Limits {
+                memory_mib,
+                ..Limits::default()
+            },
+            locality: Arc::new(Locality::new(Vec::new(), Vec::new())),
+            metrics: crate::metrics::Metrics::new().tenant("test"),
+            services: Arc::new(crate::services::Services::with_storage(storage)),
+            allow: Default::default(),
+            domains: Default::default(),
+        }
+    }
+
+    /// Instantiates `wasm` (a component importing nothing) under the
+    /// limits of a tenant with `memory_mib`: what the instance took, or
+    /// why it could not be made.
+    fn instantiate(wasm: &[u8], memory_mib: u64) -> Result<(usize, usize, (usize, usize)), String> {
+        let engine = wasmtime::Engine::default();
+        let component =
+            wasmtime::component::Component::new(&engine, wasm).map_err(|e| format!("{e:#}"))?;
+        let mut store = wasmtime::Store::new(&engine, HostState::new(guest(memory_mib)));
+        store.limiter(|state| &mut state.limits);
+        wasmtime::component::Linker::new(&engine)
+            .instantiate(&mut store, &component)
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(store.data().limits.used())
+    }
+
+    const PAGE: usize = 64 << 10;
+
+    /// One linear memory per instance, within the cap: a second memory,
+    /// declared in the same core module or in another, is refused, so the
+    /// cap cannot be had twice.
+    #[test]
+    fn one_memory_per_instance_within_the_cap() {
+        // 16 MiB is 256 pages.
+        let one = component(&[core_module(&[200], &[])]);
+        assert_eq!(instantiate(&one, 16), Ok((200 * PAGE, 0, (1, 0))));
+        let big = component(&[core_module(&[300], &[])]);
+        let err = instantiate(&big, 16).unwrap_err();
+        assert!(err.contains("exceeds memory limits"), "{err}");
+        let two_in_one = component(&[core_module(&[1, 1], &[])]);
+        let err = instantiate(&two_in_one, 16).unwrap_err();
+        assert!(err.contains("memor"), "{err}");
+        let two_modules = component(&[core_module(&[1], &[]), core_module(&[1], &[])]);
+        let err = instantiate(&two_modules, 16).unwrap_err();
+        assert!(err.contains("memor"), "{err}");
+        eprintln!("a component with two memories: {err}");
+    }
+
+    #[test]
+    fn tables_are_bounded() {
+        let fits = component(&[core_module(&[], &[MAX_TABLE_ELEMENTS / 2; 2])]);
+        assert_eq!(instantiate(&fits, 16), Ok((0, MAX_TABLE_ELEMENTS, (0, 2))));
+        let big = component(&[core_module(&[], &[MAX_TABLE_ELEMENTS / 2 + 1; 2])]);
+        let err = instantiate(&big, 16).unwrap_err();
+        assert!(err.contains("table"), "{err}");
+        let many = component(&[core_module(&[], &[1; MAX_TABLES + 1])]);
+        let err = instantiate(&many, 16).unwrap_err();
+        assert!(err.contains("table"), "{err}");
+    }
+
+    /// What the bundled routing takes of the default limits: one linear
+    /// memory, well under the cap.
+    #[test]
+    fn the_bundled_routing_fits_the_default_limits() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = super::super::ScriptEngine::new(Some(dir.path().to_owned())).expect("engine");
+        let loaded = engine
+            .load(super::super::DEFAULT_COMPONENT, "bundled")
+            .expect("loads");
+        let limits = Limits::default();
+        let mut store =
+            wasmtime::Store::new(&engine.engine, HostState::new(guest(limits.memory_mib)));
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(1 << 20);
+        loaded.pre.instantiate(&mut store).expect("instantiates");
+        let (memory, elements, (memories, tables)) = store.data().limits.used();
+        eprintln!(
+            "bundled routing: {memories} memory, {} KiB; {tables} tables, {elements} elements",
+            memory >> 10
+        );
+        assert_eq!(memories, 1);
+        assert!(memory < (limits.memory_mib << 20) as usize / 8);
+        assert!(tables <= MAX_TABLES && elements < MAX_TABLE_ELEMENTS / 100);
+    }
+
+    /// A tenant's domains are local for it on the ports wisp listens on,
+    /// as they are now; other names are not.
+    #[test]
+    fn a_tenants_domains_are_myself_for_it() {
+        use crate::transport::{Listener, Transport};
+        let listener = Listener {
+            transport: Transport::Udp,
+            local: "127.0.0.1:5070".parse().expect("addr"),
+            advertise: None,
+        };
+        let guest = Guest {
+            locality: Arc::new(Locality::new(vec![listener], vec!["alias.example".into()])),
+            domains: Arc::new(Domains::new(&["T5.Example".into(), "192.0.2.7".into()])),
+            ..test_guest(16)
+        };
+        let myself = |uri: &str| guest.is_myself(&Uri::parse(uri).expect("uri"));
+        assert!(myself("sip:alice@t5.example:5070"));
+        assert!(myself("sip:T5.EXAMPLE:5070;transport=tcp"));
+        assert!(myself("sip:192.0.2.7:5070"));
+        assert!(myself("sip:alias.example:5070"));
+        assert!(
+            !myself("sip:alice@t5.example"),
+            "5060: not a port of wisp's"
+        );
+        assert!(!myself("sip:alice@t6.example:5070"), "another tenant's");
+        guest.domains.set(&["t6.example".into()]);
+        assert!(myself("sip:alice@t6.example:5070"), "changed in place");
+        assert!(!myself("sip:alice@t5.example:5070"));
+    }
+
+    /// A growth refused, or past a memory's maximum, takes nothing; one
+    /// allowed is counted even if it then fails.
+    #[test]
+    fn growth_is_counted_once_and_never_given_back() {
+        let mut limits = InstanceLimits::new(&Limits {
+            memory_mib: 1,
+            ..Limits::default()
+        });
+        assert!(limits.memory_growing(0, 8 * PAGE, None).unwrap());
+        assert!(!limits.memory_growing(8 * PAGE, 20 * PAGE, None).unwrap());
+        assert!(!limits
+            .memory_growing(8 * PAGE, 10 * PAGE, Some(9 * PAGE))
+            .unwrap());
+        assert!(limits.memory_growing(8 * PAGE, 10 * PAGE, None).unwrap());
+        limits
+            .memory_grow_failed(wasmtime::Error::msg("the system said no"))
+            .unwrap();
+        assert_eq!(limits.used().0, 10 * PAGE);
+        assert!(limits.memory_growing(0, 6 * PAGE, None).unwrap());
+        assert!(!limits.memory_growing(0, PAGE, None).unwrap());
     }
 }

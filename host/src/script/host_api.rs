@@ -48,14 +48,93 @@ impl HostState {
 
 impl types::Host for HostState {}
 
+/// The error of a host call past a per-hook cap of the tenant's limits.
+fn past_cap(what: &str, cap: usize, field: &str) -> types::Error {
+    types::Error::NotAllowed(format!(
+        "more than {cap} {what} in one hook call (limits.{field})"
+    ))
+}
+
 impl HostState {
-    /// Queues a forward or relay after checking its explicit destination.
+    /// Takes `headers` headers and `bytes` bytes of text from the hook's
+    /// caps, or takes nothing and says which cap it would pass. The caller
+    /// then does what it was asked (which may still fail: the count stays,
+    /// so a hook cannot try without end).
+    pub(super) fn spend_text(&mut self, headers: usize, bytes: usize) -> Result<(), types::Error> {
+        let limits = &self.guest.limits;
+        let fx = &mut self.effects;
+        if fx.headers.saturating_add(headers) > limits.headers_per_hook {
+            return Err(past_cap(
+                "headers added",
+                limits.headers_per_hook,
+                "headers_per_hook",
+            ));
+        }
+        if fx.bytes.saturating_add(bytes) > limits.bytes_per_hook {
+            return Err(past_cap(
+                "bytes of text for messages",
+                limits.bytes_per_hook,
+                "bytes_per_hook",
+            ));
+        }
+        fx.headers += headers;
+        fx.bytes += bytes;
+        Ok(())
+    }
+
+    /// Takes one reply from the hook's cap, with its reason and headers.
+    pub(super) fn spend_reply<'a>(
+        &mut self,
+        reason: &str,
+        headers: impl Iterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(), types::Error> {
+        let limits = &self.guest.limits;
+        if self.effects.replies >= limits.replies_per_hook {
+            return Err(past_cap(
+                "replies",
+                limits.replies_per_hook,
+                "replies_per_hook",
+            ));
+        }
+        let (count, bytes) = headers.fold((0usize, reason.len()), |(n, b), (name, value)| {
+            (n + 1, b.saturating_add(name.len() + value.len()))
+        });
+        self.spend_text(count, bytes)?;
+        self.effects.replies += 1;
+        Ok(())
+    }
+
+    /// Takes one branch (an `append-branch` or a `relay`) from the hook's
+    /// cap, with the bytes of its URI or destination.
+    fn spend_branch(&mut self, bytes: usize) -> Result<(), types::Error> {
+        let cap = self.guest.limits.branches_per_hook;
+        if self.effects.branches >= cap {
+            return Err(past_cap("branches", cap, "branches_per_hook"));
+        }
+        self.spend_text(0, bytes)?;
+        self.effects.branches += 1;
+        Ok(())
+    }
+
+    /// Queues a forward or relay after checking its explicit destination
+    /// and the hook's caps.
     fn push_routing(&mut self, action: Action) -> Result<(), types::Error> {
         let (Action::Forward { destination } | Action::Relay { destination }) = &action else {
             return Ok(());
         };
         if let Some(dest) = destination {
             crate::proxy::Destination::parse(dest).map_err(invalid)?;
+        }
+        let bytes = destination.as_ref().map_or(0, String::len);
+        if matches!(action, Action::Forward { .. }) {
+            let cap = self.guest.limits.forwards_per_hook;
+            if self.effects.forwards >= cap {
+                return Err(past_cap("forwards", cap, "forwards_per_hook"));
+            }
+            self.spend_text(0, bytes)?;
+            self.effects.forwards += 1;
+        } else {
+            self.spend_branch(bytes)?;
         }
         self.actions.push(action);
         Ok(())
@@ -81,6 +160,10 @@ impl types::HostRequest for HostState {
         req: Resource<RequestCtx>,
         uri: String,
     ) -> Result<Result<(), types::Error>> {
+        self.req(&req)?;
+        if let Err(err) = self.spend_text(0, uri.len()) {
+            return Ok(Err(err));
+        }
         let req = self.req_mut(&req)?;
         // A new Request-URI drops the destination and Path a lookup set.
         req.dst_uri = None;
@@ -117,7 +200,7 @@ impl types::HostRequest for HostState {
             .msg
             .uri()
             .and_then(|u| sip::Uri::parse(u).ok())
-            .is_some_and(|uri| self.guest.locality.is_myself(&uri)))
+            .is_some_and(|uri| self.guest.is_myself(&uri)))
     }
 
     fn header(&mut self, req: Resource<RequestCtx>, name: String) -> Result<Option<String>> {
@@ -138,6 +221,13 @@ impl types::HostRequest for HostState {
         name: String,
         value: String,
     ) -> Result<Result<(), types::Error>> {
+        self.req(&req)?;
+        if let Err(err) = checks::header_field(&name, &value) {
+            return Ok(Err(invalid(err)));
+        }
+        if let Err(err) = self.spend_text(1, name.len() + value.len()) {
+            return Ok(Err(err));
+        }
         let req = self.req_mut(&req)?;
         Ok(req
             .msg
@@ -252,8 +342,12 @@ impl types::HostResponse for HostState {
         name: String,
         value: String,
     ) -> Result<Result<(), types::Error>> {
+        self.res(&res)?;
         if let Err(err) = checks::header_field(&name, &value) {
             return Ok(Err(invalid(err)));
+        }
+        if let Err(err) = self.spend_text(1, name.len() + value.len()) {
+            return Ok(Err(err));
         }
         let res: &mut ResponseCtx = self.table.get_mut(&res)?;
         Ok(res
@@ -306,12 +400,15 @@ impl tm::Host for HostState {
         if let Err(err) = sip::Uri::parse(&uri) {
             return Ok(Err(invalid(err)));
         }
-        let req = self.req_mut(&req)?;
-        if req.branches.len() >= MAX_BRANCHES {
+        if self.req(&req)?.branches.len() >= MAX_BRANCHES {
             return Ok(Err(types::Error::NotAllowed(format!(
                 "at most {MAX_BRANCHES} branches per relay"
             ))));
         }
+        if let Err(err) = self.spend_branch(uri.len()) {
+            return Ok(Err(err));
+        }
+        let req = self.req_mut(&req)?;
         req.branches.push(crate::proxy::BranchTarget {
             uri,
             ..Default::default()
@@ -340,11 +437,35 @@ impl vars::Host for HostState {
         Ok(self.vars.values.get(&name).cloned())
     }
 
+    /// Past the tenant's `vars` or `var_bytes` the call traps (the WIT
+    /// gives `set` no error): the transaction keeps what it had.
     fn set(&mut self, name: String, value: Option<String>) -> Result<()> {
-        match value {
-            Some(v) => self.vars.values.insert(name, v),
-            None => self.vars.values.remove(&name),
+        let Some(value) = value else {
+            self.vars.values.remove(&name);
+            return Ok(());
         };
+        let limits = &self.guest.limits;
+        let old = self.vars.values.get(&name).map(|v| name.len() + v.len());
+        if old.is_none() && self.vars.values.len() >= limits.vars {
+            return Err(wasmtime::Error::msg(format!(
+                "vars.set: more than {} variables in one transaction (limits.vars)",
+                limits.vars
+            )));
+        }
+        let held: usize = self
+            .vars
+            .values
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        let after = (held - old.unwrap_or(0)).saturating_add(name.len() + value.len());
+        if after > limits.var_bytes {
+            return Err(wasmtime::Error::msg(format!(
+                "vars.set: more than {} bytes of variables in one transaction (limits.var_bytes)",
+                limits.var_bytes
+            )));
+        }
+        self.vars.values.insert(name, value);
         Ok(())
     }
 
@@ -388,13 +509,22 @@ impl proxy::Host for HostState {
         if let Err(err) = checks::reason_phrase(&reason) {
             return Ok(Err(invalid(err)));
         }
-        let mut extra = Vec::with_capacity(headers.len());
-        for h in headers {
+        for h in &headers {
             if let Err(err) = checks::header_field(&h.name, &h.value) {
                 return Ok(Err(invalid(err)));
             }
-            extra.push((HeaderName::parse(&h.name), h.value));
         }
+        let spent = self.spend_reply(
+            &reason,
+            headers.iter().map(|h| (h.name.as_str(), h.value.as_str())),
+        );
+        if let Err(err) = spent {
+            return Ok(Err(err));
+        }
+        let extra = headers
+            .into_iter()
+            .map(|h| (HeaderName::parse(&h.name), h.value))
+            .collect();
         self.actions.push(Action::Reply {
             code,
             reason,
@@ -427,7 +557,11 @@ impl proxy::Host for HostState {
     }
 
     fn is_myself(&mut self, uri: String) -> Result<bool> {
-        Ok(sip::Uri::parse(&uri).is_ok_and(|uri| self.guest.locality.is_myself(&uri)))
+        Ok(sip::Uri::parse(&uri).is_ok_and(|uri| self.guest.is_myself(&uri)))
+    }
+
+    fn source_trusted(&mut self, req: Resource<RequestCtx>) -> Result<bool> {
+        Ok(self.req(&req)?.source.trusted)
     }
 
     fn parse_uri(&mut self, uri: String) -> Result<Option<proxy::UriParts>> {
@@ -476,7 +610,12 @@ impl rr::Host for HostState {
         if let Some(flow) = routed.flow {
             req.dst_uri = Some(flow.uri());
         }
+        req.route_verified |= routed.verified;
         Ok(routed.had_route)
+    }
+
+    fn route_verified(&mut self, req: Resource<RequestCtx>) -> Result<bool> {
+        Ok(self.req(&req)?.route_verified)
     }
 }
 

@@ -25,6 +25,37 @@ pub struct Limits {
     pub crash_loop_failures: u32,
     pub backoff_ms: u64,
     pub max_backoff_ms: u64,
+    /// Headers one hook call may add: `append-header` on a request or a
+    /// response, and each header of a `reply`. Past it the call fails.
+    pub headers_per_hook: usize,
+    /// Bytes of text one hook call may hand the host to put in messages:
+    /// header names and values, reply reasons, Request-URIs (`set-uri`),
+    /// branch URIs and destinations. Past it the call fails.
+    pub bytes_per_hook: usize,
+    /// Branches one hook call may ask for: `append-branch` and `relay`
+    /// calls (the host's own lookup adds branches too, 16 at most).
+    pub branches_per_hook: usize,
+    /// Stateless `forward` calls in one hook call.
+    pub forwards_per_hook: usize,
+    /// Replies one hook call may send, provisional ones included
+    /// (`reply`, challenges, the registrar's answer).
+    pub replies_per_hook: usize,
+    /// Variables (`vars.set`) a transaction may hold at once.
+    pub vars: usize,
+    /// Bytes of variable names and values a transaction may hold at once.
+    pub var_bytes: usize,
+    /// Keys the tenant may hold in the key-value store.
+    pub kv_keys: usize,
+    /// Bytes the tenant's keys may take in the key-value store: keys,
+    /// values and a fixed overhead per key (see `services::kv`).
+    pub kv_bytes: usize,
+    /// Hook time the tenant may use per second, all its hooks and workers
+    /// together, in milliseconds. Past it, its new requests are answered
+    /// 503 with Retry-After until the next second (its calls in progress
+    /// still get their reply and failure hooks). The default, 1000 (a
+    /// whole core), is far above what a normal tenant uses (a hook call
+    /// takes microseconds); a lower value shares the cores out.
+    pub hook_budget_ms_per_s: u64,
 }
 
 impl Default for Limits {
@@ -37,6 +68,16 @@ impl Default for Limits {
             crash_loop_failures: 5,
             backoff_ms: 1000,
             max_backoff_ms: 60_000,
+            headers_per_hook: 64,
+            bytes_per_hook: 64 << 10,
+            branches_per_hook: 32,
+            forwards_per_hook: 8,
+            replies_per_hook: 8,
+            vars: 64,
+            var_bytes: 16 << 10,
+            kv_keys: 10_000,
+            kv_bytes: 4 << 20,
+            hook_budget_ms_per_s: 1000,
         }
     }
 }
@@ -44,6 +85,14 @@ impl Default for Limits {
 impl Limits {
     pub fn hook_deadline(&self) -> Duration {
         Duration::from_millis(self.hook_deadline_ms)
+    }
+
+    /// The tenant's share of the key-value store.
+    pub fn kv_quota(&self) -> crate::services::kv::Quota {
+        crate::services::kv::Quota {
+            keys: self.kv_keys,
+            bytes: self.kv_bytes,
+        }
     }
 
     /// The checks serde cannot express: limits no hook could run within.
@@ -57,6 +106,9 @@ impl Limits {
         }
         if self.max_instances == 0 {
             return Err("max_instances must be above 0".into());
+        }
+        if self.hook_budget_ms_per_s == 0 {
+            return Err("hook_budget_ms_per_s must be above 0".into());
         }
         Ok(())
     }

@@ -22,7 +22,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
 pub use cache::EngineConfig;
-pub use call::{Guest, HookError, ResponseCtx};
+pub use call::{Domains, Guest, HookError, ResponseCtx};
 pub use health::HealthCounts;
 pub use limits::Limits;
 pub use pool::Pool;

@@ -228,6 +228,7 @@ impl Pool {
         store.set_epoch_deadline(deadline_ticks(&self.guest.limits));
         let state = store.data_mut();
         state.storage_time = StorageTime::default();
+        state.effects = Default::default();
         state.actions.clear();
         state.reply_source = None;
         std::mem::swap(&mut state.vars, vars);

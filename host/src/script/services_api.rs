@@ -107,6 +107,10 @@ impl HostState {
             Instant::now(),
         );
         let (code, reason) = kind.status();
+        // A reply of the hook's (its text is the host's). The WIT gives a
+        // challenge no error: past the cap the call traps.
+        self.spend_reply("", std::iter::empty())
+            .map_err(|err| wasmtime::Error::msg(format!("challenge: {err}")))?;
         self.actions.push(Action::Reply {
             code,
             reason: reason.to_owned(),
@@ -152,6 +156,15 @@ impl registrar::Host for HostState {
                 vec![],
             )));
         }
+        // The answer is a reply of the hook's: none left, nothing is saved.
+        if self.effects.replies >= self.guest.limits.replies_per_hook {
+            return Ok(Err(rejection(
+                500,
+                "Server Internal Error (replies_per_hook reached)".into(),
+                vec![],
+            )));
+        }
+        let ctx = self.request(&req)?;
         let opts = SaveOptions {
             persistent: options.persistent,
             nat: options.nat,
@@ -210,6 +223,9 @@ impl registrar::Host for HostState {
                     bindings = count,
                     "bindings saved"
                 );
+                // Checked before the save; the contacts are the host's, not
+                // the guest's text.
+                self.effects.replies += 1;
                 self.actions.push(Action::Reply {
                     code: 200,
                     reason: "OK".into(),
@@ -364,6 +380,10 @@ impl auth::Host for HostState {
     }
 }
 
+/// The WIT gives `set` and `incr` no error: a write the store refuses
+/// (past the tenant's `kv_keys` or `kv_bytes`, a key or value too long)
+/// changes nothing; `incr` then answers 0. The store warns when a tenant
+/// reaches its quota.
 impl kv::Host for HostState {
     fn get(&mut self, key: String) -> Result<Option<String>> {
         Ok(self
@@ -374,13 +394,17 @@ impl kv::Host for HostState {
     }
 
     fn set(&mut self, key: String, value: String, ttl_seconds: u32) -> Result<()> {
-        if !self
-            .guest
-            .services
-            .kv
-            .set(self.tenant(), &key, &value, ttl_seconds, Instant::now())
-        {
-            tracing::warn!(tenant = %self.guest.tenant, "kv: key refused (too long, or the table is full)");
+        let quota = self.guest.limits.kv_quota();
+        let stored = self.guest.services.kv.set(
+            self.tenant(),
+            quota,
+            &key,
+            &value,
+            ttl_seconds,
+            Instant::now(),
+        );
+        if let Err(err) = stored {
+            tracing::debug!(tenant = %self.guest.tenant, %err, "kv: set refused");
         }
         Ok(())
     }
@@ -394,18 +418,19 @@ impl kv::Host for HostState {
     }
 
     fn incr(&mut self, key: String, delta: i64, ttl_seconds: u32) -> Result<i64> {
-        match self
-            .guest
-            .services
-            .kv
-            .incr(self.tenant(), &key, delta, ttl_seconds, Instant::now())
-        {
-            Some(v) => Ok(v),
-            None => {
-                tracing::warn!(tenant = %self.guest.tenant, "kv: key refused (too long, or the table is full)");
-                Ok(0)
-            }
-        }
+        let quota = self.guest.limits.kv_quota();
+        let counted = self.guest.services.kv.incr(
+            self.tenant(),
+            quota,
+            &key,
+            delta,
+            ttl_seconds,
+            Instant::now(),
+        );
+        Ok(counted.unwrap_or_else(|err| {
+            tracing::debug!(tenant = %self.guest.tenant, %err, "kv: incr refused");
+            0
+        }))
     }
 }
 

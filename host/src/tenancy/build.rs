@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::metrics::TenantMetrics;
 use crate::proxy::Locality;
-use crate::script::{Guest, Pool, ScriptEngine, DEFAULT_COMPONENT};
+use crate::script::{Domains, Guest, Pool, ScriptEngine, DEFAULT_COMPONENT};
 use crate::services::permissions::AllowList;
 use crate::services::Services;
 
@@ -33,12 +33,14 @@ pub(super) fn digest(wasm: &[u8]) -> String {
     hex::encode(Sha256::digest(wasm))
 }
 
-/// A new version of a tenant, ready to serve; with the digest of its component.
+/// A new version of a tenant, ready to serve; with the digest of its
+/// component. `domains` are the tenant's, shared by all its versions.
 pub(super) fn build_version(
     engine: &ScriptEngine,
     locality: &Arc<Locality>,
     services: &Arc<Services>,
     metrics: TenantMetrics,
+    domains: &Arc<Domains>,
     config: &TenantConfig,
     version: u64,
 ) -> anyhow::Result<(Arc<Pool>, String)> {
@@ -54,6 +56,7 @@ pub(super) fn build_version(
         metrics,
         services: services.clone(),
         allow,
+        domains: domains.clone(),
     });
     let pool = engine.load_checked(&wasm, &origin, guest)?;
     Ok((Arc::new(pool), digest(&wasm)))

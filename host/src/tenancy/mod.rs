@@ -30,7 +30,7 @@ pub use tenant::{Canary, Rollout, Tenant};
 
 use crate::metrics::SharedMetrics;
 use crate::proxy::{Locality, Source};
-use crate::script::{Pool, ScriptEngine};
+use crate::script::{Domains, Pool, ScriptEngine};
 use crate::services::Services;
 use crate::sip::Message;
 
@@ -210,6 +210,7 @@ impl Tenancy {
             &self.locality,
             &self.services,
             tenant.metrics.clone(),
+            tenant.domains(),
             &config,
             version,
         );
@@ -380,6 +381,7 @@ impl Tenancy {
                     &self.locality,
                     &self.services,
                     existing.metrics.clone(),
+                    existing.domains(),
                     t,
                     version,
                 )
@@ -480,15 +482,17 @@ fn new_tenant(
     metrics: &SharedMetrics,
     config: &TenantConfig,
 ) -> anyhow::Result<Tenant> {
+    let domains = Arc::new(Domains::new(&config.domains));
     let (pool, digest) = build::build_version(
         engine,
         locality,
         services,
         metrics.tenant(&config.name),
+        &domains,
         config,
         1,
     )?;
-    Ok(Tenant::new(config.clone(), digest, pool, metrics))
+    Ok(Tenant::new(config.clone(), digest, pool, metrics, domains))
 }
 
 /// Whether two tenant configs make the same version (domains and listeners

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::metrics::{SharedMetrics, TenantMetrics};
-use crate::script::Pool;
+use crate::script::{Domains, Pool};
 
 use super::config::{CanaryPolicy, TenantConfig};
 
@@ -20,6 +20,9 @@ pub struct Tenant {
     pub metrics: TenantMetrics,
     all_metrics: SharedMetrics,
     versions_made: AtomicU64,
+    /// The `domains` of the config in service: local for every version's
+    /// routing, changed in place with the config.
+    domains: Arc<Domains>,
 }
 
 /// The versions serving a tenant.
@@ -43,8 +46,11 @@ impl Tenant {
         digest: String,
         stable: Arc<Pool>,
         metrics: &SharedMetrics,
+        domains: Arc<Domains>,
     ) -> Tenant {
+        domains.set(&config.domains);
         Tenant {
+            domains,
             name: config.name.clone(),
             metrics: metrics.tenant(&config.name),
             all_metrics: metrics.clone(),
@@ -68,7 +74,14 @@ impl Tenant {
             .clone()
     }
 
+    /// The domains every version of this tenant takes as its own.
+    pub(super) fn domains(&self) -> &Arc<Domains> {
+        &self.domains
+    }
+
+    /// Records the config in service; its `domains` are local at once.
     pub(super) fn set_built_from(&self, config: TenantConfig, digest: String) {
+        self.domains.set(&config.domains);
         *self.built_from.lock().unwrap_or_else(|e| e.into_inner()) = (config, digest);
     }
 
