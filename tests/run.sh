@@ -39,6 +39,11 @@ if ! python3 -c 'import pjsua2' 2>/dev/null; then
   python3 -m pip install --quiet 'pjsua2-python==2.15.1.post1'
 fi
 
+if ! python3 -c 'import sipvicious' 2>/dev/null; then
+  echo "== installing SIPVicious (PyPI sipvicious: svwar and svcrack, the attacker of tests/sipvicious.rs)"
+  python3 -m pip install --quiet 'sipvicious==0.3.8'
+fi
+
 echo "== JavaScript SDK (npm ci in sdk-js: componentize-js, esbuild, typescript)"
 command -v node >/dev/null && command -v npm >/dev/null \
   || { echo "node and npm are needed for sdk-js (Debian: apt-get install nodejs npm)"; exit 1; }

@@ -45,6 +45,7 @@ import * as rawKv from "wisp:proxy/kv@0.1.0";
 import * as rawPermissions from "wisp:proxy/permissions@0.1.0";
 import * as rawNat from "wisp:proxy/nat@0.1.0";
 import * as rawAcc from "wisp:proxy/acc@0.1.0";
+import * as rawRatelimit from "wisp:proxy/ratelimit@0.1.0";
 
 export type RawRequest = types.Request;
 export type RawResponse = types.Response;
@@ -600,6 +601,34 @@ export const acc = {
   /** One record of `req` and its final answer `res`. */
   report(req: Request, event: AccEvent, res: Response): void {
     rawAcc.report(req.raw, event, res.raw);
+  },
+};
+
+/**
+ * Rate limits by any key, and the proxy's ban list (Kamailio's pipelimit,
+ * and pike's bans in an htable `ipban`). Keys are the tenant's own; a ban
+ * drops the address's messages on arrival, before any hook.
+ */
+export const ratelimit = {
+  /** Counts a hit of `key`: true while within `limit` per `windowSeconds`, false past it. */
+  check(key: string, limit: number, windowSeconds: number): boolean {
+    return rawRatelimit.check(key, limit, windowSeconds);
+  },
+  /** Bans an IP address for `seconds` (at most a day); false when refused. */
+  ban(ip: string, seconds: number): boolean {
+    return rawRatelimit.ban(ip, seconds);
+  },
+  /** Bans the address the request came from. */
+  banSource(req: Request, seconds: number): boolean {
+    return rawRatelimit.ban(req.source().ip, seconds);
+  },
+  /** The seconds left of the ban on `ip`; undefined when it is not banned. */
+  banned(ip: string): number | undefined {
+    return rawRatelimit.banned(ip);
+  },
+  /** Lifts a ban this tenant set; whether there was one. */
+  unban(ip: string): boolean {
+    return rawRatelimit.unban(ip);
   },
 };
 

@@ -52,7 +52,7 @@ mod services;
 
 pub use request::{Endpoint, Error, Rejection, Request, Result, Transport};
 pub use response::Response;
-pub use services::{acc, auth, kv, nat, permissions, registrar};
+pub use services::{acc, auth, kv, nat, permissions, ratelimit, registrar};
 
 /// Raw bindings generated from the `wisp:proxy` WIT package. Prefer the
 /// wrappers in this crate; these are here for what they do not cover.
@@ -309,7 +309,7 @@ pub fn is_myself(uri: &str) -> bool {
 /// Everything a routing script usually needs, in one import.
 pub mod prelude {
     pub use crate::{
-        acc, auth, config, is_myself, kv, log, nat, permissions, registrar, vars, Request,
-        Response, Result, Router,
+        acc, auth, config, is_myself, kv, log, nat, permissions, ratelimit, registrar, vars,
+        Request, Response, Result, Router,
     };
 }

@@ -1,6 +1,6 @@
 //! The services of the host beside the SIP core, as Kamailio's modules
 //! provide them: location, digest authentication, key-value, IP
-//! allow-lists, NAT helpers and accounting.
+//! allow-lists, NAT helpers, accounting and rate limits.
 
 /// The location service (Kamailio's registrar/usrloc): `save("location")`
 /// and `lookup("location")`.
@@ -168,5 +168,41 @@ pub mod acc {
     /// (`acc_log_request`, or the acc flags at the end of a transaction).
     pub fn report(req: &Request, event: Event, res: &Response) {
         raw::report(req.raw(), event, res.raw())
+    }
+}
+
+/// Rate limits by any key, and the proxy's ban list (Kamailio's pipelimit,
+/// and pike's bans in an htable `ipban`). Keys are the tenant's own; a
+/// ban drops the address's messages on arrival, before any hook.
+pub mod ratelimit {
+    use crate::bindings::wisp::proxy::ratelimit as raw;
+    use crate::Request;
+
+    /// Counts a hit of `key` (`pl_check`); true while it is within `limit`
+    /// hits per `window_seconds`, false past it (not counted).
+    pub fn check(key: &str, limit: u32, window_seconds: u32) -> bool {
+        raw::check(key, limit, window_seconds)
+    }
+
+    /// Bans an IP address for `seconds` (at most a day); false when
+    /// refused (not an address, a trusted source, 0 seconds).
+    pub fn ban(ip: &str, seconds: u32) -> bool {
+        raw::ban(ip, seconds)
+    }
+
+    /// Bans the address the request came from (pike's
+    /// `$sht(ipban=>$si) = 1`).
+    pub fn ban_source(req: &Request, seconds: u32) -> bool {
+        raw::ban(&req.source().ip, seconds)
+    }
+
+    /// The seconds left of the ban on `ip`; None when it is not banned.
+    pub fn banned(ip: &str) -> Option<u32> {
+        raw::banned(ip)
+    }
+
+    /// Lifts a ban this tenant set; whether there was one.
+    pub fn unban(ip: &str) -> bool {
+        raw::unban(ip)
     }
 }
