@@ -480,7 +480,7 @@ mod tests {
             assert_eq!(f.admit_at(a, true, now), Some(false));
         }
         let tracked = f.tracked();
-        assert!(tracked <= 1008 && tracked >= 900, "{tracked}");
+        assert!((900..=1008).contains(&tracked), "{tracked}");
         // Every bucket is full again a little later: purged.
         f.purge(now + Duration::from_millis(100));
         assert_eq!(f.tracked(), 0);
