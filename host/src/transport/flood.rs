@@ -243,30 +243,30 @@ impl Flood {
             return Some(false);
         }
         let (rate, burst) = (f64::from(config.requests_per_s), f64::from(config.burst));
-        let allowed = {
+        let started = {
             let mut shard = self.shard(ip);
-            match shard.get_mut(&ip) {
-                Some(bucket) => {
-                    let allowed = bucket.take(rate, burst, now);
-                    if !allowed {
-                        // Banned from now on: the bucket is not needed.
-                        shard.remove(&ip);
-                    }
-                    allowed
+            match shard.get_mut(&ip).map(|b| b.take(rate, burst, now)) {
+                Some(true) => return Some(false),
+                Some(false) => {
+                    // Banned from now on, before the bucket goes (under
+                    // its lock: another thread cannot start afresh in
+                    // between).
+                    let started = self.bans.ban(ip, config.ban(), BanOrigin::Flood, now);
+                    shard.remove(&ip);
+                    started
                 }
                 None => {
                     let mut bucket = Bucket::full(burst, now);
-                    let allowed = bucket.take(rate, burst, now);
-                    shard.insert(ip, bucket);
-                    allowed
+                    if bucket.take(rate, burst, now) {
+                        shard.insert(ip, bucket);
+                        return Some(false);
+                    }
+                    self.bans.ban(ip, config.ban(), BanOrigin::Flood, now)
                 }
             }
         };
-        if allowed {
-            return Some(false);
-        }
         self.dropped_limit.inc();
-        if self.bans.ban(ip, config.ban(), BanOrigin::Flood, now) {
+        if started {
             self.bans_started
                 .get_or_create(&ByLabel { by: "flood" })
                 .inc();
