@@ -69,6 +69,12 @@ pub struct TenantMetrics {
     pub suspended: Counter,
     /// Requests answered 503 because every instance was busy.
     pub busy: Counter,
+    /// Requests answered 503 because the tenant used its hook time of
+    /// the second (`hook_budget_ms_per_s`).
+    pub over_budget: Counter,
+    /// Requests answered 503 (or dropped) because the tenant's queue was
+    /// full: its hooks could not keep up.
+    pub queue_full: Counter,
     hooks: [HookHistogram; 4],
     /// `ratelimit.check` calls past their limit.
     pub ratelimit_refused: Counter,
@@ -189,7 +195,7 @@ impl Metrics {
             );
             r.register(
                 "rejected",
-                "Requests answered 503 without running the guest: suspended (crash loop), busy (max_instances)",
+                "Requests answered 503 without running the guest: suspended (crash loop), busy (max_instances), budget (hook_budget_ms_per_s), queue_full (the tenant's queue)",
                 m.rejected.clone(),
             );
             r.register(
@@ -243,6 +249,8 @@ impl Metrics {
             instantiate_failures: counter(&self.hook_failures, "instantiate"),
             suspended: counter(&self.rejected, "suspended"),
             busy: counter(&self.rejected, "busy"),
+            over_budget: counter(&self.rejected, "budget"),
+            queue_full: counter(&self.rejected, "queue_full"),
             hooks: HOOKS.map(|hook| {
                 self.hook_seconds
                     .get_or_create(&by_kind(tenant, hook))

@@ -23,7 +23,7 @@ use wasmtime::{Config, Engine};
 
 pub use cache::EngineConfig;
 pub use call::{Domains, Guest, HookError, ResponseCtx};
-pub use health::HealthCounts;
+pub use health::{HealthCounts, HookTime};
 pub use limits::Limits;
 pub use pool::Pool;
 

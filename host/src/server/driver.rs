@@ -1,8 +1,9 @@
 //! The threads that drive the proxy core: receiving threads parse what
-//! arrives, queue it on its shard in arrival order and handle it, a thread
-//! takes stream messages, a
-//! timer thread fires the timers of idle shards, and lookups run on the
-//! tokio runtime and come back to their shard as input.
+//! arrives, queue it on its shard in arrival order (in its tenant's lane,
+//! see `lanes.rs`) and handle it, a thread takes stream messages, a timer
+//! thread fires the timers of idle shards, lane threads handle the
+//! tenants confined for slow hooks, and lookups run on the tokio runtime
+//! and come back to their shard as input.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,13 +16,13 @@ use crate::sip::{self, Message};
 use crate::transport::{Datagrams, Flood, Inbound, Target};
 
 use super::bad_request;
-use super::shard::Shard;
-use super::worker::{Input, Shared, Worker};
+use super::lanes::{Lanes, LANE_THREADS};
+use super::worker::{Input, Shared};
 
-/// Calls are spread over this many shards. Many more shards than cores:
-/// two threads seldom want the same one, and a hook that runs long holds up
-/// few calls.
-const SHARDS: usize = 64;
+/// A tenant's calls are spread over this many shards per core (4 at
+/// least, 16 at most): more shards than cores, so that two threads seldom
+/// want the same one.
+const SHARDS_PER_CORE: usize = 2;
 /// How often the timer thread looks for due timers in idle shards (a busy
 /// shard fires its own after each message).
 const TIMER_TICK: Duration = Duration::from_millis(10);
@@ -31,7 +32,7 @@ pub(super) struct Dispatcher {
     shared: Arc<Shared>,
     /// Trusted sources, per-source limits and bans, before parsing.
     flood: Arc<Flood>,
-    shards: Vec<Arc<Shard<Worker>>>,
+    lanes: Arc<Lanes>,
 }
 
 impl Dispatcher {
@@ -51,14 +52,15 @@ impl Dispatcher {
         flood: Arc<Flood>,
     ) -> anyhow::Result<()> {
         let shared = Arc::new(shared);
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let lanes = Lanes::new(shared.clone(), (SHARDS_PER_CORE * threads).clamp(4, 16));
+        lanes
+            .start(LANE_THREADS)
+            .context("cannot start the lane threads")?;
         let dispatcher = Arc::new(Dispatcher {
-            shards: (0..SHARDS)
-                .map(|i| {
-                    Arc::new_cyclic(|me| Shard::new(Worker::new(shared.clone(), me.clone(), i)))
-                })
-                .collect(),
-            shared: shared.clone(),
+            lanes,
             flood,
+            shared: shared.clone(),
         });
         // Every shard may have sent to a connection that failed to open:
         // each is told (rare), and the timer thread hands it over.
@@ -67,12 +69,11 @@ impl Dispatcher {
             .transports
             .on_connect_failed(Arc::new(move |target: Target| {
                 if let Some(dispatcher) = told.upgrade() {
-                    for shard in &dispatcher.shards {
+                    dispatcher.lanes.each_shard(|shard| {
                         shard.enqueue(Input::ConnectFailed(target));
-                    }
+                    });
                 }
             }));
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         shared
             .transports
             .receive_datagrams(threads, dispatcher.clone())
@@ -86,9 +87,7 @@ impl Dispatcher {
             .name("wisp-timers".into())
             .spawn(move || loop {
                 std::thread::sleep(TIMER_TICK);
-                for shard in &dispatcher.shards {
-                    shard.drain();
-                }
+                dispatcher.lanes.tick();
             })
             .context("cannot start the timer thread")?;
         Ok(())
@@ -96,7 +95,7 @@ impl Dispatcher {
 
     fn handle_one(&self, sorted: Sorted) {
         match sorted {
-            Sorted::Queued(shard) => self.shards[shard].drain(),
+            Sorted::Queued(shard) => self.lanes.handle(shard),
             Sorted::Unparsable(message, err) => self.reject(&message, &err),
         }
     }
@@ -162,14 +161,11 @@ impl Datagrams for Dispatcher {
                 if message.transport.is_stream() && msg.is_request() {
                     self.alias(&msg, &message);
                 }
-                let shard = shard_of(&msg, self.shards.len());
                 let source = Source {
                     trusted,
                     ..Source::from(&message)
                 };
-                self.shards[shard]
-                    .enqueue(Input::Message(msg, source))
-                    .then_some(Sorted::Queued(shard))
+                self.lanes.dispatch(msg, source).map(Sorted::Queued)
             }
             Err(err) => Some(Sorted::Unparsable(message, err.to_string())),
         }
@@ -194,12 +190,4 @@ impl Datagrams for Dispatcher {
             self.handle_one(s);
         }
     }
-}
-
-/// The shard of a message: by Call-ID, so that a call stays on one shard.
-fn shard_of(msg: &Message, shards: usize) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    msg.call_id().hash(&mut h);
-    (h.finish() % shards.max(1) as u64) as usize
 }

@@ -3,6 +3,7 @@
 
 mod bad_request;
 mod driver;
+mod lanes;
 mod shard;
 mod worker;
 
@@ -76,6 +77,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             locality,
             tenancy,
             timers: config.timers,
+            admission: Arc::new(crate::proxy::Admission::new(config.proxy)),
             resolver,
             runtime: tokio::runtime::Handle::current(),
         },

@@ -1,17 +1,20 @@
 //! A shard: the transactions of the calls hashed to it (a worker), and
-//! the messages waiting for it.
+//! the messages waiting for it. Every shard belongs to one lane (one
+//! tenant's, or the common lane for what has no tenant; see `lanes.rs`).
 //!
-//! Whichever thread received a message handles it, holding the shard's
-//! lock. When another thread holds it (a hook is running for another
-//! message of the shard's calls), the message waits in the shard's queue
-//! and the holder handles it before letting go: no thread ever blocks on a
-//! busy shard (a slow or hostile hook holds up only its own shard, never a
-//! receiving thread), and a shard's messages are handled one at a time, in
-//! the order they arrived.
+//! A thread handles a shard's messages holding its lock. When another
+//! thread holds it (a hook is running for another message of the shard's
+//! calls), the message waits in the shard's queue and the holder handles it
+//! before letting go: no thread ever blocks on a busy shard, and a shard's
+//! messages are handled one at a time, in the order they arrived. A holder
+//! may be told to stop between two messages (its tenant was confined to a
+//! lane of its own): it leaves the rest to the lane's thread.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
+use std::time::Instant;
 
 /// Messages waiting for one shard before new ones are dropped (overload).
 const QUEUE_LIMIT: usize = 8192;
@@ -22,53 +25,99 @@ pub(super) trait Handler {
     fn handle(&mut self, msg: Self::Message);
     /// Fires the timers that are due.
     fn expire(&mut self);
+    /// When [`Handler::expire`] has something to do next.
+    fn next_due(&self) -> Option<Instant>;
 }
 
 pub(super) struct Shard<H: Handler> {
     worker: Mutex<H>,
     pending: Mutex<VecDeque<H::Message>>,
+    /// Messages waiting in every shard of the lane (one count per lane).
+    queued: Arc<AtomicUsize>,
+    /// At most this many in the whole lane.
+    lane_limit: usize,
+    /// When the worker's timers are next due, in µs since [`base`]
+    /// (`u64::MAX`: none), so that the timer thread passes idle shards by
+    /// without taking them.
+    due_us: AtomicU64,
+}
+
+/// The instant shards count their timers from.
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+fn micros(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(base()).as_micros()).unwrap_or(u64::MAX - 1)
 }
 
 impl<H: Handler> Shard<H> {
-    pub(super) fn new(worker: H) -> Shard<H> {
+    pub(super) fn new(worker: H, queued: Arc<AtomicUsize>, lane_limit: usize) -> Shard<H> {
         Shard {
             worker: Mutex::new(worker),
             pending: Mutex::new(VecDeque::new()),
+            queued,
+            lane_limit,
+            due_us: AtomicU64::new(0),
         }
     }
 
     /// Queues a message for the next [`Shard::drain`]; false when the
-    /// queue is full and the message was dropped.
+    /// shard's or the lane's queue is full and the message was dropped.
     pub(super) fn enqueue(&self, msg: H::Message) -> bool {
         let mut pending = lock(&self.pending);
-        if pending.len() >= QUEUE_LIMIT {
-            tracing::warn!("shard queue full: dropping a message");
+        if pending.len() >= QUEUE_LIMIT || self.queued.load(Ordering::Relaxed) >= self.lane_limit {
+            tracing::debug!("shard queue full: dropping a message");
             return false;
         }
         pending.push_back(msg);
+        self.queued.fetch_add(1, Ordering::Relaxed);
         true
     }
 
-    /// Handles every queued message and fires the timers that are due,
-    /// unless another thread holds the shard (it will do both).
-    pub(super) fn drain(&self) {
+    /// Whether a drain has something to do: messages waiting, or timers
+    /// due at `now`.
+    pub(super) fn needs_drain(&self, now: Instant) -> bool {
+        self.due_us.load(Ordering::Relaxed) <= micros(now) || !lock(&self.pending).is_empty()
+    }
+
+    /// Handles the queued messages and fires the timers that are due,
+    /// unless another thread holds the shard (it will do both). `stop`,
+    /// asked before each message, ends the drain early: true then when
+    /// messages were left behind for another thread.
+    pub(super) fn drain(&self, stop: &dyn Fn() -> bool) -> bool {
         loop {
             let mut worker = match self.worker.try_lock() {
                 Ok(worker) => worker,
-                Err(TryLockError::WouldBlock) => return,
+                Err(TryLockError::WouldBlock) => return false,
                 Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             };
+            let mut stopped = false;
             loop {
+                if stop() {
+                    stopped = true;
+                    break;
+                }
                 let next = lock(&self.pending).pop_front();
                 let Some(msg) = next else { break };
+                self.queued.fetch_sub(1, Ordering::Relaxed);
                 guarded(|| worker.handle(msg));
             }
-            guarded(|| worker.expire());
+            if !stopped {
+                guarded(|| worker.expire());
+            }
+            let due = worker.next_due().map_or(u64::MAX, micros);
+            self.due_us.store(due, Ordering::Relaxed);
             drop(worker);
+            let left = !lock(&self.pending).is_empty();
+            if stopped {
+                return left;
+            }
             // A message queued after the last look, while we still held the
             // shard, found it busy: it is ours to handle.
-            if lock(&self.pending).is_empty() {
-                return;
+            if !left {
+                return false;
             }
         }
     }
@@ -95,7 +144,7 @@ mod tests {
     /// What a receiving thread does with a message.
     fn submit<H: Handler>(shard: &Shard<H>, msg: H::Message) {
         if shard.enqueue(msg) {
-            shard.drain();
+            shard.drain(&|| false);
         }
     }
 
@@ -123,6 +172,9 @@ mod tests {
         fn expire(&mut self) {
             self.expired += 1;
         }
+        fn next_due(&self) -> Option<Instant> {
+            None
+        }
     }
 
     #[test]
@@ -130,12 +182,16 @@ mod tests {
         let handled = Arc::new(Mutex::new(Vec::new()));
         let (started_tx, started) = channel();
         let (go, go_rx) = channel();
-        let shard = Arc::new(Shard::new(Recorder {
-            handled: handled.clone(),
-            started: started_tx,
-            go: go_rx,
-            expired: 0,
-        }));
+        let shard = Arc::new(Shard::new(
+            Recorder {
+                handled: handled.clone(),
+                started: started_tx,
+                go: go_rx,
+                expired: 0,
+            },
+            Arc::new(AtomicUsize::new(0)),
+            100,
+        ));
         let holder = {
             let shard = shard.clone();
             std::thread::spawn(move || submit(&shard, 0))
@@ -145,7 +201,7 @@ mod tests {
         for msg in 1..=5 {
             submit(&shard, msg);
         }
-        shard.drain();
+        assert!(!shard.drain(&|| false), "held: nothing to do here");
         assert_eq!(*handled.lock().expect("lock"), Vec::<u32>::new());
         go.send(()).expect("holder alive");
         holder.join().expect("holder thread");
@@ -155,5 +211,38 @@ mod tests {
         submit(&shard, 6);
         assert_eq!(*handled.lock().expect("lock"), vec![0, 1, 2, 3, 4, 5, 6]);
         assert!(lock(&shard.worker).expired >= 3);
+    }
+
+    #[test]
+    fn a_stopped_drain_leaves_the_rest_and_the_lane_is_bounded() {
+        let handled = Arc::new(Mutex::new(Vec::new()));
+        let (started, _) = channel();
+        let (_go, go) = channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let shard = Shard::new(
+            Recorder {
+                handled: handled.clone(),
+                started,
+                go,
+                expired: 0,
+            },
+            queued.clone(),
+            3,
+        );
+        assert!(shard.enqueue(1) && shard.enqueue(2) && shard.enqueue(3));
+        assert!(!shard.enqueue(4), "the lane holds 3");
+        assert_eq!(queued.load(Ordering::Relaxed), 3);
+        let count = std::cell::Cell::new(0);
+        let one = || {
+            count.set(count.get() + 1);
+            count.get() > 1
+        };
+        assert!(shard.drain(&one), "stopped after one, two left");
+        assert_eq!(*handled.lock().expect("lock"), vec![1]);
+        assert!(shard.needs_drain(Instant::now()));
+        assert!(!shard.drain(&|| false));
+        assert_eq!(*handled.lock().expect("lock"), vec![1, 2, 3]);
+        assert_eq!(queued.load(Ordering::Relaxed), 0);
+        assert!(!shard.needs_drain(Instant::now()), "no timer, no message");
     }
 }

@@ -1,14 +1,15 @@
 //! A worker: the proxy core of the calls hashed to one shard, driven. It
 //! runs on whichever thread holds its shard (see `shard.rs`): it feeds the
 //! core what arrived and the time, sends what the core queued, and starts
-//! the lookups the core asked for on the runtime.
+//! the lookups the core asked for on the runtime. A shard belongs to one
+//! tenant's lane (see `lanes.rs`): its hooks count that tenant's time.
 
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use crate::dns::{Locate, Resolver};
 use crate::proxy::{Core, Event, Locality, LookupId, Source};
-use crate::script::Pool;
+use crate::script::{HookTime, Pool};
 use crate::sip::{Host, Message};
 use crate::tenancy::{Tenancy, TenantHooks};
 use crate::transaction::{Timers, Transactions};
@@ -22,6 +23,8 @@ pub(super) struct Shared {
     pub(super) locality: Arc<Locality>,
     pub(super) tenancy: Arc<Tenancy>,
     pub(super) timers: Timers,
+    /// The proxy's limits and the transactions counted against them.
+    pub(super) admission: Arc<crate::proxy::Admission>,
     pub(super) resolver: Resolver,
     /// Where lookups run.
     pub(super) runtime: tokio::runtime::Handle,
@@ -46,19 +49,26 @@ pub(super) struct Worker {
 }
 
 impl Worker {
-    pub(super) fn new(shared: Arc<Shared>, shard: Weak<Shard<Worker>>, index: usize) -> Worker {
-        let nonce = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-            ^ u64::from(std::process::id()).rotate_left(32);
+    /// The worker of shard `index` (its number in branches), for the
+    /// calls of `tenant` (whose hook time it counts) or of the common lane.
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        shard: Weak<Shard<Worker>>,
+        index: usize,
+        tenant: Option<(String, Arc<HookTime>)>,
+    ) -> Worker {
+        let hooks = match tenant {
+            Some((name, time)) => TenantHooks::for_tenant(shared.tenancy.clone(), name, time),
+            None => TenantHooks::new(shared.tenancy.clone()),
+        };
         Worker {
             core: Core::new(
                 Transactions::new(shared.timers),
                 shared.locality.clone(),
-                format!("z9hG4bKwsp{nonce:x}.{index}."),
+                index,
+                shared.admission.clone(),
             ),
-            hooks: TenantHooks::new(shared.tenancy.clone()),
+            hooks,
             shared,
             shard,
         }
@@ -155,5 +165,9 @@ impl Handler for Worker {
             self.core.handle_timeout(now, &mut self.hooks);
         }
         self.flush(now);
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.core.poll_timeout()
     }
 }

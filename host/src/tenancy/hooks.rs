@@ -2,23 +2,66 @@
 //! tenant and its version for the request, runs the version's component
 //! (`script::Pool`), and pins the version for the transaction's later
 //! hooks.
+//!
+//! The hooks of a tenant's lane count the tenant's hook time
+//! ([`HookTime`]): a route hook past the tenant's `hook_budget_ms_per_s`
+//! is not run, and the request is answered 503 until the next second.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::proxy::{Action, HookFailed, Hooks, RequestCtx, Routed, TxVars};
-use crate::script::{HookError, Pool};
+use crate::script::{HookError, HookTime, Pool};
 use crate::sip::Message;
 
 use super::{Selected, Tenancy};
 
 pub struct TenantHooks {
     tenancy: Arc<Tenancy>,
+    /// The hook time of the tenant whose calls these hooks run, when they
+    /// run one tenant's calls only (its lane).
+    lane: Option<(String, Arc<HookTime>)>,
 }
 
 impl TenantHooks {
     pub fn new(tenancy: Arc<Tenancy>) -> TenantHooks {
-        TenantHooks { tenancy }
+        TenantHooks {
+            tenancy,
+            lane: None,
+        }
+    }
+
+    /// Hooks for the calls of `tenant` alone, counting its hook time.
+    pub fn for_tenant(tenancy: Arc<Tenancy>, tenant: String, time: Arc<HookTime>) -> TenantHooks {
+        TenantHooks {
+            tenancy,
+            lane: Some((tenant, time)),
+        }
+    }
+
+    /// The hook time of `tenant`, when these hooks count it.
+    fn time_of(&self, tenant: &str) -> Option<&HookTime> {
+        self.lane
+            .as_ref()
+            .filter(|(name, _)| name == tenant)
+            .map(|(_, time)| &**time)
+    }
+
+    /// Runs `hook` and charges its time to the pool's tenant.
+    fn timed<T>(&self, pool: &Pool, hook: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        let out = hook();
+        if let Some(time) = self.time_of(&pool.guest().tenant) {
+            let now = Instant::now();
+            if time.charge(now, now.saturating_duration_since(started)) {
+                tracing::info!(
+                    tenant = %pool.guest().tenant,
+                    "slow hooks: the tenant's calls move to a lane of their own"
+                );
+            }
+        }
+        out
     }
 }
 
@@ -46,7 +89,22 @@ impl Hooks for TenantHooks {
         };
         tenant.metrics.requests.inc();
         let pool = tenant.pick(req.msg.call_id());
-        let (req, result) = pool.route(req, vars);
+        if let Some(time) = self.time_of(&tenant.name) {
+            let budget = pool.guest().limits.hook_budget_ms_per_s;
+            if let Some(left) = time.over_budget(Instant::now(), budget) {
+                tenant.metrics.over_budget.inc();
+                tracing::debug!(tenant = %tenant.name, budget_ms = budget, "hook time budget used; answering 503");
+                let retry_after = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+                return (
+                    req,
+                    Routed::Overloaded {
+                        pinned: pool,
+                        retry_after: retry_after.max(1),
+                    },
+                );
+            }
+        }
+        let (req, result) = self.timed(&pool, || pool.route(req, vars));
         let routed = match result {
             Ok(((), actions)) => Routed::Actions {
                 pinned: pool,
@@ -78,7 +136,7 @@ impl Hooks for TenantHooks {
         index: u32,
         vars: &mut TxVars,
     ) -> (RequestCtx, Result<(), HookFailed>) {
-        let (req, result) = pool.on_branch(req, index, vars);
+        let (req, result) = self.timed(pool, || pool.on_branch(req, index, vars));
         (req, result.map(|_| ()).map_err(|e| failed(pool, e)))
     }
 
@@ -90,7 +148,7 @@ impl Hooks for TenantHooks {
         source: SocketAddr,
         vars: &mut TxVars,
     ) -> (RequestCtx, Message, Result<bool, HookFailed>) {
-        let (req, res, result) = pool.on_reply(req, res, source, vars);
+        let (req, res, result) = self.timed(pool, || pool.on_reply(req, res, source, vars));
         (
             req,
             res,
@@ -105,7 +163,7 @@ impl Hooks for TenantHooks {
         best: Message,
         vars: &mut TxVars,
     ) -> (RequestCtx, Message, Result<Vec<Action>, HookFailed>) {
-        let (req, res, result) = pool.on_failure(req, best, vars);
+        let (req, res, result) = self.timed(pool, || pool.on_failure(req, best, vars));
         (
             req,
             res,
