@@ -48,7 +48,14 @@ pub struct ScriptEngine {
     engine: Engine,
     linker: Linker<call::HostState>,
     cache: cache::CompileCache,
+    /// The components loaded last, linked, by the SHA-256 of their bytes:
+    /// a thousand tenants on the same routing share one compiled and
+    /// linked component instead of loading it a thousand times.
+    linked: std::sync::Mutex<Vec<([u8; 32], RouterPre<call::HostState>)>>,
 }
+
+/// Linked components kept for the next load of the same bytes.
+const LINKED_KEPT: usize = 8;
 
 /// A component compiled and linked, ready to instantiate.
 pub struct Loaded {
@@ -94,6 +101,7 @@ impl ScriptEngine {
             engine,
             linker,
             cache,
+            linked: std::sync::Mutex::new(Vec::new()),
         }))
     }
 
@@ -101,6 +109,20 @@ impl ScriptEngine {
     /// a message naming what is wrong: not wasm, not a component, or a
     /// component that does not implement the `wisp:proxy/router` world.
     pub fn load(&self, wasm: &[u8], origin: &str) -> anyhow::Result<Loaded> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(wasm).into();
+        let mut linked = self.linked.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = linked.iter().position(|(d, _)| *d == digest) {
+            // Most recently used last.
+            let entry = linked.remove(i);
+            let pre = entry.1.clone();
+            linked.push(entry);
+            return Ok(Loaded {
+                pre,
+                origin: origin.to_owned(),
+            });
+        }
+        drop(linked);
         let component: Component = self
             .cache
             .component(&self.engine, wasm)
@@ -117,6 +139,12 @@ impl ScriptEngine {
             .with_context(|| {
                 format!("{origin}: the component does not export the wisp:proxy/router hooks")
             })?;
+        let mut linked = self.linked.lock().unwrap_or_else(|e| e.into_inner());
+        if linked.len() >= LINKED_KEPT {
+            linked.remove(0);
+        }
+        linked.push((digest, pre.clone()));
+        drop(linked);
         Ok(Loaded {
             pre,
             origin: origin.to_owned(),
