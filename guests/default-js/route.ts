@@ -64,12 +64,9 @@ function requestRoute(req: Request): Flow {
   if (withindlg(req) === EXIT) return EXIT;
 
   // A CANCEL matching a relayed INVITE was handled by the host; one that
-  // reaches the script matches no transaction: relayed statelessly
-  // (RFC 3261 §16.10).
-  if (req.isMethod("CANCEL")) {
-    req.forward();
-    return EXIT;
-  }
+  // reaches the script matches no transaction: dropped, as Kamailio's
+  // config does, so that no one can have us send CANCELs anywhere.
+  if (req.isMethod("CANCEL")) return EXIT;
 
   if (auth(req) === EXIT) return EXIT;
 
@@ -145,10 +142,29 @@ function reqinit(req: Request): Flow {
   return NEXT;
 }
 
-/** route[WITHINDLG]: requests inside a dialog follow its Route set. */
+/**
+ * route[WITHINDLG]: requests inside a dialog follow its Route set, when the
+ * Route is one we record-routed for the dialog ourselves (its integrity tag
+ * checks) or the sender is trusted or authenticates. Anything else is a
+ * request dressed up as in-dialog to be relayed without authentication
+ * (toll fraud): refused.
+ */
 function withindlg(req: Request): Flow {
   if (!req.hasToTag()) return NEXT;
   if (req.looseRoute()) {
+    if (!req.routeVerified() && !req.sourceTrusted()) {
+      if (req.isMethod("ACK")) return EXIT;
+      if (!config.enabled("WITH_AUTH")) {
+        req.reply(403, "Not relaying");
+        return EXIT;
+      }
+      if (auth(req) === EXIT) return EXIT;
+      if (!req.fromIsMyself()) {
+        // auth() lets outsiders reach our domain: a Route to follow is not that.
+        req.reply(403, "Not relaying");
+        return EXIT;
+      }
+    }
     if (req.isMethod("BYE")) {
       vars.setFlag(FLT_ACC); // do accounting ...
       vars.setFlag(FLT_ACCFAILED); // ... even if the transaction fails
@@ -161,8 +177,8 @@ function withindlg(req: Request): Flow {
     return relay(req);
   }
   if (req.isMethod("ACK")) {
-    // An ACK without Route: stateless relay to the R-URI.
-    req.forward();
+    // An ACK without Route matches nothing of ours (the ACK of a refusal we
+    // sent is absorbed here): dropped, as Kamailio's config does.
     return EXIT;
   }
   req.reply(404, "Not here");
@@ -284,9 +300,17 @@ function nat(req: Request): Flow {
   return NEXT;
 }
 
-/** route[SIPOUT]: routing to foreign domains. */
+/**
+ * route[SIPOUT]: routing to foreign domains. Without WITH_AUTH only a trusted
+ * source may have us relay there (`trusted` in the host's configuration): a
+ * wisp on a public address is no open relay.
+ */
 function sipout(req: Request): Flow {
   if (req.uriIsMyself()) return NEXT;
+  if (!config.enabled("WITH_AUTH") && !req.sourceTrusted()) {
+    req.reply(403, "Not relaying");
+    return EXIT;
+  }
   req.appendHeader("P-hint", "outbound");
   return relay(req);
 }

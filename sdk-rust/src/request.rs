@@ -238,6 +238,19 @@ impl<'a> Request<'a> {
         rr::loose_route(self.raw)
     }
 
+    /// Whether `loose_route` followed a Route this proxy record-routed
+    /// for this dialog itself (its integrity parameter checks), rather
+    /// than one the sender wrote.
+    pub fn route_verified(&self) -> bool {
+        rr::route_verified(self.raw)
+    }
+
+    /// Whether the request came from a trusted source (`trusted` in the
+    /// configuration): relayed without authentication by default routing.
+    pub fn source_trusted(&self) -> bool {
+        proxy::source_trusted(self.raw)
+    }
+
     /// Whether the Request-URI names this proxy (`uri == myself`).
     pub fn uri_is_myself(&self) -> bool {
         self.raw.uri_is_myself()

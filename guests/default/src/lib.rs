@@ -76,10 +76,10 @@ fn request_route(req: &Request) -> Result<Flow> {
 
     // A CANCEL matching a relayed INVITE was handled by the host (200,
     // then CANCEL on every pending branch: `t_check_trans(); t_relay()`).
-    // One that reaches the script matches no transaction: relayed
-    // statelessly (RFC 3261 §16.10).
+    // One that reaches the script matches no transaction: dropped, as
+    // Kamailio's config does (`if (t_check_trans()) ...; exit;`), so that
+    // no one can have us send CANCELs anywhere.
     if req.is_method(&["CANCEL"]) {
-        req.forward()?;
         return Ok(Exit);
     }
     // t_check_trans(): retransmissions were absorbed by the host.
@@ -161,12 +161,32 @@ fn reqinit(req: &Request) -> Result<Flow> {
     Ok(Next)
 }
 
-/// route[WITHINDLG]: requests inside a dialog follow its Route set.
+/// route[WITHINDLG]: requests inside a dialog follow its Route set, when
+/// the Route is one we record-routed for the dialog ourselves (its
+/// integrity tag checks) or the sender is trusted or authenticates.
+/// Anything else is a request dressed up as in-dialog to be relayed
+/// without authentication (toll fraud): refused.
 fn withindlg(req: &Request) -> Result<Flow> {
     if !req.has_to_tag() {
         return Ok(Next);
     }
     if req.loose_route() {
+        if !req.route_verified() && !req.source_trusted() {
+            if req.is_method(&["ACK"]) {
+                return Ok(Exit);
+            }
+            if !config::enabled("WITH_AUTH") {
+                req.reply(403, "Not relaying")?;
+                return Ok(Exit);
+            }
+            run!(auth(req));
+            if !req.from_is_myself() {
+                // auth() lets outsiders reach our domain: a Route to
+                // follow is not that.
+                req.reply(403, "Not relaying")?;
+                return Ok(Exit);
+            }
+        }
         if req.is_method(&["BYE"]) {
             vars::set_flag(FLT_ACC); // do accounting ...
             vars::set_flag(FLT_ACCFAILED); // ... even if the transaction fails
@@ -180,9 +200,9 @@ fn withindlg(req: &Request) -> Result<Flow> {
         return relay(req);
     }
     if req.is_method(&["ACK"]) {
-        // An ACK without Route: stateless relay to the R-URI, as Kamailio
-        // does when no transaction matched.
-        req.forward()?;
+        // An ACK without Route matches nothing of ours (the ACK of a
+        // refusal we sent is absorbed here): dropped, as Kamailio's
+        // config does after `t_check_trans()`.
         return Ok(Exit);
     }
     req.reply(404, "Not here")?;
@@ -326,10 +346,16 @@ fn nat(req: &Request) -> Result<Flow> {
     Ok(Next)
 }
 
-/// route[SIPOUT]: routing to foreign domains.
+/// route[SIPOUT]: routing to foreign domains. Without `WITH_AUTH` only a
+/// trusted source may have us relay there (`trusted` in the host's
+/// configuration): a wisp on a public address is no open relay.
 fn sipout(req: &Request) -> Result<Flow> {
     if req.uri_is_myself() {
         return Ok(Next);
+    }
+    if !config::enabled("WITH_AUTH") && !req.source_trusted() {
+        req.reply(403, "Not relaying")?;
+        return Ok(Exit);
     }
     req.append_header("P-hint", "outbound")?;
     relay(req)

@@ -181,7 +181,7 @@ mod tests {
     #[test]
     fn a_branch_is_ours_only_above_the_via_it_was_made_for() {
         let below = via("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKa;rport=5060;received=192.0.2.1");
-        let b = make("3.17", 0xdead_beef, Some(&below));
+        let b = make("3-17", 0xdead_beef, Some(&below));
         assert!(b.starts_with(PREFIX), "{b}");
         assert_eq!(verify(&b, Some(&below)), Some(0xdead_beef));
         assert_eq!(
@@ -194,7 +194,7 @@ mod tests {
         assert_eq!(verify(&b, Some(&elsewhere)), None);
         assert_eq!(verify(&b, None), None);
         // Another counter with the same MAC, a guessed MAC, another's branch.
-        assert_eq!(verify(&b.replacen("3.17", "3.18", 1), Some(&below)), None);
+        assert_eq!(verify(&b.replacen("3-17", "3-18", 1), Some(&below)), None);
         let mut guessed = b.clone();
         guessed.pop();
         guessed.push('0');
@@ -216,7 +216,7 @@ mod tests {
         let below = first.top_via().expect("via");
         let ours = format!(
             "SIP/2.0/UDP 192.0.2.9;branch={}",
-            make("0.1", hash, Some(&below))
+            make("0-1", hash, Some(below))
         );
         let back = request(
             "sip:bob@example.com",

@@ -23,8 +23,12 @@ use super::effects::{Effects, Event, LookupId, Parked, Transmit};
 use super::hooks::{Hooks, Routed};
 use super::locality::Locality;
 use super::relay::Relay;
-use super::replies::{reply_target, stamp_received};
+use super::replies::{make_reply, reply_target, stamp_received};
 use super::request::{Action, RequestCtx, Source, TxVars};
+
+/// How many times its own size a request over UDP from an untrusted,
+/// unauthenticated source may get back in one reply of ours.
+pub const AMPLIFICATION: usize = 3;
 
 /// The proxy transactions of one shard's calls, over their transactions.
 pub struct Core<P> {
@@ -216,6 +220,7 @@ impl<P> Core<P> {
         hooks: &mut H,
     ) {
         let mut req = RequestCtx::new(msg, source);
+        req.received_len = req.msg.wire_len();
         if let Err(err) = sip::validate(&req.msg) {
             tracing::debug!(remote = %source.remote, %err, "malformed request");
             self.fx.reply(&req, 400, &err.to_string(), &[]);
@@ -362,6 +367,17 @@ impl<P> Core<P> {
         reason: &str,
         headers: &[(HeaderName, String)],
     ) {
+        let too_large = self.amplifies(req, code, reason, headers);
+        let (code, reason, headers) = if too_large {
+            tracing::info!(remote = %req.source.remote, code, "reply to an unauthenticated request too large for UDP: 500 instead");
+            (
+                500,
+                "Reply Too Large For An Unauthenticated Request",
+                &[][..],
+            )
+        } else {
+            (code, reason, headers)
+        };
         if req.msg.method() != Some(&Method::Ack) {
             hooks.replied(pinned, code);
         }
@@ -377,6 +393,24 @@ impl<P> Core<P> {
             return;
         }
         self.fx.answer(now, tx, req, code, reason, headers);
+    }
+
+    /// Whether our reply would make a request amplify: over UDP, from a
+    /// source neither trusted nor authenticated (its address may be
+    /// spoofed), a reply more than [`AMPLIFICATION`] times the request's
+    /// size (a REGISTER query of a user with many bindings, say).
+    fn amplifies(
+        &self,
+        req: &RequestCtx,
+        code: u16,
+        reason: &str,
+        headers: &[(HeaderName, String)],
+    ) -> bool {
+        if req.source.trusted || req.authenticated || req.source.transport.is_stream() {
+            return false;
+        }
+        make_reply(&req.msg, code, reason, headers)
+            .is_some_and(|reply| reply.wire_len() > AMPLIFICATION * req.received_len.max(1))
     }
 
     /// Carries out the route hook's actions in order. A request neither

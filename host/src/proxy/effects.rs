@@ -23,6 +23,7 @@ use super::locality::Locality;
 use super::replies::{is_unroutable, make_reply, reply_target};
 use super::request::{RequestCtx, Source};
 use super::routing::Destination;
+use super::secret;
 
 /// Lookups one shard keeps waiting at once; past it, what needs a name
 /// fails at once (503 for a request), so a flood of names under a DNS
@@ -267,18 +268,19 @@ impl Effects {
             transport: source.transport,
             addr: source.remote,
         });
+        let tag = secret::route_tag(msg.call_id().unwrap_or(""));
         if source.listener != out || inbound_flow.is_some() {
             let inbound_me = self
                 .locality
                 .address_towards(source.listener, source.remote.ip());
-            let value = rr_value(&inbound_me, source.transport, inbound_flow);
+            let value = rr_value(&inbound_me, source.transport, inbound_flow, &tag);
             msg.prepend_header(HeaderName::RecordRoute, &value)
                 .map_err(|e| e.to_string())?;
         }
         let outbound_flow = (to_flow || flow::needs_token(target.transport)).then_some(target);
         msg.prepend_header(
             HeaderName::RecordRoute,
-            &rr_value(me, target.transport, outbound_flow),
+            &rr_value(me, target.transport, outbound_flow, &tag),
         )
         .map_err(|e| e.to_string())
     }
@@ -295,13 +297,14 @@ fn contact_says_ob(msg: &Message) -> bool {
 }
 
 /// Record-Route value naming us on one socket, with the flow token of the
-/// connection it faces when that is a flow.
-fn rr_value(me: &str, transport: Transport, flow: Option<Target>) -> String {
+/// connection it faces when that is a flow, and the dialog's integrity
+/// tag (`ri`, see [`secret::route_tag`]).
+fn rr_value(me: &str, transport: Transport, flow: Option<Target>, tag: &str) -> String {
     let user = flow
         .map(|f| format!("{}@", flow::token(f)))
         .unwrap_or_default();
     match transport {
-        Transport::Udp => format!("<sip:{user}{me};lr>"),
-        t => format!("<sip:{user}{me};transport={t};lr>"),
+        Transport::Udp => format!("<sip:{user}{me};lr;ri={tag}>"),
+        t => format!("<sip:{user}{me};transport={t};lr;ri={tag}>"),
     }
 }

@@ -32,6 +32,13 @@ pub struct RequestCtx {
     /// The loop-detection hash of the request as received (RFC 3261
     /// §16.6 step 8), carried in the branch of what we send for it.
     pub loop_hash: u32,
+    /// Loose routing followed a Route entry we record-routed for this
+    /// dialog (its integrity tag checked).
+    pub route_verified: bool,
+    /// A digest authorization of the request succeeded.
+    pub authenticated: bool,
+    /// The request's size as received, in bytes.
+    pub received_len: usize,
 }
 
 impl RequestCtx {
@@ -47,6 +54,9 @@ impl RequestCtx {
             auth_stale: false,
             fr_timers: None,
             loop_hash: 0,
+            route_verified: false,
+            authenticated: false,
+            received_len: 0,
         }
     }
 }

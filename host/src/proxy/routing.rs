@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use crate::sip::{self, HeaderName, Host, Message, NameAddr, Scheme, Uri};
 use crate::transport::{Target, Transport};
 
-use super::{flow, Locality};
+use super::{flow, secret, Locality};
 
 /// What [`loose_route`] found.
 #[derive(Debug, Default, PartialEq)]
@@ -16,6 +16,10 @@ pub struct LooseRoute {
     /// The flow our Route entry next to the next hop names (a flow token,
     /// see [`super::flow`]): the request goes down that connection.
     pub flow: Option<Target>,
+    /// One of our entries carried the integrity tag we give this dialog
+    /// ([`super::secret::route_tag`]): we record-routed it ourselves, the
+    /// Route was not written by whoever sent the request.
+    pub verified: bool,
 }
 
 /// Follows the route set (Kamailio's `loose_route()`): drops the Route
@@ -51,10 +55,17 @@ pub fn loose_route(msg: &mut Message, locality: &Locality) -> LooseRoute {
     // Our own entries at the top: one, or two when we record-routed twice
     // for a change of transport.
     let mut last_user = None;
+    let mut verified = false;
+    let call_id = msg.call_id().unwrap_or("").to_owned();
     while let Some(top) = first_route(msg) {
         match NameAddr::parse(&top) {
             Ok(route) if locality.is_myself(&route.uri) => {
                 msg.pop_first_value(&HeaderName::Route);
+                verified |= route
+                    .uri
+                    .param("ri")
+                    .flatten()
+                    .is_some_and(|tag| secret::route_tag_valid(&call_id, tag));
                 last_user = Some(route.uri.user.unwrap_or_default());
             }
             _ => break,
@@ -70,6 +81,7 @@ pub fn loose_route(msg: &mut Message, locality: &Locality) -> LooseRoute {
     LooseRoute {
         had_route: true,
         flow,
+        verified,
     }
 }
 

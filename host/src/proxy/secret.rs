@@ -21,6 +21,20 @@ pub fn verify(parts: &[&[u8]], tag: &[u8]) -> bool {
     !tag.is_empty() && keyed(parts).verify_truncated_left(tag).is_ok()
 }
 
+/// The integrity parameter (`ri`) of the Record-Route entries we add to
+/// a dialog named `call_id`: proof, when the entry comes back in a Route,
+/// that we record-routed this very dialog (64 bits, hex).
+pub fn route_tag(call_id: &str) -> String {
+    hex::encode(&mac(&[b"record-route", call_id.as_bytes()])[..8])
+}
+
+/// Whether `tag` is the integrity parameter of our Record-Route for
+/// the dialog `call_id`.
+pub fn route_tag_valid(call_id: &str, tag: &str) -> bool {
+    hex::decode(tag)
+        .is_ok_and(|tag| tag.len() == 8 && verify(&[b"record-route", call_id.as_bytes()], &tag))
+}
+
 fn keyed(parts: &[&[u8]]) -> Hmac<Sha256> {
     // A key of any length is accepted: this cannot fail.
     let mut mac =

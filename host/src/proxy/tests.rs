@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::core::AMPLIFICATION;
+use super::secret;
 use super::*;
 use crate::sip::{parse, response_to, HeaderName, Message, Method};
 use crate::transaction::{Timers, Transactions};
@@ -799,12 +801,19 @@ fn a_browser_on_a_flow_is_record_routed_twice_with_a_token_that_leads_back_to_it
         .strip_prefix("<sip:")
         .and_then(|r| r.split_once('@'))
         .map(|(user, rest)| {
-            assert_eq!(rest, "127.0.0.1:8080;transport=ws;lr>");
+            let tag = secret::route_tag("call-1@example.org");
+            assert_eq!(rest, format!("127.0.0.1:8080;transport=ws;lr;ri={tag}>"));
             user.to_owned()
         })
         .expect("a user part in the browser side's entry");
     assert_eq!(flow::flow_of(&token), Some(browser));
-    assert_eq!(rr[1], "<sip:127.0.0.1:5060;lr>");
+    assert_eq!(
+        rr[1],
+        format!(
+            "<sip:127.0.0.1:5060;lr;ri={}>",
+            secret::route_tag("call-1@example.org")
+        )
+    );
 
     // The caller's BYE follows the route set (the Record-Route reversed):
     // the entry next to the browser sends it down the flow, although
@@ -1224,4 +1233,75 @@ fn a_refused_invite_is_answered_once_and_leaves_no_transaction() {
     // No Timer G retransmissions towards a source that may be spoofed.
     p.advance(40_000);
     assert!(p.sent().is_empty());
+}
+
+#[test]
+fn only_a_record_route_of_ours_for_this_dialog_verifies_its_route() {
+    let locality = Locality::new(listeners(&[(Transport::Udp, 5060)]), vec![]);
+    let in_dialog = |route: &str, call_id: &str| {
+        msg(&format!(
+            "BYE sip:bob@192.0.2.10 SIP/2.0\n\
+             Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKrr1\n\
+             Route: {route}\n\
+             From: <sip:alice@example.org>;tag=a1\n\
+             To: <sip:bob@example.com>;tag=b1\n\
+             Call-ID: {call_id}\n\
+             CSeq: 2 BYE\n\
+             Content-Length: 0\n\n"
+        ))
+    };
+    let tag = secret::route_tag("dialog-1");
+    let ours = format!("<sip:127.0.0.1:5060;lr;ri={tag}>");
+    let mut m = in_dialog(&ours, "dialog-1");
+    let routed = loose_route(&mut m, &locality);
+    assert!(routed.had_route && routed.verified);
+    // Written by the sender: no tag, another dialog's tag, a made-up one.
+    for (route, call_id) in [
+        ("<sip:127.0.0.1:5060;lr>".to_owned(), "dialog-1"),
+        (ours.clone(), "dialog-2"),
+        (
+            "<sip:127.0.0.1:5060;lr;ri=0011223344556677>".to_owned(),
+            "dialog-1",
+        ),
+    ] {
+        let mut m = in_dialog(&route, call_id);
+        let routed = loose_route(&mut m, &locality);
+        assert!(routed.had_route && !routed.verified, "{route} {call_id}");
+    }
+}
+
+#[test]
+fn a_big_reply_to_an_unauthenticated_udp_request_becomes_a_small_500() {
+    let contacts: Vec<(HeaderName, String)> = (0..40)
+        .map(|i| {
+            (
+                HeaderName::Contact,
+                format!("<sip:alice@192.0.2.{i}:5060;transport=udp>;expires=3600"),
+            )
+        })
+        .collect();
+    let script = move |_: &mut RequestCtx| {
+        vec![Action::Reply {
+            code: 200,
+            reason: "OK".into(),
+            headers: contacts.clone(),
+        }]
+    };
+    let query = || request("REGISTER", "z9hG4bKq1", None, 1);
+    let mut p = Proxy::new(Box::new(script.clone()));
+    p.recv(0, CALLER, query());
+    let sent = p.sent();
+    assert_eq!(summary(&sent), vec![pair(CALLER, "500")]);
+    let bytes = sent[0].1.to_bytes().len();
+    assert!(bytes <= AMPLIFICATION * query().to_bytes().len(), "{bytes}");
+    // From a trusted source the whole answer goes.
+    let mut p = Proxy::new(Box::new(script));
+    let source = Source {
+        transport: Transport::Udp,
+        remote: addr(CALLER),
+        listener: 0,
+        trusted: true,
+    };
+    p.core.handle(p.t0, query(), source, &mut p.hooks);
+    assert_eq!(summary(&p.sent()), vec![pair(CALLER, "200")]);
 }

@@ -25,6 +25,8 @@ pub struct SaveOptions {
     pub min_expires: u32,
     pub max_expires: u32,
     pub max_contacts: u32,
+    /// Addresses of record the tenant may have at once; 0: no limit.
+    pub max_aors: u32,
 }
 
 impl Default for SaveOptions {
@@ -37,6 +39,7 @@ impl Default for SaveOptions {
             min_expires: 60,
             max_expires: 3600,
             max_contacts: 0,
+            max_aors: 0,
         }
     }
 }
@@ -76,6 +79,8 @@ pub enum SaveError {
     IntervalTooBrief(u32),
     #[error("more than {0} contacts")]
     TooManyContacts(u32),
+    #[error("more than {0} addresses of record")]
+    TooManyAors(u32),
     /// A REGISTER older than the binding it would change (RFC 3261 §10.3 step 7).
     #[error("out-of-order REGISTER")]
     OutOfOrder,
@@ -100,6 +105,7 @@ impl SaveError {
                 vec![(HeaderName::Other("Min-Expires".into()), min.to_string())],
             ),
             SaveError::TooManyContacts(_) => (403, "Too Many Registered Contacts".into(), vec![]),
+            SaveError::TooManyAors(_) => (403, "Too Many Registered Users".into(), vec![]),
             SaveError::OutOfOrder => (500, "Server Internal Error (out of order)".into(), vec![]),
             // The writer is behind and nothing was written: the UA may
             // retry shortly (RFC 3261 §21.5.4).
@@ -249,6 +255,7 @@ struct Register {
     nat: bool,
     persistent: bool,
     max_contacts: u32,
+    max_aors: u32,
     now: i64,
 }
 
@@ -337,6 +344,7 @@ impl Register {
             nat: opts.nat,
             persistent: opts.persistent,
             max_contacts: opts.max_contacts,
+            max_aors: opts.max_aors,
             now,
         })
     }
@@ -370,6 +378,12 @@ impl Register {
             return Ok(Vec::new());
         };
 
+        let known: bool = self.max_aors > 0
+            && tx
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM location WHERE tenant = ?1 AND aor = ?2)",
+                )?
+                .query_row(params![tenant, aor], |r| r.get(0))?;
         for a in asked {
             // A failed read is a storage error, not "no binding yet".
             let stored: Option<(String, u32)> = tx
@@ -434,6 +448,17 @@ impl Register {
         if self.max_contacts > 0 && current.len() > self.max_contacts as usize {
             // Dropping `tx` rolls every change of this REGISTER back.
             return Err(SaveError::TooManyContacts(self.max_contacts));
+        }
+        if self.max_aors > 0 && !known && !current.is_empty() {
+            // A new address of record: count the tenant's live ones.
+            let aors: i64 = tx
+                .prepare_cached(
+                    "SELECT COUNT(DISTINCT aor) FROM location WHERE tenant = ?1 AND expires > ?2",
+                )?
+                .query_row(params![tenant, now], |r| r.get(0))?;
+            if aors > i64::from(self.max_aors) {
+                return Err(SaveError::TooManyAors(self.max_aors));
+            }
         }
         tx.commit()?;
         Ok(current)
@@ -588,7 +613,34 @@ mod tests {
             min_expires: 60,
             max_expires: 7200,
             max_contacts: 3,
+            max_aors: 0,
         }
+    }
+
+    #[test]
+    fn a_tenant_holds_at_most_max_aors_users() {
+        let db = Storage::in_memory().expect("db");
+        let now = 5_000;
+        let two = SaveOptions {
+            max_aors: 2,
+            ..opts()
+        };
+        let of = |user: &str, cseq: u32| {
+            let text = String::from_utf8_lossy(
+                &register(&[&format!("<sip:{user}@192.0.2.1>")], "", "c", cseq).to_bytes(),
+            )
+            .replace("alice@example.com", &format!("{user}@example.com"));
+            crate::sip::parse(bytes::Bytes::from(text)).expect("REGISTER")
+        };
+        save(&db, "t", &of("u1", 1), None, &two, now, WAIT).expect("first user");
+        save(&db, "t", &of("u2", 1), None, &two, now, WAIT).expect("second user");
+        let err = save(&db, "t", &of("u3", 1), None, &two, now, WAIT).expect_err("third user");
+        assert!(matches!(err, SaveError::TooManyAors(2)), "{err}");
+        assert_eq!(err.reply().0, 403);
+        assert!(lookup(&db, "t", "u3", now).expect("lookup").is_empty());
+        // Known users refresh; another tenant has its own count.
+        save(&db, "t", &of("u1", 2), None, &two, now, WAIT).expect("refresh");
+        save(&db, "other", &of("u3", 1), None, &two, now, WAIT).expect("other tenant");
     }
 
     #[test]

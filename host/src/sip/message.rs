@@ -531,6 +531,21 @@ impl Message {
     /// written, Content-Length set to the body length (in place of the first
     /// Content-Length line, others dropped; appended when there was none),
     /// an empty line and the body.
+    /// About how many bytes [`Message::to_bytes`] makes (exact but for the
+    /// start line's length, counted generously), without making them.
+    pub fn wire_len(&self) -> usize {
+        let head: usize = self
+            .headers
+            .iter()
+            .map(|h| h.raw_name().len() + h.value().len() + 4)
+            .sum();
+        let start = match &self.start {
+            StartLine::Request { method, uri } => method.as_str().len() + uri.as_str().len() + 12,
+            StartLine::Response { reason, .. } => reason.as_str().len() + 14,
+        };
+        start + head + 2 + self.body.len()
+    }
+
     pub fn to_bytes(&self) -> Bytes {
         let head: usize = self
             .headers
