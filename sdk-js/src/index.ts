@@ -314,6 +314,23 @@ export class Request {
     return rr.looseRoute(this.raw);
   }
 
+  /**
+   * Whether `looseRoute` followed a Route this proxy record-routed for this
+   * dialog itself (its integrity parameter checks), rather than one the
+   * sender wrote.
+   */
+  routeVerified(): boolean {
+    return rr.routeVerified(this.raw);
+  }
+
+  /**
+   * Whether the request came from a trusted source (`trusted` in the
+   * configuration): relayed without authentication by default routing.
+   */
+  sourceTrusted(): boolean {
+    return proxy.sourceTrusted(this.raw);
+  }
+
   /** Whether the Request-URI names this proxy (`uri == myself`). */
   uriIsMyself(): boolean {
     return this.raw.uriIsMyself();

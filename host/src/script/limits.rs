@@ -49,6 +49,14 @@ pub struct Limits {
     /// Bytes the tenant's keys may take in the key-value store: keys,
     /// values and a fixed overhead per key (see `services::kv`).
     pub kv_bytes: usize,
+    /// Bindings one address of record may have, whatever the routing asks
+    /// (`registrar.save`'s `max-contacts` may only lower it): a REGISTER
+    /// past it is refused 403. Bounds what a lookup forks to and what a
+    /// REGISTER query answers.
+    pub max_bindings_per_aor: u32,
+    /// Addresses of record the tenant may have registered at once: a
+    /// REGISTER of one more is refused 403.
+    pub max_aors: u32,
     /// Hook time the tenant may use per second, all its hooks and workers
     /// together, in milliseconds. Past it, its new requests are answered
     /// 503 with Retry-After until the next second (its calls in progress
@@ -77,6 +85,8 @@ impl Default for Limits {
             var_bytes: 16 << 10,
             kv_keys: 10_000,
             kv_bytes: 4 << 20,
+            max_bindings_per_aor: 10,
+            max_aors: 100_000,
             hook_budget_ms_per_s: 1000,
         }
     }
@@ -106,6 +116,9 @@ impl Limits {
         }
         if self.max_instances == 0 {
             return Err("max_instances must be above 0".into());
+        }
+        if self.max_bindings_per_aor == 0 || self.max_aors == 0 {
+            return Err("max_bindings_per_aor and max_aors must be above 0".into());
         }
         if self.hook_budget_ms_per_s == 0 {
             return Err("hook_budget_ms_per_s must be above 0".into());

@@ -78,7 +78,9 @@ impl HostState {
                 ))
             }
         };
-        self.request_mut(&req)?.auth_stale = outcome == Outcome::Stale;
+        let ctx = self.request_mut(&req)?;
+        ctx.auth_stale = outcome == Outcome::Stale;
+        ctx.authenticated |= matches!(outcome, Outcome::Authorized(_));
         Ok(match outcome {
             Outcome::Authorized(user) => auth::Outcome::Authorized(user),
             Outcome::Missing => auth::Outcome::Missing,
@@ -171,7 +173,12 @@ impl registrar::Host for HostState {
             default_expires: options.default_expires,
             min_expires: options.min_expires,
             max_expires: options.max_expires,
-            max_contacts: options.max_contacts,
+            // The tenant's bound holds whatever the routing asks.
+            max_contacts: match options.max_contacts {
+                0 => self.guest.limits.max_bindings_per_aor,
+                n => n.min(self.guest.limits.max_bindings_per_aor),
+            },
+            max_aors: self.guest.limits.max_aors,
         };
         // Where it came from is where its requests go: behind NAT when the
         // script says so, and always on a flow (a WebSocket, whose Contact

@@ -60,6 +60,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             )) as Box<dyn ConfigSource>
         }),
     )?);
+    warn_open_registrar(&config);
     if let Some(admin) = &config.admin {
         let address = crate::admin::serve(admin, tenancy.clone()).await?;
         tracing::info!(%address, "admin API ready");
@@ -141,6 +142,23 @@ fn log_flood_control(config: &Config) {
         );
     } else {
         tracing::warn!(trusted, "flood control off ([flood] enabled = false)");
+    }
+}
+
+/// The bundled routing without `WITH_AUTH` registers anyone who asks:
+/// said once at start, so that no one runs it on a public address unaware.
+/// (It relays to other domains only for trusted sources.)
+fn warn_open_registrar(config: &Config) {
+    for tenant in config.tenant.iter().filter(|t| t.component.is_none()) {
+        let auth = tenant.params.get("WITH_AUTH").is_some_and(|v| {
+            matches!(v.to_ascii_lowercase().as_str(), "yes" | "true" | "1" | "on")
+        });
+        if !auth {
+            tracing::warn!(
+                tenant = %tenant.name,
+                "the bundled routing runs without WITH_AUTH: its registrar is open (anyone may register any user) and calls to its users need no authentication; set params = {{ WITH_AUTH = \"yes\" }} and add users with `wisp user add` before putting it on a public address"
+            );
+        }
     }
 }
 
