@@ -105,3 +105,31 @@ fn a_thousand_tenants_each_serving_its_own_domain() {
         "{per_tenant:.0} KiB per idle tenant, more than 1 MiB"
     );
 }
+
+/// A tenant added by a configuration reload serves its domain at once, and
+/// a domain added to a tenant that is otherwise unchanged is local for its
+/// routing too: no alias, no restart.
+#[test]
+fn a_tenant_added_at_runtime_serves_its_domain() {
+    let wisp = WispBuilder::new()
+        .admin()
+        .tenant(Tenant::new("first").domain("first.example"))
+        .start()
+        .expect("wisp starts");
+    let ask = |domain: &str| {
+        let uri = format!("sip:{domain}:{}", wisp.port);
+        let reply = udp_reply(wisp.addr(), request("OPTIONS", &uri, "").as_bytes());
+        status(&reply).to_owned()
+    };
+    assert_eq!(ask("first.example"), "SIP/2.0 200 OK");
+    wisp.rewrite_config(
+        "[[tenant]]\nname = \"first\"\ndomains = [\"first.example\", \"also.example\"]\n\
+         [[tenant]]\nname = \"late\"\ndomains = [\"late.example\"]\n",
+    )
+    .expect("rewrite");
+    let reload = wisp.ctl(&["reload"]).expect("ctl");
+    assert!(reload.success, "{reload:?}");
+    assert_eq!(ask("late.example"), "SIP/2.0 200 OK");
+    assert_eq!(ask("also.example"), "SIP/2.0 200 OK");
+    assert_eq!(ask("first.example"), "SIP/2.0 200 OK");
+}
