@@ -63,6 +63,15 @@ pub fn make(id: &str, loop_hash: u32, below: Option<&Via>) -> String {
     format!("{PREFIX}{id}.{loop_hex}.{}", hex::encode(&mac[..MAC_BYTES]))
 }
 
+/// Whether `branch` (one of ours) names a relayed request's client
+/// transaction, rather than a stateless forward: its id is `SHARD-SEQ`.
+pub fn is_relayed(branch: &str) -> bool {
+    branch
+        .get(PREFIX.len()..)
+        .and_then(|rest| rest.split('.').next())
+        .is_some_and(|id| id.contains('-'))
+}
+
 /// The id of a stateless forward: the same for the same request (its
 /// retransmissions, and a CANCEL or non-2xx ACK of an INVITE) and
 /// different for others, keyed so that it tells nothing.

@@ -127,6 +127,20 @@ impl<P> Core<P> {
             tracing::debug!("dropping a response whose top Via we cannot prove ours");
             return;
         }
+        // A relayed request's responses go through its transactions; with
+        // none left, only a 2xx to an INVITE still goes up by Via (its
+        // retransmissions, §16.7 step 4 and RFC 6026). Anything else
+        // naming such a branch is made up (another method's CSeq, a
+        // response long after the transaction).
+        let relayed = top.branch().is_some_and(branch::is_relayed);
+        let invite_2xx = msg.status().is_some_and(|s| (200..300).contains(&s))
+            && msg
+                .cseq()
+                .is_ok_and(|c| c.method == crate::sip::Method::Invite);
+        if relayed && !invite_2xx {
+            tracing::debug!("dropping a stray response to a relayed request");
+            return;
+        }
         msg.pop_first_value(&HeaderName::Via);
         let Some(next) = next.as_ref() else {
             tracing::debug!("dropping a response with no Via left (it was for us)");

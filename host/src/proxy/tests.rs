@@ -1305,3 +1305,27 @@ fn a_big_reply_to_an_unauthenticated_udp_request_becomes_a_small_500() {
     p.core.handle(p.t0, query(), source, &mut p.hooks);
     assert_eq!(summary(&p.sent()), vec![pair(CALLER, "200")]);
 }
+
+#[test]
+fn a_stray_response_to_a_relayed_branch_goes_up_only_as_a_2xx_of_the_invite() {
+    let mut p = Proxy::new(relay_to("bob@192.0.2.10"));
+    p.recv(0, CALLER, invite());
+    let out = last_to(&p.sent(), UAS_A, "INVITE");
+    p.sent();
+    // The real branch, another method: no transaction, no relaying.
+    for method in ["BYE", "CANCEL", "OPTIONS"] {
+        let forged =
+            msg(&text(&answer(&out, 200, "m"))
+                .replace("CSeq: 1 INVITE", &format!("CSeq: 1 {method}")));
+        p.recv(5, UAS_A, forged);
+        assert!(p.sent().is_empty(), "{method}");
+    }
+    // The callee's 200 goes up on the transaction, and so do its
+    // retransmissions after it ended.
+    p.recv(10, UAS_A, answer(&out, 200, "b"));
+    assert_eq!(summary(&p.sent()), vec![pair(CALLER, "200")]);
+    p.advance(60_000);
+    p.sent();
+    p.recv(61_000, UAS_A, answer(&out, 200, "b"));
+    assert_eq!(summary(&p.sent()), vec![pair(CALLER, "200")]);
+}
