@@ -7,7 +7,8 @@
 //! defines: `WITH_AUTH`, `WITH_IPAUTH`, `WITH_USRLOCDB`, `WITH_PSTN`,
 //! `WITH_NAT` (`params = { WITH_AUTH = "yes" }`). Without any, it is the
 //! config with every `#!define` commented out: a registrar and proxy for
-//! the local domain that relays to other domains. Other params: see
+//! the local domain that relays to other domains for trusted sources only
+//! (`trusted` in the host's configuration). Other params: see
 //! docs/configuration.md (`MAX_FORWARDS`, `FAILOVER`, `PARALLEL`,
 //! `FR_INV_TIMER_MS`, `FR_TIMER_MS`, `PSTN_GW_IP`, `PSTN_GW_PORT`,
 //! `REG_*_EXPIRES`, `REG_MAX_CONTACTS`).
