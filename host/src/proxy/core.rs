@@ -85,6 +85,7 @@ impl<P> Core<P> {
             if let Some(relay) = self.relays.get_mut(&tx) {
                 relay.fr_expired(&mut self.fx, hooks, now, tx, deadline);
             }
+            self.settle(tx);
             self.pump(now, hooks);
         }
     }
@@ -127,6 +128,7 @@ impl<P> Core<P> {
                 if let Some(relay) = self.relays.get_mut(&tx) {
                     relay.resolved(&mut self.fx, hooks, now, tx, index, result);
                 }
+                self.settle(tx);
             }
             Some(Parked::Forward { req, msg, branch }) => {
                 self.forward_resolved(&req, msg, &branch, result)
@@ -210,6 +212,7 @@ impl<P> Core<P> {
         if let Some(relay) = self.relays.get_mut(&tx) {
             relay.branch_failed(&mut self.fx, hooks, now, tx, index, code, reason);
         }
+        self.settle(tx);
     }
 
     fn on_request<H: Hooks<Pinned = P>>(
@@ -269,6 +272,7 @@ impl<P> Core<P> {
                 if let Some(relay) = self.relays.get_mut(&invite) {
                     relay.cancel(&mut self.fx, hooks, now, invite);
                 }
+                self.settle(invite);
             }
             Ok(Incoming::Cancel {
                 cancel,
@@ -478,6 +482,18 @@ impl<P> Core<P> {
         let relay = self.relays.entry(tx).or_insert(relay);
         relay.add_branches(&mut self.fx, hooks, now, tx, destination);
         relay.check_done(&mut self.fx, hooks, now, tx);
+        self.settle(tx);
+    }
+
+    /// A relay whose answer upstream was a failure and whose branches
+    /// have all ended has nothing left to do: its request, branches and
+    /// responses go now, not when its server transaction ends (32 s over
+    /// UDP). The transactions themselves, small, absorb what comes late.
+    /// A relay that forwarded a 2xx stays, for the 2xx retransmissions.
+    fn settle(&mut self, tx: TxId) {
+        if self.relays.get(&tx).is_some_and(Relay::finished) {
+            self.relays.remove(&tx);
+        }
     }
 
     fn on_response<H: Hooks<Pinned = P>>(
@@ -509,6 +525,7 @@ impl<P> Core<P> {
                 if let Some(relay) = self.relays.get_mut(&tx) {
                     relay.on_response(&mut self.fx, hooks, now, tx, index, msg, source);
                 }
+                self.settle(tx);
             }
         }
     }

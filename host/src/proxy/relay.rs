@@ -145,6 +145,12 @@ impl<P> Relay<P> {
         })
     }
 
+    /// Whether the relay is over: a failure went upstream and no branch
+    /// is pending or answered 2xx (whose retransmissions it forwards).
+    pub(super) fn finished(&self) -> bool {
+        self.final_sent && !self.branches.iter().any(|b| b.answered_2xx || b.pending())
+    }
+
     /// Client transactions of the branches, for forgetting them.
     pub(super) fn clients(&self) -> impl Iterator<Item = TxId> + '_ {
         self.branches.iter().filter_map(|b| b.client)

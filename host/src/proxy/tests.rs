@@ -1329,3 +1329,25 @@ fn a_stray_response_to_a_relayed_branch_goes_up_only_as_a_2xx_of_the_invite() {
     p.recv(61_000, UAS_A, answer(&out, 200, "b"));
     assert_eq!(summary(&p.sent()), vec![pair(CALLER, "200")]);
 }
+
+#[test]
+fn a_relay_that_failed_is_let_go_at_once_and_its_transactions_absorb_the_rest() {
+    let mut p = Proxy::new(relay_to("bob@192.0.2.10"));
+    p.recv(0, CALLER, invite());
+    let out = last_to(&p.sent(), UAS_A, "INVITE");
+    p.recv(5, UAS_A, answer(&out, 486, "busy"));
+    assert_eq!(line(&only_to(&p.sent(), CALLER)[0]), "486");
+    let (txs, relays) = p.core.len();
+    assert_eq!(relays, 0, "the failed relay is gone");
+    assert_eq!(txs, 2, "its server and client transactions remain, small");
+    // The callee's retransmitted 486 is absorbed (ACKed again), the
+    // caller's ACK and a late CANCEL change nothing.
+    p.recv(6, UAS_A, answer(&out, 486, "busy"));
+    assert!(only_to(&p.sent(), CALLER).is_empty());
+    p.recv(7, CALLER, request("ACK", "z9hG4bKcaller1", Some("busy"), 1));
+    p.recv(8, CALLER, cancel());
+    let up: Vec<String> = only_to(&p.sent(), CALLER).iter().map(line).collect();
+    assert!(up.iter().all(|l| l == "200"), "{up:?}");
+    p.advance(60_000);
+    assert_eq!(p.core.len(), (0, 0));
+}
