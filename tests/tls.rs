@@ -339,6 +339,10 @@ fn established_to(port: u16) -> Vec<u16> {
             let remote = port_of(fields.get(2)?)?;
             (local == port && *fields.get(3)? == "01").then_some(remote)
         })
+        // /proc/net/tcp is read in pages: a table that changes meanwhile
+        // may list a socket twice.
+        .collect::<std::collections::BTreeSet<u16>>()
+        .into_iter()
         .collect()
 }
 

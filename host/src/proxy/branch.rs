@@ -66,10 +66,23 @@ pub fn make(id: &str, loop_hash: u32, below: Option<&Via>) -> String {
 /// Whether `branch` (one of ours) names a relayed request's client
 /// transaction, rather than a stateless forward: its id is `SHARD-SEQ`.
 pub fn is_relayed(branch: &str) -> bool {
-    branch
-        .get(PREFIX.len()..)
-        .and_then(|rest| rest.split('.').next())
-        .is_some_and(|id| id.contains('-'))
+    shard_of(branch).is_some()
+}
+
+/// The shard a branch of a relayed request names (`SHARD-SEQ`), read
+/// without checking the MAC: the shard checks it when it matches the
+/// response (a forged number only reaches a shard where nothing matches).
+pub fn shard_of(branch: &str) -> Option<usize> {
+    let prefix = branch.get(..PREFIX.len())?;
+    if !prefix.eq_ignore_ascii_case(PREFIX) {
+        return None;
+    }
+    let id = branch[PREFIX.len()..].split('.').next()?;
+    let (shard, _) = id.split_once('-')?;
+    if shard.is_empty() || !shard.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    shard.parse().ok()
 }
 
 /// The id of a stateless forward: the same for the same request (its
@@ -213,6 +226,25 @@ mod tests {
         assert!(verify(&guessed, Some(&below)).is_none() || verify(&other, Some(&below)).is_none());
         assert_eq!(verify("z9hG4bKwsp", Some(&below)), None);
         assert_eq!(verify("z9hG4bK776asdhds", Some(&below)), None);
+    }
+
+    #[test]
+    fn the_shard_comes_from_our_relayed_branches_only() {
+        assert_eq!(
+            shard_of("z9hG4bKwsp17-3.0a0b0c0d.0011223344556677"),
+            Some(17)
+        );
+        assert_eq!(shard_of("Z9HG4BKWSP0-1.0a0b0c0d.00"), Some(0));
+        // A stateless forward's id is a hash: no shard.
+        assert_eq!(shard_of("z9hG4bKwspa1b2c3d4e5f6.0a0b0c0d.00"), None);
+        assert_eq!(shard_of("z9hG4bK-other-1"), None);
+        assert_eq!(shard_of("z9hG4bKwsp-1.x.y"), None);
+        assert_eq!(shard_of("z9hG4bKwsp+1-2.x.y"), None);
+        assert_eq!(shard_of("z9hG4"), None);
+        let made = make("5-9", 1, None);
+        assert_eq!(shard_of(&made), Some(5));
+        assert!(is_relayed(&made));
+        assert!(!is_relayed(&make("a1b2", 1, None)));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! ```
 
 mod admission;
-mod branch;
+pub mod branch;
 pub mod checks;
 mod core;
 mod effects;
@@ -34,5 +34,6 @@ pub use effects::{Event, LookupId, Transmit, MAX_PARKED};
 pub use hooks::{HookFailed, Hooks, Routed};
 pub use locality::Locality;
 pub use relay::{DEFAULT_FR, DEFAULT_FR_INVITE};
+pub use replies::reply_target;
 pub use request::{Action, BranchTarget, RequestCtx, Source, TxVars};
 pub use routing::{loose_route, Destination, LooseRoute};

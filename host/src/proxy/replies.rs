@@ -62,7 +62,7 @@ pub(super) fn stamp_received(msg: &mut Message, source: &Source) {
 /// Where a reply to a request we received goes (RFC 3261 §18.2.2, RFC 3581):
 /// back on the connection for streams; for UDP to the source IP, at the
 /// source port when rport was asked, else the Via port.
-pub(super) fn reply_target(msg: &Message, source: &Source) -> Target {
+pub fn reply_target(msg: &Message, source: &Source) -> Target {
     if source.transport.is_stream() {
         return Target {
             transport: source.transport,

@@ -33,7 +33,6 @@ use crate::proxy::Source;
 use crate::script::HookTime;
 use crate::sip::{self, HeaderName, Message, Method};
 use crate::tenancy::{Selected, Tenant};
-use crate::transport::Target;
 
 use super::shard::Shard;
 use super::worker::{Input, Shared, Worker};
@@ -57,8 +56,6 @@ pub(super) const LANE_THREADS: usize = 2;
 /// Their nice value (Linux): under CPU contention the receiving threads,
 /// which carry every other tenant, come first.
 const LANE_NICE: i32 = 10;
-/// The branch of a request wisp relays starts so (see `proxy::branch`).
-const BRANCH_PREFIX: &str = "z9hG4bKwsp";
 
 /// One tenant's shards (or the common lane's).
 pub(super) struct Lane {
@@ -245,7 +242,7 @@ impl Lanes {
     /// relayed; None for another branch.
     fn by_branch(&self, msg: &Message) -> Option<usize> {
         let via = msg.top_via().ok()?;
-        let index = shard_in_branch(via.branch()?)?;
+        let index = crate::proxy::branch::shard_of(via.branch()?)?;
         (index < self.all.load().len() * self.per_lane).then_some(index)
     }
 
@@ -267,7 +264,7 @@ impl Lanes {
         if let Err(err) = self
             .shared
             .transports
-            .send(reply_target(msg, source), reply.to_bytes())
+            .send(crate::proxy::reply_target(msg, source), reply.to_bytes())
         {
             tracing::debug!(%err, "503 not sent");
         }
@@ -365,46 +362,12 @@ impl Lanes {
     }
 }
 
-/// The shard number in a branch of ours (`z9hG4bKwsp<shard>-<n>.…`).
-fn shard_in_branch(branch: &str) -> Option<usize> {
-    let prefix = branch.get(..BRANCH_PREFIX.len())?;
-    if !prefix.eq_ignore_ascii_case(BRANCH_PREFIX) {
-        return None;
-    }
-    let id = branch[BRANCH_PREFIX.len()..].split('.').next()?;
-    let (shard, _) = id.split_once('-')?;
-    if shard.is_empty() || !shard.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    shard.parse().ok()
-}
-
 /// The shard of a message within its lane: by Call-ID, so that a call
 /// stays on one shard.
 fn by_call_id(msg: &Message, shards: usize) -> usize {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     msg.call_id().hash(&mut h);
     (h.finish() % shards.max(1) as u64) as usize
-}
-
-/// Where a reply to a request goes (RFC 3261 §18.2.2, RFC 3581): back on
-/// its connection, or to the source address and the Via's port (rport's
-/// when asked for).
-fn reply_target(msg: &Message, source: &Source) -> Target {
-    if source.transport.is_stream() {
-        return Target {
-            transport: source.transport,
-            addr: source.remote,
-        };
-    }
-    let port = match msg.top_via() {
-        Ok(via) if via.rport().is_none() => via.port.unwrap_or(5060),
-        _ => source.remote.port(),
-    };
-    Target {
-        transport: source.transport,
-        addr: std::net::SocketAddr::new(source.remote.ip(), port),
-    }
 }
 
 /// Lane threads yield to the receiving threads under contention.
@@ -425,24 +388,4 @@ fn lower_priority() {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_shard_comes_from_our_branches_only() {
-        assert_eq!(
-            shard_in_branch("z9hG4bKwsp17-3.0a0b0c0d.0011223344556677"),
-            Some(17)
-        );
-        assert_eq!(shard_in_branch("Z9HG4BKWSP0-1.0a0b0c0d.00"), Some(0));
-        // A stateless forward's id is a hash: no shard.
-        assert_eq!(shard_in_branch("z9hG4bKwspa1b2c3d4e5f6.0a0b0c0d.00"), None);
-        assert_eq!(shard_in_branch("z9hG4bK-other-1"), None);
-        assert_eq!(shard_in_branch("z9hG4bKwsp-1.x.y"), None);
-        assert_eq!(shard_in_branch("z9hG4bKwsp+1-2.x.y"), None);
-        assert_eq!(shard_in_branch("z9hG4"), None);
-    }
 }
