@@ -142,11 +142,17 @@ pub fn verify(branch: &str, below: Option<&Via>) -> Option<u32> {
 /// hash: one of its Vias (any, a loop may take several hops) is ours and
 /// records `loop_hash` (RFC 3261 §16.3 step 4).
 pub fn has_looped(msg: &Message, loop_hash: u32) -> bool {
-    let vias: Vec<&str> = msg.values(&HeaderName::Via).collect();
-    if !vias.iter().any(|v| crate::sip::mentions(v, PREFIX)) {
+    // Most requests carry no Via of ours: found without allocating.
+    if !msg
+        .values(&HeaderName::Via)
+        .any(|v| crate::sip::mentions(v, PREFIX))
+    {
         return false;
     }
-    let parsed: Vec<Option<Via>> = vias.iter().map(|v| Via::parse(v).ok()).collect();
+    let parsed: Vec<Option<Via>> = msg
+        .values(&HeaderName::Via)
+        .map(|v| Via::parse(v).ok())
+        .collect();
     parsed.iter().enumerate().any(|(i, via)| {
         via.as_ref()
             .and_then(|via| via.branch())
