@@ -17,6 +17,17 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 
+    // A component built elsewhere (a packager's, or a stand-in while the
+    // guest does not build): used as it is.
+    println!("cargo:rerun-if-env-changed=WISP_DEFAULT_COMPONENT_PATH");
+    if let Some(path) = std::env::var_os("WISP_DEFAULT_COMPONENT_PATH") {
+        println!(
+            "cargo:rustc-env=WISP_DEFAULT_COMPONENT={}",
+            PathBuf::from(path).display()
+        );
+        return;
+    }
+
     // One guest build shared by every profile of the host (debug, release,
     // clippy): next to the host's target dir, not in OUT_DIR.
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
