@@ -110,6 +110,7 @@ fn load(wasm: &[u8], name: &str, cache: &std::path::Path, limits: Limits) -> any
         )),
         allow: Default::default(),
         domains: Default::default(),
+        log_capture: None,
     });
     engine.load_checked(wasm, name, guest)
 }

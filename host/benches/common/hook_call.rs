@@ -41,6 +41,7 @@ pub fn pool(cache: &std::path::Path) -> Pool {
         )),
         allow: Default::default(),
         domains: Default::default(),
+        log_capture: None,
     });
     engine
         .load_checked(DEFAULT_COMPONENT, "bench", guest)

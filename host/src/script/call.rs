@@ -30,6 +30,10 @@ pub struct Guest {
     pub allow: crate::services::permissions::AllowList,
     /// The tenant's `domains`: local for its routing (`is-myself`).
     pub domains: Arc<Domains>,
+    /// Where `log.write` also copies what the guest logs, as (level,
+    /// message): the `wisp test` runner shows a case's log with its
+    /// outcome. None in the server, whose log is tracing's.
+    pub log_capture: Option<Arc<std::sync::Mutex<Vec<(String, String)>>>>,
 }
 
 impl Guest {
@@ -431,6 +435,7 @@ mod tests {
             services: Arc::new(crate::services::Services::with_storage(storage)),
             allow: Default::default(),
             domains: Default::default(),
+            log_capture: None,
         }
     }
 

@@ -634,6 +634,18 @@ impl config::Host for HostState {
 impl log::Host for HostState {
     fn write(&mut self, level: log::Level, message: String) -> Result<()> {
         let tenant = self.guest.tenant.as_str();
+        if let Some(capture) = &self.guest.log_capture {
+            let name = match level {
+                log::Level::Error => "error",
+                log::Level::Warn => "warn",
+                log::Level::Info => "info",
+                log::Level::Debug => "debug",
+            };
+            capture
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((name.to_owned(), message.clone()));
+        }
         match level {
             log::Level::Error => tracing::error!(tenant, "{message}"),
             log::Level::Warn => tracing::warn!(tenant, "{message}"),

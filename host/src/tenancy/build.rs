@@ -57,6 +57,7 @@ pub(super) fn build_version(
         services: services.clone(),
         allow,
         domains: domains.clone(),
+        log_capture: None,
     });
     let pool = engine.load_checked(&wasm, &origin, guest)?;
     Ok((Arc::new(pool), digest(&wasm)))
