@@ -1,23 +1,27 @@
 // wisp's default routing in TypeScript: Kamailio 3.1's default config,
 // ported route by route, the same as guests/default (Rust). Each
 // route[NAME] is a function named after it; docs/porting-from-kamailio.md
-// shows the config and the Rust port side by side.
+// shows the config and the ports side by side.
 //
 // Features are switched on by tenant params named after the config's
 // defines: WITH_AUTH, WITH_IPAUTH, WITH_USRLOCDB, WITH_PSTN, WITH_NAT. Other
-// params (docs/configuration.md): MAX_FORWARDS, FAILOVER, PARALLEL,
-// FR_INV_TIMER_MS, FR_TIMER_MS, PSTN_GW_IP, PSTN_GW_PORT, REG_*_EXPIRES,
-// REG_MAX_CONTACTS.
+// params (docs/configuration.md): FAILOVER, PARALLEL, PSTN_GW_IP,
+// PSTN_GW_PORT; MAX_FORWARDS, FR_INV_TIMER_MS, FR_TIMER_MS, REG_*_EXPIRES
+// and REG_MAX_CONTACTS are applied by the host.
 //
-// Kamailio's `exit` is EXIT: a route that answered, relayed or dropped the
-// request returns it, and its caller stops there.
+// Kamailio's `exit` is built in: req.reply, req.relay, req.forward and
+// exit() do not return, so a sub-route that decides stops its callers too.
+// A refused check (max-forwards, sanity, lookup, save, authorize) answers
+// with the reply it carries.
 
 import {
   Request,
   Response,
+  WispError,
   acc,
   auth as digest,
   config,
+  exit,
   log,
   nat as nathelper,
   permissions,
@@ -25,85 +29,60 @@ import {
   vars,
 } from "@wisp/sdk";
 
-/** What a route tells its caller: go on (NEXT) or stop (EXIT, Kamailio's `exit`). */
-type Flow = "next" | "exit";
-const NEXT: Flow = "next";
-const EXIT: Flow = "exit";
-
-// Flags of the default config.
+// Flags of the default config: a flag is a transaction variable that is set.
 /** setflag(1): account this transaction. */
-const FLT_ACC = 1;
+const FLT_ACC = "acc";
 /** setflag(2): account a missed call. */
-const FLT_ACCMISSED = 2;
+const FLT_ACCMISSED = "acc_missed";
 /** setflag(3): account a failed transaction. */
-const FLT_ACCFAILED = 3;
+const FLT_ACCFAILED = "acc_failed";
 /** setflag(5): the caller is behind NAT. */
-const FLT_NATS = 5;
+const FLT_NATS = "nat_caller";
 /** setbflag(6): the callee is behind NAT. */
-const FLB_NATB = 6;
+const FLB_NATB = "nat_callee";
+/** The FAILOVER URIs not tried yet. */
+const FAILOVER = "failover";
 
 /** The main `route { ... }` block. */
 export function route(req: Request): void {
-  requestRoute(req);
-}
-
-/** onreply_route[REPLY_ONE]. */
-export function onReply(req: Request, res: Response): boolean {
-  replyOne(req, res);
-  return true;
-}
-
-/** failure_route[FAIL_ONE]. */
-export function onFailure(req: Request, best: Response): void {
-  failOne(req, best);
-}
-
-function requestRoute(req: Request): Flow {
-  if (reqinit(req) === EXIT) return EXIT;
-  if (nat(req) === EXIT) return EXIT;
-  if (withindlg(req) === EXIT) return EXIT;
+  reqinit(req);
+  nat(req);
+  withindlg(req);
 
   // A CANCEL matching a relayed INVITE was handled by the host; one that
   // reaches the script matches no transaction: dropped, as Kamailio's
   // config does, so that no one can have us send CANCELs anywhere.
-  if (req.isMethod("CANCEL")) return EXIT;
+  if (req.isMethod("CANCEL")) exit();
 
-  if (auth(req) === EXIT) return EXIT;
+  auth(req);
 
   // Preloaded Route headers are not followed on initial requests.
-  req.removeHeader("Route");
+  req.fields.remove("Route");
   if (req.isMethod("INVITE", "SUBSCRIBE")) req.recordRoute();
-  if (req.isMethod("INVITE")) vars.setFlag(FLT_ACC); // do accounting
+  if (req.isMethod("INVITE")) vars.set(FLT_ACC); // do accounting
 
-  if (sipout(req) === EXIT) return EXIT;
-  if (presence(req) === EXIT) return EXIT;
-  if (registrar(req) === EXIT) return EXIT;
+  sipout(req);
+  presence(req);
+  registrar(req);
 
   if (req.uriUser() === undefined) {
     // wisp answers keepalive OPTIONS to itself (siputils' options_reply).
-    if (req.isMethod("OPTIONS")) {
-      req.reply(200, "OK");
-      return EXIT;
-    }
-    req.reply(484, "Address Incomplete");
-    return EXIT;
+    if (req.isMethod("OPTIONS")) req.reply(200);
+    req.reply(484); // Address Incomplete
   }
 
-  if (pstn(req) === EXIT) return EXIT;
-  if (location(req) === EXIT) return EXIT;
-  return relay(req);
+  pstn(req);
+  location(req);
+  relay(req);
 }
 
 /**
- * route[RELAY]: stateful relay (`t_relay()`), with the timers and the
- * parallel branches the params ask for. The reply and failure hooks are
- * always armed.
+ * route[RELAY]: stateful relay (`t_relay()`), with the parallel branches
+ * and failover the params ask for; the timers are the host's (FR_*_MS).
  */
-function relay(req: Request): Flow {
-  const timers = frTimers();
-  if (timers) req.setTimers(timers[0], timers[1]);
+function relay(req: Request): never {
   if (req.isMethod("INVITE")) {
-    for (const uri of uriList("PARALLEL")) {
+    for (const uri of list(config.param("PARALLEL"))) {
       // Past the branch limit (a lookup may have used it up) the call goes
       // on with the branches it has.
       try {
@@ -113,33 +92,23 @@ function relay(req: Request): Flow {
       }
     }
     const failover = config.param("FAILOVER");
-    if (failover !== undefined) vars.set(FAILOVER_VAR, failover);
+    if (failover !== undefined) vars.set(FAILOVER, failover);
   }
-  try {
-    req.relay();
-  } catch (err) {
-    // sl_reply_error()
-    log.info(`relay failed: ${err}`);
-    req.reply(500, "Server Internal Error");
-  }
-  return EXIT;
+  req.relay();
 }
 
-/** route[REQINIT]: loop and sanity checks. */
-function reqinit(req: Request): Flow {
-  const hops = req.maxForwards(maxForwardsLimit());
-  if (hops) {
-    req.reject(hops);
-    return EXIT;
+/** route[REQINIT]: loop and sanity checks (483, 400, 420 by the host). */
+function reqinit(req: Request): void {
+  req.maxForwards();
+  try {
+    req.sanityCheck();
+  } catch (err) {
+    if (err instanceof WispError) {
+      const { ip, port } = req.info.source;
+      log.info(`Malformed SIP message from ${ip}:${port}: ${err.detail}`);
+    }
+    throw err;
   }
-  const insane = req.sanityCheck();
-  if (insane) {
-    const source = req.source();
-    log.info(`Malformed SIP message from ${source.ip}:${source.port}: ${insane.reason}`);
-    req.reject(insane);
-    return EXIT;
-  }
-  return NEXT;
 }
 
 /**
@@ -149,155 +118,95 @@ function reqinit(req: Request): Flow {
  * request dressed up as in-dialog to be relayed without authentication
  * (toll fraud): refused.
  */
-function withindlg(req: Request): Flow {
-  if (!req.hasToTag()) return NEXT;
-  if (req.looseRoute()) {
-    if (!req.routeVerified() && !req.sourceTrusted()) {
-      if (req.isMethod("ACK")) return EXIT;
-      if (!config.enabled("WITH_AUTH")) {
-        req.reply(403, "Not relaying");
-        return EXIT;
-      }
-      if (auth(req) === EXIT) return EXIT;
-      if (!req.fromIsMyself()) {
-        // auth() lets outsiders reach our domain: a Route to follow is not that.
-        req.reply(403, "Not relaying");
-        return EXIT;
-      }
+function withindlg(req: Request): void {
+  if (!req.info.inDialog) return;
+  const route = req.looseRoute();
+  if (route !== "none") {
+    if (route === "unverified" && !req.info.sourceTrusted) {
+      if (req.isMethod("ACK")) exit();
+      if (!config.enabled("WITH_AUTH")) req.reply(403, "Not relaying");
+      auth(req);
+      // auth() lets outsiders reach our domain: a Route to follow is not that.
+      if (!req.fromIsMyself()) req.reply(403, "Not relaying");
     }
     if (req.isMethod("BYE")) {
-      vars.setFlag(FLT_ACC); // do accounting ...
-      vars.setFlag(FLT_ACCFAILED); // ... even if the transaction fails
+      vars.set(FLT_ACC); // do accounting ...
+      vars.set(FLT_ACCFAILED); // ... even if the transaction fails
     }
-    if (req.isMethod("ACK")) {
-      // The ACK of a 2xx is a transaction of its own: relayed statelessly.
-      req.forward();
-      return EXIT;
-    }
-    return relay(req);
+    // The ACK of a 2xx is a transaction of its own: relayed statelessly.
+    if (req.isMethod("ACK")) req.forward();
+    relay(req);
   }
-  if (req.isMethod("ACK")) {
-    // An ACK without Route matches nothing of ours (the ACK of a refusal we
-    // sent is absorbed here): dropped, as Kamailio's config does.
-    return EXIT;
-  }
+  // An ACK without Route matches nothing of ours (the ACK of a refusal we
+  // sent is absorbed by the host): dropped, as Kamailio's config does.
+  if (req.isMethod("ACK")) exit();
   req.reply(404, "Not here");
-  return EXIT;
 }
 
 /** route[REGISTRAR]: REGISTER requests are handled by the location service. */
-function registrar(req: Request): Flow {
-  if (!req.isMethod("REGISTER")) return NEXT;
-  if (vars.isFlagSet(FLT_NATS)) vars.setFlag(FLB_NATB);
-  const rejection = usrloc.save(req, {
-    persistent: config.enabled("WITH_USRLOCDB"),
-    nat: vars.isFlagSet(FLB_NATB),
-    defaultExpires: u32Param("REG_DEFAULT_EXPIRES") ?? 3600,
-    minExpires: u32Param("REG_MIN_EXPIRES") ?? 60,
-    maxExpires: u32Param("REG_MAX_EXPIRES") ?? 3600,
-    maxContacts: u32Param("REG_MAX_CONTACTS") ?? 0,
-  });
-  if (rejection) req.reject(rejection); // sl_reply_error()
-  return EXIT;
+function registrar(req: Request): void {
+  if (!req.isMethod("REGISTER")) return;
+  // setbflag(FLB_NATB) when the caller is behind NAT; the expiry limits
+  // are the host's (REG_* params).
+  req.reply(usrloc.save(req, { persistent: config.enabled("WITH_USRLOCDB"), nat: vars.has(FLT_NATS) }));
 }
 
-/** route[LOCATION]: the Request-URI becomes the user's registered contacts. */
-function location(req: Request): Flow {
-  const found = usrloc.lookup(req);
-  if (found === "not-found") {
-    req.reply(404, "Not Found");
-    return EXIT;
-  }
-  // Kamailio's default config answers -3 with 404 too; a failed store
-  // says nothing about the user: 500.
-  if (found === "storage") {
-    req.reply(500, "Server Internal Error");
-    return EXIT;
-  }
-  if (found === "method-not-allowed") {
-    req.reply(405, "Method Not Allowed");
-    return EXIT;
-  }
-  if (found.nat) vars.setFlag(FLB_NATB);
-  if (req.isMethod("INVITE")) vars.setFlag(FLT_ACCMISSED);
-  return NEXT;
+/**
+ * route[LOCATION]: the Request-URI becomes the user's registered contacts
+ * (404 or 405 by the host; 500 when the store failed, where Kamailio's
+ * config answers 404: a failed store says nothing about the user).
+ */
+function location(req: Request): void {
+  if (usrloc.lookup(req).nat) vars.set(FLB_NATB);
+  if (req.isMethod("INVITE")) vars.set(FLT_ACCMISSED);
 }
 
 /**
  * route[PRESENCE]: no presence server here (WITH_PRESENCE is not ported):
  * PUBLISH is refused, SUBSCRIBE goes to the user like any request.
  */
-function presence(req: Request): Flow {
-  if (!req.isMethod("PUBLISH", "SUBSCRIBE")) return NEXT;
-  if (req.isMethod("PUBLISH") || req.uriUser() === undefined) {
+function presence(req: Request): void {
+  if (req.isMethod("PUBLISH") || (req.isMethod("SUBSCRIBE") && req.uriUser() === undefined)) {
     req.reply(404, "Not here");
-    return EXIT;
   }
-  return NEXT;
 }
 
 /**
  * route[AUTH] (WITH_AUTH): REGISTERs authenticate against the To domain;
  * other requests from our own domain against the From domain, and requests
- * from elsewhere must be for our domain (no open relay).
+ * from elsewhere must be for our domain (no open relay). A missing or
+ * wrong credential is answered with the host's challenge (401 or 407).
  */
-function auth(req: Request): Flow {
-  if (!config.enabled("WITH_AUTH")) return NEXT;
+function auth(req: Request): void {
+  if (!config.enabled("WITH_AUTH")) return;
   if (req.isMethod("REGISTER")) {
-    const realm = req.toHost();
-    const outcome = digest.wwwAuthorize(req, realm);
-    if (outcome.tag !== "authorized") {
-      digest.wwwChallenge(req, realm);
-      return EXIT;
-    }
-    if (outcome.val !== req.toUser()) {
-      req.reply(403, "Forbidden auth ID");
-      return EXIT;
-    }
-    return NEXT;
+    if (digest.authorize(req, req.toHost()) !== req.toUser()) req.reply(403, "Forbidden auth ID");
+    return;
   }
-
-  if (config.enabled("WITH_IPAUTH") && permissions.allowSourceAddress(req)) {
-    // source IP allowed
-    return NEXT;
-  }
-
+  // source IP allowed
+  if (config.enabled("WITH_IPAUTH") && permissions.allowSourceAddress(req)) return;
   if (req.fromIsMyself()) {
     // authenticate if from local subscriber
-    const realm = req.fromHost();
-    const outcome = digest.proxyAuthorize(req, realm);
-    if (outcome.tag !== "authorized") {
-      digest.proxyChallenge(req, realm);
-      return EXIT;
-    }
     const claimed = req.isMethod("PUBLISH") ? req.toUser() : req.fromUser();
-    if (outcome.val !== claimed) {
-      req.reply(403, "Forbidden auth ID");
-      return EXIT;
-    }
+    if (digest.authorize(req, req.fromHost()) !== claimed) req.reply(403, "Forbidden auth ID");
     digest.consumeCredentials(req);
     // caller authenticated
   } else if (!req.uriIsMyself()) {
     // not a local subscriber and a foreign destination: not an open relay
     req.reply(403, "Not relaying");
-    return EXIT;
   }
-  return NEXT;
 }
 
 /** route[NAT] (WITH_NAT): caller NAT detection. */
-function nat(req: Request): Flow {
-  if (!config.enabled("WITH_NAT")) return NEXT;
+function nat(req: Request): void {
+  if (!config.enabled("WITH_NAT")) return;
   nathelper.forceRport(req);
   // nat_uac_test("19")
-  const tests =
-    nathelper.CONTACT_PRIVATE | nathelper.VIA_ADDRESS_DIFFERS | nathelper.VIA_PORT_DIFFERS;
-  if (nathelper.uacTest(req, tests)) {
+  if (nathelper.uacTest(req, "privateContact", "viaAddressDiffers", "viaPortDiffers")) {
     if (!req.isMethod("REGISTER")) nathelper.fixContact(req);
     // fix_nated_register(): route(REGISTRAR) saves the source address.
-    vars.setFlag(FLT_NATS);
+    vars.set(FLT_NATS);
   }
-  return NEXT;
 }
 
 /**
@@ -305,37 +214,30 @@ function nat(req: Request): Flow {
  * source may have us relay there (`trusted` in the host's configuration): a
  * wisp on a public address is no open relay.
  */
-function sipout(req: Request): Flow {
-  if (req.uriIsMyself()) return NEXT;
-  if (!config.enabled("WITH_AUTH") && !req.sourceTrusted()) {
-    req.reply(403, "Not relaying");
-    return EXIT;
-  }
-  req.appendHeader("P-hint", "outbound");
-  return relay(req);
+function sipout(req: Request): void {
+  if (req.info.uriIsMyself) return;
+  if (!config.enabled("WITH_AUTH") && !req.info.sourceTrusted) req.reply(403, "Not relaying");
+  req.fields.append("P-hint", "outbound");
+  relay(req);
 }
 
 /**
  * route[PSTN] (WITH_PSTN): numbers in international format go to the
  * gateway PSTN_GW_IP (PSTN_GW_PORT, default 5060), for local users only.
  */
-function pstn(req: Request): Flow {
-  if (!config.enabled("WITH_PSTN")) return NEXT;
-  const gw = (config.param("PSTN_GW_IP") ?? "").trim();
-  if (gw === "") {
+function pstn(req: Request): void {
+  if (!config.enabled("WITH_PSTN")) return;
+  const gw = config.param("PSTN_GW_IP")?.trim();
+  if (!gw) {
     log.warn("SCRIPT: PSTN routing enabled but PSTN_GW_IP not defined");
-    return NEXT;
+    return;
   }
   const number = req.uriUser();
-  if (number === undefined || !/^(\+|00)[1-9][0-9]{3,20}$/.test(number)) return NEXT;
+  if (number === undefined || !/^(\+|00)[1-9][0-9]{3,20}$/.test(number)) return;
   // only local users allowed to call
-  if (!req.fromIsMyself()) {
-    req.reply(403, "Not Allowed");
-    return EXIT;
-  }
-  const port = (config.param("PSTN_GW_PORT") ?? "5060").trim();
-  req.setUri(`sip:${number}@${gw}:${port}`);
-  return relay(req);
+  if (!req.fromIsMyself()) req.reply(403, "Not Allowed");
+  req.setUri(`sip:${number}@${gw}:${config.param("PSTN_GW_PORT")?.trim() ?? "5060"}`);
+  relay(req);
 }
 
 /**
@@ -343,93 +245,38 @@ function pstn(req: Request): Flow {
  * (WITH_NAT; no media relay), and final answers are accounted: a 2xx to an
  * INVITE starts a call, a 2xx to a BYE ends it.
  */
-function replyOne(req: Request, res: Response): void {
-  if (config.enabled("WITH_NAT") && vars.isFlagSet(FLB_NATB)) nathelper.fixReplyContact(res);
+export function onReply(req: Request, res: Response): void {
+  if (config.enabled("WITH_NAT") && vars.has(FLB_NATB)) nathelper.fixReplyContact(res);
   const status = res.status();
-  if (status < 200 || status >= 300 || !vars.isFlagSet(FLT_ACC)) return;
+  if (status < 200 || status >= 300 || !vars.has(FLT_ACC)) return;
   if (req.isMethod("INVITE")) acc.report(req, "start", res);
   else if (req.isMethod("BYE")) acc.report(req, "stop", res);
 }
 
 /**
- * failure_route[FAIL_ONE]: serial forking to the FAILOVER URIs, else
- * accounting of the missed call or failed transaction. A cancelled
- * transaction never gets here (`t_is_canceled` is the host's).
+ * failure_route[FAIL_ONE]: serial forking to the FAILOVER URIs on 486, 408
+ * and 5xx (`t_check_status`), else accounting of the missed call or failed
+ * transaction. A cancelled transaction never gets here (`t_is_canceled` is
+ * the host's).
  */
-function failOne(req: Request, best: Response): Flow {
+export function onFailure(req: Request, best: Response): void {
   const status = best.status();
-  if (req.isMethod("INVITE") && failsOver(status)) {
-    const next = nextFailover();
+  if (req.isMethod("INVITE") && (status === 486 || status === 408 || (status >= 500 && status < 600))) {
+    const [next, ...rest] = list(vars.get(FAILOVER));
     if (next !== undefined) {
+      vars.set(FAILOVER, rest.join(","));
       log.info(`${status} from the last branch: trying ${next}`);
       req.setUri(next);
       req.relay();
-      return EXIT;
     }
   }
-  if (vars.isFlagSet(FLT_ACCMISSED) || vars.isFlagSet(FLT_ACCFAILED)) {
-    acc.report(req, "failed", best);
-  }
-  return NEXT;
+  if (vars.has(FLT_ACCMISSED) || vars.has(FLT_ACCFAILED)) acc.report(req, "failed", best);
 }
 
-/** The per-transaction variable holding the FAILOVER URIs not tried yet. */
-const FAILOVER_VAR = "failover";
-
-/** Whether a final answer calls for the next FAILOVER URI (`t_check_status("486|408|5[0-9][0-9]")`). */
-function failsOver(status: number): boolean {
-  return status === 486 || status === 408 || (status >= 500 && status < 600);
-}
-
-/** Pops the next URI off the transaction's failover list. */
-function nextFailover(): string | undefined {
-  const list = vars.get(FAILOVER_VAR);
-  if (list === undefined) return undefined;
-  const uris = splitList(list);
-  const next = uris.shift();
-  const rest = uris.join(",");
-  vars.set(FAILOVER_VAR, rest === "" ? undefined : rest);
-  return next;
-}
-
-/** A comma-separated list param, blanks trimmed and empty entries skipped. */
-function uriList(name: string): string[] {
-  const value = config.param(name);
-  return value === undefined ? [] : splitList(value);
-}
-
-function splitList(value: string): string[] {
+/** A comma-separated list, blanks trimmed and empty entries skipped. */
+function list(value = ""): string[] {
   return value
     .split(",")
     .map((s) => s.trim())
     .filter((s) => s !== "");
-}
-
-/**
- * The host's defaults, Kamailio's fr_inv_timer and fr_timer: `setTimers`
- * sets both, so the one left out must be given as the host would have it.
- */
-const DEFAULT_FR_INV_MS = 120_000;
-const DEFAULT_FR_MS = 30_000;
-
-/**
- * FR_INV_TIMER_MS and FR_TIMER_MS (`t_set_fr`), when either is set; the one
- * left out keeps its default (120 s and 30 s).
- */
-function frTimers(): [number, number] | undefined {
-  const invite = u32Param("FR_INV_TIMER_MS");
-  const other = u32Param("FR_TIMER_MS");
-  if (invite === undefined && other === undefined) return undefined;
-  return [invite ?? DEFAULT_FR_INV_MS, other ?? DEFAULT_FR_MS];
-}
-
-/** A param parsed like Rust's `str::parse::<u32>` (after trimming), else undefined. */
-function u32Param(name: string): number | undefined {
-  const text = (config.param(name) ?? "").trim();
-  const value = /^\+?[0-9]+$/.test(text) ? Number(text) : NaN;
-  return value <= 0xffffffff ? value : undefined;
-}
-
-function maxForwardsLimit(): number {
-  return u32Param("MAX_FORWARDS") ?? 10;
 }

@@ -5,8 +5,10 @@
 //   wisp-js build route.ts -o out.wasm [--no-check] [--wit DIR]
 //
 // build: type-checks with tsc, wraps the module's hooks in an entry that
-// exports all four of the world (route, and onReply, onFailure, onBranch
-// when the module has them, else the SDK's defaults), bundles with esbuild
+// exports all four of the world wisp:proxy/router@0.2.0 (route, and
+// onReply, onFailure, onBranch when the module has them, else the SDK's
+// defaults), turning the decisions they throw into the action, verdict or
+// failure action each export returns, bundles with esbuild
 // (the `wisp:proxy/*` imports stay external), and makes a component with
 // componentize-js (StarlingMonkey), with wasi:http/fetch left out since
 // wisp does not link them. Nothing is downloaded: AOT (weval) stays off.
@@ -108,7 +110,9 @@ async function bundle(input, outFile) {
   const esbuild = await import("esbuild");
   // The component must export all four hooks of the world; the ones the
   // module leaves out get the SDK's defaults (keep every reply, send the
-  // best response upstream, leave branches as they are).
+  // best response upstream, leave branches as they are). The SDK's run*
+  // functions catch the decisions the hooks throw (req.reply, req.relay,
+  // exit...) and return them as the world's action types.
   const entry = `import * as user from ${JSON.stringify(input)};
 import { runRoute, runOnReply, runOnFailure, runOnBranch } from "@wisp/sdk";
 const hook = user["route"] ?? Reflect.get(user, "default");
@@ -125,14 +129,14 @@ function optional(name) {
 const onReplyHook = optional("onReply");
 const onFailureHook = optional("onFailure");
 const onBranchHook = optional("onBranch");
-export function route(raw) {
-  runRoute(hook, raw);
+export function route(raw, info) {
+  return runRoute(hook, raw, info);
 }
 export function onReply(req, res) {
   return runOnReply(onReplyHook, req, res);
 }
 export function onFailure(req, best) {
-  runOnFailure(onFailureHook, req, best);
+  return runOnFailure(onFailureHook, req, best);
 }
 export function onBranch(req, index) {
   runOnBranch(onBranchHook, req, index);

@@ -9,156 +9,349 @@
  * import { Request, Response, vars } from "@wisp/sdk";
  *
  * export function route(req: Request) {
- *   if (req.method() === "OPTIONS") return req.reply(200, "OK");
+ *   req.maxForwards();                          // 483 when exhausted
+ *   if (req.isMethod("OPTIONS")) req.reply(200);
  *   req.relay();
  * }
  *
  * // Serial forking when the callee is busy.
  * export function onFailure(req: Request, best: Response) {
- *   if (best.status() === 486 && vars.get("retried") === undefined) {
- *     vars.set("retried", "1");
+ *   if (best.status() === 486 && !vars.has("retried")) {
+ *     vars.set("retried");
  *     req.relay("sip:voicemail@example.com");
  *   }
  * }
  * ```
  *
- * `wisp-js build route.ts -o route.wasm` makes a component of it. The calls
- * mirror Kamailio's script functions and the Rust SDK (`wisp-sdk`); the raw
- * bindings, typed from the WIT package, are in the `wisp:proxy/*` modules.
- *
- * Every request but ACK gets a server transaction when it arrives, so
- * `reply` is stateful; `relay` proxies statefully (Kamailio's `t_relay`)
- * and brings in the other hooks; `forward` stays stateless. The {@link vars}
- * of a transaction are kept across all its hooks.
+ * `wisp-js build route.ts -o route.wasm` makes a component of it for the
+ * world `wisp:proxy/router@0.2.0`. A hook decides by calling one of the
+ * decisions (`req.reply`, `req.relay`, `req.forward`, {@link exit}): they
+ * never return, so a sub-route that decides stops its callers too, like
+ * Kamailio's `exit`. A hook that returns without deciding drops the request
+ * (`route`), keeps the response (`onReply`) or sends the best response
+ * upstream (`onFailure`). A refused check ({@link WispError} of kind
+ * `"refused"`) that escapes a hook becomes the reply it carries; any other
+ * error is logged and answered 500 (`route`) or ignored (the other hooks).
  */
 
-import * as types from "wisp:proxy/types@0.1.0";
-import * as proxy from "wisp:proxy/proxy@0.1.0";
-import * as rr from "wisp:proxy/rr@0.1.0";
-import * as tm from "wisp:proxy/tm@0.1.0";
-import * as rawVars from "wisp:proxy/vars@0.1.0";
-import * as rawConfig from "wisp:proxy/config@0.1.0";
-import * as rawLog from "wisp:proxy/log@0.1.0";
-import * as rawRegistrar from "wisp:proxy/registrar@0.1.0";
-import * as rawAuth from "wisp:proxy/auth@0.1.0";
-import * as rawKv from "wisp:proxy/kv@0.1.0";
-import * as rawPermissions from "wisp:proxy/permissions@0.1.0";
-import * as rawNat from "wisp:proxy/nat@0.1.0";
-import * as rawAcc from "wisp:proxy/acc@0.1.0";
-import * as rawRatelimit from "wisp:proxy/ratelimit@0.1.0";
+import type * as sip from "wisp:proxy/sip@0.2.0";
+import * as rawProxy from "wisp:proxy/proxy@0.2.0";
+import * as rawVars from "wisp:proxy/vars@0.2.0";
+import * as rawConfig from "wisp:proxy/config@0.2.0";
+import * as rawLog from "wisp:proxy/log@0.2.0";
+import * as rawRegistrar from "wisp:proxy/registrar@0.2.0";
+import * as rawAuth from "wisp:proxy/auth@0.2.0";
+import * as rawKv from "wisp:proxy/kv@0.2.0";
+import * as rawPermissions from "wisp:proxy/permissions@0.2.0";
+import * as rawNat from "wisp:proxy/nat@0.2.0";
+import * as rawAcc from "wisp:proxy/acc@0.2.0";
+import * as rawRatelimit from "wisp:proxy/ratelimit@0.2.0";
 
-export type RawRequest = types.Request;
-export type RawResponse = types.Response;
-export type Endpoint = types.Endpoint;
-export type Transport = types.Transport;
-export type Header = types.Header;
-export type HostError = types.Error;
-/** A check that failed and the reply it calls for. */
-export type Rejection = proxy.Rejection;
+export type RawRequest = sip.Request;
+export type RawResponse = sip.Response;
+export type RawFields = sip.Fields;
+export type Endpoint = sip.Endpoint;
+export type Transport = sip.Transport;
+export type Header = sip.Header;
+export type UriParts = sip.UriParts;
+/** An answer to a request: `{ code, reason?, headers }`. */
+export type Reply = sip.Reply;
+/** What `looseRoute` found: `"none"`, `"unverified"` or `"verified"`. */
+export type RouteCheck = rawProxy.RouteCheck;
+export type Located = rawRegistrar.Located;
+/** `"start"`, `"stop"` or `"failed"`. */
+export type AccEvent = rawAcc.Event;
+
+/**
+ * A request method: the RFC 3261 methods and extensions in capitals
+ * ("INVITE", "ACK", ...), any other token as written.
+ */
+export type Method =
+  | "INVITE"
+  | "ACK"
+  | "BYE"
+  | "CANCEL"
+  | "REGISTER"
+  | "OPTIONS"
+  | "INFO"
+  | "UPDATE"
+  | "PRACK"
+  | "SUBSCRIBE"
+  | "NOTIFY"
+  | "PUBLISH"
+  | "MESSAGE"
+  | "REFER"
+  | (string & {});
 
 /** Headers for a reply: `[name, value]` pairs or `{ name, value }` records. */
 export type Headers = ReadonlyArray<readonly [string, string] | Header>;
 
-/** A host call refused what it was asked (the WIT `error` variant). */
-export class WispError extends Error {
-  /** `"invalid"`, `"not-allowed"` or `"transport"`. */
-  readonly kind: HostError["tag"];
-  /** What the host said. */
-  readonly detail: string;
+/** What the route hook receives about a request, read without host calls. */
+export interface RequestInfo {
+  method: Method;
+  /** To carries a tag: the request belongs to a dialog (`has_totag()`). */
+  inDialog: boolean;
+  /** The Request-URI named this proxy on arrival (`uri == myself`). */
+  uriIsMyself: boolean;
+  /** Where the request came from (`$si`, `$sp`, `$proto`). */
+  source: Endpoint;
+  /** The source is in the `trusted` addresses of the configuration. */
+  sourceTrusted: boolean;
+}
 
-  constructor(error: HostError) {
-    super(`${describe(error.tag)}: ${error.val}`);
+/** Final-response timers of a relay, in milliseconds (`t_set_fr`). */
+export interface Timeouts {
+  /** An INVITE branch after a provisional (`fr_inv_timer`; default `FR_INV_TIMER_MS`, else 120000). */
+  inviteMs?: number;
+  /** Any other branch (`fr_timer`; default `FR_TIMER_MS`, else 30000). */
+  finalMs?: number;
+}
+
+/** The kind of a {@link WispError}, as the WIT `error` variant names it. */
+export type ErrorKind = sip.Error["tag"];
+
+/** A host call did not do what it was asked (the WIT `sip.error`). */
+export class WispError extends Error {
+  /** `"invalid"`, `"not-allowed"`, `"unavailable"` or `"refused"`. */
+  readonly kind: ErrorKind;
+  /** What the host said; for `"refused"`, the code and reason of the reply. */
+  readonly detail: string;
+  /** For `"refused"`: the reply the request calls for (483, 401 challenge, 404...). */
+  readonly reply: Reply | undefined;
+
+  constructor(error: sip.Error) {
+    const detail =
+      error.tag === "refused" ? `${error.val.code} ${error.val.reason ?? ""}`.trimEnd() : error.val;
+    super(`${describe(error.tag)}: ${detail}`);
     this.name = "WispError";
     this.kind = error.tag;
-    this.detail = error.val;
+    this.detail = detail;
+    this.reply = error.tag === "refused" ? error.val : undefined;
   }
 }
 
-function describe(tag: HostError["tag"]): string {
-  switch (tag) {
+function describe(kind: ErrorKind): string {
+  switch (kind) {
     case "invalid":
       return "invalid argument";
     case "not-allowed":
       return "not allowed";
-    case "transport":
-      return "transport error";
+    case "unavailable":
+      return "unavailable";
+    case "refused":
+      return "refused";
   }
 }
 
-/** The value an `err` of a WIT result was thrown with. */
-function payload(thrown: unknown): unknown {
-  if (thrown !== null && typeof thrown === "object" && "payload" in thrown) {
-    return (thrown as { payload: unknown }).payload;
-  }
-  return thrown;
+function isHostError(value: unknown): value is sip.Error {
+  if (value === null || typeof value !== "object" || !("tag" in value) || !("val" in value)) return false;
+  const { tag, val } = value as { tag: unknown; val: unknown };
+  if (tag === "refused") return val !== null && typeof val === "object" && "code" in val;
+  return (tag === "invalid" || tag === "not-allowed" || tag === "unavailable") && typeof val === "string";
 }
 
-function isHostError(value: unknown): value is HostError {
-  return (
-    value !== null &&
-    typeof value === "object" &&
-    "tag" in value &&
-    "val" in value &&
-    typeof (value as { val: unknown }).val === "string"
-  );
-}
-
-function isRejection(value: unknown): value is Rejection {
-  return value !== null && typeof value === "object" && "code" in value && "reason" in value;
-}
-
-/** Runs a host call returning `result<_, error>`; an `err` becomes a WispError. */
+/** Runs a host call returning `result<_, error>`: an `err` becomes a WispError. */
 function hostCall<T>(call: () => T): T {
   try {
     return call();
   } catch (thrown) {
-    const value = payload(thrown);
+    // componentize-js throws an `err` as an Error carrying it as `payload`.
+    const value =
+      thrown !== null && typeof thrown === "object" && "payload" in thrown
+        ? (thrown as { payload: unknown }).payload
+        : thrown;
     if (isHostError(value)) throw new WispError(value);
     throw thrown;
   }
 }
 
-/** Runs a check returning `result<_, rejection>`: the rejection, or undefined. */
-function check(call: () => void): Rejection | undefined {
-  try {
-    call();
-    return undefined;
-  } catch (thrown) {
-    const value = payload(thrown);
-    if (isRejection(value)) return value;
-    throw thrown;
-  }
+function toHeaders(headers: Headers): Header[] {
+  return headers.map((h) => (isPair(h) ? { name: h[0], value: h[1] } : { name: h.name, value: h.value }));
 }
 
-function toHeaders(headers: Headers): Header[] {
-  return headers.map((h) =>
-    Array.isArray(h) ? { name: h[0], value: h[1] } : { name: (h as Header).name, value: (h as Header).value },
-  );
+function isPair(h: readonly [string, string] | Header): h is readonly [string, string] {
+  return Array.isArray(h);
+}
+
+const METHODS: Record<string, Method> = {
+  invite: "INVITE",
+  ack: "ACK",
+  bye: "BYE",
+  cancel: "CANCEL",
+  register: "REGISTER",
+  options: "OPTIONS",
+  info: "INFO",
+  update: "UPDATE",
+  prack: "PRACK",
+  subscribe: "SUBSCRIBE",
+  notify: "NOTIFY",
+  publish: "PUBLISH",
+  message: "MESSAGE",
+  refer: "REFER",
+};
+
+function methodName(method: sip.Method): Method {
+  return method.tag === "other" ? method.val : (METHODS[method.tag] ?? method.tag.toUpperCase());
+}
+
+function toInfo(raw: sip.RequestInfo): RequestInfo {
+  return {
+    method: methodName(raw.method),
+    inDialog: raw.inDialog,
+    uriIsMyself: raw.uriIsMyself,
+    source: raw.source,
+    sourceTrusted: raw.sourceTrusted,
+  };
 }
 
 /**
- * The request being routed. Reading is lazy on the host side: only the
- * headers you ask for are parsed. Valid only during the hook call. In
- * `onReply` and `onFailure` it is the request as relayed; in `onBranch`,
- * that branch's copy.
+ * What a decision throws, to be caught by the SDK's hook wrapper: `action`
+ * undefined is {@link exit}. Not an Error, so `catch (e) { if (e instanceof
+ * Error) ... }` lets it through; a catch-all must rethrow it.
+ */
+class Decision {
+  constructor(readonly action: sip.Action | undefined) {}
+}
+
+/**
+ * Stops the hook here without a decision (Kamailio's `exit` after no
+ * `t_relay`): `route` drops the request, `onReply` keeps the response,
+ * `onFailure` sends the best response upstream.
+ */
+export function exit(): never {
+  throw new Decision(undefined);
+}
+
+/** `[Symbol.dispose]` as the bindings name it (SpiderMonkey may lack Symbol.dispose). */
+const DISPOSE: symbol = (Symbol as { dispose?: symbol }).dispose ?? Symbol.for("dispose");
+
+/** The fields handles taken during the current hook call, released when it ends. */
+const taken: RawFields[] = [];
+
+function releaseFields(): void {
+  for (const raw of taken.splice(0)) {
+    const dispose = (raw as unknown as Record<symbol, (() => void) | undefined>)[DISPOSE];
+    dispose?.call(raw);
+  }
+}
+
+/**
+ * The headers and body of one message, request or response (the WIT
+ * `fields` resource). Names match case-insensitively, compact forms too
+ * ("f" finds From). Valid for the hook call it was taken in.
+ */
+export class Fields {
+  /** The raw resource, for calls the wrapper does not cover. */
+  readonly raw: RawFields;
+
+  constructor(raw: RawFields) {
+    this.raw = raw;
+  }
+
+  /** The first value of a header (`$hdr(Name)`). */
+  get(name: string): string | undefined {
+    return this.raw.get(name);
+  }
+
+  /** Every value of a header in order, comma-separated lists split. */
+  getAll(name: string): string[] {
+    return this.raw.getAll(name);
+  }
+
+  /** Whether the message has a header of that name (`is_present_hf`). */
+  has(name: string): boolean {
+    return this.raw.has(name);
+  }
+
+  /** The names of all headers, in order. */
+  names(): string[] {
+    return this.raw.names();
+  }
+
+  /** Adds a header after the others (`append_hf`); throws WispError if refused. */
+  append(name: string, value: string): void {
+    hostCall(() => this.raw.append(name, value));
+  }
+
+  /** Replaces every header of that name with one holding `value`. */
+  set(name: string, value: string): void {
+    hostCall(() => this.raw.set(name, value));
+  }
+
+  /** Removes every header of that name (`remove_hf`); how many there were. */
+  remove(name: string): number {
+    return hostCall(() => this.raw.remove(name));
+  }
+
+  /** The body (`$rb`). */
+  body(): Uint8Array {
+    return this.raw.body();
+  }
+
+  /** The body as text (UTF-8). */
+  text(): string {
+    return new TextDecoder().decode(this.raw.body());
+  }
+
+  /**
+   * Replaces the body, and Content-Type when `contentType` is given (an
+   * empty body removes it). Content-Length is the host's.
+   */
+  setBody(body: Uint8Array | string, contentType?: string): void {
+    const bytes = typeof body === "string" ? new TextEncoder().encode(body) : body;
+    hostCall(() => this.raw.setBody(contentType, bytes));
+  }
+}
+
+// The engine's WHATWG encoding API (StarlingMonkey has it; lib ES2022 does not declare it).
+declare class TextDecoder {
+  decode(input: Uint8Array): string;
+}
+declare class TextEncoder {
+  encode(input: string): Uint8Array;
+}
+
+/** A message's fields, taken from the host once and released after the hook. */
+function takeFields(raw: RawRequest | RawResponse): Fields {
+  const fields = raw.fields();
+  taken.push(fields);
+  return new Fields(fields);
+}
+
+/**
+ * The request being routed; in `onReply` and `onFailure`, the request as
+ * relayed; in `onBranch`, that branch's copy. Valid during the hook call.
  */
 export class Request {
   /** The raw resource, for calls the wrapper does not cover. */
   readonly raw: RawRequest;
-  #method: string | undefined;
+  #info: RequestInfo | undefined;
+  #method: Method | undefined;
+  #fields: Fields | undefined;
 
-  constructor(raw: RawRequest) {
+  constructor(raw: RawRequest, info?: sip.RequestInfo) {
     this.raw = raw;
+    this.#info = info && toInfo(info);
   }
 
-  /** The method (`$rm`), e.g. "INVITE". */
-  method(): string {
-    return (this.#method ??= this.raw.method());
+  /** What the route hook received: method, inDialog, uriIsMyself, source, sourceTrusted. */
+  get info(): RequestInfo {
+    return (this.#info ??= toInfo(this.raw.info()));
+  }
+
+  /** Its headers and body. */
+  get fields(): Fields {
+    return (this.#fields ??= takeFields(this.raw));
+  }
+
+  /** The method (`$rm`), e.g. "INVITE"; outside `route`, one host call instead of the whole info. */
+  get method(): Method {
+    return this.#info?.method ?? (this.#method ??= methodName(this.raw.method()));
   }
 
   /** Whether the method is one of `methods` (`is_method("INVITE|BYE")`). */
-  isMethod(...methods: string[]): boolean {
-    return methods.includes(this.method());
+  isMethod(...methods: Method[]): boolean {
+    return methods.includes(this.method);
   }
 
   /** The Request-URI (`$ru`). */
@@ -166,179 +359,49 @@ export class Request {
     return this.raw.uri();
   }
 
+  /** The Request-URI's parts; undefined when it is not a SIP URI. */
+  uriParts(): UriParts | undefined {
+    return this.raw.uriParts();
+  }
+
+  /** The user part of the Request-URI (`$rU`). */
+  uriUser(): string | undefined {
+    return this.raw.uriParts()?.user;
+  }
+
+  /** The host part of the Request-URI (`$rd`); empty when it is not a SIP URI. */
+  uriHost(): string {
+    return this.raw.uriParts()?.host ?? "";
+  }
+
+  /** Whether the Request-URI names this proxy now (`uri == myself`); `info.uriIsMyself` is on arrival. */
+  uriIsMyself(): boolean {
+    return rawProxy.isMyself(this.raw.uri());
+  }
+
   /** Replaces the Request-URI (`$ru = "..."`); throws WispError if invalid. */
   setUri(uri: string): void {
     hostCall(() => this.raw.setUri(uri));
   }
 
-  /** The user part of the Request-URI (`$rU`). */
-  uriUser(): string | undefined {
-    return this.raw.uriUser();
-  }
-
-  /** The host part of the Request-URI (`$rd`). */
-  uriHost(): string {
-    return this.raw.uriHost();
-  }
-
-  /** The first value of a header (`$hdr(Name)`); compact names work too. */
-  header(name: string): string | undefined {
-    return this.raw.header(name);
-  }
-
-  /** Every value of a header, comma-separated lists split. */
-  headerValues(name: string): string[] {
-    return this.raw.headerValues(name);
-  }
-
-  /** The names of all headers in order. */
-  headerNames(): string[] {
-    return this.raw.headerNames();
-  }
-
-  /** Appends a header (`append_hf("Name: value\r\n")`); throws WispError if refused. */
-  appendHeader(name: string, value: string): void {
-    hostCall(() => this.raw.appendHeader(name, value));
-  }
-
-  /** Removes every header of that name (`remove_hf`); returns how many. */
-  removeHeader(name: string): number {
-    return this.raw.removeHeader(name);
-  }
-
-  /** The body (`$rb`). */
-  body(): Uint8Array {
-    return this.raw.body();
-  }
-
-  /** Where the request came from (`$si`, `$sp`, `$proto`). */
-  source(): Endpoint {
-    return this.raw.source();
-  }
-
-  /** Whether To carries a tag: the request belongs to a dialog (`has_totag()`). */
-  hasToTag(): boolean {
-    return this.raw.hasToTag();
-  }
-
-  /**
-   * Answers on the request's server transaction (`sl_send_reply` /
-   * `t_reply(code, reason)`), with extra headers if given: a retransmitted
-   * request gets the same answer, and over UDP a final answer to INVITE is
-   * retransmitted until the ACK. From `onFailure`, it answers the caller
-   * instead of the best branch response. An ACK is never answered.
-   */
-  reply(code: number, reason: string, headers: Headers = []): void {
-    hostCall(() => proxy.reply(this.raw, code, reason, toHeaders(headers)));
-  }
-
-  /**
-   * Answers with the reply a failed check calls for, with the headers it
-   * needs (a 420 lists the Unsupported extensions).
-   */
-  reject(rejection: Rejection): void {
-    hostCall(() => proxy.reply(this.raw, rejection.code, rejection.reason, rejection.headers));
-  }
-
-  /**
-   * Forwards statelessly (`forward()`): to `destination` (a SIP URI or
-   * `host:port`) when given, else the first Route, else the Request-URI.
-   * No transaction follows: responses go back by Via, no hook sees them.
-   * Prefer `relay` except for ACK and stray CANCEL.
-   */
-  forward(destination?: string): void {
-    hostCall(() => proxy.forward(this.raw, destination));
-  }
-
-  /** Forwards to an explicit destination (`$du`); same as `forward(destination)`. */
-  forwardTo(destination: string): void {
-    this.forward(destination);
-  }
-
-  /**
-   * Relays statefully (`t_relay()`): one branch to `destination` (a SIP
-   * URI or `host:port`) when given, else the first Route, else the
-   * Request-URI, plus one per `appendBranch`, all in parallel. INVITEs are
-   * answered 100 Trying; responses pass through `onReply`, and when every
-   * branch failed, `onFailure` runs. Called from `onFailure`, it starts new
-   * branches (serial forking). An ACK is forwarded statelessly.
-   */
-  relay(destination?: string): void {
-    hostCall(() => tm.relay(this.raw, destination));
-  }
-
-  /** Relays with the first branch sent to `destination` (`$du = ...; t_relay()`). */
-  relayTo(destination: string): void {
-    this.relay(destination);
-  }
-
-  /**
-   * Adds a branch to the next `relay` (`append_branch(uri)`): a copy of
-   * the request with `uri` as its Request-URI.
-   */
-  appendBranch(uri: string): void {
-    hostCall(() => tm.appendBranch(this.raw, uri));
-  }
-
-  /**
-   * How long the transaction waits for a final answer, in milliseconds
-   * (`t_set_fr(inviteMs, finalMs)`): `inviteMs` once an INVITE branch had
-   * a provisional, `finalMs` otherwise. Pending branches are then cancelled
-   * and count as 408. The defaults are Kamailio's: 120 s (`fr_inv_timer`)
-   * and 30 s (`fr_timer`).
-   */
-  setTimers(inviteMs: number, finalMs: number): void {
-    tm.setTimers(this.raw, inviteMs, finalMs);
-  }
-
-  /**
-   * Checks and decrements Max-Forwards (`mf_process_maxfwd_header(limit)`).
-   * Returns the 483 rejection when no hops are left, else undefined.
-   */
-  maxForwards(limit: number): Rejection | undefined {
-    return check(() => proxy.maxForwards(this.raw, limit));
-  }
-
-  /** Checks what a proxy must refuse (`sanity_check()`): a rejection or undefined. */
-  sanityCheck(): Rejection | undefined {
-    return check(() => proxy.sanityCheck(this.raw));
-  }
-
-  /** Adds Record-Route so the dialog stays on this proxy (`record_route()`). */
-  recordRoute(): void {
-    hostCall(() => rr.recordRoute(this.raw));
-  }
-
-  /** Follows the Route set of an in-dialog request (`loose_route()`). */
-  looseRoute(): boolean {
-    return rr.looseRoute(this.raw);
-  }
-
-  /**
-   * Whether `looseRoute` followed a Route this proxy record-routed for this
-   * dialog itself (its integrity parameter checks), rather than one the
-   * sender wrote.
-   */
-  routeVerified(): boolean {
-    return rr.routeVerified(this.raw);
-  }
-
-  /**
-   * Whether the request came from a trusted source (`trusted` in the
-   * configuration): relayed without authentication by default routing.
-   */
-  sourceTrusted(): boolean {
-    return proxy.sourceTrusted(this.raw);
-  }
-
-  /** Whether the Request-URI names this proxy (`uri == myself`). */
-  uriIsMyself(): boolean {
-    return this.raw.uriIsMyself();
-  }
-
-  /** The From URI (`$fu`). */
+  /** The From URI (`$fu`); empty when From cannot be parsed. */
   fromUri(): string {
     return this.raw.fromUri();
+  }
+
+  /** The user of the From URI (`$fU`). */
+  fromUser(): string | undefined {
+    return rawProxy.parseUri(this.raw.fromUri())?.user;
+  }
+
+  /** The host of the From URI (`$fd`); empty when From cannot be parsed. */
+  fromHost(): string {
+    return rawProxy.parseUri(this.raw.fromUri())?.host ?? "";
+  }
+
+  /** Whether the From URI names this proxy (`from_uri == myself`). */
+  fromIsMyself(): boolean {
+    return rawProxy.isMyself(this.raw.fromUri());
   }
 
   /** The To URI (`$tu`). */
@@ -346,53 +409,108 @@ export class Request {
     return this.raw.toUri();
   }
 
-  /** The user of the From URI (`$fU`). */
-  fromUser(): string | undefined {
-    return proxy.parseUri(this.raw.fromUri())?.user;
-  }
-
-  /** The host of the From URI (`$fd`); empty when From is unparsable. */
-  fromHost(): string {
-    return proxy.parseUri(this.raw.fromUri())?.host ?? "";
-  }
-
   /** The user of the To URI (`$tU`). */
   toUser(): string | undefined {
-    return proxy.parseUri(this.raw.toUri())?.user;
+    return rawProxy.parseUri(this.raw.toUri())?.user;
   }
 
   /** The host of the To URI (`$td`). */
   toHost(): string {
-    return proxy.parseUri(this.raw.toUri())?.host ?? "";
+    return rawProxy.parseUri(this.raw.toUri())?.host ?? "";
   }
 
-  /** Whether the From URI names this proxy (`from_uri == myself`). */
-  fromIsMyself(): boolean {
-    return proxy.isMyself(this.raw.fromUri());
+  /**
+   * Checks and decrements Max-Forwards (`mf_process_maxfwd_header`),
+   * adding it with `limit` when absent (default: `MAX_FORWARDS`, else 10).
+   * Throws a refused WispError (483) when no hops are left.
+   */
+  maxForwards(limit?: number): void {
+    hostCall(() => rawProxy.maxForwards(this.raw, limit));
+  }
+
+  /** Checks what a proxy must refuse (`sanity_check()`); throws a refused WispError (400, 420...). */
+  sanityCheck(): void {
+    hostCall(() => rawProxy.sanityCheck(this.raw));
+  }
+
+  /** Adds Record-Route so the dialog stays on this proxy (`record_route()`). */
+  recordRoute(): void {
+    hostCall(() => rawProxy.recordRoute(this.raw));
+  }
+
+  /**
+   * Follows the Route set of an in-dialog request (`loose_route()`):
+   * `"none"` (no Route), `"unverified"` (followed a Route we cannot vouch
+   * for) or `"verified"` (one this proxy record-routed for this dialog).
+   */
+  looseRoute(): RouteCheck {
+    return rawProxy.looseRoute(this.raw);
+  }
+
+  /** Adds a branch to the next relay (`append_branch(uri)`); throws WispError past the limits. */
+  appendBranch(uri: string): void {
+    hostCall(() => rawProxy.appendBranch(this.raw, uri));
+  }
+
+  /**
+   * Answers and stops the hook (`sl_send_reply`, `t_reply`): with a code
+   * and optional reason (the standard phrase) and headers, or with a
+   * {@link Reply} a service handed back (`registrar.save`). From
+   * `onFailure`, answers the caller instead of the best response.
+   */
+  reply(code: number, reason?: string, headers?: Headers): never;
+  reply(reply: Reply): never;
+  reply(code: number | Reply, reason?: string, headers: Headers = []): never {
+    const reply = typeof code === "number" ? { code, reason, headers: toHeaders(headers) } : code;
+    throw new Decision({ tag: "reply", val: reply });
+  }
+
+  /**
+   * Relays statefully and stops the hook (`t_relay()`): to `destination`
+   * (a SIP URI or `host:port`), else where `lookup`/`looseRoute` pointed,
+   * else the first Route, else the Request-URI; plus one branch per
+   * `appendBranch`, in parallel. From `onFailure`, new branches (serial
+   * forking).
+   */
+  relay(destination?: string, timeouts: Timeouts = {}): never {
+    throw new Decision({
+      tag: "relay",
+      val: { destination, inviteTimeoutMs: timeouts.inviteMs, finalTimeoutMs: timeouts.finalMs },
+    });
+  }
+
+  /**
+   * Forwards statelessly and stops the hook (`forward()`): to
+   * `destination`, else as `relay` would choose. No transaction follows.
+   * `route` only.
+   */
+  forward(destination?: string): never {
+    throw new Decision({ tag: "forward", val: destination });
   }
 }
 
 /**
- * A response of one branch of the transaction, as `onReply` and `onFailure`
- * see it. Reading is lazy on the host side; edits change the response that
- * goes upstream. Valid only during the hook call.
+ * A response of one branch, as `onReply` and `onFailure` see it. Edits
+ * change the response that goes upstream. Valid during the hook call.
  */
 export class Response {
   /** The raw resource, for calls the wrapper does not cover. */
   readonly raw: RawResponse;
+  #fields: Fields | undefined;
+  #status: number | undefined;
 
   constructor(raw: RawResponse) {
     this.raw = raw;
   }
 
-  /** The status code (`$rs`), e.g. 486. */
-  status(): number {
-    return this.raw.status();
+  /** Its headers and body. */
+  get fields(): Fields {
+    return (this.#fields ??= takeFields(this.raw));
   }
 
-  /** The reason phrase (`$rr`). */
-  reason(): string {
-    return this.raw.reason();
+  /** The status code (`$rs`), e.g. 486. */
+  status(): number {
+    return (this.#status ??= this.raw.status());
   }
 
   /** Whether the status is one of `codes` (`t_check_status("486|408")`). */
@@ -400,68 +518,49 @@ export class Response {
     return codes.includes(this.status());
   }
 
-  /** The first value of a header (`$hdr(Name)`); compact names work too. */
-  header(name: string): string | undefined {
-    return this.raw.header(name);
+  /** The reason phrase (`$rr`). */
+  reason(): string {
+    return this.raw.reason();
   }
 
-  /** Every value of a header, comma-separated lists split. */
-  headerValues(name: string): string[] {
-    return this.raw.headerValues(name);
-  }
-
-  /** The names of all headers in order. */
-  headerNames(): string[] {
-    return this.raw.headerNames();
-  }
-
-  /** Appends a header (`append_hf` in an `onreply_route`); throws WispError if refused. */
-  appendHeader(name: string, value: string): void {
-    hostCall(() => this.raw.appendHeader(name, value));
-  }
-
-  /** Removes every header of that name (`remove_hf`); returns how many. */
-  removeHeader(name: string): number {
-    return this.raw.removeHeader(name);
-  }
-
-  /** The body (`$rb`). */
-  body(): Uint8Array {
-    return this.raw.body();
+  /** The address it came from. */
+  source(): Endpoint {
+    return this.raw.source();
   }
 }
 
 /** Whether a URI names this proxy (Kamailio's `uri == myself`). */
 export function isMyself(uri: string): boolean {
-  return proxy.isMyself(uri);
+  return rawProxy.isMyself(uri);
+}
+
+/** The parts of a SIP URI; undefined when it is not one. */
+export function parseUri(uri: string): UriParts | undefined {
+  return rawProxy.parseUri(uri);
 }
 
 /**
- * Variables and flags of the current transaction, kept from `route` through
- * `onBranch`, `onReply` and `onFailure` (Kamailio's `$avp(name)` and
- * `setflag`/`isflagset`). Each transaction starts with none; module-level
- * variables are not kept, since instances are pooled and reused.
+ * Variables of the current transaction, kept from `route` through
+ * `onBranch`, `onReply` and `onFailure` (Kamailio's `$avp(name)`; a flag is
+ * a variable that is set). Module-level variables are not kept: instances
+ * are pooled and reused.
  */
 export const vars = {
-  /** A variable set earlier in this transaction (`$avp(name)`). */
+  /** A variable set earlier in this transaction. */
   get(name: string): string | undefined {
     return rawVars.get(name);
   },
-  /** Sets a variable, or clears it with `undefined` (`$avp(name) = $null`). */
-  set(name: string, value: string | undefined): void {
-    rawVars.set(name, value);
+  /** Whether a variable is set (`isflagset`). */
+  has(name: string): boolean {
+    return rawVars.get(name) !== undefined;
   },
-  /** Sets flag `flag`, 0 to 63 (`setflag(n)`). */
-  setFlag(flag: number): void {
-    rawVars.setFlag(flag);
+  /** Sets a variable (`setflag` with no value); throws WispError past the tenant's limits. */
+  set(name: string, value = "1"): void {
+    hostCall(() => rawVars.set(name, value));
   },
-  /** Clears flag `flag` (`resetflag(n)`). */
-  resetFlag(flag: number): void {
-    rawVars.resetFlag(flag);
-  },
-  /** Whether flag `flag` is set (`isflagset(n)`). */
-  isFlagSet(flag: number): boolean {
-    return rawVars.isFlagSet(flag);
+  /** Removes a variable (`resetflag`); whether it was set. */
+  remove(name: string): boolean {
+    return rawVars.remove(name);
   },
 };
 
@@ -493,73 +592,62 @@ export const log = {
   },
 };
 
-export type SaveOptions = rawRegistrar.SaveOptions;
-export type Located = rawRegistrar.Located;
-export type LookupError = rawRegistrar.LookupError;
-export type AuthOutcome = rawAuth.Outcome;
-export type AccEvent = rawAcc.Event;
+/** How `registrar.save` differs from the tenant's defaults (`REG_*` params). */
+export interface SaveOptions {
+  /** Keep the bindings across restarts (`WITH_USRLOCDB`). */
+  persistent?: boolean;
+  /** The UA is behind NAT: requests go to the REGISTER's source address. */
+  nat?: boolean;
+  /** Expiry when the REGISTER gives none (`REG_DEFAULT_EXPIRES`, else 3600). */
+  defaultExpires?: number;
+  /** Shorter expiries are refused with 423 (`REG_MIN_EXPIRES`, else 60). */
+  minExpires?: number;
+  /** Longer expiries are cut to this (`REG_MAX_EXPIRES`, else 3600). */
+  maxExpires?: number;
+  /** Most bindings per address of record (`REG_MAX_CONTACTS`, else the tenant limit). */
+  maxContacts?: number;
+}
 
-/** The location service (Kamailio's registrar/usrloc). */
+/** The location service (Kamailio's registrar and usrloc). */
 export const registrar = {
-  /** Kamailio's registrar defaults: 3600 s by default and at most, 60 s at least. */
-  defaults(): SaveOptions {
-    return {
-      persistent: true,
-      nat: false,
-      defaultExpires: 3600,
-      minExpires: 60,
-      maxExpires: 3600,
-      maxContacts: 0,
-    };
+  /**
+   * Saves the bindings of a REGISTER (`save("location")`) and returns the
+   * 200 OK to answer with (`req.reply(registrar.save(req))`). Throws a
+   * refused WispError (400, 403, 423, 503) or an unavailable one.
+   */
+  save(req: Request, options: SaveOptions = {}): Reply {
+    const { persistent = false, nat = false, ...limits } = options;
+    return hostCall(() => rawRegistrar.save(req.raw, { flags: { persistent, nat }, ...limits }));
   },
   /**
-   * Saves the bindings of a REGISTER and queues the 200 OK listing them
-   * (`save("location")`). Returns the rejection to answer with
-   * (`sl_reply_error()`, via `req.reject`), or undefined when saved.
+   * Points the request at the user's contacts (`lookup("location")`).
+   * Throws a refused WispError (404, 405), or an unavailable one when the
+   * store failed.
    */
-  save(req: Request, options: SaveOptions): Rejection | undefined {
-    return check(() => {
-      rawRegistrar.save(req.raw, options);
-    });
+  lookup(req: Request): Located {
+    return hostCall(() => rawRegistrar.lookup(req.raw));
   },
-  /**
-   * Points the request at the user's contacts (`lookup("location")`): what
-   * was found, or why nothing was ("not-found", "method-not-allowed", "storage").
-   */
-  lookup(req: Request): Located | LookupError {
-    try {
-      return rawRegistrar.lookup(req.raw);
-    } catch (thrown) {
-      const value = payload(thrown);
-      if (value === "not-found" || value === "method-not-allowed" || value === "storage") return value;
-      throw thrown;
-    }
+  /** Removes every binding of a user (`unregister`); how many there were. */
+  unregister(user: string): number {
+    return hostCall(() => rawRegistrar.unregister(user));
   },
   /** Whether a user has a live binding (`registered()`). */
   registered(user: string): boolean {
-    return rawRegistrar.registered(user);
+    return hostCall(() => rawRegistrar.registered(user));
   },
 };
 
 /** Digest authentication against the subscribers of `wisp user add`. */
 export const auth = {
-  /** `www_authorize(realm, "subscriber")`. */
-  wwwAuthorize(req: Request, realm: string): AuthOutcome {
-    return rawAuth.wwwAuthorize(req.raw, realm);
+  /**
+   * Checks the credentials for `realm` (`auth_check`): the authenticated
+   * user (`$au`). Throws a refused WispError carrying the challenge (401
+   * for a REGISTER, else 407) when they are missing or wrong.
+   */
+  authorize(req: Request, realm: string): string {
+    return hostCall(() => rawAuth.authorize(req.raw, realm));
   },
-  /** `proxy_authorize(realm, "subscriber")`. */
-  proxyAuthorize(req: Request, realm: string): AuthOutcome {
-    return rawAuth.proxyAuthorize(req.raw, realm);
-  },
-  /** Queues a 401 challenge (`www_challenge(realm, "0")`). */
-  wwwChallenge(req: Request, realm: string): void {
-    rawAuth.wwwChallenge(req.raw, realm);
-  },
-  /** Queues a 407 challenge (`proxy_challenge(realm, "0")`). */
-  proxyChallenge(req: Request, realm: string): void {
-    rawAuth.proxyChallenge(req.raw, realm);
-  },
-  /** `consume_credentials()`. */
+  /** Removes the credentials used, so they are not relayed (`consume_credentials()`). */
   consumeCredentials(req: Request): void {
     rawAuth.consumeCredentials(req.raw);
   },
@@ -567,17 +655,21 @@ export const auth = {
 
 /** The tenant's key-value store with expiry (Kamailio's htable). */
 export const kv = {
+  /** A value that has not expired (`$sht(table=>key)`). */
   get(key: string): string | undefined {
     return rawKv.get(key);
   },
-  set(key: string, value: string, ttlSeconds = 0): void {
-    rawKv.set(key, value, ttlSeconds);
+  /** Sets a key, for `ttlSeconds` if given; throws WispError past the quota. */
+  set(key: string, value: string, ttlSeconds?: number): void {
+    hostCall(() => rawKv.set(key, value, ttlSeconds));
   },
+  /** Removes a key; whether it was there. */
   delete(key: string): boolean {
     return rawKv.delete(key);
   },
-  incr(key: string, delta: bigint, ttlSeconds = 0): bigint {
-    return rawKv.incr(key, delta, ttlSeconds);
+  /** Adds `delta` to an integer value (missing: 0) and returns the result (`$shtinc`). */
+  incr(key: string, delta: number | bigint = 1, ttlSeconds?: number): number {
+    return Number(hostCall(() => rawKv.incr(key, BigInt(delta), ttlSeconds)));
   },
 };
 
@@ -589,21 +681,22 @@ export const permissions = {
   },
 };
 
+/** A sign of a client behind NAT (`nat_uac_test` 1, 2, 4, 16). */
+export type NatSign = keyof rawNat.NatSigns;
+
 /** NAT helpers (Kamailio's nathelper and `force_rport`). */
 export const nat = {
-  CONTACT_PRIVATE: 1,
-  VIA_ADDRESS_DIFFERS: 2,
-  VIA_PRIVATE: 4,
-  VIA_PORT_DIFFERS: 16,
-  /** `nat_uac_test(tests)`. */
-  uacTest(req: Request, tests: number): boolean {
-    return rawNat.uacTest(req.raw, tests);
+  /** Whether any of `signs` holds (`nat_uac_test("19")` is privateContact, viaAddressDiffers, viaPortDiffers). */
+  uacTest(req: Request, ...signs: NatSign[]): boolean {
+    const wanted: rawNat.NatSigns = {};
+    for (const sign of signs) wanted[sign] = true;
+    return rawNat.uacTest(req.raw, wanted);
   },
-  /** `fix_nated_contact()`. */
+  /** Rewrites the Contact to the source address (`fix_nated_contact()`); false without one. */
   fixContact(req: Request): boolean {
     return rawNat.fixContact(req.raw);
   },
-  /** `force_rport()`. */
+  /** Answers to the source port even without `;rport` (`force_rport()`). */
   forceRport(req: Request): void {
     rawNat.forceRport(req.raw);
   },
@@ -623,21 +716,21 @@ export const acc = {
 
 /**
  * Rate limits by any key, and the proxy's ban list (Kamailio's pipelimit,
- * and pike's bans in an htable `ipban`). Keys are the tenant's own; a ban
- * drops the address's messages on arrival, before any hook.
+ * and pike's bans in an htable `ipban`). A ban drops the address's
+ * messages on arrival, before any hook.
  */
 export const ratelimit = {
   /** Counts a hit of `key`: true while within `limit` per `windowSeconds`, false past it. */
   check(key: string, limit: number, windowSeconds: number): boolean {
     return rawRatelimit.check(key, limit, windowSeconds);
   },
-  /** Bans an IP address for `seconds` (at most a day); false when refused. */
-  ban(ip: string, seconds: number): boolean {
-    return rawRatelimit.ban(ip, seconds);
+  /** Bans an IP address for `seconds` (at most a day); throws WispError when refused. */
+  ban(ip: string, seconds: number): void {
+    hostCall(() => rawRatelimit.ban(ip, seconds));
   },
   /** Bans the address the request came from. */
-  banSource(req: Request, seconds: number): boolean {
-    return rawRatelimit.ban(req.source().ip, seconds);
+  banSource(req: Request, seconds: number): void {
+    ratelimit.ban(req.info.source.ip, seconds);
   },
   /** The seconds left of the ban on `ip`; undefined when it is not banned. */
   banned(ip: string): number | undefined {
@@ -649,60 +742,105 @@ export const ratelimit = {
   },
 };
 
-/** The signature of a routing module's `route` export. */
+/** `route`: decide by `req.reply`, `req.relay`, `req.forward`; returning drops the request. */
 export type RouteFn = (req: Request) => void;
-/** `onReply`: return false to drop a provisional response. */
-export type OnReplyFn = (req: Request, res: Response) => boolean | void;
-/** `onFailure`: relay again, reply, or neither to send `best` upstream. */
+/** `onReply`: return `"drop"` to drop a provisional response; anything else keeps it. */
+export type OnReplyFn = (req: Request, res: Response) => sip.ReplyVerdict | void;
+/** `onFailure`: `req.relay` again or `req.reply`; returning sends `best` upstream. */
 export type OnFailureFn = (req: Request, best: Response) => void;
 /** `onBranch`: edit the branch's copy of the request before it is sent. */
 export type OnBranchFn = (req: Request, index: number) => void;
 
+function describeError(err: unknown): string {
+  if (err instanceof WispError) return `failed: ${err.message}`;
+  return `threw: ${err instanceof Error ? `${err.name}: ${err.message}` : String(err)}`;
+}
+
 /**
- * Runs a hook: a WispError escaping it is logged and swallowed, as the Rust
- * SDK does with an `Err`; any other exception is a bug: it is logged and
- * rethrown, so the hook traps (for `route`, the request is answered 500).
+ * Runs a hook and turns how it ended into what the world's export returns:
+ * a decision (or `exit()`), a refused check (its reply, when `refusal`
+ * maps it), or an error (logged, then `failed`).
  */
-function runHook<T>(name: string, hook: () => T, fallback: T): T {
+function runHook<T>(
+  name: string,
+  hook: () => T,
+  decided: (action: sip.Action | undefined) => T,
+  refusal: ((reply: Reply) => T) | undefined,
+  failed: T,
+): T {
   try {
     return hook();
   } catch (err) {
-    if (err instanceof WispError) {
-      log.error(`${name} failed: ${err.message}`);
-      return fallback;
-    }
-    log.error(`${name} threw: ${err instanceof Error ? `${err.name}: ${err.message}` : String(err)}`);
-    throw err;
+    if (err instanceof Decision) return decided(err.action);
+    if (err instanceof WispError && err.reply !== undefined && refusal !== undefined) return refusal(err.reply);
+    log.error(`${name} ${describeError(err)}`);
+    return failed;
+  } finally {
+    releaseFields();
   }
 }
 
-/**
- * Runs the user's route hook (called by the entry `wisp-js build` makes).
- * A WispError escaping the hook is logged and the request dropped, as the
- * Rust SDK does with an `Err`; any other exception is a bug: it is logged
- * and rethrown, so the hook traps and the request is answered 500.
- */
-export function runRoute(route: RouteFn, raw: RawRequest): void {
-  runHook("route", () => route(new Request(raw)), undefined);
+const SERVER_ERROR: sip.Action = { tag: "reply", val: { code: 500, headers: [] } };
+
+/** Runs the user's route hook (the entry `wisp-js build` makes calls it). */
+export function runRoute(route: RouteFn, raw: RawRequest, info: sip.RequestInfo): sip.Action {
+  return runHook<sip.Action>(
+    "route",
+    () => {
+      route(new Request(raw, info));
+      return { tag: "drop" };
+    },
+    (action) => action ?? { tag: "drop" },
+    (reply) => ({ tag: "reply", val: reply }),
+    SERVER_ERROR,
+  );
 }
 
-/**
- * Runs the user's `onReply`, or keeps every response when there is none.
- * Only an explicit `false` drops a provisional.
- */
-export function runOnReply(hook: OnReplyFn | undefined, req: RawRequest, res: RawResponse): boolean {
-  if (hook === undefined) return true;
-  return runHook("onReply", () => hook(new Request(req), new Response(res)) !== false, true);
+/** Runs the user's `onReply`, or keeps every response when there is none. */
+export function runOnReply(hook: OnReplyFn | undefined, req: RawRequest, res: RawResponse): sip.ReplyVerdict {
+  if (hook === undefined) return "keep";
+  return runHook<sip.ReplyVerdict>(
+    "onReply",
+    () => (hook(new Request(req), new Response(res)) === "drop" ? "drop" : "keep"),
+    (action) => {
+      if (action !== undefined) log.error("onReply cannot reply, relay or forward: the response is kept");
+      return "keep";
+    },
+    undefined,
+    "keep",
+  );
 }
 
-/** Runs the user's `onFailure`, if any; without it `best` goes upstream. */
-export function runOnFailure(hook: OnFailureFn | undefined, req: RawRequest, best: RawResponse): void {
-  if (hook === undefined) return;
-  runHook("onFailure", () => hook(new Request(req), new Response(best)), undefined);
+/** Runs the user's `onFailure`; without it, or when it returns, `best` goes upstream. */
+export function runOnFailure(hook: OnFailureFn | undefined, req: RawRequest, best: RawResponse): sip.FailureAction {
+  if (hook === undefined) return { tag: "upstream" };
+  return runHook<sip.FailureAction>(
+    "onFailure",
+    () => {
+      hook(new Request(req), new Response(best));
+      return { tag: "upstream" };
+    },
+    (action) => {
+      if (action === undefined) return { tag: "upstream" };
+      if (action.tag === "reply" || action.tag === "relay") return action;
+      log.error(`onFailure cannot ${action.tag}: the best response goes upstream`);
+      return { tag: "upstream" };
+    },
+    (reply) => ({ tag: "reply", val: reply }),
+    { tag: "upstream" },
+  );
 }
 
 /** Runs the user's `onBranch`, if any. */
 export function runOnBranch(hook: OnBranchFn | undefined, req: RawRequest, index: number): void {
   if (hook === undefined) return;
-  runHook("onBranch", () => hook(new Request(req), index), undefined);
+  runHook<void>(
+    "onBranch",
+    () => hook(new Request(req), index),
+    (action) => {
+      if (action !== undefined) log.error(`onBranch cannot ${action.tag}: the branch goes as it is`);
+    },
+    undefined,
+    undefined,
+  );
 }
