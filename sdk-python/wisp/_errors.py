@@ -1,11 +1,13 @@
-"""WispError, and the one place where the bindings' `Err` becomes it."""
+"""WispError: what the bindings' `Err` becomes.
 
-from typing import Callable, Optional, TypeVar
+Every wrapper of a fallible host call catches `Err` itself (a try block
+costs nothing until it raises; a helper taking the call would add a frame
+to every call) and raises `WispError(err.value)` from None."""
 
-from componentize_py_types import Err
+from typing import Optional
+
+from componentize_py_types import Err  # noqa: F401 - for the wrappers
 from wit_world.imports import sip
-
-T = TypeVar("T")
 
 _KINDS = {
     sip.Error_Invalid: ("invalid", "invalid argument"),
@@ -38,10 +40,3 @@ class WispError(Exception):
         self.detail: str = detail
         self.reply: Optional["sip.Reply"] = reply
 
-
-def checked(call: Callable[..., T], *args) -> T:
-    """Runs a host call returning `result<_, error>`: an `err` raises WispError."""
-    try:
-        return call(*args)
-    except Err as err:
-        raise WispError(err.value) from None

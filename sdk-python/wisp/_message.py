@@ -5,7 +5,7 @@ from typing import Iterable, List, Mapping, NoReturn, Optional, Tuple, Union
 from wit_world.imports import proxy as _proxy
 from wit_world.imports import sip
 
-from ._errors import checked
+from ._errors import Err, WispError
 
 Endpoint = sip.Endpoint
 Transport = sip.Transport
@@ -142,15 +142,24 @@ class Fields:
 
     def append(self, name: str, value: str) -> None:
         """Adds a header after the others (`append_hf`); WispError if refused."""
-        checked(self.raw.append, name, value)
+        try:
+            self.raw.append(name, value)
+        except Err as err:
+            raise WispError(err.value) from None
 
     def set(self, name: str, value: str) -> None:
         """Replaces every header of that name with one holding `value`."""
-        checked(self.raw.set, name, value)
+        try:
+            self.raw.set(name, value)
+        except Err as err:
+            raise WispError(err.value) from None
 
     def remove(self, name: str) -> int:
         """Removes every header of that name (`remove_hf`); how many there were."""
-        return checked(self.raw.remove, name)
+        try:
+            return self.raw.remove(name)
+        except Err as err:
+            raise WispError(err.value) from None
 
     def body(self) -> bytes:
         """The body (`$rb`)."""
@@ -165,7 +174,10 @@ class Fields:
         (an empty body removes it). Content-Length is the host's."""
         if isinstance(body, str):
             body = body.encode()
-        checked(self.raw.set_body, content_type, body)
+        try:
+            self.raw.set_body(content_type, body)
+        except Err as err:
+            raise WispError(err.value) from None
 
 
 def _headers(headers: Headers) -> List[Header]:
@@ -247,7 +259,10 @@ class Request:
 
     def set_uri(self, uri: str) -> None:
         """Replaces the Request-URI (`$ru = "..."`); WispError if invalid."""
-        checked(self.raw.set_uri, uri)
+        try:
+            self.raw.set_uri(uri)
+        except Err as err:
+            raise WispError(err.value) from None
 
     def from_uri(self) -> str:
         """The From URI (`$fu`); empty when From cannot be parsed."""
@@ -285,16 +300,25 @@ class Request:
         """Checks and decrements Max-Forwards (`mf_process_maxfwd_header`),
         adding it with `limit` when absent (default: `MAX_FORWARDS`, else
         10). A refused WispError (483) when no hops are left."""
-        checked(_proxy.max_forwards, self.raw, limit)
+        try:
+            _proxy.max_forwards(self.raw, limit)
+        except Err as err:
+            raise WispError(err.value) from None
 
     def sanity_check(self) -> None:
         """Checks what a proxy must refuse (`sanity_check()`); a refused
         WispError (400, 416, 420...)."""
-        checked(_proxy.sanity_check, self.raw)
+        try:
+            _proxy.sanity_check(self.raw)
+        except Err as err:
+            raise WispError(err.value) from None
 
     def record_route(self) -> None:
         """Adds Record-Route so the dialog stays on this proxy (`record_route()`)."""
-        checked(_proxy.record_route, self.raw)
+        try:
+            _proxy.record_route(self.raw)
+        except Err as err:
+            raise WispError(err.value) from None
 
     def loose_route(self) -> RouteCheck:
         """Follows the Route set of an in-dialog request (`loose_route()`):
@@ -305,7 +329,10 @@ class Request:
     def append_branch(self, uri: str) -> None:
         """Adds a branch to the next relay (`append_branch(uri)`); WispError
         past the limits."""
-        checked(_proxy.append_branch, self.raw, uri)
+        try:
+            _proxy.append_branch(self.raw, uri)
+        except Err as err:
+            raise WispError(err.value) from None
 
     def reply(
         self,

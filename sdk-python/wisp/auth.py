@@ -3,7 +3,7 @@
 
 from wit_world.imports import auth as _auth
 
-from ._errors import checked
+from ._errors import Err, WispError
 from ._message import Request
 
 
@@ -12,7 +12,10 @@ def authorize(req: Request, realm: str) -> str:
     user (`$au`). A refused WispError carrying the challenge (401 for a
     REGISTER, else 407) when they are missing, stale or wrong; unavailable
     when the subscriber store failed."""
-    return checked(_auth.authorize, req.raw, realm)
+    try:
+        return _auth.authorize(req.raw, realm)
+    except Err as err:
+        raise WispError(err.value) from None
 
 
 def consume_credentials(req: Request) -> None:

@@ -5,7 +5,7 @@ from typing import Optional
 
 from wit_world.imports import kv as _kv
 
-from ._errors import checked
+from ._errors import Err, WispError
 
 
 def get(key: str) -> Optional[str]:
@@ -15,7 +15,10 @@ def get(key: str) -> Optional[str]:
 
 def set(key: str, value: str, ttl_seconds: Optional[int] = None) -> None:  # noqa: A001
     """Sets a key, for `ttl_seconds` if given; WispError past the quota."""
-    checked(_kv.set, key, value, ttl_seconds)
+    try:
+        _kv.set(key, value, ttl_seconds)
+    except Err as err:
+        raise WispError(err.value) from None
 
 
 def delete(key: str) -> bool:
@@ -27,4 +30,7 @@ def incr(key: str, delta: int = 1, ttl_seconds: Optional[int] = None) -> int:
     """Adds `delta` to an integer value (missing: 0) and returns the result
     (`$shtinc`); a new key gets `ttl_seconds`. WispError when the value is
     not an integer or past the quota."""
-    return checked(_kv.incr, key, delta, ttl_seconds)
+    try:
+        return _kv.incr(key, delta, ttl_seconds)
+    except Err as err:
+        raise WispError(err.value) from None

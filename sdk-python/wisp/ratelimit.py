@@ -6,7 +6,7 @@ from typing import Optional
 
 from wit_world.imports import ratelimit as _ratelimit
 
-from ._errors import checked
+from ._errors import Err, WispError
 from ._message import Request
 
 
@@ -19,7 +19,10 @@ def check(key: str, limit: int, window_seconds: int) -> bool:
 def ban(ip: str, seconds: int) -> None:
     """Bans an IP address for `seconds` (at most a day); WispError when
     refused (not an IP, 0 seconds, a trusted source)."""
-    checked(_ratelimit.ban, ip, seconds)
+    try:
+        _ratelimit.ban(ip, seconds)
+    except Err as err:
+        raise WispError(err.value) from None
 
 
 def ban_source(req: Request, seconds: int) -> None:

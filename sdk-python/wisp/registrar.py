@@ -7,7 +7,7 @@ from typing import Optional
 
 from wit_world.imports import registrar as _registrar
 
-from ._errors import checked
+from ._errors import Err, WispError
 from ._message import Reply, Request
 
 Located = _registrar.Located
@@ -39,21 +39,33 @@ def save(
     if nat:
         flags |= SaveFlags.NAT
     options = _registrar.SaveOptions(flags, default_expires, min_expires, max_expires, max_contacts)
-    return checked(_registrar.save, req.raw, options)
+    try:
+        return _registrar.save(req.raw, options)
+    except Err as err:
+        raise WispError(err.value) from None
 
 
 def lookup(req: Request) -> Located:
     """Points the request at the user's contacts (`lookup("location")`):
     the best becomes the Request-URI, the others branches. A refused
     WispError (404, 405), or an unavailable one when the store failed."""
-    return checked(_registrar.lookup, req.raw)
+    try:
+        return _registrar.lookup(req.raw)
+    except Err as err:
+        raise WispError(err.value) from None
 
 
 def unregister(user: str) -> int:
     """Removes every binding of a user (`unregister`); how many there were."""
-    return checked(_registrar.unregister, user)
+    try:
+        return _registrar.unregister(user)
+    except Err as err:
+        raise WispError(err.value) from None
 
 
 def registered(user: str) -> bool:
     """Whether a user has a live binding (`registered()`)."""
-    return checked(_registrar.registered, user)
+    try:
+        return _registrar.registered(user)
+    except Err as err:
+        raise WispError(err.value) from None

@@ -7,7 +7,7 @@ from typing import Optional
 
 from wit_world.imports import vars as _vars
 
-from ._errors import checked
+from ._errors import Err, WispError
 
 
 def get(name: str) -> Optional[str]:
@@ -23,7 +23,10 @@ def has(name: str) -> bool:
 def set(name: str, value: str = "1") -> None:  # noqa: A001 - the WIT name
     """Sets a variable (`setflag` with no value); WispError past the
     tenant's limits."""
-    checked(_vars.set, name, value)
+    try:
+        _vars.set(name, value)
+    except Err as err:
+        raise WispError(err.value) from None
 
 
 def remove(name: str) -> bool:
