@@ -44,6 +44,12 @@ if ! python3 -c 'import sipvicious' 2>/dev/null; then
   python3 -m pip install --quiet 'sipvicious==0.3.8'
 fi
 
+componentize_py=$(sed -n 's/^componentize-py==//p' sdk-python/requirements.txt)
+if [ "$(componentize-py --version 2>/dev/null)" != "componentize-py $componentize_py" ]; then
+  echo "== installing componentize-py $componentize_py (PyPI: builds sdk-python's routing components, tests/python_sdk.rs)"
+  python3 -m pip install --quiet -r sdk-python/requirements.txt
+fi
+
 echo "== JavaScript SDK (npm ci in sdk-js: componentize-js, esbuild, typescript)"
 command -v node >/dev/null && command -v npm >/dev/null \
   || { echo "node and npm are needed for sdk-js (Debian: apt-get install nodejs npm)"; exit 1; }
