@@ -564,15 +564,24 @@ export const vars = {
   },
 };
 
+// The tenant's params are fixed for the life of an instance (new params
+// load a new version), so each is asked of the host once: a host call
+// costs a JS guest several µs, and routes read the same params per request.
+const params = new Map<string, string | undefined>();
+const switches = new Map<string, boolean>();
+
 /** The tenant's parameters from the config file (`params = { KEY = "value" }`). */
 export const config = {
   /** The value of a parameter, if set. */
   param(name: string): string | undefined {
-    return rawConfig.param(name);
+    if (!params.has(name)) params.set(name, rawConfig.param(name));
+    return params.get(name);
   },
   /** Whether a parameter is switched on ("yes", "true", "1", "on"), like `#!define`. */
   enabled(name: string): boolean {
-    return rawConfig.enabled(name);
+    let on = switches.get(name);
+    if (on === undefined) switches.set(name, (on = rawConfig.enabled(name)));
+    return on;
   },
 };
 
