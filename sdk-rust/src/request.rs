@@ -3,80 +3,84 @@
 use std::cell::OnceCell;
 use std::fmt;
 
-use crate::bindings::wisp::proxy::{proxy, rr, tm, types};
+use crate::bindings::wisp::proxy::proxy;
+use crate::bindings::wisp::proxy::sip::{
+    self, Action, Endpoint, Header, Method, Relay, Reply, RequestInfo, UriParts,
+};
+use crate::{Exit, Fields, Flow, Message, Result, RouteCheck};
 
-pub use types::{Endpoint, Transport};
-
-/// A failed host call: what the proxy refused and why.
-#[derive(Debug, Clone)]
-pub enum Error {
-    /// A host call refused its arguments or could not act.
-    Host(types::Error),
-    /// A check failed; the rejection says which reply it calls for.
-    Rejected(Rejection),
-}
-
-/// A check that failed and the reply it calls for.
-pub type Rejection = proxy::Rejection;
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Host(types::Error::Invalid(m)) => write!(f, "invalid argument: {m}"),
-            Error::Host(types::Error::NotAllowed(m)) => write!(f, "not allowed: {m}"),
-            Error::Host(types::Error::Transport(m)) => write!(f, "transport error: {m}"),
-            Error::Rejected(r) => write!(f, "rejected: {} {}", r.code, r.reason),
-        }
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl From<types::Error> for Error {
-    fn from(err: types::Error) -> Self {
-        Error::Host(err)
-    }
-}
-
-/// The request being routed. Reading is lazy on the host side: only the
-/// headers you ask for are parsed. In `on_reply` and `on_failure` it is the
-/// request as relayed; in `on_branch`, that branch's copy.
+/// The request being routed. Reading is lazy on the host side: only what
+/// you ask for is parsed, and what the hook's record already holds
+/// (method, dialog, source) costs no host call. In `on_reply` and
+/// `on_failure` it is the request as relayed; in `on_branch`, that
+/// branch's copy. Headers and body: see [`Message`].
 pub struct Request<'a> {
-    raw: &'a types::Request,
-    /// The method never changes during a hook, and routes test it many
-    /// times (`is_method` in nearly every sub-route): each host call costs
-    /// about as much as a dozen lines of routing logic, so it is asked once.
-    method: OnceCell<String>,
+    raw: &'a sip::Request,
+    /// Given to the route hook; asked of the host once in the others.
+    info: OnceCell<RequestInfo>,
+    /// The method alone, when a hook other than `route` asks only for it
+    /// (cheaper than the whole record).
+    method: OnceCell<Method>,
+    fields: OnceCell<Fields>,
 }
 
 impl<'a> Request<'a> {
-    pub(crate) fn new(raw: &'a types::Request) -> Self {
+    pub(crate) fn new(raw: &'a sip::Request) -> Self {
         Request {
             raw,
+            info: OnceCell::new(),
             method: OnceCell::new(),
+            fields: OnceCell::new(),
         }
     }
 
-    fn cached_method(&self) -> &str {
-        self.method.get_or_init(|| self.raw.method())
+    pub(crate) fn with_info(raw: &'a sip::Request, info: RequestInfo) -> Self {
+        let req = Request::new(raw);
+        let _ = req.info.set(info);
+        req
     }
 
     /// The raw resource, for calls the wrapper does not cover.
-    pub fn raw(&self) -> &types::Request {
+    pub fn raw(&self) -> &sip::Request {
         self.raw
     }
 
-    /// The method (`$rm`), e.g. "INVITE".
-    pub fn method(&self) -> String {
-        self.cached_method().to_owned()
+    /// What the route hook received: method, dialog, Request-URI naming
+    /// this proxy, source. It is the request as it arrived: a later
+    /// [`set_uri`](Self::set_uri) does not change `uri_is_myself`.
+    pub fn info(&self) -> &RequestInfo {
+        self.info.get_or_init(|| self.raw.info())
     }
 
-    /// Whether the method is one of `methods` (Kamailio's `is_method("INVITE|BYE")`).
-    pub fn is_method(&self, methods: &[&str]) -> bool {
-        let method = self.cached_method();
-        methods.contains(&method)
+    /// The method (`$rm`); compare with `==` or `matches!`
+    /// (`is_method("INVITE|BYE")`).
+    pub fn method(&self) -> &Method {
+        match self.info.get() {
+            Some(info) => &info.method,
+            None => self.method.get_or_init(|| self.raw.method()),
+        }
+    }
+
+    /// Whether To carries a tag: the request belongs to a dialog (`has_totag()`).
+    pub fn in_dialog(&self) -> bool {
+        self.info().in_dialog
+    }
+
+    /// Whether the Request-URI names this proxy (`uri == myself`).
+    pub fn uri_is_myself(&self) -> bool {
+        self.info().uri_is_myself
+    }
+
+    /// Where the request came from (`$si`, `$sp`, `$proto`).
+    pub fn source(&self) -> &Endpoint {
+        &self.info().source
+    }
+
+    /// Whether the source is in the `trusted` addresses of the
+    /// configuration (by default loopback only): relayed without
+    /// authentication by the default routing.
+    pub fn source_trusted(&self) -> bool {
+        self.info().source_trusted
     }
 
     /// The Request-URI (`$ru`).
@@ -84,179 +88,29 @@ impl<'a> Request<'a> {
         self.raw.uri()
     }
 
-    /// Replaces the Request-URI (`$ru = "..."`).
-    pub fn set_uri(&self, uri: &str) -> Result<()> {
-        Ok(self.raw.set_uri(uri)?)
+    /// The Request-URI's parts; None when it is not a SIP URI.
+    pub fn uri_parts(&self) -> Option<UriParts> {
+        self.raw.uri_parts()
     }
 
     /// The user part of the Request-URI (`$rU`).
     pub fn uri_user(&self) -> Option<String> {
-        self.raw.uri_user()
+        self.raw.uri_parts().and_then(|u| u.user)
     }
 
-    /// The host part of the Request-URI (`$rd`).
+    /// The host part of the Request-URI (`$rd`); empty when it is not a
+    /// SIP URI.
     pub fn uri_host(&self) -> String {
-        self.raw.uri_host()
+        self.raw.uri_parts().map(|u| u.host).unwrap_or_default()
     }
 
-    /// The first value of a header (`$hdr(Name)`); compact names work too.
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.raw.header(name)
+    /// Replaces the Request-URI (`$ru = "..."`). The destination and Path
+    /// a `lookup` set are dropped with the old one.
+    pub fn set_uri(&self, uri: &str) -> Result<()> {
+        self.raw.set_uri(uri)
     }
 
-    /// Every value of a header, comma-separated lists split.
-    pub fn header_values(&self, name: &str) -> Vec<String> {
-        self.raw.header_values(name)
-    }
-
-    /// The names of all headers in order.
-    pub fn header_names(&self) -> Vec<String> {
-        self.raw.header_names()
-    }
-
-    /// Appends a header (`append_hf("Name: value\r\n")`).
-    pub fn append_header(&self, name: &str, value: &str) -> Result<()> {
-        Ok(self.raw.append_header(name, value)?)
-    }
-
-    /// Removes every header of that name (`remove_hf`); returns how many.
-    pub fn remove_header(&self, name: &str) -> u32 {
-        self.raw.remove_header(name)
-    }
-
-    /// The body (`$rb`).
-    pub fn body(&self) -> Vec<u8> {
-        self.raw.body()
-    }
-
-    /// Where the request came from (`$si`, `$sp`, `$proto`).
-    pub fn source(&self) -> Endpoint {
-        self.raw.source()
-    }
-
-    /// Whether To carries a tag: the request belongs to a dialog (`has_totag()`).
-    pub fn has_to_tag(&self) -> bool {
-        self.raw.has_to_tag()
-    }
-
-    /// Answers the request on its server transaction (`sl_send_reply` /
-    /// `t_reply(code, reason)`): a retransmitted request gets the same
-    /// answer, and over UDP a final answer to INVITE is retransmitted until
-    /// the ACK comes. From `on_failure`, it answers the caller instead of
-    /// the best branch response. An ACK is never answered.
-    pub fn reply(&self, code: u16, reason: &str) -> Result<()> {
-        self.reply_with(code, reason, &[])
-    }
-
-    /// Answers like [`reply`](Self::reply), with extra headers given as (name, value).
-    pub fn reply_with(&self, code: u16, reason: &str, headers: &[(&str, &str)]) -> Result<()> {
-        let headers: Vec<types::Header> = headers
-            .iter()
-            .map(|(name, value)| types::Header {
-                name: name.to_string(),
-                value: value.to_string(),
-            })
-            .collect();
-        Ok(proxy::reply(self.raw, code, reason, &headers)?)
-    }
-
-    /// Answers with the reply a failed check calls for, with the headers
-    /// it needs (a 420 lists the Unsupported extensions).
-    pub fn reject(&self, rejection: &Rejection) -> Result<()> {
-        Ok(proxy::reply(
-            self.raw,
-            rejection.code,
-            &rejection.reason,
-            &rejection.headers,
-        )?)
-    }
-
-    /// Forwards statelessly to the next hop: the first Route, else the
-    /// Request-URI (Kamailio's `forward()`). No transaction follows the
-    /// request: responses go back by Via, no hook sees them. Prefer
-    /// [`relay`](Self::relay) except for ACK and stray CANCEL.
-    pub fn forward(&self) -> Result<()> {
-        Ok(proxy::forward(self.raw, None)?)
-    }
-
-    /// Forwards statelessly to an explicit destination: a SIP URI or
-    /// `host:port` (Kamailio's `forward("host", port)` / `$du`).
-    pub fn forward_to(&self, destination: &str) -> Result<()> {
-        Ok(proxy::forward(self.raw, Some(destination))?)
-    }
-
-    /// Relays statefully (`t_relay()`): one branch to the first Route, else
-    /// the Request-URI, plus one per [`append_branch`](Self::append_branch),
-    /// all in parallel. INVITEs are answered 100 Trying; responses pass
-    /// through [`Router::on_reply`](crate::Router::on_reply), and when every
-    /// branch failed, [`Router::on_failure`](crate::Router::on_failure) runs.
-    /// Called from `on_failure`, it starts new branches (serial forking).
-    /// An ACK is forwarded statelessly.
-    pub fn relay(&self) -> Result<()> {
-        Ok(tm::relay(self.raw, None)?)
-    }
-
-    /// Relays statefully with the first branch sent to `destination`, a SIP
-    /// URI or `host:port` (`$du = ...; t_relay()`).
-    pub fn relay_to(&self, destination: &str) -> Result<()> {
-        Ok(tm::relay(self.raw, Some(destination))?)
-    }
-
-    /// Adds a branch to the next [`relay`](Self::relay) (`append_branch(uri)`):
-    /// a copy of the request with `uri` as its Request-URI.
-    pub fn append_branch(&self, uri: &str) -> Result<()> {
-        Ok(tm::append_branch(self.raw, uri)?)
-    }
-
-    /// How long the transaction waits for a final answer, in milliseconds
-    /// (`t_set_fr(invite_ms, final_ms)`): `invite_ms` once an INVITE branch
-    /// had a provisional, `final_ms` otherwise. Pending branches are then
-    /// cancelled and count as 408. The defaults are Kamailio's: 120 s
-    /// (`fr_inv_timer`) and 30 s (`fr_timer`).
-    pub fn set_timers(&self, invite_ms: u32, final_ms: u32) {
-        tm::set_timers(self.raw, invite_ms, final_ms)
-    }
-
-    /// Checks and decrements Max-Forwards (`mf_process_maxfwd_header(limit)`).
-    /// Err holds the 483 rejection when no hops are left.
-    pub fn max_forwards(&self, limit: u32) -> Result<(), Rejection> {
-        proxy::max_forwards(self.raw, limit)
-    }
-
-    /// Checks what a proxy must refuse (`sanity_check()`).
-    pub fn sanity_check(&self) -> Result<(), Rejection> {
-        proxy::sanity_check(self.raw)
-    }
-
-    /// Adds Record-Route so the dialog stays on this proxy (`record_route()`).
-    pub fn record_route(&self) -> Result<()> {
-        Ok(rr::record_route(self.raw)?)
-    }
-
-    /// Follows the Route set of an in-dialog request (`loose_route()`).
-    pub fn loose_route(&self) -> bool {
-        rr::loose_route(self.raw)
-    }
-
-    /// Whether `loose_route` followed a Route this proxy record-routed
-    /// for this dialog itself (its integrity parameter checks), rather
-    /// than one the sender wrote.
-    pub fn route_verified(&self) -> bool {
-        rr::route_verified(self.raw)
-    }
-
-    /// Whether the request came from a trusted source (`trusted` in the
-    /// configuration): relayed without authentication by default routing.
-    pub fn source_trusted(&self) -> bool {
-        proxy::source_trusted(self.raw)
-    }
-
-    /// Whether the Request-URI names this proxy (`uri == myself`).
-    pub fn uri_is_myself(&self) -> bool {
-        self.raw.uri_is_myself()
-    }
-
-    /// The From URI (`$fu`).
+    /// The From URI (`$fu`); empty when From cannot be parsed.
     pub fn from_uri(&self) -> String {
         self.raw.from_uri()
     }
@@ -268,30 +122,179 @@ impl<'a> Request<'a> {
 
     /// The user of the From URI (`$fU`).
     pub fn from_user(&self) -> Option<String> {
-        proxy::parse_uri(&self.raw.from_uri()).and_then(|u| u.user)
+        crate::parse_uri(&self.raw.from_uri()).and_then(|u| u.user)
     }
 
     /// The host of the From URI (`$fd`); empty when From is unparsable.
     pub fn from_host(&self) -> String {
-        proxy::parse_uri(&self.raw.from_uri())
+        crate::parse_uri(&self.raw.from_uri())
             .map(|u| u.host)
             .unwrap_or_default()
     }
 
     /// The user of the To URI (`$tU`).
     pub fn to_user(&self) -> Option<String> {
-        proxy::parse_uri(&self.raw.to_uri()).and_then(|u| u.user)
+        crate::parse_uri(&self.raw.to_uri()).and_then(|u| u.user)
     }
 
     /// The host of the To URI (`$td`).
     pub fn to_host(&self) -> String {
-        proxy::parse_uri(&self.raw.to_uri())
+        crate::parse_uri(&self.raw.to_uri())
             .map(|u| u.host)
             .unwrap_or_default()
     }
 
     /// Whether the From URI names this proxy (`from_uri == myself`).
     pub fn from_is_myself(&self) -> bool {
-        proxy::is_myself(&self.raw.from_uri())
+        crate::is_myself(&self.raw.from_uri())
+    }
+
+    /// Checks and decrements Max-Forwards (`mf_process_maxfwd_header`),
+    /// adding it with `limit` when absent (None: the tenant param
+    /// `MAX_FORWARDS`, else 10). Refused with 483 Too Many Hops.
+    pub fn max_forwards(&self, limit: Option<u32>) -> Result<()> {
+        proxy::max_forwards(self.raw, limit)
+    }
+
+    /// Checks what a proxy must refuse (`sanity_check()`): refused with
+    /// the reply the failure calls for (400, 416, 420 with Unsupported).
+    pub fn sanity_check(&self) -> Result<()> {
+        proxy::sanity_check(self.raw)
+    }
+
+    /// Adds Record-Route so that the dialog stays on this proxy
+    /// (`record_route()`).
+    pub fn record_route(&self) -> Result<()> {
+        proxy::record_route(self.raw)
+    }
+
+    /// Follows the Route set of an in-dialog request (`loose_route()`),
+    /// and says whether this proxy record-routed it for this dialog
+    /// ([`RouteCheck::Verified`]) or cannot vouch for it.
+    pub fn loose_route(&self) -> RouteCheck {
+        proxy::loose_route(self.raw)
+    }
+
+    /// Adds a branch to the next relay (`append_branch(uri)`): a copy of
+    /// the request with `uri` as its Request-URI. Refused past the
+    /// tenant's `branches_per_hook` or the proxy's `max_breadth`.
+    pub fn append_branch(&self, uri: &str) -> Result<()> {
+        proxy::append_branch(self.raw, uri)
+    }
+
+    /// Answers the request on its server transaction (`sl_send_reply` /
+    /// `t_reply(code, reason)`): a retransmitted request gets the same
+    /// answer. From `on_failure`, it answers the caller instead of the
+    /// best branch response. An ACK is never answered.
+    pub fn reply(&self, code: u16, reason: &str) -> Flow {
+        self.send(Reply::new(code, reason))
+    }
+
+    /// Answers like [`reply`](Self::reply), with extra headers given as
+    /// (name, value).
+    pub fn reply_with(&self, code: u16, reason: &str, headers: &[(&str, &str)]) -> Flow {
+        let headers = headers
+            .iter()
+            .map(|(name, value)| Header {
+                name: (*name).to_owned(),
+                value: (*value).to_owned(),
+            })
+            .collect();
+        self.send(Reply {
+            code,
+            reason: Some(reason.to_owned()),
+            headers,
+        })
+    }
+
+    /// Answers with a reply built elsewhere: the 200 OK of
+    /// [`registrar::save`](crate::registrar::save), say.
+    pub fn send(&self, reply: Reply) -> Flow {
+        Err(Exit::Decided(Action::Reply(reply)))
+    }
+
+    /// Relays statefully (`t_relay()`): one branch to the destination a
+    /// `lookup` or `loose_route` set, else the first Route, else the
+    /// Request-URI, plus one per [`append_branch`](Self::append_branch),
+    /// all in parallel, with the tenant's timeouts. INVITEs are answered
+    /// 100 Trying; responses pass through
+    /// [`Router::on_reply`](crate::Router::on_reply), and when every
+    /// branch failed, [`Router::on_failure`](crate::Router::on_failure)
+    /// runs. From `on_failure`, it starts new branches (serial forking).
+    /// An ACK is forwarded statelessly.
+    pub fn relay(&self) -> Flow {
+        self.relay_with(Relay::default())
+    }
+
+    /// Relays statefully with the first branch sent to `destination`, a
+    /// SIP URI or `host:port` (`$du = ...; t_relay()`).
+    pub fn relay_to(&self, destination: &str) -> Flow {
+        self.relay_with(Relay {
+            destination: Some(destination.to_owned()),
+            ..Relay::default()
+        })
+    }
+
+    /// Relays statefully as [`Relay`] says: its destination and timeouts
+    /// (`t_set_fr(invite_ms, final_ms); t_relay()`), each None taking the
+    /// default.
+    pub fn relay_with(&self, relay: Relay) -> Flow {
+        Err(Exit::Decided(Action::Relay(relay)))
+    }
+
+    /// Forwards statelessly (Kamailio's `forward()`) as
+    /// [`relay`](Self::relay) would choose the next hop. No transaction
+    /// follows the request: responses go back by Via, no hook sees them.
+    /// Prefer [`relay`](Self::relay) but for the ACK of a 2xx.
+    pub fn forward(&self) -> Flow {
+        Err(Exit::Decided(Action::Forward(None)))
+    }
+
+    /// Forwards statelessly to a SIP URI or `host:port`
+    /// (`forward("host", port)`).
+    pub fn forward_to(&self, destination: &str) -> Flow {
+        Err(Exit::Decided(Action::Forward(Some(destination.to_owned()))))
+    }
+
+    /// Kamailio's `exit` (or `drop`): in `route` the request is forgotten
+    /// without an answer; in `on_reply` the provisional response is
+    /// dropped; in `on_failure` the best response goes upstream.
+    pub fn exit(&self) -> Flow {
+        Err(Exit::Decided(Action::Drop))
+    }
+}
+
+impl Message for Request<'_> {
+    fn fields(&self) -> &Fields {
+        self.fields.get_or_init(|| Fields::new(self.raw.fields()))
+    }
+}
+
+impl Method {
+    /// The method's token as on the wire, e.g. "INVITE".
+    pub fn as_str(&self) -> &str {
+        match self {
+            Method::Invite => "INVITE",
+            Method::Ack => "ACK",
+            Method::Bye => "BYE",
+            Method::Cancel => "CANCEL",
+            Method::Register => "REGISTER",
+            Method::Options => "OPTIONS",
+            Method::Info => "INFO",
+            Method::Update => "UPDATE",
+            Method::Prack => "PRACK",
+            Method::Subscribe => "SUBSCRIBE",
+            Method::Notify => "NOTIFY",
+            Method::Publish => "PUBLISH",
+            Method::Message => "MESSAGE",
+            Method::Refer => "REFER",
+            Method::Other(token) => token,
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }

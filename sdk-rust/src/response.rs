@@ -1,21 +1,28 @@
 //! A response a relayed branch received, as the reply and failure hooks see it.
 
-use crate::bindings::wisp::proxy::types;
-use crate::Result;
+use std::cell::OnceCell;
 
-/// A response of one branch of the transaction. Reading is lazy on the host
-/// side; edits change the response that goes upstream.
+use crate::bindings::wisp::proxy::sip;
+use crate::{Endpoint, Fields, Message};
+
+/// A response of one branch of the transaction. Reading is lazy on the
+/// host side; edits change the response that goes upstream. Headers and
+/// body: see [`Message`].
 pub struct Response<'a> {
-    raw: &'a types::Response,
+    raw: &'a sip::Response,
+    fields: OnceCell<Fields>,
 }
 
 impl<'a> Response<'a> {
-    pub(crate) fn new(raw: &'a types::Response) -> Self {
-        Response { raw }
+    pub(crate) fn new(raw: &'a sip::Response) -> Self {
+        Response {
+            raw,
+            fields: OnceCell::new(),
+        }
     }
 
     /// The raw resource, for calls the wrapper does not cover.
-    pub fn raw(&self) -> &types::Response {
+    pub fn raw(&self) -> &sip::Response {
         self.raw
     }
 
@@ -29,39 +36,14 @@ impl<'a> Response<'a> {
         self.raw.reason()
     }
 
-    /// Whether the status is one of `codes` (`t_check_status("486|408")`).
-    pub fn is_status(&self, codes: &[u16]) -> bool {
-        let status = self.raw.status();
-        codes.contains(&status)
+    /// The address it came from (`$si`, `$sp` in an `onreply_route`).
+    pub fn source(&self) -> Endpoint {
+        self.raw.source()
     }
+}
 
-    /// The first value of a header (`$hdr(Name)`); compact names work too.
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.raw.header(name)
-    }
-
-    /// Every value of a header, comma-separated lists split.
-    pub fn header_values(&self, name: &str) -> Vec<String> {
-        self.raw.header_values(name)
-    }
-
-    /// The names of all headers in order.
-    pub fn header_names(&self) -> Vec<String> {
-        self.raw.header_names()
-    }
-
-    /// Appends a header (`append_hf` in an `onreply_route`).
-    pub fn append_header(&self, name: &str, value: &str) -> Result<()> {
-        Ok(self.raw.append_header(name, value)?)
-    }
-
-    /// Removes every header of that name (`remove_hf`); returns how many.
-    pub fn remove_header(&self, name: &str) -> u32 {
-        self.raw.remove_header(name)
-    }
-
-    /// The body (`$rb`).
-    pub fn body(&self) -> Vec<u8> {
-        self.raw.body()
+impl Message for Response<'_> {
+    fn fields(&self) -> &Fields {
+        self.fields.get_or_init(|| Fields::new(self.raw.fields()))
     }
 }

@@ -2,50 +2,57 @@
 //! provide them: location, digest authentication, key-value, IP
 //! allow-lists, NAT helpers, accounting and rate limits.
 
-/// The location service (Kamailio's registrar/usrloc): `save("location")`
-/// and `lookup("location")`.
+/// The location service (Kamailio's registrar and usrloc):
+/// `save("location")` and `lookup("location")`. Bindings are kept per
+/// tenant, keyed by the user part of the address of record.
 pub mod registrar {
     use crate::bindings::wisp::proxy::registrar as raw;
-    use crate::{Rejection, Request};
+    use crate::{Reply, Request, Result};
 
-    pub use raw::{Located, LookupError, SaveOptions};
+    pub use raw::{Located, SaveFlags, SaveOptions};
 
     impl Default for SaveOptions {
-        /// Kamailio's registrar defaults: 3600 s by default and at most,
-        /// 60 s at least, any number of contacts, kept across restarts.
+        /// No flags, and every limit from the tenant: the params
+        /// `REG_DEFAULT_EXPIRES`, `REG_MIN_EXPIRES`, `REG_MAX_EXPIRES`,
+        /// `REG_MAX_CONTACTS`, else 3600, 60, 3600 and the tenant limit
+        /// `max_bindings_per_aor`.
         fn default() -> Self {
             SaveOptions {
-                persistent: true,
-                nat: false,
-                default_expires: 3600,
-                min_expires: 60,
-                max_expires: 3600,
-                max_contacts: 0,
+                flags: SaveFlags::empty(),
+                default_expires: None,
+                min_expires: None,
+                max_expires: None,
+                max_contacts: None,
             }
         }
     }
 
-    /// Saves the bindings of a REGISTER and queues the 200 OK listing them
-    /// (`save("location")`). Err is the reply to send instead
-    /// (`sl_reply_error()`): answer it with [`Request::reject`].
-    pub fn save(req: &Request, options: SaveOptions) -> Result<u32, Rejection> {
-        raw::save(req.raw(), options)
+    /// Handles a REGISTER (`save("location")`): adds, refreshes and
+    /// removes the bindings of its address of record. Ok is the 200 OK
+    /// listing them, to answer with: `return req.send(registrar::save(req,
+    /// &options)?);`. Refused with 400, 423, 403 or 503, which `?`
+    /// answers (`sl_reply_error()`).
+    pub fn save(req: &Request, options: &SaveOptions) -> Result<Reply> {
+        raw::save(req.raw(), *options)
     }
 
     /// Points the request at the user's contacts (`lookup("location")`):
     /// the best one becomes the Request-URI, the others extra branches of
-    /// the next relay.
-    pub fn lookup(req: &Request) -> Result<Located, LookupError> {
+    /// the next relay. Refused with 404 (no binding) or 405 (no binding
+    /// allows the method), which `?` answers; unavailable when the store
+    /// failed.
+    pub fn lookup(req: &Request) -> Result<Located> {
         raw::lookup(req.raw())
     }
 
-    /// Removes every binding of a user (`unregister()`); how many there were.
-    pub fn unregister(user: &str) -> Result<u32, String> {
+    /// Removes every binding of a user (`unregister("location", ...)`);
+    /// how many there were.
+    pub fn unregister(user: &str) -> Result<u32> {
         raw::unregister(user)
     }
 
-    /// Whether a user has a live binding (`registered()`).
-    pub fn registered(user: &str) -> bool {
+    /// Whether a user has a live binding (`registered("location")`).
+    pub fn registered(user: &str) -> Result<bool> {
         raw::registered(user)
     }
 }
@@ -54,28 +61,15 @@ pub mod registrar {
 /// (Kamailio's auth and auth_db).
 pub mod auth {
     use crate::bindings::wisp::proxy::auth as raw;
-    use crate::Request;
+    use crate::{Request, Result};
 
-    pub use raw::Outcome;
-
-    /// Checks Authorization for `realm` (`www_authorize(realm, "subscriber")`).
-    pub fn www_authorize(req: &Request, realm: &str) -> Outcome {
-        raw::www_authorize(req.raw(), realm)
-    }
-
-    /// Checks Proxy-Authorization (`proxy_authorize(realm, "subscriber")`).
-    pub fn proxy_authorize(req: &Request, realm: &str) -> Outcome {
-        raw::proxy_authorize(req.raw(), realm)
-    }
-
-    /// Queues a 401 challenge (`www_challenge(realm, "0")`).
-    pub fn www_challenge(req: &Request, realm: &str) {
-        raw::www_challenge(req.raw(), realm)
-    }
-
-    /// Queues a 407 challenge (`proxy_challenge(realm, "0")`).
-    pub fn proxy_challenge(req: &Request, realm: &str) {
-        raw::proxy_challenge(req.raw(), realm)
+    /// Checks the credentials for `realm` (`auth_check(realm,
+    /// "subscriber", "0")`): Authorization for a REGISTER,
+    /// Proxy-Authorization otherwise. Ok is the authenticated user
+    /// (`$au`); refused with the 401 or 407 challenge to send, which `?`
+    /// answers (`www_challenge` / `proxy_challenge`).
+    pub fn authorize(req: &Request, realm: &str) -> Result<String> {
+        raw::authorize(req.raw(), realm)
     }
 
     /// Removes the credentials before relaying (`consume_credentials()`).
@@ -84,27 +78,32 @@ pub mod auth {
     }
 }
 
-/// The tenant's key-value store with expiry (Kamailio's htable).
+/// The tenant's key-value store with expiry (Kamailio's htable), shared by
+/// all of the tenant's instances.
 pub mod kv {
     use crate::bindings::wisp::proxy::kv as raw;
+    use crate::Result;
 
-    /// `$sht(t=>key)`.
+    /// The value of a key that has not expired (`$sht(t=>key)`).
     pub fn get(key: &str) -> Option<String> {
         raw::get(key)
     }
 
-    /// `$sht(t=>key) = value`, for `ttl_seconds` (0: no expiry).
-    pub fn set(key: &str, value: &str, ttl_seconds: u32) {
+    /// Sets a key for `ttl_seconds` (None: until the proxy stops)
+    /// (`$sht(t=>key) = value`). Refused past the tenant's kv quota.
+    pub fn set(key: &str, value: &str, ttl_seconds: Option<u32>) -> Result<()> {
         raw::set(key, value, ttl_seconds)
     }
 
-    /// `sht_rm_name`; whether the key was there.
+    /// Removes a key (`sht_rm_name`); whether it was there.
     pub fn delete(key: &str) -> bool {
         raw::delete(key)
     }
 
-    /// `$shtinc(t=>key)`: adds `delta`, returns the new value.
-    pub fn incr(key: &str, delta: i64, ttl_seconds: u32) -> i64 {
+    /// Adds `delta` to an integer value, a missing key counting as 0, and
+    /// returns the result (`$shtinc(t=>key)`). A new key gets
+    /// `ttl_seconds`; one there keeps its expiry.
+    pub fn incr(key: &str, delta: i64, ttl_seconds: Option<u32>) -> Result<i64> {
         raw::incr(key, delta, ttl_seconds)
     }
 }
@@ -124,40 +123,38 @@ pub mod permissions {
 /// NAT helpers (Kamailio's nathelper and `force_rport`).
 pub mod nat {
     use crate::bindings::wisp::proxy::nat as raw;
-    use crate::Request;
+    use crate::{Request, Response};
 
-    /// `nat_uac_test` test: the Contact holds a private address.
-    pub const CONTACT_PRIVATE: u32 = 1;
-    /// The top Via's address differs from the source address.
-    pub const VIA_ADDRESS_DIFFERS: u32 = 2;
-    /// The top Via holds a private address.
-    pub const VIA_PRIVATE: u32 = 4;
-    /// The top Via's port differs from the source port.
-    pub const VIA_PORT_DIFFERS: u32 = 16;
+    pub use raw::NatSigns;
 
-    /// `nat_uac_test(tests)`: whether any of the tests finds NAT.
-    pub fn uac_test(req: &Request, tests: u32) -> bool {
-        raw::uac_test(req.raw(), tests)
+    /// Whether any of the `signs` of a client behind NAT holds
+    /// (`nat_uac_test`): `NatSigns::PRIVATE_CONTACT |
+    /// NatSigns::VIA_ADDRESS_DIFFERS | NatSigns::VIA_PORT_DIFFERS` is
+    /// `nat_uac_test("19")`.
+    pub fn uac_test(req: &Request, signs: NatSigns) -> bool {
+        raw::uac_test(req.raw(), signs)
     }
 
-    /// `fix_nated_contact()`: the Contact's host and port become the source's.
+    /// Rewrites the first Contact's host and port to the source's
+    /// (`fix_nated_contact()`); false when there was no Contact URI.
     pub fn fix_contact(req: &Request) -> bool {
         raw::fix_contact(req.raw())
     }
 
-    /// `force_rport()`: answer to the source port.
+    /// Answers to the source port even without `;rport` (`force_rport()`).
     pub fn force_rport(req: &Request) {
         raw::force_rport(req.raw())
     }
 
-    /// `fix_nated_contact()` in `on_reply`: the response's Contact gets the
-    /// address the response came from.
-    pub fn fix_reply_contact(res: &crate::Response) -> bool {
+    /// `fix_nated_contact()` in `on_reply`: the response's first Contact
+    /// gets the address it came from; false when it had none.
+    pub fn fix_reply_contact(res: &Response) -> bool {
         raw::fix_reply_contact(res.raw())
     }
 }
 
-/// Accounting records under the log target `wisp::acc` (Kamailio's acc).
+/// Accounting records under the log target `wisp::acc` (Kamailio's acc,
+/// log backend).
 pub mod acc {
     use crate::bindings::wisp::proxy::acc as raw;
     use crate::{Request, Response};
@@ -176,7 +173,7 @@ pub mod acc {
 /// ban drops the address's messages on arrival, before any hook.
 pub mod ratelimit {
     use crate::bindings::wisp::proxy::ratelimit as raw;
-    use crate::Request;
+    use crate::{Request, Result};
 
     /// Counts a hit of `key` (`pl_check`); true while it is within `limit`
     /// hits per `window_seconds`, false past it (not counted).
@@ -184,15 +181,16 @@ pub mod ratelimit {
         raw::check(key, limit, window_seconds)
     }
 
-    /// Bans an IP address for `seconds` (at most a day); false when
-    /// refused (not an address, a trusted source, 0 seconds).
-    pub fn ban(ip: &str, seconds: u32) -> bool {
+    /// Bans an IP address for `seconds` (at most a day). Invalid when it
+    /// is not an address or `seconds` is 0; not allowed for a trusted
+    /// source.
+    pub fn ban(ip: &str, seconds: u32) -> Result<()> {
         raw::ban(ip, seconds)
     }
 
     /// Bans the address the request came from (pike's
     /// `$sht(ipban=>$si) = 1`).
-    pub fn ban_source(req: &Request, seconds: u32) -> bool {
+    pub fn ban_source(req: &Request, seconds: u32) -> Result<()> {
         raw::ban(&req.source().ip, seconds)
     }
 
