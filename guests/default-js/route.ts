@@ -31,17 +31,17 @@ import {
 
 // Flags of the default config: a flag is a transaction variable that is set.
 /** setflag(1): account this transaction. */
-const FLT_ACC = "acc";
+const FLT_ACC = "flt_acc";
 /** setflag(2): account a missed call. */
-const FLT_ACCMISSED = "acc_missed";
+const FLT_ACCMISSED = "flt_accmissed";
 /** setflag(3): account a failed transaction. */
-const FLT_ACCFAILED = "acc_failed";
+const FLT_ACCFAILED = "flt_accfailed";
 /** setflag(5): the caller is behind NAT. */
-const FLT_NATS = "nat_caller";
+const FLT_NATS = "flt_nats";
 /** setbflag(6): the callee is behind NAT. */
-const FLB_NATB = "nat_callee";
-/** The FAILOVER URIs not tried yet. */
-const FAILOVER = "failover";
+const FLB_NATB = "flb_natb";
+/** The transaction variable holding the FAILOVER URIs not tried yet. */
+const FAILOVER_VAR = "failover";
 
 /** The main `route { ... }` block. */
 export function route(req: Request): void {
@@ -67,8 +67,8 @@ export function route(req: Request): void {
 
   if (req.uriUser() === undefined) {
     // wisp answers keepalive OPTIONS to itself (siputils' options_reply).
-    if (req.isMethod("OPTIONS")) req.reply(200);
-    req.reply(484); // Address Incomplete
+    if (req.isMethod("OPTIONS")) req.reply(200, "OK");
+    req.reply(484, "Address Incomplete");
   }
 
   pstn(req);
@@ -91,8 +91,8 @@ function relay(req: Request): never {
         log.warn(`PARALLEL ${uri}: ${err}`);
       }
     }
-    const failover = config.param("FAILOVER");
-    if (failover !== undefined) vars.set(FAILOVER, failover);
+    const failover = list(config.param("FAILOVER"));
+    if (failover.length > 0) vars.set(FAILOVER_VAR, failover.join(","));
   }
   req.relay();
 }
@@ -121,26 +121,26 @@ function reqinit(req: Request): void {
 function withindlg(req: Request): void {
   if (!req.info.inDialog) return;
   const route = req.looseRoute();
-  if (route !== "none") {
-    if (route === "unverified" && !req.info.sourceTrusted) {
-      if (req.isMethod("ACK")) exit();
-      if (!config.enabled("WITH_AUTH")) req.reply(403, "Not relaying");
-      auth(req);
-      // auth() lets outsiders reach our domain: a Route to follow is not that.
-      if (!req.fromIsMyself()) req.reply(403, "Not relaying");
-    }
-    if (req.isMethod("BYE")) {
-      vars.set(FLT_ACC); // do accounting ...
-      vars.set(FLT_ACCFAILED); // ... even if the transaction fails
-    }
-    // The ACK of a 2xx is a transaction of its own: relayed statelessly.
-    if (req.isMethod("ACK")) req.forward();
-    relay(req);
+  if (route === "none") {
+    // An ACK without Route matches nothing of ours (the ACK of a refusal we
+    // sent is absorbed by the host): dropped, as Kamailio's config does.
+    if (req.isMethod("ACK")) exit();
+    req.reply(404, "Not here");
   }
-  // An ACK without Route matches nothing of ours (the ACK of a refusal we
-  // sent is absorbed by the host): dropped, as Kamailio's config does.
-  if (req.isMethod("ACK")) exit();
-  req.reply(404, "Not here");
+  if (route === "unverified" && !req.info.sourceTrusted) {
+    if (req.isMethod("ACK")) exit();
+    if (!config.enabled("WITH_AUTH")) req.reply(403, "Not relaying");
+    auth(req);
+    // auth() lets outsiders reach our domain: a Route to follow is not that.
+    if (!req.fromIsMyself()) req.reply(403, "Not relaying");
+  }
+  if (req.isMethod("BYE")) {
+    vars.set(FLT_ACC); // do accounting ...
+    vars.set(FLT_ACCFAILED); // ... even if the transaction fails
+  }
+  // The ACK of a 2xx is a transaction of its own: relayed statelessly.
+  if (req.isMethod("ACK")) req.forward();
+  relay(req);
 }
 
 /** route[REGISTRAR]: REGISTER requests are handled by the location service. */
@@ -191,7 +191,7 @@ function auth(req: Request): void {
     if (digest.authorize(req, req.fromHost()) !== claimed) req.reply(403, "Forbidden auth ID");
     digest.consumeCredentials(req);
     // caller authenticated
-  } else if (!req.uriIsMyself()) {
+  } else if (!req.info.uriIsMyself) {
     // not a local subscriber and a foreign destination: not an open relay
     req.reply(403, "Not relaying");
   }
@@ -262,9 +262,9 @@ export function onReply(req: Request, res: Response): void {
 export function onFailure(req: Request, best: Response): void {
   const status = best.status();
   if (req.isMethod("INVITE") && (status === 486 || status === 408 || (status >= 500 && status < 600))) {
-    const [next, ...rest] = list(vars.get(FAILOVER));
+    const [next, ...rest] = list(vars.get(FAILOVER_VAR));
     if (next !== undefined) {
-      vars.set(FAILOVER, rest.join(","));
+      vars.set(FAILOVER_VAR, rest.join(","));
       log.info(`${status} from the last branch: trying ${next}`);
       req.setUri(next);
       req.relay();

@@ -374,11 +374,6 @@ export class Request {
     return this.raw.uriParts()?.host ?? "";
   }
 
-  /** Whether the Request-URI names this proxy now (`uri == myself`); `info.uriIsMyself` is on arrival. */
-  uriIsMyself(): boolean {
-    return rawProxy.isMyself(this.raw.uri());
-  }
-
   /** Replaces the Request-URI (`$ru = "..."`); throws WispError if invalid. */
   setUri(uri: string): void {
     hostCall(() => this.raw.setUri(uri));
