@@ -1,4 +1,6 @@
-//! The `wisp` command: serve, or check a configuration.
+//! The `wisp` command: serve, check a configuration, or test a routing.
+
+mod routing_test;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +37,19 @@ enum Command {
     Ctl {
         #[command(subcommand)]
         action: CtlAction,
+    },
+    /// Run a routing component against cases, without a network: each
+    /// case hands a request (text, or a packet of a capture) to a hook
+    /// and checks what it decides. One line per case; exit 0 when every
+    /// case passes, 1 when one does not, 2 when a case file is wrong.
+    /// See docs/testing-routing.md.
+    Test {
+        /// The component: a .wasm file, or `default` for the bundled
+        /// routing.
+        component: String,
+        /// Case files (TOML).
+        #[arg(required = true, value_name = "CASES")]
+        cases: Vec<PathBuf>,
     },
     /// Manage the subscribers digest authentication checks (`WITH_AUTH`),
     /// in the database of `[storage] path`.
@@ -103,11 +118,17 @@ enum UserAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `wisp test` prints its own report; the host's info lines (versions
+    // loaded and unloaded) would bury it.
+    let default_level = match cli.command {
+        Some(Command::Test { .. }) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("WISP_LOG")
                 .or_else(|_| EnvFilter::try_from_default_env())
-                .unwrap_or_else(|_| EnvFilter::new("info")),
+                .unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -139,6 +160,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Ctl { action } => ctl(&config, action),
+        Command::Test { component, cases } => test(&config, &component, &cases),
         Command::User { action } => match user(&config, action) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
@@ -213,6 +235,38 @@ fn ctl(config: &Config, action: CtlAction) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `wisp test COMPONENT CASES...`.
+fn test(config: &Config, component: &str, cases: &[PathBuf]) -> ExitCode {
+    let (wasm, origin) = if component == "default" {
+        (
+            wisp::script::DEFAULT_COMPONENT.to_vec(),
+            "bundled default".to_owned(),
+        )
+    } else {
+        match std::fs::read(component) {
+            Ok(wasm) => (wasm, component.to_owned()),
+            Err(err) => {
+                eprintln!("wisp test: {component}: {err} (give a .wasm file, or `default` for the bundled routing)");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let engine = match wisp::script::ScriptEngine::new(config.engine.cache_dir.clone()) {
+        Ok(engine) => engine,
+        Err(err) => {
+            eprintln!("wisp test: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let component = routing_test::Component {
+        engine,
+        wasm,
+        origin,
+    };
+    let verdict = routing_test::run_files(&component, cases, &mut std::io::stdout().lock());
+    ExitCode::from(verdict.exit_code())
 }
 
 /// `wisp user add|del|list`.
