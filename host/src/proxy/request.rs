@@ -25,9 +25,8 @@ pub struct RequestCtx {
     pub dst_uri: Option<String>,
     /// Route set put in front of the first branch (a binding's Path).
     pub path: Vec<String>,
-    /// The last authorize of this request found an expired nonce.
-    pub auth_stale: bool,
-    /// Final-response timers asked with `tm.set-timers` (INVITE, others).
+    /// Final-response timers of the relay (INVITE, others): the route's
+    /// `relay` decision, else the tenant's params.
     pub fr_timers: Option<(Duration, Duration)>,
     /// The loop-detection hash of the request as received (RFC 3261
     /// §16.6 step 8), carried in the branch of what we send for it.
@@ -51,7 +50,6 @@ impl RequestCtx {
             branches: Vec::new(),
             dst_uri: None,
             path: Vec::new(),
-            auth_stale: false,
             fr_timers: None,
             loop_hash: 0,
             route_verified: false,
@@ -70,11 +68,11 @@ pub struct BranchTarget {
     pub path: Vec<String>,
 }
 
-/// Variables and flags of one transaction, kept across its hooks.
+/// Variables of one transaction, kept across its hooks (a flag is a
+/// variable that is set).
 #[derive(Debug, Default, Clone)]
 pub struct TxVars {
     pub values: BTreeMap<String, String>,
-    pub flags: u64,
 }
 
 /// The transport-level origin of a message.
@@ -108,8 +106,8 @@ pub enum Action {
         reason: String,
         headers: Vec<(HeaderName, String)>,
     },
-    /// Stateless forward (`proxy.forward`).
+    /// Stateless forward (the route's `forward` decision).
     Forward { destination: Option<String> },
-    /// Stateful relay (`tm.relay`).
+    /// Stateful relay (a `relay` decision).
     Relay { destination: Option<String> },
 }

@@ -33,8 +33,11 @@ pub struct Guest {
     /// Where `log.write` also copies what the guest logs, as (level,
     /// message): the `wisp test` runner shows a case's log with its
     /// outcome. None in the server, whose log is tracing's.
-    pub log_capture: Option<Arc<std::sync::Mutex<Vec<(String, String)>>>>,
+    pub log_capture: Option<LogCapture>,
 }
+
+/// What a guest logged, as (level, message), for `wisp test`.
+pub type LogCapture = Arc<std::sync::Mutex<Vec<(String, String)>>>;
 
 impl Guest {
     /// Whether a URI names this proxy for this tenant: a listener or an
@@ -95,6 +98,9 @@ impl Domains {
 /// A response handed to a hook (the `response` resource of the WIT).
 pub struct ResponseCtx {
     pub msg: Message,
+    /// The address it came from; none for a response the proxy made
+    /// itself (a 408 of a branch that timed out, say).
+    pub source: Option<std::net::SocketAddr>,
 }
 
 /// Why a hook call failed. The request gets a 500 (503 when the guest was
@@ -132,15 +138,20 @@ pub struct HostState {
     pub(super) table: ResourceTable,
     pub(super) limits: InstanceLimits,
     pub(super) guest: Arc<Guest>,
-    /// Actions asked for during the current hook call.
+    /// What the current hook call decided, as the proxy core's actions.
     pub(super) actions: Vec<Action>,
+    /// Counts hook calls on this store: `fields` handles carry it, so
+    /// that one kept from an earlier call is told apart (see `fields`).
+    pub(super) generation: u32,
+    /// Replies the services made in the current hook call (a registrar's
+    /// 200, a challenge, a refusal): returned as the hook's decision, they
+    /// are the host's text, not charged to the hook's caps.
+    pub(super) issued: Vec<super::wisp::proxy::sip::Reply>,
     /// What the current hook call has asked of the host so far, against
     /// the per-hook caps of its [`Limits`].
     pub(super) effects: HookEffects,
     /// The current transaction's variables, lent for the hook call.
     pub(super) vars: TxVars,
-    /// Where the response of an on-reply call came from.
-    pub(super) reply_source: Option<std::net::SocketAddr>,
     /// Host time the current hook spent waiting for storage, and how much
     /// of it the deadline has given back (see [`StorageTime`]).
     pub(super) storage_time: StorageTime,
@@ -188,9 +199,10 @@ impl HostState {
             limits: InstanceLimits::new(&guest.limits),
             guest,
             actions: Vec::new(),
+            generation: 0,
+            issued: Vec::new(),
             effects: HookEffects::default(),
             vars: TxVars::default(),
-            reply_source: None,
             storage_time: StorageTime::default(),
         }
     }
@@ -201,15 +213,15 @@ impl HostState {
 /// branches and sends. The pool starts every hook call at zero.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(super) struct HookEffects {
-    /// Headers added (`append-header`, headers of a `reply`).
+    /// Headers added (`fields.append` and `set`, headers of a `reply`).
     pub(super) headers: usize,
     /// Bytes of text handed to the host for messages.
     pub(super) bytes: usize,
-    /// `append-branch` and `relay` calls.
+    /// `append-branch` calls and `relay` decisions.
     pub(super) branches: usize,
-    /// `forward` calls.
+    /// `forward` decisions.
     pub(super) forwards: usize,
-    /// Replies asked for, provisional ones included.
+    /// Replies decided.
     pub(super) replies: usize,
 }
 

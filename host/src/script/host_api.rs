@@ -1,66 +1,163 @@
-//! The host side of the `wisp:proxy` WIT interfaces: thin adapters from
-//! guest calls to the SIP core and the proxy.
+//! The host side of the core `wisp:proxy` WIT interfaces (`sip`, `proxy`,
+//! `vars`, `config`, `log`): thin adapters from guest calls to the SIP
+//! core and the proxy. The headers and body are `fields` (see `fields`);
+//! what a hook decides is read by `decide`.
 
 use wasmtime::component::Resource;
 use wasmtime::Result;
 
 use super::call::{HostState, ResponseCtx};
-use super::wisp::proxy::{config, log, proxy, rr, tm, types, vars};
+use super::fields::{Fields, Parent};
+use super::wisp::proxy::sip as wit;
+use super::wisp::proxy::{config, log, proxy, vars};
 use crate::proxy::checks;
-use crate::proxy::{Action, RequestCtx};
+use crate::proxy::RequestCtx;
 use crate::sip::{self, HeaderName};
 
-/// The first value of a header, by any of its names (`$hdr(name)`).
-fn first_value(msg: &sip::Message, name: &str) -> Option<String> {
-    msg.values(&HeaderName::parse(name))
-        .next()
-        .map(str::to_owned)
+pub(super) fn invalid(err: impl std::fmt::Display) -> wit::Error {
+    wit::Error::Invalid(err.to_string())
 }
 
-/// Every value of a header, comma lists split.
-fn all_values(msg: &sip::Message, name: &str) -> Vec<String> {
-    msg.values(&HeaderName::parse(name))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Header names in order, as written.
-fn names(msg: &sip::Message) -> Vec<String> {
-    msg.headers()
-        .iter()
-        .map(|h| h.raw_name().to_owned())
-        .collect()
-}
-
-fn invalid(err: impl std::fmt::Display) -> types::Error {
-    types::Error::Invalid(err.to_string())
-}
-
-impl HostState {
-    fn req(&self, handle: &Resource<RequestCtx>) -> Result<&RequestCtx> {
-        Ok(self.table.get(handle)?)
-    }
-
-    fn req_mut(&mut self, handle: &Resource<RequestCtx>) -> Result<&mut RequestCtx> {
-        Ok(self.table.get_mut(handle)?)
+/// The WIT's `reply` for a refusal of the SIP core or a service.
+pub(super) fn reply(code: u16, reason: &str, headers: Vec<(HeaderName, String)>) -> wit::Reply {
+    wit::Reply {
+        code,
+        reason: Some(reason.to_owned()),
+        headers: headers
+            .into_iter()
+            .map(|(name, value)| wit::Header {
+                name: name.as_str().to_owned(),
+                value,
+            })
+            .collect(),
     }
 }
 
-impl types::Host for HostState {}
+/// A host address as the WIT gives it: IPv6 without brackets.
+fn host_text(host: sip::Host) -> String {
+    match host {
+        sip::Host::V6(ip) => ip.to_string(),
+        host => host.to_string(),
+    }
+}
+
+fn uri_parts(uri: sip::Uri) -> wit::UriParts {
+    wit::UriParts {
+        user: uri.user,
+        host: host_text(uri.host),
+        port: uri.port,
+    }
+}
+
+pub(super) fn transport(t: crate::transport::Transport) -> wit::Transport {
+    use crate::transport::Transport;
+    match t {
+        Transport::Udp => wit::Transport::Udp,
+        Transport::Tcp => wit::Transport::Tcp,
+        Transport::Tls => wit::Transport::Tls,
+        Transport::Ws => wit::Transport::Ws,
+        Transport::Wss => wit::Transport::Wss,
+        Transport::Quic => wit::Transport::Quic,
+    }
+}
+
+pub(super) fn endpoint(t: wit::Transport, addr: std::net::SocketAddr) -> wit::Endpoint {
+    wit::Endpoint {
+        transport: t,
+        ip: addr.ip().to_string(),
+        port: addr.port(),
+    }
+}
+
+fn method(m: Option<&sip::Method>) -> wit::Method {
+    use sip::Method as M;
+    match m {
+        Some(M::Invite) => wit::Method::Invite,
+        Some(M::Ack) => wit::Method::Ack,
+        Some(M::Bye) => wit::Method::Bye,
+        Some(M::Cancel) => wit::Method::Cancel,
+        Some(M::Register) => wit::Method::Register,
+        Some(M::Options) => wit::Method::Options,
+        Some(M::Info) => wit::Method::Info,
+        Some(M::Update) => wit::Method::Update,
+        Some(M::Prack) => wit::Method::Prack,
+        Some(M::Subscribe) => wit::Method::Subscribe,
+        Some(M::Notify) => wit::Method::Notify,
+        Some(M::Publish) => wit::Method::Publish,
+        Some(M::Message) => wit::Method::Message,
+        Some(M::Refer) => wit::Method::Refer,
+        Some(M::Other(name)) => wit::Method::Other(name.clone()),
+        None => wit::Method::Other(String::new()),
+    }
+}
+
+/// Whether the request's To carries a tag (`has_totag()`).
+fn in_dialog(msg: &sip::Message) -> bool {
+    // Initial requests are the common case and carry no tag: a To value
+    // without the word needs no parsing.
+    if !msg
+        .header(&HeaderName::To)
+        .is_some_and(|to| sip::mentions(to, "tag"))
+    {
+        return false;
+    }
+    msg.to().ok().is_some_and(|to| to.tag().is_some())
+}
 
 /// The error of a host call past a per-hook cap of the tenant's limits.
-fn past_cap(what: &str, cap: usize, field: &str) -> types::Error {
-    types::Error::NotAllowed(format!(
+pub(super) fn past_cap(what: &str, cap: usize, field: &str) -> wit::Error {
+    wit::Error::NotAllowed(format!(
         "more than {cap} {what} in one hook call (limits.{field})"
     ))
 }
 
 impl HostState {
+    pub(super) fn req(&self, handle: &Resource<RequestCtx>) -> Result<&RequestCtx> {
+        Ok(self.table.get(handle)?)
+    }
+
+    pub(super) fn req_mut(&mut self, handle: &Resource<RequestCtx>) -> Result<&mut RequestCtx> {
+        Ok(self.table.get_mut(handle)?)
+    }
+
+    pub(super) fn res(&self, handle: &Resource<ResponseCtx>) -> Result<&ResponseCtx> {
+        Ok(self.table.get(handle)?)
+    }
+
+    /// What the route hook receives, and `request.info` gives.
+    pub(super) fn request_info(&self, req: &RequestCtx) -> wit::RequestInfo {
+        wit::RequestInfo {
+            method: method(req.msg.method()),
+            in_dialog: in_dialog(&req.msg),
+            uri_is_myself: req
+                .msg
+                .uri()
+                .and_then(|u| sip::Uri::parse(u).ok())
+                .is_some_and(|uri| self.guest.is_myself(&uri)),
+            source: endpoint(transport(req.source.transport), req.source.remote),
+            source_trusted: req.source.trusted,
+        }
+    }
+
+    /// A tenant param read as a number; none when it is not set. A value
+    /// that is not a number is the operator's mistake: warned, and the
+    /// built-in default applies.
+    pub(super) fn param_u32(&self, name: &str) -> Option<u32> {
+        let text = self.guest.params.get(name)?;
+        match text.trim().parse() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                tracing::warn!(tenant = %self.guest.tenant, param = name, value = %text, "tenant param is not a number; its default applies");
+                None
+            }
+        }
+    }
+
     /// Takes `headers` headers and `bytes` bytes of text from the hook's
     /// caps, or takes nothing and says which cap it would pass. The caller
     /// then does what it was asked (which may still fail: the count stays,
     /// so a hook cannot try without end).
-    pub(super) fn spend_text(&mut self, headers: usize, bytes: usize) -> Result<(), types::Error> {
+    pub(super) fn spend_text(&mut self, headers: usize, bytes: usize) -> Result<(), wit::Error> {
         let limits = &self.guest.limits;
         let fx = &mut self.effects;
         if fx.headers.saturating_add(headers) > limits.headers_per_hook {
@@ -87,7 +184,7 @@ impl HostState {
         &mut self,
         reason: &str,
         headers: impl Iterator<Item = (&'a str, &'a str)>,
-    ) -> Result<(), types::Error> {
+    ) -> Result<(), wit::Error> {
         let limits = &self.guest.limits;
         if self.effects.replies >= limits.replies_per_hook {
             return Err(past_cap(
@@ -106,7 +203,7 @@ impl HostState {
 
     /// Takes one branch (an `append-branch` or a `relay`) from the hook's
     /// cap, with the bytes of its URI or destination.
-    fn spend_branch(&mut self, bytes: usize) -> Result<(), types::Error> {
+    pub(super) fn spend_branch(&mut self, bytes: usize) -> Result<(), wit::Error> {
         let cap = self.guest.limits.branches_per_hook;
         if self.effects.branches >= cap {
             return Err(past_cap("branches", cap, "branches_per_hook"));
@@ -116,50 +213,57 @@ impl HostState {
         Ok(())
     }
 
-    /// Queues a forward or relay after checking its explicit destination
-    /// and the hook's caps.
-    fn push_routing(&mut self, action: Action) -> Result<(), types::Error> {
-        let (Action::Forward { destination } | Action::Relay { destination }) = &action else {
-            return Ok(());
-        };
-        if let Some(dest) = destination {
-            crate::proxy::Destination::parse(dest).map_err(invalid)?;
+    /// Keeps a reply a service made, to be told from the guest's own when
+    /// the hook returns it.
+    pub(super) fn issue(&mut self, reply: wit::Reply) -> wit::Reply {
+        // A hook may ask again and again (each call of a failed save
+        // answers anew); what it returns is one of the last few.
+        if self.issued.len() >= ISSUED_KEPT {
+            self.issued.remove(0);
         }
-        let bytes = destination.as_ref().map_or(0, String::len);
-        if matches!(action, Action::Forward { .. }) {
-            let cap = self.guest.limits.forwards_per_hook;
-            if self.effects.forwards >= cap {
-                return Err(past_cap("forwards", cap, "forwards_per_hook"));
-            }
-            self.spend_text(0, bytes)?;
-            self.effects.forwards += 1;
-        } else {
-            self.spend_branch(bytes)?;
-        }
-        self.actions.push(action);
-        Ok(())
+        self.issued.push(reply.clone());
+        reply
     }
 }
 
-impl types::HostRequest for HostState {
-    fn method(&mut self, req: Resource<RequestCtx>) -> Result<String> {
-        let req = self.req(&req)?;
-        Ok(req
-            .msg
-            .method()
-            .map(|m| m.as_str().to_owned())
-            .unwrap_or_default())
+/// Replies of the services remembered per hook call.
+const ISSUED_KEPT: usize = 8;
+
+impl wit::Host for HostState {}
+
+impl wit::HostRequest for HostState {
+    fn fields(&mut self, req: Resource<RequestCtx>) -> Result<Resource<Fields>> {
+        self.req(&req)?;
+        self.fields_handle(Parent::Request(req.rep()))
+    }
+
+    fn info(&mut self, req: Resource<RequestCtx>) -> Result<wit::RequestInfo> {
+        let ctx = self.req(&req)?;
+        Ok(self.request_info(ctx))
+    }
+
+    fn method(&mut self, req: Resource<RequestCtx>) -> Result<wit::Method> {
+        Ok(method(self.req(&req)?.msg.method()))
     }
 
     fn uri(&mut self, req: Resource<RequestCtx>) -> Result<String> {
         Ok(self.req(&req)?.msg.uri().unwrap_or_default().to_owned())
     }
 
+    fn uri_parts(&mut self, req: Resource<RequestCtx>) -> Result<Option<wit::UriParts>> {
+        let req = self.req(&req)?;
+        Ok(req
+            .msg
+            .uri()
+            .and_then(|u| sip::Uri::parse(u).ok())
+            .map(uri_parts))
+    }
+
     fn set_uri(
         &mut self,
         req: Resource<RequestCtx>,
         uri: String,
-    ) -> Result<Result<(), types::Error>> {
+    ) -> Result<Result<(), wit::Error>> {
         self.req(&req)?;
         if let Err(err) = self.spend_text(0, uri.len()) {
             return Ok(Err(err));
@@ -169,110 +273,6 @@ impl types::HostRequest for HostState {
         req.dst_uri = None;
         req.path.clear();
         Ok(req.msg.set_uri(&uri).map_err(invalid))
-    }
-
-    fn uri_user(&mut self, req: Resource<RequestCtx>) -> Result<Option<String>> {
-        let req = self.req(&req)?;
-        Ok(req
-            .msg
-            .uri()
-            .and_then(|u| sip::Uri::parse(u).ok())
-            .and_then(|u| u.user))
-    }
-
-    fn uri_host(&mut self, req: Resource<RequestCtx>) -> Result<String> {
-        let req = self.req(&req)?;
-        Ok(req
-            .msg
-            .uri()
-            .and_then(|u| sip::Uri::parse(u).ok())
-            .map(|u| match u.host {
-                // $rd is the host as written, without IPv6 brackets.
-                sip::Host::V6(ip) => ip.to_string(),
-                host => host.to_string(),
-            })
-            .unwrap_or_default())
-    }
-
-    fn uri_is_myself(&mut self, req: Resource<RequestCtx>) -> Result<bool> {
-        let req = self.req(&req)?;
-        Ok(req
-            .msg
-            .uri()
-            .and_then(|u| sip::Uri::parse(u).ok())
-            .is_some_and(|uri| self.guest.is_myself(&uri)))
-    }
-
-    fn header(&mut self, req: Resource<RequestCtx>, name: String) -> Result<Option<String>> {
-        Ok(first_value(&self.req(&req)?.msg, &name))
-    }
-
-    fn header_values(&mut self, req: Resource<RequestCtx>, name: String) -> Result<Vec<String>> {
-        Ok(all_values(&self.req(&req)?.msg, &name))
-    }
-
-    fn header_names(&mut self, req: Resource<RequestCtx>) -> Result<Vec<String>> {
-        Ok(names(&self.req(&req)?.msg))
-    }
-
-    fn append_header(
-        &mut self,
-        req: Resource<RequestCtx>,
-        name: String,
-        value: String,
-    ) -> Result<Result<(), types::Error>> {
-        self.req(&req)?;
-        if let Err(err) = checks::header_field(&name, &value) {
-            return Ok(Err(invalid(err)));
-        }
-        if let Err(err) = self.spend_text(1, name.len() + value.len()) {
-            return Ok(Err(err));
-        }
-        let req = self.req_mut(&req)?;
-        Ok(req
-            .msg
-            .append_header(HeaderName::parse(&name), &value)
-            .map_err(invalid))
-    }
-
-    fn remove_header(&mut self, req: Resource<RequestCtx>, name: String) -> Result<u32> {
-        let req = self.req_mut(&req)?;
-        let removed = req.msg.remove_headers(&HeaderName::parse(&name));
-        Ok(u32::try_from(removed).unwrap_or(u32::MAX))
-    }
-
-    fn body(&mut self, req: Resource<RequestCtx>) -> Result<Vec<u8>> {
-        Ok(self.req(&req)?.msg.body().to_vec())
-    }
-
-    fn source(&mut self, req: Resource<RequestCtx>) -> Result<types::Endpoint> {
-        let source = self.req(&req)?.source;
-        Ok(types::Endpoint {
-            transport: match source.transport {
-                crate::transport::Transport::Udp => types::Transport::Udp,
-                crate::transport::Transport::Tcp => types::Transport::Tcp,
-                crate::transport::Transport::Tls => types::Transport::Tls,
-                crate::transport::Transport::Ws => types::Transport::Ws,
-                crate::transport::Transport::Wss => types::Transport::Wss,
-                crate::transport::Transport::Quic => types::Transport::Quic,
-            },
-            ip: source.remote.ip().to_string(),
-            port: source.remote.port(),
-        })
-    }
-
-    fn has_to_tag(&mut self, req: Resource<RequestCtx>) -> Result<bool> {
-        let req = self.req(&req)?;
-        // Initial requests are the common case and carry no tag: a To value
-        // without the word needs no parsing.
-        if !req
-            .msg
-            .header(&HeaderName::To)
-            .is_some_and(|to| sip::mentions(to, "tag"))
-        {
-            return Ok(false);
-        }
-        Ok(req.msg.to().ok().is_some_and(|to| to.tag().is_some()))
     }
 
     fn from_uri(&mut self, req: Resource<RequestCtx>) -> Result<String> {
@@ -296,13 +296,12 @@ impl types::HostRequest for HostState {
     }
 }
 
-impl HostState {
-    fn res(&self, handle: &Resource<ResponseCtx>) -> Result<&ResponseCtx> {
-        Ok(self.table.get(handle)?)
+impl wit::HostResponse for HostState {
+    fn fields(&mut self, res: Resource<ResponseCtx>) -> Result<Resource<Fields>> {
+        self.res(&res)?;
+        self.fields_handle(Parent::Response(res.rep()))
     }
-}
 
-impl types::HostResponse for HostState {
     fn status(&mut self, res: Resource<ResponseCtx>) -> Result<u16> {
         Ok(self.res(&res)?.msg.status().unwrap_or(0))
     }
@@ -311,62 +310,34 @@ impl types::HostResponse for HostState {
         Ok(self.res(&res)?.msg.reason().unwrap_or_default().to_owned())
     }
 
-    fn header(&mut self, res: Resource<ResponseCtx>, name: String) -> Result<Option<String>> {
-        Ok(first_value(&self.res(&res)?.msg, &name))
-    }
-
-    fn header_values(&mut self, res: Resource<ResponseCtx>, name: String) -> Result<Vec<String>> {
-        let name = HeaderName::parse(&name);
-        let values = self
-            .res(&res)?
-            .msg
-            .values(&name)
-            .map(str::to_owned)
-            .collect();
-        Ok(values)
-    }
-
-    fn header_names(&mut self, res: Resource<ResponseCtx>) -> Result<Vec<String>> {
+    /// Where the response came from. A response the proxy made itself
+    /// (the best response of branches that timed out) comes from the
+    /// listener the request arrived on.
+    fn source(&mut self, res: Resource<ResponseCtx>) -> Result<wit::Endpoint> {
         let res = self.res(&res)?;
-        Ok(res
-            .msg
-            .headers()
-            .iter()
-            .map(|h| h.raw_name().to_owned())
-            .collect())
-    }
-
-    fn append_header(
-        &mut self,
-        res: Resource<ResponseCtx>,
-        name: String,
-        value: String,
-    ) -> Result<Result<(), types::Error>> {
-        self.res(&res)?;
-        if let Err(err) = checks::header_field(&name, &value) {
-            return Ok(Err(invalid(err)));
-        }
-        if let Err(err) = self.spend_text(1, name.len() + value.len()) {
-            return Ok(Err(err));
-        }
-        let res: &mut ResponseCtx = self.table.get_mut(&res)?;
-        Ok(res
-            .msg
-            .append_header(HeaderName::parse(&name), &value)
-            .map_err(invalid))
-    }
-
-    fn remove_header(&mut self, res: Resource<ResponseCtx>, name: String) -> Result<u32> {
-        let name = HeaderName::parse(&name);
-        if is_core_header(&name) {
-            return Ok(0);
-        }
-        let res: &mut ResponseCtx = self.table.get_mut(&res)?;
-        Ok(u32::try_from(res.msg.remove_headers(&name)).unwrap_or(u32::MAX))
-    }
-
-    fn body(&mut self, res: Resource<ResponseCtx>) -> Result<Vec<u8>> {
-        Ok(self.res(&res)?.msg.body().to_vec())
+        // Our own Via tops a response, with the transport its branch was
+        // sent by: the one the response came back on.
+        let via = res.msg.top_via().ok();
+        let by = via
+            .as_ref()
+            .and_then(|v| crate::transport::Transport::from_name(&v.transport).map(transport));
+        let addr = match res.source {
+            Some(addr) => addr,
+            None => {
+                let listener = self
+                    .guest
+                    .locality
+                    .listeners()
+                    .first()
+                    .map(|l| (l.transport, l.local));
+                let (t, local) = listener.unwrap_or((
+                    crate::transport::Transport::Udp,
+                    std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                ));
+                return Ok(endpoint(by.unwrap_or(transport(t)), local));
+            }
+        };
+        Ok(endpoint(by.unwrap_or(wit::Transport::Udp), addr))
     }
 
     fn drop(&mut self, _res: Resource<ResponseCtx>) -> Result<()> {
@@ -374,34 +345,77 @@ impl types::HostResponse for HostState {
     }
 }
 
-/// Headers that route a response back; a hook may not remove them.
-fn is_core_header(name: &HeaderName) -> bool {
-    matches!(
-        name,
-        HeaderName::Via | HeaderName::From | HeaderName::To | HeaderName::CallId | HeaderName::CSeq
-    )
-}
+/// Branches one relay may fork to: a guest cannot flood the network.
+const MAX_BRANCHES: usize = 16;
 
-impl tm::Host for HostState {
-    fn relay(
+/// Max-Forwards a request without one gets when neither the routing nor
+/// the tenant param `MAX_FORWARDS` says (Kamailio's default config).
+const DEFAULT_MAX_FORWARDS: u32 = 10;
+
+impl proxy::Host for HostState {
+    fn max_forwards(
         &mut self,
         req: Resource<RequestCtx>,
-        destination: Option<String>,
-    ) -> Result<Result<(), types::Error>> {
-        self.req(&req)?;
-        Ok(self.push_routing(Action::Relay { destination }))
+        limit: Option<u32>,
+    ) -> Result<Result<(), wit::Error>> {
+        let limit = limit
+            .or_else(|| self.param_u32("MAX_FORWARDS"))
+            .unwrap_or(DEFAULT_MAX_FORWARDS);
+        let ctx = self.req_mut(&req)?;
+        Ok(checks::max_forwards(ctx, limit).map_err(refused))
+    }
+
+    fn sanity_check(&mut self, req: Resource<RequestCtx>) -> Result<Result<(), wit::Error>> {
+        let ctx = self.req(&req)?;
+        Ok(sip::sanity_check(&ctx.msg).map_err(refused))
+    }
+
+    fn is_myself(&mut self, uri: String) -> Result<bool> {
+        Ok(sip::Uri::parse(&uri).is_ok_and(|uri| self.guest.is_myself(&uri)))
+    }
+
+    fn parse_uri(&mut self, uri: String) -> Result<Option<wit::UriParts>> {
+        Ok(sip::Uri::parse(&uri).ok().map(uri_parts))
+    }
+
+    fn record_route(&mut self, req: Resource<RequestCtx>) -> Result<Result<(), wit::Error>> {
+        let req = self.req_mut(&req)?;
+        if req.msg.method() == Some(&sip::Method::Register) {
+            return Ok(Err(wit::Error::NotAllowed(
+                "REGISTER is never record-routed (RFC 3261 §10.2)".into(),
+            )));
+        }
+        req.record_route = true;
+        Ok(Ok(()))
+    }
+
+    fn loose_route(&mut self, req: Resource<RequestCtx>) -> Result<proxy::RouteCheck> {
+        let locality = self.guest.locality.clone();
+        let req = self.req_mut(&req)?;
+        let routed = crate::proxy::loose_route(&mut req.msg, &locality);
+        if let Some(flow) = routed.flow {
+            req.dst_uri = Some(flow.uri());
+        }
+        req.route_verified |= routed.verified;
+        Ok(if !routed.had_route {
+            proxy::RouteCheck::None
+        } else if req.route_verified {
+            proxy::RouteCheck::Verified
+        } else {
+            proxy::RouteCheck::Unverified
+        })
     }
 
     fn append_branch(
         &mut self,
         req: Resource<RequestCtx>,
         uri: String,
-    ) -> Result<Result<(), types::Error>> {
+    ) -> Result<Result<(), wit::Error>> {
         if let Err(err) = sip::Uri::parse(&uri) {
             return Ok(Err(invalid(err)));
         }
         if self.req(&req)?.branches.len() >= MAX_BRANCHES {
-            return Ok(Err(types::Error::NotAllowed(format!(
+            return Ok(Err(wit::Error::NotAllowed(format!(
                 "at most {MAX_BRANCHES} branches per relay"
             ))));
         }
@@ -415,42 +429,28 @@ impl tm::Host for HostState {
         });
         Ok(Ok(()))
     }
-
-    fn set_timers(
-        &mut self,
-        req: Resource<RequestCtx>,
-        invite_ms: u32,
-        final_ms: u32,
-    ) -> Result<()> {
-        let req = self.req_mut(&req)?;
-        let ms = |v: u32| std::time::Duration::from_millis(u64::from(v.max(1)));
-        req.fr_timers = Some((ms(invite_ms), ms(final_ms)));
-        Ok(())
-    }
 }
 
-/// Branches one relay may fork to: a guest cannot flood the network.
-const MAX_BRANCHES: usize = 16;
+/// A refusal of the SIP core, as the reply it calls for.
+fn refused(r: sip::Rejection) -> wit::Error {
+    wit::Error::Refused(reply(r.code, &r.reason, r.headers))
+}
 
 impl vars::Host for HostState {
     fn get(&mut self, name: String) -> Result<Option<String>> {
         Ok(self.vars.values.get(&name).cloned())
     }
 
-    /// Past the tenant's `vars` or `var_bytes` the call traps (the WIT
-    /// gives `set` no error): the transaction keeps what it had.
-    fn set(&mut self, name: String, value: Option<String>) -> Result<()> {
-        let Some(value) = value else {
-            self.vars.values.remove(&name);
-            return Ok(());
-        };
+    /// Past the tenant's `vars` or `var_bytes` the transaction keeps what
+    /// it had.
+    fn set(&mut self, name: String, value: String) -> Result<Result<(), wit::Error>> {
         let limits = &self.guest.limits;
         let old = self.vars.values.get(&name).map(|v| name.len() + v.len());
         if old.is_none() && self.vars.values.len() >= limits.vars {
-            return Err(wasmtime::Error::msg(format!(
-                "vars.set: more than {} variables in one transaction (limits.vars)",
+            return Ok(Err(wit::Error::NotAllowed(format!(
+                "more than {} variables in one transaction (limits.vars)",
                 limits.vars
-            )));
+            ))));
         }
         let held: usize = self
             .vars
@@ -460,162 +460,17 @@ impl vars::Host for HostState {
             .sum();
         let after = (held - old.unwrap_or(0)).saturating_add(name.len() + value.len());
         if after > limits.var_bytes {
-            return Err(wasmtime::Error::msg(format!(
-                "vars.set: more than {} bytes of variables in one transaction (limits.var_bytes)",
+            return Ok(Err(wit::Error::NotAllowed(format!(
+                "more than {} bytes of variables in one transaction (limits.var_bytes)",
                 limits.var_bytes
-            )));
+            ))));
         }
         self.vars.values.insert(name, value);
-        Ok(())
-    }
-
-    fn set_flag(&mut self, flag: u8) -> Result<()> {
-        self.vars.flags |= flag_bit(flag);
-        Ok(())
-    }
-
-    fn reset_flag(&mut self, flag: u8) -> Result<()> {
-        self.vars.flags &= !flag_bit(flag);
-        Ok(())
-    }
-
-    fn is_flag_set(&mut self, flag: u8) -> Result<bool> {
-        Ok(self.vars.flags & flag_bit(flag) != 0)
-    }
-}
-
-/// Flags 0–63; higher numbers wrap rather than trap.
-fn flag_bit(flag: u8) -> u64 {
-    1u64 << (flag % 64)
-}
-
-impl proxy::Host for HostState {
-    fn reply(
-        &mut self,
-        req: Resource<RequestCtx>,
-        code: u16,
-        reason: String,
-        headers: Vec<types::Header>,
-    ) -> Result<Result<(), types::Error>> {
-        let req = self.req(&req)?;
-        if req.msg.method() == Some(&sip::Method::Ack) {
-            return Ok(Err(types::Error::NotAllowed(
-                "ACK is never answered".into(),
-            )));
-        }
-        if !(100..=699).contains(&code) {
-            return Ok(Err(invalid(format!("{code} is not a SIP status code"))));
-        }
-        if let Err(err) = checks::reason_phrase(&reason) {
-            return Ok(Err(invalid(err)));
-        }
-        for h in &headers {
-            if let Err(err) = checks::header_field(&h.name, &h.value) {
-                return Ok(Err(invalid(err)));
-            }
-        }
-        let spent = self.spend_reply(
-            &reason,
-            headers.iter().map(|h| (h.name.as_str(), h.value.as_str())),
-        );
-        if let Err(err) = spent {
-            return Ok(Err(err));
-        }
-        let extra = headers
-            .into_iter()
-            .map(|h| (HeaderName::parse(&h.name), h.value))
-            .collect();
-        self.actions.push(Action::Reply {
-            code,
-            reason,
-            headers: extra,
-        });
         Ok(Ok(()))
     }
 
-    fn forward(
-        &mut self,
-        req: Resource<RequestCtx>,
-        destination: Option<String>,
-    ) -> Result<Result<(), types::Error>> {
-        self.req(&req)?;
-        Ok(self.push_routing(Action::Forward { destination }))
-    }
-
-    fn max_forwards(
-        &mut self,
-        req: Resource<RequestCtx>,
-        limit: u32,
-    ) -> Result<Result<(), proxy::Rejection>> {
-        let req = self.req_mut(&req)?;
-        Ok(checks::max_forwards(req, limit).map_err(rejection))
-    }
-
-    fn sanity_check(&mut self, req: Resource<RequestCtx>) -> Result<Result<(), proxy::Rejection>> {
-        let req = self.req(&req)?;
-        Ok(sip::sanity_check(&req.msg).map_err(rejection))
-    }
-
-    fn is_myself(&mut self, uri: String) -> Result<bool> {
-        Ok(sip::Uri::parse(&uri).is_ok_and(|uri| self.guest.is_myself(&uri)))
-    }
-
-    fn source_trusted(&mut self, req: Resource<RequestCtx>) -> Result<bool> {
-        Ok(self.req(&req)?.source.trusted)
-    }
-
-    fn parse_uri(&mut self, uri: String) -> Result<Option<proxy::UriParts>> {
-        Ok(sip::Uri::parse(&uri).ok().map(|u| proxy::UriParts {
-            user: u.user,
-            host: match u.host {
-                sip::Host::V6(ip) => ip.to_string(),
-                host => host.to_string(),
-            },
-            port: u.port,
-        }))
-    }
-}
-
-fn rejection(r: sip::Rejection) -> proxy::Rejection {
-    proxy::Rejection {
-        code: r.code,
-        reason: r.reason,
-        headers: r
-            .headers
-            .into_iter()
-            .map(|(name, value)| types::Header {
-                name: name.as_str().to_owned(),
-                value,
-            })
-            .collect(),
-    }
-}
-
-impl rr::Host for HostState {
-    fn record_route(&mut self, req: Resource<RequestCtx>) -> Result<Result<(), types::Error>> {
-        let req = self.req_mut(&req)?;
-        if req.msg.method() == Some(&sip::Method::Register) {
-            return Ok(Err(types::Error::NotAllowed(
-                "REGISTER is never record-routed (RFC 3261 §10.2)".into(),
-            )));
-        }
-        req.record_route = true;
-        Ok(Ok(()))
-    }
-
-    fn loose_route(&mut self, req: Resource<RequestCtx>) -> Result<bool> {
-        let locality = self.guest.locality.clone();
-        let req = self.req_mut(&req)?;
-        let routed = crate::proxy::loose_route(&mut req.msg, &locality);
-        if let Some(flow) = routed.flow {
-            req.dst_uri = Some(flow.uri());
-        }
-        req.route_verified |= routed.verified;
-        Ok(routed.had_route)
-    }
-
-    fn route_verified(&mut self, req: Resource<RequestCtx>) -> Result<bool> {
-        Ok(self.req(&req)?.route_verified)
+    fn remove(&mut self, name: String) -> Result<bool> {
+        Ok(self.vars.values.remove(&name).is_some())
     }
 }
 
@@ -631,8 +486,10 @@ impl config::Host for HostState {
     }
 }
 
-impl log::Host for HostState {
-    fn write(&mut self, level: log::Level, message: String) -> Result<()> {
+impl HostState {
+    /// Writes to the host's log for the tenant, and to the capture of
+    /// `wisp test` when there is one.
+    pub(super) fn log(&self, level: log::Level, message: &str) {
         let tenant = self.guest.tenant.as_str();
         if let Some(capture) = &self.guest.log_capture {
             let name = match level {
@@ -644,7 +501,7 @@ impl log::Host for HostState {
             capture
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push((name.to_owned(), message.clone()));
+                .push((name.to_owned(), message.to_owned()));
         }
         match level {
             log::Level::Error => tracing::error!(tenant, "{message}"),
@@ -652,6 +509,12 @@ impl log::Host for HostState {
             log::Level::Info => tracing::info!(tenant, "{message}"),
             log::Level::Debug => tracing::debug!(tenant, "{message}"),
         }
+    }
+}
+
+impl log::Host for HostState {
+    fn write(&mut self, level: log::Level, message: String) -> Result<()> {
+        self.log(level, &message);
         Ok(())
     }
 }

@@ -6,6 +6,8 @@
 
 mod cache;
 mod call;
+mod decide;
+mod fields;
 mod health;
 mod host_api;
 mod limits;
@@ -22,7 +24,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
 pub use cache::EngineConfig;
-pub use call::{Domains, Guest, HookError, ResponseCtx};
+pub use call::{Domains, Guest, HookError, LogCapture, ResponseCtx};
 pub use health::{HealthCounts, HookTime};
 pub use limits::Limits;
 pub use pool::Pool;
@@ -31,11 +33,18 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "router",
     with: {
-        "wisp:proxy/types.request": crate::proxy::RequestCtx,
-        "wisp:proxy/types.response": call::ResponseCtx,
+        "wisp:proxy/sip.request": crate::proxy::RequestCtx,
+        "wisp:proxy/sip.response": call::ResponseCtx,
+        "wisp:proxy/sip.fields": fields::Fields,
     },
     imports: { default: trappable },
+    // Replies the services hand out are told from the guest's own by
+    // comparing them (see `HostState::issued`).
+    additional_derives: [PartialEq],
 });
+
+/// The version of the `wisp:proxy` package this host implements.
+pub const WIT_VERSION: &str = "0.2.0";
 
 /// How often the epoch advances; hook deadlines are counted in these ticks.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(2);
@@ -127,6 +136,7 @@ impl ScriptEngine {
             .cache
             .component(&self.engine, wasm)
             .with_context(|| format!("{origin}: not a valid wasm component"))?;
+        check_version(&self.engine, &component, origin)?;
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
@@ -167,6 +177,44 @@ impl ScriptEngine {
             .with_context(|| format!("{origin}: cannot instantiate"))?;
         Ok(pool)
     }
+}
+
+/// Refuses a component built against another version of `wisp:proxy`,
+/// before linking: the linker's own error would name one missing function
+/// and leave the operator to guess that the whole contract changed.
+fn check_version(engine: &Engine, component: &Component, origin: &str) -> anyhow::Result<()> {
+    let ty = component.component_type();
+    let names = ty
+        .imports(engine)
+        .map(|(name, _)| name)
+        .chain(ty.exports(engine).map(|(name, _)| name));
+    for name in names {
+        let Some(version) = wit_version(name) else {
+            continue;
+        };
+        if version != WIT_VERSION {
+            anyhow::bail!(
+                "{origin} speaks wisp:proxy@{version}; this wisp speaks wisp:proxy@{WIT_VERSION}: \
+                 rebuild it with the {} SDK",
+                sdk_series(WIT_VERSION)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The version of a `wisp:proxy/<interface>@<version>` name; none for
+/// other packages' names and for names without a version.
+fn wit_version(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix("wisp:proxy/")?;
+    rest.split_once('@').map(|(_, version)| version)
+}
+
+/// "0.2" for "0.2.0": how the SDK releases are named.
+fn sdk_series(version: &str) -> &str {
+    version
+        .rsplit_once('.')
+        .map_or(version, |(series, _)| series)
 }
 
 /// The WASI version wasmtime-wasi links (guests built against any 0.2.x

@@ -13,7 +13,7 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use super::call::{Guest, HookError, HostState, ResponseCtx, StorageTime};
 use super::health::Health;
-use super::{deadline_ticks, ticks, Loaded, Router, RouterPre};
+use super::{deadline_ticks, ticks, Loaded, ReplyVerdict, Router, RouterPre};
 use crate::proxy::{Action, RequestCtx, TxVars};
 use crate::services::StorageError;
 use crate::sip::Message;
@@ -145,8 +145,16 @@ impl Pool {
             self.guest.metrics.suspended.inc();
             return (req, Err(HookError::Suspended(left)));
         }
-        let (req, _, result) = self.call(ROUTE, req, None, vars, |router, store, req, _| {
-            router.call_route(store, req)
+        let (req, _, result) = self.call(ROUTE, req, None, None, vars, |router, store, req, _| {
+            let rep = req.rep();
+            let info = {
+                let state = store.data();
+                let ctx = state.req(&req)?;
+                state.request_info(ctx)
+            };
+            let action = router.call_route(&mut *store, req, &info)?;
+            store.data_mut().decide_route(rep, action);
+            Ok(())
         });
         (req, result)
     }
@@ -158,9 +166,10 @@ impl Pool {
         index: u32,
         vars: &mut TxVars,
     ) -> (RequestCtx, HookResult<()>) {
-        let (req, _, result) = self.call(ON_BRANCH, req, None, vars, |router, store, req, _| {
-            router.call_on_branch(store, req, index)
-        });
+        let (req, _, result) =
+            self.call(ON_BRANCH, req, None, None, vars, |router, store, req, _| {
+                router.call_on_branch(store, req, index)
+            });
         (req, result)
     }
 
@@ -172,15 +181,23 @@ impl Pool {
         source: std::net::SocketAddr,
         vars: &mut TxVars,
     ) -> (RequestCtx, Message, HookResult<bool>) {
-        let (req, res, result) =
-            self.call(ON_REPLY, req, Some(res), vars, |router, store, req, res| {
-                store.data_mut().reply_source = Some(source);
-                router.call_on_reply(store, req, response(res)?)
-            });
+        let (req, res, result) = self.call(
+            ON_REPLY,
+            req,
+            Some(res),
+            Some(source),
+            vars,
+            |router, store, req, res| {
+                let verdict = router.call_on_reply(store, req, response(res)?)?;
+                Ok(verdict == ReplyVerdict::Keep)
+            },
+        );
         (req, res.unwrap_or_else(empty_response), result)
     }
 
-    /// The on-failure hook, with the response that would go upstream.
+    /// The on-failure hook, with the response that would go upstream: no
+    /// action sends it, a `Reply` answers instead, a `Relay` starts new
+    /// branches.
     pub fn on_failure(
         &self,
         req: RequestCtx,
@@ -191,19 +208,27 @@ impl Pool {
             ON_FAILURE,
             req,
             Some(best),
+            None,
             vars,
-            |router, store, req, res| router.call_on_failure(store, req, response(res)?),
+            |router, store, req, res| {
+                let rep = req.rep();
+                let action = router.call_on_failure(&mut *store, req, response(res)?)?;
+                store.data_mut().decide_failure(rep, action);
+                Ok(())
+            },
         );
         (req, res.unwrap_or_else(empty_response), result)
     }
 
     /// Runs one hook on a warm instance: lends the messages and the
-    /// transaction's variables to the store, calls, takes them back.
+    /// transaction's variables to the store, calls, takes them back. A
+    /// hook's decision is read into `actions` by the `hook` closure.
     fn call<T>(
         &self,
         which: usize,
         req: RequestCtx,
         res: Option<Message>,
+        source: Option<std::net::SocketAddr>,
         vars: &mut TxVars,
         hook: impl FnOnce(
             &Router,
@@ -230,7 +255,9 @@ impl Pool {
         state.storage_time = StorageTime::default();
         state.effects = Default::default();
         state.actions.clear();
-        state.reply_source = None;
+        state.issued.clear();
+        // Handles of `fields` taken in earlier calls trap from now on.
+        state.generation = state.generation.wrapping_add(1);
         std::mem::swap(&mut state.vars, vars);
         let req_rep = state
             .table
@@ -240,7 +267,7 @@ impl Pool {
         let res_handle = res.map(|msg| {
             state
                 .table
-                .push(ResponseCtx { msg })
+                .push(ResponseCtx { msg, source })
                 .unwrap_or_else(|e| table_broken(e))
         });
         let res_rep = res_handle.as_ref().map(Resource::rep);

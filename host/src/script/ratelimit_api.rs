@@ -10,6 +10,7 @@ use wasmtime::Result;
 
 use super::call::HostState;
 use super::wisp::proxy::ratelimit;
+use super::wisp::proxy::sip::Error;
 use crate::services::ratelimit::MAX_WINDOW_S;
 
 /// The address a guest names (`endpoint.ip`, IPv6 with or without
@@ -38,11 +39,13 @@ impl ratelimit::Host for HostState {
         Ok(allowed)
     }
 
-    fn ban(&mut self, ip: String, seconds: u32) -> Result<bool> {
+    fn ban(&mut self, ip: String, seconds: u32) -> Result<Result<(), Error>> {
         let Some(addr) = parse_ip(&ip) else {
-            tracing::debug!(tenant = %self.guest.tenant, ip, "ratelimit.ban: not an IP address");
-            return Ok(false);
+            return Ok(Err(Error::Invalid(format!("{ip:?} is not an IP address"))));
         };
+        if seconds == 0 {
+            return Ok(Err(Error::Invalid("a ban of 0 seconds".into())));
+        }
         let duration = Duration::from_secs(u64::from(seconds.min(MAX_WINDOW_S)));
         match self
             .guest
@@ -50,12 +53,14 @@ impl ratelimit::Host for HostState {
             .flood
             .ban_by_tenant(addr, duration, &self.guest.tenant)
         {
-            None => Ok(false),
+            None => Ok(Err(Error::NotAllowed(format!(
+                "{addr} is a trusted source (trusted in the configuration)"
+            )))),
             Some(started) => {
                 if started {
                     self.guest.metrics.ratelimit_bans.inc();
                 }
-                Ok(true)
+                Ok(Ok(()))
             }
         }
     }

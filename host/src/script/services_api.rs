@@ -7,12 +7,15 @@ use std::time::Instant;
 use wasmtime::component::Resource;
 use wasmtime::Result;
 
-use super::call::HostState;
-use super::wisp::proxy::{acc, auth, kv, nat, permissions, proxy, registrar, types};
-use crate::proxy::{Action, BranchTarget, RequestCtx};
+use super::call::{HostState, ResponseCtx};
+use super::host_api::reply;
+use super::wisp::proxy::sip as wit;
+use super::wisp::proxy::{acc, auth, kv, nat, permissions, registrar};
+use crate::proxy::{BranchTarget, RequestCtx};
 use crate::services::auth::{self as digest_auth, Kind, Outcome};
+use crate::services::kv::KvError;
 use crate::services::location::{self, SaveOptions};
-use crate::services::{acc as accounting, nat as nathelper, StorageError, Wait};
+use crate::services::{acc as accounting, nat as nathelper, Wait};
 use crate::sip::{HeaderName, Method, Uri};
 
 /// Contacts one lookup forks to at most (the host's branch limit).
@@ -46,54 +49,8 @@ impl HostState {
         digest_auth::algorithms(self.guest.params.get("AUTH_ALGORITHMS").map(String::as_str))
     }
 
-    fn authorize(
-        &mut self,
-        req: Resource<RequestCtx>,
-        realm: &str,
-        kind: Kind,
-    ) -> Result<auth::Outcome> {
-        let allowed = self.algorithms();
-        let ctx = self.request(&req)?;
-        let started = Instant::now();
-        let outcome = digest_auth::authorize(
-            &self.guest.services,
-            self.tenant(),
-            &ctx.msg,
-            kind,
-            realm,
-            &allowed,
-            started,
-        );
-        self.storage_done(started);
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            // The outcome has no word for it, and a challenge would tell
-            // the UA its password is wrong: the call traps, and the
-            // request is answered 500.
-            Err(err) => {
-                return Err(storage_failure(
-                    "subscriber lookup",
-                    &self.guest.tenant,
-                    err,
-                ))
-            }
-        };
-        let ctx = self.request_mut(&req)?;
-        ctx.auth_stale = outcome == Outcome::Stale;
-        ctx.authenticated |= matches!(outcome, Outcome::Authorized(_));
-        Ok(match outcome {
-            Outcome::Authorized(user) => auth::Outcome::Authorized(user),
-            Outcome::Missing => auth::Outcome::Missing,
-            Outcome::Stale => auth::Outcome::Stale,
-            Outcome::Invalid(why) => {
-                tracing::info!(tenant = %self.guest.tenant, realm, %why, "authentication failed");
-                auth::Outcome::Invalid(why)
-            }
-        })
-    }
-
-    fn challenge(&mut self, req: Resource<RequestCtx>, realm: &str, kind: Kind) -> Result<()> {
-        let stale = self.request(&req)?.auth_stale;
+    /// The challenge to send for `kind` in `realm` (`auth_challenge`).
+    fn challenge(&mut self, realm: &str, kind: Kind, stale: bool) -> wit::Reply {
         let headers = digest_auth::challenge(
             &self.guest.services,
             kind,
@@ -109,39 +66,53 @@ impl HostState {
             Instant::now(),
         );
         let (code, reason) = kind.status();
-        // A reply of the hook's (its text is the host's). The WIT gives a
-        // challenge no error: past the cap the call traps.
-        self.spend_reply("", std::iter::empty())
-            .map_err(|err| wasmtime::Error::msg(format!("challenge: {err}")))?;
-        self.actions.push(Action::Reply {
-            code,
-            reason: reason.to_owned(),
-            headers,
-        });
-        Ok(())
+        self.issue(reply(code, reason, headers))
+    }
+
+    /// A refusal of a service, with its reply kept as the host's.
+    fn refuse(
+        &mut self,
+        code: u16,
+        reason: &str,
+        headers: Vec<(HeaderName, String)>,
+    ) -> wit::Error {
+        wit::Error::Refused(self.issue(reply(code, reason, headers)))
+    }
+
+    /// The registrar's settings for a save: the routing's, else the tenant
+    /// params, else Kamailio's defaults; the tenant's limits bound them.
+    fn save_options(&self, options: &registrar::SaveOptions) -> SaveOptions {
+        let defaults = SaveOptions::default();
+        let pick = |given: Option<u32>, param: &str, default: u32| {
+            given.or_else(|| self.param_u32(param)).unwrap_or(default)
+        };
+        let bound = self.guest.limits.max_bindings_per_aor;
+        SaveOptions {
+            persistent: options.flags.contains(registrar::SaveFlags::PERSISTENT),
+            nat: options.flags.contains(registrar::SaveFlags::NAT),
+            default_expires: pick(
+                options.default_expires,
+                "REG_DEFAULT_EXPIRES",
+                defaults.default_expires,
+            ),
+            min_expires: pick(options.min_expires, "REG_MIN_EXPIRES", defaults.min_expires),
+            max_expires: pick(options.max_expires, "REG_MAX_EXPIRES", defaults.max_expires),
+            // The tenant's bound holds whatever the routing asks; 0 is no
+            // number of contacts, so the bound.
+            max_contacts: match pick(options.max_contacts, "REG_MAX_CONTACTS", bound) {
+                0 => bound,
+                n => n.min(bound),
+            },
+            max_aors: self.guest.limits.max_aors,
+        }
     }
 }
 
-/// The error that traps a hook whose service call met a storage failure
-/// it cannot report (the request is answered 500). It carries the
-/// [`StorageError`], for whoever wants to tell it from a guest's fault.
-fn storage_failure(what: &str, tenant: &str, err: StorageError) -> wasmtime::Error {
-    tracing::warn!(tenant, %err, "{what} failed; the request is answered 500");
-    wasmtime::Error::new(err).context(format!("{what} failed"))
-}
-
-fn rejection(code: u16, reason: String, headers: Vec<(HeaderName, String)>) -> proxy::Rejection {
-    proxy::Rejection {
-        code,
-        reason,
-        headers: headers
-            .into_iter()
-            .map(|(name, value)| types::Header {
-                name: name.as_str().to_owned(),
-                value,
-            })
-            .collect(),
-    }
+/// The error of a service whose storage failed: the guest answers 500
+/// (the SDKs do), nothing was changed.
+fn unavailable(what: &str, tenant: &str, err: impl std::fmt::Display) -> wit::Error {
+    tracing::warn!(tenant, %err, "{what} failed");
+    wit::Error::Unavailable(format!("{what} failed: {err}"))
 }
 
 impl registrar::Host for HostState {
@@ -149,37 +120,15 @@ impl registrar::Host for HostState {
         &mut self,
         req: Resource<RequestCtx>,
         options: registrar::SaveOptions,
-    ) -> Result<Result<u32, proxy::Rejection>> {
+    ) -> Result<Result<wit::Reply, wit::Error>> {
         let ctx = self.request(&req)?;
         if ctx.msg.method() != Some(&Method::Register) {
-            return Ok(Err(rejection(
-                500,
-                "Server Internal Error (save on a request other than REGISTER)".into(),
-                vec![],
+            return Ok(Err(wit::Error::NotAllowed(
+                "registrar.save takes a REGISTER".into(),
             )));
         }
-        // The answer is a reply of the hook's: none left, nothing is saved.
-        if self.effects.replies >= self.guest.limits.replies_per_hook {
-            return Ok(Err(rejection(
-                500,
-                "Server Internal Error (replies_per_hook reached)".into(),
-                vec![],
-            )));
-        }
+        let opts = self.save_options(&options);
         let ctx = self.request(&req)?;
-        let opts = SaveOptions {
-            persistent: options.persistent,
-            nat: options.nat,
-            default_expires: options.default_expires,
-            min_expires: options.min_expires,
-            max_expires: options.max_expires,
-            // The tenant's bound holds whatever the routing asks.
-            max_contacts: match options.max_contacts {
-                0 => self.guest.limits.max_bindings_per_aor,
-                n => n.min(self.guest.limits.max_bindings_per_aor),
-            },
-            max_aors: self.guest.limits.max_aors,
-        };
         // Where it came from is where its requests go: behind NAT when the
         // script says so, and always on a flow (a WebSocket, whose Contact
         // host is `*.invalid`, RFC 7118 §5.2: only that connection reaches it).
@@ -193,7 +142,7 @@ impl registrar::Host for HostState {
                 .filter_map(|c| crate::sip::NameAddr::parse(c).ok())
                 .any(|c| c.param("reg-id").is_some());
         let flow = !ctx.source.transport.can_connect() || outbound;
-        let received = (options.nat || flow).then(|| {
+        let received = (opts.nat || flow).then(|| {
             let uri = nathelper::received_uri(ctx.source.remote, ctx.source.transport);
             if flow {
                 format!("{uri};ob")
@@ -222,32 +171,26 @@ impl registrar::Host for HostState {
                 }
                 // RFC 3261 §10.3 step 8: the registrar's time, for UAs without a clock.
                 headers.push((HeaderName::Other("Date".into()), location::http_date(now)));
-                let count = u32::try_from(bindings.len()).unwrap_or(u32::MAX);
                 tracing::debug!(
                     target: "wisp::registrar",
                     tenant = %self.guest.tenant,
                     to = ctx.msg.header(&HeaderName::To).unwrap_or_default(),
-                    bindings = count,
+                    bindings = bindings.len(),
                     "bindings saved"
                 );
-                // Checked before the save; the contacts are the host's, not
-                // the guest's text.
-                self.effects.replies += 1;
-                self.actions.push(Action::Reply {
-                    code: 200,
-                    reason: "OK".into(),
-                    headers,
-                });
-                Ok(Ok(count))
+                Ok(Ok(self.issue(reply(200, "OK", headers))))
             }
+            // Overloaded storage is the 503 the UA may retry; failed
+            // storage is for the routing to answer (500).
+            Err(location::SaveError::Storage(err)) if !err.is_overload() => Ok(Err(unavailable(
+                "saving a registration",
+                &self.guest.tenant,
+                err,
+            ))),
             Err(err) => {
-                if matches!(err, location::SaveError::Storage(_)) {
-                    tracing::warn!(tenant = %self.guest.tenant, %err, "cannot save a registration");
-                } else {
-                    tracing::info!(tenant = %self.guest.tenant, %err, "REGISTER refused");
-                }
+                tracing::info!(tenant = %self.guest.tenant, %err, "REGISTER refused");
                 let (code, reason, headers) = err.reply();
-                Ok(Err(rejection(code, reason, headers)))
+                Ok(Err(self.refuse(code, &reason, headers)))
             }
         }
     }
@@ -255,7 +198,7 @@ impl registrar::Host for HostState {
     fn lookup(
         &mut self,
         req: Resource<RequestCtx>,
-    ) -> Result<Result<registrar::Located, registrar::LookupError>> {
+    ) -> Result<Result<registrar::Located, wit::Error>> {
         let ctx = self.request(&req)?;
         let Some(aor) = ctx
             .msg
@@ -263,7 +206,7 @@ impl registrar::Host for HostState {
             .and_then(|u| Uri::parse(u).ok())
             .and_then(|u| location::aor_of(&u))
         else {
-            return Ok(Err(registrar::LookupError::NotFound));
+            return Ok(Err(self.refuse(404, "Not Found", Vec::new())));
         };
         let method = ctx
             .msg
@@ -280,27 +223,38 @@ impl registrar::Host for HostState {
         self.storage_done(started);
         let bindings = match bindings {
             Ok(b) => b,
-            Err(err) => {
-                tracing::warn!(tenant = %self.guest.tenant, %err, "location lookup failed");
-                return Ok(Err(registrar::LookupError::Storage));
-            }
+            Err(err) => return Ok(Err(unavailable("location lookup", &self.guest.tenant, err))),
         };
         if bindings.is_empty() {
-            return Ok(Err(registrar::LookupError::NotFound));
+            return Ok(Err(self.refuse(404, "Not Found", Vec::new())));
         }
-        let allowed: Vec<_> = bindings
-            .into_iter()
-            .filter(|b| b.methods.is_empty() || b.methods.contains(&method))
-            .take(MAX_LOOKUP_CONTACTS)
-            .collect();
+        let mut methods: Vec<String> = Vec::new();
+        let mut allowed = Vec::new();
+        for b in bindings {
+            if b.methods.is_empty() || b.methods.contains(&method) {
+                if allowed.len() < MAX_LOOKUP_CONTACTS {
+                    allowed.push(b);
+                }
+            } else {
+                for m in &b.methods {
+                    if !methods.contains(m) {
+                        methods.push(m.clone());
+                    }
+                }
+            }
+        }
         let Some(first) = allowed.first() else {
-            return Ok(Err(registrar::LookupError::MethodNotAllowed));
+            // RFC 3261 §21.4.6: a 405 lists what is allowed.
+            let allow = vec![(HeaderName::Allow, methods.join(", "))];
+            return Ok(Err(self.refuse(405, "Method Not Allowed", allow)));
         };
         let nat = first.nat;
         let ctx = self.request_mut(&req)?;
         if let Err(err) = ctx.msg.set_uri(&first.contact) {
             tracing::warn!(%err, contact = %first.contact, "stored contact is not a valid URI");
-            return Ok(Err(registrar::LookupError::Storage));
+            return Ok(Err(wit::Error::Unavailable(format!(
+                "a stored contact is not a valid URI: {err}"
+            ))));
         }
         // A Path takes the request to the edge proxy, which knows the way
         // (RFC 3327); otherwise a NAT binding goes to where it registered from.
@@ -326,7 +280,7 @@ impl registrar::Host for HostState {
         }))
     }
 
-    fn unregister(&mut self, user: String) -> Result<Result<u32, String>> {
+    fn unregister(&mut self, user: String) -> Result<Result<u32, wit::Error>> {
         let started = Instant::now();
         let removed = location::unregister(
             &self.guest.services.storage,
@@ -335,12 +289,13 @@ impl registrar::Host for HostState {
             self.storage_wait(),
         );
         self.storage_done(started);
-        Ok(removed
-            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
-            .map_err(|e| e.to_string()))
+        Ok(match removed {
+            Ok(n) => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
+            Err(err) => Err(unavailable("unregister", &self.guest.tenant, err)),
+        })
     }
 
-    fn registered(&mut self, user: String) -> Result<bool> {
+    fn registered(&mut self, user: String) -> Result<Result<bool, wit::Error>> {
         let started = Instant::now();
         let bindings = location::lookup(
             &self.guest.services.storage,
@@ -349,34 +304,67 @@ impl registrar::Host for HostState {
             location::unix_now(),
         );
         self.storage_done(started);
-        match bindings {
+        // A failed lookup is not "not registered".
+        Ok(match bindings {
             Ok(bindings) => Ok(!bindings.is_empty()),
-            // A failed lookup is not "not registered"; the WIT's bool has
-            // no room for an error: the call traps (500).
-            Err(err) => Err(storage_failure("location lookup", &self.guest.tenant, err)),
-        }
+            Err(err) => Err(unavailable("location lookup", &self.guest.tenant, err)),
+        })
     }
 }
 
 impl auth::Host for HostState {
-    fn www_authorize(&mut self, req: Resource<RequestCtx>, realm: String) -> Result<auth::Outcome> {
-        self.authorize(req, &realm, Kind::Www)
-    }
-
-    fn proxy_authorize(
+    /// Kamailio's `auth_check`: a REGISTER is checked against its
+    /// Authorization and challenged with a 401, anything else against
+    /// Proxy-Authorization with a 407.
+    fn authorize(
         &mut self,
         req: Resource<RequestCtx>,
         realm: String,
-    ) -> Result<auth::Outcome> {
-        self.authorize(req, &realm, Kind::Proxy)
-    }
-
-    fn www_challenge(&mut self, req: Resource<RequestCtx>, realm: String) -> Result<()> {
-        self.challenge(req, &realm, Kind::Www)
-    }
-
-    fn proxy_challenge(&mut self, req: Resource<RequestCtx>, realm: String) -> Result<()> {
-        self.challenge(req, &realm, Kind::Proxy)
+    ) -> Result<Result<String, wit::Error>> {
+        let allowed = self.algorithms();
+        let ctx = self.request(&req)?;
+        let kind = if ctx.msg.method() == Some(&Method::Register) {
+            Kind::Www
+        } else {
+            Kind::Proxy
+        };
+        let started = Instant::now();
+        let outcome = digest_auth::authorize(
+            &self.guest.services,
+            self.tenant(),
+            &ctx.msg,
+            kind,
+            &realm,
+            &allowed,
+            started,
+        );
+        self.storage_done(started);
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            // Not a challenge: that would tell the UA its password is wrong.
+            Err(err) => {
+                return Ok(Err(unavailable(
+                    "subscriber lookup",
+                    &self.guest.tenant,
+                    err,
+                )))
+            }
+        };
+        let stale = match outcome {
+            Outcome::Authorized(user) => {
+                self.request_mut(&req)?.authenticated = true;
+                return Ok(Ok(user));
+            }
+            Outcome::Missing => false,
+            Outcome::Stale => true,
+            Outcome::Invalid(why) => {
+                tracing::info!(tenant = %self.guest.tenant, realm, %why, "authentication failed");
+                false
+            }
+        };
+        Ok(Err(wit::Error::Refused(
+            self.challenge(&realm, kind, stale),
+        )))
     }
 
     fn consume_credentials(&mut self, req: Resource<RequestCtx>) -> Result<()> {
@@ -387,10 +375,17 @@ impl auth::Host for HostState {
     }
 }
 
-/// The WIT gives `set` and `incr` no error: a write the store refuses
-/// (past the tenant's `kv_keys` or `kv_bytes`, a key or value too long)
-/// changes nothing; `incr` then answers 0. The store warns when a tenant
-/// reaches its quota.
+/// A refusal of the key-value store: past the quota is not allowed; a key
+/// or value too long, or a value that is no integer, is invalid.
+fn kv_error(err: KvError) -> wit::Error {
+    match err {
+        KvError::Quota { .. } => {
+            wit::Error::NotAllowed(format!("{err} (limits.kv_keys, limits.kv_bytes)"))
+        }
+        _ => wit::Error::Invalid(err.to_string()),
+    }
+}
+
 impl kv::Host for HostState {
     fn get(&mut self, key: String) -> Result<Option<String>> {
         Ok(self
@@ -400,7 +395,12 @@ impl kv::Host for HostState {
             .get(self.tenant(), &key, Instant::now()))
     }
 
-    fn set(&mut self, key: String, value: String, ttl_seconds: u32) -> Result<()> {
+    fn set(
+        &mut self,
+        key: String,
+        value: String,
+        ttl_seconds: Option<u32>,
+    ) -> Result<Result<(), wit::Error>> {
         let quota = self.guest.limits.kv_quota();
         let stored = self.guest.services.kv.set(
             self.tenant(),
@@ -410,10 +410,7 @@ impl kv::Host for HostState {
             ttl_seconds,
             Instant::now(),
         );
-        if let Err(err) = stored {
-            tracing::debug!(tenant = %self.guest.tenant, %err, "kv: set refused");
-        }
-        Ok(())
+        Ok(stored.map_err(kv_error))
     }
 
     fn delete(&mut self, key: String) -> Result<bool> {
@@ -424,7 +421,12 @@ impl kv::Host for HostState {
             .delete(self.tenant(), &key, Instant::now()))
     }
 
-    fn incr(&mut self, key: String, delta: i64, ttl_seconds: u32) -> Result<i64> {
+    fn incr(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_seconds: Option<u32>,
+    ) -> Result<Result<i64, wit::Error>> {
         let quota = self.guest.limits.kv_quota();
         let counted = self.guest.services.kv.incr(
             self.tenant(),
@@ -434,10 +436,7 @@ impl kv::Host for HostState {
             ttl_seconds,
             Instant::now(),
         );
-        Ok(counted.unwrap_or_else(|err| {
-            tracing::debug!(tenant = %self.guest.tenant, %err, "kv: incr refused");
-            0
-        }))
+        Ok(counted.map_err(kv_error))
     }
 }
 
@@ -449,8 +448,18 @@ impl permissions::Host for HostState {
 }
 
 impl nat::Host for HostState {
-    fn uac_test(&mut self, req: Resource<RequestCtx>, flags: u32) -> Result<bool> {
+    fn uac_test(&mut self, req: Resource<RequestCtx>, signs: nat::NatSigns) -> Result<bool> {
         let ctx = self.request(&req)?;
+        // nathelper's bits for nat_uac_test.
+        let flags = [
+            (nat::NatSigns::PRIVATE_CONTACT, 1),
+            (nat::NatSigns::VIA_ADDRESS_DIFFERS, 2),
+            (nat::NatSigns::PRIVATE_VIA, 4),
+            (nat::NatSigns::VIA_PORT_DIFFERS, 16),
+        ]
+        .into_iter()
+        .filter(|(sign, _)| signs.contains(*sign))
+        .fold(0, |bits, (_, bit)| bits | bit);
         Ok(nathelper::uac_test(&ctx.msg, ctx.source.remote, flags))
     }
 
@@ -460,11 +469,11 @@ impl nat::Host for HostState {
         Ok(nathelper::fix_contact(&mut ctx.msg, source))
     }
 
-    fn fix_reply_contact(&mut self, res: Resource<super::call::ResponseCtx>) -> Result<bool> {
-        let Some(source) = self.reply_source else {
+    fn fix_reply_contact(&mut self, res: Resource<ResponseCtx>) -> Result<bool> {
+        let res: &mut ResponseCtx = self.table.get_mut(&res)?;
+        let Some(source) = res.source else {
             return Ok(false);
         };
-        let res: &mut super::call::ResponseCtx = self.table.get_mut(&res)?;
         Ok(nathelper::fix_contact(&mut res.msg, source))
     }
 
@@ -481,14 +490,14 @@ impl acc::Host for HostState {
         &mut self,
         req: Resource<RequestCtx>,
         event: acc::Event,
-        res: Resource<super::call::ResponseCtx>,
+        res: Resource<ResponseCtx>,
     ) -> Result<()> {
         let event = match event {
             acc::Event::Start => accounting::Event::Start,
             acc::Event::Stop => accounting::Event::Stop,
             acc::Event::Failed => accounting::Event::Failed,
         };
-        let res: &super::call::ResponseCtx = self.table.get(&res)?;
+        let res: &ResponseCtx = self.table.get(&res)?;
         self.request(&req)?;
         if !accounting::wanted() {
             return Ok(());

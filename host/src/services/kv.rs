@@ -49,6 +49,9 @@ pub enum KvError {
     ValueTooLong(usize),
     #[error("kv quota reached ({keys} keys, {bytes} bytes at most)")]
     Quota { keys: usize, bytes: usize },
+    /// `incr` on a value that is not an integer.
+    #[error("kv value of {0} is not an integer")]
+    NotInteger(String),
 }
 
 struct Entry {
@@ -219,8 +222,10 @@ impl Default for Kv {
     }
 }
 
-fn expiry(now: Instant, ttl_seconds: u32) -> Option<Instant> {
-    (ttl_seconds > 0).then(|| now + Duration::from_secs(u64::from(ttl_seconds)))
+/// When a key set now for `ttl_seconds` expires; none: never (until the
+/// proxy stops). A TTL of 0 has expired already.
+fn expiry(now: Instant, ttl_seconds: Option<u32>) -> Option<Instant> {
+    ttl_seconds.map(|ttl| now + Duration::from_secs(u64::from(ttl)))
 }
 
 impl Kv {
@@ -266,7 +271,7 @@ impl Kv {
         quota: Quota,
         key: &str,
         value: &str,
-        ttl_seconds: u32,
+        ttl_seconds: Option<u32>,
         now: Instant,
     ) -> Result<(), KvError> {
         check_key(key)?;
@@ -299,22 +304,26 @@ impl Kv {
         entry.live(now)
     }
 
-    /// Adds `delta` to an integer value (missing, expired or not a number:
-    /// 0); a new key gets `ttl_seconds`, an existing one keeps its expiry.
+    /// Adds `delta` to an integer value (missing or expired: 0); a new key
+    /// gets `ttl_seconds`, an existing one keeps its expiry. A value that
+    /// is not an integer is left as it is.
     pub fn incr(
         &self,
         tenant: &str,
         quota: Quota,
         key: &str,
         delta: i64,
-        ttl_seconds: u32,
+        ttl_seconds: Option<u32>,
         now: Instant,
     ) -> Result<i64, KvError> {
         check_key(key)?;
         let store = self.store_for_write(tenant);
         let mut table = self.lock(&store, key);
         let (current, expires) = match table.keys.get(key) {
-            Some(e) if e.live(now) => (e.value.parse::<i64>().unwrap_or(0), e.expires),
+            Some(e) if e.live(now) => match e.value.trim().parse::<i64>() {
+                Ok(n) => (n, e.expires),
+                Err(_) => return Err(KvError::NotInteger(format!("{key:?}"))),
+            },
             _ => (0, expiry(now, ttl_seconds)),
         };
         let value = current.saturating_add(delta);
@@ -407,27 +416,37 @@ mod tests {
     fn values_expire_and_tenants_are_apart() {
         let kv = Kv::default();
         let t0 = Instant::now();
-        assert!(kv.set("a", QUOTA, "k", "v", 10, t0).is_ok());
-        assert!(kv.set("a", QUOTA, "forever", "x", 0, t0).is_ok());
+        assert!(kv.set("a", QUOTA, "k", "v", Some(10), t0).is_ok());
+        assert!(kv.set("a", QUOTA, "forever", "x", None, t0).is_ok());
         assert_eq!(kv.get("a", "k", t0).as_deref(), Some("v"));
         assert_eq!(kv.get("b", "k", t0), None);
         let later = t0 + Duration::from_secs(10);
         assert_eq!(kv.get("a", "k", later), None);
         assert_eq!(kv.get("a", "forever", later).as_deref(), Some("x"));
-        assert_eq!(kv.incr("a", QUOTA, "n", 2, 5, t0), Ok(2));
-        assert_eq!(kv.incr("a", QUOTA, "n", -5, 5, t0), Ok(-3));
+        assert_eq!(kv.incr("a", QUOTA, "n", 2, Some(5), t0), Ok(2));
+        assert_eq!(kv.incr("a", QUOTA, "n", -5, Some(5), t0), Ok(-3));
         assert_eq!(
-            kv.incr("a", QUOTA, "n", 1, 5, t0 + Duration::from_secs(5)),
+            kv.incr("a", QUOTA, "n", 1, Some(5), t0 + Duration::from_secs(5)),
             Ok(1)
         );
+        assert!(
+            matches!(
+                kv.incr("a", QUOTA, "k", 1, None, t0),
+                Err(KvError::NotInteger(_))
+            ),
+            "a value that is no integer is not counted from 0"
+        );
+        assert_eq!(kv.get("a", "k", t0).as_deref(), Some("v"), "and stays");
+        assert!(kv.set("a", QUOTA, "gone", "x", Some(0), t0).is_ok());
+        assert_eq!(kv.get("a", "gone", t0), None, "a TTL of 0 has expired");
         assert!(kv.delete("a", "forever", later));
         assert!(!kv.delete("a", "forever", later));
         assert_eq!(
-            kv.set("a", QUOTA, &"k".repeat(MAX_KEY_LEN + 1), "v", 0, t0),
+            kv.set("a", QUOTA, &"k".repeat(MAX_KEY_LEN + 1), "v", None, t0),
             Err(KvError::KeyTooLong(MAX_KEY_LEN + 1))
         );
         assert_eq!(
-            kv.set("a", QUOTA, "k", &"v".repeat(MAX_VALUE_LEN + 1), 0, t0),
+            kv.set("a", QUOTA, "k", &"v".repeat(MAX_VALUE_LEN + 1), None, t0),
             Err(KvError::ValueTooLong(MAX_VALUE_LEN + 1))
         );
         kv.purge(later);
@@ -441,25 +460,28 @@ mod tests {
         let kv = Kv::default();
         let t0 = Instant::now();
         let kept = (0..2 * QUOTA.keys)
-            .filter(|i| kv.set("a", QUOTA, &i.to_string(), "v", 10, t0).is_ok())
+            .filter(|i| {
+                kv.set("a", QUOTA, &i.to_string(), "v", Some(10), t0)
+                    .is_ok()
+            })
             .count();
         assert_eq!(kept, QUOTA.keys);
         assert_eq!(kv.len("a"), QUOTA.keys);
         assert_eq!(
-            kv.set("a", QUOTA, "one more", "v", 0, t0),
+            kv.set("a", QUOTA, "one more", "v", None, t0),
             Err(KvError::Quota {
                 keys: QUOTA.keys,
                 bytes: QUOTA.bytes
             })
         );
-        assert!(kv.incr("a", QUOTA, "one more", 1, 0, t0).is_err());
+        assert!(kv.incr("a", QUOTA, "one more", 1, None, t0).is_err());
         // A key already there can still change.
-        assert!(kv.set("a", QUOTA, "0", "w", 10, t0).is_ok());
-        assert!(kv.set("b", QUOTA, "k", "v", 0, t0).is_ok());
+        assert!(kv.set("a", QUOTA, "0", "w", Some(10), t0).is_ok());
+        assert!(kv.set("b", QUOTA, "k", "v", None, t0).is_ok());
         // Once they expire, their room is free again: the purge sweeps
         // them all, a write sweeps its own shard.
         let later = t0 + Duration::from_secs(10);
-        assert!(kv.set("a", QUOTA, "one more", "v", 0, later).is_ok());
+        assert!(kv.set("a", QUOTA, "one more", "v", None, later).is_ok());
         kv.purge(later);
         assert_eq!(kv.len("a"), 1);
         assert_eq!(kv.bytes("a"), cost("one more", "v"));
@@ -483,14 +505,14 @@ mod tests {
         };
         let big = "x".repeat(MAX_VALUE_LEN);
         let kept = (0..100)
-            .filter(|i| kv.set("a", quota, &format!("k{i}"), &big, 0, t0).is_ok())
+            .filter(|i| kv.set("a", quota, &format!("k{i}"), &big, None, t0).is_ok())
             .count();
         let each = cost("k10", &big);
         assert!(kept >= (64 << 10) / (each + 1) - 1, "{kept}");
         assert!(kv.bytes("a") <= quota.bytes, "{}", kv.bytes("a"));
-        assert!(kv.set("a", quota, "k0", "short", 0, t0).is_ok());
-        assert!(kv.set("a", quota, "k-new", &big, 0, t0).is_ok());
-        assert!(kv.set("a", quota, "k-new2", &big, 0, t0).is_err());
+        assert!(kv.set("a", quota, "k0", "short", None, t0).is_ok());
+        assert!(kv.set("a", quota, "k-new", &big, None, t0).is_ok());
+        assert!(kv.set("a", quota, "k-new2", &big, None, t0).is_err());
         assert!(kv.bytes("a") <= quota.bytes);
         assert_eq!(kv.bytes("b"), 0);
     }
@@ -510,12 +532,12 @@ mod tests {
                 let kv = &kv;
                 s.spawn(move || {
                     for i in 0..1000 {
-                        kv.incr("a", quota, "total", 1, 0, t0).expect("room");
-                        kv.incr("a", quota, &format!("k{}", i % 50), 1, 0, t0)
+                        kv.incr("a", quota, "total", 1, None, t0).expect("room");
+                        kv.incr("a", quota, &format!("k{}", i % 50), 1, None, t0)
                             .expect("room");
-                        kv.set("a", quota, &format!("t{t}-{i}"), "x", 0, t0)
+                        kv.set("a", quota, &format!("t{t}-{i}"), "x", None, t0)
                             .expect("room");
-                        kv.set("b", quota, &format!("t{t}-{i}"), "x", 0, t0)
+                        kv.set("b", quota, &format!("t{t}-{i}"), "x", None, t0)
                             .expect("room");
                     }
                 });
