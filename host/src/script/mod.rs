@@ -254,3 +254,81 @@ pub(crate) fn ticks(time: Duration) -> u64 {
         .unwrap_or(u64::MAX)
         .max(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine() -> (tempfile::TempDir, Arc<ScriptEngine>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = ScriptEngine::new(Some(dir.path().to_owned())).expect("engine");
+        (dir, engine)
+    }
+
+    fn load_error(wasm: &[u8], origin: &str) -> String {
+        let (_dir, engine) = engine();
+        match engine.load(wasm, origin) {
+            Ok(_) => panic!("{origin} loaded"),
+            Err(err) => format!("{err:#}"),
+        }
+    }
+
+    /// The bundled routing as built on wisp:proxy@0.1.0 (the last release
+    /// of that contract) is refused before linking, with both versions
+    /// named, not with the linker's complaint about one function.
+    #[test]
+    fn a_component_of_another_version_is_refused_at_load() {
+        let old = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/router-0.1.wasm"
+        ))
+        .expect("tests/data/router-0.1.wasm");
+        assert_eq!(
+            load_error(&old, "route.wasm"),
+            "route.wasm speaks wisp:proxy@0.1.0; this wisp speaks wisp:proxy@0.2.0: \
+             rebuild it with the 0.2 SDK"
+        );
+    }
+
+    #[test]
+    fn other_load_errors_say_what_is_wrong() {
+        let err = load_error(b"not wasm at all", "junk.wasm");
+        assert!(
+            err.starts_with("junk.wasm: not a valid wasm component"),
+            "{err}"
+        );
+        // A core module is wasm but no component.
+        let err = load_error(b"\0asm\x01\0\0\0", "core.wasm");
+        assert!(
+            err.starts_with("core.wasm: not a valid wasm component"),
+            "{err}"
+        );
+        // A component of no wisp:proxy version that exports no hooks.
+        let err = load_error(b"\0asm\x0d\0\x01\0", "empty.wasm");
+        assert!(
+            err.starts_with(
+                "empty.wasm: the component does not export the wisp:proxy/router hooks"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn versions_are_read_from_wisp_proxy_names_only() {
+        assert_eq!(wit_version("wisp:proxy/sip@0.2.0"), Some("0.2.0"));
+        assert_eq!(wit_version("wisp:proxy/types@0.1.0"), Some("0.1.0"));
+        assert_eq!(wit_version("wasi:io/poll@0.2.6"), None);
+        assert_eq!(wit_version("wisp:proxy/sip"), None);
+        assert_eq!(wit_version("route"), None);
+        assert_eq!(sdk_series("0.2.0"), "0.2");
+    }
+
+    /// The bundled routing speaks this host's version.
+    #[test]
+    fn the_bundled_routing_loads() {
+        let (_dir, engine) = engine();
+        if let Err(err) = engine.load(DEFAULT_COMPONENT, "bundled") {
+            panic!("{err:#}");
+        }
+    }
+}
