@@ -9,9 +9,11 @@
 //! One idea per file: `format` (the TOML), `message` (SIP text and
 //! addresses), `pcap` (messages from captures), `seed` (the services'
 //! starting state), `credentials` (digest answers to a challenge), `run`
-//! (hooks called, outcomes read), `diff` (expected against got).
+//! (hooks called, outcomes read), `dialog` (the Record-Route of a
+//! dialog, for in-dialog cases), `diff` (expected against got).
 
 mod credentials;
+mod dialog;
 mod diff;
 mod format;
 mod message;

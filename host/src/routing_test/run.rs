@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::credentials::{self, Challenge, NonceCounts};
+use super::dialog;
 use super::format::{Case, CaseFile, Hook, ResponseSpec};
 use super::message::{self, Address, Fill};
 use super::pcap;
@@ -117,6 +118,7 @@ pub struct FileRun {
     pool: Pool,
     log: Arc<Mutex<Vec<(String, String)>>>,
     trusted: Trusted,
+    locality: Arc<Locality>,
     /// Passwords of the file's subscribers, by (user, realm).
     passwords: BTreeMap<(String, String), String>,
     dir: PathBuf,
@@ -162,12 +164,13 @@ impl FileRun {
             .map_err(|e| SetupError(format!("IPAUTH_ALLOW: {e}")))?;
         let seeded = seed::seed(file, &tenant, &limits).map_err(SetupError)?;
         let log = Arc::new(Mutex::new(Vec::new()));
+        let locality = Arc::new(Locality::new(listeners, file.aliases.clone()));
         let guest = Arc::new(Guest {
             tenant: tenant.clone(),
             version: 1,
             params: params.clone(),
             limits,
-            locality: Arc::new(Locality::new(listeners, file.aliases.clone())),
+            locality: locality.clone(),
             metrics: wisp::metrics::Metrics::new().tenant(&tenant),
             services: seeded.services.clone(),
             allow,
@@ -182,6 +185,7 @@ impl FileRun {
             pool,
             log,
             trusted,
+            locality,
             passwords: file
                 .subscribers
                 .iter()
@@ -319,8 +323,19 @@ impl FileRun {
                     tag: &tag,
                     cseq: u32::try_from(index + 1).unwrap_or(u32::MAX),
                 };
-                let complete = case.complete.unwrap_or(true);
-                let msg = message::request(text, complete.then_some(&fill)).map_err(SetupError)?;
+                let fill = case.complete.unwrap_or(true).then_some(&fill);
+                let msg = if text.contains(dialog::PLACEHOLDER) {
+                    // The entry depends on the Call-ID, which may be filled in.
+                    let stand_in = text.replace(dialog::PLACEHOLDER, "<sip:stand-in.invalid;lr>");
+                    let msg = message::request(&stand_in, fill).map_err(SetupError)?;
+                    let call_id = msg.call_id().unwrap_or_default();
+                    let rr = dialog::record_route(&self.locality, call_id, source.addr)
+                        .map_err(SetupError)?;
+                    message::request(&text.replace(dialog::PLACEHOLDER, &rr), fill)
+                        .map_err(SetupError)?
+                } else {
+                    message::request(text, fill).map_err(SetupError)?
+                };
                 (msg, source)
             }
             (None, Some(file)) => {
