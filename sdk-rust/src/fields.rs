@@ -1,7 +1,7 @@
 //! Headers and body, one API for requests and responses.
 
 use crate::bindings::wisp::proxy::sip;
-use crate::Result;
+use crate::{Error, Result};
 
 /// The headers and body of one message (the `sip.fields` resource). A
 /// [`Request`](crate::Request) or [`Response`](crate::Response) takes it
@@ -52,17 +52,17 @@ pub trait Message {
 
     /// Adds a header after the others (`append_hf("Name: value\r\n")`).
     fn append_header(&self, name: &str, value: &str) -> Result<()> {
-        self.fields().0.append(name, value)
+        self.fields().0.append(name, value).map_err(Error::from)
     }
 
     /// Replaces every header of that name with one holding `value`.
     fn set_header(&self, name: &str, value: &str) -> Result<()> {
-        self.fields().0.set(name, value)
+        self.fields().0.set(name, value).map_err(Error::from)
     }
 
     /// Removes every header of that name (`remove_hf`); how many there were.
     fn remove_header(&self, name: &str) -> Result<u32> {
-        self.fields().0.remove(name)
+        self.fields().0.remove(name).map_err(Error::from)
     }
 
     /// The body (`$rb`).
@@ -74,7 +74,10 @@ pub trait Message {
     /// keeps the one there; an empty body removes it). Content-Length is
     /// the host's.
     fn set_body(&self, content_type: Option<&str>, body: &[u8]) -> Result<()> {
-        self.fields().0.set_body(content_type, body)
+        self.fields()
+            .0
+            .set_body(content_type, body)
+            .map_err(Error::from)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::bindings::wisp::proxy::sip::{Action, Error, Header, Relay, Reply};
+use crate::bindings::wisp::proxy::sip::{self, Action, Header, Relay, Reply};
 
 /// The result of a host call that can fail.
 pub type Result<T, E = Error> = core::result::Result<T, E>;
@@ -20,6 +20,53 @@ pub enum Exit {
     /// A host call failed: logged, then answered 500 in `route`, the best
     /// response sent upstream in `on_failure`.
     Failed(Error),
+}
+
+/// Why a host call did not do what it was asked (the WIT's `sip.error`,
+/// with a readable `Display`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// An argument was not acceptable: a malformed URI, a header name that
+    /// is not a token, CR or LF in a value. The text says which.
+    Invalid(String),
+    /// Not allowed here: a header the host owns, a call the current hook
+    /// may not make, or one past a limit of the tenant (named in the text).
+    NotAllowed(String),
+    /// A service could not answer: its storage failed or is busy.
+    Unavailable(String),
+    /// The request is refused, and this is the reply it calls for; `?`
+    /// in a hook answers it.
+    Refused(Reply),
+}
+
+impl From<sip::Error> for Error {
+    fn from(err: sip::Error) -> Self {
+        match err {
+            sip::Error::Invalid(m) => Error::Invalid(m),
+            sip::Error::NotAllowed(m) => Error::NotAllowed(m),
+            sip::Error::Unavailable(m) => Error::Unavailable(m),
+            sip::Error::Refused(reply) => Error::Refused(reply),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Invalid(m) => write!(f, "invalid argument: {m}"),
+            Error::NotAllowed(m) => write!(f, "not allowed: {m}"),
+            Error::Unavailable(m) => write!(f, "unavailable: {m}"),
+            Error::Refused(reply) => write!(f, "refused: {reply}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<sip::Error> for Exit {
+    fn from(err: sip::Error) -> Self {
+        Error::from(err).into()
+    }
 }
 
 impl From<Error> for Exit {

@@ -78,10 +78,10 @@ mod services;
 
 pub use bindings::wisp::proxy::proxy::RouteCheck;
 pub use bindings::wisp::proxy::sip::{
-    Endpoint, Error, Header, Method, Relay, Reply, RequestInfo, Transport, UriParts,
+    Endpoint, Header, Method, Relay, Reply, RequestInfo, Transport, UriParts,
 };
 pub use fields::{Fields, Message};
-pub use flow::{Exit, Flow, Result};
+pub use flow::{Error, Exit, Flow, Result};
 pub use request::Request;
 pub use response::Response;
 pub use services::{acc, auth, kv, nat, permissions, ratelimit, registrar};
@@ -284,7 +284,7 @@ macro_rules! export_router {
 /// and reused.
 pub mod vars {
     use super::bindings::wisp::proxy::vars as raw;
-    use super::Result;
+    use super::{Error, Result};
 
     /// A variable set earlier in this transaction (`$avp(name)`).
     pub fn get(name: &str) -> Option<String> {
@@ -294,7 +294,7 @@ pub mod vars {
     /// Sets a variable (`$avp(name) = value`). Refused past the tenant's
     /// `vars_per_transaction` or `var_bytes_per_transaction`.
     pub fn set(name: &str, value: &str) -> Result<()> {
-        raw::set(name, value)
+        raw::set(name, value).map_err(Error::from)
     }
 
     /// Removes a variable (`$avp(name) = $null`, `resetflag`); whether it
@@ -305,7 +305,7 @@ pub mod vars {
 
     /// Sets a flag (`setflag`, `setbflag`): a variable set to "1".
     pub fn set_flag(name: &str) -> Result<()> {
-        raw::set(name, "1")
+        set(name, "1")
     }
 
     /// Whether a variable or flag is set (`isflagset`, `isbflagset`).

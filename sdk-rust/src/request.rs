@@ -7,7 +7,7 @@ use crate::bindings::wisp::proxy::proxy;
 use crate::bindings::wisp::proxy::sip::{
     self, Action, Endpoint, Header, Method, Relay, Reply, RequestInfo, UriParts,
 };
-use crate::{Exit, Fields, Flow, Message, Result, RouteCheck};
+use crate::{Error, Exit, Fields, Flow, Message, Result, RouteCheck};
 
 /// The request being routed. Reading is lazy on the host side: only what
 /// you ask for is parsed, and what the hook's record already holds
@@ -107,7 +107,7 @@ impl<'a> Request<'a> {
     /// Replaces the Request-URI (`$ru = "..."`). The destination and Path
     /// a `lookup` set are dropped with the old one.
     pub fn set_uri(&self, uri: &str) -> Result<()> {
-        self.raw.set_uri(uri)
+        self.raw.set_uri(uri).map_err(Error::from)
     }
 
     /// The From URI (`$fu`); empty when From cannot be parsed.
@@ -153,19 +153,19 @@ impl<'a> Request<'a> {
     /// adding it with `limit` when absent (None: the tenant param
     /// `MAX_FORWARDS`, else 10). Refused with 483 Too Many Hops.
     pub fn max_forwards(&self, limit: Option<u32>) -> Result<()> {
-        proxy::max_forwards(self.raw, limit)
+        proxy::max_forwards(self.raw, limit).map_err(Error::from)
     }
 
     /// Checks what a proxy must refuse (`sanity_check()`): refused with
     /// the reply the failure calls for (400, 416, 420 with Unsupported).
     pub fn sanity_check(&self) -> Result<()> {
-        proxy::sanity_check(self.raw)
+        proxy::sanity_check(self.raw).map_err(Error::from)
     }
 
     /// Adds Record-Route so that the dialog stays on this proxy
     /// (`record_route()`).
     pub fn record_route(&self) -> Result<()> {
-        proxy::record_route(self.raw)
+        proxy::record_route(self.raw).map_err(Error::from)
     }
 
     /// Follows the Route set of an in-dialog request (`loose_route()`),
@@ -179,7 +179,7 @@ impl<'a> Request<'a> {
     /// the request with `uri` as its Request-URI. Refused past the
     /// tenant's `branches_per_hook` or the proxy's `max_breadth`.
     pub fn append_branch(&self, uri: &str) -> Result<()> {
-        proxy::append_branch(self.raw, uri)
+        proxy::append_branch(self.raw, uri).map_err(Error::from)
     }
 
     /// Answers the request on its server transaction (`sl_send_reply` /

@@ -7,7 +7,7 @@
 /// tenant, keyed by the user part of the address of record.
 pub mod registrar {
     use crate::bindings::wisp::proxy::registrar as raw;
-    use crate::{Reply, Request, Result};
+    use crate::{Error, Reply, Request, Result};
 
     pub use raw::{Located, SaveFlags, SaveOptions};
 
@@ -33,7 +33,7 @@ pub mod registrar {
     /// &options)?);`. Refused with 400, 423, 403 or 503, which `?`
     /// answers (`sl_reply_error()`).
     pub fn save(req: &Request, options: &SaveOptions) -> Result<Reply> {
-        raw::save(req.raw(), *options)
+        raw::save(req.raw(), *options).map_err(Error::from)
     }
 
     /// Points the request at the user's contacts (`lookup("location")`):
@@ -42,18 +42,18 @@ pub mod registrar {
     /// allows the method), which `?` answers; unavailable when the store
     /// failed.
     pub fn lookup(req: &Request) -> Result<Located> {
-        raw::lookup(req.raw())
+        raw::lookup(req.raw()).map_err(Error::from)
     }
 
     /// Removes every binding of a user (`unregister("location", ...)`);
     /// how many there were.
     pub fn unregister(user: &str) -> Result<u32> {
-        raw::unregister(user)
+        raw::unregister(user).map_err(Error::from)
     }
 
     /// Whether a user has a live binding (`registered("location")`).
     pub fn registered(user: &str) -> Result<bool> {
-        raw::registered(user)
+        raw::registered(user).map_err(Error::from)
     }
 }
 
@@ -61,7 +61,7 @@ pub mod registrar {
 /// (Kamailio's auth and auth_db).
 pub mod auth {
     use crate::bindings::wisp::proxy::auth as raw;
-    use crate::{Request, Result};
+    use crate::{Error, Request, Result};
 
     /// Checks the credentials for `realm` (`auth_check(realm,
     /// "subscriber", "0")`): Authorization for a REGISTER,
@@ -69,7 +69,7 @@ pub mod auth {
     /// (`$au`); refused with the 401 or 407 challenge to send, which `?`
     /// answers (`www_challenge` / `proxy_challenge`).
     pub fn authorize(req: &Request, realm: &str) -> Result<String> {
-        raw::authorize(req.raw(), realm)
+        raw::authorize(req.raw(), realm).map_err(Error::from)
     }
 
     /// Removes the credentials before relaying (`consume_credentials()`).
@@ -82,7 +82,7 @@ pub mod auth {
 /// all of the tenant's instances.
 pub mod kv {
     use crate::bindings::wisp::proxy::kv as raw;
-    use crate::Result;
+    use crate::{Error, Result};
 
     /// The value of a key that has not expired (`$sht(t=>key)`).
     pub fn get(key: &str) -> Option<String> {
@@ -92,7 +92,7 @@ pub mod kv {
     /// Sets a key for `ttl_seconds` (None: until the proxy stops)
     /// (`$sht(t=>key) = value`). Refused past the tenant's kv quota.
     pub fn set(key: &str, value: &str, ttl_seconds: Option<u32>) -> Result<()> {
-        raw::set(key, value, ttl_seconds)
+        raw::set(key, value, ttl_seconds).map_err(Error::from)
     }
 
     /// Removes a key (`sht_rm_name`); whether it was there.
@@ -104,7 +104,7 @@ pub mod kv {
     /// returns the result (`$shtinc(t=>key)`). A new key gets
     /// `ttl_seconds`; one there keeps its expiry.
     pub fn incr(key: &str, delta: i64, ttl_seconds: Option<u32>) -> Result<i64> {
-        raw::incr(key, delta, ttl_seconds)
+        raw::incr(key, delta, ttl_seconds).map_err(Error::from)
     }
 }
 
@@ -173,7 +173,7 @@ pub mod acc {
 /// ban drops the address's messages on arrival, before any hook.
 pub mod ratelimit {
     use crate::bindings::wisp::proxy::ratelimit as raw;
-    use crate::{Request, Result};
+    use crate::{Error, Request, Result};
 
     /// Counts a hit of `key` (`pl_check`); true while it is within `limit`
     /// hits per `window_seconds`, false past it (not counted).
@@ -185,13 +185,13 @@ pub mod ratelimit {
     /// is not an address or `seconds` is 0; not allowed for a trusted
     /// source.
     pub fn ban(ip: &str, seconds: u32) -> Result<()> {
-        raw::ban(ip, seconds)
+        raw::ban(ip, seconds).map_err(Error::from)
     }
 
     /// Bans the address the request came from (pike's
     /// `$sht(ipban=>$si) = 1`).
     pub fn ban_source(req: &Request, seconds: u32) -> Result<()> {
-        raw::ban(&req.source().ip, seconds)
+        raw::ban(&req.source().ip, seconds).map_err(Error::from)
     }
 
     /// The seconds left of the ban on `ip`; None when it is not banned.
