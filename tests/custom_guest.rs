@@ -12,22 +12,20 @@ use wisp_sdk::prelude::*;
 struct Gatekeeper;
 
 impl Router for Gatekeeper {
-    fn route(req: &Request) -> Result<()> {
-        if let Err(rejection) = req.max_forwards(10) {
-            return req.reject(&rejection);
-        }
+    fn route(req: &Request) -> Flow {
+        req.max_forwards(Some(10))?; // 483 by itself
         let blocked = config::param("BLOCKED").unwrap_or_default();
         let from = req.header("From").unwrap_or_default();
-        if !req.has_to_tag() && from.contains(&format!("sip:{blocked}@")) {
-            if req.is_method(&["ACK"]) {
-                return Ok(()); // the ACK of our own 403 ends here
+        if !req.in_dialog() && from.contains(&format!("sip:{blocked}@")) {
+            if *req.method() == Method::Ack {
+                return req.exit(); // the ACK of our own 403 ends here
             }
             log::info(&format!("refusing {blocked}"));
             return req.reply(403, "Forbidden");
         }
-        if req.has_to_tag() {
+        if req.in_dialog() {
             req.loose_route();
-        } else if req.is_method(&["INVITE"]) {
+        } else if *req.method() == Method::Invite {
             req.record_route()?;
         }
         req.append_header("X-Wisp-Stamp", "stamped-by-test")?;

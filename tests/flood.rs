@@ -163,7 +163,7 @@ const RATELIMIT_GUEST: &str = r#"
 use wisp_sdk::prelude::*;
 struct G;
 impl Router for G {
-    fn route(req: &Request) -> Result<()> {
+    fn route(req: &Request) -> Flow {
         let op = req.header("X-Op").unwrap_or_default();
         let mut words = op.split_whitespace();
         match (words.next(), words.next()) {
@@ -178,7 +178,7 @@ impl Router for G {
                 let key = format!("src:{}", req.source().ip);
                 if ratelimit::check(&key, 3, 60) {
                     req.reply(200, "allowed")
-                } else if ratelimit::ban_source(req, 30) {
+                } else if ratelimit::ban_source(req, 30).is_ok() {
                     req.reply(403, "banned")
                 } else {
                     req.reply(403, "refused")

@@ -13,7 +13,7 @@ use wisp_sdk::prelude::*;
 struct Misbehaving;
 
 impl Router for Misbehaving {
-    fn route(req: &Request) -> Result<()> {
+    fn route(req: &Request) -> Flow {
         match req.uri_user().as_deref() {
             Some("loop") => loop {
                 std::hint::black_box(0);

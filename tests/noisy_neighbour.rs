@@ -31,14 +31,14 @@ fn spin() {
 }
 
 impl Router for Relay {
-    fn route(req: &Request) -> Result<()> {
-        if req.is_method(&["OPTIONS"]) {
+    fn route(req: &Request) -> Flow {
+        if *req.method() == Method::Options {
             spin();
             return req.reply(200, "Fine");
         }
-        if req.has_to_tag() {
+        if req.in_dialog() {
             req.loose_route();
-        } else if req.is_method(&["INVITE"]) {
+        } else if *req.method() == Method::Invite {
             spin();
             req.record_route()?;
         }

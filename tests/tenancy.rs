@@ -33,29 +33,28 @@ fn check(hook: &str) {{
 struct Stamp;
 
 impl Router for Stamp {{
-    fn route(req: &Request) -> Result<()> {{
-        if let Err(rejection) = req.max_forwards(10) {{
-            return req.reject(&rejection);
-        }}
-        if req.has_to_tag() {{
+    fn route(req: &Request) -> Flow {{
+        req.max_forwards(Some(10))?;
+        if req.in_dialog() {{
             req.loose_route();
-        }} else if req.is_method(&["INVITE"]) {{
+        }} else if *req.method() == Method::Invite {{
             req.record_route()?;
         }}
-        vars::set("version", Some(VERSION));
+        vars::set("version", VERSION)?;
         req.append_header("X-Version", VERSION)?;
         req.relay()
     }}
 
-    fn on_branch(req: &Request, _index: u32) -> Result<()> {{
+    fn on_branch(req: &Request, _index: u32) -> Flow {{
         check("on-branch");
-        req.append_header("X-Branch-Version", VERSION)
+        req.append_header("X-Branch-Version", VERSION)?;
+        Ok(())
     }}
 
-    fn on_reply(_req: &Request, res: &Response) -> bool {{
+    fn on_reply(_req: &Request, res: &Response) -> Flow {{
         check("on-reply");
         let _ = res.append_header("X-Reply-Version", VERSION);
-        true
+        Ok(())
     }}
 }}
 
@@ -173,7 +172,7 @@ fn canary_takes_its_share_and_a_failing_canary_is_rolled_back() {
     let b = build_guest("stamp-b", &stamp_guest("B")).expect("guest B builds");
     let trap = build_guest(
         "always-trap",
-        "use wisp_sdk::prelude::*;\nstruct T;\nimpl Router for T {\n    fn route(_req: &Request) -> Result<()> {\n        panic!(\"broken canary\")\n    }\n}\nwisp_sdk::export_router!(T);\n",
+        "use wisp_sdk::prelude::*;\nstruct T;\nimpl Router for T {\n    fn route(_req: &Request) -> Flow {\n        panic!(\"broken canary\")\n    }\n}\nwisp_sdk::export_router!(T);\n",
     )
     .expect("trapping guest builds");
     let mut wisp = WispBuilder::new()
@@ -267,7 +266,7 @@ use wisp_sdk::prelude::*;
 struct Misbehaving;
 
 impl Router for Misbehaving {
-    fn route(req: &Request) -> Result<()> {
+    fn route(_req: &Request) -> Flow {
         match config::param("MODE").as_deref() {
             Some("loop") => loop {
                 std::hint::black_box(0);
@@ -374,7 +373,7 @@ fn hostile_tenants_do_not_hurt_a_well_behaved_one() {
 fn broken_components_are_refused_and_the_old_version_serves_on() {
     let good = build_guest(
         "fine",
-        "use wisp_sdk::prelude::*;\nstruct F;\nimpl Router for F {\n    fn route(req: &Request) -> Result<()> {\n        req.reply(200, \"Fine\")\n    }\n}\nwisp_sdk::export_router!(F);\n",
+        "use wisp_sdk::prelude::*;\nstruct F;\nimpl Router for F {\n    fn route(req: &Request) -> Flow {\n        req.reply(200, \"Fine\")\n    }\n}\nwisp_sdk::export_router!(F);\n",
     )
     .expect("guest builds");
     let no_router = build_guest("no-router", "pub fn nothing() -> u32 { 7 }\n").expect("builds");
@@ -384,7 +383,7 @@ fn broken_components_are_refused_and_the_old_version_serves_on() {
         "init-too-big",
         "use wisp_sdk::prelude::*;\n\
          static mut BIG: [u8; 80 << 20] = [0; 80 << 20];\n\
-         struct F;\nimpl Router for F {\n    fn route(req: &Request) -> Result<()> {\n        std::hint::black_box(unsafe { std::ptr::read_volatile(std::ptr::addr_of!(BIG[12345])) });\n        req.reply(200, \"Fine\")\n    }\n}\nwisp_sdk::export_router!(F);\n",
+         struct F;\nimpl Router for F {\n    fn route(req: &Request) -> Flow {\n        std::hint::black_box(unsafe { std::ptr::read_volatile(std::ptr::addr_of!(BIG[12345])) });\n        req.reply(200, \"Fine\")\n    }\n}\nwisp_sdk::export_router!(F);\n",
     )
     .expect("builds");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -534,7 +533,7 @@ fn a_hundred_tenants_in_one_process() {
 fn requests_find_their_tenant_by_domain_to_and_listener() {
     let named = build_guest(
         "says-its-name",
-        "use wisp_sdk::prelude::*;\nstruct N;\nimpl Router for N {\n    fn route(req: &Request) -> Result<()> {\n        let name = config::param(\"NAME\").unwrap_or_default();\n        req.reply(200, &name)\n    }\n}\nwisp_sdk::export_router!(N);\n",
+        "use wisp_sdk::prelude::*;\nstruct N;\nimpl Router for N {\n    fn route(req: &Request) -> Flow {\n        let name = config::param(\"NAME\").unwrap_or_default();\n        req.reply(200, &name)\n    }\n}\nwisp_sdk::export_router!(N);\n",
     )
     .expect("guest builds");
     let tenant = |name: &str| Tenant::new(name).component(&named).param("NAME", name);

@@ -296,25 +296,23 @@ use wisp_sdk::prelude::*;
 struct RelayToNext;
 
 impl Router for RelayToNext {
-    fn route(req: &Request) -> Result<()> {
-        if let Err(rejection) = req.max_forwards(10) {
-            return req.reject(&rejection);
-        }
-        if req.has_to_tag() {
+    fn route(req: &Request) -> Flow {
+        req.max_forwards(Some(10))?;
+        if req.in_dialog() {
             let routed = req.loose_route();
-            if req.is_method(&["ACK"]) {
+            if *req.method() == Method::Ack {
                 return req.forward();
             }
-            if !routed {
+            if routed == RouteCheck::None {
                 return req.reply(404, "Not here");
             }
             return req.relay();
         }
-        if req.is_method(&["ACK", "CANCEL"]) {
+        if matches!(req.method(), Method::Ack | Method::Cancel) {
             return req.forward();
         }
-        req.remove_header("Route");
-        if req.is_method(&["INVITE"]) {
+        req.remove_header("Route")?;
+        if *req.method() == Method::Invite {
             req.record_route()?;
         }
         let next = config::param("NEXT").unwrap_or_default();

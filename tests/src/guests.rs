@@ -294,16 +294,16 @@ use wisp_sdk::prelude::*;
 struct Trunk;
 
 impl Router for Trunk {
-    fn route(req: &Request) -> Result<()> {
-        if req.has_to_tag() {
+    fn route(req: &Request) -> Flow {
+        if req.in_dialog() {
             req.loose_route();
             return req.relay();
         }
-        if req.is_method(&["INVITE"]) {
+        if *req.method() == Method::Invite {
             req.record_route()?;
         }
         match config::param("NEXT").filter(|n| !n.is_empty()) {
-            Some(next) if !req.is_method(&["ACK", "CANCEL"]) => req.relay_to(&next),
+            Some(next) if !matches!(req.method(), Method::Ack | Method::Cancel) => req.relay_to(&next),
             _ => req.relay(),
         }
     }
