@@ -283,24 +283,24 @@ macro_rules! export_router {
 /// with none; outside a hook nothing is kept, since instances are pooled
 /// and reused.
 pub mod vars {
-    use super::bindings::wisp::proxy::vars as raw;
+    use super::bindings::wisp::proxy as raw;
     use super::{Error, Result};
 
     /// A variable set earlier in this transaction (`$avp(name)`).
     pub fn get(name: &str) -> Option<String> {
-        raw::get(name)
+        raw::vars::get(name)
     }
 
     /// Sets a variable (`$avp(name) = value`). Refused past the tenant's
     /// `vars_per_transaction` or `var_bytes_per_transaction`.
     pub fn set(name: &str, value: &str) -> Result<()> {
-        raw::set(name, value).map_err(Error::from)
+        raw::vars::set(name, value).map_err(Error::from)
     }
 
     /// Removes a variable (`$avp(name) = $null`, `resetflag`); whether it
     /// was set.
     pub fn remove(name: &str) -> bool {
-        raw::remove(name)
+        raw::vars::remove(name)
     }
 
     /// Sets a flag (`setflag`, `setbflag`): a variable set to "1".
@@ -310,7 +310,7 @@ pub mod vars {
 
     /// Whether a variable or flag is set (`isflagset`, `isbflagset`).
     pub fn is_set(name: &str) -> bool {
-        raw::get(name).is_some()
+        raw::vars::get(name).is_some()
     }
 }
 
@@ -323,7 +323,7 @@ pub mod vars {
 pub mod config {
     use std::cell::RefCell;
 
-    use super::bindings::wisp::proxy::config as raw;
+    use super::bindings::wisp::proxy as raw;
 
     /// A name asked before and what the host said. A routing script asks
     /// for a handful of names, so a list beats a map.
@@ -364,7 +364,7 @@ pub mod config {
                 Answer::Param(v) => Some(v.clone()),
                 Answer::Enabled(_) => None,
             },
-            || Answer::Param(raw::param(name)),
+            || Answer::Param(raw::config::param(name)),
         )
     }
 
@@ -377,30 +377,31 @@ pub mod config {
                 Answer::Enabled(on) => Some(*on),
                 Answer::Param(_) => None,
             },
-            || Answer::Enabled(raw::enabled(name)),
+            || Answer::Enabled(raw::config::enabled(name)),
         )
     }
 }
 
 /// Writing to the proxy's log, tagged with the tenant (Kamailio's `xlog`).
 pub mod log {
-    use super::bindings::wisp::proxy::log::{write, Level};
+    use super::bindings::wisp::proxy as raw;
+    use raw::log::Level;
 
     /// Something failed (`xlog("L_ERR", ...)`).
     pub fn error(message: &str) {
-        write(Level::Error, message)
+        raw::log::write(Level::Error, message)
     }
     /// Something looks wrong (`xlog("L_WARN", ...)`).
     pub fn warn(message: &str) {
-        write(Level::Warn, message)
+        raw::log::write(Level::Warn, message)
     }
     /// Worth knowing (`xlog(...)`, `L_INFO`).
     pub fn info(message: &str) {
-        write(Level::Info, message)
+        raw::log::write(Level::Info, message)
     }
     /// For debugging (`xdbg(...)`).
     pub fn debug(message: &str) {
-        write(Level::Debug, message)
+        raw::log::write(Level::Debug, message)
     }
 }
 

@@ -6,10 +6,10 @@
 /// `save("location")` and `lookup("location")`. Bindings are kept per
 /// tenant, keyed by the user part of the address of record.
 pub mod registrar {
-    use crate::bindings::wisp::proxy::registrar as raw;
+    use crate::bindings::wisp::proxy as raw;
     use crate::{Error, Reply, Request, Result};
 
-    pub use raw::{Located, SaveFlags, SaveOptions};
+    pub use raw::registrar::{Located, SaveFlags, SaveOptions};
 
     impl Default for SaveOptions {
         /// No flags, and every limit from the tenant: the params
@@ -33,7 +33,7 @@ pub mod registrar {
     /// &options)?);`. Refused with 400, 423, 403 or 503, which `?`
     /// answers (`sl_reply_error()`).
     pub fn save(req: &Request, options: &SaveOptions) -> Result<Reply> {
-        raw::save(req.raw(), *options).map_err(Error::from)
+        raw::registrar::save(req.raw(), *options).map_err(Error::from)
     }
 
     /// Points the request at the user's contacts (`lookup("location")`):
@@ -42,25 +42,25 @@ pub mod registrar {
     /// allows the method), which `?` answers; unavailable when the store
     /// failed.
     pub fn lookup(req: &Request) -> Result<Located> {
-        raw::lookup(req.raw()).map_err(Error::from)
+        raw::registrar::lookup(req.raw()).map_err(Error::from)
     }
 
     /// Removes every binding of a user (`unregister("location", ...)`);
     /// how many there were.
     pub fn unregister(user: &str) -> Result<u32> {
-        raw::unregister(user).map_err(Error::from)
+        raw::registrar::unregister(user).map_err(Error::from)
     }
 
     /// Whether a user has a live binding (`registered("location")`).
     pub fn registered(user: &str) -> Result<bool> {
-        raw::registered(user).map_err(Error::from)
+        raw::registrar::registered(user).map_err(Error::from)
     }
 }
 
 /// Digest authentication against the subscribers of `wisp user add`
 /// (Kamailio's auth and auth_db).
 pub mod auth {
-    use crate::bindings::wisp::proxy::auth as raw;
+    use crate::bindings::wisp::proxy as raw;
     use crate::{Error, Request, Result};
 
     /// Checks the credentials for `realm` (`auth_check(realm,
@@ -69,102 +69,102 @@ pub mod auth {
     /// (`$au`); refused with the 401 or 407 challenge to send, which `?`
     /// answers (`www_challenge` / `proxy_challenge`).
     pub fn authorize(req: &Request, realm: &str) -> Result<String> {
-        raw::authorize(req.raw(), realm).map_err(Error::from)
+        raw::auth::authorize(req.raw(), realm).map_err(Error::from)
     }
 
     /// Removes the credentials before relaying (`consume_credentials()`).
     pub fn consume_credentials(req: &Request) {
-        raw::consume_credentials(req.raw())
+        raw::auth::consume_credentials(req.raw())
     }
 }
 
 /// The tenant's key-value store with expiry (Kamailio's htable), shared by
 /// all of the tenant's instances.
 pub mod kv {
-    use crate::bindings::wisp::proxy::kv as raw;
+    use crate::bindings::wisp::proxy as raw;
     use crate::{Error, Result};
 
     /// The value of a key that has not expired (`$sht(t=>key)`).
     pub fn get(key: &str) -> Option<String> {
-        raw::get(key)
+        raw::kv::get(key)
     }
 
     /// Sets a key for `ttl_seconds` (None: until the proxy stops)
     /// (`$sht(t=>key) = value`). Refused past the tenant's kv quota.
     pub fn set(key: &str, value: &str, ttl_seconds: Option<u32>) -> Result<()> {
-        raw::set(key, value, ttl_seconds).map_err(Error::from)
+        raw::kv::set(key, value, ttl_seconds).map_err(Error::from)
     }
 
     /// Removes a key (`sht_rm_name`); whether it was there.
     pub fn delete(key: &str) -> bool {
-        raw::delete(key)
+        raw::kv::delete(key)
     }
 
     /// Adds `delta` to an integer value, a missing key counting as 0, and
     /// returns the result (`$shtinc(t=>key)`). A new key gets
     /// `ttl_seconds`; one there keeps its expiry.
     pub fn incr(key: &str, delta: i64, ttl_seconds: Option<u32>) -> Result<i64> {
-        raw::incr(key, delta, ttl_seconds).map_err(Error::from)
+        raw::kv::incr(key, delta, ttl_seconds).map_err(Error::from)
     }
 }
 
 /// IP allow-lists (Kamailio's permissions).
 pub mod permissions {
-    use crate::bindings::wisp::proxy::permissions as raw;
+    use crate::bindings::wisp::proxy as raw;
     use crate::Request;
 
     /// Whether the source IP is in the tenant's `IPAUTH_ALLOW`
     /// (`allow_source_address()`).
     pub fn allow_source_address(req: &Request) -> bool {
-        raw::allow_source_address(req.raw())
+        raw::permissions::allow_source_address(req.raw())
     }
 }
 
 /// NAT helpers (Kamailio's nathelper and `force_rport`).
 pub mod nat {
-    use crate::bindings::wisp::proxy::nat as raw;
+    use crate::bindings::wisp::proxy as raw;
     use crate::{Request, Response};
 
-    pub use raw::NatSigns;
+    pub use raw::nat::NatSigns;
 
     /// Whether any of the `signs` of a client behind NAT holds
     /// (`nat_uac_test`): `NatSigns::PRIVATE_CONTACT |
     /// NatSigns::VIA_ADDRESS_DIFFERS | NatSigns::VIA_PORT_DIFFERS` is
     /// `nat_uac_test("19")`.
     pub fn uac_test(req: &Request, signs: NatSigns) -> bool {
-        raw::uac_test(req.raw(), signs)
+        raw::nat::uac_test(req.raw(), signs)
     }
 
     /// Rewrites the first Contact's host and port to the source's
     /// (`fix_nated_contact()`); false when there was no Contact URI.
     pub fn fix_contact(req: &Request) -> bool {
-        raw::fix_contact(req.raw())
+        raw::nat::fix_contact(req.raw())
     }
 
     /// Answers to the source port even without `;rport` (`force_rport()`).
     pub fn force_rport(req: &Request) {
-        raw::force_rport(req.raw())
+        raw::nat::force_rport(req.raw())
     }
 
     /// `fix_nated_contact()` in `on_reply`: the response's first Contact
     /// gets the address it came from; false when it had none.
     pub fn fix_reply_contact(res: &Response) -> bool {
-        raw::fix_reply_contact(res.raw())
+        raw::nat::fix_reply_contact(res.raw())
     }
 }
 
 /// Accounting records under the log target `wisp::acc` (Kamailio's acc,
 /// log backend).
 pub mod acc {
-    use crate::bindings::wisp::proxy::acc as raw;
+    use crate::bindings::wisp::proxy as raw;
     use crate::{Request, Response};
 
-    pub use raw::Event;
+    pub use raw::acc::Event;
 
     /// Writes one record of `req` and its final answer `res`
     /// (`acc_log_request`, or the acc flags at the end of a transaction).
     pub fn report(req: &Request, event: Event, res: &Response) {
-        raw::report(req.raw(), event, res.raw())
+        raw::acc::report(req.raw(), event, res.raw())
     }
 }
 
@@ -172,35 +172,35 @@ pub mod acc {
 /// and pike's bans in an htable `ipban`). Keys are the tenant's own; a
 /// ban drops the address's messages on arrival, before any hook.
 pub mod ratelimit {
-    use crate::bindings::wisp::proxy::ratelimit as raw;
+    use crate::bindings::wisp::proxy as raw;
     use crate::{Error, Request, Result};
 
     /// Counts a hit of `key` (`pl_check`); true while it is within `limit`
     /// hits per `window_seconds`, false past it (not counted).
     pub fn check(key: &str, limit: u32, window_seconds: u32) -> bool {
-        raw::check(key, limit, window_seconds)
+        raw::ratelimit::check(key, limit, window_seconds)
     }
 
     /// Bans an IP address for `seconds` (at most a day). Invalid when it
     /// is not an address or `seconds` is 0; not allowed for a trusted
     /// source.
     pub fn ban(ip: &str, seconds: u32) -> Result<()> {
-        raw::ban(ip, seconds).map_err(Error::from)
+        raw::ratelimit::ban(ip, seconds).map_err(Error::from)
     }
 
     /// Bans the address the request came from (pike's
     /// `$sht(ipban=>$si) = 1`).
     pub fn ban_source(req: &Request, seconds: u32) -> Result<()> {
-        raw::ban(&req.source().ip, seconds).map_err(Error::from)
+        raw::ratelimit::ban(&req.source().ip, seconds).map_err(Error::from)
     }
 
     /// The seconds left of the ban on `ip`; None when it is not banned.
     pub fn banned(ip: &str) -> Option<u32> {
-        raw::banned(ip)
+        raw::ratelimit::banned(ip)
     }
 
     /// Lifts a ban this tenant set; whether there was one.
     pub fn unban(ip: &str) -> bool {
-        raw::unban(ip)
+        raw::ratelimit::unban(ip)
     }
 }
