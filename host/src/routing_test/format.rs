@@ -352,4 +352,29 @@ expect = { reply = 200, headers = { Route = false, Max-Forwards = 69 } }
             .expect_err("misspelt");
         assert!(err.contains("replied"), "{err}");
     }
+
+    /// The bundled routing's cases read, whatever the routing does.
+    #[test]
+    fn the_bundled_routings_cases_read() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../guests/default/cases");
+        let mut read = 0;
+        for entry in std::fs::read_dir(&dir).expect("guests/default/cases") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).expect("read");
+                let file = parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert!(!file.cases.is_empty(), "{}", path.display());
+                for case in &file.cases {
+                    assert!(
+                        case.expect.decisions().len() <= 1,
+                        "{}: {}",
+                        path.display(),
+                        case.name
+                    );
+                }
+                read += 1;
+            }
+        }
+        assert!(read >= 9, "{read} files");
+    }
 }
