@@ -121,8 +121,8 @@ fn typescript_guest_uses_the_sdk() {
     let reply = ask("lookup", "INVITE");
     assert_eq!(status(&reply), "SIP/2.0 404 Not Found");
 
-    let reply = send("fields", "OPTIONS", "X-Multi: a, b\r\n", WAIT);
-    assert_eq!(status(&reply), "SIP/2.0 200 true a|b true true 1 false");
+    let reply = send("fields", "OPTIONS", "X-Multi: a\r\nX-Multi: b\r\n", WAIT);
+    assert_eq!(status(&reply), "SIP/2.0 200 true a|b true true 2 false");
 
     let reply = ask("vars", "OPTIONS");
     assert_eq!(
