@@ -116,10 +116,6 @@ pub enum HookError {
     /// Crash-loop backoff: the guest was not run.
     #[error("suspended for {} ms after a crash loop", .0.as_millis())]
     Suspended(Duration),
-    /// A service the hook called met a storage failure it could not
-    /// report to the guest: not the guest's fault.
-    #[error("storage failure in a service call: {0}")]
-    Storage(String),
     /// Every instance the tenant may have is busy.
     #[error("all {0} instances busy")]
     Busy(usize),

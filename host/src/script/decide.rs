@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::call::HostState;
 use super::fields::check_header;
-use super::host_api::invalid;
+use super::host_api::{invalid, past_cap};
 use super::wisp::proxy::log::Level;
 use super::wisp::proxy::sip as wit;
 use crate::proxy::{checks, Action, Destination, RequestCtx};
@@ -102,6 +102,10 @@ impl HostState {
         }
         if self.issued.contains(&reply) {
             // A service's reply: the host's text, one reply of the hook.
+            let cap = self.guest.limits.replies_per_hook;
+            if self.effects.replies >= cap {
+                return Err(past_cap("replies", cap, "replies_per_hook"));
+            }
             self.effects.replies += 1;
         } else {
             self.spend_reply(
@@ -147,11 +151,7 @@ impl HostState {
         check_destination(destination.as_deref())?;
         let cap = self.guest.limits.forwards_per_hook;
         if self.effects.forwards >= cap {
-            return Err(super::host_api::past_cap(
-                "forwards",
-                cap,
-                "forwards_per_hook",
-            ));
+            return Err(past_cap("forwards", cap, "forwards_per_hook"));
         }
         self.spend_text(0, destination.as_ref().map_or(0, String::len))?;
         self.effects.forwards += 1;

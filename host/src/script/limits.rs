@@ -25,22 +25,28 @@ pub struct Limits {
     pub crash_loop_failures: u32,
     pub backoff_ms: u64,
     pub max_backoff_ms: u64,
-    /// Headers one hook call may add: `append-header` on a request or a
-    /// response, and each header of a `reply`. Past it the call fails.
+    /// Headers one hook call may add: `fields.append` and `fields.set` on
+    /// a request or a response, `set-body`'s Content-Type, and each header
+    /// of a `reply` the hook returns (the replies the services hand back
+    /// are the host's and not counted). Past it the call fails, or the
+    /// decision is answered 500.
     pub headers_per_hook: usize,
     /// Bytes of text one hook call may hand the host to put in messages:
-    /// header names and values, reply reasons, Request-URIs (`set-uri`),
-    /// branch URIs and destinations. Past it the call fails.
+    /// header names and values, bodies, reply reasons, Request-URIs
+    /// (`set-uri`), branch URIs and destinations. Past it the call fails,
+    /// or the decision is answered 500.
     pub bytes_per_hook: usize,
-    /// Branches one hook call may ask for: `append-branch` and `relay`
-    /// calls (the host's own lookup adds branches too, 16 at most).
+    /// Branches one hook call may ask for: `append-branch` calls and the
+    /// `relay` decision (the host's own lookup adds branches too, 16 at
+    /// most).
     pub branches_per_hook: usize,
-    /// Stateless `forward` calls in one hook call.
+    /// Stateless `forward` decisions in one hook call.
     pub forwards_per_hook: usize,
-    /// Replies one hook call may send, provisional ones included
-    /// (`reply`, challenges, the registrar's answer).
+    /// Replies one hook call may decide (a hook returns one decision: 0
+    /// refuses every `reply`, and the services' replies with them).
     pub replies_per_hook: usize,
-    /// Variables (`vars.set`) a transaction may hold at once.
+    /// Variables (`vars.set`) a transaction may hold at once; past it
+    /// `set` is not allowed.
     pub vars: usize,
     /// Bytes of variable names and values a transaction may hold at once.
     pub var_bytes: usize,

@@ -15,7 +15,6 @@ use super::call::{Guest, HookError, HostState, ResponseCtx, StorageTime};
 use super::health::Health;
 use super::{deadline_ticks, ticks, Loaded, ReplyVerdict, Router, RouterPre};
 use crate::proxy::{Action, RequestCtx, TxVars};
-use crate::services::StorageError;
 use crate::sip::Message;
 
 pub struct Pool {
@@ -306,15 +305,6 @@ impl Pool {
                 }
                 (req, res, Ok((value, actions)))
             }
-            Err(err) if err.downcast_ref::<StorageError>().is_some() => {
-                // The database failed, not the guest: the request gets its
-                // 500, and the version's health (crash-loop backoff,
-                // canary rollback) does not count it against the guest.
-                // The trapped instance is dropped all the same.
-                let err = HookError::Storage(format!("{err:#}"));
-                self.count_failure(&err, started);
-                (req, res, Err(err))
-            }
             Err(err) => {
                 let err = match err.downcast_ref::<Trap>() {
                     Some(Trap::Interrupt) => {
@@ -344,7 +334,7 @@ impl Pool {
                 m.busy.inc();
                 return; // overload, not the guest's fault
             }
-            HookError::Suspended(_) | HookError::Storage(_) => return,
+            HookError::Suspended(_) => return,
         };
         if let Some(backoff) = self.health.failed(now) {
             tracing::warn!(
