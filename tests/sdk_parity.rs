@@ -59,9 +59,9 @@ fn wit_functions() -> Vec<WitFunction> {
         let interface = iface.name.clone().expect("interfaces are named");
         for func in iface.functions.values() {
             let resource = match func.kind {
-                FunctionKind::Method(ty) | FunctionKind::Static(ty) | FunctionKind::Constructor(ty) => {
-                    resolve.types[ty].name.clone()
-                }
+                FunctionKind::Method(ty)
+                | FunctionKind::Static(ty)
+                | FunctionKind::Constructor(ty) => resolve.types[ty].name.clone(),
                 _ => None,
             };
             functions.push(WitFunction {
@@ -134,27 +134,17 @@ fn calls(text: &str, owner: Option<&str>, sep: &str, name: &str) -> bool {
     let needle = format!("{sep}{name}(");
     let owner = owner.map(|o| o.replace(['-', '_'], "").to_ascii_lowercase());
     text.match_indices(&needle).any(|(at, _)| {
-        let before = &text[..at];
-        let ident: String = before
-            .chars()
-            .rev()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        // A call on the method's own name must not be its definition.
-        let is_call = !before.trim_end().ends_with("fn") && !ident.is_empty();
-        match &owner {
-            Some(owner) => {
-                is_call
-                    && ident
-                        .replace('_', "")
-                        .to_ascii_lowercase()
-                        .contains(owner.as_str())
-            }
-            None => is_call,
-        }
+        // What the call is made on: the identifier before the separator,
+        // across the line breaks of a method chain.
+        let before = text[..at].trim_end();
+        let start = before
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(0, |i| i + 1);
+        let ident = before[start..].replace('_', "").to_ascii_lowercase();
+        !ident.is_empty()
+            && owner
+                .as_ref()
+                .is_none_or(|owner| ident.contains(owner.as_str()))
     })
 }
 
@@ -242,6 +232,16 @@ fn a_missing_wrapper_is_found() {
             sdk.name
         );
     }
+    // A real wrapper taken out of a real SDK is missed.
+    let unregister = WitFunction {
+        interface: "registrar".into(),
+        name: "unregister".into(),
+        resource: None,
+    };
+    let rust = &sdks()[0];
+    assert!(rust_wraps(&rust.text, &unregister));
+    let without = rust.text.replace("::unregister(", "::unregister_all(");
+    assert!(!rust_wraps(&without, &unregister));
     // And a real one is found where it is called.
     let save = WitFunction {
         interface: "registrar".into(),
