@@ -1,12 +1,13 @@
 //! `wisp test` over the real binary: the bundled routing passes its own
-//! cases (guests/default/cases), a case that does not hold exits 1 with a
+//! cases (guests/default/cases), and so does its TypeScript port
+//! (guests/default-js) the same cases, a case that does not hold exits 1 with a
 //! diff naming the field and both values, a request is taken from a
 //! capture, and a wrong case file exits 2 saying what is wrong.
 
 use std::path::PathBuf;
 use std::process::Command;
 
-use wisp_tests::{repo_root, wisp_binary};
+use wisp_tests::{default_js_component, repo_root, wisp_binary};
 
 /// `wisp test ARGS...` in a temporary folder: exit code, stdout, stderr.
 fn wisp_test(args: &[&str]) -> (i32, String, String) {
@@ -37,8 +38,9 @@ fn case_files() -> Vec<PathBuf> {
     files
 }
 
-#[test]
-fn the_bundled_routing_passes_its_cases() {
+/// Runs every case of guests/default/cases against `component`: every
+/// one passes, each on a line of its own.
+fn passes_the_bundled_routings_cases(component: &str) {
     let files = case_files();
     let cases: usize = files
         .iter()
@@ -56,7 +58,7 @@ fn the_bundled_routing_passes_its_cases() {
         files.len()
     );
     let args: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-    let mut argv = vec!["default"];
+    let mut argv = vec![component];
     argv.extend(args.iter().map(String::as_str));
     let (code, out, _) = wisp_test(&argv);
     let ok = out.lines().filter(|l| l.starts_with("ok ")).count();
@@ -66,6 +68,18 @@ fn the_bundled_routing_passes_its_cases() {
         out.contains(&format!("{cases} cases: {cases} ok, 0 failed")),
         "{out}"
     );
+}
+
+#[test]
+fn the_bundled_routing_passes_its_cases() {
+    passes_the_bundled_routings_cases("default");
+}
+
+/// The TypeScript port routes as the Rust one does: the same cases hold.
+#[test]
+fn the_typescript_routing_passes_the_same_cases() {
+    let wasm = default_js_component().expect("guests/default-js builds");
+    passes_the_bundled_routings_cases(&wasm.display().to_string());
 }
 
 #[test]
