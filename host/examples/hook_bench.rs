@@ -13,7 +13,8 @@
 //! - fresh: µs per hook call when every call instantiates (idle_instances = 0).
 //!
 //! Two requests alternate: an INVITE that is record-routed and relayed
-//! (max-forwards, sanity, has-to-tag, record-route, is-myself, relay) and
+//! (max-forwards, sanity, the in-dialog test of request-info, record-route,
+//! a `relay` decision) and
 //! an OPTIONS to the proxy itself, answered 200. The actions each component
 //! asks for are checked against that (`--any-actions` skips the check, to
 //! time other routing).
@@ -134,7 +135,9 @@ fn request(method: &str, uri: &str, n: u32) -> RequestCtx {
             transport: Transport::Udp,
             remote: "127.0.0.1:5070".parse().expect("addr"),
             listener: 0,
-            trusted: false,
+            // Loopback, which the server trusts by default: the bundled
+            // routing relays to a foreign domain for trusted sources only.
+            trusted: true,
         },
     )
 }

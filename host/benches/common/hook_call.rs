@@ -65,7 +65,9 @@ fn request(text: String) -> RequestCtx {
             transport: Transport::Udp,
             remote: CALLER.parse().expect("caller address"),
             listener: 0,
-            trusted: false,
+            // Loopback, which the server trusts by default: the bundled
+            // routing relays to a foreign domain for trusted sources only.
+            trusted: true,
         },
     )
 }
