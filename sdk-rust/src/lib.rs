@@ -325,60 +325,34 @@ pub mod config {
 
     use super::bindings::wisp::proxy as raw;
 
-    /// A name asked before and what the host said. A routing script asks
-    /// for a handful of names, so a list beats a map.
-    enum Answer {
-        Param(Option<String>),
-        Enabled(bool),
-    }
+    /// Names asked before and what the host said. A routing script asks
+    /// for a handful of names, so lists beat maps.
+    type Asked<T> = RefCell<Vec<(Box<str>, T)>>;
 
     thread_local! {
-        static ASKED: RefCell<Vec<(Box<str>, Answer)>> = const { RefCell::new(Vec::new()) };
+        static PARAMS: Asked<Option<String>> = const { RefCell::new(Vec::new()) };
+        static ENABLED: Asked<bool> = const { RefCell::new(Vec::new()) };
     }
 
-    fn cached<T>(name: &str, read: impl Fn(&Answer) -> Option<T>, ask: impl Fn() -> Answer) -> T {
-        ASKED.with_borrow_mut(|asked| {
-            if let Some(value) = asked
-                .iter()
-                .filter(|(n, _)| **n == *name)
-                .find_map(|(_, answer)| read(answer))
-            {
-                return value;
-            }
-            loop {
-                let answer = ask();
-                let value = read(&answer);
-                asked.push((name.into(), answer));
-                if let Some(value) = value {
-                    return value;
-                }
-            }
-        })
+    fn cached<T: Clone>(asked: &Asked<T>, name: &str, ask: impl FnOnce() -> T) -> T {
+        let mut asked = asked.borrow_mut();
+        if let Some((_, value)) = asked.iter().find(|(n, _)| **n == *name) {
+            return value.clone();
+        }
+        let value = ask();
+        asked.push((name.into(), value.clone()));
+        value
     }
 
     /// The value of a parameter, if set.
     pub fn param(name: &str) -> Option<String> {
-        cached(
-            name,
-            |a| match a {
-                Answer::Param(v) => Some(v.clone()),
-                Answer::Enabled(_) => None,
-            },
-            || Answer::Param(raw::config::param(name)),
-        )
+        PARAMS.with(|asked| cached(asked, name, || raw::config::param(name)))
     }
 
     /// Whether a parameter is switched on ("yes", "true", "1", "on"), the way
     /// `#!define WITH_AUTH` switches a feature on in Kamailio's config.
     pub fn enabled(name: &str) -> bool {
-        cached(
-            name,
-            |a| match a {
-                Answer::Enabled(on) => Some(*on),
-                Answer::Param(_) => None,
-            },
-            || Answer::Enabled(raw::config::enabled(name)),
-        )
+        ENABLED.with(|asked| cached(asked, name, || raw::config::enabled(name)))
     }
 }
 
