@@ -118,10 +118,11 @@ enum UserAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `wisp test` prints its own report; the host's info lines (versions
-    // loaded and unloaded) would bury it.
+    // `wisp test` prints its own report, the guest's log with a failed
+    // case; the host's info lines (versions loaded and unloaded) and the
+    // guest's log again would bury it.
     let default_level = match cli.command {
-        Some(Command::Test { .. }) => "warn",
+        Some(Command::Test { .. }) => "warn,wisp::script::host_api=off",
         _ => "info",
     };
     tracing_subscriber::fmt()
