@@ -11,6 +11,7 @@
 //!   exception that escapes the hook is logged and answered 500, a
 //!   WispError that escapes it too, tenant params and the log reach the
 //!   script and the operator;
+//! - guests/example-python's routing cases (`wisp test`, no network);
 //! - the SDK's own unit tests (sdk-python/tests, on CPython);
 //! - figures: the size, load time and per-hook cost of the Python trunk
 //!   beside the same trunk in Rust (sdk-rust) and TypeScript (sdk-js),
@@ -322,6 +323,26 @@ fn the_python_trunk_answers_for_itself() {
     );
     let reply = ask(forged);
     assert_eq!(status(&reply), "SIP/2.0 404 Not here");
+}
+
+/// guests/example-python's cases, one per route, run by `wisp test`
+/// without a network (the way a user tests a Python routing before
+/// deploying it).
+#[test]
+fn the_python_trunk_passes_its_routing_cases() {
+    let wasm = example();
+    let cases = repo_root().join("guests/example-python/cases.toml");
+    let output = Command::new(wisp_binary().expect("wisp binary"))
+        .arg("test")
+        .arg(&wasm)
+        .arg(&cases)
+        .stdin(Stdio::null())
+        .output()
+        .expect("wisp test runs");
+    let report = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{report}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "wisp test failed:\n{report}");
+    assert!(report.contains(" 0 failed"), "{report}");
 }
 
 const PROBE: &str = r#"
