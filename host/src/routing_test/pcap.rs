@@ -234,4 +234,43 @@ pub(crate) mod tests {
         assert!(datagram(&path, 1).unwrap_err().contains("not a pcap"));
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// pcapng, as Wireshark saves: the interface's link type is the one
+    /// the packet's block names.
+    #[test]
+    fn a_pcapng_packet_is_read_on_its_interfaces_link() {
+        use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
+        use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionBlock;
+        use pcap_file::pcapng::PcapNgWriter;
+
+        let mut writer = PcapNgWriter::new(Vec::new()).expect("writer");
+        writer
+            .write_pcapng_block(InterfaceDescriptionBlock::new(DataLink::ETHERNET, 65535))
+            .expect("eth");
+        writer
+            .write_pcapng_block(InterfaceDescriptionBlock::new(DataLink::LINUX_SLL, 65535))
+            .expect("sll");
+        let ip = ipv4_udp(([192, 0, 2, 9], 5070), ([192, 0, 2, 1], 5060), b"INVITE x");
+        for (interface, data) in [(0, ethernet(ip.clone())), (1, sll(ip))] {
+            writer
+                .write_pcapng_block(EnhancedPacketBlock {
+                    interface_id: interface,
+                    timestamp: std::time::Duration::from_secs(1_700_000_000),
+                    original_len: data.len() as u32,
+                    data: data.into(),
+                    options: vec![],
+                })
+                .expect("packet");
+        }
+        let dir = std::env::temp_dir().join(format!("wisp-pcapng-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("call.pcapng");
+        std::fs::write(&path, writer.into_inner()).expect("write");
+        for number in [1, 2] {
+            let got = datagram(&path, number).expect("packet");
+            assert_eq!(got.source, "192.0.2.9:5070".parse().expect("addr"));
+            assert_eq!(got.payload, b"INVITE x");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
