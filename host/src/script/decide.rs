@@ -166,3 +166,264 @@ fn check_destination(destination: Option<&str>) -> Result<(), wit::Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use wasmtime::component::Resource;
+
+    use super::*;
+    use crate::proxy::{Locality, Source};
+    use crate::script::wisp::proxy::sip::HostFields;
+    use crate::script::wisp::proxy::sip::HostRequest;
+    use crate::script::{Guest, Limits, LogCapture};
+    use crate::sip::HeaderName;
+
+    fn state(params: &[(&str, &str)], limits: Limits) -> (HostState, LogCapture) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let storage = crate::services::Storage::in_memory().expect("in-memory storage");
+        let guest = Guest {
+            tenant: "t".into(),
+            version: 1,
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            limits,
+            locality: Arc::new(Locality::new(Vec::new(), Vec::new())),
+            metrics: crate::metrics::Metrics::new().tenant("t"),
+            services: Arc::new(crate::services::Services::with_storage(storage)),
+            allow: Default::default(),
+            domains: Default::default(),
+            log_capture: Some(log.clone()),
+        };
+        (HostState::new(Arc::new(guest)), log)
+    }
+
+    fn request(state: &mut HostState, method: &str) -> u32 {
+        let text = format!(
+            "{method} sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n\
+             From: <sip:alice@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\nCall-ID: c\r\n\
+             CSeq: 1 {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        let msg = sip::parse(bytes::Bytes::from(text)).expect("request parses");
+        let ctx = RequestCtx::new(
+            msg,
+            Source {
+                transport: crate::transport::Transport::Udp,
+                remote: "192.0.2.1:5060".parse().expect("addr"),
+                listener: 0,
+                trusted: false,
+            },
+        );
+        state.table.push(ctx).expect("table").rep()
+    }
+
+    fn reply(code: u16, reason: Option<&str>, headers: &[(&str, &str)]) -> wit::Action {
+        wit::Action::Reply(wit::Reply {
+            code,
+            reason: reason.map(str::to_owned),
+            headers: headers
+                .iter()
+                .map(|(name, value)| wit::Header {
+                    name: name.to_string(),
+                    value: value.to_string(),
+                })
+                .collect(),
+        })
+    }
+
+    fn relay(destination: Option<&str>, invite: Option<u32>) -> wit::Action {
+        wit::Action::Relay(wit::Relay {
+            destination: destination.map(str::to_owned),
+            invite_timeout_ms: invite,
+            final_timeout_ms: None,
+        })
+    }
+
+    /// The 500 of a decision the host cannot carry out, logged as the
+    /// tenant's error.
+    fn assert_refused(state: &mut HostState, log: &Mutex<Vec<(String, String)>>, what: &str) {
+        let actions = std::mem::take(&mut state.actions);
+        assert!(
+            matches!(actions.as_slice(), [Action::Reply { code: 500, .. }]),
+            "{what}: {actions:?}"
+        );
+        let logged = log.lock().expect("log").pop().expect("logged");
+        assert_eq!(logged.0, "error", "{what}");
+        assert!(
+            logged.1.starts_with("route returned a decision"),
+            "{logged:?}"
+        );
+    }
+
+    #[test]
+    fn a_reply_gets_the_standard_reason_and_a_bad_one_a_500() {
+        let (mut state, log) = state(&[], Limits::default());
+        let req = request(&mut state, "INVITE");
+        state.decide_route(req, reply(486, None, &[("Retry-After", "30")]));
+        state.decide_route(req, reply(404, Some("Nobody Here"), &[]));
+        assert_eq!(
+            std::mem::take(&mut state.actions),
+            [
+                Action::Reply {
+                    code: 486,
+                    reason: "Busy Here".into(),
+                    headers: vec![(HeaderName::parse("Retry-After"), "30".into())],
+                },
+                Action::Reply {
+                    code: 404,
+                    reason: "Nobody Here".into(),
+                    headers: vec![],
+                },
+            ]
+        );
+        state.decide_route(req, reply(700, None, &[]));
+        assert_refused(&mut state, &log, "code 700");
+        state.decide_route(req, reply(99, None, &[]));
+        assert_refused(&mut state, &log, "code 99");
+        state.decide_route(req, reply(200, None, &[("Call-ID", "other")]));
+        assert_refused(&mut state, &log, "a host-owned header");
+        state.decide_route(req, reply(200, Some("O\r\nK"), &[]));
+        assert_refused(&mut state, &log, "a reason on two lines");
+    }
+
+    #[test]
+    fn an_ack_is_never_answered_and_drop_does_nothing() {
+        let (mut state, log) = state(&[], Limits::default());
+        let ack = request(&mut state, "ACK");
+        state.decide_route(ack, reply(200, None, &[]));
+        state.decide_route(ack, wit::Action::Drop);
+        assert!(state.actions.is_empty());
+        assert!(log.lock().expect("log").is_empty());
+    }
+
+    #[test]
+    fn relay_timers_come_from_the_decision_then_the_params_then_the_defaults() {
+        let (mut state, log) = state(&[("FR_TIMER_MS", "4000")], Limits::default());
+        let req = request(&mut state, "INVITE");
+        state.decide_route(req, relay(Some("sip:192.0.2.9:5080"), Some(9000)));
+        assert_eq!(
+            state.actions,
+            [Action::Relay {
+                destination: Some("sip:192.0.2.9:5080".into())
+            }]
+        );
+        let timers = |state: &mut HostState| {
+            state
+                .table
+                .get(&Resource::<RequestCtx>::new_borrow(req))
+                .expect("request")
+                .fr_timers
+        };
+        assert_eq!(
+            timers(&mut state),
+            Some((Duration::from_millis(9000), Duration::from_millis(4000)))
+        );
+        let (mut plain, _) = super::tests::state(&[], Limits::default());
+        let req2 = request(&mut plain, "INVITE");
+        plain.decide_route(req2, relay(None, None));
+        let fr = plain
+            .table
+            .get(&Resource::<RequestCtx>::new_borrow(req2))
+            .expect("request")
+            .fr_timers;
+        assert_eq!(
+            fr,
+            Some((Duration::from_secs(120), Duration::from_secs(30)))
+        );
+        state.actions.clear();
+        state.decide_route(req, relay(Some("sip:"), None));
+        assert_refused(&mut state, &log, "a destination that does not parse");
+        state.decide_route(req, wit::Action::Forward(Some("not a host:xx".into())));
+        assert_refused(&mut state, &log, "a forward nowhere");
+    }
+
+    #[test]
+    fn past_a_cap_a_decision_is_answered_500_but_a_services_reply_is_the_hosts() {
+        let limits = Limits {
+            headers_per_hook: 1,
+            forwards_per_hook: 0,
+            ..Limits::default()
+        };
+        let (mut state, log) = state(&[], limits);
+        let req = request(&mut state, "INVITE");
+        state.decide_route(req, reply(400, None, &[("X-A", "1"), ("X-B", "2")]));
+        assert_refused(&mut state, &log, "past headers_per_hook");
+        state.decide_route(req, wit::Action::Forward(None));
+        assert_refused(&mut state, &log, "past forwards_per_hook");
+        // A registrar's 200 lists many contacts: the host's text.
+        let contacts = [
+            ("Contact", "<sip:a@192.0.2.1>"),
+            ("Contact", "<sip:b@192.0.2.2>"),
+        ];
+        let wit::Action::Reply(ok) = reply(200, Some("OK"), &contacts) else {
+            unreachable!()
+        };
+        state.issue(ok.clone());
+        state.effects = Default::default();
+        state.decide_route(req, wit::Action::Reply(ok));
+        assert!(
+            matches!(state.actions.as_slice(), [Action::Reply { code: 200, headers, .. }] if headers.len() == 2),
+            "{:?}",
+            state.actions
+        );
+    }
+
+    #[test]
+    fn fields_refuse_the_same_headers_on_requests_and_trap_after_their_call() {
+        let (mut state, _) = state(&[], Limits::default());
+        let rep = request(&mut state, "INVITE");
+        state.generation = 7;
+        let fields = |state: &mut HostState| {
+            state
+                .fields(Resource::new_borrow(rep))
+                .expect("fields of the request")
+        };
+        let f = fields(&mut state);
+        let again = Resource::<crate::script::fields::Fields>::new_borrow(f.rep());
+        assert_eq!(
+            state.get(again, "f".into()).expect("get"),
+            Some("<sip:alice@example.com>;tag=1".into())
+        );
+        let f = fields(&mut state);
+        assert!(matches!(
+            state
+                .append(f, "Via".into(), "SIP/2.0/UDP evil".into())
+                .expect("call"),
+            Err(wit::Error::NotAllowed(_))
+        ));
+        let f = fields(&mut state);
+        assert!(matches!(
+            state.remove(f, "CSeq".into()).expect("call"),
+            Err(wit::Error::NotAllowed(_))
+        ));
+        let f = fields(&mut state);
+        assert_eq!(state.remove(f, "Max-Forwards".into()).expect("call"), Ok(1));
+        let f = fields(&mut state);
+        assert_eq!(
+            state.set(f, "P-Hint".into(), "x".into()).expect("call"),
+            Ok(())
+        );
+        let f = fields(&mut state);
+        assert_eq!(
+            state
+                .set_body(f, Some("text/plain".into()), b"hi".to_vec())
+                .expect("call"),
+            Ok(())
+        );
+        let f = fields(&mut state);
+        assert_eq!(
+            state.get(f, "Content-Type".into()).expect("get"),
+            Some("text/plain".into())
+        );
+        let stale = fields(&mut state);
+        state.generation += 1;
+        let err = state
+            .has(stale, "To".into())
+            .expect_err("a stale handle traps");
+        assert!(err.to_string().contains("after the hook call"), "{err}");
+    }
+}
