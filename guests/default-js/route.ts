@@ -264,7 +264,8 @@ export function onFailure(req: Request, best: Response): void {
   if (req.isMethod("INVITE") && (status === 486 || status === 408 || (status >= 500 && status < 600))) {
     const [next, ...rest] = list(vars.get(FAILOVER_VAR));
     if (next !== undefined) {
-      vars.set(FAILOVER_VAR, rest.join(","));
+      if (rest.length > 0) vars.set(FAILOVER_VAR, rest.join(","));
+      else vars.remove(FAILOVER_VAR);
       log.info(`${status} from the last branch: trying ${next}`);
       req.setUri(next);
       req.relay();
