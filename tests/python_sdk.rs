@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use wisp_tests::{
-    assert_all_successful, build_guest, build_js_guest, free_port, header_of, repo_root, request,
-    scenario, udp_exchange, wisp_binary, Sipp, SippOutcome, Tenant, Transport, Wisp, WispBuilder,
+    assert_all_successful, build_guest, build_js_guest, free_port, header_of, precompile,
+    repo_root, request, scenario, udp_exchange, wisp_binary, Sipp, SippOutcome, Tenant, Transport,
+    Wisp, WispBuilder,
 };
 
 const CALLS: u32 = 20;
@@ -121,40 +122,6 @@ fn build_python_guest(name: &str, source: &Path) -> Result<PathBuf> {
 fn example() -> PathBuf {
     let source = repo_root().join("guests/example-python/route.py");
     build_python_guest("example-python", &source).expect("guests/example-python builds")
-}
-
-/// Loads a component with `wisp check`, which compiles it into `cache`
-/// (the tests' is target/e2e-cache) unless it is there, and instantiates
-/// it once; how long that took.
-fn precompile(wasm: &Path, cache: &Path) -> Result<Duration> {
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("check.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:5060\"\n\n\
-             [engine]\ncache_dir = \"{cache}\"\n\n\
-             [[tenant]]\nname = \"precompile\"\ncomponent = \"{wasm}\"\n",
-            cache = cache.display(),
-            wasm = wasm.display(),
-        ),
-    )?;
-    let started = Instant::now();
-    let output = Command::new(wisp_binary()?)
-        .arg("check")
-        .arg("--config")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run wisp check")?;
-    if !output.status.success() {
-        bail!(
-            "wisp check refused {}:\n{}",
-            wasm.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(started.elapsed())
 }
 
 fn files_ending(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -217,13 +217,19 @@ pub fn cached_js_build(
             started.elapsed().as_secs_f64()
         );
     }
-    precompile(&wasm)?;
+    let took = precompile(&wasm, &repo_root().join("target/e2e-cache"))?;
+    eprintln!(
+        "wisp check loaded {} in {:.1} s",
+        wasm.display(),
+        took.as_secs_f64()
+    );
     Ok(wasm)
 }
 
-/// Loads a component once with `wisp check`, which leaves its machine code
-/// in the e2e compile cache.
-fn precompile(wasm: &Path) -> Result<()> {
+/// Loads a component with `wisp check`, which compiles it into `cache`
+/// (the tests' is target/e2e-cache) unless it is there, and instantiates
+/// it once; how long that took.
+pub fn precompile(wasm: &Path, cache: &Path) -> Result<Duration> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("check.toml");
     std::fs::write(
@@ -232,7 +238,7 @@ fn precompile(wasm: &Path) -> Result<()> {
             "[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:5060\"\n\n\
              [engine]\ncache_dir = \"{cache}\"\n\n\
              [[tenant]]\nname = \"precompile\"\ncomponent = \"{wasm}\"\n",
-            cache = repo_root().join("target/e2e-cache").display(),
+            cache = cache.display(),
             wasm = wasm.display(),
         ),
     )?;
@@ -251,12 +257,7 @@ fn precompile(wasm: &Path) -> Result<()> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    eprintln!(
-        "wisp check loaded {} in {:.1} s",
-        wasm.display(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    Ok(started.elapsed())
 }
 
 fn wit_files(dir: &Path) -> Result<Vec<PathBuf>> {

@@ -40,7 +40,8 @@ pub use config::{Tenant, WispBuilder};
 pub use digest::{challenge_param, credentials};
 pub use dns::{Asked, DnsServer, SilentDns, Zone};
 pub use guests::{
-    build_guest, build_js_guest, cached_js_build, default_js_component, Routing, TRUNK_GUEST,
+    build_guest, build_js_guest, cached_js_build, default_js_component, precompile, Routing,
+    TRUNK_GUEST,
 };
 pub use jssip::{events_named, JsSip};
 pub use kamailio::{Kamailio, KamailioTls};
