@@ -42,18 +42,6 @@ pub fn address(text: &str) -> Result<Address, String> {
     Ok(Address { transport, addr })
 }
 
-/// The transport's name in a Via.
-pub fn via_transport(transport: Transport) -> &'static str {
-    match transport {
-        Transport::Udp => "UDP",
-        Transport::Tcp => "TCP",
-        Transport::Tls => "TLS",
-        Transport::Ws => "WS",
-        Transport::Wss => "WSS",
-        Transport::Quic => "QUIC",
-    }
-}
-
 /// `ip:port` with IPv6 in brackets.
 pub fn host_port(addr: SocketAddr) -> String {
     match addr.ip() {
@@ -124,7 +112,7 @@ pub fn request(text: &str, fill: Option<&Fill>) -> Result<Message, String> {
         if !has(&head, &["Via", "v"]) {
             add.push(format!(
                 "Via: SIP/2.0/{} {};branch=z9hG4bK-{};rport",
-                via_transport(fill.source.transport),
+                fill.source.transport.via_name(),
                 host_port(fill.source.addr),
                 fill.tag
             ));
