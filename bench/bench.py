@@ -35,7 +35,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
 WISP = os.environ.get("BENCH_WISP_BIN") or os.path.join(TARGET, "release", "wisp")
 KAMAILIO_CFG = os.path.join(REPO, "bench", "kamailio", "kamailio.cfg")
-UAC = os.path.join(REPO, "tests", "scenarios", "uac.xml")
+UAC = os.path.join(REPO, "bench", "scenarios", "uac.xml")
 UAS = os.path.join(REPO, "tests", "scenarios", "uas.xml")
 REGISTER = os.path.join(REPO, "bench", "scenarios", "register.xml")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -58,7 +58,7 @@ KAMAILIO_SHM_MB = os.environ.get("BENCH_KAMAILIO_SHM_MB", "1024")
 KAMAILIO_MEM = os.environ.get("BENCH_KAMAILIO_MEM", "tlsf")
 
 LOADS = {
-    "call": "INVITE/180/200/ACK/BYE/200 over UDP, record-routed (tests/scenarios/uac.xml, uas.xml)",
+    "call": "INVITE/180/200/ACK/BYE/200 over UDP, record-routed (bench/scenarios/uac.xml, tests/scenarios/uas.xml)",
     "register": "REGISTER / 401 / REGISTER with digest (MD5) / 200 over UDP (bench/scenarios/register.xml)",
 }
 
