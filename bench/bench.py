@@ -30,10 +30,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
 WISP = os.environ.get("BENCH_WISP_BIN") or os.path.join(TARGET, "release", "wisp")
+# The same wisp built with `--features count-allocations` (bench/run.sh
+# builds it): run once more per load to count heap allocations.
+WISP_ALLOCS = os.environ.get("BENCH_WISP_ALLOCS_BIN") or os.path.join(TARGET, "release", "wisp-count-allocations")
 KAMAILIO_CFG = os.path.join(REPO, "bench", "kamailio", "kamailio.cfg")
 UAC = os.path.join(REPO, "bench", "scenarios", "uac.xml")
 UAS = os.path.join(REPO, "tests", "scenarios", "uas.xml")
@@ -44,6 +48,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROXY_PORT = int(os.environ.get("BENCH_PROXY_PORT", "25060"))
 UAC_PORT = PROXY_PORT + 10
 UAS_PORT = PROXY_PORT + 30
+# The counting build's admin API (TCP), for /metrics.
+ADMIN_PORT = PROXY_PORT + 40
+ADMIN_TOKEN = "bench"
 
 # Socket buffers: the proxies ask for this much (the kernel caps it at
 # net.core.rmem_max and reports twice the value it grants); SIPp too.
@@ -310,6 +317,53 @@ class Wisp(Proxy):
         # Accounting records are info-level log events; Kamailio writes none.
         env["WISP_LOG"] = "warn"
         return env
+
+
+class WispCounting(Wisp):
+    """The counting build (WISP_ALLOCS) with its admin API on, for
+    `wisp_allocations_total`."""
+
+    def config(self):
+        return super().config() + (
+            f'\n[admin]\naddress = "127.0.0.1:{ADMIN_PORT}"\ntoken = "{ADMIN_TOKEN}"\n'
+        )
+
+    def argv(self):
+        return [WISP_ALLOCS, "--config", self.config_path]
+
+
+def allocations_total():
+    """wisp_allocations_total from the counting build's /metrics."""
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{ADMIN_PORT}/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("wisp_allocations_total "):
+                return float(line.split()[1])
+    raise RuntimeError("no wisp_allocations_total in /metrics: is it a count-allocations build?")
+
+
+def allocations(kind, args, workdir):
+    """Heap allocations per call (or registration) of wisp at the fixed
+    rate, counted by the count-allocations build over the steady window."""
+    proxy = WispCounting(kind, tempfile.mkdtemp(prefix="wisp-allocs-", dir=workdir), args.proxy_cpus)
+    proxy.prepare()
+    proxy.start()
+    load = Load(kind, args.rate, args.seconds, proxy.workdir, args.sipp_cpus)
+    try:
+        load.start_callee()
+        load.start_caller()
+        warm, end = 2.0, args.seconds - 1.0
+        time.sleep(max(0.0, load.started + warm - time.monotonic()))
+        a0, t0 = allocations_total(), time.monotonic()
+        time.sleep(max(0.0, load.started + end - time.monotonic()))
+        a1, t1 = allocations_total(), time.monotonic()
+        outcome = load.wait_caller()
+    finally:
+        load.stop()
+        proxy.stop()
+    return {"per_call": (a1 - a0) / (args.rate * (t1 - t0)), "outcome": outcome}
 
 
 class Kamailio(Proxy):
@@ -934,7 +988,7 @@ def ratio(a, b):
     return f"{a / b:.2f}"
 
 
-def table(kind, fixed, maxes, args):
+def table(kind, fixed, maxes, args, allocs=None, one_core=None):
     empty = {"cpu_us_per_call": None, "kernel_share": None, "sipp_cpu_us_per_call": None,
              "switches_per_call": None, "p50_ms": None, "p99_ms": None,
              "pss_mib": None, "rss_mib": None, "processes": 0, "rcvbuf": None}
@@ -952,6 +1006,14 @@ def table(kind, fixed, maxes, args):
         (f"memory PSS (MiB) @{args.rate}/s", w["pss_mib"], k["pss_mib"], ".1f"),
         (f"memory RSS sum (MiB)", w["rss_mib"], k["rss_mib"], ".1f"),
     ]
+    if allocs is not None:
+        rows.append((f"  heap allocations per {unit}", allocs["per_call"], None, ".0f"))
+    if one_core:
+        w1, k1 = one_core.get("wisp", empty), one_core.get("kamailio", empty)
+        rows += [
+            (f"CPU-us per {unit}, 1 core", w1["cpu_us_per_call"], k1["cpu_us_per_call"], ".0f"),
+            (f"p99 {what} (ms), 1 core", w1["p99_ms"], k1["p99_ms"], ".3f"),
+        ]
     lines = [f"{'':<32} {'wisp':>10} {'kamailio':>10} {'wisp/kam':>9}"]
     for label, a, b, spec in rows:
         lines.append(f"{label:<32} {fmt(a, spec):>10} {fmt(b, spec):>10} {ratio(a, b):>9}")
@@ -968,6 +1030,48 @@ def table(kind, fixed, maxes, args):
                 + (f" ({r['why_not']})" if r["why_not"] else "")
             )
     return "\n".join(lines)
+
+
+def one_core_args(args):
+    """The arguments of the one-core runs: both proxies on the first CPU,
+    SIPp on the others (on one, with the proxy, on a 1-CPU machine)."""
+    one = argparse.Namespace(**vars(args))
+    cpus = os.cpu_count() or 1
+    one.proxy_cpus = "0"
+    one.sipp_cpus = f"1-{cpus - 1}" if cpus > 1 else "0"
+    return one
+
+
+# Issue #15's targets: (load, figure, label, at most / at least, ratio).
+TARGETS = [
+    ("call", "cpu_us_per_call", "CPU per call", "<=", 1.0),
+    ("call", "max", "max calls/s", ">=", 1.0),
+    ("call", "pss_mib", "PSS @1000 calls/s", "<=", 1.0),
+    ("call", "p99_ms", "p99 INVITE->200", "<=", 1.0),
+    ("register", "cpu_us_per_call", "CPU per REGISTER", "<=", 1.0),
+    ("register", "max", "max REGISTER/s", ">=", 1.0),
+]
+
+
+def targets(results):
+    """One line per target whose figures this run has: wisp/Kamailio and
+    whether the target is met."""
+    lines = []
+    for kind, key, label, op, bound in TARGETS:
+        load = results["loads"].get(kind)
+        if not load:
+            continue
+        if key == "max":
+            w, k = load["max"].get("wisp"), load["max"].get("kamailio")
+        else:
+            w = load["fixed"].get("wisp", {}).get(key)
+            k = load["fixed"].get("kamailio", {}).get(key)
+        if not w or not k:
+            continue
+        r = w / k
+        met = r <= bound if op == "<=" else r >= bound
+        lines.append(f"{label:<20} wisp/kamailio = {r:.2f} (target {op} {bound:.2f}: {'met' if met else 'NOT met'})")
+    return lines
 
 
 def pct(share):
@@ -988,6 +1092,10 @@ def main():
     parser.add_argument("--max-rate", type=int, default=30000)
     parser.add_argument("--loads", default="call,register")
     parser.add_argument("--no-max", action="store_true", help="skip the max-rate search")
+    parser.add_argument("--one-core", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) > 1,
+                        help="also the fixed-rate runs with both proxies on one core (CPU 0) and SIPp on the others")
+    parser.add_argument("--no-allocations", action="store_true",
+                        help="skip the allocation count (a run of the count-allocations build per load)")
     parser.add_argument("--proxies", default="wisp,kamailio", help="which proxies to run")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, SIPp errors)")
     parser.add_argument("--profile", action="store_true",
@@ -1061,9 +1169,27 @@ def main():
             elif not args.no_max:
                 log(f"  max rate: {args.probe_seconds:.0f} s probes, alternating")
                 maxes = max_rates(kind, args, workdir)
-            results["loads"][kind] = {"fixed": fixed, "max": maxes}
+            one_core = None
+            if args.one_core:
+                one = one_core_args(args)
+                log(f"  on one core: proxies taskset -c {one.proxy_cpus}, SIPp taskset -c {one.sipp_cpus}, "
+                    f"{args.rate}/s for {args.seconds:.0f} s, {args.repeat} runs each, alternating")
+                runs1 = {cls.name: [] for cls in PROXIES}
+                for _ in range(args.repeat):
+                    for cls in PROXIES:
+                        r = fixed_rate(cls, kind, one, workdir)
+                        runs1[cls.name].append(r)
+                        log(f"  {cls.name:<8} {r['cpu_us_per_call']:.0f} CPU-us/{kind} on 1 core, "
+                            f"{r['outcome']['successful']}/{r['outcome']['calls']} ok, "
+                            f"p99 {fmt(r['p99_ms'], '.3f')} ms")
+                one_core = {name: merge_runs(rs) for name, rs in runs1.items()}
+            allocs = None
+            if Wisp in PROXIES and os.path.exists(WISP_ALLOCS) and not args.no_allocations:
+                allocs = allocations(kind, args, workdir)
+                log(f"  wisp (count-allocations build) {allocs['per_call']:.0f} heap allocations per {kind}")
+            results["loads"][kind] = {"fixed": fixed, "max": maxes, "one_core": one_core, "allocations": allocs}
             log("")
-            log(table(kind, fixed, maxes, args))
+            log(table(kind, fixed, maxes, args, allocs, one_core))
     finally:
         if args.keep:
             log(f"  work folder kept: {workdir}")
@@ -1073,15 +1199,8 @@ def main():
     m["load_after"] = loadavg()
     log(f"\n== summary ({m['date']}, {m['cpu']}, {m['cores']} cores, load {m['load_before']} -> {m['load_after']}, "
         f"{time.monotonic() - started:.0f} s)")
-    call = results["loads"].get("call")
-    if call and len(call["fixed"]) == 2:
-        cw, ck = call["fixed"]["wisp"]["cpu_us_per_call"], call["fixed"]["kamailio"]["cpu_us_per_call"]
-        log(f"  calls: CPU per call wisp/kamailio = {cw / ck:.2f} (target <= 0.60: "
-            f"{'met' if cw / ck <= 0.6 else 'not met'})")
-        mw, mk = call["max"].get("wisp"), call["max"].get("kamailio")
-        if mw and mk:
-            log(f"  calls: max calls/s wisp/kamailio = {mw / mk:.2f} (target >= 1.50: "
-                f"{'met' if mw / mk >= 1.5 else 'not met'})")
+    for line in targets(results):
+        log("  " + line)
     out_dir = os.path.join(TARGET, "bench")
     os.makedirs(out_dir, exist_ok=True)
     out = os.path.join(out_dir, "results-" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + ".json")

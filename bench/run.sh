@@ -2,8 +2,10 @@
 # wisp against Kamailio under the same SIPp load, on this machine: one
 # command from a fresh clone (Debian, Rust by rustup). Installs SIPp
 # (sip-tester), Kamailio, tcpdump and Python if missing, builds wisp in
-# release, then runs bench/bench.py (about 6 minutes on 2 cores), which
-# prints the machine, a table per load and the ratios wisp/Kamailio.
+# release (and once more counting heap allocations), then runs
+# bench/bench.py (about 9 minutes on 2 cores), which prints the machine, a
+# table per load (on both cores, and on one), the ratios wisp/Kamailio and
+# issue #15's targets, met or not.
 #
 #   bash bench/run.sh [bench.py options]     e.g. --rate 2000, --no-max
 #
@@ -34,6 +36,12 @@ command -v taskset >/dev/null || install util-linux
 
 echo "== building wisp (release)"
 command -v rustup >/dev/null && rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
+# First the build that counts heap allocations (allocations per call),
+# kept under another name; then the one measured. Cargo keeps both, so
+# the second build only puts the measured binary back.
+target_dir=${CARGO_TARGET_DIR:-target}
+cargo build --release -p wisp --features count-allocations
+cp "$target_dir/release/wisp" "$target_dir/release/wisp-count-allocations"
 cargo build --release -p wisp
 
 wait_s=${BENCH_WAIT_LOAD:-0}

@@ -10,6 +10,8 @@
 //! threads. [`server`] wires them together from a [`config`].
 
 pub mod admin;
+#[cfg(feature = "count-allocations")]
+pub mod alloc_count;
 pub mod config;
 pub mod dns;
 pub mod metrics;

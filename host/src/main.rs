@@ -10,6 +10,10 @@ use tracing_subscriber::EnvFilter;
 
 use wisp::config::Config;
 
+#[cfg(feature = "count-allocations")]
+#[global_allocator]
+static ALLOCATOR: wisp::alloc_count::Counting = wisp::alloc_count::Counting;
+
 /// A SIP proxy whose routing runs as sandboxed WebAssembly components.
 ///
 /// Without --config, wisp listens on UDP and TCP port 5060 and routes with

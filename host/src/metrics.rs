@@ -158,6 +158,28 @@ impl EncodeMetric for HookHistogram {
     }
 }
 
+/// The heap allocations of the process (`--features count-allocations`
+/// only: see [`crate::alloc_count`]).
+#[cfg(feature = "count-allocations")]
+#[derive(Debug)]
+struct Allocations;
+
+#[cfg(feature = "count-allocations")]
+impl TypedMetric for Allocations {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+#[cfg(feature = "count-allocations")]
+impl EncodeMetric for Allocations {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&crate::alloc_count::allocations(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -222,6 +244,12 @@ impl Metrics {
                 "ratelimit",
                 "The routing's rate limits and bans (ratelimit interface): refused (a check past its limit), bans (bans it started)",
                 m.ratelimit.clone(),
+            );
+            #[cfg(feature = "count-allocations")]
+            r.register(
+                "allocations",
+                "Heap allocations since the start (a build with --features count-allocations)",
+                Allocations,
             );
         }
         m
