@@ -17,7 +17,9 @@
 //!   put there by us above the very Via it is going to: a stray response
 //!   cannot make wisp send to an address of the attacker's choosing.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
+
+use crate::transaction::hash::process_hasher;
 
 use crate::sip::{HeaderName, Message, Via};
 
@@ -31,7 +33,7 @@ const MAC_BYTES: usize = 8;
 
 /// The loop hash of a request as received (RFC 3261 §16.6 step 8).
 pub fn loop_hash(msg: &Message) -> u32 {
-    let mut h = DefaultHasher::new();
+    let mut h = process_hasher();
     msg.uri().hash(&mut h);
     let tag = |to: bool| {
         let header = if to { msg.to() } else { msg.from() };
@@ -89,7 +91,7 @@ pub fn shard_of(branch: &str) -> Option<usize> {
 /// retransmissions, and a CANCEL or non-2xx ACK of an INVITE) and
 /// different for others, keyed so that it tells nothing.
 pub fn stateless_id(msg: &Message) -> String {
-    let mut h = DefaultHasher::new();
+    let mut h = process_hasher();
     msg.uri().hash(&mut h);
     match msg
         .top_via()
@@ -168,12 +170,7 @@ fn anchor(below: Option<&Via>) -> String {
     let Some(via) = below else {
         return String::new();
     };
-    let param = |name: &str| {
-        via.params
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_deref().unwrap_or(""))
-    };
+    let param = |name: &str| via.param(name).map(|v| v.unwrap_or(""));
     format!(
         "{}|{}|{}|{:?}|{:?}|{:?}",
         via.transport.to_ascii_uppercase(),

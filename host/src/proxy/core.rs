@@ -7,12 +7,12 @@
 //! resolver, so forking, CANCEL and the timers are tested on a fake clock.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::sip::{self, HeaderName, Message, Method};
+use crate::transaction::hash::KeyedMap;
 use crate::transaction::{Event as TxEvent, Incoming, ResponseDisposition, Transactions, TxId};
 use crate::transport::Target;
 
@@ -34,10 +34,10 @@ pub const AMPLIFICATION: usize = 3;
 pub struct Core<P> {
     pub(super) fx: Effects,
     /// Relayed requests, by their server transaction.
-    pub(super) relays: HashMap<TxId, Relay<P>>,
+    pub(super) relays: KeyedMap<TxId, Relay<P>>,
     /// Server transactions counted against the limits, with the source
     /// they count for (None: a trusted source).
-    admitted: HashMap<TxId, Option<IpAddr>>,
+    admitted: KeyedMap<TxId, Option<IpAddr>>,
 }
 
 impl<P> Core<P> {
@@ -52,8 +52,8 @@ impl<P> Core<P> {
     ) -> Core<P> {
         Core {
             fx: Effects::new(txs, locality, shard, admission),
-            relays: HashMap::new(),
-            admitted: HashMap::new(),
+            relays: KeyedMap::default(),
+            admitted: KeyedMap::default(),
         }
     }
 
@@ -485,14 +485,21 @@ impl<P> Core<P> {
         self.settle(tx);
     }
 
-    /// A relay whose answer upstream was a failure and whose branches
-    /// have all ended has nothing left to do: its request, branches and
+    /// A relay whose answer upstream was a failure (or any final of a
+    /// non-INVITE) and whose branches have all ended has nothing left to
+    /// do: its request, branches and
     /// responses go now, not when its server transaction ends (32 s over
     /// UDP). The transactions themselves, small, absorb what comes late.
-    /// A relay that forwarded a 2xx stays, for the 2xx retransmissions.
+    /// A relay that forwarded a 2xx to an INVITE stays, for the 2xx
+    /// retransmissions, its request frozen to bytes.
     fn settle(&mut self, tx: TxId) {
-        if self.relays.get(&tx).is_some_and(Relay::finished) {
+        let Some(relay) = self.relays.get_mut(&tx) else {
+            return;
+        };
+        if relay.finished() {
             self.relays.remove(&tx);
+        } else {
+            relay.freeze();
         }
     }
 

@@ -5,13 +5,14 @@
 //! `&mut self`, so no relay is ever taken out of its table to be worked on.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 
 use crate::sip::{HeaderName, Message, Via};
+use crate::transaction::hash::KeyedMap;
 use crate::transaction::{Transactions, TxId};
 use crate::transport::{listener_for, Target, Transport};
 
@@ -78,10 +79,10 @@ pub(super) struct Effects {
     pub(super) admission: Arc<Admission>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
-    pub(super) parked: HashMap<LookupId, Parked>,
+    pub(super) parked: KeyedMap<LookupId, Parked>,
     next_lookup: u64,
     /// Client transaction → (server transaction, branch index).
-    pub(super) branch_of: HashMap<TxId, (TxId, usize)>,
+    pub(super) branch_of: KeyedMap<TxId, (TxId, usize)>,
     /// Final-response timers (fr_timer / fr_inv_timer) by deadline; an
     /// entry is stale when its relay's deadline moved on.
     pub(super) fr_timers: BinaryHeap<Reverse<(Instant, TxId)>>,
@@ -103,9 +104,9 @@ impl Effects {
             admission,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-            parked: HashMap::new(),
+            parked: KeyedMap::default(),
             next_lookup: 0,
-            branch_of: HashMap::new(),
+            branch_of: KeyedMap::default(),
             fr_timers: BinaryHeap::new(),
             shard,
             branch_seq: 0,

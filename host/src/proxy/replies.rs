@@ -3,10 +3,11 @@
 //! RFC 3581), and the address a reply or a relayed response is sent to
 //! (§18.2.2).
 
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 
 use crate::sip::{self, HeaderName, Host, Message, Method, Via};
+use crate::transaction::hash::process_hasher;
 use crate::transport::{Target, Transport};
 
 use super::request::Source;
@@ -115,7 +116,7 @@ pub(super) fn is_unroutable(ip: IpAddr) -> bool {
 /// The To tag of our stateless replies: the same for retransmissions of a
 /// request, so that they get the same answer.
 fn to_tag(msg: &Message) -> String {
-    let mut h = DefaultHasher::new();
+    let mut h = process_hasher();
     msg.call_id().hash(&mut h);
     msg.from()
         .ok()

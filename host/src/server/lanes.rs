@@ -21,7 +21,6 @@
 //! more than [`MAX_WAIT`] of its hooks' time.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -365,9 +364,8 @@ impl Lanes {
 /// The shard of a message within its lane: by Call-ID, so that a call
 /// stays on one shard.
 fn by_call_id(msg: &Message, shards: usize) -> usize {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    msg.call_id().hash(&mut h);
-    (h.finish() % shards.max(1) as u64) as usize
+    let h = crate::transaction::hash::process_hash(&msg.call_id());
+    (h % shards.max(1) as u64) as usize
 }
 
 /// Lane threads yield to the receiving threads under contention.

@@ -72,6 +72,7 @@
 
 mod client_invite;
 mod client_non_invite;
+pub mod hash;
 mod key;
 mod machine;
 mod schedule;
@@ -82,7 +83,7 @@ mod timers;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Instant;
@@ -94,6 +95,7 @@ use crate::transport::Target;
 
 use client_invite::InviteClient;
 use client_non_invite::NonInviteClient;
+use hash::KeyedMap;
 use key::{ClientKey, LegacyKey, RequestKey, ServerKey};
 use machine::Ctx;
 use schedule::{Schedule, Slots};
@@ -247,13 +249,17 @@ enum Machine {
 enum Index {
     Client(ClientKey),
     Server(ServerKey),
-    Legacy {
-        key: LegacyKey,
-        to_tag: Option<String>,
-        cseq_method: Method,
-        /// To tag of the last response sent (an ACK must carry it).
-        response_to_tag: Option<String>,
-    },
+    /// Boxed: RFC 2543 peers are rare, and inline it would make every
+    /// transaction as large.
+    Legacy(Box<Legacy>),
+}
+
+struct Legacy {
+    key: LegacyKey,
+    to_tag: Option<String>,
+    cseq_method: Method,
+    /// To tag of the last response sent (an ACK must carry it).
+    response_to_tag: Option<String>,
 }
 
 struct Tx {
@@ -286,10 +292,10 @@ impl Tx {
 /// Every transaction of one worker, their timers and their output queues.
 pub struct Transactions {
     timers: Timers,
-    txs: HashMap<TxId, Tx>,
-    clients: HashMap<ClientKey, TxId>,
-    servers: HashMap<ServerKey, TxId>,
-    legacy: HashMap<LegacyKey, Vec<TxId>>,
+    txs: KeyedMap<TxId, Tx>,
+    clients: KeyedMap<ClientKey, TxId>,
+    servers: KeyedMap<ServerKey, TxId>,
+    legacy: KeyedMap<LegacyKey, Vec<TxId>>,
     schedule: Schedule,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -318,10 +324,10 @@ impl Transactions {
     pub fn new(timers: Timers) -> Transactions {
         Transactions {
             timers,
-            txs: HashMap::new(),
-            clients: HashMap::new(),
-            servers: HashMap::new(),
-            legacy: HashMap::new(),
+            txs: KeyedMap::default(),
+            clients: KeyedMap::default(),
+            servers: KeyedMap::default(),
+            legacy: KeyedMap::default(),
             schedule: Schedule::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -370,12 +376,12 @@ impl Transactions {
                         key,
                         to_tag,
                         cseq_method,
-                    } => Index::Legacy {
+                    } => Index::Legacy(Box::new(Legacy {
                         key,
                         to_tag,
                         cseq_method,
                         response_to_tag: None,
-                    },
+                    })),
                 };
                 // Look for the INVITE before the CANCEL is indexed.
                 let invite = (*method == Method::Cancel)
@@ -429,13 +435,11 @@ impl Transactions {
         let terminated = ctx.terminated;
         if result.is_ok() {
             if let Some(Tx {
-                index: Index::Legacy {
-                    response_to_tag, ..
-                },
+                index: Index::Legacy(legacy),
                 ..
             }) = self.txs.get_mut(&tx)
             {
-                *response_to_tag = response
+                legacy.response_to_tag = response
                     .to()
                     .ok()
                     .and_then(|to| to.tag().map(str::to_string));
@@ -661,7 +665,7 @@ impl Transactions {
             Index::Server(k) => {
                 self.servers.insert(k.clone(), id);
             }
-            Index::Legacy { key, .. } => self.legacy.entry(key.clone()).or_default().push(id),
+            Index::Legacy(l) => self.legacy.entry(l.key.clone()).or_default().push(id),
         }
         self.txs.insert(id, tx);
     }
@@ -684,11 +688,11 @@ impl Transactions {
                     self.servers.remove(&k);
                 }
             }
-            Index::Legacy { key, .. } => {
-                if let Some(ids) = self.legacy.get_mut(&key) {
+            Index::Legacy(l) => {
+                if let Some(ids) = self.legacy.get_mut(&l.key) {
                     ids.retain(|&x| x != id);
                     if ids.is_empty() {
-                        self.legacy.remove(&key);
+                        self.legacy.remove(&l.key);
                     }
                 }
             }
@@ -715,15 +719,11 @@ impl Transactions {
                 let Some(tx) = self.txs.get(id) else {
                     return false;
                 };
-                let Index::Legacy {
-                    to_tag: tx_to_tag,
-                    cseq_method: tx_method,
-                    response_to_tag,
-                    ..
-                } = &tx.index
-                else {
+                let Index::Legacy(l) = &tx.index else {
                     return false;
                 };
+                let (tx_to_tag, tx_method, response_to_tag) =
+                    (&l.to_tag, &l.cseq_method, &l.response_to_tag);
                 if *method == Method::Ack {
                     // CSeq number (in the key) but not method; the To tag
                     // of the response the transaction sent.
@@ -740,10 +740,10 @@ impl Transactions {
     fn find_cancelled(&self, index: &Index) -> Option<TxId> {
         let id = match index {
             Index::Server(k) => self.servers.get(&k.with_method(Method::Invite)).copied(),
-            Index::Legacy { key, to_tag, .. } => self.legacy.get(key)?.iter().copied().find(|id| {
+            Index::Legacy(l) => self.legacy.get(&l.key)?.iter().copied().find(|id| {
                 self.txs.get(id).is_some_and(|tx| {
                     tx.kind() == Kind::InviteServer
-                        && matches!(&tx.index, Index::Legacy { to_tag: t, .. } if t == to_tag)
+                        && matches!(&tx.index, Index::Legacy(t) if t.to_tag == l.to_tag)
                 })
             }),
             Index::Client(_) => None,
