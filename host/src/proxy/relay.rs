@@ -10,6 +10,8 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::sip::{HeaderName, Message, Method};
 use crate::transaction::TxId;
 use crate::transport::Target;
@@ -46,6 +48,9 @@ pub(super) struct Relay<P> {
     fr: (Duration, Duration),
     fr_deadline: Option<Instant>,
     failure_rounds: u32,
+    /// The request as bytes while the relay only waits for 2xx
+    /// retransmissions (see [`Relay::freeze`]); `req.msg` is empty then.
+    frozen: Option<Bytes>,
 }
 
 #[derive(Default)]
@@ -142,13 +147,45 @@ impl<P> Relay<P> {
             fr,
             fr_deadline: None,
             failure_rounds: 0,
+            frozen: None,
         })
     }
 
-    /// Whether the relay is over: a failure went upstream and no branch
-    /// is pending or answered 2xx (whose retransmissions it forwards).
+    /// Whether the relay is over: a final response went upstream and no
+    /// branch is pending, nor (INVITE) answered 2xx, whose
+    /// retransmissions it forwards. A non-INVITE's client transactions
+    /// absorb retransmitted finals themselves.
     pub(super) fn finished(&self) -> bool {
-        self.final_sent && !self.branches.iter().any(|b| b.answered_2xx || b.pending())
+        self.final_sent
+            && !self
+                .branches
+                .iter()
+                .any(|b| b.pending() || (self.invite && b.answered_2xx))
+    }
+
+    /// An INVITE relay that forwarded a 2xx and has no branch pending only
+    /// waits, as long as its server transaction (32 s over UDP), for 2xx
+    /// retransmissions: its request is kept as the bytes it serializes to,
+    /// a fraction of the parsed message, and parsed again if one comes.
+    pub(super) fn freeze(&mut self) {
+        if self.frozen.is_some() || !self.final_sent || self.branches.iter().any(Branch::pending) {
+            return;
+        }
+        let msg = std::mem::replace(&mut self.req.msg, Message::new_response(0, ""));
+        self.frozen = Some(msg.to_bytes());
+        self.req.path = Vec::new();
+        self.req.branches = Vec::new();
+        self.req.dst_uri = None;
+    }
+
+    /// The request parsed again from what [`Relay::freeze`] kept.
+    fn thaw(&mut self) {
+        if let Some(bytes) = self.frozen.take() {
+            match crate::sip::parse(bytes) {
+                Ok(msg) => self.req.msg = msg,
+                Err(err) => tracing::warn!(%err, "a relay's own request does not parse again"),
+            }
+        }
     }
 
     /// Client transactions of the branches, for forgetting them.
@@ -416,6 +453,7 @@ impl<P> Relay<P> {
         mut msg: Message,
         source: SocketAddr,
     ) {
+        self.thaw();
         msg.pop_first_value(&HeaderName::Via);
         let status = msg.status().unwrap_or(500);
         let mut keep = true;

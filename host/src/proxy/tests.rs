@@ -1351,3 +1351,160 @@ fn a_relay_that_failed_is_let_go_at_once_and_its_transactions_absorb_the_rest() 
     p.advance(60_000);
     assert_eq!(p.core.len(), (0, 0));
 }
+
+/// Heap allocations of this thread, counted by a wrapper of the system
+/// allocator (the test binary's allocator): how many per relayed message
+/// and how many bytes a finished call leaves behind in the core.
+mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    struct Counting;
+
+    thread_local! {
+        static ALLOCS: Cell<u64> = const { Cell::new(0) };
+        static LIVE: Cell<i64> = const { Cell::new(0) };
+    }
+
+    fn count(allocs: u64, bytes: i64) {
+        // try_with: nothing is counted while the thread is being torn down.
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + allocs));
+        let _ = LIVE.try_with(|c| c.set(c.get() + bytes));
+    }
+
+    // SAFETY: every call is passed on to the system allocator unchanged.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            count(1, layout.size() as i64);
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            count(1, layout.size() as i64);
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            count(0, -(layout.size() as i64));
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            count(1, new_size as i64 - layout.size() as i64);
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+
+    /// (allocations, live bytes) of this thread so far.
+    pub(super) fn now() -> (u64, i64) {
+        (ALLOCS.with(Cell::get), LIVE.with(Cell::get))
+    }
+}
+
+/// One call of the benchmark's shape (INVITE / 100 / 180 / 200 / ACK,
+/// BYE / 200), record-routed; numbered so that calls do not match each
+/// other. Returns the allocations of the core while handling each
+/// message (the test's own message building excluded).
+fn one_call(p: &mut Proxy, n: u32, ms: u64) -> Vec<(String, u64, i64)> {
+    let mut counts = Vec::new();
+    let call = |text: String| text.replace("call-1@", &format!("call-{n}@"));
+    let mut recv = |p: &mut Proxy, what: &str, from: &str, m: Message| {
+        let before = counting::now();
+        p.recv(ms, from, m);
+        let mut sent = Vec::new();
+        while let Some(t) = p.core.poll_transmit() {
+            sent.push(t);
+        }
+        let after = counting::now();
+        counts.push((what.to_string(), after.0 - before.0, after.1 - before.1));
+        sent.into_iter()
+            .map(|t| (t.target, parse(t.data).expect("parses")))
+            .collect::<Vec<_>>()
+    };
+    let invite = msg(&call(text(&request(
+        "INVITE",
+        &format!("z9hG4bKc{n}i"),
+        None,
+        1,
+    ))));
+    let sent = recv(p, "INVITE", CALLER, invite);
+    let out = last_to(&sent, UAS_A, "INVITE");
+    let ringing = msg(&call(text(&answer(&out, 180, "a"))));
+    recv(p, "180", UAS_A, ringing);
+    let ok = msg(&call(text(&answer(&out, 200, "a"))));
+    recv(p, "200", UAS_A, ok);
+    let ack = msg(&call(text(&request(
+        "ACK",
+        &format!("z9hG4bKc{n}a"),
+        Some("a"),
+        1,
+    ))));
+    recv(p, "ACK", CALLER, ack);
+    let bye = msg(&call(text(&request(
+        "BYE",
+        &format!("z9hG4bKc{n}b"),
+        Some("a"),
+        2,
+    ))));
+    let sent = recv(p, "BYE", CALLER, bye);
+    let out = last_to(&sent, UAS_A, "BYE");
+    let bye_ok = msg(&call(text(&answer(&out, 200, "a"))));
+    recv(p, "BYE 200", UAS_A, bye_ok);
+    counts
+}
+
+/// What the core allocates per relayed message and keeps per finished
+/// call, printed (`--nocapture`) for docs/performance.md; the bounds
+/// only catch a regression of several times.
+#[test]
+fn allocations_per_message_and_memory_kept_per_call() {
+    let mut p = Proxy::new(Box::new(|req| {
+        req.record_route = true;
+        vec![Action::Relay {
+            destination: Some(format!("sip:{UAS_A}")),
+        }]
+    }));
+    // Warm up: tables and queues grown.
+    for n in 0..200 {
+        one_call(&mut p, n, 0);
+    }
+    let calls = 200;
+    let (_, live_before) = counting::now();
+    let mut total: Vec<(String, u64, i64)> = Vec::new();
+    for n in 0..calls {
+        let counts = one_call(&mut p, 1000 + n, 1);
+        if total.is_empty() {
+            total = counts;
+        } else {
+            for (t, (_, c, b)) in total.iter_mut().zip(counts) {
+                t.1 += c;
+                t.2 += b;
+            }
+        }
+    }
+    let (_, live_after) = counting::now();
+    let per_call = (live_after - live_before) / i64::from(calls);
+    let per_message: Vec<(String, u64)> = total
+        .iter()
+        .map(|(w, c, _)| (w.clone(), c / u64::from(calls)))
+        .collect();
+    let kept: Vec<(String, i64)> = total
+        .iter()
+        .map(|(w, _, b)| (w.clone(), b / i64::from(calls)))
+        .collect();
+    let sum: u64 = per_message.iter().map(|(_, c)| c).sum();
+    eprintln!("core allocations per message: {per_message:?}, per call {sum}");
+    eprintln!("core bytes kept per message: {kept:?}");
+    eprintln!("core bytes kept per finished call (until its timers end): {per_call}");
+    for ms in [5_100, 33_000, 130_000] {
+        let before = counting::now().1;
+        p.advance(ms);
+        eprintln!(
+            "at {ms} ms: {} bytes per call let go",
+            (before - counting::now().1) / i64::from(2 * calls)
+        );
+    }
+    assert_eq!(p.core.len(), (0, 0));
+    assert!(sum < 2000, "{sum} allocations per call");
+    assert!(per_call < 40_000, "{per_call} bytes kept per call");
+}

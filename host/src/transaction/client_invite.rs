@@ -20,10 +20,18 @@ use crate::sip::{HeaderName, Message, Method};
 
 pub(super) struct InviteClient {
     state: State,
-    request: Message,
-    bytes: Bytes,
-    /// The ACK for the non-2xx final, once built.
+    /// What Calling and Proceeding need; let go once a final response
+    /// came, so that a transaction waiting out Timer D or M is small.
+    live: Option<Box<Live>>,
+    /// The ACK for the non-2xx final, once built (all Completed keeps).
     ack: Option<Bytes>,
+}
+
+struct Live {
+    /// The INVITE, for the ACK of a non-2xx final or a CANCEL.
+    request: Message,
+    /// As sent, for retransmissions.
+    bytes: Bytes,
     interval: Duration,
 }
 
@@ -42,10 +50,12 @@ impl InviteClient {
         ctx.arm(TimerKind::B, ctx.timers.b);
         InviteClient {
             state: State::Calling,
-            request,
-            bytes,
+            live: Some(Box::new(Live {
+                request,
+                bytes,
+                interval,
+            })),
             ack: None,
-            interval,
         }
     }
 
@@ -71,12 +81,17 @@ impl InviteClient {
             }
             (State::Calling | State::Proceeding, 200..=299) => {
                 self.state = State::Accepted;
+                self.live = None;
                 ctx.linger(TimerKind::M, ctx.timers.m, false);
                 Deliver
             }
             (State::Calling | State::Proceeding, _) => {
                 self.state = State::Completed;
-                self.ack = build_ack(&self.request, msg).map(|m| m.to_bytes());
+                self.ack = self
+                    .live
+                    .take()
+                    .and_then(|live| build_ack(&live.request, msg))
+                    .map(|m| m.to_bytes());
                 if let Some(ack) = &self.ack {
                     ctx.send(ack.clone());
                 }
@@ -99,9 +114,11 @@ impl InviteClient {
     pub(super) fn on_timer(&mut self, ctx: &mut Ctx, kind: TimerKind) {
         match (self.state, kind) {
             (State::Calling, TimerKind::A) => {
-                ctx.send(self.bytes.clone());
-                self.interval = double(self.interval, None);
-                ctx.arm_retransmit(TimerKind::A, self.interval);
+                if let Some(live) = &mut self.live {
+                    ctx.send(live.bytes.clone());
+                    live.interval = double(live.interval, None);
+                    ctx.arm_retransmit(TimerKind::A, live.interval);
+                }
             }
             (State::Calling, TimerKind::B) => {
                 ctx.event(Event::Timeout(ctx.id));
@@ -120,11 +137,15 @@ impl InviteClient {
             State::Calling => return Err(TxError::NoProvisionalYet),
             state => return Err(TxError::WrongState(state)),
         }
-        let to = self
-            .request
+        let request = &self
+            .live
+            .as_ref()
+            .ok_or(TxError::WrongState(self.state))?
+            .request;
+        let to = request
             .header(&HeaderName::To)
             .ok_or(TxError::BadHeader("To"))?;
-        derived_request(&self.request, Method::Cancel, to, "70")
+        derived_request(request, Method::Cancel, to, "70")
     }
 }
 

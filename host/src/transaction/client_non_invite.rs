@@ -19,7 +19,9 @@ use crate::sip::Message;
 
 pub(super) struct NonInviteClient {
     state: State,
-    bytes: Bytes,
+    /// The request as sent, for retransmissions; let go in Completed,
+    /// which waits out Timer K with nothing but the key.
+    bytes: Option<Bytes>,
     interval: Duration,
 }
 
@@ -35,7 +37,7 @@ impl NonInviteClient {
         ctx.arm(TimerKind::F, ctx.timers.f);
         NonInviteClient {
             state: State::Trying,
-            bytes,
+            bytes: Some(bytes),
             interval,
         }
     }
@@ -52,6 +54,7 @@ impl NonInviteClient {
             }
             (State::Trying | State::Proceeding, _) => {
                 self.state = State::Completed;
+                self.bytes = None;
                 ctx.linger(TimerKind::K, ctx.timers.k, true);
                 ResponseDisposition::Deliver
             }
@@ -62,7 +65,9 @@ impl NonInviteClient {
     pub(super) fn on_timer(&mut self, ctx: &mut Ctx, kind: TimerKind) {
         match (self.state, kind) {
             (State::Trying | State::Proceeding, TimerKind::E) => {
-                ctx.send(self.bytes.clone());
+                if let Some(bytes) = &self.bytes {
+                    ctx.send(bytes.clone());
+                }
                 self.interval = if self.state == State::Proceeding {
                     ctx.timers.t2
                 } else {

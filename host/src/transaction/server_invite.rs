@@ -51,7 +51,9 @@ impl InviteServer {
     pub(super) fn on_ack(&mut self, ctx: &mut Ctx) -> Incoming {
         match self.state {
             State::Completed => {
+                // Confirmed absorbs ACKs with nothing but its key.
                 self.state = State::Confirmed;
+                self.last = None;
                 ctx.linger(TimerKind::I, ctx.timers.i, true);
                 Incoming::AckOfNon2xx(ctx.id)
             }
