@@ -310,15 +310,54 @@ fn bound(wisp: &Wisp, user: &str) -> bool {
     !headers_of(&reply, "Contact").is_empty()
 }
 
+/// How the first wisp of [`restart`] stops.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// Killed (SIGKILL, a crash) once it logged that it wrote the bindings.
+    KillAfterWrite,
+    /// SIGTERM right after the REGISTER: a clean shutdown.
+    Term,
+}
+
+/// Sends SIGTERM to `wisp` and waits (10 s at most) for it to exit.
+fn terminate(wisp: &Wisp) {
+    let pid = wisp.pid().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill -TERM {pid}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Exited: a zombie until the handle reaps it.
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or_default()
+            .trim_start()
+            .starts_with('Z')
+    }) {
+        assert!(Instant::now() < deadline, "wisp did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Registers frank, restarts wisp on the same database, and tells whether
 /// frank is still bound and, if so, the request relayed to him.
-fn restart(wisp: WispBuilder) -> (bool, Option<String>) {
+fn restart(wisp: WispBuilder, stop: Stop) -> (bool, Option<String>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let wisp = wisp.db(&dir.path().join("wisp.db"));
     let peer = SilentPeer::start().expect("peer");
-    let first = wisp.start().expect("wisp starts");
+    let mut first = wisp.start().expect("wisp starts");
     let reply = register_plain(&first, "frank", peer.addr());
     assert_eq!(status(&reply), "SIP/2.0 200 OK", "{reply}");
+    match stop {
+        // Written behind within `location_write_interval_ms` (1 s).
+        Stop::KillAfterWrite => first
+            .wait_for_log("bindings written to the database", 1, WAIT)
+            .expect("bindings written"),
+        Stop::Term => terminate(&first),
+    }
     drop(first);
     let wisp = wisp.start().expect("wisp starts again");
     let kept = bound(&wisp, "frank");
@@ -338,14 +377,19 @@ both!(
     registrations_survive_a_restart_with_usrlocdb_js
 );
 
+/// Persistent bindings are written behind: a crash after the write keeps
+/// them, and a clean shutdown right after the REGISTER writes them.
 fn registrations_survive_a_restart_with_usrlocdb(routing: Routing) {
-    let (kept, forwarded) = restart(
-        WispBuilder::new()
-            .routing(routing)
-            .param("WITH_USRLOCDB", "yes"),
-    );
-    assert!(kept, "the binding is gone after a restart");
-    assert!(forwarded.is_some());
+    for stop in [Stop::KillAfterWrite, Stop::Term] {
+        let (kept, forwarded) = restart(
+            WispBuilder::new()
+                .routing(routing)
+                .param("WITH_USRLOCDB", "yes"),
+            stop,
+        );
+        assert!(kept, "the binding is gone after a restart");
+        assert!(forwarded.is_some());
+    }
 }
 
 both!(
@@ -355,7 +399,7 @@ both!(
 );
 
 fn registrations_do_not_survive_a_restart_without_usrlocdb(routing: Routing) {
-    let (kept, _) = restart(WispBuilder::new().routing(routing));
+    let (kept, _) = restart(WispBuilder::new().routing(routing), Stop::Term);
     assert!(
         !kept,
         "a binding without WITH_USRLOCDB outlived the process"

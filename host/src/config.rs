@@ -150,6 +150,7 @@ impl Config {
         self.connections.check()?;
         self.proxy.check()?;
         self.flood.check()?;
+        self.storage.check()?;
         Ok(())
     }
 
@@ -197,7 +198,9 @@ impl Config {
         if self.engine.cache_dir != new.engine.cache_dir {
             changed.push("[engine]");
         }
-        if self.storage.path != new.storage.path {
+        if self.storage.path != new.storage.path
+            || self.storage.location_write_interval_ms != new.storage.location_write_interval_ms
+        {
             changed.push("[storage]");
         }
         if self.dns != new.dns {

@@ -10,7 +10,7 @@ use super::format::{CaseFile, Registration};
 use super::message;
 use wisp::script::Limits;
 use wisp::services::location::{self, SaveOptions};
-use wisp::services::{subscribers, Services, Storage, Wait};
+use wisp::services::{subscribers, Services, Storage};
 use wisp::sip::{self, Uri};
 
 /// A directory removed with everything in it when dropped.
@@ -157,16 +157,10 @@ fn register(
         min_expires: 1,
         ..SaveOptions::default()
     };
-    location::save(
-        &services.storage,
-        tenant,
-        &msg,
-        received,
-        &opts,
-        location::unix_now(),
-        Wait::HOOK,
-    )
-    .map_err(|e| e.to_string())?;
+    services
+        .location
+        .save(tenant, &msg, received, &opts, location::unix_now())
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 

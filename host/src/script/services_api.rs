@@ -15,7 +15,7 @@ use crate::proxy::{BranchTarget, RequestCtx};
 use crate::services::auth::{self as digest_auth, Kind, Outcome};
 use crate::services::kv::KvError;
 use crate::services::location::{self, SaveOptions};
-use crate::services::{acc as accounting, nat as nathelper, Wait};
+use crate::services::{acc as accounting, nat as nathelper};
 use crate::sip::{HeaderName, Method, Uri};
 
 /// Contacts one lookup forks to at most (the host's branch limit).
@@ -32,11 +32,6 @@ impl HostState {
 
     fn request_mut(&mut self, handle: &Resource<RequestCtx>) -> Result<&mut RequestCtx> {
         Ok(self.table.get_mut(handle)?)
-    }
-
-    /// How long a hook waits for its storage write.
-    fn storage_wait(&self) -> Wait {
-        Wait::HOOK
     }
 
     /// A storage call that began at `started` is over: its time is the
@@ -151,17 +146,13 @@ impl registrar::Host for HostState {
             }
         });
         let now = location::unix_now();
-        let started = Instant::now();
-        let saved = location::save(
-            &self.guest.services.storage,
-            self.tenant(),
-            &ctx.msg,
-            received,
-            &opts,
-            now,
-            self.storage_wait(),
-        );
-        self.storage_done(started);
+        // In memory, on this thread: no wait for the database (the
+        // persistent bindings are written behind).
+        let saved =
+            self.guest
+                .services
+                .location
+                .save(self.tenant(), &ctx.msg, received, &opts, now);
         let ctx = self.request(&req)?;
         match saved {
             Ok(bindings) => {
@@ -213,18 +204,11 @@ impl registrar::Host for HostState {
             .method()
             .map(|m| m.as_str().to_owned())
             .unwrap_or_default();
-        let started = Instant::now();
-        let bindings = location::lookup(
-            &self.guest.services.storage,
-            self.tenant(),
-            &aor,
-            location::unix_now(),
-        );
-        self.storage_done(started);
-        let bindings = match bindings {
-            Ok(b) => b,
-            Err(err) => return Ok(Err(unavailable("location lookup", &self.guest.tenant, err))),
-        };
+        let bindings =
+            self.guest
+                .services
+                .location
+                .lookup(self.tenant(), &aor, location::unix_now());
         if bindings.is_empty() {
             return Ok(Err(self.refuse(404, "Not Found", Vec::new())));
         }
@@ -281,34 +265,20 @@ impl registrar::Host for HostState {
     }
 
     fn unregister(&mut self, user: String) -> Result<Result<u32, wit::Error>> {
-        let started = Instant::now();
-        let removed = location::unregister(
-            &self.guest.services.storage,
-            self.tenant(),
-            &user,
-            self.storage_wait(),
-        );
-        self.storage_done(started);
-        Ok(match removed {
-            Ok(n) => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
-            Err(err) => Err(unavailable("unregister", &self.guest.tenant, err)),
-        })
+        let removed = self
+            .guest
+            .services
+            .location
+            .unregister(self.tenant(), &user);
+        Ok(Ok(u32::try_from(removed).unwrap_or(u32::MAX)))
     }
 
     fn registered(&mut self, user: String) -> Result<Result<bool, wit::Error>> {
-        let started = Instant::now();
-        let bindings = location::lookup(
-            &self.guest.services.storage,
+        Ok(Ok(self.guest.services.location.registered(
             self.tenant(),
             &user,
             location::unix_now(),
-        );
-        self.storage_done(started);
-        // A failed lookup is not "not registered".
-        Ok(match bindings {
-            Ok(bindings) => Ok(!bindings.is_empty()),
-            Err(err) => Err(unavailable("location lookup", &self.guest.tenant, err)),
-        })
+        )))
     }
 }
 

@@ -25,7 +25,7 @@ use crate::transport::{ConnectionMetrics, Listener, Transports};
 /// `config_path` (see [`Tenancy::reload_config`]).
 pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let engine = ScriptEngine::new(config.engine.cache_dir.clone())?;
-    let services = Services::open(&config.storage.path)?;
+    let services = Services::open(&config.storage)?;
     services.start()?;
     let flood = services.flood.clone();
     flood.configure(config.flood.clone(), config.trusted.clone());
@@ -50,7 +50,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         engine,
         locality.clone(),
         metrics,
-        services,
+        services.clone(),
         &config.tenancy(),
         config_path.map(|path| {
             Box::new(ConfigFile::new(
@@ -91,6 +91,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     }
     shutdown_signal().await;
     tracing::info!("shutting down");
+    // The persistent bindings the database does not have yet.
+    let _ = tokio::task::spawn_blocking(move || services.stop()).await;
     Ok(())
 }
 

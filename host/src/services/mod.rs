@@ -23,7 +23,6 @@ mod storage_error;
 pub mod subscribers;
 pub mod writer;
 
-use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -37,6 +36,8 @@ pub const PURGE_INTERVAL: Duration = Duration::from_secs(10);
 /// The services shared by every tenant and worker of the process.
 pub struct Services {
     pub storage: Storage,
+    /// The registrar's bindings, in memory, written behind to `storage`.
+    pub location: location::Location,
     pub nonces: nonce::Nonces,
     pub kv: kv::Kv,
     /// The flood control and its ban list (the server puts `[flood]` and
@@ -47,14 +48,17 @@ pub struct Services {
 }
 
 impl Services {
-    /// Opens the database at `path` (creating and migrating it).
-    pub fn open(path: &Path) -> Result<Arc<Services>, StorageError> {
-        Ok(Arc::new(Services::with_storage(Storage::open(path)?)))
+    /// Opens the database of `config` (creating and migrating it).
+    pub fn open(config: &StorageConfig) -> Result<Arc<Services>, StorageError> {
+        let mut services = Services::with_storage(Storage::open(&config.path)?);
+        services.location = location::Location::new(config.location_write_interval());
+        Ok(Arc::new(services))
     }
 
     pub fn with_storage(storage: Storage) -> Services {
         Services {
             storage,
+            location: location::Location::default(),
             nonces: nonce::Nonces::default(),
             kv: kv::Kv::default(),
             flood: Arc::default(),
@@ -62,10 +66,13 @@ impl Services {
         }
     }
 
-    /// For a serving proxy: drops the bindings the last run saved without
-    /// persistence, and starts the purge timer (a thread that ends with
-    /// the services), which also checkpoints the database's write-ahead
-    /// log on a connection of its own.
+    /// For a serving proxy: drops the bindings an older wisp saved
+    /// without persistence, loads the persistent ones into memory, and
+    /// starts the threads that end with the services: `wisp-location`
+    /// writes the changed persistent bindings behind every
+    /// `location_write_interval_ms`, and the purge timer purges and
+    /// checkpoints the database's write-ahead log on a connection of its
+    /// own.
     pub fn start(self: &Arc<Self>) -> anyhow::Result<()> {
         let dropped = location::drop_volatile(&self.storage)?;
         if dropped > 0 {
@@ -74,6 +81,19 @@ impl Services {
                 "bindings of the last run without persistence dropped"
             );
         }
+        let loaded = self.location.load(&self.storage, location::unix_now())?;
+        tracing::info!(bindings = loaded, "persistent bindings loaded");
+        let weak: Weak<Services> = Arc::downgrade(self);
+        let interval = self.location.write_interval();
+        std::thread::Builder::new()
+            .name("wisp-location".into())
+            .spawn(move || loop {
+                std::thread::sleep(interval);
+                let Some(services) = weak.upgrade() else {
+                    return;
+                };
+                services.write_bindings();
+            })?;
         let checkpointer = self.storage.checkpointer()?;
         let weak: Weak<Services> = Arc::downgrade(self);
         std::thread::Builder::new()
@@ -94,12 +114,39 @@ impl Services {
         Ok(())
     }
 
-    /// Removes what has expired: bindings, nonces, keys.
-    pub fn purge(&self) {
-        match location::purge_expired(&self.storage, location::unix_now()) {
+    /// Writes the changed persistent bindings to the database now (the
+    /// `wisp-location` thread, and a clean shutdown).
+    pub fn write_bindings(&self) {
+        match self.location.write_behind(&self.storage) {
             Ok(0) => {}
-            Ok(n) => tracing::debug!(bindings = n, "expired bindings purged"),
-            Err(err) => tracing::warn!(%err, "cannot purge expired bindings"),
+            Ok(n) => tracing::debug!(
+                target: "wisp::registrar",
+                aors = n,
+                "bindings written to the database"
+            ),
+            Err(err) => tracing::warn!(%err, "cannot write the bindings; tried again later"),
+        }
+    }
+
+    /// At a clean shutdown: writes what the database does not have yet.
+    pub fn stop(&self) {
+        let unwritten = self.location.unwritten();
+        self.write_bindings();
+        if unwritten > 0 {
+            tracing::info!(aors = unwritten, "bindings written before stopping");
+        }
+    }
+
+    /// Removes what has expired: bindings (in memory and in the
+    /// database), nonces, keys.
+    pub fn purge(&self) {
+        let now = location::unix_now();
+        let n = self.location.purge(now);
+        if n > 0 {
+            tracing::debug!(bindings = n, "expired bindings purged");
+        }
+        if let Err(err) = location::purge_expired(&self.storage, now) {
+            tracing::warn!(%err, "cannot purge expired bindings from the database");
         }
         let now = Instant::now();
         self.nonces.purge(now);

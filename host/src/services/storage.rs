@@ -26,13 +26,36 @@ pub struct StorageConfig {
     /// The SQLite database file, created when missing. Relative paths are
     /// taken from the working directory. Default: `wisp.db`.
     pub path: PathBuf,
+    /// How long a change of a persistent binding may wait in memory
+    /// before the writer thread writes it (usrloc's `timer_interval` of
+    /// `db_mode = 2`), ms; what a crash can lose. 10 to 60000; default 1000.
+    pub location_write_interval_ms: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             path: PathBuf::from("wisp.db"),
+            location_write_interval_ms: 1000,
         }
+    }
+}
+
+impl StorageConfig {
+    /// The checks serde cannot express.
+    pub fn check(&self) -> Result<(), String> {
+        if !(10..=60_000).contains(&self.location_write_interval_ms) {
+            return Err(format!(
+                "[storage] location_write_interval_ms = {}: must be 10 to 60000",
+                self.location_write_interval_ms
+            ));
+        }
+        Ok(())
+    }
+
+    /// `location_write_interval_ms`, within its bounds.
+    pub fn location_write_interval(&self) -> Duration {
+        Duration::from_millis(self.location_write_interval_ms.clamp(10, 60_000))
     }
 }
 
