@@ -136,7 +136,7 @@ pub fn authorize(
         None
     };
     Ok(match services.nonces.consume(&creds.nonce, nc, now) {
-        NonceCheck::Fresh => Outcome::Authorized(creds.username),
+        NonceCheck::Fresh => Outcome::Authorized(creds.username.into_owned()),
         NonceCheck::Stale => Outcome::Stale,
         NonceCheck::Replayed => Outcome::Invalid("replayed nonce count".into()),
         NonceCheck::Unknown => Outcome::Invalid("unknown nonce".into()),

@@ -1,6 +1,8 @@
 //! HTTP Digest as SIP uses it (RFC 3261 §22.4, RFC 7616, RFC 8760):
 //! credentials parsing and response computation, MD5 and SHA-256.
 
+use std::borrow::Cow;
+
 use md5::Md5;
 use sha2::{Digest as _, Sha256};
 
@@ -31,31 +33,104 @@ impl Algorithm {
 
     /// The hash of `data`, lower-case hex.
     pub fn hash(self, data: &str) -> String {
-        match self {
-            Algorithm::Md5 => hex::encode(Md5::digest(data.as_bytes())),
-            Algorithm::Sha256 => hex::encode(Sha256::digest(data.as_bytes())),
+        Hasher::new(self).joined(&[data]).hex().as_str().to_owned()
+    }
+}
+
+/// A hash in progress, of either algorithm: fed in pieces, so that no
+/// string is put together to be hashed.
+enum Hasher {
+    Md5(Md5),
+    Sha256(Sha256),
+}
+
+impl Hasher {
+    fn new(algorithm: Algorithm) -> Hasher {
+        match algorithm {
+            Algorithm::Md5 => Hasher::Md5(Md5::new()),
+            Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
         }
+    }
+
+    /// Feeds the pieces, joined by `:`.
+    fn joined(mut self, pieces: &[&str]) -> Hasher {
+        for (i, piece) in pieces.iter().enumerate() {
+            if i > 0 {
+                self.update(b":");
+            }
+            self.update(piece.as_bytes());
+        }
+        self
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Md5(h) => h.update(data),
+            Hasher::Sha256(h) => h.update(data),
+        }
+    }
+
+    fn hex(self) -> Hex {
+        let mut out = Hex {
+            buf: [0; 64],
+            len: 0,
+        };
+        match self {
+            Hasher::Md5(h) => out.set(&h.finalize()),
+            Hasher::Sha256(h) => out.set(&h.finalize()),
+        }
+        out
+    }
+}
+
+/// A hash in lower-case hex, on the stack (64 digits at most: SHA-256).
+#[derive(Clone, Copy)]
+pub struct Hex {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Hex {
+    fn set(&mut self, bytes: &[u8]) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let n = bytes.len().min(self.buf.len() / 2);
+        for (i, b) in bytes[..n].iter().enumerate() {
+            self.buf[2 * i] = DIGITS[usize::from(b >> 4)];
+            self.buf[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+        }
+        self.len = 2 * n;
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits were written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
     }
 }
 
 /// HA1 = H(username ":" realm ":" password), what the subscriber table keeps.
 pub fn ha1(algorithm: Algorithm, username: &str, realm: &str, password: &str) -> String {
-    algorithm.hash(&format!("{username}:{realm}:{password}"))
+    Hasher::new(algorithm)
+        .joined(&[username, realm, password])
+        .hex()
+        .as_str()
+        .to_owned()
 }
 
-/// The parameters of a `Digest` Authorization or Proxy-Authorization.
+/// The parameters of a `Digest` Authorization or Proxy-Authorization,
+/// borrowed from the header (a quoted value with backslash escapes is
+/// the only one copied).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Credentials {
-    pub username: String,
-    pub realm: String,
-    pub nonce: String,
-    pub uri: String,
-    pub response: String,
-    pub algorithm: Option<String>,
-    pub qop: Option<String>,
-    pub nc: Option<String>,
-    pub cnonce: Option<String>,
-    pub opaque: Option<String>,
+pub struct Credentials<'a> {
+    pub username: Cow<'a, str>,
+    pub realm: Cow<'a, str>,
+    pub nonce: Cow<'a, str>,
+    pub uri: Cow<'a, str>,
+    pub response: Cow<'a, str>,
+    pub algorithm: Option<Cow<'a, str>>,
+    pub qop: Option<Cow<'a, str>>,
+    pub nc: Option<Cow<'a, str>>,
+    pub cnonce: Option<Cow<'a, str>>,
+    pub opaque: Option<Cow<'a, str>>,
 }
 
 /// Why credentials cannot be used.
@@ -69,9 +144,9 @@ pub enum CredentialsError {
     Missing(&'static str),
 }
 
-impl Credentials {
+impl<'a> Credentials<'a> {
     /// Parses `Digest username="…", realm="…", …` (RFC 3261 §25.1).
-    pub fn parse(value: &str) -> Result<Credentials, CredentialsError> {
+    pub fn parse(value: &'a str) -> Result<Credentials<'a>, CredentialsError> {
         let value = value.trim();
         let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
         if !scheme.eq_ignore_ascii_case("Digest") {
@@ -80,18 +155,19 @@ impl Credentials {
         let mut creds = Credentials::default();
         let (mut username, mut realm, mut nonce, mut uri, mut response) =
             (None, None, None, None, None);
-        for (name, val) in params(rest)? {
-            let slot = match name.to_ascii_lowercase().as_str() {
-                "username" => &mut username,
-                "realm" => &mut realm,
-                "nonce" => &mut nonce,
-                "uri" => &mut uri,
-                "response" => &mut response,
-                "algorithm" => &mut creds.algorithm,
-                "qop" => &mut creds.qop,
-                "nc" => &mut creds.nc,
-                "cnonce" => &mut creds.cnonce,
-                "opaque" => &mut creds.opaque,
+        let mut params = Params { rest };
+        while let Some((name, val)) = params.next_param()? {
+            let slot = match name {
+                n if n.eq_ignore_ascii_case("username") => &mut username,
+                n if n.eq_ignore_ascii_case("realm") => &mut realm,
+                n if n.eq_ignore_ascii_case("nonce") => &mut nonce,
+                n if n.eq_ignore_ascii_case("uri") => &mut uri,
+                n if n.eq_ignore_ascii_case("response") => &mut response,
+                n if n.eq_ignore_ascii_case("algorithm") => &mut creds.algorithm,
+                n if n.eq_ignore_ascii_case("qop") => &mut creds.qop,
+                n if n.eq_ignore_ascii_case("nc") => &mut creds.nc,
+                n if n.eq_ignore_ascii_case("cnonce") => &mut creds.cnonce,
+                n if n.eq_ignore_ascii_case("opaque") => &mut creds.opaque,
                 _ => continue,
             };
             *slot = Some(val);
@@ -114,88 +190,107 @@ impl Credentials {
             .and_then(|nc| u32::from_str_radix(nc, 16).ok())
     }
 
-    /// The response the client should have sent, given the stored HA1.
-    pub fn expected_response(&self, algorithm: Algorithm, ha1: &str, method: &str) -> String {
-        let ha2 = algorithm.hash(&format!("{method}:{}", self.uri));
-        match (&self.qop, &self.nc, &self.cnonce) {
+    /// The response the client should have sent, given the stored HA1,
+    /// in lower-case hex on the stack.
+    pub fn expected(&self, algorithm: Algorithm, ha1: &str, method: &str) -> Hex {
+        let ha2 = Hasher::new(algorithm).joined(&[method, &self.uri]).hex();
+        let hasher = match (&self.qop, &self.nc, &self.cnonce) {
             (Some(qop), Some(nc), Some(cnonce)) => {
-                algorithm.hash(&format!("{ha1}:{}:{nc}:{cnonce}:{qop}:{ha2}", self.nonce))
+                Hasher::new(algorithm).joined(&[ha1, &self.nonce, nc, cnonce, qop, ha2.as_str()])
             }
-            _ => algorithm.hash(&format!("{ha1}:{}:{ha2}", self.nonce)),
-        }
+            _ => Hasher::new(algorithm).joined(&[ha1, &self.nonce, ha2.as_str()]),
+        };
+        hasher.hex()
     }
 
-    /// Whether `response` matches, compared in constant time.
+    /// The response the client should have sent, given the stored HA1.
+    pub fn expected_response(&self, algorithm: Algorithm, ha1: &str, method: &str) -> String {
+        self.expected(algorithm, ha1, method).as_str().to_owned()
+    }
+
+    /// Whether `response` matches (hex digits in either case), compared
+    /// in constant time.
     pub fn verify(&self, algorithm: Algorithm, ha1: &str, method: &str) -> bool {
-        let expected = self.expected_response(algorithm, ha1, method);
-        constant_time_eq(
-            expected.as_bytes(),
-            self.response.to_ascii_lowercase().as_bytes(),
-        )
+        let expected = self.expected(algorithm, ha1, method);
+        constant_time_eq_lower(expected.as_str().as_bytes(), self.response.as_bytes())
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Whether `b`, lower-cased, equals `a`, in time that depends on the
+/// lengths only.
+fn constant_time_eq_lower(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y.to_ascii_lowercase()))
+            == 0
 }
 
 /// `name=value` pairs separated by commas; values may be quoted strings
-/// with backslash escapes.
-fn params(text: &str) -> Result<Vec<(String, String)>, CredentialsError> {
-    let mut out = Vec::new();
-    let mut chars = text.chars().peekable();
-    loop {
-        while matches!(chars.peek(), Some(c) if c.is_whitespace() || *c == ',') {
-            chars.next();
+/// with backslash escapes. Read one at a time, borrowed from the text.
+struct Params<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Params<'a> {
+    /// The next pair; None at the end.
+    fn next_param(&mut self) -> Result<Option<(&'a str, Cow<'a, str>)>, CredentialsError> {
+        let text = self
+            .rest
+            .trim_start_matches(|c: char| c.is_whitespace() || c == ',');
+        if text.is_empty() {
+            self.rest = text;
+            return Ok(None);
         }
-        if chars.peek().is_none() {
-            return Ok(out);
-        }
-        let mut name = String::new();
-        while let Some(&c) = chars.peek() {
-            if c == '=' || c.is_whitespace() || c == ',' {
-                break;
-            }
-            name.push(c);
-            chars.next();
-        }
-        while matches!(chars.peek(), Some(c) if c.is_whitespace()) {
-            chars.next();
-        }
-        if chars.next() != Some('=') {
+        let name_end = text
+            .find(|c: char| c == '=' || c.is_whitespace() || c == ',')
+            .unwrap_or(text.len());
+        let name = &text[..name_end];
+        let after = text[name_end..].trim_start();
+        let Some(after) = after.strip_prefix('=') else {
             return Err(CredentialsError::Malformed("parameter without a value"));
-        }
-        while matches!(chars.peek(), Some(c) if c.is_whitespace()) {
-            chars.next();
-        }
-        let mut value = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            loop {
-                match chars.next() {
-                    Some('"') => break,
-                    Some('\\') => match chars.next() {
-                        Some(c) => value.push(c),
-                        None => return Err(CredentialsError::Malformed("unterminated string")),
-                    },
-                    Some(c) => value.push(c),
-                    None => return Err(CredentialsError::Malformed("unterminated string")),
-                }
-            }
+        };
+        let after = after.trim_start();
+        let (value, rest) = if let Some(quoted) = after.strip_prefix('"') {
+            quoted_string(quoted)?
         } else {
-            while let Some(&c) = chars.peek() {
-                if c == ',' || c.is_whitespace() {
-                    break;
-                }
-                value.push(c);
-                chars.next();
-            }
-        }
+            let end = after
+                .find(|c: char| c == ',' || c.is_whitespace())
+                .unwrap_or(after.len());
+            (Cow::Borrowed(&after[..end]), &after[end..])
+        };
         if name.is_empty() {
             return Err(CredentialsError::Malformed("empty parameter name"));
         }
-        out.push((name, value));
+        self.rest = rest;
+        Ok(Some((name, value)))
     }
+}
+
+/// The quoted string starting after its opening quote, unescaped, and
+/// the text after its closing quote.
+fn quoted_string(text: &str) -> Result<(Cow<'_, str>, &str), CredentialsError> {
+    let unterminated = CredentialsError::Malformed("unterminated string");
+    let end = text.find(['"', '\\']).ok_or(unterminated.clone())?;
+    if text.as_bytes()[end] == b'"' {
+        return Ok((Cow::Borrowed(&text[..end]), &text[end + 1..]));
+    }
+    let mut value = String::with_capacity(text.len().min(256));
+    let mut chars = text.char_indices();
+    while let Some((_, c)) = chars.next() {
+        match c {
+            '"' => {
+                let at = text.len() - chars.as_str().len();
+                return Ok((Cow::Owned(value), &text[at..]));
+            }
+            '\\' => match chars.next() {
+                Some((_, c)) => value.push(c),
+                None => return Err(unterminated),
+            },
+            c => value.push(c),
+        }
+    }
+    Err(unterminated)
 }
 
 #[cfg(test)]
@@ -276,7 +371,7 @@ mod tests {
             ..Credentials::default()
         };
         let ha2 = Algorithm::Md5.hash("REGISTER:sip:example.com");
-        creds.response = Algorithm::Md5.hash(&format!("{ha1}:abc:{ha2}"));
+        creds.response = Algorithm::Md5.hash(&format!("{ha1}:abc:{ha2}")).into();
         assert!(creds.verify(Algorithm::Md5, &ha1, "REGISTER"));
     }
 
@@ -295,5 +390,43 @@ mod tests {
             Err(CredentialsError::Malformed(_))
         ));
         assert_eq!(Algorithm::parse(Some("MD5-sess")), None);
+    }
+
+    /// Escapes in quoted values are undone; values are borrowed otherwise;
+    /// the response is compared whatever the case of its hex digits.
+    #[test]
+    fn escapes_case_and_borrowing() {
+        let text = r#"Digest username="al\"ice", realm=example.com ,nonce="n", uri="sip:x",
+            response="ABC", NC=00000001"#;
+        let creds = Credentials::parse(text).expect("parses");
+        assert_eq!(creds.username, "al\"ice");
+        assert!(matches!(creds.realm, Cow::Borrowed("example.com")));
+        assert!(matches!(creds.nonce, Cow::Borrowed("n")));
+        assert_eq!(creds.nonce_count(), Some(1));
+        let ha1 = ha1(Algorithm::Sha256, "al\"ice", "example.com", "pw");
+        let expected = creds.expected(Algorithm::Sha256, &ha1, "REGISTER");
+        assert_eq!(expected.as_str().len(), 64);
+        let upper = Credentials {
+            response: expected.as_str().to_ascii_uppercase().into(),
+            ..creds.clone()
+        };
+        assert!(upper.verify(Algorithm::Sha256, &ha1, "REGISTER"));
+        assert!(!creds.verify(Algorithm::Sha256, &ha1, "REGISTER"));
+        assert_eq!(
+            Algorithm::Md5.hash("abc"),
+            "900150983cd24fb0d6963f7d28e17f72"
+        );
+        for bad in [
+            r#"Digest username="a"#,
+            r#"Digest username="a\"#,
+            "Digest username",
+            "Digest =x",
+            "Digest username=a, realm",
+        ] {
+            assert!(
+                matches!(Credentials::parse(bad), Err(CredentialsError::Malformed(_))),
+                "{bad}"
+            );
+        }
     }
 }
