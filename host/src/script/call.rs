@@ -45,19 +45,24 @@ impl Guest {
     /// port wisp listens on (5060 when none is written, 5061 for sips).
     /// Other tenants' domains are not local for this one.
     pub fn is_myself(&self, uri: &Uri) -> bool {
-        self.locality.is_myself(uri) || {
-            let port = uri.port.unwrap_or(if uri.scheme == Scheme::Sips {
-                5061
-            } else {
-                5060
-            });
-            self.domains.contains(&uri.host)
+        let port = uri.port.unwrap_or(if uri.scheme == Scheme::Sips {
+            5061
+        } else {
+            5060
+        });
+        self.is_myself_host(&uri.host, port)
+    }
+
+    /// [`Guest::is_myself`] for a URI's host and port (the default port of
+    /// its scheme when it has none).
+    pub fn is_myself_host(&self, host: &crate::sip::Host, port: u16) -> bool {
+        self.locality.is_myself_host(host, port)
+            || self.domains.contains(host)
                 && self
                     .locality
                     .listeners()
                     .iter()
                     .any(|l| l.local.port() == port)
-        }
     }
 }
 

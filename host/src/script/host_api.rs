@@ -64,9 +64,84 @@ pub(super) fn transport(t: crate::transport::Transport) -> wit::Transport {
 pub(super) fn endpoint(t: wit::Transport, addr: std::net::SocketAddr) -> wit::Endpoint {
     wit::Endpoint {
         transport: t,
-        ip: addr.ip().to_string(),
+        ip: ip_text(addr.ip()),
         port: addr.port(),
     }
+}
+
+/// An IP address as text. Every route call hands the guest its source, so
+/// IPv4 is written without the formatting machinery (`to_string` was a
+/// third of what `request-info` cost).
+fn ip_text(ip: std::net::IpAddr) -> String {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut out = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
+}
+
+/// Whether a SIP or SIPS Request-URI names this proxy, read from its host
+/// and port alone: every route call tells the guest, and parsing the
+/// whole URI again (its user and parameters as owned strings) was half of
+/// what `request-info` cost. The start line was checked when the message
+/// was parsed (`Uri::parse_request_uri`).
+fn request_uri_is_myself(uri: &str, guest: &super::call::Guest) -> bool {
+    request_uri_host_port(uri).is_some_and(|(host, port)| guest.is_myself_host(&host, port))
+}
+
+/// The host and port of a SIP or SIPS URI (the scheme's default port when
+/// it has none); none for other schemes or a malformed host or port. `?`
+/// starts the headers; before it, an `@` can only end the userinfo (RFC
+/// 3261 §25.1 allows none unescaped in parameters), and `;` ends the
+/// hostport.
+fn request_uri_host_port(uri: &str) -> Option<(sip::Host, u16)> {
+    let (sips, rest) = match uri.split_once(':') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("sip") => (false, rest),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("sips") => (true, rest),
+        _ => return None,
+    };
+    // One pass: the hostport starts after the last `@` and ends at the
+    // first `;` after it, or at `?`.
+    let (mut start, mut end) = (0, None);
+    for (i, c) in rest.bytes().enumerate() {
+        match c {
+            b'@' => (start, end) = (i + 1, None),
+            b';' if end.is_none() => end = Some(i),
+            b'?' => {
+                end = end.or(Some(i));
+                break;
+            }
+            _ => {}
+        }
+    }
+    let hostport = rest.get(start..end.unwrap_or(rest.len()))?;
+    let (host, port) = if hostport.starts_with('[') {
+        let (ip, port) = hostport.split_once(']')?;
+        (&hostport[..ip.len() + 1], port.strip_prefix(':'))
+    } else {
+        match hostport.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (hostport, None),
+        }
+    };
+    let port = match port {
+        Some(port) => port.parse().ok()?,
+        None if sips => 5061,
+        None => 5060,
+    };
+    Some((sip::Host::parse(host).ok()?, port))
 }
 
 fn method(m: Option<&sip::Method>) -> wit::Method {
@@ -132,8 +207,7 @@ impl HostState {
             uri_is_myself: req
                 .msg
                 .uri()
-                .and_then(|u| sip::Uri::parse(u).ok())
-                .is_some_and(|uri| self.guest.is_myself(&uri)),
+                .is_some_and(|uri| request_uri_is_myself(uri, &self.guest)),
             source: endpoint(transport(req.source.transport), req.source.remote),
             source_trusted: req.source.trusted,
         }
@@ -516,5 +590,61 @@ impl log::Host for HostState {
     fn write(&mut self, level: log::Level, message: String) -> Result<()> {
         self.log(level, &message);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_text_writes_what_display_writes() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "192.168.100.255",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::5",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().expect("an address");
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn request_uri_host_and_port_agree_with_the_full_parse() {
+        for uri in [
+            "sip:service@127.0.0.1:25090",
+            "sip:127.0.0.1",
+            "sips:alice@example.com",
+            "SIP:Alice@Example.COM:5080;transport=tcp",
+            "sip:user;npdi=yes@example.com;lr?subject=x",
+            "sip:alice:secret@[2001:db8::5]:5062;maddr=10.0.0.1",
+            "sip:[::1]",
+            "sip:alice@example.com?h=a%40b",
+        ] {
+            let full = sip::Uri::parse(uri).unwrap_or_else(|e| panic!("{uri}: {e}"));
+            let default = if full.scheme == sip::Scheme::Sips {
+                5061
+            } else {
+                5060
+            };
+            assert_eq!(
+                request_uri_host_port(uri),
+                Some((full.host.clone(), full.port.unwrap_or(default))),
+                "{uri}"
+            );
+        }
+        for uri in [
+            "tel:+1555",
+            "mailto:a@b",
+            "sip:alice@",
+            "sip:host:99999",
+            "sip:[::1",
+        ] {
+            assert_eq!(request_uri_host_port(uri), None, "{uri}");
+        }
     }
 }
