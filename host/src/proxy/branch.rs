@@ -35,14 +35,21 @@ const MAC_BYTES: usize = 8;
 pub fn loop_hash(msg: &Message) -> u32 {
     let mut h = process_hasher();
     msg.uri().hash(&mut h);
-    let tag = |to: bool| {
+    // The tags compare case-insensitively: hashed lowercased, byte by
+    // byte, without a lowercased copy.
+    for to in [true, false] {
         let header = if to { msg.to() } else { msg.from() };
-        header
-            .ok()
-            .and_then(|n| n.tag().map(str::to_ascii_lowercase))
-    };
-    tag(true).hash(&mut h);
-    tag(false).hash(&mut h);
+        match header.ok().and_then(|n| n.tag()) {
+            Some(tag) => {
+                h.write_u8(1);
+                for b in tag.bytes() {
+                    h.write_u8(b.to_ascii_lowercase());
+                }
+                h.write_u8(0xff);
+            }
+            None => h.write_u8(0),
+        }
+    }
     msg.call_id().hash(&mut h);
     msg.cseq().ok().map(|c| c.seq).hash(&mut h);
     msg.values(&HeaderName::Route).next().hash(&mut h);
@@ -59,10 +66,25 @@ pub fn loop_hash(msg: &Message) -> u32 {
 /// `loop_hash`, sent with our Via above `below` (the request's top Via as
 /// it arrived, received and rport stamped).
 pub fn make(id: &str, loop_hash: u32, below: Option<&Via>) -> String {
-    let loop_hex = format!("{loop_hash:08x}");
+    let mut loop_hex = [0u8; 8];
+    hex::encode_to_slice(loop_hash.to_be_bytes(), &mut loop_hex).unwrap_or_default();
     let anchor = anchor(below);
-    let mac = secret::mac(&[id.as_bytes(), loop_hex.as_bytes(), anchor.as_bytes()]);
-    format!("{PREFIX}{id}.{loop_hex}.{}", hex::encode(&mac[..MAC_BYTES]))
+    let mac = secret::mac(&[id.as_bytes(), &loop_hex, anchor.as_bytes()]);
+    let mut mac_hex = [0u8; 2 * MAC_BYTES];
+    hex::encode_to_slice(&mac[..MAC_BYTES], &mut mac_hex).unwrap_or_default();
+    let mut branch = String::with_capacity(PREFIX.len() + id.len() + 2 + 8 + 2 * MAC_BYTES);
+    for part in [
+        PREFIX.as_bytes(),
+        id.as_bytes(),
+        b".",
+        &loop_hex,
+        b".",
+        &mac_hex,
+    ] {
+        // Hex digits, the prefix and an id of ours: ASCII.
+        branch.push_str(std::str::from_utf8(part).unwrap_or_default());
+    }
+    branch
 }
 
 /// Whether `branch` (one of ours) names a relayed request's client
@@ -167,19 +189,28 @@ pub fn has_looped(msg: &Message, loop_hash: u32) -> bool {
 /// What the MAC binds of the Via below ours: everything that says where a
 /// response goes, and the branch that names the previous hop's transaction.
 fn anchor(below: Option<&Via>) -> String {
+    use std::fmt::Write;
     let Some(via) = below else {
         return String::new();
     };
     let param = |name: &str| via.param(name).map(|v| v.unwrap_or(""));
-    format!(
-        "{}|{}|{}|{:?}|{:?}|{:?}",
-        via.transport.to_ascii_uppercase(),
-        via.host.to_string().to_ascii_lowercase(),
+    // One allocation: the transport and host case-folded in place.
+    let mut anchor = String::with_capacity(128);
+    anchor.push_str(&via.transport);
+    anchor.make_ascii_uppercase();
+    anchor.push('|');
+    let host = anchor.len();
+    let _ = write!(anchor, "{}", via.host);
+    anchor[host..].make_ascii_lowercase();
+    let _ = write!(
+        anchor,
+        "|{}|{:?}|{:?}|{:?}",
         via.port.unwrap_or(0),
         param("received"),
         param("rport"),
         param("branch"),
-    )
+    );
+    anchor
 }
 
 #[cfg(test)]

@@ -70,6 +70,17 @@ pub fn share_breadth(breadth: u32, branches: usize) -> Vec<Option<u32>> {
         .collect()
 }
 
+/// Whether the request carries exactly this Max-Breadth (once), so that
+/// writing it again can be spared.
+pub fn has_max_breadth(msg: &Message, breadth: u32) -> bool {
+    let name = max_breadth_header();
+    let mut values = msg.values(&name);
+    matches!(
+        (values.next().map(|v| v.trim().parse::<u32>()), values.next()),
+        (Some(Ok(v)), None) if v == breadth
+    )
+}
+
 /// Writes the Max-Breadth a forwarded request carries.
 pub fn set_max_breadth(msg: &mut Message, breadth: u32) -> Result<(), String> {
     let name = max_breadth_header();

@@ -501,6 +501,15 @@ impl<P> Core<P> {
         } else {
             relay.freeze();
         }
+        // A relay's final-response timers (30 s, 120 s once an INVITE
+        // rang) outlive most relays or are moved: their stale entries go
+        // when they outnumber the relays, not at their deadlines.
+        if self.fx.fr_timers.len() > 2 * self.relays.len() + 1024 {
+            let relays = &self.relays;
+            self.fx.fr_timers.retain(|Reverse((deadline, tx))| {
+                relays.get(tx).is_some_and(|r| r.waits_for(*deadline))
+            });
+        }
     }
 
     fn on_response<H: Hooks<Pinned = P>>(

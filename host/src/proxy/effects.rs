@@ -124,9 +124,17 @@ impl Effects {
     /// The branch of a new client transaction for a request whose loop
     /// hash is `loop_hash` and whose top Via (as received) is `below`.
     pub(super) fn next_branch(&mut self, loop_hash: u32, below: Option<&Via>) -> String {
+        use std::io::Write;
         self.branch_seq += 1;
-        let id = format!("{}-{}", self.shard, self.branch_seq);
-        branch::make(&id, loop_hash, below)
+        let mut buf = [0u8; 48];
+        let len = {
+            let mut out = &mut buf[..];
+            // Two u64 in decimal and a dash fit in 48 bytes.
+            let _ = write!(out, "{}-{}", self.shard, self.branch_seq);
+            48 - out.len()
+        };
+        let id = std::str::from_utf8(&buf[..len]).unwrap_or_default();
+        branch::make(id, loop_hash, below)
     }
 
     /// Queues a message that no transaction sends.
@@ -238,7 +246,9 @@ impl Effects {
         // RFC 5393: every request leaves with a Max-Breadth; one branch
         // keeps what the request had (relayed branches have their share).
         let breadth = checks::max_breadth(&msg, self.admission.limits.max_breadth);
-        checks::set_max_breadth(&mut msg, breadth)?;
+        if !checks::has_max_breadth(&msg, breadth) {
+            checks::set_max_breadth(&mut msg, breadth)?;
+        }
         let via = format!(
             "SIP/2.0/{} {me};branch={branch};rport",
             target.transport.via_name()

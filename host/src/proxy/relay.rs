@@ -188,6 +188,12 @@ impl<P> Relay<P> {
         }
     }
 
+    /// Whether its final-response timer is set for `deadline` (else the
+    /// timer's heap entry is stale).
+    pub(super) fn waits_for(&self, deadline: Instant) -> bool {
+        !self.final_sent && self.fr_deadline == Some(deadline)
+    }
+
     /// Client transactions of the branches, for forgetting them.
     pub(super) fn clients(&self) -> impl Iterator<Item = TxId> + '_ {
         self.branches.iter().filter_map(|b| b.client)

@@ -109,11 +109,14 @@ pub(super) enum RequestKey {
 }
 
 fn sent_by(via: &Via) -> String {
-    let host = via.host.to_string().to_ascii_lowercase();
-    match via.port {
-        Some(p) => format!("{host}:{p}"),
-        None => host,
+    use std::fmt::Write;
+    let mut sent_by = String::with_capacity(48);
+    let _ = write!(sent_by, "{}", via.host);
+    sent_by.make_ascii_lowercase();
+    if let Some(p) = via.port {
+        let _ = write!(sent_by, ":{p}");
     }
+    sent_by
 }
 
 impl RequestKey {
