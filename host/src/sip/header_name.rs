@@ -99,7 +99,7 @@ impl HeaderName {
             ("path", HeaderName::Path),
         ];
         for (lower, known) in KNOWN {
-            if name.eq_ignore_ascii_case(lower) {
+            if lower.len() == name.len() && name.eq_ignore_ascii_case(lower) {
                 return known.clone();
             }
         }
@@ -184,6 +184,7 @@ impl HeaderName {
 }
 
 impl PartialEq for HeaderName {
+    #[inline]
     fn eq(&self, other: &HeaderName) -> bool {
         match (self, other) {
             // Two known names: the same variant or not (the hot case: a

@@ -18,18 +18,19 @@ use super::uri::Uri;
 use super::values::{split_first, split_list};
 use super::via::Via;
 
-/// Immutable text shared with the message it was parsed from: a range of
-/// the header section, which is converted to a string once per message so
-/// that no accessor has to validate UTF-8 again.
+/// Immutable text shared with the message it was parsed from: a slice of
+/// the received datagram or frame (no copy of the header section), a copy
+/// of a value the proxy set, or a name known at compile time.
 #[derive(Clone)]
 pub struct Text {
     buf: Buf,
-    start: usize,
-    end: usize,
 }
 
 #[derive(Clone)]
 enum Buf {
+    /// A slice of a received message, UTF-8: made only by [`Text::slice`]
+    /// from a `&str` over these very bytes.
+    Received(Bytes),
     Shared(Arc<str>),
     /// Text known at compile time (the names of headers the proxy adds),
     /// which needs no allocation.
@@ -37,36 +38,33 @@ enum Buf {
 }
 
 impl Text {
-    pub(super) fn shared(buf: &Arc<str>, start: usize, end: usize) -> Text {
+    /// `part`, a `&str` over the bytes of `data`, as a shared slice of it.
+    pub(super) fn slice(data: &Bytes, part: &str) -> Text {
         Text {
-            buf: Buf::Shared(buf.clone()),
-            start,
-            end,
+            buf: Buf::Received(data.slice_ref(part.as_bytes())),
         }
     }
 
     pub(super) fn owned(s: &str) -> Text {
         Text {
             buf: Buf::Shared(Arc::from(s)),
-            start: 0,
-            end: s.len(),
         }
     }
 
-    fn fixed(s: &'static str) -> Text {
+    pub(super) fn fixed(s: &'static str) -> Text {
         Text {
             buf: Buf::Static(s),
-            start: 0,
-            end: s.len(),
         }
     }
 
     pub fn as_str(&self) -> &str {
-        let whole: &str = match &self.buf {
-            Buf::Shared(buf) => buf,
+        match &self.buf {
+            // SAFETY: `Received` bytes are only made by `Text::slice`, from
+            // a `&str` (so valid UTF-8) over the same immutable bytes.
+            Buf::Received(b) => unsafe { std::str::from_utf8_unchecked(b) },
+            Buf::Shared(s) => s,
             Buf::Static(s) => s,
-        };
-        whole.get(self.start..self.end).unwrap_or("")
+        }
     }
 }
 
@@ -317,11 +315,13 @@ impl Message {
     }
 
     fn make_header(name: HeaderName, value: &str) -> Result<Header, ParseError> {
-        check_name(&name)?;
         check_value(value)?;
         let raw = match name.known_str() {
             Some(known) => Text::fixed(known),
-            None => Text::owned(name.as_str()),
+            None => {
+                check_name(&name)?;
+                Text::owned(name.as_str())
+            }
         };
         Ok(Header::new(name, raw, Text::owned(trim_ws(value))))
     }
@@ -435,11 +435,16 @@ impl Message {
             .iter()
             .position(|h| h.name == *name && (!name.is_list() || split_first(h.value()).is_some()));
         let i = found.ok_or_else(|| ParseError::missing(name.as_str()))?;
-        let new = match split_first(self.headers[i].value()) {
-            Some((_, Some(rest))) if name.is_list() => format!("{value}, {rest}"),
-            _ => value.to_string(),
+        self.headers[i].value = match split_first(self.headers[i].value()) {
+            Some((_, Some(rest))) if name.is_list() => {
+                let mut new = String::with_capacity(value.len() + 2 + rest.len());
+                new.push_str(value);
+                new.push_str(", ");
+                new.push_str(rest);
+                Text::owned(&new)
+            }
+            _ => Text::owned(value),
         };
-        self.headers[i].value = Text::owned(&new);
         Ok(())
     }
 
@@ -474,7 +479,9 @@ impl Message {
     /// Replaces the first Via value with `via` (e.g. with received/rport
     /// added), which is kept as the parsed top Via.
     pub fn set_top_via(&mut self, via: Via) -> Result<(), ParseError> {
-        self.replace_first_value(&HeaderName::Via, &via.to_string())?;
+        let mut text = String::new();
+        via.write_to(&mut text);
+        self.replace_first_value(&HeaderName::Via, &text)?;
         let mut views = self.views.take().unwrap_or_default();
         views.top_via = OnceLock::from(Ok(via));
         self.views = OnceLock::from(views);

@@ -4,9 +4,7 @@
 use std::fmt;
 
 use super::error::ParseError;
-use super::syntax::{
-    find_param, is_token, parse_params, quote, quoted_len, trim_ws, unquote, write_params,
-};
+use super::syntax::{is_token, quote, quoted_len, scan_params, trim_ws, unquote, Params};
 use super::uri::Uri;
 
 /// A name-addr (`"Display" <uri>;params`) or addr-spec (`uri;params`).
@@ -16,11 +14,17 @@ pub struct NameAddr {
     pub display: Option<String>,
     pub uri: Uri,
     /// Header parameters (tag, expires, q, ...) as written.
-    pub params: Vec<(String, Option<String>)>,
+    params: Params,
 }
 
 fn bad(why: &str) -> ParseError {
     ParseError::owned(format!("Bad address: {why}"))
+}
+
+/// The header parameters after the address, checked and kept.
+fn header_params(raw: &str) -> Result<Params, ParseError> {
+    let ws = scan_params(raw, "address", |_, _| Ok(()))?;
+    Ok(Params::kept(raw, ws))
 }
 
 impl NameAddr {
@@ -55,7 +59,7 @@ impl NameAddr {
         let inner = &after_display[1..];
         let gt = inner.find('>').ok_or_else(|| bad("missing >"))?;
         let uri = Uri::parse(&inner[..gt]).map_err(|e| bad(e.reason()))?;
-        let params = parse_params(&inner[gt + 1..], "address")?;
+        let params = header_params(&inner[gt + 1..])?;
         Ok(NameAddr {
             display,
             uri,
@@ -77,7 +81,7 @@ impl NameAddr {
             return Err(bad("addr-spec with \"?\" or \",\" needs <>"));
         }
         let uri = Uri::parse(uri_text).map_err(|e| bad(e.reason()))?;
-        let params = parse_params(&s[end..], "address")?;
+        let params = header_params(&s[end..])?;
         Ok(NameAddr {
             display: None,
             uri,
@@ -87,7 +91,12 @@ impl NameAddr {
 
     /// A header parameter by name (case-insensitive).
     pub fn param(&self, name: &str) -> Option<Option<&str>> {
-        find_param(&self.params, name)
+        self.params.get(name)
+    }
+
+    /// The header parameters in order, as written.
+    pub fn params(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.params.iter()
     }
 
     /// The tag parameter (RFC 3261 §19.3).
@@ -103,7 +112,7 @@ impl fmt::Display for NameAddr {
             write!(f, "{} ", quote(d))?;
         }
         write!(f, "<{}>", self.uri)?;
-        write_params(f, &self.params)
+        f.write_str(self.params.as_str())
     }
 }
 
@@ -129,7 +138,7 @@ mod tests {
         assert_eq!(n.display.as_deref(), Some("caller"));
         let n = NameAddr::parse("sip:+1@gw1.example.net;unknownparam").unwrap();
         assert_eq!(n.param("unknownparam"), Some(None));
-        assert!(n.uri.params.is_empty());
+        assert!(n.uri.params().next().is_none());
         let n = NameAddr::parse("<sip:+1@gw1.example.net;unknownparam>").unwrap();
         assert_eq!(n.uri.param("unknownparam"), Some(None));
         let n = NameAddr::parse("isbn:2983792873").unwrap();

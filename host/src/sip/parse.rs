@@ -1,15 +1,13 @@
 //! Parsing one message (RFC 3261 §7) and framing messages on a stream
 //! (RFC 3261 §18.3).
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 
 use super::error::ParseError;
 use super::header_name::HeaderName;
 use super::message::{Header, Message, StartLine, Text};
 use super::method::Method;
-use super::syntax::{is_token, is_ws, trim_ws};
+use super::syntax::{is_token, is_token_char, is_ws, trim_ws};
 use super::uri::Uri;
 
 /// Largest header section `frame` waits for.
@@ -58,7 +56,7 @@ fn is_sip_version(s: &str) -> bool {
 /// Request-Line = Method SP Request-URI SP SIP-Version (single spaces,
 /// RFC 4475 lwsstart/trws/lwsruri); Status-Line = SIP-Version SP
 /// Status-Code SP Reason-Phrase.
-fn parse_start_line(line: &str, buf: &Arc<str>, offset: usize) -> Result<StartLine, ParseError> {
+fn parse_start_line(line: &str, data: &Bytes) -> Result<StartLine, ParseError> {
     if line
         .get(..4)
         .is_some_and(|v| v.eq_ignore_ascii_case("SIP/"))
@@ -82,10 +80,9 @@ fn parse_start_line(line: &str, buf: &Arc<str>, offset: usize) -> Result<StartLi
         if reason.chars().any(|c| c.is_control() && c != '\t') {
             return Err(ParseError::new("Bad reason phrase"));
         }
-        let start = offset + line.len() - reason.len();
         return Ok(StartLine::Response {
             code,
-            reason: Text::shared(buf, start, offset + line.len()),
+            reason: Text::slice(data, reason),
         });
     }
     let (method, rest) = line
@@ -104,33 +101,64 @@ fn parse_start_line(line: &str, buf: &Arc<str>, offset: usize) -> Result<StartLi
         return Err(ParseError::new("Bad Request-URI: whitespace"));
     }
     Uri::parse_request_uri(uri)?;
-    let start = offset + method.len() + 1;
     Ok(StartLine::Request {
         method: Method::parse(method),
-        uri: Text::shared(buf, start, start + uri.len()),
+        uri: Text::slice(data, uri),
     })
 }
 
 /// A header line being collected; continuation lines are joined to it.
-struct Pending {
-    name_start: usize,
-    name_end: usize,
-    value_start: usize,
-    value_end: usize,
+struct Pending<'a> {
+    name: HeaderName,
+    raw_name: Text,
+    value: &'a str,
     /// The unfolded value once a continuation line was seen.
     folded: Option<String>,
 }
 
-impl Pending {
-    fn finish(self, buf: &Arc<str>) -> Header {
-        let raw_name = Text::shared(buf, self.name_start, self.name_end);
-        let name = HeaderName::parse(raw_name.as_str());
+impl Pending<'_> {
+    fn finish(self, data: &Bytes) -> Header {
         let value = match self.folded {
             Some(v) => Text::owned(trim_ws(&v)),
-            None => Text::shared(buf, self.value_start, self.value_end),
+            None => Text::slice(data, self.value),
         };
-        Header::new(name, raw_name, value)
+        Header::new(self.name, self.raw_name, value)
     }
+}
+
+/// One header line (not a continuation): `name *(SP/HTAB) ":" SWS value`
+/// (HCOLON, RFC 3261 §25.1), in one scan of the name.
+fn header_line<'a>(line: &'a str, data: &Bytes) -> Result<Pending<'a>, ParseError> {
+    let b = line.as_bytes();
+    let mut i = 0;
+    while i < b.len() && is_token_char(b[i]) {
+        i += 1;
+    }
+    let name_end = i;
+    while i < b.len() && is_ws(b[i]) {
+        i += 1;
+    }
+    if name_end == 0 || b.get(i) != Some(&b':') {
+        return Err(if b.contains(&b':') {
+            ParseError::new("Bad header name")
+        } else {
+            ParseError::new("Header line without colon")
+        });
+    }
+    let raw = &line[..name_end];
+    let name = HeaderName::parse(raw);
+    // A name spelt as its canonical form (the usual case) needs no share
+    // of the message.
+    let raw_name = match name.known_str() {
+        Some(known) if known == raw => Text::fixed(known),
+        _ => Text::slice(data, raw),
+    };
+    Ok(Pending {
+        name,
+        raw_name,
+        value: trim_ws(&line[i + 1..]),
+        folded: None,
+    })
 }
 
 /// Parses one complete message: a datagram, or a frame cut by [`frame`].
@@ -143,32 +171,40 @@ impl Pending {
 /// message whose headers run to the end of the data without an empty line
 /// is accepted with an empty body. Headers other than Content-Length are
 /// only indexed here; [`validate`](super::validate) checks them.
+///
+/// One pass over the header section, line by line; the message's texts are
+/// slices of `data`, not copies.
 pub fn parse(data: Bytes) -> Result<Message, ParseError> {
-    let skip = leading_newlines(&data);
-    let rest = &data[skip..];
-    if rest.is_empty() {
+    let all: &[u8] = &data;
+    let end = all.len();
+    let mut pos = leading_newlines(all);
+    if pos == end {
         return Err(ParseError::new("Empty message"));
     }
-    let (head_end, body_start) = find_head_end(rest).unwrap_or((rest.len(), rest.len()));
-    let head = std::str::from_utf8(&rest[..head_end])
-        .map_err(|_| ParseError::new("Header section is not UTF-8"))?;
-    let buf: Arc<str> = Arc::from(head);
-
     let mut start_line = None;
-    let mut headers = Vec::new();
+    let mut headers = Vec::with_capacity(16);
     let mut pending: Option<Pending> = None;
-    let mut pos = 0;
-    while pos < buf.len() {
-        let nl = buf[pos..].find('\n').map_or(buf.len(), |i| pos + i);
-        let raw_line = &buf[pos..nl];
-        let line = raw_line.strip_suffix('\r').unwrap_or(raw_line);
-        if line.contains('\r') {
+    let mut body_start = end;
+    while pos < end {
+        let nl = all[pos..]
+            .iter()
+            .position(|&c| c == b'\n')
+            .map_or(end, |i| pos + i);
+        let raw_line = &all[pos..nl];
+        let line = raw_line.strip_suffix(b"\r").unwrap_or(raw_line);
+        if line.is_empty() && nl < end {
+            // The empty line that ends the header section.
+            body_start = nl + 1;
+            break;
+        }
+        pos = nl + 1;
+        if line.contains(&b'\r') {
             return Err(ParseError::new("Bare CR in header section"));
         }
-        let line_start = pos;
-        pos = nl + 1;
+        let line = std::str::from_utf8(line)
+            .map_err(|_| ParseError::new("Header section is not UTF-8"))?;
         if start_line.is_none() {
-            start_line = Some(parse_start_line(line, &buf, line_start)?);
+            start_line = Some(parse_start_line(line, &data)?);
             continue;
         }
         if line.starts_with([' ', '\t']) {
@@ -176,9 +212,7 @@ pub fn parse(data: Bytes) -> Result<Message, ParseError> {
             let p = pending
                 .as_mut()
                 .ok_or_else(|| ParseError::new("Folded line after start line"))?;
-            let folded = p
-                .folded
-                .get_or_insert_with(|| buf[p.value_start..p.value_end].to_string());
+            let folded = p.folded.get_or_insert_with(|| p.value.to_string());
             let more = trim_ws(line);
             if !more.is_empty() {
                 folded.truncate(folded.trim_end_matches([' ', '\t']).len());
@@ -188,37 +222,19 @@ pub fn parse(data: Bytes) -> Result<Message, ParseError> {
             continue;
         }
         if let Some(p) = pending.take() {
-            headers.push(p.finish(&buf));
+            headers.push(p.finish(&data));
         }
-        // header = name *(SP/HTAB) ":" SWS value (HCOLON, RFC 3261 §25.1).
-        let colon = line
-            .find(':')
-            .ok_or_else(|| ParseError::new("Header line without colon"))?;
-        let name = line[..colon].trim_end_matches([' ', '\t']);
-        if !is_token(name) {
-            return Err(ParseError::new("Bad header name"));
-        }
-        let after = &line[colon + 1..];
-        let value = trim_ws(after);
-        let lead = after.len() - after.trim_start_matches([' ', '\t']).len();
-        let value_start = line_start + colon + 1 + lead;
-        pending = Some(Pending {
-            name_start: line_start,
-            name_end: line_start + name.len(),
-            value_start,
-            value_end: value_start + value.len(),
-            folded: None,
-        });
+        pending = Some(header_line(line, &data)?);
     }
     if let Some(p) = pending.take() {
-        headers.push(p.finish(&buf));
+        headers.push(p.finish(&data));
     }
     let start_line = start_line.ok_or_else(|| ParseError::new("Empty message"))?;
 
-    let body_data = data.slice(skip + body_start..);
+    let body_data = data.slice(body_start..);
     let mut lengths = headers
         .iter()
-        .filter(|h| *h.name() == HeaderName::ContentLength);
+        .filter(|h: &&Header| *h.name() == HeaderName::ContentLength);
     let body = match (lengths.next(), lengths.next()) {
         (None, _) => body_data,
         (Some(_), Some(_)) => return Err(ParseError::new("Multiple Content-Length headers")),

@@ -19,11 +19,16 @@ pub fn response_to(req: &Message, code: u16, reason: &str, to_tag: Option<&str>)
             Err(_) => v.to_ascii_lowercase().contains(";tag="),
         };
         let tag = to_tag.filter(|t| !has_tag && super::syntax::is_token(t));
-        let value = match tag {
-            Some(t) => format!("{v};tag={t}"),
-            None => v.to_string(),
-        };
-        let _ = resp.append_header(HeaderName::To, &value);
+        match tag {
+            Some(t) => {
+                let mut value = String::with_capacity(v.len() + 5 + t.len());
+                value.push_str(v);
+                value.push_str(";tag=");
+                value.push_str(t);
+                let _ = resp.append_header(HeaderName::To, &value);
+            }
+            None => resp.copy_lines(req, &HeaderName::To, false),
+        }
     }
     resp.copy_lines(req, &HeaderName::CallId, false);
     resp.copy_lines(req, &HeaderName::CSeq, false);

@@ -85,32 +85,48 @@ fn is_gen_value_char(c: u8) -> bool {
     is_token_char(c) || matches!(c, b':' | b'[' | b']')
 }
 
-/// Parses `*( SEMI generic-param )` (RFC 3261 §25.1) where SEMI and EQUAL
-/// allow whitespace around them. Values are kept as written (quoted strings
-/// keep their quotes). `what` names the header in errors.
-pub(super) fn parse_params(
-    mut s: &str,
+/// Scans `*( SEMI generic-param )` (RFC 3261 §25.1) where SEMI and EQUAL
+/// allow whitespace around them, giving each name and value (as written:
+/// quoted strings keep their quotes) to `each`, without allocation.
+/// Returns whether there was whitespace outside the values (so that the
+/// text differs from `;name=value...`). `what` names the header in errors.
+pub(super) fn scan_params<'a>(
+    s: &'a str,
     what: &str,
-) -> Result<Vec<(String, Option<String>)>, ParseError> {
-    let mut params = Vec::new();
-    loop {
-        s = s.trim_start_matches([' ', '\t']);
-        if s.is_empty() {
-            return Ok(params);
+    mut each: impl FnMut(&'a str, Option<&'a str>) -> Result<(), ParseError>,
+) -> Result<bool, ParseError> {
+    let b = s.as_bytes();
+    let mut ws = false;
+    let mut i = 0;
+    let skip_ws = |mut i: usize, ws: &mut bool| {
+        while i < b.len() && is_ws(b[i]) {
+            i += 1;
+            *ws = true;
         }
-        s = s
-            .strip_prefix(';')
-            .ok_or_else(|| ParseError::bad_header(what, "junk after value"))?;
-        s = s.trim_start_matches([' ', '\t']);
-        let name_len = s.bytes().take_while(|&c| is_token_char(c)).count();
-        if name_len == 0 {
+        i
+    };
+    loop {
+        i = skip_ws(i, &mut ws);
+        if i == b.len() {
+            return Ok(ws);
+        }
+        if b[i] != b';' {
+            return Err(ParseError::bad_header(what, "junk after value"));
+        }
+        i = skip_ws(i + 1, &mut ws);
+        let name_start = i;
+        while i < b.len() && is_token_char(b[i]) {
+            i += 1;
+        }
+        if i == name_start {
             return Err(ParseError::bad_header(what, "empty parameter"));
         }
-        let name = &s[..name_len];
-        s = s[name_len..].trim_start_matches([' ', '\t']);
+        let name = &s[name_start..i];
+        i = skip_ws(i, &mut ws);
         let mut value = None;
-        if let Some(rest) = s.strip_prefix('=') {
-            let rest = rest.trim_start_matches([' ', '\t']);
+        if b.get(i) == Some(&b'=') {
+            i = skip_ws(i + 1, &mut ws);
+            let rest = &s[i..];
             let len = if rest.starts_with('"') {
                 quoted_len(rest).map_err(|_| ParseError::bad_header(what, "unbalanced quotes"))?
             } else {
@@ -119,14 +135,30 @@ pub(super) fn parse_params(
             if len == 0 {
                 return Err(ParseError::bad_header(what, "empty parameter value"));
             }
-            value = Some(rest[..len].to_string());
-            s = &rest[len..];
+            value = Some(&rest[..len]);
+            i += len;
         }
-        params.push((name.to_string(), value));
+        each(name, value)?;
     }
 }
 
+/// Parses `*( SEMI generic-param )` as [`scan_params`] does, into owned
+/// pairs.
+#[cfg(test)]
+pub(super) fn parse_params(
+    s: &str,
+    what: &str,
+) -> Result<Vec<(String, Option<String>)>, ParseError> {
+    let mut params = Vec::new();
+    scan_params(s, what, |name, value| {
+        params.push((name.to_string(), value.map(str::to_string)));
+        Ok(())
+    })?;
+    Ok(params)
+}
+
 /// Looks a parameter up by name, case-insensitively (RFC 3261 §7.3.1).
+#[cfg(test)]
 pub(super) fn find_param<'a>(
     params: &'a [(String, Option<String>)],
     name: &str,
@@ -137,18 +169,123 @@ pub(super) fn find_param<'a>(
         .map(|(_, v)| v.as_deref())
 }
 
-/// Writes `;name[=value]` for each parameter.
-pub(super) fn write_params(
-    f: &mut std::fmt::Formatter<'_>,
-    params: &[(String, Option<String>)],
-) -> std::fmt::Result {
-    for (n, v) in params {
-        match v {
-            Some(v) => write!(f, ";{n}={v}")?,
-            None => write!(f, ";{n}")?,
+/// Parameters (of a Via, an address, a URI) kept as one string,
+/// `;name[=value]` each, whitespace around ";" and "=" removed and values
+/// as written (quoted values keep their quotes): one allocation, where a
+/// list of pairs took two per parameter; a lookup scans a few dozen bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(super) struct Params(String);
+
+impl Params {
+    /// Parameters checked by [`scan_params`] (`ws`: what it returned), or
+    /// text already in the kept form (`ws` false).
+    pub(super) fn kept(raw: &str, ws: bool) -> Params {
+        if !ws {
+            return Params(raw.to_string());
+        }
+        let mut out = String::with_capacity(raw.len());
+        // Checked before: the scan gives the same parameters again.
+        let _ = scan_params(raw, "", |name, value| {
+            push_param(&mut out, name, value);
+            Ok(())
+        });
+        Params(out)
+    }
+
+    /// `;name[=value]` for each parameter, in order.
+    pub(super) fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// (start of the name, name, value, end of the value) of each.
+    fn spans(&self) -> impl Iterator<Item = (usize, &str, Option<&str>, usize)> {
+        let s = self.0.as_str();
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let b = s.as_bytes();
+            if b.get(at) != Some(&b';') {
+                return None;
+            }
+            let start = at + 1;
+            let name_end = b[start..]
+                .iter()
+                .position(|&c| c == b'=' || c == b';')
+                .map_or(b.len(), |i| start + i);
+            let name = s.get(start..name_end)?;
+            if b.get(name_end) != Some(&b'=') {
+                at = name_end;
+                return Some((start, name, None, name_end));
+            }
+            let v = name_end + 1;
+            let len = match s.get(v..) {
+                Some(rest) if rest.starts_with('"') => quoted_len(rest).unwrap_or(rest.len()),
+                Some(rest) => rest.bytes().position(|c| c == b';').unwrap_or(rest.len()),
+                None => 0,
+            };
+            at = v + len;
+            Some((start, name, s.get(v..at), at))
+        })
+    }
+
+    /// The parameters in order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.spans().map(|(_, n, v, _)| (n, v))
+    }
+
+    /// A parameter by name, case-insensitively (RFC 3261 §7.3.1):
+    /// `Some(None)` for a flag, `Some(Some(v))` for `name=v`.
+    pub(super) fn get(&self, name: &str) -> Option<Option<&str>> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// Sets a parameter, replacing the value of one of the same name
+    /// (case-insensitive) or appending it.
+    pub(super) fn set(&mut self, name: &str, value: Option<&str>) {
+        let found = self
+            .spans()
+            .find(|(_, n, _, _)| n.eq_ignore_ascii_case(name))
+            .map(|(start, n, _, end)| (start + n.len(), end));
+        match found {
+            Some((name_end, end)) => {
+                let mut new = String::new();
+                if let Some(v) = value {
+                    new.reserve(v.len() + 1);
+                    new.push('=');
+                    new.push_str(v);
+                }
+                self.0.replace_range(name_end..end, &new);
+            }
+            None => push_param(&mut self.0, name, value),
         }
     }
-    Ok(())
+}
+
+fn push_param(out: &mut String, name: &str, value: Option<&str>) {
+    out.push(';');
+    out.push_str(name);
+    if let Some(v) = value {
+        out.push('=');
+        out.push_str(v);
+    }
+}
+
+/// Appends `n` in decimal, without the formatting machinery.
+pub(super) fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
 }
 
 /// Parses a non-empty run of ASCII digits into a u32 (no sign, no spaces).

@@ -13,7 +13,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::error::ParseError;
-use super::syntax::{find_param, write_params};
+use super::syntax::Params;
 
 /// The URI scheme; matched case-insensitively.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +78,26 @@ impl Host {
             Ok(Host::Name(s.to_string()))
         } else {
             Err(ParseError::new("Bad host: invalid characters"))
+        }
+    }
+
+    /// Appends the host as `Display` writes it; an IPv4 address without
+    /// the formatting machinery.
+    pub(super) fn push_to(&self, out: &mut String) {
+        match self {
+            Host::Name(n) => out.push_str(n),
+            Host::V4(a) => {
+                for (i, octet) in a.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push('.');
+                    }
+                    super::syntax::push_decimal(out, u64::from(octet));
+                }
+            }
+            Host::V6(a) => {
+                use std::fmt::Write;
+                let _ = write!(out, "[{a}]");
+            }
         }
     }
 
@@ -147,7 +167,7 @@ pub struct Uri {
     pub host: Host,
     pub port: Option<u16>,
     /// `;name[=value]` URI parameters, as written.
-    pub params: Vec<(String, Option<String>)>,
+    params: Params,
     /// `?name=value&...` URI headers, as written (still escaped).
     pub headers: Vec<(String, String)>,
 }
@@ -244,7 +264,7 @@ impl Uri {
                     password: None,
                     host: Host::Name(rest.to_string()),
                     port: None,
-                    params: Vec::new(),
+                    params: Params::default(),
                     headers: Vec::new(),
                 })
             }
@@ -276,15 +296,14 @@ impl Uri {
             Some((r, h)) => (r, Some(h)),
             None => (rest, None),
         };
-        let mut parts = rest.split(';');
-        let hostport = parts.next().unwrap_or("");
+        let hostport = rest.split(';').next().unwrap_or("");
         let (host, port) = parse_hostport(hostport).map_err(|e| {
             ParseError::owned(format!(
                 "Bad URI: {}",
                 e.reason().trim_start_matches("Bad ")
             ))
         })?;
-        let params = parse_params(parts)?;
+        let params = parse_params(&rest[hostport.len()..])?;
         let mut headers = Vec::new();
         if let Some(h) = headers_part {
             for hv in h.split('&') {
@@ -308,8 +327,7 @@ impl Uri {
     }
 
     fn parse_tel(rest: &str) -> Result<Uri, ParseError> {
-        let mut parts = rest.split(';');
-        let number = parts.next().unwrap_or("");
+        let number = rest.split(';').next().unwrap_or("");
         // RFC 3966: global-number-digits / local-number-digits with visual
         // separators.
         let ok = !number.is_empty()
@@ -319,7 +337,7 @@ impl Uri {
         if !ok {
             return Err(ParseError::new("Bad URI: invalid telephone number"));
         }
-        let params = parse_params(parts)?;
+        let params = parse_params(&rest[number.len()..])?;
         Ok(Uri {
             scheme: Scheme::Tel,
             user: None,
@@ -348,7 +366,12 @@ impl Uri {
     /// A URI parameter by name (case-insensitive): `Some(None)` for a flag
     /// such as `;lr`, `Some(Some(v))` for `;name=v`.
     pub fn param(&self, name: &str) -> Option<Option<&str>> {
-        find_param(&self.params, name)
+        self.params.get(name)
+    }
+
+    /// The URI parameters in order, as written.
+    pub fn params(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.params.iter()
     }
 
     /// The `transport` parameter's value.
@@ -376,7 +399,7 @@ impl fmt::Display for Uri {
         if let Some(p) = self.port {
             write!(f, ":{p}")?;
         }
-        write_params(f, &self.params)?;
+        f.write_str(self.params.as_str())?;
         for (i, (n, v)) in self.headers.iter().enumerate() {
             let sep = if i == 0 { '?' } else { '&' };
             write!(f, "{sep}{n}={v}")?;
@@ -385,13 +408,10 @@ impl fmt::Display for Uri {
     }
 }
 
-/// URI parameters (`;name[=value]`), each checked against RFC 3261's
-/// `uri-parameter` characters.
-fn parse_params<'a>(
-    parts: impl Iterator<Item = &'a str>,
-) -> Result<Vec<(String, Option<String>)>, ParseError> {
-    let mut params = Vec::new();
-    for p in parts {
+/// URI parameters (`;name[=value]` each, or nothing), each checked
+/// against RFC 3261's `uri-parameter` characters, and kept.
+fn parse_params(raw: &str) -> Result<Params, ParseError> {
+    for p in raw.split(';').skip(1) {
         let (n, v) = match p.split_once('=') {
             Some((n, v)) => (n, Some(v)),
             None => (p, None),
@@ -400,9 +420,8 @@ fn parse_params<'a>(
         if let Some(v) = v {
             check_chars(v, PARAM_EXTRA, false, "Bad URI: invalid parameter")?;
         }
-        params.push((n.to_string(), v.map(str::to_string)));
     }
-    Ok(params)
+    Ok(Params::kept(raw, false))
 }
 
 #[cfg(test)]

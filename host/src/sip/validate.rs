@@ -9,16 +9,29 @@ use super::method::Method;
 use super::uri::Uri;
 use super::via::Via;
 
-/// Exactly one line of a single-value header (RFC 4475 multi01).
-fn single<'a>(msg: &'a Message, name: &'a HeaderName) -> Result<&'a str, ParseError> {
-    let mut lines = msg.header_lines(name);
-    match (lines.next(), lines.next()) {
-        (None, _) => Err(ParseError::missing(name.as_str())),
-        (Some(v), None) => Ok(v),
-        (Some(_), Some(_)) => Err(ParseError::owned(format!(
-            "Multiple {} headers",
-            name.as_str()
-        ))),
+/// How many lines of a single-value header there are, and the first.
+#[derive(Default, Clone, Copy)]
+struct Lines<'a> {
+    count: usize,
+    first: Option<&'a str>,
+}
+
+impl<'a> Lines<'a> {
+    fn add(&mut self, value: &'a str) {
+        self.count += 1;
+        self.first.get_or_insert(value);
+    }
+
+    /// Exactly one line (RFC 4475 multi01).
+    fn single(self, name: &HeaderName) -> Result<&'a str, ParseError> {
+        match (self.first, self.count) {
+            (None, _) => Err(ParseError::missing(name.as_str())),
+            (Some(v), 1) => Ok(v),
+            (Some(_), _) => Err(ParseError::owned(format!(
+                "Multiple {} headers",
+                name.as_str()
+            ))),
+        }
     }
 }
 
@@ -41,20 +54,33 @@ pub fn validate(msg: &Message) -> Result<(), ParseError> {
             return Err(ParseError::new("Bad status code"));
         }
     }
-    let call_id = single(msg, &HeaderName::CallId)?;
+    // One pass over the header lines; the checks below keep their order.
+    let (mut call_id, mut cseq, mut from, mut to, mut max_forwards) = Default::default();
+    for h in msg.headers() {
+        let lines: &mut Lines = match h.name() {
+            HeaderName::CallId => &mut call_id,
+            HeaderName::CSeq => &mut cseq,
+            HeaderName::From => &mut from,
+            HeaderName::To => &mut to,
+            HeaderName::MaxForwards => &mut max_forwards,
+            _ => continue,
+        };
+        lines.add(h.value());
+    }
+    let call_id = call_id.single(&HeaderName::CallId)?;
     // Call-ID = word [ "@" word ]: no whitespace inside.
     if call_id.is_empty() || call_id.contains([' ', '\t']) {
         return Err(ParseError::bad_header("Call-ID", "invalid"));
     }
     // Once there is exactly one line, the message's views parse that line:
     // what is checked here is parsed once for the rest of the message's life.
-    single(msg, &HeaderName::CSeq)?;
+    cseq.single(&HeaderName::CSeq)?;
     let cseq = msg.cseq()?;
-    single(msg, &HeaderName::From)?;
+    from.single(&HeaderName::From)?;
     msg.from()?;
-    single(msg, &HeaderName::To)?;
+    to.single(&HeaderName::To)?;
     msg.to()?;
-    if msg.header_lines(&HeaderName::MaxForwards).count() > 1 {
+    if max_forwards.count > 1 {
         return Err(ParseError::new("Multiple Max-Forwards headers"));
     }
     if let Some(mf) = msg.max_forwards() {
@@ -62,7 +88,7 @@ pub fn validate(msg: &Message) -> Result<(), ParseError> {
     }
     msg.top_via()?;
     for v in msg.values(&HeaderName::Via).skip(1) {
-        Via::parse(v)?;
+        Via::check(v)?;
     }
     if let Some(method) = msg.method() {
         if cseq.method != *method {

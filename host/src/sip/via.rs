@@ -1,26 +1,152 @@
 //! The Via header value (RFC 3261 §20.42, §25.1; received/rport per
 //! RFC 3581 and RFC 5118 §4.5).
 
+use std::borrow::Cow;
 use std::fmt;
 
 use super::error::ParseError;
-use super::syntax::{find_param, is_token, is_ws, parse_params, trim_ws, write_params};
+use super::syntax::{is_token, is_token_char, is_ws, scan_params, trim_ws, Params};
 use super::uri::{parse_hostport, Host};
 use super::values::first_comma;
 
 /// One Via value: `SIP/2.0/transport sent-by;params`.
+///
+/// The parameters are kept as one string, `;name[=value]...` with the
+/// whitespace the ABNF allows around ";" and "=" removed and the values as
+/// written (quoted values keep their quotes): one allocation per Via
+/// instead of two per parameter, and a lookup scans a few dozen bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Via {
     /// The transport as written ("UDP", "TCP", "TLS", "SCTP", "WS", ...).
-    pub transport: String,
+    pub transport: Cow<'static, str>,
     pub host: Host,
     pub port: Option<u16>,
-    /// Parameters as written (quoted values keep their quotes).
-    pub params: Vec<(String, Option<String>)>,
+    params: Params,
 }
 
 fn bad(why: &str) -> ParseError {
     ParseError::bad_header("Via", why)
+}
+
+/// The transports a Via names, without an allocation when written in
+/// upper case as usual.
+fn transport_name(t: &str) -> Cow<'static, str> {
+    const KNOWN: [&str; 7] = ["UDP", "TCP", "TLS", "SCTP", "WS", "WSS", "TLS-SCTP"];
+    match KNOWN.iter().find(|k| **k == t) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(t.to_string()),
+    }
+}
+
+/// What a Via value is made of, as slices of it.
+struct Parts<'a> {
+    transport: &'a str,
+    host: Host,
+    port: Option<u16>,
+    /// The parameters as written, from the first ";" on.
+    params: &'a str,
+    /// Whether `params` holds whitespace outside quoted values (and must be
+    /// rewritten to be kept).
+    params_ws: bool,
+}
+
+/// Parses one Via value (not a comma-separated list): the sent-protocol,
+/// the sent-by and the parameters, checked, without allocation (but for a
+/// host name, or whitespace around the sent-by's colon).
+fn parse_parts(value: &str) -> Result<Parts<'_>, ParseError> {
+    let value = trim_ws(value);
+    if first_comma(value).is_some() {
+        return Err(bad("several values"));
+    }
+    // sent-protocol = protocol-name SLASH protocol-version SLASH transport
+    let mut rest = value;
+    let mut fields = [""; 3];
+    for (i, field) in fields.iter_mut().enumerate() {
+        rest = rest.trim_start_matches([' ', '\t']);
+        let len = rest.bytes().take_while(|&c| is_token_char(c)).count();
+        *field = &rest[..len];
+        rest = rest[len..].trim_start_matches([' ', '\t']);
+        if i < 2 {
+            rest = rest
+                .strip_prefix('/')
+                .ok_or_else(|| bad("bad sent-protocol"))?;
+        }
+    }
+    let [name, version, transport] = fields;
+    if !name.eq_ignore_ascii_case("SIP") || version != "2.0" || !is_token(transport) {
+        return Err(bad("bad sent-protocol"));
+    }
+    // sent-by = host [ COLON port ]; runs to the first ";" (hosts hold
+    // no ";"), with the whitespace of COLON removed.
+    let end = rest.bytes().position(|c| c == b';').unwrap_or(rest.len());
+    let sent_by = trim_ws(&rest[..end]);
+    if sent_by.is_empty() {
+        return Err(bad("missing sent-by"));
+    }
+    // Drop the whitespace COLON allows; any other whitespace stays and
+    // makes the host or port invalid.
+    let colon = match sent_by.rfind(']') {
+        Some(close) => sent_by[close..].find(':').map(|i| i + close),
+        None => sent_by.find(':'),
+    };
+    let joined;
+    let sent_by = match colon {
+        Some(i) => {
+            let (host, port) = (trim_ws(&sent_by[..i]), trim_ws(&sent_by[i + 1..]));
+            if host.len() + 1 + port.len() == sent_by.len() {
+                sent_by
+            } else {
+                joined = format!("{host}:{port}");
+                joined.as_str()
+            }
+        }
+        None => sent_by,
+    };
+    if sent_by.bytes().any(is_ws) {
+        return Err(bad("bad sent-by"));
+    }
+    let (host, port) = parse_hostport(sent_by).map_err(|e| bad(e.reason()))?;
+    let params = &rest[end..];
+    // Values of the parameters whose syntax is fixed by the RFCs (the first
+    // of each name).
+    let (mut received, mut rport, mut branch) = (false, false, false);
+    let params_ws = scan_params(params, "Via", |name, value| {
+        if !received && name.eq_ignore_ascii_case("received") {
+            received = true;
+            // via-received = IPv4address / IPv6reference (RFC 5118 §4.5: the
+            // unbracketed IPv6 form of RFC 3261's ABNF is not accepted).
+            let ok = value.is_some_and(|r| {
+                (r.starts_with('[') || !r.contains(':'))
+                    && matches!(Host::parse(r), Ok(Host::V4(_) | Host::V6(_)))
+            });
+            if !ok {
+                return Err(bad("bad received parameter"));
+            }
+        } else if !rport && name.eq_ignore_ascii_case("rport") {
+            rport = true;
+            if let Some(p) = value {
+                if p.is_empty()
+                    || !p.bytes().all(|c| c.is_ascii_digit())
+                    || p.parse::<u16>().is_err()
+                {
+                    return Err(bad("bad rport parameter"));
+                }
+            }
+        } else if !branch && name.eq_ignore_ascii_case("branch") {
+            branch = true;
+            if !value.is_some_and(is_token) {
+                return Err(bad("bad branch parameter"));
+            }
+        }
+        Ok(())
+    })?;
+    Ok(Parts {
+        transport,
+        host,
+        port,
+        params,
+        params_ws,
+    })
 }
 
 impl Via {
@@ -28,100 +154,31 @@ impl Via {
     /// allowed around "/" ":" ";" "=" as the ABNF's SLASH, COLON, SEMI and
     /// EQUAL say (RFC 4475 wsinv).
     pub fn parse(value: &str) -> Result<Via, ParseError> {
-        let value = trim_ws(value);
-        if first_comma(value).is_some() {
-            return Err(bad("several values"));
-        }
-        // sent-protocol = protocol-name SLASH protocol-version SLASH transport
-        let mut rest = value;
-        let mut fields = [""; 3];
-        for (i, field) in fields.iter_mut().enumerate() {
-            rest = rest.trim_start_matches([' ', '\t']);
-            let len = rest
-                .bytes()
-                .take_while(|&c| super::syntax::is_token_char(c))
-                .count();
-            *field = &rest[..len];
-            rest = rest[len..].trim_start_matches([' ', '\t']);
-            if i < 2 {
-                rest = rest
-                    .strip_prefix('/')
-                    .ok_or_else(|| bad("bad sent-protocol"))?;
-            }
-        }
-        let [name, version, transport] = fields;
-        if !name.eq_ignore_ascii_case("SIP") || version != "2.0" || !is_token(transport) {
-            return Err(bad("bad sent-protocol"));
-        }
-        // sent-by = host [ COLON port ]; runs to the first ";" (hosts hold
-        // no ";"), with the whitespace of COLON removed.
-        let end = rest.find(';').unwrap_or(rest.len());
-        let sent_by = trim_ws(&rest[..end]);
-        if sent_by.is_empty() {
-            return Err(bad("missing sent-by"));
-        }
-        // Drop the whitespace COLON allows; any other whitespace stays and
-        // makes the host or port invalid.
-        let colon = match sent_by.rfind(']') {
-            Some(close) => sent_by[close..].find(':').map(|i| i + close),
-            None => sent_by.find(':'),
-        };
-        let joined;
-        let sent_by = match colon {
-            Some(i) => {
-                let (host, port) = (trim_ws(&sent_by[..i]), trim_ws(&sent_by[i + 1..]));
-                if host.len() + 1 + port.len() == sent_by.len() {
-                    sent_by
-                } else {
-                    joined = format!("{host}:{port}");
-                    joined.as_str()
-                }
-            }
-            None => sent_by,
-        };
-        if sent_by.bytes().any(is_ws) {
-            return Err(bad("bad sent-by"));
-        }
-        let (host, port) = parse_hostport(sent_by).map_err(|e| bad(e.reason()))?;
-        let params = parse_params(&rest[end..], "Via")?;
-        let via = Via {
-            transport: transport.to_string(),
-            host,
-            port,
+        let parts = parse_parts(value)?;
+        let params = Params::kept(parts.params, parts.params_ws);
+        Ok(Via {
+            transport: transport_name(parts.transport),
+            host: parts.host,
+            port: parts.port,
             params,
-        };
-        via.check_params()?;
-        Ok(via)
+        })
     }
 
-    /// Values of the parameters whose syntax is fixed by the RFCs.
-    fn check_params(&self) -> Result<(), ParseError> {
-        if let Some(r) = self.param("received") {
-            // via-received = IPv4address / IPv6reference (RFC 5118 §4.5: the
-            // unbracketed IPv6 form of RFC 3261's ABNF is not accepted).
-            let ok = r.is_some_and(|r| {
-                (r.starts_with('[') || !r.contains(':'))
-                    && matches!(Host::parse(r), Ok(Host::V4(_) | Host::V6(_)))
-            });
-            if !ok {
-                return Err(bad("bad received parameter"));
-            }
-        }
-        if let Some(Some(p)) = self.param("rport") {
-            if p.is_empty() || !p.bytes().all(|c| c.is_ascii_digit()) || p.parse::<u16>().is_err() {
-                return Err(bad("bad rport parameter"));
-            }
-        }
-        if let Some(b) = self.param("branch") {
-            if !b.is_some_and(is_token) {
-                return Err(bad("bad branch parameter"));
-            }
-        }
-        Ok(())
+    /// Whether `value` is one valid Via value, as [`Via::parse`] would
+    /// find, without keeping it (the Vias below the top one).
+    pub(super) fn check(value: &str) -> Result<(), ParseError> {
+        parse_parts(value).map(|_| ())
     }
 
-    fn param(&self, name: &str) -> Option<Option<&str>> {
-        find_param(&self.params, name)
+    /// A parameter by name (case-insensitive): `Some(None)` for a flag such
+    /// as `;rport`, `Some(Some(v))` for `;name=v` (as written).
+    pub fn param(&self, name: &str) -> Option<Option<&str>> {
+        self.params.get(name)
+    }
+
+    /// The parameters in order, as written (quoted values keep their quotes).
+    pub fn params(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.params.iter()
     }
 
     /// The branch parameter.
@@ -148,30 +205,35 @@ impl Via {
     /// Sets a parameter, replacing the value of one of the same name
     /// (case-insensitive) or appending it.
     pub fn set_param(&mut self, name: &str, value: Option<&str>) {
-        let value = value.map(str::to_string);
-        match self
-            .params
-            .iter_mut()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        {
-            Some(p) => p.1 = value,
-            None => self.params.push((name.to_string(), value)),
-        }
+        self.params.set(name, value);
     }
 
     /// Whether the branch starts with the RFC 3261 magic cookie (§8.1.1.7).
     pub fn has_rfc3261_branch(&self) -> bool {
         self.branch().is_some_and(|b| b.starts_with("z9hG4bK"))
     }
+
+    /// Appends the value as `Display` writes it, without the formatting
+    /// machinery (a proxy writes the top Via of every request it stamps).
+    pub(super) fn write_to(&self, out: &mut String) {
+        out.reserve(16 + self.transport.len() + self.params.as_str().len() + 48);
+        out.push_str("SIP/2.0/");
+        out.push_str(&self.transport);
+        out.push(' ');
+        self.host.push_to(out);
+        if let Some(p) = self.port {
+            out.push(':');
+            super::syntax::push_decimal(out, u64::from(p));
+        }
+        out.push_str(self.params.as_str());
+    }
 }
 
 impl fmt::Display for Via {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SIP/2.0/{} {}", self.transport, self.host)?;
-        if let Some(p) = self.port {
-            write!(f, ":{p}")?;
-        }
-        write_params(f, &self.params)
+        let mut out = String::new();
+        self.write_to(&mut out);
+        f.write_str(&out)
     }
 }
 
@@ -237,5 +299,21 @@ mod tests {
             v.to_string(),
             "SIP/2.0/UDP h;rport=5062;branch=z9hG4bK1;received=192.0.2.9"
         );
+        // Whitespace around ";" and "=" is dropped, quoted values kept.
+        let mut v = Via::parse("SIP/2.0/TCP h:5 ; x = \"a; b\" ;rport ; branch=z9hG4bK2").unwrap();
+        assert_eq!(
+            v.params().collect::<Vec<_>>(),
+            vec![
+                ("x", Some("\"a; b\"")),
+                ("rport", None),
+                ("branch", Some("z9hG4bK2"))
+            ]
+        );
+        v.set_param("X", None);
+        v.set_param("rport", Some("1"));
+        assert_eq!(v.to_string(), "SIP/2.0/TCP h:5;x;rport=1;branch=z9hG4bK2");
+        assert_eq!(Via::parse(&v.to_string()).unwrap(), v);
+        assert!(Via::check("SIP/2.0/UDP h;branch=z9hG4bK1").is_ok());
+        assert!(Via::check("SIP/2.0/UDP h;received=x").is_err());
     }
 }
