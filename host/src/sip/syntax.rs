@@ -5,13 +5,27 @@ use super::error::ParseError;
 
 /// `token` characters: alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" /
 /// "`" / "'" / "~" (RFC 3261 §25.1).
+#[inline]
 pub(super) fn is_token_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric()
-        || matches!(
-            c,
-            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-        )
+    TOKEN[usize::from(c)]
 }
+
+/// [`is_token_char`] as a table: one load per byte on the scans of every
+/// header name and parameter.
+static TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        table[c] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        c += 1;
+    }
+    table
+};
 
 /// A non-empty run of token characters.
 pub(super) fn is_token(s: &str) -> bool {
@@ -331,6 +345,14 @@ mod tests {
         assert!(parse_params(";a=\"x", "Via").is_err());
         assert!(parse_params(" junk", "Via").is_err());
         assert_eq!(find_param(&p, "TAG"), Some(Some("1918181833n")));
+    }
+
+    #[test]
+    fn token_table() {
+        for c in 0..=255u8 {
+            let want = c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c);
+            assert_eq!(is_token_char(c), want, "{c}");
+        }
     }
 
     #[test]
