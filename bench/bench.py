@@ -1032,6 +1032,20 @@ def table(kind, fixed, maxes, args, allocs=None, one_core=None):
     return "\n".join(lines)
 
 
+def fixed_runs(kind, args, workdir, where):
+    """`args.repeat` fixed-rate runs per proxy, alternating, each logged;
+    the medians per proxy."""
+    runs = {cls.name: [] for cls in PROXIES}
+    for _ in range(args.repeat):
+        for cls in PROXIES:
+            r = fixed_rate(cls, kind, args, workdir)
+            runs[cls.name].append(r)
+            log(f"  {cls.name:<8} {r['cpu_us_per_call']:.0f} CPU-us/{kind}{where}, "
+                f"{r['outcome']['successful']}/{r['outcome']['calls']} ok, "
+                f"p50 {fmt(r['p50_ms'], '.3f')} ms, p99 {fmt(r['p99_ms'], '.3f')} ms over {r['timed']} timed")
+    return {name: merge_runs(rs) for name, rs in runs.items()}
+
+
 def one_core_args(args):
     """The arguments of the one-core runs: both proxies on the first CPU,
     SIPp on the others (on one, with the proxy, on a 1-CPU machine)."""
@@ -1153,15 +1167,7 @@ def main():
         for kind in args.loads.split(","):
             log(f"\n== {kind}: {LOADS[kind]}")
             log(f"  fixed rate {args.rate}/s for {args.seconds:.0f} s, {args.repeat} runs each, alternating")
-            runs = {cls.name: [] for cls in PROXIES}
-            for _ in range(args.repeat):
-                for cls in PROXIES:
-                    r = fixed_rate(cls, kind, args, workdir)
-                    runs[cls.name].append(r)
-                    log(f"  {cls.name:<8} {r['cpu_us_per_call']:.0f} CPU-us/{kind}, "
-                        f"{r['outcome']['successful']}/{r['outcome']['calls']} ok, "
-                        f"p50 {fmt(r['p50_ms'], '.3f')} ms over {r['timed']} timed")
-            fixed = {name: merge_runs(rs) for name, rs in runs.items()}
+            fixed = fixed_runs(kind, args, workdir, "")
             maxes = {}
             if args.probe_rate:
                 for cls in PROXIES:
@@ -1174,15 +1180,7 @@ def main():
                 one = one_core_args(args)
                 log(f"  on one core: proxies taskset -c {one.proxy_cpus}, SIPp taskset -c {one.sipp_cpus}, "
                     f"{args.rate}/s for {args.seconds:.0f} s, {args.repeat} runs each, alternating")
-                runs1 = {cls.name: [] for cls in PROXIES}
-                for _ in range(args.repeat):
-                    for cls in PROXIES:
-                        r = fixed_rate(cls, kind, one, workdir)
-                        runs1[cls.name].append(r)
-                        log(f"  {cls.name:<8} {r['cpu_us_per_call']:.0f} CPU-us/{kind} on 1 core, "
-                            f"{r['outcome']['successful']}/{r['outcome']['calls']} ok, "
-                            f"p99 {fmt(r['p99_ms'], '.3f')} ms")
-                one_core = {name: merge_runs(rs) for name, rs in runs1.items()}
+                one_core = fixed_runs(kind, one, workdir, " on 1 core")
             allocs = None
             if Wisp in PROXIES and os.path.exists(WISP_ALLOCS) and not args.no_allocations:
                 allocs = allocations(kind, args, workdir)
