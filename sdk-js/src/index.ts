@@ -598,7 +598,7 @@ export const log = {
 
 /** How `registrar.save` differs from the tenant's defaults (`REG_*` params). */
 export interface SaveOptions {
-  /** Keep the bindings across restarts (`WITH_USRLOCDB`). */
+  /** Keep the bindings across restarts (`WITH_USRLOCDB`): written to the database within the host's `location_write_interval_ms`, so a crash loses at most that much. Without it they live in memory only. */
   persistent?: boolean;
   /** The UA is behind NAT: requests go to the REGISTER's source address. */
   nat?: boolean;

@@ -27,7 +27,8 @@ def save(
     """Saves the bindings of a REGISTER (`save("location")`) and returns the
     200 OK to answer with: `req.reply(registrar.save(req))`.
 
-    `persistent` keeps them across restarts (`WITH_USRLOCDB`); `nat` sends
+    `persistent` keeps them across restarts (`WITH_USRLOCDB`: written to
+    the database within the host's `location_write_interval_ms`); `nat` sends
     requests to the REGISTER's source address. Each None takes the tenant
     param (`REG_DEFAULT_EXPIRES`, `REG_MIN_EXPIRES`, `REG_MAX_EXPIRES`,
     `REG_MAX_CONTACTS`), else the WIT's default. A refused WispError (400,

@@ -4,7 +4,9 @@
 
 /// The location service (Kamailio's registrar and usrloc):
 /// `save("location")` and `lookup("location")`. Bindings are kept per
-/// tenant, keyed by the user part of the address of record.
+/// tenant, keyed by the user part of the address of record, in the host's
+/// memory; those saved with [`SaveFlags::PERSISTENT`] are also written
+/// behind to its database (usrloc `db_mode=2`) and survive a restart.
 pub mod registrar {
     use crate::bindings::wisp::proxy as raw;
     use crate::{Error, Reply, Request, Result};
