@@ -12,6 +12,10 @@ auth) and each proxy, alternating wisp and Kamailio:
 - a search for the highest rate sustained with fewer than 0.1% failed
   calls and no retransmission surge.
 
+With `--proxies wisp,wisp-redis`, wisp with its state in Redis
+(`[cluster]`, a redis-server started and stopped with it; CPU and memory
+are wisp's and redis-server's together) against wisp with SQLite.
+
 Every process started here is killed by its PID; every run is bounded in
 time. Prints the figures and the ratios wisp/Kamailio; writes them as JSON
 to target/bench/. Asserts nothing.
@@ -51,6 +55,8 @@ UAS_PORT = PROXY_PORT + 30
 # The counting build's admin API (TCP), for /metrics.
 ADMIN_PORT = PROXY_PORT + 40
 ADMIN_TOKEN = "bench"
+# The redis-server of `wisp-redis` (wisp with [cluster]), TCP.
+REDIS_PORT = PROXY_PORT + 50
 
 # Socket buffers: the proxies ask for this much (the kernel caps it at
 # net.core.rmem_max and reports twice the value it grants); SIPp too.
@@ -319,6 +325,55 @@ class Wisp(Proxy):
         return env
 
 
+class WispRedis(Wisp):
+    """wisp as one node of a cluster: `[cluster]` with a redis-server of
+    its own, started and stopped with it (`--proxies wisp,wisp-redis`).
+    Its figures are wisp's and redis-server's together: what the shared
+    state costs per call."""
+
+    name = "wisp-redis"
+
+    def config(self):
+        return super().config() + (
+            f'\n[cluster]\nredis = "redis://127.0.0.1:{REDIS_PORT}"\nnode = "bench"\n'
+        )
+
+    def prepare(self):
+        # Before `wisp user add`, which writes the subscriber to Redis.
+        self.redis_log = open(os.path.join(self.workdir, "redis.log"), "ab")
+        self.redis = subprocess.Popen(
+            taskset(self.cpus, [shutil.which("redis-server") or "/usr/bin/redis-server",
+                                "--bind", "127.0.0.1", "--port", str(REDIS_PORT),
+                                "--save", "", "--appendonly", "no", "--dir", self.workdir]),
+            stdin=subprocess.DEVNULL, stdout=self.redis_log, stderr=self.redis_log,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", REDIS_PORT), timeout=1) as c:
+                    c.sendall(b"PING\r\n")
+                    if c.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if self.redis.poll() is not None or time.monotonic() > deadline:
+                stop(self.redis)
+                raise RuntimeError(f"redis-server did not start on 127.0.0.1:{REDIS_PORT}; see {self.workdir}/redis.log")
+            time.sleep(0.05)
+        super().prepare()
+
+    def start(self):
+        super().start()
+        self.pids.append(self.redis.pid)
+
+    def stop(self):
+        try:
+            super().stop()
+        finally:
+            stop(self.redis)
+            self.redis_log.close()
+
+
 class WispCounting(Wisp):
     """The counting build (WISP_ALLOCS) with its admin API on, for
     `wisp_allocations_total`."""
@@ -404,6 +459,7 @@ class Kamailio(Proxy):
 
 
 PROXIES = [Wisp, Kamailio]
+ALL_PROXIES = [Wisp, Kamailio, WispRedis]
 
 
 def kamailio_modules():
@@ -1032,6 +1088,26 @@ def table(kind, fixed, maxes, args, allocs=None, one_core=None):
     return "\n".join(lines)
 
 
+def cluster_table(kind, fixed, maxes, args):
+    """wisp with its state in Redis ([cluster]; wisp's and redis-server's
+    CPU) against wisp with SQLite, one node each."""
+    r, w = fixed["wisp-redis"], fixed["wisp"]
+    unit = "call" if kind == "call" else "registration"
+    what = "INVITE->200" if kind == "call" else "REGISTER(auth)->200"
+    rows = [
+        (f"max {unit}s/s sustained", maxes.get("wisp-redis"), maxes.get("wisp"), "d"),
+        (f"CPU-us per {unit} @{args.rate}/s", r["cpu_us_per_call"], w["cpu_us_per_call"], ".0f"),
+        (f"p50 {what} (ms)", r["p50_ms"], w["p50_ms"], ".3f"),
+        (f"p99 {what} (ms)", r["p99_ms"], w["p99_ms"], ".3f"),
+        (f"  ctx switches per {unit}", r["switches_per_call"], w["switches_per_call"], ".1f"),
+        (f"memory PSS (MiB) @{args.rate}/s", r["pss_mib"], w["pss_mib"], ".1f"),
+    ]
+    lines = [f"{'':<32} {'redis':>10} {'sqlite':>10} {'r/s':>9}   (wisp-redis: wisp + redis-server)"]
+    for label, a, b, spec in rows:
+        lines.append(f"{label:<32} {fmt(a, spec):>10} {fmt(b, spec):>10} {ratio(a, b):>9}")
+    return "\n".join(lines)
+
+
 def fixed_runs(kind, args, workdir, where):
     """`args.repeat` fixed-rate runs per proxy, alternating, each logged;
     the medians per proxy."""
@@ -1110,7 +1186,9 @@ def main():
                         help="also the fixed-rate runs with both proxies on one core (CPU 0) and SIPp on the others")
     parser.add_argument("--no-allocations", action="store_true",
                         help="skip the allocation count (a run of the count-allocations build per load)")
-    parser.add_argument("--proxies", default="wisp,kamailio", help="which proxies to run")
+    parser.add_argument("--proxies", default="wisp,kamailio",
+                        help="which proxies to run: wisp, kamailio, wisp-redis (wisp with [cluster] and a "
+                             "redis-server of its own; then a table of wisp-redis against wisp)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, SIPp errors)")
     parser.add_argument("--profile", action="store_true",
                         help="instead of the benchmark: where each proxy spends its CPU under each load (perf)")
@@ -1121,12 +1199,12 @@ def main():
     parser.add_argument("--sipp-cpus", default=os.environ.get("BENCH_SIPP_CPUS", cpus),
                         help="taskset CPU list of SIPp")
     args = parser.parse_args()
-    PROXIES[:] = [c for c in (Wisp, Kamailio) if c.name in args.proxies.split(",")]
+    PROXIES[:] = [c for c in ALL_PROXIES if c.name in args.proxies.split(",")]
     # `timeout` (bench/run.sh) or Ctrl-C: end through the `finally`
     # blocks, which stop every process started here.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    for tool in ("sipp", "kamailio", "taskset", "ss"):
+    for tool in ("sipp", "kamailio", "taskset", "ss") + (("redis-server",) if WispRedis in PROXIES else ()):
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} is missing (bench/run.sh installs it)")
     if not os.path.exists(WISP):
@@ -1188,6 +1266,9 @@ def main():
             results["loads"][kind] = {"fixed": fixed, "max": maxes, "one_core": one_core, "allocations": allocs}
             log("")
             log(table(kind, fixed, maxes, args, allocs, one_core))
+            if "wisp-redis" in fixed and "wisp" in fixed:
+                log("")
+                log(cluster_table(kind, fixed, maxes, args))
     finally:
         if args.keep:
             log(f"  work folder kept: {workdir}")

@@ -8,6 +8,8 @@
 # issue #15's targets, met or not.
 #
 #   bash bench/run.sh [bench.py options]     e.g. --rate 2000, --no-max
+#   bash bench/run.sh --proxies wisp,wisp-redis   wisp with [cluster]
+#                    (a redis-server of its own) against wisp with SQLite
 #
 # Environment: BENCH_PROXY_CPUS / BENCH_SIPP_CPUS (taskset CPU lists, all
 # cores by default), BENCH_WAIT_LOAD=SECONDS (wait that long at most for
@@ -28,6 +30,12 @@ if ! command -v kamailio >/dev/null; then
   install kamailio
   # The package may start a system service on 5060; the benchmark runs its own.
   as_root systemctl disable --now kamailio 2>/dev/null || true
+fi
+# For `--proxies wisp,wisp-redis`: wisp's state in Redis against SQLite.
+if ! command -v redis-server >/dev/null; then
+  echo "== installing redis-server"
+  install redis-server
+  as_root systemctl disable --now redis-server 2>/dev/null || true
 fi
 command -v tcpdump >/dev/null || { echo "== installing tcpdump (response times)"; install tcpdump; }
 command -v python3 >/dev/null || { echo "== installing python3"; install python3; }
