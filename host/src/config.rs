@@ -73,6 +73,10 @@ pub struct Config {
     /// Per-source limits before any hook, and bans (Kamailio's pike).
     #[serde(default)]
     pub flood: FloodConfig,
+    /// Several nodes sharing their state through Redis; off (the
+    /// embedded SQLite storage alone) without this section.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Default for Config {
@@ -93,6 +97,7 @@ impl Default for Config {
             admin: None,
             storage: StorageConfig::default(),
             reload: ReloadConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -151,6 +156,9 @@ impl Config {
         self.proxy.check()?;
         self.flood.check()?;
         self.storage.check()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.check()?;
+        }
         Ok(())
     }
 
@@ -217,6 +225,9 @@ impl Config {
         }
         if self.flood != new.flood {
             changed.push("[flood]");
+        }
+        if self.cluster != new.cluster {
+            changed.push("[cluster]");
         }
         changed
     }

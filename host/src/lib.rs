@@ -10,6 +10,7 @@
 //! threads. [`server`] wires them together from a [`config`].
 
 pub mod admin;
+pub mod cluster;
 #[cfg(feature = "count-allocations")]
 pub mod alloc_count;
 pub mod config;

@@ -25,7 +25,8 @@ use crate::transport::{ConnectionMetrics, Listener, Transports};
 /// `config_path` (see [`Tenancy::reload_config`]).
 pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let engine = ScriptEngine::new(config.engine.cache_dir.clone())?;
-    let services = Services::open(&config.storage)?;
+    let cluster = start_cluster(&config)?;
+    let services = Services::open(&config.storage, cluster.clone())?;
     services.start()?;
     let flood = services.flood.clone();
     flood.configure(config.flood.clone(), config.trusted.clone());
@@ -35,6 +36,9 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let connection_metrics = ConnectionMetrics::default();
     metrics.register(|registry| connection_metrics.register(registry));
     metrics.register(|registry| flood.register(registry));
+    if let Some(cluster) = &cluster {
+        metrics.register(|registry| cluster.register(registry));
+    }
     let (transports, inbound) = Transports::bind(
         &config.listen,
         &config.connections,
@@ -128,6 +132,40 @@ pub fn check(config: &Config) -> anyhow::Result<Vec<String>> {
         .iter()
         .map(|t| format!("tenant {}: {} ok", t.name, t.stable.origin))
         .collect())
+}
+
+/// The link to the cluster's Redis when `[cluster]` asks for one. It does
+/// not wait for Redis: a node starts while Redis is away and joins when
+/// it comes. Other nodes reach this node's flows at `address`: by default
+/// the first UDP listener's advertised or bound address.
+fn start_cluster(config: &Config) -> anyhow::Result<Option<Arc<crate::cluster::Cluster>>> {
+    let Some(cluster) = &config.cluster else {
+        return Ok(None);
+    };
+    let mut cluster = cluster.clone();
+    if cluster.address.is_none() {
+        cluster.address = config
+            .listen
+            .iter()
+            .find(|l| l.transport == crate::transport::Transport::Udp)
+            .and_then(|l| match &l.advertise {
+                Some(advertised) => Some(advertised.clone()),
+                None if l.address.ip().is_unspecified() => None,
+                None => Some(l.address.to_string()),
+            });
+        if cluster.address.is_none() {
+            tracing::warn!(
+                "[cluster] address is not set and no UDP listener has a reachable address: other nodes cannot relay to the flows this node holds"
+            );
+        }
+    }
+    let started = crate::cluster::Cluster::start(&cluster)?;
+    tracing::info!(
+        node = %cluster.node,
+        address = cluster.address.as_deref().unwrap_or(""),
+        "cluster: state shared through redis"
+    );
+    Ok(Some(started))
 }
 
 /// Says whom wisp trusts and how it limits the others.

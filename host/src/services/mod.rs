@@ -45,13 +45,20 @@ pub struct Services {
     pub flood: Arc<crate::transport::Flood>,
     /// The guests' rate limits by key.
     pub ratelimits: ratelimit::RateLimits,
+    /// The link to the cluster's Redis (`[cluster]`); None on a node
+    /// alone, where the embedded storage serves everything.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Services {
     /// Opens the database of `config` (creating and migrating it).
-    pub fn open(config: &StorageConfig) -> Result<Arc<Services>, StorageError> {
+    pub fn open(
+        config: &StorageConfig,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> Result<Arc<Services>, StorageError> {
         let mut services = Services::with_storage(Storage::open(&config.path)?);
         services.location = location::Location::new(config.location_write_interval());
+        services.cluster = cluster;
         Ok(Arc::new(services))
     }
 
@@ -63,6 +70,7 @@ impl Services {
             kv: kv::Kv::default(),
             flood: Arc::default(),
             ratelimits: ratelimit::RateLimits::default(),
+            cluster: None,
         }
     }
 
