@@ -86,6 +86,9 @@ enum CtlAction {
     Promote { tenant: String },
     /// Drop the tenant's canary.
     Rollback { tenant: String },
+    /// With [cluster]: each tenant's cluster version and the version every
+    /// node serves, as Redis holds them (JSON).
+    Versions,
 }
 
 #[derive(Subcommand)]
@@ -229,6 +232,7 @@ fn ctl(config: &Config, action: CtlAction) -> ExitCode {
         }
         CtlAction::Promote { tenant } => CtlRequest::Promote(tenant),
         CtlAction::Rollback { tenant } => CtlRequest::Rollback(tenant),
+        CtlAction::Versions => CtlRequest::Versions,
     };
     match client::run(admin, &request) {
         Ok(text) => {

@@ -18,7 +18,8 @@
 //!   TypeScript) and the choice of default routing;
 //! - `dns.rs`: DNS servers on loopback (one serving a zone written in
 //!   code, one that never answers);
-//! - `lossy_uas.rs`: a callee that loses packets on purpose.
+//! - `lossy_uas.rs`: a callee that loses packets on purpose;
+//! - `redis.rs`: a redis-server of its own for the cluster tests.
 
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ mod kamailio;
 mod lossy_uas;
 mod message;
 mod peers;
+mod redis;
 mod sipp;
 mod tls;
 mod wisp;
@@ -48,6 +50,7 @@ pub use kamailio::{Kamailio, KamailioTls};
 pub use lossy_uas::{LossyUas, UasReport};
 pub use message::{header_of, headers_of, request, response_to, Request};
 pub use peers::{tcp_exchange, udp_exchange, udp_reply, SilentPeer, Ua};
+pub use redis::RedisServer;
 pub use sipp::{assert_all_successful, scenario, Sipp, SippOutcome, SippProcess, Transport};
 pub use tls::{certificate_der, CertFiles, Pki, TlsClient};
 pub use wisp::{wisp_binary, CtlOutput, Wisp};

@@ -21,6 +21,8 @@ pub enum CtlRequest {
     },
     Promote(String),
     Rollback(String),
+    /// Every node's versions, from the cluster's Redis.
+    Versions,
 }
 
 /// Why a ctl command failed.
@@ -58,6 +60,7 @@ pub fn run(admin: &AdminConfig, request: &CtlRequest) -> Result<String, CtlError
         ),
         CtlRequest::Promote(t) => (format!("/tenants/{t}/promote"), Some(empty)),
         CtlRequest::Rollback(t) => (format!("/tenants/{t}/rollback"), Some(empty)),
+        CtlRequest::Versions => ("/versions".to_owned(), None),
     };
     let url = format!("{base}{path}");
     let mut response = match body {
@@ -121,6 +124,9 @@ fn describe_changes(text: &str) -> String {
             }
             if let Some(ms) = field("took_ms").as_f64() {
                 line.push_str(&format!(", {ms} ms"));
+            }
+            if let Some(cluster) = field("cluster").as_str() {
+                line.push_str(&format!("; cluster: {cluster}"));
             }
             line
         })

@@ -11,6 +11,7 @@
 //! | POST   | /tenants/{name}/reload       | new version (`component`, `canary`) |
 //! | POST   | /tenants/{name}/promote      | canary → in service               |
 //! | POST   | /tenants/{name}/rollback     | drop the canary                   |
+//! | GET    | /versions                    | every node's versions (`[cluster]`) |
 //! | GET    | /metrics                     | Prometheus text format            |
 
 pub mod client;
@@ -94,6 +95,7 @@ pub async fn serve(config: &AdminConfig, tenancy: Arc<Tenancy>) -> anyhow::Resul
         .route("/tenants/{name}/reload", post(reload_tenant))
         .route("/tenants/{name}/promote", post(promote))
         .route("/tenants/{name}/rollback", post(rollback))
+        .route("/versions", get(versions))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state);
@@ -216,6 +218,21 @@ async fn promote(State(state): State<AppState>, Path(name): Path<String>) -> Res
 
 async fn rollback(State(state): State<AppState>, Path(name): Path<String>) -> Response {
     change(state, move |t| t.rollback(&name)).await
+}
+
+/// The cluster's version of each tenant and what every node serves, as
+/// Redis holds them.
+async fn versions(State(state): State<AppState>) -> Response {
+    let tenancy = state.tenancy.clone();
+    match tokio::task::spawn_blocking(move || tenancy.cluster_overview()).await {
+        Ok(Some(Ok(overview))) => Json(overview).into_response(),
+        Ok(Some(Err(err))) => error(StatusCode::SERVICE_UNAVAILABLE, &err),
+        Ok(None) => error(
+            StatusCode::CONFLICT,
+            "wisp runs without [cluster]: its versions are in GET /tenants",
+        ),
+        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

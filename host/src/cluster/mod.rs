@@ -16,6 +16,7 @@
 //! storage serves alone.
 
 mod link;
+pub mod versions;
 
 use std::sync::Arc;
 use std::time::Duration;

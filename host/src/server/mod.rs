@@ -64,6 +64,10 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             )) as Box<dyn ConfigSource>
         }),
     )?);
+    if let Some(cluster) = &cluster {
+        // Versions across nodes: local changes published, the cluster's taken.
+        crate::cluster::versions::start(cluster.clone(), tenancy.clone())?;
+    }
     warn_open_registrar(&config);
     if let Some(admin) = &config.admin {
         let address = crate::admin::serve(admin, tenancy.clone()).await?;

@@ -44,9 +44,29 @@ pub(super) fn build_version(
     config: &TenantConfig,
     version: u64,
 ) -> anyhow::Result<(Arc<Pool>, String)> {
+    let (wasm, origin) = read_component(config)?;
+    build_from(
+        engine, locality, services, metrics, domains, config, version, &wasm, &origin,
+    )
+}
+
+/// [`build_version`] from component bytes already at hand (a cluster's
+/// version, a file read once to be built and published), with the rest
+/// of `config` (params, limits).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn build_from(
+    engine: &ScriptEngine,
+    locality: &Arc<Locality>,
+    services: &Arc<Services>,
+    metrics: TenantMetrics,
+    domains: &Arc<Domains>,
+    config: &TenantConfig,
+    version: u64,
+    wasm: &[u8],
+    origin: &str,
+) -> anyhow::Result<(Arc<Pool>, String)> {
     let allow = AllowList::parse(config.params.get("IPAUTH_ALLOW").map_or("", String::as_str))
         .map_err(|err| anyhow::anyhow!("IPAUTH_ALLOW: {err}"))?;
-    let (wasm, origin) = read_component(config)?;
     let guest = Arc::new(Guest {
         tenant: config.name.clone(),
         version,
@@ -59,6 +79,6 @@ pub(super) fn build_version(
         domains: domains.clone(),
         log_capture: None,
     });
-    let pool = engine.load_checked(&wasm, &origin, guest)?;
-    Ok((Arc::new(pool), digest(&wasm)))
+    let pool = engine.load_checked(wasm, origin, guest)?;
+    Ok((Arc::new(pool), digest(wasm)))
 }

@@ -13,11 +13,12 @@ mod build;
 mod config;
 mod directory;
 mod hooks;
+mod shared;
 mod tenant;
 pub mod watch;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -26,7 +27,10 @@ use serde::Serialize;
 pub use config::{check, CanaryPolicy, ReloadConfig, RoutingConfig, TenancyConfig, TenantConfig};
 pub use directory::{Directory, Selected};
 pub use hooks::TenantHooks;
+pub use shared::{ClusterView, SharedVersions};
 pub use tenant::{Canary, Rollout, Tenant};
+
+use tenant::FromCluster;
 
 use crate::metrics::SharedMetrics;
 use crate::proxy::{Locality, Source};
@@ -60,6 +64,10 @@ pub struct ChangeReport {
     pub origin: Option<String>,
     /// From the command to the new version serving.
     pub took_ms: f64,
+    /// With `[cluster]`: whether the new version was published to the
+    /// other nodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 /// A version as the admin API shows it.
@@ -67,6 +75,8 @@ pub struct ChangeReport {
 pub struct VersionStatus {
     pub version: u64,
     pub origin: String,
+    /// The sha256 of its component: the same on every node serving it.
+    pub digest: String,
     pub hook_calls: u64,
     pub hook_failures: u64,
     pub instances: usize,
@@ -83,6 +93,10 @@ pub struct TenantStatus {
     pub stable: VersionStatus,
     pub canary: Option<VersionStatus>,
     pub canary_percent: Option<u8>,
+    /// With `[cluster]`: the cluster's version of this tenant and whether
+    /// this node serves it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterView>,
     pub requests: u64,
     /// Replies sent upstream by class: 1xx, 2xx, ... 6xx.
     pub replies: [u64; 6],
@@ -122,6 +136,8 @@ pub struct Tenancy {
     applied: Mutex<TenancyConfig>,
     /// One change at a time: each builds off the hot path, then swaps.
     changing: Mutex<()>,
+    /// With `[cluster]`: where local changes are published.
+    shared: OnceLock<Arc<dyn SharedVersions>>,
 }
 
 impl Tenancy {
@@ -150,11 +166,28 @@ impl Tenancy {
             file,
             applied: Mutex::new(config.clone()),
             changing: Mutex::new(()),
+            shared: OnceLock::new(),
         })
     }
 
     pub fn metrics(&self) -> &SharedMetrics {
         &self.metrics
+    }
+
+    /// From now on, local changes are published to the cluster through
+    /// `shared` (once, at start, with `[cluster]`).
+    pub fn share_versions(&self, shared: Arc<dyn SharedVersions>) {
+        if self.shared.set(shared).is_err() {
+            tracing::warn!("versions are already shared; the second link is ignored");
+        }
+    }
+
+    /// Offers a version put in service here to the other nodes; what
+    /// became of it, for the change report (None without `[cluster]`).
+    fn publish(&self, tenant: &str, digest: &str, wasm: Arc<[u8]>) -> Option<String> {
+        self.shared
+            .get()
+            .map(|shared| shared.publish(tenant, digest, wasm))
     }
 
     pub fn directory(&self) -> arc_swap::Guard<Arc<Directory>> {
@@ -205,16 +238,21 @@ impl Tenancy {
             config.component = Some(component);
         }
         let version = tenant.next_version();
-        let built = build::build_version(
-            &self.engine,
-            &self.locality,
-            &self.services,
-            tenant.metrics.clone(),
-            tenant.domains(),
-            &config,
-            version,
-        );
-        let (pool, digest) = match built {
+        let built = build::read_component(&config).and_then(|(wasm, origin)| {
+            let (pool, digest) = build::build_from(
+                &self.engine,
+                &self.locality,
+                &self.services,
+                tenant.metrics.clone(),
+                tenant.domains(),
+                &config,
+                version,
+                &wasm,
+                &origin,
+            )?;
+            Ok(((pool, digest), Arc::<[u8]>::from(wasm)))
+        });
+        let ((pool, digest), wasm) = match built {
             Ok(built) => built,
             Err(err) => {
                 self.metrics.reload(name, "failed", None);
@@ -224,7 +262,9 @@ impl Tenancy {
         };
         let origin = pool.origin().to_owned();
         let stable = tenant.rollout().stable.clone();
-        let action = match canary {
+        // A canary stays on this node: the cluster's version is the
+        // stable one, published when it changes (here or on a promotion).
+        let (action, published) = match canary {
             Some(percent) => {
                 tenant.set_rollout(Rollout {
                     stable,
@@ -233,23 +273,29 @@ impl Tenancy {
                         percent,
                         policy: config.canary,
                         built_from: (config, digest),
+                        wasm,
                     }),
                 });
-                "canary"
+                ("canary", None)
             }
             None => {
-                tenant.set_built_from(config, digest);
+                tenant.set_built_from(config, digest.clone());
+                tenant.set_cluster_version(None);
                 tenant.set_rollout(Rollout {
                     stable: pool,
                     canary: None,
                 });
-                "reloaded"
+                ("reloaded", Some((digest, wasm)))
             }
         };
         let took = started.elapsed();
         self.metrics.reload(name, "ok", Some(took));
         tracing::info!(tenant = name, version, %origin, action, took_ms = ms(took), "reload: new version serving");
-        Ok(report(name, action, Some(version), Some(origin), took))
+        let mut report = report(name, action, Some(version), Some(origin), took);
+        if let Some((digest, wasm)) = published {
+            report.cluster = self.publish(name, &digest, wasm);
+        }
+        Ok(report)
     }
 
     /// The canary becomes the version in service for every new call.
@@ -264,7 +310,9 @@ impl Tenancy {
             .ok_or_else(|| TenancyError::NoCanary(name.to_owned()))?;
         let pool = canary.pool.clone();
         let (config, digest) = canary.built_from.clone();
-        tenant.set_built_from(config, digest);
+        let wasm = canary.wasm.clone();
+        tenant.set_built_from(config, digest.clone());
+        tenant.set_cluster_version(None);
         let version = pool.guest().version;
         let origin = pool.origin().to_owned();
         tenant.set_rollout(Rollout {
@@ -273,13 +321,91 @@ impl Tenancy {
         });
         self.metrics.reload(name, "promoted", None);
         tracing::info!(tenant = name, version, "canary promoted");
-        Ok(report(
+        let mut report = report(
             name,
             "promoted",
             Some(version),
             Some(origin),
             started.elapsed(),
-        ))
+        );
+        report.cluster = self.publish(name, &digest, wasm);
+        Ok(report)
+    }
+
+    /// Puts the cluster's version of a tenant in service on this node:
+    /// `wasm`, whose sha256 the caller checked is `digest`, built with
+    /// this node's params and limits for the tenant. The canary, if any,
+    /// stays beside it. Nothing is published: it came from the cluster.
+    pub fn adopt(
+        &self,
+        name: &str,
+        digest: &str,
+        wasm: Arc<[u8]>,
+    ) -> Result<ChangeReport, TenancyError> {
+        let started = Instant::now();
+        let _changing = self.lock_changes();
+        let tenant = self.tenant(name)?;
+        let (config, served) = tenant.built_from();
+        if served == digest {
+            return Ok(report(name, "unchanged", None, None, started.elapsed()));
+        }
+        let version = tenant.next_version();
+        let origin = format!("cluster version {}", short(digest));
+        let built = build::build_from(
+            &self.engine,
+            &self.locality,
+            &self.services,
+            tenant.metrics.clone(),
+            tenant.domains(),
+            &config,
+            version,
+            &wasm,
+            &origin,
+        );
+        let pool = match built {
+            Ok((pool, _)) => pool,
+            Err(err) => {
+                self.metrics.reload(name, "cluster_failed", None);
+                return Err(TenancyError::Load(err));
+            }
+        };
+        // The file's digest when it was last what served, so that a
+        // configuration reload tells whether the file changed since.
+        let file_digest = tenant
+            .cluster_version()
+            .map_or(served, |from| from.file_digest);
+        tenant.set_cluster_version(Some(FromCluster { wasm, file_digest }));
+        tenant.set_built_from(config, digest.to_owned());
+        let canary = tenant.rollout().canary.clone();
+        tenant.set_rollout(Rollout {
+            stable: pool,
+            canary,
+        });
+        let took = started.elapsed();
+        self.metrics.reload(name, "cluster", Some(took));
+        tracing::info!(tenant = name, version, %origin, took_ms = ms(took), "the cluster's version serving");
+        Ok(report(name, "adopted", Some(version), Some(origin), took))
+    }
+
+    /// The sha256 of the component of the tenant's version in service.
+    pub fn served_digest(&self, name: &str) -> Option<String> {
+        Some(self.tenant(name).ok()?.built_from().1)
+    }
+
+    pub fn tenant_names(&self) -> Vec<String> {
+        self.directory
+            .load()
+            .tenants()
+            .iter()
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
+    /// Every node's version of every tenant, from Redis; None without
+    /// `[cluster]`.
+    pub fn cluster_overview(&self) -> Option<Result<serde_json::Value, String>> {
+        let shared = self.shared.get()?;
+        Some(shared.overview(&self.tenant_names()))
     }
 
     /// Drops the canary: every new call goes to the version in service.
@@ -348,9 +474,12 @@ impl Tenancy {
         let current = self.directory.load();
         let mut tenants = Vec::with_capacity(config.tenants.len());
         let mut reports = Vec::new();
-        // Built, not yet serving: (tenant, config, digest, pool).
+        // Built, not yet serving: (tenant, config, digest, pool, from the
+        // cluster).
         let mut pending = Vec::new();
         let mut unchanged = Vec::new();
+        // New components in service, for the cluster: (tenant, digest, wasm).
+        let mut to_publish = Vec::new();
         for t in &config.tenants {
             let Some(existing) = current.get(&t.name) else {
                 let tenant = new_tenant(
@@ -366,17 +495,34 @@ impl Tenancy {
                 tenants.push(Arc::new(tenant));
                 continue;
             };
+            let in_context =
+                |err: anyhow::Error| TenancyError::Load(err.context(format!("tenant {}", t.name)));
             let (old_config, old_digest) = existing.built_from();
-            let digest = build::read_component(t)
-                .map(|(wasm, _)| build::digest(&wasm))
-                .map_err(|err| TenancyError::Load(err.context(format!("tenant {}", t.name))))?;
+            let (file_wasm, file_origin) = build::read_component(t).map_err(in_context)?;
+            let file_digest = build::digest(&file_wasm);
+            // Serving the cluster's version and the file unchanged since it
+            // was taken: the cluster's version is the one to keep (or to
+            // build again with new params). A changed file wins: it is a
+            // new version of this node's, published below.
+            let from_cluster = existing
+                .cluster_version()
+                .filter(|from| from.file_digest == file_digest);
+            let digest = match &from_cluster {
+                Some(_) => old_digest.clone(),
+                None => file_digest,
+            };
             if same_routing(&old_config, t) && digest == old_digest {
                 // Domains or listeners may differ: recorded at the swap.
                 unchanged.push((existing.clone(), t.clone(), digest));
                 reports.push((t.name.clone(), "unchanged", None));
             } else {
                 let version = existing.next_version();
-                let (pool, digest) = build::build_version(
+                let cluster_origin = format!("cluster version {}", short(&digest));
+                let (wasm, origin) = match &from_cluster {
+                    Some(from) => (&from.wasm[..], cluster_origin.as_str()),
+                    None => (&file_wasm[..], file_origin.as_str()),
+                };
+                let (pool, digest) = build::build_from(
                     &self.engine,
                     &self.locality,
                     &self.services,
@@ -384,10 +530,15 @@ impl Tenancy {
                     existing.domains(),
                     t,
                     version,
+                    wasm,
+                    origin,
                 )
-                .map_err(|err| TenancyError::Load(err.context(format!("tenant {}", t.name))))?;
+                .map_err(in_context)?;
+                if digest != old_digest {
+                    to_publish.push((t.name.clone(), digest.clone(), Arc::from(wasm)));
+                }
                 reports.push((t.name.clone(), "reloaded", Some(pool.clone())));
-                pending.push((existing.clone(), t.clone(), digest, pool));
+                pending.push((existing.clone(), t.clone(), digest, pool, from_cluster));
             }
             tenants.push(existing.clone());
         }
@@ -395,8 +546,9 @@ impl Tenancy {
         for (tenant, config, digest) in unchanged {
             tenant.set_built_from(config, digest);
         }
-        for (tenant, config, digest, pool) in pending {
+        for (tenant, config, digest, pool, from_cluster) in pending {
             tenant.set_built_from(config, digest);
+            tenant.set_cluster_version(from_cluster);
             tenant.set_rollout(Rollout {
                 stable: pool,
                 canary: None,
@@ -407,12 +559,15 @@ impl Tenancy {
                 reports.push((gone.name.clone(), "removed", None));
             }
         }
+        let tenants_changed = reports
+            .iter()
+            .any(|(_, action, _)| matches!(*action, "added" | "removed"));
         self.directory
             .store(Arc::new(Directory::new(tenants, &config.routing)));
         *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = config;
         file.applied();
         let took = started.elapsed();
-        let reports = reports
+        let mut reports: Vec<ChangeReport> = reports
             .into_iter()
             .map(|(tenant, action, pool)| {
                 if action != "unchanged" {
@@ -428,6 +583,17 @@ impl Tenancy {
                 )
             })
             .collect();
+        for (tenant, digest, wasm) in to_publish {
+            let outcome = self.publish(&tenant, &digest, wasm);
+            if let Some(r) = reports.iter_mut().find(|r| r.tenant == tenant) {
+                r.cluster = outcome;
+            }
+        }
+        if tenants_changed {
+            if let Some(shared) = self.shared.get() {
+                shared.tenants_changed();
+            }
+        }
         Ok(reports)
     }
 
@@ -457,12 +623,13 @@ impl Tenancy {
                     name: t.name.clone(),
                     domains: config.domains.clone(),
                     listeners: config.listeners.iter().map(ToString::to_string).collect(),
-                    stable: version_status(&rollout.stable, now),
+                    stable: version_status(&rollout.stable, t.built_from().1, now),
                     canary: rollout
                         .canary
                         .as_ref()
-                        .map(|c| version_status(&c.pool, now)),
+                        .map(|c| version_status(&c.pool, c.built_from.1.clone(), now)),
                     canary_percent: rollout.canary.as_ref().map(|c| c.percent),
+                    cluster: self.shared.get().map(|s| s.view(&t.name)),
                     requests: m.requests.get(),
                     replies: m.replies(),
                     traps: m.traps.get(),
@@ -504,11 +671,12 @@ fn same_routing(a: &TenantConfig, b: &TenantConfig) -> bool {
         && a.canary == b.canary
 }
 
-fn version_status(pool: &Pool, now: Instant) -> VersionStatus {
+fn version_status(pool: &Pool, digest: String, now: Instant) -> VersionStatus {
     let counts = pool.health().counts();
     VersionStatus {
         version: pool.guest().version,
         origin: pool.origin().to_owned(),
+        digest,
         hook_calls: counts.calls,
         hook_failures: counts.failures,
         instances: pool.instances(),
@@ -529,7 +697,13 @@ fn report(
         version,
         origin,
         took_ms: ms(took),
+        cluster: None,
     }
+}
+
+/// A digest short enough for a log line or an origin.
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
 }
 
 fn ms(d: Duration) -> f64 {

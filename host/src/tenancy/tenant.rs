@@ -23,6 +23,19 @@ pub struct Tenant {
     /// The `domains` of the config in service: local for every version's
     /// routing, changed in place with the config.
     domains: Arc<Domains>,
+    /// Set while the version in service is the cluster's rather than
+    /// the configured file's.
+    from_cluster: Mutex<Option<FromCluster>>,
+}
+
+/// A stable version taken from the cluster (`[cluster]`): its component,
+/// kept to build the tenant again when only its params or limits change,
+/// and the digest the configured file had when it was taken, to tell a
+/// file changed since (a new version to publish) from one left alone.
+#[derive(Clone)]
+pub(super) struct FromCluster {
+    pub wasm: Arc<[u8]>,
+    pub file_digest: String,
 }
 
 /// The versions serving a tenant.
@@ -32,12 +45,15 @@ pub struct Rollout {
 }
 
 /// A new version taking a share of the new transactions.
+#[derive(Clone)]
 pub struct Canary {
     pub pool: Arc<Pool>,
     pub percent: u8,
     pub policy: CanaryPolicy,
     /// What it was built from, kept for a promotion.
     pub built_from: (TenantConfig, String),
+    /// Its component, published to the cluster on a promotion.
+    pub wasm: Arc<[u8]>,
 }
 
 impl Tenant {
@@ -56,6 +72,7 @@ impl Tenant {
             all_metrics: metrics.clone(),
             versions_made: AtomicU64::new(stable.guest().version),
             built_from: Mutex::new((config, digest)),
+            from_cluster: Mutex::new(None),
             rollout: ArcSwap::from_pointee(Rollout {
                 stable,
                 canary: None,
@@ -83,6 +100,19 @@ impl Tenant {
     pub(super) fn set_built_from(&self, config: TenantConfig, digest: String) {
         self.domains.set(&config.domains);
         *self.built_from.lock().unwrap_or_else(|e| e.into_inner()) = (config, digest);
+    }
+
+    pub(super) fn cluster_version(&self) -> Option<FromCluster> {
+        self.from_cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records where the version in service came from: the cluster, or
+    /// (None) this node's files.
+    pub(super) fn set_cluster_version(&self, from: Option<FromCluster>) {
+        *self.from_cluster.lock().unwrap_or_else(|e| e.into_inner()) = from;
     }
 
     /// The number the next version of this tenant gets.
