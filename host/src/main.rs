@@ -281,9 +281,10 @@ fn test(config: &Config, component: &str, cases: &[PathBuf]) -> ExitCode {
 /// `wisp user add|del|list`.
 fn user(config: &Config, action: UserAction) -> anyhow::Result<()> {
     use anyhow::{bail, Context};
-    use wisp::services::{subscribers, Storage};
+    use wisp::services::subscribers;
 
-    let storage = Storage::open(&config.storage.path)?;
+    // The database, or with [cluster] Redis, which every node reads.
+    let storage = subscribers::Store::open(config)?;
     let tenant_of = |name: Option<String>| -> anyhow::Result<String> {
         match name {
             Some(name) if config.tenant.iter().any(|t| t.name == name) => Ok(name),
@@ -323,20 +324,20 @@ fn user(config: &Config, action: UserAction) -> anyhow::Result<()> {
             if password.is_empty() {
                 bail!("the password is empty");
             }
-            subscribers::add(&storage, &tenant, &user, &domain, &password)?;
+            storage.add(&tenant, &user, &domain, &password)?;
             println!("{user}@{domain} saved (tenant {tenant})");
         }
         UserAction::Del { address, tenant } => {
             let (user, domain) = split(&address)?;
             let tenant = tenant_of(tenant)?;
-            if !subscribers::delete(&storage, &tenant, &user, &domain)? {
+            if !storage.delete(&tenant, &user, &domain)? {
                 bail!("no subscriber {user}@{domain} in tenant {tenant}");
             }
             println!("{user}@{domain} removed (tenant {tenant})");
         }
         UserAction::List { tenant } => {
             let tenant = tenant.map(|t| tenant_of(Some(t))).transpose()?;
-            for s in subscribers::list(&storage, tenant.as_deref())? {
+            for s in storage.list(tenant.as_deref())? {
                 println!("{}@{}\t{}", s.username, s.domain, s.tenant);
             }
         }

@@ -11,6 +11,7 @@ use wasmtime::Result;
 use super::call::HostState;
 use super::wisp::proxy::ratelimit;
 use super::wisp::proxy::sip::Error;
+use crate::cluster::ratelimit as cluster_ratelimit;
 use crate::services::ratelimit::MAX_WINDOW_S;
 
 /// The address a guest names (`endpoint.ip`, IPv6 with or without
@@ -25,14 +26,32 @@ fn parse_ip(text: &str) -> Option<IpAddr> {
 }
 
 impl ratelimit::Host for HostState {
+    /// With `[cluster]` the hits are counted in Redis, across the nodes
+    /// ([`crate::cluster::ratelimit`]); while Redis fails, by this node
+    /// alone, as without `[cluster]`.
     fn check(&mut self, key: String, limit: u32, window_seconds: u32) -> Result<bool> {
-        let allowed = self.guest.services.ratelimits.check(
-            &self.guest.tenant,
-            &key,
-            limit,
-            window_seconds,
-            Instant::now(),
-        );
+        let services = &self.guest.services;
+        let tenant = &self.guest.tenant;
+        let shared = services.cluster.as_ref().and_then(|cluster| {
+            let started = Instant::now();
+            let counted = cluster_ratelimit::check(cluster, tenant, &key, limit, window_seconds);
+            self.storage_time.add(started.elapsed());
+            match counted {
+                Ok(allowed) => {
+                    cluster_ratelimit::STATE.worked();
+                    Some(allowed)
+                }
+                Err(err) => {
+                    cluster_ratelimit::STATE.failed(tenant, &err);
+                    None
+                }
+            }
+        });
+        let allowed = shared.unwrap_or_else(|| {
+            services
+                .ratelimits
+                .check(tenant, &key, limit, window_seconds, Instant::now())
+        });
         if !allowed {
             self.guest.metrics.ratelimit_refused.inc();
         }

@@ -11,11 +11,12 @@ use super::call::{HostState, ResponseCtx};
 use super::host_api::reply;
 use super::wisp::proxy::sip as wit;
 use super::wisp::proxy::{acc, auth, kv, nat, permissions, registrar};
+use crate::cluster::kv as cluster_kv;
 use crate::proxy::{BranchTarget, RequestCtx};
 use crate::services::auth::{self as digest_auth, Kind, Outcome};
 use crate::services::kv::KvError;
 use crate::services::location::{self, SaveOptions};
-use crate::services::{acc as accounting, nat as nathelper};
+use crate::services::{acc as accounting, nat as nathelper, StorageError};
 use crate::sip::{HeaderName, Method, Uri};
 
 /// Contacts one lookup forks to at most (the host's branch limit).
@@ -312,6 +313,12 @@ impl auth::Host for HostState {
         let outcome = match outcome {
             Ok(outcome) => outcome,
             // Not a challenge: that would tell the UA its password is wrong.
+            // Redis failing is logged once per change, not per request.
+            Err(err @ StorageError::Cluster(_)) => {
+                return Ok(Err(wit::Error::Unavailable(format!(
+                    "subscriber lookup failed: {err}"
+                ))))
+            }
             Err(err) => {
                 return Ok(Err(unavailable(
                     "subscriber lookup",
@@ -346,18 +353,29 @@ impl auth::Host for HostState {
 }
 
 /// A refusal of the key-value store: past the quota is not allowed; a key
-/// or value too long, or a value that is no integer, is invalid.
+/// or value too long, or a value that is no integer, is invalid; a store
+/// that cannot answer (Redis, with `[cluster]`) is unavailable.
 fn kv_error(err: KvError) -> wit::Error {
     match err {
         KvError::Quota { .. } => {
             wit::Error::NotAllowed(format!("{err} (limits.kv_keys, limits.kv_bytes)"))
         }
+        KvError::Unavailable(_) => wit::Error::Unavailable(err.to_string()),
         _ => wit::Error::Invalid(err.to_string()),
     }
 }
 
+/// With `[cluster]` the keys are in Redis ([`crate::cluster::kv`]), shared
+/// by every node; without, in this process's memory. A Redis call's time
+/// is the host's, as a database call's is.
 impl kv::Host for HostState {
     fn get(&mut self, key: String) -> Result<Option<String>> {
+        if let Some(cluster) = &self.guest.services.cluster {
+            let started = Instant::now();
+            let value = cluster_kv::get(cluster, self.tenant(), &key);
+            self.storage_done(started);
+            return Ok(value);
+        }
         Ok(self
             .guest
             .services
@@ -372,18 +390,33 @@ impl kv::Host for HostState {
         ttl_seconds: Option<u32>,
     ) -> Result<Result<(), wit::Error>> {
         let quota = self.guest.limits.kv_quota();
-        let stored = self.guest.services.kv.set(
-            self.tenant(),
-            quota,
-            &key,
-            &value,
-            ttl_seconds,
-            Instant::now(),
-        );
+        let stored = match &self.guest.services.cluster {
+            Some(cluster) => {
+                let started = Instant::now();
+                let stored =
+                    cluster_kv::set(cluster, self.tenant(), quota, &key, &value, ttl_seconds);
+                self.storage_done(started);
+                stored
+            }
+            None => self.guest.services.kv.set(
+                self.tenant(),
+                quota,
+                &key,
+                &value,
+                ttl_seconds,
+                Instant::now(),
+            ),
+        };
         Ok(stored.map_err(kv_error))
     }
 
     fn delete(&mut self, key: String) -> Result<bool> {
+        if let Some(cluster) = &self.guest.services.cluster {
+            let started = Instant::now();
+            let deleted = cluster_kv::delete(cluster, self.tenant(), &key);
+            self.storage_done(started);
+            return Ok(deleted);
+        }
         Ok(self
             .guest
             .services
@@ -398,14 +431,23 @@ impl kv::Host for HostState {
         ttl_seconds: Option<u32>,
     ) -> Result<Result<i64, wit::Error>> {
         let quota = self.guest.limits.kv_quota();
-        let counted = self.guest.services.kv.incr(
-            self.tenant(),
-            quota,
-            &key,
-            delta,
-            ttl_seconds,
-            Instant::now(),
-        );
+        let counted = match &self.guest.services.cluster {
+            Some(cluster) => {
+                let started = Instant::now();
+                let counted =
+                    cluster_kv::incr(cluster, self.tenant(), quota, &key, delta, ttl_seconds);
+                self.storage_done(started);
+                counted
+            }
+            None => self.guest.services.kv.incr(
+                self.tenant(),
+                quota,
+                &key,
+                delta,
+                ttl_seconds,
+                Instant::now(),
+            ),
+        };
         Ok(counted.map_err(kv_error))
     }
 }

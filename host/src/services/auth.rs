@@ -115,8 +115,7 @@ pub fn authorize(
     {
         return Ok(Outcome::Invalid("qop other than auth".into()));
     }
-    let Some(ha1) =
-        subscribers::ha1_of(&services.storage, tenant, &creds.username, realm, algorithm)?
+    let Some(ha1) = subscribers::lookup_ha1(services, tenant, &creds.username, realm, algorithm)?
     else {
         return Ok(Outcome::Invalid(format!("unknown user {}", creds.username)));
     };

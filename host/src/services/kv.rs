@@ -1,4 +1,5 @@
 //! A key-value store with expiry, per tenant, in memory (Kamailio's htable).
+//! With `[cluster]` the keys are in Redis instead ([`crate::cluster::kv`]).
 //!
 //! Each tenant has a store of its own, made on its first key: [`SHARDS`]
 //! maps, each behind a lock of its own, chosen by a keyed hash of the key.
@@ -52,6 +53,10 @@ pub enum KvError {
     /// `incr` on a value that is not an integer.
     #[error("kv value of {0} is not an integer")]
     NotInteger(String),
+    /// The store could not answer (with `[cluster]`: Redis failed);
+    /// nothing changed.
+    #[error("kv store unavailable: {0}")]
+    Unavailable(String),
 }
 
 struct Entry {
@@ -374,7 +379,7 @@ impl Kv {
     }
 }
 
-fn check_key(key: &str) -> Result<(), KvError> {
+pub(crate) fn check_key(key: &str) -> Result<(), KvError> {
     if key.len() > MAX_KEY_LEN {
         return Err(KvError::KeyTooLong(key.len()));
     }

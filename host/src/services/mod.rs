@@ -48,6 +48,9 @@ pub struct Services {
     /// The link to the cluster's Redis (`[cluster]`); None on a node
     /// alone, where the embedded storage serves everything.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// With `[cluster]`: the subscriber lookups read from Redis, dropped
+    /// as the cluster says they changed.
+    pub subscriber_cache: crate::cluster::subscribers::Cache,
 }
 
 impl Services {
@@ -58,6 +61,9 @@ impl Services {
     ) -> Result<Arc<Services>, StorageError> {
         let mut services = Services::with_storage(Storage::open(&config.path)?);
         services.location = location::Location::new(config.location_write_interval());
+        if let Some(cluster) = &cluster {
+            services.subscriber_cache.attach(cluster);
+        }
         services.cluster = cluster;
         Ok(Arc::new(services))
     }
@@ -71,6 +77,7 @@ impl Services {
             flood: Arc::default(),
             ratelimits: ratelimit::RateLimits::default(),
             cluster: None,
+            subscriber_cache: Default::default(),
         }
     }
 

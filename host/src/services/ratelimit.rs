@@ -9,6 +9,10 @@
 //! the tenant's oldest key is forgotten (it starts again with a full
 //! bucket), so a guest cannot grow the host's memory. Keys whose bucket
 //! is full again are purged.
+//!
+//! With `[cluster]` the hits are counted in Redis across the nodes
+//! ([`crate::cluster::ratelimit`]); these buckets then serve only while
+//! Redis fails.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;

@@ -37,6 +37,10 @@ pub enum StorageError {
     ReaderBusy,
     #[error("cannot start the database writer: {0}")]
     Thread(#[from] std::io::Error),
+    /// With `[cluster]`, what the database holds alone is in Redis, and
+    /// Redis failed (or answered what wisp cannot have written).
+    #[error("cluster store: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 impl StorageError {

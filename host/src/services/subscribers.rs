@@ -1,10 +1,114 @@
 //! Subscribers: who may authenticate, as `wisp user add` stores them.
 //! Only HA1 hashes (MD5 and SHA-256) are kept, never the password.
+//!
+//! In the database, or with `[cluster]` in Redis (see
+//! [`crate::cluster::subscribers`]): [`lookup_ha1`] and [`Store`] choose.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use rusqlite::{params, OptionalExtension};
 
 use super::digest::{ha1, Algorithm};
 use super::storage::{Storage, StorageError};
+use super::Services;
+use crate::cluster::{subscribers as shared, Cluster};
+
+/// The HA1 of a subscriber for an algorithm, if the subscriber exists:
+/// with `[cluster]` from Redis through the node's cache, else from the
+/// database. An error is not "no such user".
+pub fn lookup_ha1(
+    services: &Services,
+    tenant: &str,
+    username: &str,
+    domain: &str,
+    algorithm: Algorithm,
+) -> Result<Option<String>, StorageError> {
+    match &services.cluster {
+        Some(cluster) => Ok(services
+            .subscriber_cache
+            .ha1(cluster, tenant, username, domain, algorithm)?),
+        None => ha1_of(&services.storage, tenant, username, domain, algorithm),
+    }
+}
+
+/// Where `wisp user` keeps the subscribers: the database, or with
+/// `[cluster]` Redis (the database is then not used for them).
+pub enum Store {
+    Database(Storage),
+    Cluster {
+        cluster: Arc<Cluster>,
+        /// The configuration's tenants, whose subscribers a list shows.
+        tenants: Vec<String>,
+    },
+}
+
+/// How long `wisp user` waits for Redis.
+const CONNECT_WAIT: Duration = Duration::from_secs(5);
+
+impl Store {
+    pub fn open(config: &crate::config::Config) -> anyhow::Result<Store> {
+        Ok(match &config.cluster {
+            Some(cluster) => Store::Cluster {
+                cluster: shared::connect(cluster, CONNECT_WAIT)?,
+                tenants: config.tenant.iter().map(|t| t.name.clone()).collect(),
+            },
+            None => Store::Database(Storage::open(&config.storage.path)?),
+        })
+    }
+
+    /// Adds a subscriber, or changes its password.
+    pub fn add(
+        &self,
+        tenant: &str,
+        username: &str,
+        domain: &str,
+        password: &str,
+    ) -> Result<(), StorageError> {
+        match self {
+            Store::Database(storage) => add(storage, tenant, username, domain, password),
+            Store::Cluster { cluster, .. } => {
+                Ok(shared::add(cluster, tenant, username, domain, password)?)
+            }
+        }
+    }
+
+    /// Removes a subscriber; whether there was one.
+    pub fn delete(&self, tenant: &str, username: &str, domain: &str) -> Result<bool, StorageError> {
+        match self {
+            Store::Database(storage) => delete(storage, tenant, username, domain),
+            Store::Cluster { cluster, .. } => {
+                Ok(shared::delete(cluster, tenant, username, domain)?)
+            }
+        }
+    }
+
+    /// Every subscriber, sorted; of one tenant when given.
+    pub fn list(&self, tenant: Option<&str>) -> Result<Vec<Subscriber>, StorageError> {
+        let (cluster, tenants) = match self {
+            Store::Database(storage) => return list(storage, tenant),
+            Store::Cluster { cluster, tenants } => (cluster, tenants),
+        };
+        let mut names: Vec<&str> = match tenant {
+            Some(t) => vec![t],
+            None => tenants.iter().map(String::as_str).collect(),
+        };
+        names.sort_unstable();
+        let mut all = Vec::new();
+        for name in names {
+            all.extend(
+                shared::list(cluster, name)?
+                    .into_iter()
+                    .map(|s| Subscriber {
+                        tenant: name.to_owned(),
+                        username: s.username,
+                        domain: s.domain,
+                    }),
+            );
+        }
+        Ok(all)
+    }
+}
 
 /// One subscriber as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
