@@ -46,6 +46,7 @@ import * as rawPermissions from "wisp:proxy/permissions@0.2.0";
 import * as rawNat from "wisp:proxy/nat@0.2.0";
 import * as rawAcc from "wisp:proxy/acc@0.2.0";
 import * as rawRatelimit from "wisp:proxy/ratelimit@0.2.0";
+import * as rawDispatcher from "wisp:proxy/dispatcher@0.2.0";
 
 export type RawRequest = sip.Request;
 export type RawResponse = sip.Response;
@@ -743,6 +744,64 @@ export const ratelimit = {
   /** Lifts a ban this tenant set; whether there was one. */
   unban(ip: string): boolean {
     return rawRatelimit.unban(ip);
+  },
+};
+
+/** How `dispatcher.select` chooses (`ds_select_dst`'s algorithm). */
+export type DispatcherAlgorithm = rawDispatcher.Algorithm;
+/** What `dispatcher.select` and `next` do with their choice: `"destination"` (`$du`), `"request-uri"` or `"none"`. */
+export type DispatcherTarget = rawDispatcher.Target;
+/** A destination's state: `"up"`, `"down"` or `"disabled"`. */
+export type DispatcherState = rawDispatcher.State;
+/** A destination of a set: `{ set, uri, weight, priority, attrs, state }`. */
+export type Destination = rawDispatcher.Destination;
+
+/**
+ * Destination sets and load balancing (Kamailio's dispatcher): the
+ * tenant's sets from its `dispatcher` section, probed with OPTIONS by the
+ * host.
+ */
+export const dispatcher = {
+  /**
+   * Chooses a destination of `set` that is up by `algorithm` and does
+   * `target` with it (`ds_select_dst`); the others up are kept for
+   * `next`. Throws a refused WispError (503) when none is up, which
+   * answers the request if it escapes the hook.
+   */
+  select(
+    req: Request,
+    set: number,
+    algorithm: DispatcherAlgorithm,
+    target: DispatcherTarget = "destination",
+  ): Destination {
+    return hostCall(() => rawDispatcher.select(req.raw, set, algorithm, target));
+  },
+  /** The next destination still up (`ds_next_dst`, in `onFailure`); undefined when none is left. */
+  next(req: Request): Destination | undefined {
+    return rawDispatcher.next(req.raw);
+  },
+  /** The destination chosen last in this transaction. */
+  current(): Destination | undefined {
+    return rawDispatcher.current();
+  },
+  /** Sets a destination's state (`ds_mark_dst`); throws WispError for an unknown one. */
+  mark(set: number, uri: string, state: DispatcherState): void {
+    hostCall(() => rawDispatcher.mark(set, uri, state));
+  },
+  /** Marks the destination chosen last down (`ds_mark_dst("ip")`); false when there is none. */
+  markCurrentDown(): boolean {
+    const d = rawDispatcher.current();
+    if (d === undefined) return false;
+    try {
+      rawDispatcher.mark(d.set, d.uri, "down");
+      return true;
+    } catch {
+      return false;
+    }
+  },
+  /** The destinations of a set with their states. */
+  destinations(set: number): Destination[] {
+    return rawDispatcher.destinations(set);
   },
 };
 

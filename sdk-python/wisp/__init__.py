@@ -35,7 +35,19 @@ request (tables, compiled regexes) at import time, but make no host call
 there (no config, log or service: they exist only during a hook).
 """
 
-from . import acc, auth, config, kv, log, nat, permissions, ratelimit, registrar, vars
+from . import (
+    acc,
+    auth,
+    config,
+    dispatcher,
+    kv,
+    log,
+    nat,
+    permissions,
+    ratelimit,
+    registrar,
+    vars,
+)
 from ._errors import WispError
 from ._message import (
     Endpoint,
@@ -76,6 +88,7 @@ __all__ = [
     "acc",
     "auth",
     "config",
+    "dispatcher",
     "exit",
     "is_myself",
     "kv",

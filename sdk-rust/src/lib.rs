@@ -84,7 +84,7 @@ pub use fields::{Fields, Message};
 pub use flow::{Error, Exit, Flow, Result};
 pub use request::Request;
 pub use response::Response;
-pub use services::{acc, auth, kv, nat, permissions, ratelimit, registrar};
+pub use services::{acc, auth, dispatcher, kv, nat, permissions, ratelimit, registrar};
 
 /// Raw bindings generated from the `wisp:proxy@0.2.0` WIT package (world
 /// `router`). Prefer the wrappers in this crate; these are here for what
@@ -394,8 +394,8 @@ pub fn parse_uri(uri: &str) -> Option<UriParts> {
 pub mod prelude {
     pub use crate::registrar::SaveOptions;
     pub use crate::{
-        acc, auth, config, is_myself, kv, log, nat, parse_uri, permissions, ratelimit, registrar,
-        vars, Error, Exit, Flow, Message, Method, Relay, Reply, Request, Response, RouteCheck,
-        Router,
+        acc, auth, config, dispatcher, is_myself, kv, log, nat, parse_uri, permissions, ratelimit,
+        registrar, vars, Error, Exit, Flow, Message, Method, Relay, Reply, Request, Response,
+        RouteCheck, Router,
     };
 }

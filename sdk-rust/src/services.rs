@@ -206,3 +206,74 @@ pub mod ratelimit {
         raw::ratelimit::unban(ip)
     }
 }
+
+/// Destination sets and load balancing (Kamailio's dispatcher): the
+/// tenant's sets from its `dispatcher` section of the configuration,
+/// probed with OPTIONS by the host.
+///
+/// ```ignore
+/// fn route(req: &Request) -> Flow {
+///     // ds_select_dst("1", "4"): 503 by itself when none is up.
+///     use dispatcher::{Algorithm, Target};
+///     dispatcher::select(req, 1, Algorithm::RoundRobin, Target::Destination)?;
+///     req.relay()
+/// }
+/// fn on_failure(req: &Request, best: &Response) -> Flow {
+///     if matches!(best.status(), 408 | 500..=599) && dispatcher::next(req).is_some() {
+///         return req.relay(); // ds_next_dst(); t_relay()
+///     }
+///     Ok(())
+/// }
+/// ```
+pub mod dispatcher {
+    use crate::bindings::wisp::proxy as raw;
+    use crate::{Error, Request, Result};
+
+    pub use raw::dispatcher::{Algorithm, Destination, State, Target};
+
+    /// Chooses a destination of `set` that is up by `algorithm` and does
+    /// `target` with it (`ds_select_dst`, `ds_select_domain`,
+    /// `ds_select`); the others up are kept for [`next`]. Refused with 503
+    /// when none is up (which `?` answers); invalid for a set the tenant
+    /// does not have.
+    pub fn select(
+        req: &Request,
+        set: u32,
+        algorithm: Algorithm,
+        target: Target,
+    ) -> Result<Destination> {
+        raw::dispatcher::select(req.raw(), set, algorithm, target).map_err(Error::from)
+    }
+
+    /// The next destination still up for the transaction (`ds_next_dst`,
+    /// in `on_failure`), done with as `select`'s target said; None when
+    /// none is left.
+    pub fn next(req: &Request) -> Option<Destination> {
+        raw::dispatcher::next(req.raw())
+    }
+
+    /// The destination chosen last in this transaction.
+    pub fn current() -> Option<Destination> {
+        raw::dispatcher::current()
+    }
+
+    /// Sets a destination's state (`ds_mark_dst`) for every instance of
+    /// the tenant (and every node of a cluster).
+    pub fn mark(set: u32, uri: &str, state: State) -> Result<()> {
+        raw::dispatcher::mark(set, uri, state).map_err(Error::from)
+    }
+
+    /// Marks the destination chosen last down (`ds_mark_dst("ip")` in a
+    /// failure route); false when there is none.
+    pub fn mark_current_down() -> bool {
+        match raw::dispatcher::current() {
+            Some(d) => raw::dispatcher::mark(d.set, &d.uri, State::Down).is_ok(),
+            None => false,
+        }
+    }
+
+    /// The destinations of a set with their states (`dispatcher.list`).
+    pub fn destinations(set: u32) -> Vec<Destination> {
+        raw::dispatcher::destinations(set)
+    }
+}

@@ -166,6 +166,31 @@ impl SippProcess {
         self.outcome(exit_code)
     }
 
+    /// Stops SIPp as Ctrl-C would (SIGINT, by its PID): it writes its
+    /// final statistics and exits, for a callee with no call count of its
+    /// own (one answering probes, whose OPTIONS SIPp counts as calls).
+    /// Killed if it has not exited within 10 s.
+    pub fn interrupt(mut self) -> Result<SippOutcome> {
+        let mut child = self.child.take().context("already waited")?;
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .context("cannot run kill")?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let exit_code = loop {
+            if let Some(status) = child.try_wait()? {
+                break status.code().unwrap_or(-1);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break -1;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        self.outcome(exit_code)
+    }
+
     fn outcome(&self, exit_code: i32) -> Result<SippOutcome> {
         let stats = std::fs::read_to_string(self.dir.path().join("stats.csv")).unwrap_or_default();
         let (successful, failed, response_time_ms) = parse_stats(&stats);

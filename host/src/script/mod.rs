@@ -7,6 +7,7 @@
 mod cache;
 mod call;
 mod decide;
+mod dispatcher_api;
 mod fields;
 mod health;
 mod host_api;

@@ -11,6 +11,7 @@
 pub mod acc;
 pub mod auth;
 pub mod digest;
+pub mod dispatcher;
 pub mod kv;
 pub mod location;
 pub mod nat;
@@ -45,6 +46,8 @@ pub struct Services {
     pub flood: Arc<crate::transport::Flood>,
     /// The guests' rate limits by key.
     pub ratelimits: ratelimit::RateLimits,
+    /// Each tenant's dispatcher sets and their states.
+    pub dispatcher: dispatcher::Dispatcher,
     /// The link to the cluster's Redis (`[cluster]`); None on a node
     /// alone, where the embedded storage serves everything.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
@@ -76,6 +79,7 @@ impl Services {
             kv: kv::Kv::default(),
             flood: Arc::default(),
             ratelimits: ratelimit::RateLimits::default(),
+            dispatcher: dispatcher::Dispatcher::default(),
             cluster: None,
             subscriber_cache: Default::default(),
         }

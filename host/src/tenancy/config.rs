@@ -35,6 +35,9 @@ pub struct TenantConfig {
     /// When a canary version is rolled back on its own.
     #[serde(default)]
     pub canary: CanaryPolicy,
+    /// Destination sets for the `dispatcher` interface, and their probes.
+    #[serde(default)]
+    pub dispatcher: crate::services::dispatcher::DispatcherConfig,
 }
 
 impl TenantConfig {
@@ -48,6 +51,7 @@ impl TenantConfig {
             domains: Vec::new(),
             listeners: Vec::new(),
             canary: CanaryPolicy::default(),
+            dispatcher: Default::default(),
         }]
     }
 }
@@ -131,6 +135,9 @@ pub fn check(
         t.limits
             .check()
             .map_err(|err| format!("tenant \"{}\": limits.{err}", t.name))?;
+        t.dispatcher
+            .check()
+            .map_err(|err| format!("tenant \"{}\": dispatcher.{err}", t.name))?;
         if !(0.0..=1.0).contains(&t.canary.max_error_rate) {
             return Err(format!(
                 "tenant \"{}\": canary.max_error_rate must be between 0.0 and 1.0",

@@ -157,6 +157,12 @@ impl Tenancy {
                 .map_err(|err| err.context(format!("tenant {}", t.name)))?;
             tenants.push(Arc::new(tenant));
         }
+        services.dispatcher.configure(
+            config
+                .tenants
+                .iter()
+                .map(|t| (t.name.as_str(), &t.dispatcher)),
+        );
         Ok(Tenancy {
             directory: ArcSwap::from_pointee(Directory::new(tenants, &config.routing)),
             engine,
@@ -564,6 +570,12 @@ impl Tenancy {
             .any(|(_, action, _)| matches!(*action, "added" | "removed"));
         self.directory
             .store(Arc::new(Directory::new(tenants, &config.routing)));
+        self.services.dispatcher.configure(
+            config
+                .tenants
+                .iter()
+                .map(|t| (t.name.as_str(), &t.dispatcher)),
+        );
         *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = config;
         file.applied();
         let took = started.elapsed();
