@@ -266,6 +266,7 @@ impl Versions {
         };
         if !is_digest(&wanted) {
             self.fail(
+                tenancy,
                 tenant,
                 &wanted,
                 &served,
@@ -302,7 +303,7 @@ impl Versions {
                 tracing::debug!(tenant, %err, "cannot fetch the cluster's version; again when the link is up");
                 return;
             }
-            Err(Refusal::Failed(why)) => return self.fail(tenant, &wanted, &served, why),
+            Err(Refusal::Failed(why)) => return self.fail(tenancy, tenant, &wanted, &served, why),
         };
         match tenancy.adopt(tenant, &wanted, wasm) {
             Ok(report) => {
@@ -317,7 +318,13 @@ impl Versions {
                     "serving the cluster's version"
                 );
             }
-            Err(err) => self.fail(tenant, &wanted, &served, format!("cannot build it: {err}")),
+            Err(err) => self.fail(
+                tenancy,
+                tenant,
+                &wanted,
+                &served,
+                format!("cannot build it: {err}"),
+            ),
         }
     }
 
@@ -350,7 +357,7 @@ impl Versions {
     }
 
     /// Keeps what serves, and says so: log, served hash, metric.
-    fn fail(&self, tenant: &str, wanted: &str, served: &str, why: String) {
+    fn fail(&self, tenancy: &Tenancy, tenant: &str, wanted: &str, served: &str, why: String) {
         let mut why: String = why.chars().filter(|c| !c.is_control()).collect();
         if why.len() > MAX_REASON {
             let mut end = MAX_REASON;
@@ -368,6 +375,7 @@ impl Versions {
             "cannot serve the cluster's version; the serving version stays"
         );
         self.in_sync.get_or_create(&label(tenant)).set(0);
+        tenancy.metrics().reload(tenant, "cluster_failed", None);
         self.report_served(
             tenant,
             &format!("failed: {} {why}; serving {served}", short(wanted)),

@@ -368,13 +368,7 @@ impl Tenancy {
             &wasm,
             &origin,
         );
-        let pool = match built {
-            Ok((pool, _)) => pool,
-            Err(err) => {
-                self.metrics.reload(name, "cluster_failed", None);
-                return Err(TenancyError::Load(err));
-            }
-        };
+        let (pool, _) = built.map_err(TenancyError::Load)?;
         // The file's digest when it was last what served, so that a
         // configuration reload tells whether the file changed since.
         let file_digest = tenant
