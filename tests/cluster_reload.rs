@@ -9,86 +9,40 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use wisp_tests::{build_guest, free_port, Tenant, Wisp, WispBuilder};
+use wisp_tests::{build_guest, RedisServer, Tenant, Wisp, WispBuilder};
 
-/// A redis-server of the test's own on a free loopback port, without
-/// persistence, killed when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Result<Redis> {
-        let port = free_port();
-        let dir = tempfile::tempdir()?;
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start redis-server (apt-get install redis-server)")?;
-        let redis = Redis {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while redis.cli(&["PING"], None).map(|s| s.trim() == "PONG") != Ok(true) {
-            if Instant::now() > deadline {
-                bail!("redis-server did not answer PING on {port}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(redis)
+/// `redis-cli ARGS...` against `redis`, with `stdin` as the last argument
+/// (`-x`): binary values, which the harness's inline commands cannot send.
+fn cli(redis: &RedisServer, args: &[&str], stdin: Option<&[u8]>) -> Result<String> {
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["-h", "127.0.0.1", "-p", &redis.port.to_string()]);
+    if stdin.is_some() {
+        cmd.arg("-x");
     }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+    let mut child = cmd
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run redis-cli")?;
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.unwrap_or_default())?;
     }
-
-    /// `redis-cli ARGS...`, with `stdin` as the last argument (`-x`).
-    fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> std::result::Result<String, String> {
-        let mut cmd = Command::new("redis-cli");
-        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
-        if stdin.is_some() {
-            cmd.arg("-x");
-        }
-        let mut child = cmd
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        if let Some(mut input) = child.stdin.take() {
-            input
-                .write_all(stdin.unwrap_or_default())
-                .map_err(|e| e.to_string())?;
-        }
-        let out = child.wait_with_output().map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "redis-cli {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A guest that stamps what it relays with `name`: two of them are two
@@ -126,7 +80,7 @@ struct Node {
 }
 
 impl Node {
-    fn start(name: &'static str, redis: &Redis, component: &[u8]) -> Result<Node> {
+    fn start(name: &'static str, redis: &RedisServer, component: &[u8]) -> Result<Node> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("main.wasm");
         std::fs::write(&path, component)?;
@@ -216,12 +170,10 @@ fn until_served(nodes: &[&Node], digest: &str, within: Duration) -> Result<Durat
 }
 
 /// Polls the served hash until `node` reports a failure; the entry.
-fn until_failed(redis: &Redis, node: &str, within: Duration) -> Result<String> {
+fn until_failed(redis: &RedisServer, node: &str, within: Duration) -> Result<String> {
     let started = Instant::now();
     loop {
-        let served = redis
-            .cli(&["HGET", "wisp:main:served", node], None)
-            .map_err(anyhow::Error::msg)?;
+        let served = cli(redis, &["HGET", "wisp:main:served", node], None)?;
         if served.starts_with("failed:") {
             return Ok(served.trim().to_owned());
         }
@@ -234,17 +186,11 @@ fn until_failed(redis: &Redis, node: &str, within: Duration) -> Result<String> {
 
 /// Publishes `bytes` as the component `digest` of tenant "main" by hand,
 /// as a node would.
-fn publish_by_hand(redis: &Redis, digest: &str, bytes: &[u8]) -> Result<()> {
+fn publish_by_hand(redis: &RedisServer, digest: &str, bytes: &[u8]) -> Result<()> {
     let component = format!("wisp:component:{digest}");
-    redis
-        .cli(&["SET", &component], Some(bytes))
-        .map_err(anyhow::Error::msg)?;
-    redis
-        .cli(&["SET", "wisp:main:version", digest], None)
-        .map_err(anyhow::Error::msg)?;
-    redis
-        .cli(&["PUBLISH", "wisp:versions", "main"], None)
-        .map_err(anyhow::Error::msg)?;
+    cli(redis, &["SET", &component], Some(bytes))?;
+    cli(redis, &["SET", "wisp:main:version", digest], None)?;
+    cli(redis, &["PUBLISH", "wisp:versions", "main"], None)?;
     Ok(())
 }
 
@@ -253,7 +199,7 @@ fn a_reload_on_one_node_is_served_by_all() -> Result<()> {
     let one = std::fs::read(build_guest("cluster-one", &stamp_guest("one"))?)?;
     let two = std::fs::read(build_guest("cluster-two", &stamp_guest("two"))?)?;
     let (sha_one, sha_two) = (sha256(&one), sha256(&two));
-    let redis = Redis::start()?;
+    let redis = RedisServer::start()?;
     let a = Node::start("a", &redis, &one)?;
     let b = Node::start("b", &redis, &one)?;
     let c = Node::start("c", &redis, &one)?;
@@ -378,5 +324,41 @@ fn a_reload_on_one_node_is_served_by_all() -> Result<()> {
     // The tampered bytes stay under sha_two's key until published again:
     // A's reload writes the right ones.
     until_served(&[&b, &c, &d], &sha_two, Duration::from_secs(2))?;
+    Ok(())
+}
+
+#[test]
+fn a_reload_while_redis_is_away_is_published_when_it_returns() -> Result<()> {
+    let one = std::fs::read(build_guest("cluster-one", &stamp_guest("one"))?)?;
+    let two = std::fs::read(build_guest("cluster-two", &stamp_guest("two"))?)?;
+    let (sha_one, sha_two) = (sha256(&one), sha256(&two));
+    let mut redis = RedisServer::start()?;
+    let a = Node::start("a", &redis, &one)?;
+    let b = Node::start("b", &redis, &one)?;
+    until_served(&[&a, &b], &sha_one, Duration::from_secs(5))?;
+
+    // Redis goes away; a reload on A serves there at once, unpublished.
+    redis.stop();
+    std::fs::write(&a.component, &two)?;
+    let out = a.wisp.ctl(&["reload"])?;
+    assert!(
+        out.success && out.stdout.contains("reloaded") && out.stdout.contains("not published"),
+        "{out:?}"
+    );
+    let (serving, cluster) = a.main()?;
+    assert_eq!(serving, sha_two);
+    assert_eq!(cluster["unpublished"], sha_two.as_str(), "{cluster}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(b.main()?.0, sha_one, "B took nothing while Redis was away");
+
+    // Redis back (empty): A publishes, B takes it.
+    redis.start_again()?;
+    let took = until_served(&[&b], &sha_two, Duration::from_secs(15))?;
+    eprintln!(
+        "Redis back: B served A's unpublished version {took:?} after redis-server answered PING"
+    );
+    let version = redis.command("GET wisp:main:version")?;
+    assert!(version.contains(&sha_two), "{version:?}");
+    assert!(a.main()?.1["unpublished"].is_null());
     Ok(())
 }
