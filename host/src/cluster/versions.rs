@@ -508,3 +508,25 @@ impl SharedVersions for Versions {
         Ok(serde_json::Value::Object(out))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_and_versions_from_redis_are_checked() {
+        assert_eq!(tenant_name(b"acme").as_deref(), Some("acme"));
+        assert_eq!(tenant_name(b""), None);
+        assert_eq!(tenant_name(b"a\nb"), None);
+        assert_eq!(tenant_name(&[0xff, 0xfe]), None);
+        assert_eq!(tenant_name(&[b'a'; 257]), None);
+        let digest = hex::encode(Sha256::digest(b"x"));
+        assert!(is_digest(&digest));
+        assert!(!is_digest(&digest.to_uppercase()));
+        assert!(!is_digest(&digest[1..]));
+        assert!(!is_digest("../../etc/passwd"));
+        assert_eq!(version_key("acme"), "wisp:acme:version");
+        assert_eq!(served_key("acme"), "wisp:acme:served");
+        assert_eq!(component_key(&digest), format!("wisp:component:{digest}"));
+    }
+}
