@@ -4,11 +4,16 @@
 //! stopped: the host's OPTIONS probes take it down within an interval and
 //! a timeout, the calls go to the other two in equal shares (±5 points),
 //! and a callee answering 503 hands each call on to the next destination.
+//! With `[cluster]`, a destination marked down on one node is down on the
+//! others, and on a node started later.
 
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-use wisp_tests::{build_guest, free_port, scenario, Sipp, SippProcess, Transport, Wisp};
+use wisp_tests::{
+    build_guest, free_port, scenario, RedisServer, Sipp, SippProcess, Tenant, Transport, Wisp,
+    WispBuilder,
+};
 
 const GUEST: &str = r#"
 use wisp_sdk::dispatcher::{Algorithm, Target};
@@ -42,6 +47,9 @@ impl Router for Balancer {
     fn on_failure(req: &Request, best: &Response) -> Flow {
         if matches!(best.status(), 408 | 500..=599) {
             let failed = dispatcher::current().map(|d| d.uri).unwrap_or_default();
+            if config::enabled("MARK_DOWN") {
+                dispatcher::mark_current_down(); // ds_mark_dst("ip")
+            }
             if let Some(next) = dispatcher::next(req) {
                 log::info(&format!("failover from {failed} to {}", next.uri));
                 return req.relay();
@@ -206,5 +214,97 @@ fn round_robin_over_probed_callees_and_failover() {
         got_d,
         u64::from(failover_calls),
         "the 503 callee was tried first each time"
+    );
+}
+
+/// One node of a cluster sharing `redis`, running the balancer with
+/// MARK_DOWN (the failure hook marks a failed destination down) and set 2
+/// = [the 503 callee first, then the good one], without probes.
+fn node(wasm: &std::path::Path, redis: &RedisServer, name: &str, bad: u16, good: u16) -> Wisp {
+    WispBuilder::new()
+        .tenant(
+            Tenant::new("balancer")
+                .component(wasm)
+                .param("MARK_DOWN", "yes")
+                .toml(&format!(
+                    "[tenant.dispatcher]\n\
+                     [[tenant.dispatcher.set]]\nid = 2\n\
+                     destinations = [{{ uri = \"sip:127.0.0.1:{bad}\", priority = 10 }}, \
+                     {{ uri = \"sip:127.0.0.1:{good}\" }}]\n"
+                )),
+        )
+        .toml(&format!(
+            "[cluster]\nredis = \"{}\"\nnode = \"{name}\"\ntimeout_ms = 250\n",
+            redis.url()
+        ))
+        .start()
+        .expect("wisp starts")
+}
+
+#[test]
+fn a_destination_marked_down_on_one_node_is_down_on_the_others() {
+    let wasm = build_guest("dispatcher-balancer", GUEST).expect("guest builds");
+    let redis = RedisServer::start().expect("redis-server starts");
+    let [good, bad] = [free_port(), free_port()];
+    let uas_good = callee("uas.xml", good);
+    let uas_bad = callee("uas-503.xml", bad);
+    std::thread::sleep(Duration::from_millis(300));
+    let a = node(&wasm, &redis, "a", bad, good);
+    let mut b = node(&wasm, &redis, "b", bad, good);
+    let callee_addr = format!("127.0.0.1:{good}").parse().expect("addr");
+    let call_through = |wisp: &Wisp| {
+        let mut uac = Sipp::uac(
+            scenario("uac.xml"),
+            Transport::Udp,
+            callee_addr,
+            wisp.addr(),
+            1,
+        );
+        uac.extra = vec!["-s".into(), "failover".into()];
+        let outcome = uac.run().expect("uac runs");
+        assert_eq!(
+            (outcome.successful, outcome.failed),
+            (1, 0),
+            "call through {}:\n{}",
+            wisp.port,
+            outcome.output
+        );
+    };
+
+    // Through a: the 503 callee fails, a marks it down and fails over.
+    let marked = Instant::now();
+    call_through(&a);
+    let bad_uri = format!("uri=\"sip:127.0.0.1:{bad}\"");
+    wait_for_line(
+        &mut b,
+        &["dispatcher destination down", &bad_uri, "cause=\"cluster\""],
+        Duration::from_secs(3),
+    );
+    eprintln!(
+        "b knew of a's mark {} ms after the call started",
+        marked.elapsed().as_millis()
+    );
+    let stored = redis
+        .command(&format!("HGET wisp:balancer:ds:2 sip:127.0.0.1:{bad}"))
+        .expect("redis answers");
+    assert!(stored.contains("down"), "redis holds {stored:?}");
+
+    // Through b: straight to the good callee.
+    call_through(&b);
+    // A node started now takes the state from redis (while it starts:
+    // its log line is read by the start-up), so its call goes straight to
+    // the good callee too.
+    let c = node(&wasm, &redis, "c", bad, good);
+    std::thread::sleep(Duration::from_millis(200));
+    call_through(&c);
+
+    std::thread::sleep(Duration::from_millis(4500));
+    let got_good = uas_good.interrupt().expect("good callee stops").successful;
+    let got_bad = uas_bad.interrupt().expect("503 callee stops").successful;
+    eprintln!("good callee {got_good} calls, 503 callee {got_bad}");
+    assert_eq!(
+        (got_good, got_bad),
+        (3, 1),
+        "only the first call tried the 503 callee"
     );
 }

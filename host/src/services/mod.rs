@@ -66,6 +66,9 @@ impl Services {
         services.location = location::Location::new(config.location_write_interval());
         if let Some(cluster) = &cluster {
             services.subscriber_cache.attach(cluster);
+            if let Err(err) = services.dispatcher.join(cluster.clone()) {
+                tracing::warn!(%err, "cannot share the dispatcher's states through the cluster");
+            }
         }
         services.cluster = cluster;
         Ok(Arc::new(services))

@@ -11,6 +11,7 @@
 pub mod config;
 mod probe;
 pub mod select;
+pub mod shared;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -167,12 +168,9 @@ struct Inner {
     tenants: RwLock<HashMap<String, Arc<TenantSets>>>,
     /// The probe thread was started.
     probing: std::sync::OnceLock<()>,
-    /// Told of every state change (the cluster's publisher).
-    on_change: RwLock<Option<ChangeHook>>,
+    /// With `[cluster]`: the queue to the thread that shares the states.
+    shared: std::sync::OnceLock<shared::Sync>,
 }
-
-/// Called with (tenant, set, uri, state) after a change made here.
-pub type ChangeHook = Box<dyn Fn(&str, u32, &str, State) + Send + Sync>;
 
 impl Dispatcher {
     /// Puts the tenants' sections in force (at start and at every
@@ -224,6 +222,10 @@ impl Dispatcher {
         }
         *map = next;
         drop(map);
+        // New sets take the cluster's states.
+        if let Some(sync) = self.inner.shared.get() {
+            sync.send(shared::Job::Pull);
+        }
         if probes {
             self.inner.probing.get_or_init(|| {
                 if let Err(err) = probe::start(Arc::downgrade(&self.inner)) {
@@ -244,14 +246,16 @@ impl Dispatcher {
         self.inner.mark(tenant, set, uri, state, cause)
     }
 
-    /// Whoever must hear of every state change made on this node (the
-    /// cluster link, which tells the other nodes).
-    pub fn on_change(&self, hook: ChangeHook) {
-        *self
-            .inner
-            .on_change
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    /// Shares the states with the other nodes of the cluster (see
+    /// [`shared`]); once, when the services open.
+    pub fn join(&self, cluster: Arc<crate::cluster::Cluster>) -> std::io::Result<()> {
+        if self.inner.shared.get().is_some() {
+            return Ok(());
+        }
+        let sync = shared::join(&self.inner, cluster)?;
+        sync.send(shared::Job::Pull);
+        let _ = self.inner.shared.set(sync);
+        Ok(())
     }
 }
 
@@ -335,8 +339,13 @@ impl Inner {
         if matches!(cause, Cause::Cluster) {
             return;
         }
-        if let Some(hook) = &*self.on_change.read().unwrap_or_else(|e| e.into_inner()) {
-            hook(tenant, set, uri, state);
+        if let Some(sync) = self.shared.get() {
+            sync.send(shared::Job::Push {
+                tenant: tenant.to_owned(),
+                set,
+                uri: uri.to_owned(),
+                state,
+            });
         }
     }
 }
