@@ -158,7 +158,14 @@ fn kv_and_rate_limits_are_shared_by_the_nodes() {
         "SIP/2.0 200 allowed",
         "another key"
     );
-    assert_eq!(redis.keys("wisp:shared:rl:60:*").expect("keys").len(), 2);
+    let counters = redis.keys("wisp:shared:rl:60:*").expect("keys");
+    assert_eq!(counters.len(), 2, "{counters:?}");
+    let caller_1 = counters
+        .iter()
+        .find(|k| k.ends_with(":caller-1"))
+        .expect("caller-1's counter");
+    let counted = redis.command(&format!("GET {caller_1}")).expect("get");
+    assert_eq!(counted, "$1\r\n5\r\n", "refused hits are not counted");
 
     // Redis away: writes fail as unavailable (the guest knows), reads
     // find nothing, rate limits are counted by each node alone.

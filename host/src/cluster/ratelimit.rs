@@ -1,13 +1,19 @@
 //! The guests' rate limits through Redis, with `[cluster]`: a key's hits
 //! are counted across every node.
 //!
-//! A fixed window, not the token bucket of one node: the hits of
+//! A sliding window over two fixed ones, not the token bucket of one node
+//! (which would take a read-modify-write of Redis per hit): the hits of
 //! `tenant`'s `key` in the window `n` (`n` = Unix seconds / window) are
-//! the counter `wisp:{tenant}:rl:{window}:{n}:{key}`, `INCR`ed and given
-//! an expiry of the window (plus a second) in one `MULTI`, so that Redis
-//! drops it once its window is over. A hit is allowed while the counter
-//! is at most `limit`. Keys longer than [`MAX_PLAIN_KEY`] bytes are
-//! replaced by their SHA-256, which bounds what a guest puts into Redis.
+//! the counter `wisp:{tenant}:rl:{window}:{n}:{key}`. A hit is allowed
+//! when the hits of this window, plus those of the window before weighted
+//! by how much of it the sliding window still covers, stay within
+//! `limit`; only an allowed hit is counted (as the WIT says). One Lua
+//! script reads both counters, decides, counts and gives the counter an
+//! expiry of two windows, so that Redis drops it once nobody needs it:
+//! two nodes cannot both take the last hit, and a burst across a window's
+//! end gets about `limit` (a fixed window would let twice through).
+//! Keys longer than [`MAX_PLAIN_KEY`] bytes are replaced by their SHA-256,
+//! which bounds what a guest puts into Redis.
 //!
 //! Redis unavailable: the caller counts on this node alone instead (the
 //! node's own token bucket, [`crate::services::ratelimit`]): the limit
@@ -44,10 +50,26 @@ pub fn counter_key(tenant: &str, key: &str, window_s: u32, unix_s: u64) -> Strin
     }
 }
 
+/// KEYS = this window's counter, the previous one's; ARGV = limit, window
+/// in seconds, milliseconds of this window gone. 1: allowed (and counted).
+const CHECK: &str = r"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local prev = tonumber(redis.call('GET', KEYS[2]) or '0')
+local window = tonumber(ARGV[2]) * 1000
+local weight = (window - tonumber(ARGV[3])) / window
+if prev * weight + cur + 1 > tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], 2 * tonumber(ARGV[2]) + 1)
+return 1
+";
+
 /// Counts a hit of `tenant`'s `key` against `limit` per `window_s`
 /// seconds (0 counts as 1, past a day as a day) across the cluster: true
-/// when within it. A limit of 0 allows nothing (and asks nothing of
-/// Redis). Err: Redis failed; the caller decides.
+/// when within it (counted), false when past it (not counted). A limit
+/// of 0 allows nothing (and asks nothing of Redis). Err: Redis failed;
+/// the caller decides.
 pub fn check(
     cluster: &Cluster,
     tenant: &str,
@@ -58,18 +80,27 @@ pub fn check(
     if limit == 0 {
         return Ok(false);
     }
-    let unix_s = SystemTime::now()
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let counter = counter_key(tenant, key, window_s, unix_s);
+        .unwrap_or_default();
     let window = window_s.clamp(1, MAX_WINDOW_S);
-    let mut pipe = redis::pipe();
-    pipe.atomic()
-        .incr(&counter, 1)
-        .expire(&counter, i64::from(window) + 1)
-        .ignore();
-    let (hits,): (i64,) = cluster.pipeline(pipe)?;
-    Ok(hits <= i64::from(limit))
+    let unix_s = now.as_secs();
+    let gone_ms = (unix_s % u64::from(window)) * 1000 + u64::from(now.subsec_millis());
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(CHECK)
+        .arg(2)
+        .arg(counter_key(tenant, key, window, unix_s))
+        .arg(counter_key(
+            tenant,
+            key,
+            window,
+            unix_s.saturating_sub(u64::from(window)),
+        ))
+        .arg(limit)
+        .arg(window)
+        .arg(gone_ms);
+    let allowed: i64 = cluster.query(cmd)?;
+    Ok(allowed == 1)
 }
 
 #[cfg(test)]
