@@ -22,6 +22,14 @@ if ! command -v openssl >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
 fi
 
+if ! command -v redis-server >/dev/null; then
+  echo "== installing Redis (Debian package redis-server; the cluster tests start their own on loopback)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+  # The package may start a system service on 6379; the tests run their own.
+  as_root systemctl disable --now redis-server 2>/dev/null || true
+fi
+
 if ! command -v kamailio >/dev/null || ! dpkg -s kamailio-tls-modules >/dev/null 2>&1; then
   echo "== installing Kamailio (Debian packages kamailio and kamailio-tls-modules; the interop tests' neighbour proxy, TLS too)"
   as_root apt-get update -qq

@@ -10,9 +10,9 @@
 //! threads. [`server`] wires them together from a [`config`].
 
 pub mod admin;
-pub mod cluster;
 #[cfg(feature = "count-allocations")]
 pub mod alloc_count;
+pub mod cluster;
 pub mod config;
 pub mod dns;
 pub mod metrics;

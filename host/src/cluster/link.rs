@@ -154,11 +154,17 @@ impl Link {
     }
 
     pub(super) fn on_up(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let f: Arc<dyn Fn() + Send + Sync> = Arc::from(f);
         self.shared
             .on_up
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(Arc::from(f));
+            .push(f.clone());
+        // The link may have come up before this was registered (it starts
+        // before the services): what comes with "up" happens now.
+        if self.is_up() {
+            f();
+        }
     }
 }
 

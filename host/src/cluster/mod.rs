@@ -174,7 +174,8 @@ impl Cluster {
     }
 
     /// Called each time the link comes (back) up — caches drop what they
-    /// hold, since invalidations may have been missed while down.
+    /// hold, since invalidations may have been missed while down — and at
+    /// once, on the caller's thread, when the link is up already.
     pub fn on_up(&self, f: Box<dyn Fn() + Send + Sync>) {
         self.link.on_up(f);
     }

@@ -248,6 +248,10 @@ impl<P> Core<P> {
             return;
         }
         stamp_received(&mut req.msg, &req.source);
+        // Another node of the cluster sent it for a flow this node holds.
+        if let Some(flow) = super::routing::flow_route(&req.msg, &self.fx.locality) {
+            req.dst_uri = Some(format!("{};ob", flow.uri()));
+        }
         let reply_to = reply_target(&req.msg, &req.source);
         let incoming = self.fx.txs.handle_request(now, &req.msg, reply_to);
         self.fx.take_tx_transmits();

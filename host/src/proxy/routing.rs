@@ -85,6 +85,24 @@ pub fn loose_route(msg: &mut Message, locality: &Locality) -> LooseRoute {
     }
 }
 
+/// The flow of ours an initial request is for: its top Route is a Path
+/// this node gave a binding on a connection it holds (`[cluster]`:
+/// `<sip:{flow token}@{node};lr;ob>`), so another node sent it here to
+/// go down that connection. The flow is where its first branch goes
+/// whatever the routing does with the Route (the bundled routing drops
+/// preloaded Routes); a token not of this process names nothing.
+pub fn flow_route(msg: &Message, locality: &Locality) -> Option<Target> {
+    let top = first_route(msg)?;
+    if !sip::mentions(&top, "ob") {
+        return None;
+    }
+    let route = NameAddr::parse(&top).ok()?;
+    if route.uri.param("ob").is_none() || !locality.is_myself(&route.uri) {
+        return None;
+    }
+    flow::flow_of(route.uri.user.as_deref()?)
+}
+
 fn first_route(msg: &Message) -> Option<String> {
     msg.values(&HeaderName::Route).next().map(str::to_owned)
 }

@@ -147,13 +147,27 @@ impl registrar::Host for HostState {
             }
         });
         let now = location::unix_now();
+        // With [cluster], a connection only this node holds is a flow the
+        // other nodes reach through this one (a Path to it).
+        let held = ctx
+            .source
+            .transport
+            .is_stream()
+            .then_some(crate::transport::Target {
+                transport: ctx.source.transport,
+                addr: ctx.source.remote,
+            });
         // In memory, on this thread: no wait for the database (the
-        // persistent bindings are written behind).
-        let saved =
-            self.guest
-                .services
-                .location
-                .save(self.tenant(), &ctx.msg, received, &opts, now);
+        // persistent bindings are written behind); with [cluster], in
+        // Redis before the answer.
+        let saved = self.guest.services.location.save_from(
+            self.tenant(),
+            &ctx.msg,
+            received,
+            held,
+            &opts,
+            now,
+        );
         let ctx = self.request(&req)?;
         match saved {
             Ok(bindings) => {
@@ -205,11 +219,15 @@ impl registrar::Host for HostState {
             .method()
             .map(|m| m.as_str().to_owned())
             .unwrap_or_default();
-        let bindings =
-            self.guest
-                .services
-                .location
-                .lookup(self.tenant(), &aor, location::unix_now());
+        let bindings = match self.guest.services.location.lookup_checked(
+            self.tenant(),
+            &aor,
+            location::unix_now(),
+        ) {
+            Ok(bindings) => bindings,
+            // Redis away and the user not in this node's cache: not a 404.
+            Err(err) => return Ok(Err(unavailable("a lookup", &self.guest.tenant, err))),
+        };
         if bindings.is_empty() {
             return Ok(Err(self.refuse(404, "Not Found", Vec::new())));
         }
@@ -266,12 +284,19 @@ impl registrar::Host for HostState {
     }
 
     fn unregister(&mut self, user: String) -> Result<Result<u32, wit::Error>> {
-        let removed = self
+        match self
             .guest
             .services
             .location
-            .unregister(self.tenant(), &user);
-        Ok(Ok(u32::try_from(removed).unwrap_or(u32::MAX)))
+            .unregister_checked(self.tenant(), &user)
+        {
+            Ok(removed) => Ok(Ok(u32::try_from(removed).unwrap_or(u32::MAX))),
+            Err(err) => Ok(Err(unavailable(
+                "removing bindings",
+                &self.guest.tenant,
+                err,
+            ))),
+        }
     }
 
     fn registered(&mut self, user: String) -> Result<Result<bool, wit::Error>> {

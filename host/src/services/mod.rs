@@ -70,8 +70,16 @@ impl Services {
                 tracing::warn!(%err, "cannot share the dispatcher's states through the cluster");
             }
         }
-        services.cluster = cluster;
-        Ok(Arc::new(services))
+        services.cluster = cluster.clone();
+        let services = Arc::new(services);
+        if let Some(cluster) = cluster {
+            // Redis holds the bindings and the nonces; this node caches.
+            services
+                .location
+                .join(cluster.clone(), Arc::downgrade(&services));
+            services.nonces.join(cluster);
+        }
+        Ok(services)
     }
 
     pub fn with_storage(storage: Storage) -> Services {
@@ -96,6 +104,12 @@ impl Services {
     /// checkpoints the database's write-ahead log on a connection of its
     /// own.
     pub fn start(self: &Arc<Self>) -> anyhow::Result<()> {
+        if self.location.clustered() {
+            // The bindings are the cluster's (in Redis): the database's
+            // rows of a run alone are not loaded, nothing is written behind.
+            tracing::info!("bindings and nonces shared through the cluster's redis");
+            return self.start_purge();
+        }
         let dropped = location::drop_volatile(&self.storage)?;
         if dropped > 0 {
             tracing::info!(
@@ -116,6 +130,12 @@ impl Services {
                 };
                 services.write_bindings();
             })?;
+        self.start_purge()
+    }
+
+    /// The purge timer: purges and checkpoints the database's write-ahead
+    /// log on a connection of its own.
+    fn start_purge(self: &Arc<Self>) -> anyhow::Result<()> {
         let checkpointer = self.storage.checkpointer()?;
         let weak: Weak<Services> = Arc::downgrade(self);
         std::thread::Builder::new()

@@ -5,12 +5,23 @@
 //! the table is split in [`SHARDS`] by a keyed hash of the nonce, each
 //! behind a lock of its own: two threads meet on a lock only when their
 //! nonces fall in the same shard.
+//!
+//! With `[cluster]` a nonce is issued into Redis (`wisp:nonce:{nonce}`,
+//! `"{expiry unix ms}:{last nonce-count}"`, kept for its lifetime and the
+//! stale grace), so that a challenge from one node is answered at another;
+//! using a nonce-count is one script, atomic across nodes. The expiry is
+//! the issuing node's wall clock: the nodes' clocks must agree (NTP). While
+//! Redis is away, nonces are issued and checked in this node's table as on
+//! a node alone: a client that answers the node that challenged it still
+//! authenticates; its answer at another node is challenged again.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::cluster::Cluster;
 
 /// How long a nonce is accepted by default (Kamailio's `nonce_expire`).
 pub const NONCE_LIFETIME: Duration = Duration::from_secs(30);
@@ -70,6 +81,8 @@ pub struct Nonces {
     /// Keyed with random keys: nonces are random, but a client chooses
     /// what it presents, and must not steer lookups to one shard.
     hasher: RandomState,
+    /// With `[cluster]`: where nonces are issued and used.
+    cluster: OnceLock<Arc<Cluster>>,
 }
 
 impl Default for Nonces {
@@ -77,11 +90,98 @@ impl Default for Nonces {
         Nonces {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             hasher: RandomState::new(),
+            cluster: OnceLock::new(),
         }
     }
 }
 
+/// Uses a nonce-count of a nonce in Redis. KEYS: the nonce. ARGV: now
+/// (unix ms), the nonce-count. Returns 1 fresh, 0 replayed, -1 stale,
+/// -2 unknown.
+const CONSUME: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v == false then return -2 end
+local exp, nc = string.match(v, '^(%d+):(%d+)$')
+if exp == nil then return -2 end
+if tonumber(ARGV[1]) >= tonumber(exp) then return -1 end
+if tonumber(ARGV[2]) <= tonumber(nc) then return 0 end
+redis.call('SET', KEYS[1], exp .. ':' .. ARGV[2], 'KEEPTTL')
+return 1
+";
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn redis_key(nonce: &str) -> String {
+    format!("wisp:nonce:{nonce}")
+}
+
 impl Nonces {
+    /// Issues and checks nonces in the cluster's Redis from now on.
+    pub fn join(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// Issues `nonce` in Redis; false when Redis cannot have it.
+    fn issue_shared(&self, cluster: &Cluster, nonce: &str, lifetime: Duration) -> bool {
+        let expires = unix_ms().saturating_add(u64::try_from(lifetime.as_millis()).unwrap_or(0));
+        let keep = lifetime + STALE_GRACE;
+        let mut set = redis::cmd("SET");
+        set.arg(redis_key(nonce))
+            .arg(format!("{expires}:0"))
+            .arg("PX")
+            .arg(u64::try_from(keep.as_millis()).unwrap_or(u64::MAX));
+        match cluster.query::<()>(set) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::debug!(%err, "nonce issued on this node only");
+                false
+            }
+        }
+    }
+
+    /// What Redis says of `nonce` (peek: `nc` None; use: `Some`).
+    fn check_shared(&self, cluster: &Cluster, nonce: &str, nc: Option<u32>) -> NonceCheck {
+        // Only nonces of ours have this shape: nothing else reaches Redis.
+        if nonce.len() != 32 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return NonceCheck::Unknown;
+        }
+        let now = unix_ms();
+        let Some(nc) = nc else {
+            let got: Result<Option<String>, _> = cluster.query(redis::Cmd::get(redis_key(nonce)));
+            let expires = got
+                .ok()
+                .flatten()
+                .and_then(|v| v.split_once(':').and_then(|(e, _)| e.parse::<u64>().ok()));
+            return match expires {
+                None => NonceCheck::Unknown,
+                Some(e) if now >= e => NonceCheck::Stale,
+                Some(_) => NonceCheck::Fresh,
+            };
+        };
+        let mut consume = redis::cmd("EVAL");
+        consume
+            .arg(CONSUME)
+            .arg(1)
+            .arg(redis_key(nonce))
+            .arg(now)
+            .arg(nc);
+        match cluster.query::<i64>(consume) {
+            Ok(1) => NonceCheck::Fresh,
+            Ok(0) => NonceCheck::Replayed,
+            Ok(-1) => NonceCheck::Stale,
+            Ok(_) => NonceCheck::Unknown,
+            Err(err) => {
+                tracing::debug!(%err, "nonce not checked in the cluster");
+                NonceCheck::Unknown
+            }
+        }
+    }
+
     fn lock(&self, nonce: &str) -> MutexGuard<'_, Table> {
         let i = (self.hasher.hash_one(nonce) % SHARDS as u64) as usize;
         lock(&self.shards[i])
@@ -100,6 +200,11 @@ impl Nonces {
             bytes = t.to_le_bytes();
         }
         let nonce = hex::encode(bytes);
+        if let Some(cluster) = self.cluster.get() {
+            if self.issue_shared(cluster, &nonce, lifetime) {
+                return nonce;
+            }
+        }
         let key: Arc<str> = Arc::from(nonce.as_str());
         let mut table = self.lock(&nonce);
         while table.issued.len() >= PER_SHARD {
@@ -121,10 +226,14 @@ impl Nonces {
 
     /// Checks a nonce without using it up.
     pub fn peek(&self, nonce: &str, now: Instant) -> NonceCheck {
-        match self.lock(nonce).issued.get(nonce) {
+        let local = match self.lock(nonce).issued.get(nonce) {
             None => NonceCheck::Unknown,
             Some(i) if now >= i.expires => NonceCheck::Stale,
             Some(_) => NonceCheck::Fresh,
+        };
+        match (local, self.cluster.get()) {
+            (NonceCheck::Unknown, Some(cluster)) => self.check_shared(cluster, nonce, None),
+            _ => local,
         }
     }
 
@@ -134,7 +243,11 @@ impl Nonces {
     pub fn consume(&self, nonce: &str, nc: Option<u32>, now: Instant) -> NonceCheck {
         let mut table = self.lock(nonce);
         let Some(entry) = table.issued.get_mut(nonce) else {
-            return NonceCheck::Unknown;
+            drop(table);
+            return match self.cluster.get() {
+                Some(cluster) => self.check_shared(cluster, nonce, Some(nc.unwrap_or(1).max(1))),
+                None => NonceCheck::Unknown,
+            };
         };
         if now >= entry.expires {
             return NonceCheck::Stale;

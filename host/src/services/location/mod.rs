@@ -29,6 +29,7 @@
 //! them.
 
 mod behind;
+mod shared;
 mod table;
 
 pub use behind::{drop_volatile, purge_expired};

@@ -16,12 +16,15 @@ use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Duration;
 
+use super::shared::Shared;
 use super::{sort, Binding, Register, SaveError, SaveOptions};
+use crate::cluster::ClusterError;
 use crate::services::storage::StorageError;
 use crate::sip::Message;
+use crate::transport::Target;
 
 /// Shards of a tenant's bindings.
 pub const SHARDS: usize = 16;
@@ -90,7 +93,13 @@ impl TenantTable {
             .is_ok()
     }
 
-    fn release_aor(&self) {
+    /// Counts an address of record put in the cache of a cluster's
+    /// bindings (bounded by `max_aors` in Redis already).
+    pub(super) fn count_aor(&self) {
+        self.aors.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(super) fn release_aor(&self) {
         let _ = self
             .aors
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -159,6 +168,9 @@ pub struct Location {
     /// Held through a write, so that two writes (the timer's and the
     /// shutdown's) cannot apply an older picture after a newer one.
     pub(super) writing: Mutex<()>,
+    /// With `[cluster]`: Redis holds the bindings, this table caches them
+    /// (`shared.rs`).
+    pub(super) shared: OnceLock<Shared>,
 }
 
 impl Default for Location {
@@ -175,6 +187,7 @@ impl Location {
             hasher: RandomState::new(),
             write_interval,
             writing: Mutex::default(),
+            shared: OnceLock::new(),
         }
     }
 
@@ -234,7 +247,25 @@ impl Location {
         opts: &SaveOptions,
         now: i64,
     ) -> Result<Vec<Binding>, SaveError> {
+        self.save_from(tenant, req, received, None, opts, now)
+    }
+
+    /// [`Location::save`] of a REGISTER that came over `flow`, a
+    /// connection only this node can reach (with `[cluster]`, the
+    /// bindings get a Path to this node; a node alone needs nothing more).
+    pub fn save_from(
+        &self,
+        tenant: &str,
+        req: &Message,
+        received: Option<String>,
+        flow: Option<Target>,
+        opts: &SaveOptions,
+        now: i64,
+    ) -> Result<Vec<Binding>, SaveError> {
         let register = Register::read(req, received, opts, now)?;
+        if let Some(shared) = self.shared.get() {
+            return self.save_shared(shared, tenant, register, flow, opts);
+        }
         let table = self.tenant_or_new(tenant);
         match self.apply(&table, &register, opts) {
             // The count may hold addresses whose bindings all expired:
@@ -286,6 +317,36 @@ impl Location {
     /// The live bindings of a user, highest q first, then the most
     /// recently refreshed.
     pub fn lookup(&self, tenant: &str, aor: &str, now: i64) -> Vec<Binding> {
+        self.lookup_checked(tenant, aor, now).unwrap_or_else(|err| {
+            tracing::debug!(tenant, aor, %err, "lookup without the cluster's bindings");
+            Vec::new()
+        })
+    }
+
+    /// [`Location::lookup`], saying when the cluster's bindings could not
+    /// be read (Redis away and `aor` not in this node's cache). On the
+    /// node that holds a binding's flow, the Path to itself is left out:
+    /// the request goes straight down the connection.
+    pub fn lookup_checked(
+        &self,
+        tenant: &str,
+        aor: &str,
+        now: i64,
+    ) -> Result<Vec<Binding>, ClusterError> {
+        if let Some(shared) = self.shared.get() {
+            let mut bindings = self.lookup_shared(shared, tenant, aor)?;
+            bindings.retain(|b| b.expires > now);
+            for b in &mut bindings {
+                if b.path.first().is_some_and(|p| shared.is_own_flow_path(p)) {
+                    b.path.remove(0);
+                }
+            }
+            return Ok(bindings);
+        }
+        Ok(self.lookup_local(tenant, aor, now))
+    }
+
+    fn lookup_local(&self, tenant: &str, aor: &str, now: i64) -> Vec<Binding> {
         let Some(table) = self.tenant(tenant) else {
             return Vec::new();
         };
@@ -301,6 +362,9 @@ impl Location {
 
     /// Whether a user has a live binding.
     pub fn registered(&self, tenant: &str, aor: &str, now: i64) -> bool {
+        if self.shared.get().is_some() {
+            return !self.lookup(tenant, aor, now).is_empty();
+        }
         let Some(table) = self.tenant(tenant) else {
             return false;
         };
@@ -314,6 +378,22 @@ impl Location {
     /// Removes every binding of a user; how many there were (expired ones
     /// not yet purged included).
     pub fn unregister(&self, tenant: &str, aor: &str) -> usize {
+        self.unregister_checked(tenant, aor).unwrap_or_else(|err| {
+            tracing::warn!(tenant, aor, %err, "bindings not removed");
+            0
+        })
+    }
+
+    /// [`Location::unregister`], saying when the cluster's Redis failed
+    /// (nothing removed then).
+    pub fn unregister_checked(&self, tenant: &str, aor: &str) -> Result<usize, ClusterError> {
+        if let Some(shared) = self.shared.get() {
+            return self.unregister_shared(shared, tenant, aor);
+        }
+        Ok(self.unregister_local(tenant, aor))
+    }
+
+    fn unregister_local(&self, tenant: &str, aor: &str) -> usize {
         let Some(table) = self.tenant(tenant) else {
             return 0;
         };
