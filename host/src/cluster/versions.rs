@@ -49,6 +49,12 @@ const RETRY: Duration = Duration::from_secs(5);
 const RESYNC: Duration = Duration::from_secs(30);
 /// Longest failure reason kept in the served hash.
 const MAX_REASON: usize = 400;
+/// Components go to and from Redis in pieces of this size, each one
+/// command bounded by `[cluster] timeout_ms`: a large component over a
+/// slow link needs more commands, not a longer timeout.
+const CHUNK: usize = 512 << 10;
+/// How long a half-uploaded component may stay, should its node die.
+const UPLOAD_TTL_S: u64 = 3600;
 
 pub fn component_key(digest: &str) -> String {
     format!("wisp:component:{digest}")
@@ -299,8 +305,15 @@ impl Versions {
         let started = Instant::now();
         let wasm = match self.fetch(&wanted) {
             Ok(wasm) => wasm,
+            Err(Refusal::Unreachable(ClusterError::Down)) => {
+                tracing::debug!(
+                    tenant,
+                    "cannot fetch the cluster's version; again when the link is up"
+                );
+                return;
+            }
             Err(Refusal::Unreachable(err)) => {
-                tracing::debug!(tenant, %err, "cannot fetch the cluster's version; again when the link is up");
+                tracing::warn!(tenant, wanted = short(&wanted), %err, "cannot fetch the cluster's version; tried again within 30 s");
                 return;
             }
             Err(Refusal::Failed(why)) => return self.fail(tenancy, tenant, &wanted, &served, why),
@@ -342,11 +355,18 @@ impl Versions {
                 "{key} is {len} bytes, more than {MAX_COMPONENT}"
             )));
         }
-        let wasm: Option<Vec<u8>> = self
-            .cluster
-            .query(get(&key))
-            .map_err(Refusal::Unreachable)?;
-        let wasm = wasm.ok_or_else(|| Refusal::Failed(format!("{key} is missing")))?;
+        let mut wasm = Vec::with_capacity(len as usize);
+        while (wasm.len() as u64) < len {
+            let mut range = redis::cmd("GETRANGE");
+            let end = (wasm.len() + CHUNK).min(len as usize) - 1;
+            range.arg(&key).arg(wasm.len()).arg(end);
+            let piece: Vec<u8> = self.cluster.query(range).map_err(Refusal::Unreachable)?;
+            if piece.is_empty() {
+                // Replaced or deleted meanwhile: the hash check below tells.
+                break;
+            }
+            wasm.extend_from_slice(&piece);
+        }
         let actual = hex::encode(Sha256::digest(&wasm));
         if actual != digest {
             return Err(Refusal::Failed(format!(
@@ -398,12 +418,9 @@ impl Versions {
     /// The bytes, the version and this node's served entry in one
     /// MULTI/EXEC, then the announcement.
     fn try_publish(&self, tenant: &str, digest: &str, wasm: &[u8]) -> Result<(), ClusterError> {
+        self.store_component(digest, wasm)?;
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .cmd("SET")
-            .arg(component_key(digest))
-            .arg(wasm)
-            .ignore()
             .cmd("SET")
             .arg(version_key(tenant))
             .arg(digest)
@@ -424,6 +441,41 @@ impl Versions {
         state.cluster.insert(tenant.to_owned(), digest.to_owned());
         drop(state);
         self.in_sync.get_or_create(&label(tenant)).set(1);
+        Ok(())
+    }
+
+    /// `wasm` under `wisp:component:{digest}`, sent in pieces to a key of
+    /// this node's and renamed at the end, so the component key never
+    /// holds a part. Nothing is sent when it is there already.
+    fn store_component(&self, digest: &str, wasm: &[u8]) -> Result<(), ClusterError> {
+        let key = component_key(digest);
+        let mut strlen = redis::cmd("STRLEN");
+        strlen.arg(&key);
+        if self.cluster.query::<u64>(strlen)? == wasm.len() as u64 {
+            return Ok(());
+        }
+        let upload = format!("{key}:upload:{}", self.cluster.node());
+        let mut del = redis::cmd("DEL");
+        del.arg(&upload);
+        self.cluster.query::<i64>(del)?;
+        for (i, piece) in wasm.chunks(CHUNK).enumerate() {
+            let mut append = redis::cmd("APPEND");
+            append.arg(&upload).arg(piece);
+            self.cluster.query::<i64>(append)?;
+            if i == 0 {
+                // Should this node die before the end, the part goes.
+                let mut expire = redis::cmd("EXPIRE");
+                expire.arg(&upload).arg(UPLOAD_TTL_S);
+                self.cluster.query::<i64>(expire)?;
+            }
+        }
+        let mut rename = redis::cmd("RENAME");
+        rename.arg(&upload).arg(&key);
+        self.cluster.query::<()>(rename)?;
+        // RENAME keeps the upload key's TTL: the component stays.
+        let mut persist = redis::cmd("PERSIST");
+        persist.arg(&key);
+        self.cluster.query::<i64>(persist)?;
         Ok(())
     }
 }
