@@ -158,6 +158,18 @@ impl Config {
         self.storage.check()?;
         if let Some(cluster) = &self.cluster {
             cluster.check()?;
+            // A tenant's Redis keys begin with `wisp:{tenant}:`: a ':' in
+            // the name would let tenant "a:kv" and tenant "a" write the
+            // same keys, and glob characters would spoil `SCAN MATCH`.
+            if let Some(t) = self.tenant.iter().find(|t| {
+                t.name
+                    .contains(|c: char| matches!(c, ':' | '*' | '?' | '[' | ']' | '{' | '}'))
+            }) {
+                return Err(format!(
+                    "tenant name {:?}: with [cluster], a tenant name may not hold ':', '*', '?', '[', ']', '{{' or '}}' (it begins the tenant's Redis keys)",
+                    t.name
+                ));
+            }
         }
         Ok(())
     }
