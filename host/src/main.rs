@@ -284,7 +284,11 @@ fn user(config: &Config, action: UserAction) -> anyhow::Result<()> {
     use wisp::services::subscribers;
 
     // The database, or with [cluster] Redis, which every node reads.
-    let storage = subscribers::Store::open(config)?;
+    let storage = subscribers::Store::open(
+        config.cluster.as_ref(),
+        &config.storage,
+        config.tenant.iter().map(|t| t.name.clone()).collect(),
+    )?;
     let tenant_of = |name: Option<String>| -> anyhow::Result<String> {
         match name {
             Some(name) if config.tenant.iter().any(|t| t.name == name) => Ok(name),

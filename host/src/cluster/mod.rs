@@ -15,12 +15,7 @@
 //! link. Without `[cluster]` none of this exists and the embedded SQLite
 //! storage serves alone.
 
-mod degraded;
-pub mod kv;
 mod link;
-pub mod ratelimit;
-pub mod subscribers;
-pub mod versions;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -11,8 +11,8 @@ use wasmtime::Result;
 use super::call::HostState;
 use super::wisp::proxy::ratelimit;
 use super::wisp::proxy::sip::Error;
-use crate::cluster::ratelimit as cluster_ratelimit;
 use crate::services::ratelimit::MAX_WINDOW_S;
+use crate::services::shared::ratelimit as cluster_ratelimit;
 
 /// The address a guest names (`endpoint.ip`, IPv6 with or without
 /// brackets).
@@ -27,7 +27,7 @@ fn parse_ip(text: &str) -> Option<IpAddr> {
 
 impl ratelimit::Host for HostState {
     /// With `[cluster]` the hits are counted in Redis, across the nodes
-    /// ([`crate::cluster::ratelimit`]); while Redis fails, by this node
+    /// ([`crate::services::shared::ratelimit`]); while Redis fails, by this node
     /// alone, as without `[cluster]`.
     fn check(&mut self, key: String, limit: u32, window_seconds: u32) -> Result<bool> {
         let services = &self.guest.services;

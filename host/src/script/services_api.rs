@@ -11,11 +11,11 @@ use super::call::{HostState, ResponseCtx};
 use super::host_api::reply;
 use super::wisp::proxy::sip as wit;
 use super::wisp::proxy::{acc, auth, kv, nat, permissions, registrar};
-use crate::cluster::kv as cluster_kv;
 use crate::proxy::{BranchTarget, RequestCtx};
 use crate::services::auth::{self as digest_auth, Kind, Outcome};
 use crate::services::kv::KvError;
 use crate::services::location::{self, SaveOptions};
+use crate::services::shared::kv as cluster_kv;
 use crate::services::{acc as accounting, nat as nathelper, StorageError};
 use crate::sip::{HeaderName, Method, Uri};
 
@@ -390,7 +390,7 @@ fn kv_error(err: KvError) -> wit::Error {
     }
 }
 
-/// With `[cluster]` the keys are in Redis ([`crate::cluster::kv`]), shared
+/// With `[cluster]` the keys are in Redis ([`crate::services::shared::kv`]), shared
 /// by every node; without, in this process's memory. A Redis call's time
 /// is the host's, as a database call's is.
 impl kv::Host for HostState {

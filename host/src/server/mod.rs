@@ -66,7 +66,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     )?);
     if let Some(cluster) = &cluster {
         // Versions across nodes: local changes published, the cluster's taken.
-        crate::cluster::versions::start(cluster.clone(), tenancy.clone())?;
+        crate::tenancy::versions::start(cluster.clone(), tenancy.clone())?;
     }
     warn_open_registrar(&config);
     if let Some(admin) = &config.admin {

@@ -1,5 +1,5 @@
 //! A key-value store with expiry, per tenant, in memory (Kamailio's htable).
-//! With `[cluster]` the keys are in Redis instead ([`crate::cluster::kv`]).
+//! With `[cluster]` the keys are in Redis instead ([`shared::kv`](crate::services::shared::kv)).
 //!
 //! Each tenant has a store of its own, made on its first key: [`SHARDS`]
 //! maps, each behind a lock of its own, chosen by a keyed hash of the key.

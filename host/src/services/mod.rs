@@ -19,6 +19,7 @@ pub mod nonce;
 pub mod permissions;
 pub mod ratelimit;
 mod readers;
+pub mod shared;
 pub mod storage;
 mod storage_error;
 pub mod subscribers;
@@ -53,7 +54,7 @@ pub struct Services {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// With `[cluster]`: the subscriber lookups read from Redis, dropped
     /// as the cluster says they changed.
-    pub subscriber_cache: crate::cluster::subscribers::Cache,
+    pub subscriber_cache: shared::subscribers::Cache,
 }
 
 impl Services {

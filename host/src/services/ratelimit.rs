@@ -11,7 +11,7 @@
 //! is full again are purged.
 //!
 //! With `[cluster]` the hits are counted in Redis across the nodes
-//! ([`crate::cluster::ratelimit`]); these buckets then serve only while
+//! ([`crate::services::shared::ratelimit`]); these buckets then serve only while
 //! Redis fails.
 
 use std::collections::hash_map::RandomState;

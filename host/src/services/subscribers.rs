@@ -2,7 +2,7 @@
 //! Only HA1 hashes (MD5 and SHA-256) are kept, never the password.
 //!
 //! In the database, or with `[cluster]` in Redis (see
-//! [`crate::cluster::subscribers`]): [`lookup_ha1`] and [`Store`] choose.
+//! [`crate::services::shared::subscribers`]): [`lookup_ha1`] and [`Store`] choose.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +10,10 @@ use std::time::Duration;
 use rusqlite::{params, OptionalExtension};
 
 use super::digest::{ha1, Algorithm};
+use super::shared::subscribers as shared;
 use super::storage::{Storage, StorageError};
 use super::Services;
-use crate::cluster::{subscribers as shared, Cluster};
+use crate::cluster::Cluster;
 
 /// The HA1 of a subscriber for an algorithm, if the subscriber exists:
 /// with `[cluster]` from Redis through the node's cache, else from the
@@ -47,13 +48,19 @@ pub enum Store {
 const CONNECT_WAIT: Duration = Duration::from_secs(5);
 
 impl Store {
-    pub fn open(config: &crate::config::Config) -> anyhow::Result<Store> {
-        Ok(match &config.cluster {
+    /// Redis with `[cluster]` (`tenants`: the configuration's), the
+    /// database of `[storage]` without.
+    pub fn open(
+        cluster: Option<&crate::cluster::ClusterConfig>,
+        storage: &super::StorageConfig,
+        tenants: Vec<String>,
+    ) -> anyhow::Result<Store> {
+        Ok(match cluster {
             Some(cluster) => Store::Cluster {
                 cluster: shared::connect(cluster, CONNECT_WAIT)?,
-                tenants: config.tenant.iter().map(|t| t.name.clone()).collect(),
+                tenants,
             },
-            None => Store::Database(Storage::open(&config.storage.path)?),
+            None => Store::Database(Storage::open(&storage.path)?),
         })
     }
 

@@ -15,6 +15,7 @@ mod directory;
 mod hooks;
 mod shared;
 mod tenant;
+pub mod versions;
 pub mod watch;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! Versions shared with other nodes: what tenancy tells the cluster (a
 //! local change put another component in service) and what it shows of
-//! it. Tenancy knows nothing of Redis; `crate::cluster::versions`
+//! it. Tenancy knows nothing of Redis; `versions.rs`
 //! implements this and drives [`super::Tenancy::adopt`] the other way.
 
 use std::sync::Arc;

@@ -35,7 +35,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use sha2::{Digest, Sha256};
 
-use super::{Cluster, ClusterError};
+use crate::cluster::{Cluster, ClusterError};
 use crate::tenancy::{ClusterView, SharedVersions, Tenancy};
 
 /// Where a new version is announced; the payload is the tenant's name.

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::ClusterError;
+use crate::cluster::ClusterError;
 
 /// One service's state: failing or not.
 pub struct Degraded {

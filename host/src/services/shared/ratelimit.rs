@@ -25,7 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use super::degraded::Degraded;
-use super::{Cluster, ClusterError};
+use crate::cluster::{Cluster, ClusterError};
 use crate::services::ratelimit::MAX_WINDOW_S;
 
 /// Whether the rate limits' Redis calls fail now.

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::degraded::Degraded;
-use super::{Cluster, ClusterError};
+use crate::cluster::{Cluster, ClusterError};
 use crate::services::digest::{ha1, Algorithm};
 use crate::transport::bounded::Bounded;
 
@@ -311,7 +311,10 @@ pub fn list(cluster: &Cluster, tenant: &str) -> Result<Vec<Listed>, ClusterError
 
 /// Starts a link for a command (`wisp user`) and waits up to `wait` for
 /// it to come up.
-pub fn connect(config: &super::ClusterConfig, wait: Duration) -> anyhow::Result<Arc<Cluster>> {
+pub fn connect(
+    config: &crate::cluster::ClusterConfig,
+    wait: Duration,
+) -> anyhow::Result<Arc<Cluster>> {
     let cluster = Cluster::start(config)?;
     let until = Instant::now() + wait;
     while !cluster.is_up() {

@@ -19,7 +19,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::degraded::Degraded;
-use super::{Cluster, ClusterError};
+use crate::cluster::{Cluster, ClusterError};
 use crate::services::kv::{check_key, KvError, Quota, MAX_KEY_LEN, MAX_VALUE_LEN};
 
 /// Whether the kv service's Redis calls fail now.
