@@ -161,10 +161,11 @@ impl Config {
             // A tenant's Redis keys begin with `wisp:{tenant}:`: a ':' in
             // the name would let tenant "a:kv" and tenant "a" write the
             // same keys, and glob characters would spoil `SCAN MATCH`.
-            if let Some(t) = self.tenant.iter().find(|t| {
-                t.name
-                    .contains(|c: char| matches!(c, ':' | '*' | '?' | '[' | ']' | '{' | '}'))
-            }) {
+            if let Some(t) = self
+                .tenant
+                .iter()
+                .find(|t| t.name.contains([':', '*', '?', '[', ']', '{', '}']))
+            {
                 return Err(format!(
                     "tenant name {:?}: with [cluster], a tenant name may not hold ':', '*', '?', '[', ']', '{{' or '}}' (it begins the tenant's Redis keys)",
                     t.name
