@@ -92,11 +92,12 @@ pub fn loose_route(msg: &mut Message, locality: &Locality) -> LooseRoute {
 /// whatever the routing does with the Route (the bundled routing drops
 /// preloaded Routes); a token not of this process names nothing.
 pub fn flow_route(msg: &Message, locality: &Locality) -> Option<Target> {
-    let top = first_route(msg)?;
-    if !sip::mentions(&top, "ob") {
+    // Borrowed, not copied: every in-dialog request carries Routes.
+    let top = msg.values(&HeaderName::Route).next()?;
+    if !sip::mentions(top, "ob") {
         return None;
     }
-    let route = NameAddr::parse(&top).ok()?;
+    let route = NameAddr::parse(top).ok()?;
     if route.uri.param("ob").is_none() || !locality.is_myself(&route.uri) {
         return None;
     }
