@@ -6,17 +6,19 @@
 //!
 //! The count is exported as `wisp_allocations_total` in /metrics.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+use mimalloc::MiMalloc as System;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
-/// The system allocator, counting every `alloc`, `alloc_zeroed` and
+/// The allocator of the serving build (mimalloc), counting every `alloc`, `alloc_zeroed` and
 /// `realloc` (a `realloc` that grows in place is still a call into the
 /// allocator, which is what the count is for).
 pub struct Counting;
 
-// SAFETY: every method forwards to `System` with the caller's arguments;
+// SAFETY: every method forwards to mimalloc with the caller's arguments;
 // the counter has no effect on the memory handed out.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
