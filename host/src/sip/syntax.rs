@@ -33,12 +33,36 @@ pub(super) fn is_token(s: &str) -> bool {
 }
 
 /// SP or HTAB (what is left of LWS once folding is undone).
+#[inline]
 pub(super) fn is_ws(c: u8) -> bool {
     c == b' ' || c == b'\t'
 }
 
+#[inline]
 pub(super) fn trim_ws(s: &str) -> &str {
-    s.trim_matches([' ', '\t'])
+    trim_ws_end(trim_ws_start(s))
+}
+
+/// `s` without its leading SP and HTAB.
+#[inline]
+pub(super) fn trim_ws_start(s: &str) -> &str {
+    let n = s.bytes().take_while(|&c| is_ws(c)).count();
+    // SP and HTAB are ASCII: `n` is a char boundary.
+    s.get(n..).unwrap_or_default()
+}
+
+/// `s` without its trailing SP and HTAB.
+#[inline]
+pub(super) fn trim_ws_end(s: &str) -> &str {
+    let n = s.bytes().rev().take_while(|&c| is_ws(c)).count();
+    s.get(..s.len() - n).unwrap_or_default()
+}
+
+/// Where the first `byte` (ASCII) of `s` is: a plain byte loop, cheaper on
+/// the short texts of header values than `str::find` and its searcher.
+#[inline]
+pub(super) fn find_byte(s: &str, byte: u8) -> Option<usize> {
+    s.bytes().position(|c| c == byte)
 }
 
 /// Length in bytes of the quoted-string at the start of `s` (which must start
@@ -64,6 +88,9 @@ pub(super) fn unquote(s: &str) -> String {
         .strip_prefix('"')
         .and_then(|s| s.strip_suffix('"'))
         .unwrap_or(s);
+    if !inner.bytes().any(|c| c == b'\\') {
+        return inner.to_string();
+    }
     let mut out = String::with_capacity(inner.len());
     let mut chars = inner.chars();
     while let Some(c) = chars.next() {

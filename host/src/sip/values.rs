@@ -3,12 +3,48 @@
 
 use super::syntax::trim_ws;
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The bytes of `word` that are `byte`, as their high bits; exact up to
+/// the first one (bits above it may be false hits).
+#[inline(always)]
+fn bytes_equal(word: u64, byte: u8) -> u64 {
+    let v = word ^ (ONES * u64::from(byte));
+    v.wrapping_sub(ONES) & !v & HIGHS
+}
+
+/// Where the first `,`, `"` or `<` of `b` is (the bytes where a separating
+/// comma can be, or where quoting starts), eight bytes at a time.
+#[inline]
+fn first_special(b: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(bytes);
+        let hits = bytes_equal(word, b',') | bytes_equal(word, b'"') | bytes_equal(word, b'<');
+        if hits != 0 {
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    b.get(i..)?
+        .iter()
+        .position(|&c| matches!(c, b',' | b'"' | b'<'))
+        .map(|j| i + j)
+}
+
 /// Byte offset of the first separating comma in `s`, if any.
 pub(super) fn first_comma(s: &str) -> Option<usize> {
     let b = s.as_bytes();
+    // Up to the first comma, quote or "<" no state changes: skip there.
+    let mut i = first_special(b)?;
+    if b[i] == b',' {
+        return Some(i);
+    }
     let mut in_quotes = false;
     let mut in_angle = false;
-    let mut i = 0;
     while i < b.len() {
         match b[i] {
             b'\\' if in_quotes => i += 1,
@@ -26,18 +62,25 @@ pub(super) fn first_comma(s: &str) -> Option<usize> {
 /// Splits a list value into its trimmed, non-empty elements.
 pub fn split_list(s: &str) -> impl Iterator<Item = &str> {
     let mut rest = Some(s);
-    std::iter::from_fn(move || loop {
-        let s = rest?;
+    std::iter::from_fn(move || next_element(&mut rest))
+}
+
+/// The next trimmed, non-empty element of what is left of a list value
+/// (`None` once all of it was read), as [`split_list`] gives them.
+#[inline]
+pub(super) fn next_element<'a>(rest: &mut Option<&'a str>) -> Option<&'a str> {
+    loop {
+        let s = (*rest)?;
         let (item, next) = match first_comma(s) {
             Some(i) => (&s[..i], Some(&s[i + 1..])),
             None => (s, None),
         };
-        rest = next;
+        *rest = next;
         let item = trim_ws(item);
         if !item.is_empty() {
             return Some(item);
         }
-    })
+    }
 }
 
 /// The first non-empty element of a list value and what follows it (after

@@ -5,7 +5,9 @@ use std::borrow::Cow;
 use std::fmt;
 
 use super::error::ParseError;
-use super::syntax::{is_token, is_token_char, is_ws, scan_params, trim_ws, Params};
+use super::syntax::{
+    find_byte, is_token, is_token_char, is_ws, scan_params, trim_ws, trim_ws_start, Params,
+};
 use super::uri::{parse_hostport, Host};
 use super::values::first_comma;
 
@@ -59,13 +61,21 @@ fn parse_parts(value: &str) -> Result<Parts<'_>, ParseError> {
         return Err(bad("several values"));
     }
     // sent-protocol = protocol-name SLASH protocol-version SLASH transport
-    let mut rest = value;
     let mut fields = [""; 3];
-    for (i, field) in fields.iter_mut().enumerate() {
-        rest = rest.trim_start_matches([' ', '\t']);
+    // The usual spelling, "SIP/2.0/", needs no scan.
+    let (mut rest, first) = match value.strip_prefix("SIP/2.0/") {
+        Some(rest) => {
+            fields[0] = "SIP";
+            fields[1] = "2.0";
+            (rest, 2)
+        }
+        None => (value, 0),
+    };
+    for (i, field) in fields.iter_mut().enumerate().skip(first) {
+        rest = trim_ws_start(rest);
         let len = rest.bytes().take_while(|&c| is_token_char(c)).count();
         *field = &rest[..len];
-        rest = rest[len..].trim_start_matches([' ', '\t']);
+        rest = trim_ws_start(&rest[len..]);
         if i < 2 {
             rest = rest
                 .strip_prefix('/')
@@ -85,9 +95,9 @@ fn parse_parts(value: &str) -> Result<Parts<'_>, ParseError> {
     }
     // Drop the whitespace COLON allows; any other whitespace stays and
     // makes the host or port invalid.
-    let colon = match sent_by.rfind(']') {
-        Some(close) => sent_by[close..].find(':').map(|i| i + close),
-        None => sent_by.find(':'),
+    let colon = match sent_by.bytes().rposition(|c| c == b']') {
+        Some(close) => find_byte(&sent_by[close..], b':').map(|i| i + close),
+        None => find_byte(sent_by, b':'),
     };
     let joined;
     let sent_by = match colon {
