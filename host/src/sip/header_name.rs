@@ -105,7 +105,9 @@ impl HeaderName {
             _ => None,
         };
         if let Some((lower, known)) = candidate {
-            if name.eq_ignore_ascii_case(lower) {
+            // Most senders spell names canonically: one memcmp, before the
+            // byte-by-byte comparison that ignores case.
+            if known.known_str().is_some_and(|k| k == name) || name.eq_ignore_ascii_case(lower) {
                 return known;
             }
         }
@@ -239,5 +241,61 @@ mod tests {
         assert!(HeaderName::Via.is_list());
         assert!(!HeaderName::From.is_list());
         assert!(!HeaderName::parse("Date").is_list());
+    }
+
+    #[test]
+    fn every_known_name() {
+        let known = [
+            HeaderName::Via,
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::CallId,
+            HeaderName::CSeq,
+            HeaderName::Contact,
+            HeaderName::ContentLength,
+            HeaderName::ContentType,
+            HeaderName::MaxForwards,
+            HeaderName::Route,
+            HeaderName::RecordRoute,
+            HeaderName::Require,
+            HeaderName::ProxyRequire,
+            HeaderName::Supported,
+            HeaderName::Unsupported,
+            HeaderName::Expires,
+            HeaderName::Allow,
+            HeaderName::Authorization,
+            HeaderName::ProxyAuthorization,
+            HeaderName::WwwAuthenticate,
+            HeaderName::ProxyAuthenticate,
+            HeaderName::UserAgent,
+            HeaderName::Server,
+            HeaderName::Subject,
+            HeaderName::Event,
+            HeaderName::Path,
+        ];
+        for name in known {
+            let s = name.as_str();
+            for spelt in [
+                s.to_string(),
+                s.to_ascii_lowercase(),
+                s.to_ascii_uppercase(),
+            ] {
+                let parsed = HeaderName::parse(&spelt);
+                assert!(!matches!(parsed, HeaderName::Other(_)), "{spelt}");
+                assert_eq!(parsed, name, "{spelt}");
+            }
+            // One letter off is another header.
+            let mut off = s.to_string();
+            off.push('x');
+            assert!(matches!(HeaderName::parse(&off), HeaderName::Other(_)));
+            let off = format!("x{}", &s[1..]);
+            assert!(
+                matches!(HeaderName::parse(&off), HeaderName::Other(_)),
+                "{off}"
+            );
+        }
+        assert!(matches!(HeaderName::parse("Contakt"), HeaderName::Other(_)));
+        assert!(matches!(HeaderName::parse("Cal-IDx"), HeaderName::Other(_)));
+        assert!(matches!(HeaderName::parse(""), HeaderName::Other(_)));
     }
 }

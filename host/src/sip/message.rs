@@ -339,6 +339,15 @@ impl Message {
         }
     }
 
+    /// Whether [`Message::values`] gives anything, without splitting: a
+    /// line of a list header holds a non-empty element exactly when it
+    /// holds a byte other than SP, HTAB and ",".
+    pub(super) fn has_value(&self, name: &HeaderName) -> bool {
+        let list = name.is_list();
+        self.header_lines(name)
+            .any(|v| !list || v.bytes().any(|c| !matches!(c, b' ' | b'\t' | b',')))
+    }
+
     fn make_header(name: HeaderName, value: &str) -> Result<Header, ParseError> {
         check_value(value)?;
         let raw = match name.known_str() {
@@ -509,7 +518,7 @@ impl Message {
                 .values(&HeaderName::Via)
                 .next()
                 .ok_or_else(|| ParseError::missing("Via"))?;
-            Via::parse(v)
+            Via::parse_element(v)
         })
     }
 
@@ -695,6 +704,30 @@ mod tests {
             vec!["<sip:r1;lr>", "<sip:r2;lr>", "<sip:r3;lr>"]
         );
         assert_eq!(m.max_forwards(), Some(Ok(70)));
+        for name in [
+            HeaderName::Via,
+            HeaderName::Route,
+            HeaderName::From,
+            HeaderName::Subject,
+        ] {
+            assert_eq!(m.has_value(&name), m.values(&name).next().is_some());
+        }
+        let m = parse(Bytes::from_static(
+            b"OPTIONS sip:a@b SIP/2.0\r\nRoute: , ,\r\nSubject:\r\nVia: ,\"\"\r\n\r\n",
+        ))
+        .unwrap();
+        for name in [
+            HeaderName::Via,
+            HeaderName::Route,
+            HeaderName::From,
+            HeaderName::Subject,
+        ] {
+            assert_eq!(
+                m.has_value(&name),
+                m.values(&name).next().is_some(),
+                "{name}"
+            );
+        }
         assert_eq!(m.status(), None);
     }
 

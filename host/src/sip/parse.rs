@@ -145,26 +145,34 @@ fn scan_line(data: &[u8], pos: usize) -> LineScan {
         let mut bytes = [0u8; 8];
         bytes.copy_from_slice(chunk);
         let word = u64::from_le_bytes(bytes);
-        let hits = bytes_equal(word, b'\n') | bytes_equal(word, b'\r') | (word & HIGHS);
-        if hits == 0 {
+        let lf = bytes_equal(word, b'\n');
+        let cr = bytes_equal(word, b'\r');
+        let high = word & HIGHS;
+        if lf | cr | high == 0 {
             i += 8;
             continue;
         }
-        for (j, &c) in chunk.iter().enumerate() {
-            match c {
-                b'\n' => {
-                    return LineScan {
-                        end: i + j,
-                        first_cr,
-                        non_ascii,
-                    }
-                }
-                b'\r' => {
-                    first_cr.get_or_insert(i + j);
-                }
-                c if c >= 0x80 => non_ascii = true,
-                _ => {}
-            }
+        // The lowest hit of each mask is exact (false hits only come above
+        // a true one), so the bytes before the first LF are told apart
+        // without a byte loop.
+        let (before, end) = if lf == 0 {
+            (u64::MAX, None)
+        } else {
+            let at = lf.trailing_zeros() / 8;
+            ((1u64 << (at * 8)).wrapping_sub(1), Some(i + at as usize))
+        };
+        if cr & before != 0 {
+            first_cr.get_or_insert(i + ((cr & before).trailing_zeros() / 8) as usize);
+        }
+        if high & before != 0 {
+            non_ascii = true;
+        }
+        if let Some(end) = end {
+            return LineScan {
+                end,
+                first_cr,
+                non_ascii,
+            };
         }
         i += 8;
     }

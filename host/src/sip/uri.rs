@@ -61,10 +61,10 @@ impl Host {
         if s.is_empty() {
             return Err(ParseError::new("Bad host: empty"));
         }
+        if let Some(a) = dotted_quad(s.as_bytes()) {
+            return Ok(Host::V4(a));
+        }
         if s.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
-            if let Some(a) = dotted_quad(s.as_bytes()) {
-                return Ok(Host::V4(a));
-            }
             return s
                 .parse()
                 .map(Host::V4)
@@ -499,6 +499,42 @@ mod tests {
         let u = Uri::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
         assert_eq!(u.to_string(), s);
         u
+    }
+
+    #[test]
+    fn dotted_quads_as_the_general_parser() {
+        for s in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "255.255.255.255",
+            "256.0.0.1",
+            "01.2.3.4",
+            "1.2.3",
+            "1.2.3.4.5",
+            "1..2.3",
+            "1.2.3.4.",
+            ".1.2.3",
+            "1234.1.1.1",
+            "10.0.0.00",
+            "192.168.100.200",
+            "",
+            "1.2.3.a",
+        ] {
+            let general: Option<Ipv4Addr> = s.parse().ok();
+            if let Some(a) = dotted_quad(s.as_bytes()) {
+                assert_eq!(Some(a), general, "{s}");
+            }
+            if !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
+                assert_eq!(Host::parse(s).ok(), general.map(Host::V4), "{s}");
+            }
+        }
+        assert!(dotted_quad(b"192.0.2.1").is_some());
+        assert_eq!(parse_port("05060").unwrap(), 5060);
+        assert_eq!(parse_port("65535").unwrap(), 65535);
+        assert!(parse_port("65536").is_err());
+        assert!(parse_port("99999999999999999999").is_err());
+        assert!(parse_port("").is_err());
+        assert!(parse_port("+1").is_err());
     }
 
     #[test]

@@ -43,8 +43,37 @@ pub(super) fn first_comma(s: &str) -> Option<usize> {
     if b[i] == b',' {
         return Some(i);
     }
+    // Outside quotes and "<>" only "," '"' and "<" matter; inside a
+    // quoted-string only "\\" (which hides the next byte) and the closing
+    // quote; inside "<>" only ">". Quotes and "<>" do not nest in each
+    // other.
+    loop {
+        match b[i] {
+            b',' => return Some(i),
+            b'"' => {
+                i += 1;
+                loop {
+                    i += b.get(i..)?.iter().position(|&c| c == b'"' || c == b'\\')?;
+                    if b[i] == b'"' {
+                        break;
+                    }
+                    i += 2;
+                }
+            }
+            _ => i += b.get(i + 1..)?.iter().position(|&c| c == b'>')? + 1,
+        }
+        i += 1;
+        i += first_special(b.get(i..)?)?;
+    }
+}
+
+/// [`first_comma`] as a byte-by-byte state machine: what it must agree with.
+#[cfg(test)]
+fn first_comma_reference(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
     let mut in_quotes = false;
     let mut in_angle = false;
+    let mut i = 0;
     while i < b.len() {
         match b[i] {
             b'\\' if in_quotes => i += 1,
@@ -122,5 +151,30 @@ mod tests {
         assert_eq!(split_first(" , a , b"), Some(("a", Some("b"))));
         assert_eq!(split_first("a ,"), Some(("a", None)));
         assert_eq!(split_first(" ,"), None);
+    }
+
+    #[test]
+    fn first_comma_agrees_with_the_state_machine() {
+        // Every string of up to 5 bytes over the bytes that matter, and
+        // some longer ones that cross the eight-byte steps.
+        let alphabet = [b'a', b',', b'"', b'\\', b'<', b'>', b' '];
+        let mut cases: Vec<String> = vec![String::new()];
+        for len in 1..=5u32 {
+            for mut n in 0..alphabet.len().pow(len) {
+                let mut s = Vec::new();
+                for _ in 0..len {
+                    s.push(alphabet[n % alphabet.len()]);
+                    n /= alphabet.len();
+                }
+                cases.push(String::from_utf8(s).unwrap());
+            }
+        }
+        for s in cases.clone() {
+            cases.push(format!("0123456789abcdef{s}xyz{s}"));
+            cases.push(format!("{s}0123456789\"abc,def\"{s},<sip:a,b>{s}"));
+        }
+        for s in &cases {
+            assert_eq!(first_comma(s), first_comma_reference(s), "{s:?}");
+        }
     }
 }

@@ -55,9 +55,13 @@ struct Parts<'a> {
 /// Parses one Via value (not a comma-separated list): the sent-protocol,
 /// the sent-by and the parameters, checked, without allocation (but for a
 /// host name, or whitespace around the sent-by's colon).
-fn parse_parts(value: &str) -> Result<Parts<'_>, ParseError> {
+///
+/// `element`: `value` is an element of a list already split on its
+/// separating commas ([`Message::values`](super::Message::values)), so it
+/// holds none and the scan for one is skipped.
+fn parse_parts(value: &str, element: bool) -> Result<Parts<'_>, ParseError> {
     let value = trim_ws(value);
-    if first_comma(value).is_some() {
+    if !element && first_comma(value).is_some() {
         return Err(bad("several values"));
     }
     // sent-protocol = protocol-name SLASH protocol-version SLASH transport
@@ -164,7 +168,17 @@ impl Via {
     /// allowed around "/" ":" ";" "=" as the ABNF's SLASH, COLON, SEMI and
     /// EQUAL say (RFC 4475 wsinv).
     pub fn parse(value: &str) -> Result<Via, ParseError> {
-        let parts = parse_parts(value)?;
+        Self::from_parts(parse_parts(value, false)?)
+    }
+
+    /// [`Via::parse`] of an element of the Via list as
+    /// [`Message::values`](super::Message::values) gives it (which holds no
+    /// separating comma).
+    pub(super) fn parse_element(value: &str) -> Result<Via, ParseError> {
+        Self::from_parts(parse_parts(value, true)?)
+    }
+
+    fn from_parts(parts: Parts<'_>) -> Result<Via, ParseError> {
         let params = Params::kept(parts.params, parts.params_ws);
         Ok(Via {
             transport: transport_name(parts.transport),
@@ -174,10 +188,12 @@ impl Via {
         })
     }
 
-    /// Whether `value` is one valid Via value, as [`Via::parse`] would
-    /// find, without keeping it (the Vias below the top one).
+    /// Whether `value`, an element of the Via list as
+    /// [`Message::values`](super::Message::values) gives it, is one valid
+    /// Via value, as [`Via::parse`] would find, without keeping it (the
+    /// Vias below the top one).
     pub(super) fn check(value: &str) -> Result<(), ParseError> {
-        parse_parts(value).map(|_| ())
+        parse_parts(value, true).map(|_| ())
     }
 
     /// A parameter by name (case-insensitive): `Some(None)` for a flag such
@@ -325,5 +341,7 @@ mod tests {
         assert_eq!(Via::parse(&v.to_string()).unwrap(), v);
         assert!(Via::check("SIP/2.0/UDP h;branch=z9hG4bK1").is_ok());
         assert!(Via::check("SIP/2.0/UDP h;received=x").is_err());
+        assert!(Via::parse_element("SIP/2.0/UDP h;branch=z9hG4bK1").is_ok());
+        assert!(Via::parse("SIP/2.0/UDP h, SIP/2.0/UDP i").is_err());
     }
 }
