@@ -204,7 +204,11 @@ pub(super) fn scan_params<'a>(
             let len = if rest.starts_with('"') {
                 quoted_len(rest).map_err(|_| ParseError::bad_header(what, "unbalanced quotes"))?
             } else {
-                rest.bytes().take_while(|&c| is_gen_value_char(c)).count()
+                let mut end = i;
+                while end < b.len() && is_gen_value_char(b[end]) {
+                    end += 1;
+                }
+                end - i
             };
             if len == 0 {
                 return Err(ParseError::bad_header(what, "empty parameter value"));

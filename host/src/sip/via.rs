@@ -130,7 +130,7 @@ fn parse_parts(value: &str, element: bool) -> Result<Parts<'_>, ParseError> {
             // via-received = IPv4address / IPv6reference (RFC 5118 §4.5: the
             // unbracketed IPv6 form of RFC 3261's ABNF is not accepted).
             let ok = value.is_some_and(|r| {
-                (r.starts_with('[') || !r.contains(':'))
+                (r.starts_with('[') || find_byte(r, b':').is_none())
                     && matches!(Host::parse(r), Ok(Host::V4(_) | Host::V6(_)))
             });
             if !ok {
