@@ -179,14 +179,36 @@ pub fn http_date(unix: i64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
-        DAYS[days.rem_euclid(7) as usize],
-        MONTHS[(month - 1) as usize],
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    let weekday = DAYS[days.rem_euclid(7) as usize];
+    let month = MONTHS[(month - 1) as usize];
+    if !(1000..=9999).contains(&year) {
+        return format!(
+            "{weekday}, {day:02} {month} {year} {:02}:{:02}:{:02} GMT",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        );
+    }
+    // Every REGISTER's 200 carries one: put together without `fmt`.
+    let two = |n: i64| [b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8];
+    let mut out = Vec::with_capacity(29);
+    out.extend_from_slice(weekday.as_bytes());
+    out.extend_from_slice(b", ");
+    out.extend_from_slice(&two(day));
+    out.push(b' ');
+    out.extend_from_slice(month.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(&two(year / 100));
+    out.extend_from_slice(&two(year % 100));
+    out.push(b' ');
+    out.extend_from_slice(&two(secs / 3600));
+    out.push(b':');
+    out.extend_from_slice(&two(secs / 60 % 60));
+    out.push(b':');
+    out.extend_from_slice(&two(secs % 60));
+    out.extend_from_slice(b" GMT");
+    // ASCII only.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The address-of-record key of a URI: its user part.
