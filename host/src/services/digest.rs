@@ -295,7 +295,11 @@ fn find_char(text: &str, stop: impl Fn(char) -> bool) -> usize {
 /// the text after its closing quote.
 fn quoted_string(text: &str) -> Result<(Cow<'_, str>, &str), CredentialsError> {
     let unterminated = CredentialsError::Malformed("unterminated string");
-    let end = text.find(['"', '\\']).ok_or(unterminated.clone())?;
+    // Bytes: neither is part of another character in UTF-8.
+    let end = text
+        .bytes()
+        .position(|b| b == b'"' || b == b'\\')
+        .ok_or(unterminated.clone())?;
     if text.as_bytes()[end] == b'"' {
         return Ok((Cow::Borrowed(&text[..end]), &text[end + 1..]));
     }

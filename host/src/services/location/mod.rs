@@ -493,12 +493,34 @@ pub fn reply_contacts(bindings: &[Binding], now: i64) -> Vec<(HeaderName, String
             if b.reg_id > 0 {
                 outbound.push_str(&format!(";reg-id={}", b.reg_id));
             }
-            (
-                HeaderName::Contact,
-                format!("<{}>;expires={left}{q}{outbound}", b.contact),
-            )
+            // `<{contact}>;expires={left}{q}{outbound}`, without `fmt`.
+            let mut value = String::with_capacity(b.contact.len() + 32 + q.len() + outbound.len());
+            value.push('<');
+            value.push_str(&b.contact);
+            value.push_str(">;expires=");
+            push_decimal(&mut value, left.unsigned_abs());
+            value.push_str(&q);
+            value.push_str(&outbound);
+            (HeaderName::Contact, value)
         })
         .collect()
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
 }
 
 #[cfg(test)]
