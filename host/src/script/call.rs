@@ -58,13 +58,15 @@ impl Guest {
     /// [`Guest::is_myself`] for a URI's host and port (the default port of
     /// its scheme when it has none).
     pub fn is_myself_host(&self, host: &crate::sip::Host, port: u16) -> bool {
+        // The port first: a look at the listeners is cheaper than the
+        // load of the shared domain list.
         self.locality.is_myself_host(host, port)
-            || self.domains.contains(host)
-                && self
-                    .locality
-                    .listeners()
-                    .iter()
-                    .any(|l| l.local.port() == port)
+            || self
+                .locality
+                .listeners()
+                .iter()
+                .any(|l| l.local.port() == port)
+                && self.domains.contains(host)
     }
 }
 
