@@ -98,8 +98,9 @@ impl Domains {
         }
         match host {
             Host::Name(name) => domains.iter().any(|d| d.eq_ignore_ascii_case(name)),
-            Host::V4(ip) => domains.iter().any(|d| *d == ip.to_string()),
-            Host::V6(ip) => domains.iter().any(|d| *d == ip.to_string()),
+            // The address written once, not once per domain.
+            Host::V4(ip) => domains.contains(&ip.to_string()),
+            Host::V6(ip) => domains.contains(&ip.to_string()),
         }
     }
 }
