@@ -5,13 +5,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::ResourceTable;
+use std::any::Any;
+
+use wasmtime::component::{Resource, ResourceTable, ResourceTableError};
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::limits::Limits;
 use crate::metrics::TenantMetrics;
-use crate::proxy::{Action, Locality, TxVars};
+use crate::proxy::{Action, Locality, RequestCtx, TxVars};
 use crate::sip::{Host, Message, Scheme, Uri};
 use arc_swap::ArcSwap;
 
@@ -56,13 +58,15 @@ impl Guest {
     /// [`Guest::is_myself`] for a URI's host and port (the default port of
     /// its scheme when it has none).
     pub fn is_myself_host(&self, host: &crate::sip::Host, port: u16) -> bool {
+        // The port first: a look at the listeners is cheaper than the
+        // load of the shared domain list.
         self.locality.is_myself_host(host, port)
-            || self.domains.contains(host)
-                && self
-                    .locality
-                    .listeners()
-                    .iter()
-                    .any(|l| l.local.port() == port)
+            || self
+                .locality
+                .listeners()
+                .iter()
+                .any(|l| l.local.port() == port)
+                && self.domains.contains(host)
     }
 }
 
@@ -94,8 +98,9 @@ impl Domains {
         }
         match host {
             Host::Name(name) => domains.iter().any(|d| d.eq_ignore_ascii_case(name)),
-            Host::V4(ip) => domains.iter().any(|d| *d == ip.to_string()),
-            Host::V6(ip) => domains.iter().any(|d| *d == ip.to_string()),
+            // The address written once, not once per domain.
+            Host::V4(ip) => domains.contains(&ip.to_string()),
+            Host::V6(ip) => domains.contains(&ip.to_string()),
         }
     }
 }
@@ -136,7 +141,7 @@ impl HookError {
 /// The data of one wasmtime Store: one per warm instance.
 pub struct HostState {
     pub(super) wasi: WasiCtx,
-    pub(super) table: ResourceTable,
+    pub(super) table: HookTable,
     pub(super) limits: InstanceLimits,
     pub(super) guest: Arc<Guest>,
     /// What the current hook call decided, as the proxy core's actions.
@@ -196,7 +201,7 @@ impl HostState {
     pub(super) fn new(guest: Arc<Guest>) -> Self {
         HostState {
             wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
+            table: HookTable::default(),
             limits: InstanceLimits::new(&guest.limits),
             guest,
             actions: Vec::new(),
@@ -206,6 +211,84 @@ impl HostState {
             vars: TxVars::default(),
             storage_time: StorageTime::default(),
         }
+    }
+}
+
+/// The rep of the hook call's request, and of its response: each is the
+/// only one of its type a hook is lent (the guest tells them apart by
+/// their resource types, `fields` by the parent it encodes).
+pub(super) const LENT_REP: u32 = 0;
+
+/// The store's resource table (WASI's handles), with the request and the
+/// response of the current hook call kept beside it rather than in it:
+/// a `ResourceTable` boxes what it holds, which cost an allocation and a
+/// free, and two copies, of every message lent to every hook call.
+/// Reading them goes through [`HookTable::get`] as reading the table did.
+#[derive(Default)]
+pub(super) struct HookTable {
+    pub(super) wasi: ResourceTable,
+    request: Option<RequestCtx>,
+    response: Option<ResponseCtx>,
+}
+
+impl HookTable {
+    /// Lends `req` to the hook call: the rep of its handle.
+    pub(super) fn lend_request(&mut self, req: RequestCtx) -> u32 {
+        self.request = Some(req);
+        LENT_REP
+    }
+
+    /// Lends `res` to the hook call: the rep of its handle.
+    pub(super) fn lend_response(&mut self, res: ResponseCtx) -> u32 {
+        self.response = Some(res);
+        LENT_REP
+    }
+
+    /// Takes the request back after the hook call.
+    pub(super) fn take_request(&mut self) -> Option<RequestCtx> {
+        self.request.take()
+    }
+
+    /// Takes the response back after the hook call.
+    pub(super) fn take_response(&mut self) -> Option<ResponseCtx> {
+        self.response.take()
+    }
+
+    /// What `key` names: the lent request or response, or an entry of the
+    /// resource table.
+    pub(super) fn get<T: Any>(&self, key: &Resource<T>) -> Result<&T, ResourceTableError> {
+        if key.rep() == LENT_REP {
+            let lent = (self.request.as_ref().map(|r| r as &dyn Any))
+                .and_then(|r| r.downcast_ref::<T>())
+                .or_else(|| {
+                    (self.response.as_ref().map(|r| r as &dyn Any))
+                        .and_then(|r| r.downcast_ref::<T>())
+                });
+            if let Some(lent) = lent {
+                return Ok(lent);
+            }
+        }
+        self.wasi.get(key)
+    }
+
+    /// [`HookTable::get`], mutable.
+    pub(super) fn get_mut<T: Any>(
+        &mut self,
+        key: &Resource<T>,
+    ) -> Result<&mut T, ResourceTableError> {
+        if key.rep() == LENT_REP {
+            if let Some(req) = self.request.as_mut() {
+                if let Some(lent) = (req as &mut dyn Any).downcast_mut::<T>() {
+                    return Ok(lent);
+                }
+            }
+            if let Some(res) = self.response.as_mut() {
+                if let Some(lent) = (res as &mut dyn Any).downcast_mut::<T>() {
+                    return Ok(lent);
+                }
+            }
+        }
+        self.wasi.get_mut(key)
     }
 }
 
@@ -340,7 +423,7 @@ impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
             ctx: &mut self.wasi,
-            table: &mut self.table,
+            table: &mut self.table.wasi,
         }
     }
 }

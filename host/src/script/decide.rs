@@ -218,7 +218,7 @@ mod tests {
                 trusted: false,
             },
         );
-        state.table.push(ctx).expect("table").rep()
+        state.table.lend_request(ctx)
     }
 
     fn reply(code: u16, reason: Option<&str>, headers: &[(&str, &str)]) -> wit::Action {

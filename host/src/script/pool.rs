@@ -140,22 +140,44 @@ impl Pool {
     /// (the proxy may still have to answer it).
     /// A version suspended for a crash loop is not run (`HookError::Suspended`).
     pub fn route(&self, req: RequestCtx, vars: &mut TxVars) -> (RequestCtx, HookResult<()>) {
-        if let Some(left) = self.health.suspended(Instant::now()) {
-            self.guest.metrics.suspended.inc();
-            return (req, Err(HookError::Suspended(left)));
-        }
-        let (req, _, result) = self.call(ROUTE, req, None, None, vars, |router, store, req, _| {
-            let rep = req.rep();
-            let info = {
-                let state = store.data();
-                let ctx = state.req(&req)?;
-                state.request_info(ctx)
-            };
-            let action = router.call_route(&mut *store, req, &info)?;
-            store.data_mut().decide_route(rep, action);
-            Ok(())
-        });
+        let (req, result, _) = self.route_from(Instant::now(), req, vars);
         (req, result)
+    }
+
+    /// [`Pool::route`] begun at `started` (a clock read the caller
+    /// already made), with when it ended: one clock read before and one
+    /// after serve the caller's accounting, the crash-loop check and the
+    /// hook metrics.
+    pub fn route_from(
+        &self,
+        started: Instant,
+        req: RequestCtx,
+        vars: &mut TxVars,
+    ) -> (RequestCtx, HookResult<()>, Instant) {
+        if let Some(left) = self.health.suspended(started) {
+            self.guest.metrics.suspended.inc();
+            return (req, Err(HookError::Suspended(left)), started);
+        }
+        let (req, _, result, ended) = self.call(
+            ROUTE,
+            started,
+            req,
+            None,
+            None,
+            vars,
+            |router, store, req, _| {
+                let rep = req.rep();
+                let info = {
+                    let state = store.data();
+                    let ctx = state.req(&req)?;
+                    state.request_info(ctx)
+                };
+                let action = router.call_route(&mut *store, req, &info)?;
+                store.data_mut().decide_route(rep, action);
+                Ok(())
+            },
+        );
+        (req, result, ended)
     }
 
     /// The on-branch hook on one branch's copy of the request.
@@ -165,11 +187,28 @@ impl Pool {
         index: u32,
         vars: &mut TxVars,
     ) -> (RequestCtx, HookResult<()>) {
-        let (req, _, result) =
-            self.call(ON_BRANCH, req, None, None, vars, |router, store, req, _| {
-                router.call_on_branch(store, req, index)
-            });
+        let (req, result, _) = self.on_branch_from(Instant::now(), req, index, vars);
         (req, result)
+    }
+
+    /// [`Pool::on_branch`] begun at `started`, with when it ended.
+    pub fn on_branch_from(
+        &self,
+        started: Instant,
+        req: RequestCtx,
+        index: u32,
+        vars: &mut TxVars,
+    ) -> (RequestCtx, HookResult<()>, Instant) {
+        let (req, _, result, ended) = self.call(
+            ON_BRANCH,
+            started,
+            req,
+            None,
+            None,
+            vars,
+            |router, store, req, _| router.call_on_branch(store, req, index),
+        );
+        (req, result, ended)
     }
 
     /// The on-reply hook: true keeps the response, which came from `source`.
@@ -180,8 +219,22 @@ impl Pool {
         source: std::net::SocketAddr,
         vars: &mut TxVars,
     ) -> (RequestCtx, Message, HookResult<bool>) {
-        let (req, res, result) = self.call(
+        let (req, res, result, _) = self.on_reply_from(Instant::now(), req, res, source, vars);
+        (req, res, result)
+    }
+
+    /// [`Pool::on_reply`] begun at `started`, with when it ended.
+    pub fn on_reply_from(
+        &self,
+        started: Instant,
+        req: RequestCtx,
+        res: Message,
+        source: std::net::SocketAddr,
+        vars: &mut TxVars,
+    ) -> (RequestCtx, Message, HookResult<bool>, Instant) {
+        let (req, res, result, ended) = self.call(
             ON_REPLY,
+            started,
             req,
             Some(res),
             Some(source),
@@ -191,7 +244,7 @@ impl Pool {
                 Ok(verdict == ReplyVerdict::Keep)
             },
         );
-        (req, res.unwrap_or_else(empty_response), result)
+        (req, res.unwrap_or_else(empty_response), result, ended)
     }
 
     /// The on-failure hook, with the response that would go upstream: no
@@ -203,8 +256,21 @@ impl Pool {
         best: Message,
         vars: &mut TxVars,
     ) -> (RequestCtx, Message, HookResult<()>) {
-        let (req, res, result) = self.call(
+        let (req, res, result, _) = self.on_failure_from(Instant::now(), req, best, vars);
+        (req, res, result)
+    }
+
+    /// [`Pool::on_failure`] begun at `started`, with when it ended.
+    pub fn on_failure_from(
+        &self,
+        started: Instant,
+        req: RequestCtx,
+        best: Message,
+        vars: &mut TxVars,
+    ) -> (RequestCtx, Message, HookResult<()>, Instant) {
+        let (req, res, result, ended) = self.call(
             ON_FAILURE,
+            started,
             req,
             Some(best),
             None,
@@ -216,15 +282,18 @@ impl Pool {
                 Ok(())
             },
         );
-        (req, res.unwrap_or_else(empty_response), result)
+        (req, res.unwrap_or_else(empty_response), result, ended)
     }
 
     /// Runs one hook on a warm instance: lends the messages and the
     /// transaction's variables to the store, calls, takes them back. A
-    /// hook's decision is read into `actions` by the `hook` closure.
+    /// hook's decision is read into `actions` by the `hook` closure. The
+    /// call began at `started`; it gives back when it ended.
+    #[allow(clippy::too_many_arguments)]
     fn call<T>(
         &self,
         which: usize,
+        started: Instant,
         req: RequestCtx,
         res: Option<Message>,
         source: Option<std::net::SocketAddr>,
@@ -235,8 +304,7 @@ impl Pool {
             Resource<RequestCtx>,
             Option<Resource<ResponseCtx>>,
         ) -> wasmtime::Result<T>,
-    ) -> (RequestCtx, Option<Message>, HookResult<T>) {
-        let started = Instant::now();
+    ) -> (RequestCtx, Option<Message>, HookResult<T>, Instant) {
         let warm = self.lock().pop();
         let mut warm = match warm {
             Some(warm) => warm,
@@ -244,7 +312,7 @@ impl Pool {
                 Ok(warm) => warm,
                 Err(err) => {
                     self.count_failure(&err, started);
-                    return (req, res, Err(err));
+                    return (req, res, Err(err), Instant::now());
                 }
             },
         };
@@ -258,18 +326,8 @@ impl Pool {
         // Handles of `fields` taken in earlier calls trap from now on.
         state.generation = state.generation.wrapping_add(1);
         std::mem::swap(&mut state.vars, vars);
-        let req_rep = state
-            .table
-            .push(req)
-            .unwrap_or_else(|e| table_broken(e))
-            .rep();
-        let res_handle = res.map(|msg| {
-            state
-                .table
-                .push(ResponseCtx { msg, source })
-                .unwrap_or_else(|e| table_broken(e))
-        });
-        let res_rep = res_handle.as_ref().map(Resource::rep);
+        let req_rep = state.table.lend_request(req);
+        let res_rep = res.map(|msg| state.table.lend_response(ResponseCtx { msg, source }));
         // Host code reached from the guest (WASI) must not take the worker
         // down with it: a panic there counts as a trap of this instance.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -277,24 +335,21 @@ impl Pool {
                 &warm.router,
                 &mut *store,
                 Resource::new_borrow(req_rep),
-                res_handle.map(|h| Resource::new_borrow(h.rep())),
+                res_rep.map(Resource::new_borrow),
             )
         }))
         .unwrap_or_else(|_| Err(wasmtime::Error::msg("host panicked during the hook")));
         let state = store.data_mut();
         std::mem::swap(&mut state.vars, vars);
-        let req = state
-            .table
-            .delete(Resource::<RequestCtx>::new_own(req_rep))
-            .unwrap_or_else(|e| table_broken(e));
-        let res = res_rep.and_then(|rep| {
-            state
-                .table
-                .delete(Resource::<ResponseCtx>::new_own(rep))
-                .map(|r| r.msg)
-                .ok()
-        });
-        self.guest.metrics.hook(which, started.elapsed());
+        let req = match state.table.take_request() {
+            Some(req) => req,
+            None => table_broken(),
+        };
+        let res = res_rep.and_then(|_| state.table.take_response().map(|r| r.msg));
+        let ended = Instant::now();
+        self.guest
+            .metrics
+            .hook(which, ended.saturating_duration_since(started));
         match result {
             Ok(value) => {
                 self.health.succeeded();
@@ -303,7 +358,7 @@ impl Pool {
                 if idle.len() < self.guest.limits.idle_instances {
                     idle.push(warm);
                 }
-                (req, res, Ok((value, actions)))
+                (req, res, Ok((value, actions)), ended)
             }
             Err(err) => {
                 let err = match err.downcast_ref::<Trap>() {
@@ -313,7 +368,7 @@ impl Pool {
                     _ => HookError::Trap(format!("{err:#}")),
                 };
                 self.count_failure(&err, started);
-                (req, res, Err(err))
+                (req, res, Err(err), ended)
             }
         }
     }
@@ -368,6 +423,6 @@ fn empty_response() -> Message {
 }
 
 /// The table belongs to this store and holds only what the host put in it.
-fn table_broken(err: impl std::fmt::Display) -> ! {
-    panic!("resource table out of step with the pool: {err}")
+fn table_broken() -> ! {
+    panic!("resource table out of step with the pool: the request lent to the hook is gone")
 }

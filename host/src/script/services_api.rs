@@ -45,14 +45,21 @@ impl HostState {
         digest_auth::algorithms(self.guest.params.get("AUTH_ALGORITHMS").map(String::as_str))
     }
 
-    /// The challenge to send for `kind` in `realm` (`auth_challenge`).
-    fn challenge(&mut self, realm: &str, kind: Kind, stale: bool) -> wit::Reply {
+    /// The challenge to send for `kind` in `realm` (`auth_challenge`),
+    /// one per algorithm of `algorithms` (the tenant's).
+    fn challenge(
+        &mut self,
+        realm: &str,
+        kind: Kind,
+        stale: bool,
+        algorithms: &[crate::services::digest::Algorithm],
+    ) -> wit::Reply {
         let headers = digest_auth::challenge(
             &self.guest.services,
             kind,
             realm,
             stale,
-            &self.algorithms(),
+            algorithms,
             digest_auth::nonce_lifetime(
                 self.guest
                     .params
@@ -365,7 +372,7 @@ impl auth::Host for HostState {
             }
         };
         Ok(Err(wit::Error::Refused(
-            self.challenge(&realm, kind, stale),
+            self.challenge(&realm, kind, stale, &allowed),
         )))
     }
 

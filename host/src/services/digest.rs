@@ -235,28 +235,24 @@ struct Params<'a> {
 impl<'a> Params<'a> {
     /// The next pair; None at the end.
     fn next_param(&mut self) -> Result<Option<(&'a str, Cow<'a, str>)>, CredentialsError> {
-        let text = self
-            .rest
-            .trim_start_matches(|c: char| c.is_whitespace() || c == ',');
+        let rest = self.rest;
+        let text = &rest[find_char(rest, |c| !(c.is_whitespace() || c == ','))..];
         if text.is_empty() {
             self.rest = text;
             return Ok(None);
         }
-        let name_end = text
-            .find(|c: char| c == '=' || c.is_whitespace() || c == ',')
-            .unwrap_or(text.len());
+        let name_end = find_char(text, |c| c == '=' || c.is_whitespace() || c == ',');
         let name = &text[..name_end];
-        let after = text[name_end..].trim_start();
+        let after = &text[name_end..];
+        let after = &after[find_char(after, |c| !c.is_whitespace())..];
         let Some(after) = after.strip_prefix('=') else {
             return Err(CredentialsError::Malformed("parameter without a value"));
         };
-        let after = after.trim_start();
+        let after = &after[find_char(after, |c| !c.is_whitespace())..];
         let (value, rest) = if let Some(quoted) = after.strip_prefix('"') {
             quoted_string(quoted)?
         } else {
-            let end = after
-                .find(|c: char| c == ',' || c.is_whitespace())
-                .unwrap_or(after.len());
+            let end = find_char(after, |c| c == ',' || c.is_whitespace());
             (Cow::Borrowed(&after[..end]), &after[end..])
         };
         if name.is_empty() {
@@ -267,11 +263,43 @@ impl<'a> Params<'a> {
     }
 }
 
+/// Where the first character of `text` for which `stop` holds begins
+/// (`text.len()` when none does): `str::find` with a char predicate,
+/// without decoding the ASCII characters that credentials are made of.
+#[inline]
+fn find_char(text: &str, stop: impl Fn(char) -> bool) -> usize {
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    while let Some(&b) = bytes.get(at) {
+        if b.is_ascii() {
+            if stop(char::from(b)) {
+                return at;
+            }
+            at += 1;
+        } else {
+            // `at` is on a character's first byte: the ones before it
+            // were whole characters.
+            let Some(c) = text.get(at..).and_then(|t| t.chars().next()) else {
+                return text.len();
+            };
+            if stop(c) {
+                return at;
+            }
+            at += c.len_utf8();
+        }
+    }
+    text.len()
+}
+
 /// The quoted string starting after its opening quote, unescaped, and
 /// the text after its closing quote.
 fn quoted_string(text: &str) -> Result<(Cow<'_, str>, &str), CredentialsError> {
     let unterminated = CredentialsError::Malformed("unterminated string");
-    let end = text.find(['"', '\\']).ok_or(unterminated.clone())?;
+    // Bytes: neither is part of another character in UTF-8.
+    let end = text
+        .bytes()
+        .position(|b| b == b'"' || b == b'\\')
+        .ok_or(unterminated.clone())?;
     if text.as_bytes()[end] == b'"' {
         return Ok((Cow::Borrowed(&text[..end]), &text[end + 1..]));
     }
@@ -416,6 +444,15 @@ mod tests {
             Algorithm::Md5.hash("abc"),
             "900150983cd24fb0d6963f7d28e17f72"
         );
+        // Unicode whitespace separates as ASCII whitespace does; other
+        // characters are kept.
+        let wide = Credentials::parse(
+            "Digest username=\"é\",\u{3000}realm=b\u{a0}, nonce=\"n\", uri=\"u\", response=ö",
+        )
+        .expect("parses");
+        assert_eq!(wide.username, "é");
+        assert_eq!(wide.realm, "b");
+        assert_eq!(wide.response, "ö");
         for bad in [
             r#"Digest username="a"#,
             r#"Digest username="a\"#,

@@ -15,13 +15,13 @@
 //! a node alone: a client that answers the node that challenged it still
 //! authenticates; its answer at another node is challenged again.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cluster::Cluster;
+use crate::transaction::hash::KeyedState;
 
 /// How long a nonce is accepted by default (Kamailio's `nonce_expire`).
 pub const NONCE_LIFETIME: Duration = Duration::from_secs(30);
@@ -64,7 +64,8 @@ struct Issued {
 /// thousands under the lock (a flood of challenges fills the table).
 #[derive(Default)]
 struct Table {
-    issued: HashMap<Arc<str>, Issued>,
+    /// Keyed by what clients present: foldhash with a random seed.
+    issued: HashMap<Arc<str>, Issued, KeyedState>,
     /// The keys of `issued`, oldest first.
     order: VecDeque<Arc<str>>,
 }
@@ -80,7 +81,7 @@ pub struct Nonces {
     shards: Box<[Shard]>,
     /// Keyed with random keys: nonces are random, but a client chooses
     /// what it presents, and must not steer lookups to one shard.
-    hasher: RandomState,
+    hasher: KeyedState,
     /// With `[cluster]`: where nonces are issued and used.
     cluster: OnceLock<Arc<Cluster>>,
 }
@@ -89,7 +90,7 @@ impl Default for Nonces {
     fn default() -> Self {
         Nonces {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
-            hasher: RandomState::new(),
+            hasher: KeyedState::default(),
             cluster: OnceLock::new(),
         }
     }

@@ -6,8 +6,16 @@
 //! the writer. A read started after a write returned sees it (the writer
 //! commits before answering), which is all the read-your-writes a hook
 //! needs.
+//!
+//! A reader also remembers what [`Readers::memo`] read (a subscriber's
+//! HA1), for as long as nobody changed the database: SQLite's `PRAGMA
+//! data_version` on the reading connection changes whenever another
+//! connection (this process's writer, `wisp user` in another process)
+//! commits, and the remembered answers are dropped then. Asking it costs
+//! a read transaction, half of a lookup's.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -16,6 +24,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 use super::storage_error::StorageError;
+use crate::transaction::hash::KeyedState;
 
 /// How long a read waits for a lock it cannot take. In WAL mode that is
 /// only the moments the log is recovered or reset; a hook must not wait
@@ -26,12 +35,31 @@ const READ_BUSY_TIMEOUT: Duration = Duration::from_millis(100);
 /// the hot pages (a few bindings, a few subscribers) are few.
 const READ_CACHE_KIB: i64 = 512;
 
+/// Answers a thread's reader remembers at most; past it they are all
+/// forgotten at once (the hot ones come back with their next lookup).
+const MEMO_ENTRIES: usize = 1024;
+
+/// Keys longer than this (all their parts) are never remembered: what
+/// peers send bounds no memory.
+const MEMO_KEY_BYTES: usize = 512;
+
 struct Reader {
     database: u64,
     /// Gone when its database is dropped: the connection is closed the
     /// next time the thread opens one.
     alive: Weak<()>,
     conn: Connection,
+    memo: RefCell<Memo>,
+}
+
+/// What [`Readers::memo`] read on one connection, while the database's
+/// `data_version` (as that connection sees it) is `version`.
+#[derive(Default)]
+struct Memo {
+    version: Option<i64>,
+    answers: HashMap<Box<str>, Option<String>, KeyedState>,
+    /// The key being looked up, built here to spare an allocation.
+    key: String,
 }
 
 thread_local! {
@@ -62,6 +90,64 @@ impl Readers {
     where
         E: From<StorageError>,
     {
+        self.with_reader(|reader| f(&reader.conn))
+    }
+
+    /// The answer of `read` for the key made of `parts`: what this
+    /// thread's connection read for the same key before, unless another
+    /// connection committed since (`PRAGMA data_version`), else `read`'s
+    /// answer on it, remembered. `read` must depend on the key only.
+    /// The version is asked before `read` runs: a commit in between
+    /// leaves an answer newer than its version, dropped at the next ask.
+    pub fn memo(
+        &self,
+        parts: &[&str],
+        read: impl FnOnce(&Connection) -> Result<Option<String>, StorageError>,
+    ) -> Result<Option<String>, StorageError> {
+        self.with_reader(|reader| {
+            let version: i64 = reader
+                .conn
+                .prepare_cached("PRAGMA data_version")?
+                .query_row([], |r| r.get(0))?;
+            // Re-entered (a `read` that reads again): no memo then.
+            let Ok(mut memo) = reader.memo.try_borrow_mut() else {
+                return read(&reader.conn);
+            };
+            let Memo {
+                version: seen,
+                answers,
+                key,
+            } = &mut *memo;
+            if *seen != Some(version) {
+                answers.clear();
+                *seen = Some(version);
+            }
+            key.clear();
+            for part in parts {
+                // Length-prefixed: no two lists of parts make one key.
+                push_decimal(key, part.len());
+                key.push(':');
+                key.push_str(part);
+            }
+            if let Some(answer) = answers.get(key.as_str()) {
+                return Ok(answer.clone());
+            }
+            let answer = read(&reader.conn)?;
+            if key.len() <= MEMO_KEY_BYTES {
+                if answers.len() >= MEMO_ENTRIES {
+                    answers.clear();
+                }
+                answers.insert(key.as_str().into(), answer.clone());
+            }
+            Ok(answer)
+        })
+    }
+
+    /// Runs `f` on this thread's reader (opened on first use).
+    fn with_reader<T, E>(&self, f: impl FnOnce(&Reader) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StorageError>,
+    {
         let opened = READERS
             .try_with(|cell| -> Result<(), StorageError> {
                 if cell.borrow().iter().any(|r| r.database == self.database) {
@@ -76,6 +162,7 @@ impl Readers {
                     database: self.database,
                     alive: Arc::downgrade(&self.alive),
                     conn,
+                    memo: RefCell::default(),
                 });
                 Ok(())
             })
@@ -88,7 +175,7 @@ impl Readers {
                     .iter()
                     .find(|r| r.database == self.database)
                     .ok_or(StorageError::ReaderBusy)?;
-                f(&reader.conn)
+                f(reader)
             })
             .map_err(|_| StorageError::ReaderBusy)?
     }
@@ -109,5 +196,22 @@ impl Readers {
         conn.pragma_update(None, "cache_size", -READ_CACHE_KIB)
             .map_err(open_err)?;
         Ok(conn)
+    }
+}
+
+/// Appends `n` in decimal (without `fmt`'s machinery).
+fn push_decimal(out: &mut String, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
     }
 }

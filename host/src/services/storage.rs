@@ -194,6 +194,18 @@ impl Storage {
         self.readers.with(f)
     }
 
+    /// What `read` answers for the key made of `parts`, on the calling
+    /// thread's connection: remembered by that thread until another
+    /// connection commits (see [`Readers::memo`]). `read` must depend on
+    /// the key only.
+    pub fn read_memo(
+        &self,
+        parts: &[&str],
+        read: impl FnOnce(&Connection) -> Result<Option<String>, StorageError>,
+    ) -> Result<Option<String>, StorageError> {
+        self.readers.memo(parts, read)
+    }
+
     /// Runs `f` on the writer thread for a hook: refused at once when the
     /// writer's queue is full, and an error past `wait` (see
     /// [`Writer::submit`]). The caller waits for its own write only.

@@ -189,7 +189,9 @@ pub fn list(storage: &Storage, tenant: Option<&str>) -> Result<Vec<Subscriber>, 
 }
 
 /// The HA1 of a subscriber for an algorithm, if the subscriber exists
-/// (on the calling thread's reader). An error is not "no such user".
+/// (on the calling thread's reader, which remembers it until the
+/// database changes: `wisp user add` or `del` from another process is
+/// seen at the next lookup). An error is not "no such user".
 pub fn ha1_of(
     storage: &Storage,
     tenant: &str,
@@ -205,7 +207,7 @@ pub fn ha1_of(
             "SELECT ha1_sha256 FROM subscriber WHERE tenant = ?1 AND username = ?2 AND domain = ?3"
         }
     };
-    storage.read(|conn| {
+    storage.read_memo(&[tenant, username, domain, algorithm.name()], |conn| {
         Ok(conn
             .prepare_cached(sql)?
             .query_row(params![tenant, username, domain], |r| r.get(0))
@@ -227,6 +229,12 @@ mod tests {
             .expect("query")
             .expect("present");
         assert_eq!(md5, ha1(Algorithm::Md5, "alice", "example.com", "better"));
+        // Remembered by this thread's reader, until the database changes.
+        add(&storage, "t", "alice", "example.com", "best").expect("update");
+        let md5 = ha1_of(&storage, "t", "alice", "example.com", Algorithm::Md5)
+            .expect("query")
+            .expect("present");
+        assert_eq!(md5, ha1(Algorithm::Md5, "alice", "example.com", "best"));
         let sha = ha1_of(&storage, "t", "alice", "example.com", Algorithm::Sha256)
             .expect("query")
             .expect("present");
@@ -244,7 +252,9 @@ mod tests {
                 Ok::<_, StorageError>(rows.collect::<Result<_, _>>()?)
             })
             .expect("dump");
-        assert!(dump.iter().all(|row| !row.contains("better")));
+        assert!(dump
+            .iter()
+            .all(|row| !row.contains("better") && !row.contains("best")));
         assert_eq!(list(&storage, Some("t")).expect("list").len(), 1);
         assert_eq!(list(&storage, None).expect("list").len(), 2);
         assert!(delete(&storage, "t", "alice", "example.com").expect("del"));
@@ -253,5 +263,48 @@ mod tests {
             ha1_of(&storage, "t", "alice", "example.com", Algorithm::Md5).expect("query"),
             None
         );
+    }
+
+    /// `wisp user add` and `del` write through a connection of their own
+    /// (another process): a serving proxy's remembered HA1s follow them.
+    #[test]
+    fn another_connections_changes_are_seen() {
+        let dir = std::env::temp_dir().join(format!(
+            "wisp-subscribers-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("wisp.db");
+        let serving = Storage::open(&path).expect("db");
+        let lookup = || ha1_of(&serving, "t", "bob", "example.org", Algorithm::Md5).expect("query");
+        assert_eq!(lookup(), None);
+        {
+            let cli = Storage::open(&path).expect("db");
+            add(&cli, "t", "bob", "example.org", "one").expect("add");
+        }
+        assert_eq!(
+            lookup(),
+            Some(ha1(Algorithm::Md5, "bob", "example.org", "one"))
+        );
+        assert_eq!(
+            lookup(),
+            Some(ha1(Algorithm::Md5, "bob", "example.org", "one"))
+        );
+        {
+            let cli = Storage::open(&path).expect("db");
+            add(&cli, "t", "bob", "example.org", "two").expect("change");
+        }
+        assert_eq!(
+            lookup(),
+            Some(ha1(Algorithm::Md5, "bob", "example.org", "two"))
+        );
+        {
+            let cli = Storage::open(&path).expect("db");
+            assert!(delete(&cli, "t", "bob", "example.org").expect("del"));
+        }
+        assert_eq!(lookup(), None);
+        drop(serving);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -70,37 +70,45 @@ impl HeaderName {
             };
             return HeaderName::Other(long.to_string());
         }
-        const KNOWN: &[(&str, HeaderName)] = &[
-            ("via", HeaderName::Via),
-            ("from", HeaderName::From),
-            ("to", HeaderName::To),
-            ("call-id", HeaderName::CallId),
-            ("cseq", HeaderName::CSeq),
-            ("contact", HeaderName::Contact),
-            ("content-length", HeaderName::ContentLength),
-            ("content-type", HeaderName::ContentType),
-            ("max-forwards", HeaderName::MaxForwards),
-            ("route", HeaderName::Route),
-            ("record-route", HeaderName::RecordRoute),
-            ("require", HeaderName::Require),
-            ("proxy-require", HeaderName::ProxyRequire),
-            ("supported", HeaderName::Supported),
-            ("unsupported", HeaderName::Unsupported),
-            ("expires", HeaderName::Expires),
-            ("allow", HeaderName::Allow),
-            ("authorization", HeaderName::Authorization),
-            ("proxy-authorization", HeaderName::ProxyAuthorization),
-            ("www-authenticate", HeaderName::WwwAuthenticate),
-            ("proxy-authenticate", HeaderName::ProxyAuthenticate),
-            ("user-agent", HeaderName::UserAgent),
-            ("server", HeaderName::Server),
-            ("subject", HeaderName::Subject),
-            ("event", HeaderName::Event),
-            ("path", HeaderName::Path),
-        ];
-        for (lower, known) in KNOWN {
-            if lower.len() == name.len() && name.eq_ignore_ascii_case(lower) {
-                return known.clone();
+        // One candidate per (length, first letter): a single comparison
+        // instead of a walk through every known name.
+        let first = name.as_bytes().first().map_or(0, u8::to_ascii_lowercase);
+        let candidate = match (name.len(), first) {
+            (2, b't') => Some(("to", HeaderName::To)),
+            (3, b'v') => Some(("via", HeaderName::Via)),
+            (4, b'f') => Some(("from", HeaderName::From)),
+            (4, b'c') => Some(("cseq", HeaderName::CSeq)),
+            (4, b'p') => Some(("path", HeaderName::Path)),
+            (5, b'r') => Some(("route", HeaderName::Route)),
+            (5, b'a') => Some(("allow", HeaderName::Allow)),
+            (5, b'e') => Some(("event", HeaderName::Event)),
+            (6, b's') => Some(("server", HeaderName::Server)),
+            (7, b'c') => match name.as_bytes().get(1).map(u8::to_ascii_lowercase) {
+                Some(b'a') => Some(("call-id", HeaderName::CallId)),
+                _ => Some(("contact", HeaderName::Contact)),
+            },
+            (7, b'r') => Some(("require", HeaderName::Require)),
+            (7, b'e') => Some(("expires", HeaderName::Expires)),
+            (7, b's') => Some(("subject", HeaderName::Subject)),
+            (9, b's') => Some(("supported", HeaderName::Supported)),
+            (10, b'u') => Some(("user-agent", HeaderName::UserAgent)),
+            (11, b'u') => Some(("unsupported", HeaderName::Unsupported)),
+            (12, b'c') => Some(("content-type", HeaderName::ContentType)),
+            (12, b'm') => Some(("max-forwards", HeaderName::MaxForwards)),
+            (12, b'r') => Some(("record-route", HeaderName::RecordRoute)),
+            (13, b'a') => Some(("authorization", HeaderName::Authorization)),
+            (13, b'p') => Some(("proxy-require", HeaderName::ProxyRequire)),
+            (14, b'c') => Some(("content-length", HeaderName::ContentLength)),
+            (16, b'w') => Some(("www-authenticate", HeaderName::WwwAuthenticate)),
+            (18, b'p') => Some(("proxy-authenticate", HeaderName::ProxyAuthenticate)),
+            (19, b'p') => Some(("proxy-authorization", HeaderName::ProxyAuthorization)),
+            _ => None,
+        };
+        if let Some((lower, known)) = candidate {
+            // Most senders spell names canonically: one memcmp, before the
+            // byte-by-byte comparison that ignores case.
+            if known.known_str().is_some_and(|k| k == name) || name.eq_ignore_ascii_case(lower) {
+                return known;
             }
         }
         HeaderName::Other(name.to_string())
@@ -233,5 +241,61 @@ mod tests {
         assert!(HeaderName::Via.is_list());
         assert!(!HeaderName::From.is_list());
         assert!(!HeaderName::parse("Date").is_list());
+    }
+
+    #[test]
+    fn every_known_name() {
+        let known = [
+            HeaderName::Via,
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::CallId,
+            HeaderName::CSeq,
+            HeaderName::Contact,
+            HeaderName::ContentLength,
+            HeaderName::ContentType,
+            HeaderName::MaxForwards,
+            HeaderName::Route,
+            HeaderName::RecordRoute,
+            HeaderName::Require,
+            HeaderName::ProxyRequire,
+            HeaderName::Supported,
+            HeaderName::Unsupported,
+            HeaderName::Expires,
+            HeaderName::Allow,
+            HeaderName::Authorization,
+            HeaderName::ProxyAuthorization,
+            HeaderName::WwwAuthenticate,
+            HeaderName::ProxyAuthenticate,
+            HeaderName::UserAgent,
+            HeaderName::Server,
+            HeaderName::Subject,
+            HeaderName::Event,
+            HeaderName::Path,
+        ];
+        for name in known {
+            let s = name.as_str();
+            for spelt in [
+                s.to_string(),
+                s.to_ascii_lowercase(),
+                s.to_ascii_uppercase(),
+            ] {
+                let parsed = HeaderName::parse(&spelt);
+                assert!(!matches!(parsed, HeaderName::Other(_)), "{spelt}");
+                assert_eq!(parsed, name, "{spelt}");
+            }
+            // One letter off is another header.
+            let mut off = s.to_string();
+            off.push('x');
+            assert!(matches!(HeaderName::parse(&off), HeaderName::Other(_)));
+            let off = format!("x{}", &s[1..]);
+            assert!(
+                matches!(HeaderName::parse(&off), HeaderName::Other(_)),
+                "{off}"
+            );
+        }
+        assert!(matches!(HeaderName::parse("Contakt"), HeaderName::Other(_)));
+        assert!(matches!(HeaderName::parse("Cal-IDx"), HeaderName::Other(_)));
+        assert!(matches!(HeaderName::parse(""), HeaderName::Other(_)));
     }
 }

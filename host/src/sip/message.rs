@@ -15,7 +15,7 @@ use super::method::Method;
 use super::name_addr::NameAddr;
 use super::syntax::{is_token, parse_u32, trim_ws};
 use super::uri::Uri;
-use super::values::{split_first, split_list};
+use super::values::{next_element, split_first};
 use super::via::Via;
 
 /// Immutable text shared with the message it was parsed from: a slice of
@@ -162,6 +162,34 @@ pub struct Message {
     views: OnceLock<Box<Views>>,
 }
 
+/// What [`Message::values`] gives: one state machine instead of a chain
+/// of adapters (flat_map over a filter over chained options).
+struct Values<'a> {
+    headers: std::slice::Iter<'a, Header>,
+    name: &'a HeaderName,
+    list: bool,
+    /// What is left of the list line being split.
+    rest: Option<&'a str>,
+}
+
+impl<'a> Iterator for Values<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        loop {
+            if let Some(item) = next_element(&mut self.rest) {
+                return Some(item);
+            }
+            let name = self.name;
+            let h = self.headers.find(|h| h.name == *name)?;
+            if !self.list {
+                return Some(trim_ws(h.value()));
+            }
+            self.rest = Some(h.value());
+        }
+    }
+}
+
 /// A view, parsed by `parse` on first access and kept, errors included.
 fn view<T>(
     cell: &OnceLock<Result<T, ParseError>>,
@@ -172,7 +200,7 @@ fn view<T>(
 
 /// Refuses values that would break the message framing.
 fn check_value(value: &str) -> Result<(), ParseError> {
-    if value.contains(['\r', '\n', '\0']) {
+    if value.bytes().any(|c| matches!(c, b'\r' | b'\n' | 0)) {
         return Err(ParseError::new("Header value contains CR, LF or NUL"));
     }
     Ok(())
@@ -303,15 +331,21 @@ impl Message {
     /// on commas outside quotes and `<>`, and empty elements skipped; other
     /// headers give one (trimmed) value per line.
     pub fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a str> + 'a {
+        Values {
+            headers: self.headers.iter(),
+            name,
+            list: name.is_list(),
+            rest: None,
+        }
+    }
+
+    /// Whether [`Message::values`] gives anything, without splitting: a
+    /// line of a list header holds a non-empty element exactly when it
+    /// holds a byte other than SP, HTAB and ",".
+    pub(super) fn has_value(&self, name: &HeaderName) -> bool {
         let list = name.is_list();
-        self.header_lines(name).flat_map(move |v| {
-            let (whole, parts) = if list {
-                (None, Some(split_list(v)))
-            } else {
-                (Some(trim_ws(v)), None)
-            };
-            whole.into_iter().chain(parts.into_iter().flatten())
-        })
+        self.header_lines(name)
+            .any(|v| !list || v.bytes().any(|c| !matches!(c, b' ' | b'\t' | b',')))
     }
 
     fn make_header(name: HeaderName, value: &str) -> Result<Header, ParseError> {
@@ -430,21 +464,33 @@ impl Message {
         self.forget_view(name);
         let value = trim_ws(value);
         // Skip lines that hold no value at all (e.g. an empty "Route:").
-        let found = self
-            .headers
-            .iter()
-            .position(|h| h.name == *name && (!name.is_list() || split_first(h.value()).is_some()));
-        let i = found.ok_or_else(|| ParseError::missing(name.as_str()))?;
-        self.headers[i].value = match split_first(self.headers[i].value()) {
-            Some((_, Some(rest))) if name.is_list() => {
+        let list = name.is_list();
+        let mut found = None;
+        for (i, h) in self.headers.iter().enumerate() {
+            if h.name != *name {
+                continue;
+            }
+            if !list {
+                found = Some((i, None));
+                break;
+            }
+            if let Some((_, rest)) = split_first(h.value()) {
+                found = Some((i, rest));
+                break;
+            }
+        }
+        let (i, rest) = found.ok_or_else(|| ParseError::missing(name.as_str()))?;
+        let new = match rest {
+            Some(rest) => {
                 let mut new = String::with_capacity(value.len() + 2 + rest.len());
                 new.push_str(value);
                 new.push_str(", ");
                 new.push_str(rest);
                 Text::owned(&new)
             }
-            _ => Text::owned(value),
+            None => Text::owned(value),
         };
+        self.headers[i].value = new;
         Ok(())
     }
 
@@ -472,7 +518,7 @@ impl Message {
                 .values(&HeaderName::Via)
                 .next()
                 .ok_or_else(|| ParseError::missing("Via"))?;
-            Via::parse(v)
+            Via::parse_element(v)
         })
     }
 
@@ -658,6 +704,30 @@ mod tests {
             vec!["<sip:r1;lr>", "<sip:r2;lr>", "<sip:r3;lr>"]
         );
         assert_eq!(m.max_forwards(), Some(Ok(70)));
+        for name in [
+            HeaderName::Via,
+            HeaderName::Route,
+            HeaderName::From,
+            HeaderName::Subject,
+        ] {
+            assert_eq!(m.has_value(&name), m.values(&name).next().is_some());
+        }
+        let m = parse(Bytes::from_static(
+            b"OPTIONS sip:a@b SIP/2.0\r\nRoute: , ,\r\nSubject:\r\nVia: ,\"\"\r\n\r\n",
+        ))
+        .unwrap();
+        for name in [
+            HeaderName::Via,
+            HeaderName::Route,
+            HeaderName::From,
+            HeaderName::Subject,
+        ] {
+            assert_eq!(
+                m.has_value(&name),
+                m.values(&name).next().is_some(),
+                "{name}"
+            );
+        }
         assert_eq!(m.status(), None);
     }
 

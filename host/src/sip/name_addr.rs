@@ -4,7 +4,9 @@
 use std::fmt;
 
 use super::error::ParseError;
-use super::syntax::{is_token, quote, quoted_len, scan_params, trim_ws, unquote, Params};
+use super::syntax::{
+    find_byte, is_token, quote, quoted_len, scan_params, trim_ws, trim_ws_start, unquote, Params,
+};
 use super::uri::Uri;
 
 /// A name-addr (`"Display" <uri>;params`) or addr-spec (`uri;params`).
@@ -33,12 +35,12 @@ impl NameAddr {
         let s = trim_ws(value);
         let (display, after_display) = if s.starts_with('"') {
             let len = quoted_len(s).map_err(|_| bad("unbalanced quotes"))?;
-            let rest = s[len..].trim_start_matches([' ', '\t']);
+            let rest = trim_ws_start(&s[len..]);
             if !rest.starts_with('<') {
                 return Err(bad("display name without <uri>"));
             }
             (Some(unquote(&s[..len])), rest)
-        } else if let Some(lt) = s.find('<') {
+        } else if let Some(lt) = find_byte(s, b'<') {
             // display-name = *(token LWS): words of token characters only
             // (RFC 4475 baddn: an unquoted comma is not allowed).
             let words = trim_ws(&s[..lt]);
@@ -57,7 +59,7 @@ impl NameAddr {
         // LAQUOT addr-spec RAQUOT: no whitespace inside the brackets
         // (RFC 4475 badaspec).
         let inner = &after_display[1..];
-        let gt = inner.find('>').ok_or_else(|| bad("missing >"))?;
+        let gt = find_byte(inner, b'>').ok_or_else(|| bad("missing >"))?;
         let uri = Uri::parse(&inner[..gt]).map_err(|e| bad(e.reason()))?;
         let params = header_params(&inner[gt + 1..])?;
         Ok(NameAddr {

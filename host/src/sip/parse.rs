@@ -108,17 +108,94 @@ fn parse_start_line(line: &str, data: &Bytes) -> Result<StartLine, ParseError> {
 }
 
 /// Where the line starting at `pos` ends: its LF, or the end of `data`.
-/// (`BufRead::skip_until` on a slice is the platform's memchr, many bytes
-/// per instruction where a byte loop takes several instructions per byte.)
+#[cfg(test)]
 fn line_end(data: &[u8], pos: usize) -> usize {
-    use std::io::BufRead;
-    let mut rest = data.get(pos..).unwrap_or_default();
-    // Reading from a slice cannot fail.
-    let n = rest.skip_until(b'\n').unwrap_or(0);
-    if n > 0 && data.get(pos + n - 1) == Some(&b'\n') {
-        pos + n - 1
-    } else {
-        data.len()
+    scan_line(data, pos).end
+}
+
+/// What [`scan_line`] found on one line.
+struct LineScan {
+    /// The line's LF, or the end of the data.
+    end: usize,
+    /// Where the first CR of the line is, if any.
+    first_cr: Option<usize>,
+    /// Whether a byte of the line is not ASCII (UTF-8 must then be checked).
+    non_ascii: bool,
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The bytes of `word` that are `byte`, as their high bits; exact up to
+/// the first one (bits above it may be false hits, which only cost a look).
+#[inline(always)]
+fn bytes_equal(word: u64, byte: u8) -> u64 {
+    let v = word ^ (ONES * u64::from(byte));
+    v.wrapping_sub(ONES) & !v & HIGHS
+}
+
+/// Scans the line starting at `pos` once, eight bytes at a time: where it
+/// ends, where its first CR is and whether it is all ASCII. (One pass where
+/// a search for the LF, one for a CR and a UTF-8 check took three.)
+fn scan_line(data: &[u8], pos: usize) -> LineScan {
+    let mut first_cr = None;
+    let mut non_ascii = false;
+    let mut i = pos;
+    while let Some(chunk) = data.get(i..i + 8) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(bytes);
+        let lf = bytes_equal(word, b'\n');
+        let cr = bytes_equal(word, b'\r');
+        let high = word & HIGHS;
+        if lf | cr | high == 0 {
+            i += 8;
+            continue;
+        }
+        // The lowest hit of each mask is exact (false hits only come above
+        // a true one), so the bytes before the first LF are told apart
+        // without a byte loop.
+        let (before, end) = if lf == 0 {
+            (u64::MAX, None)
+        } else {
+            let at = lf.trailing_zeros() / 8;
+            ((1u64 << (at * 8)).wrapping_sub(1), Some(i + at as usize))
+        };
+        if cr & before != 0 {
+            first_cr.get_or_insert(i + ((cr & before).trailing_zeros() / 8) as usize);
+        }
+        if high & before != 0 {
+            non_ascii = true;
+        }
+        if let Some(end) = end {
+            return LineScan {
+                end,
+                first_cr,
+                non_ascii,
+            };
+        }
+        i += 8;
+    }
+    for (j, &c) in data.get(i..).unwrap_or_default().iter().enumerate() {
+        match c {
+            b'\n' => {
+                return LineScan {
+                    end: i + j,
+                    first_cr,
+                    non_ascii,
+                }
+            }
+            b'\r' => {
+                first_cr.get_or_insert(i + j);
+            }
+            c if c >= 0x80 => non_ascii = true,
+            _ => {}
+        }
+    }
+    LineScan {
+        end: data.len(),
+        first_cr,
+        non_ascii,
     }
 }
 
@@ -201,7 +278,8 @@ pub fn parse(data: Bytes) -> Result<Message, ParseError> {
     let mut pending: Option<Pending> = None;
     let mut body_start = end;
     while pos < end {
-        let nl = line_end(all, pos);
+        let scan = scan_line(all, pos);
+        let nl = scan.end;
         let raw_line = &all[pos..nl];
         let line = raw_line.strip_suffix(b"\r").unwrap_or(raw_line);
         if line.is_empty() && nl < end {
@@ -209,12 +287,18 @@ pub fn parse(data: Bytes) -> Result<Message, ParseError> {
             body_start = nl + 1;
             break;
         }
+        let line_start = pos;
         pos = nl + 1;
-        if line.contains(&b'\r') {
+        // A CR anywhere but just before the LF.
+        if scan.first_cr.is_some_and(|cr| cr < line_start + line.len()) {
             return Err(ParseError::new("Bare CR in header section"));
         }
-        let line = std::str::from_utf8(line)
-            .map_err(|_| ParseError::new("Header section is not UTF-8"))?;
+        let line = if scan.non_ascii {
+            std::str::from_utf8(line).map_err(|_| ParseError::new("Header section is not UTF-8"))?
+        } else {
+            // SAFETY: every byte of the line is ASCII (< 0x80), so valid UTF-8.
+            unsafe { std::str::from_utf8_unchecked(line) }
+        };
         if start_line.is_none() {
             start_line = Some(parse_start_line(line, &data)?);
             continue;

@@ -12,7 +12,9 @@ pub(super) fn is_token_char(c: u8) -> bool {
 
 /// [`is_token_char`] as a table: one load per byte on the scans of every
 /// header name and parameter.
-static TOKEN: [bool; 256] = {
+static TOKEN: [bool; 256] = TOKEN_TABLE;
+
+const TOKEN_TABLE: [bool; 256] = {
     let mut table = [false; 256];
     let mut c = 0;
     while c < 256 {
@@ -33,12 +35,57 @@ pub(super) fn is_token(s: &str) -> bool {
 }
 
 /// SP or HTAB (what is left of LWS once folding is undone).
+#[inline]
 pub(super) fn is_ws(c: u8) -> bool {
     c == b' ' || c == b'\t'
 }
 
+#[inline]
 pub(super) fn trim_ws(s: &str) -> &str {
-    s.trim_matches([' ', '\t'])
+    trim_ws_end(trim_ws_start(s))
+}
+
+/// `s` without its leading SP and HTAB.
+#[inline]
+pub(super) fn trim_ws_start(s: &str) -> &str {
+    let n = s.bytes().take_while(|&c| is_ws(c)).count();
+    // SP and HTAB are ASCII: `n` is a char boundary.
+    s.get(n..).unwrap_or_default()
+}
+
+/// `s` without its trailing SP and HTAB.
+#[inline]
+pub(super) fn trim_ws_end(s: &str) -> &str {
+    let n = s.bytes().rev().take_while(|&c| is_ws(c)).count();
+    s.get(..s.len() - n).unwrap_or_default()
+}
+
+/// Where the first `byte` (ASCII) of `s` is: a plain byte loop, cheaper on
+/// the short texts of header values than `str::find` and its searcher.
+#[inline]
+pub(super) fn find_byte(s: &str, byte: u8) -> Option<usize> {
+    position_of(s.as_bytes(), byte)
+}
+
+/// Where the first `byte` of `b` is, eight bytes at a time.
+#[inline]
+pub(super) fn position_of(b: &[u8], byte: u8) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let pattern = ONES * u64::from(byte);
+    let mut i = 0;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(chunk);
+        let v = u64::from_le_bytes(bytes) ^ pattern;
+        // The lowest hit is exact.
+        let hits = v.wrapping_sub(ONES) & !v & HIGHS;
+        if hits != 0 {
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    b.get(i..)?.iter().position(|&c| c == byte).map(|j| i + j)
 }
 
 /// Length in bytes of the quoted-string at the start of `s` (which must start
@@ -64,6 +111,9 @@ pub(super) fn unquote(s: &str) -> String {
         .strip_prefix('"')
         .and_then(|s| s.strip_suffix('"'))
         .unwrap_or(s);
+    if !inner.bytes().any(|c| c == b'\\') {
+        return inner.to_string();
+    }
     let mut out = String::with_capacity(inner.len());
     let mut chars = inner.chars();
     while let Some(c) = chars.next() {
@@ -95,9 +145,19 @@ pub(super) fn quote(s: &str) -> String {
 /// Characters allowed in an unquoted generic-param value: token characters
 /// plus those of `host` (":" "[" "]" for IPv6 references). RFC 3261 §25.1
 /// `gen-value = token / host / quoted-string`.
+#[inline]
 fn is_gen_value_char(c: u8) -> bool {
-    is_token_char(c) || matches!(c, b':' | b'[' | b']')
+    GEN_VALUE[usize::from(c)]
 }
+
+/// [`is_gen_value_char`] as a table.
+static GEN_VALUE: [bool; 256] = {
+    let mut table = TOKEN_TABLE;
+    table[b':' as usize] = true;
+    table[b'[' as usize] = true;
+    table[b']' as usize] = true;
+    table
+};
 
 /// Scans `*( SEMI generic-param )` (RFC 3261 §25.1) where SEMI and EQUAL
 /// allow whitespace around them, giving each name and value (as written:
@@ -144,7 +204,11 @@ pub(super) fn scan_params<'a>(
             let len = if rest.starts_with('"') {
                 quoted_len(rest).map_err(|_| ParseError::bad_header(what, "unbalanced quotes"))?
             } else {
-                rest.bytes().take_while(|&c| is_gen_value_char(c)).count()
+                let mut end = i;
+                while end < b.len() && is_gen_value_char(b[end]) {
+                    end += 1;
+                }
+                end - i
             };
             if len == 0 {
                 return Err(ParseError::bad_header(what, "empty parameter value"));
@@ -249,9 +313,36 @@ impl Params {
     /// A parameter by name, case-insensitively (RFC 3261 §7.3.1):
     /// `Some(None)` for a flag, `Some(Some(v))` for `name=v`.
     pub(super) fn get(&self, name: &str) -> Option<Option<&str>> {
-        self.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        // As `spans` walks them, in one loop without the iterator's state.
+        let s = self.0.as_str();
+        let b = s.as_bytes();
+        let mut at = 0;
+        while b.get(at) == Some(&b';') {
+            let start = at + 1;
+            let name_end = b[start..]
+                .iter()
+                .position(|&c| c == b'=' || c == b';')
+                .map_or(b.len(), |i| start + i);
+            let value = if b.get(name_end) == Some(&b'=') {
+                let v = name_end + 1;
+                let rest = s.get(v..).unwrap_or_default();
+                let len = if rest.starts_with('"') {
+                    quoted_len(rest).unwrap_or(rest.len())
+                } else {
+                    position_of(rest.as_bytes(), b';').unwrap_or(rest.len())
+                };
+                at = v + len;
+                s.get(v..at)
+            } else {
+                at = name_end;
+                None
+            };
+            let n = s.get(start..name_end)?;
+            if n.len() == name.len() && n.eq_ignore_ascii_case(name) {
+                return Some(value);
+            }
+        }
+        None
     }
 
     /// Sets a parameter, replacing the value of one of the same name
@@ -345,6 +436,35 @@ mod tests {
         assert!(parse_params(";a=\"x", "Via").is_err());
         assert!(parse_params(" junk", "Via").is_err());
         assert_eq!(find_param(&p, "TAG"), Some(Some("1918181833n")));
+    }
+
+    #[test]
+    fn positions() {
+        for s in [
+            "",
+            "a",
+            ";",
+            "abcdefg;",
+            "abcdefgh;",
+            "abcdefghijklmnopq;r;",
+            "ab\u{e9};",
+        ] {
+            assert_eq!(position_of(s.as_bytes(), b';'), s.find(';'), "{s}");
+            assert_eq!(find_byte(s, b'x'), None);
+        }
+        let p = Params::kept(
+            ";branch=z9hG4bK-1;rport=5060;x=\"a;b\";lr;received=1.2.3.4",
+            false,
+        );
+        assert_eq!(p.get("BRANCH"), Some(Some("z9hG4bK-1")));
+        assert_eq!(p.get("rport"), Some(Some("5060")));
+        assert_eq!(p.get("x"), Some(Some("\"a;b\"")));
+        assert_eq!(p.get("lr"), Some(None));
+        assert_eq!(p.get("received"), Some(Some("1.2.3.4")));
+        assert_eq!(p.get("b"), None);
+        for (n, v) in p.iter() {
+            assert_eq!(p.get(n), Some(v));
+        }
     }
 
     #[test]

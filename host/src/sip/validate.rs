@@ -69,7 +69,7 @@ pub fn validate(msg: &Message) -> Result<(), ParseError> {
     }
     let call_id = call_id.single(&HeaderName::CallId)?;
     // Call-ID = word [ "@" word ]: no whitespace inside.
-    if call_id.is_empty() || call_id.contains([' ', '\t']) {
+    if call_id.is_empty() || call_id.bytes().any(|c| c == b' ' || c == b'\t') {
         return Err(ParseError::bad_header("Call-ID", "invalid"));
     }
     // Once there is exactly one line, the message's views parse that line:
@@ -153,7 +153,7 @@ pub fn sanity_check(msg: &Message) -> Result<(), Rejection> {
         HeaderName::CallId,
         HeaderName::CSeq,
     ] {
-        if msg.values(&name).next().is_none() {
+        if !msg.has_value(&name) {
             return Err(Rejection::new(
                 400,
                 &format!("Missing {} header", name.as_str()),

@@ -5,7 +5,9 @@ use std::borrow::Cow;
 use std::fmt;
 
 use super::error::ParseError;
-use super::syntax::{is_token, is_token_char, is_ws, scan_params, trim_ws, Params};
+use super::syntax::{
+    find_byte, is_token, is_token_char, is_ws, scan_params, trim_ws, trim_ws_start, Params,
+};
 use super::uri::{parse_hostport, Host};
 use super::values::first_comma;
 
@@ -53,19 +55,31 @@ struct Parts<'a> {
 /// Parses one Via value (not a comma-separated list): the sent-protocol,
 /// the sent-by and the parameters, checked, without allocation (but for a
 /// host name, or whitespace around the sent-by's colon).
-fn parse_parts(value: &str) -> Result<Parts<'_>, ParseError> {
+///
+/// `element`: `value` is an element of a list already split on its
+/// separating commas ([`Message::values`](super::Message::values)), so it
+/// holds none and the scan for one is skipped.
+fn parse_parts(value: &str, element: bool) -> Result<Parts<'_>, ParseError> {
     let value = trim_ws(value);
-    if first_comma(value).is_some() {
+    if !element && first_comma(value).is_some() {
         return Err(bad("several values"));
     }
     // sent-protocol = protocol-name SLASH protocol-version SLASH transport
-    let mut rest = value;
     let mut fields = [""; 3];
-    for (i, field) in fields.iter_mut().enumerate() {
-        rest = rest.trim_start_matches([' ', '\t']);
+    // The usual spelling, "SIP/2.0/", needs no scan.
+    let (mut rest, first) = match value.strip_prefix("SIP/2.0/") {
+        Some(rest) => {
+            fields[0] = "SIP";
+            fields[1] = "2.0";
+            (rest, 2)
+        }
+        None => (value, 0),
+    };
+    for (i, field) in fields.iter_mut().enumerate().skip(first) {
+        rest = trim_ws_start(rest);
         let len = rest.bytes().take_while(|&c| is_token_char(c)).count();
         *field = &rest[..len];
-        rest = rest[len..].trim_start_matches([' ', '\t']);
+        rest = trim_ws_start(&rest[len..]);
         if i < 2 {
             rest = rest
                 .strip_prefix('/')
@@ -85,9 +99,9 @@ fn parse_parts(value: &str) -> Result<Parts<'_>, ParseError> {
     }
     // Drop the whitespace COLON allows; any other whitespace stays and
     // makes the host or port invalid.
-    let colon = match sent_by.rfind(']') {
-        Some(close) => sent_by[close..].find(':').map(|i| i + close),
-        None => sent_by.find(':'),
+    let colon = match sent_by.bytes().rposition(|c| c == b']') {
+        Some(close) => find_byte(&sent_by[close..], b':').map(|i| i + close),
+        None => find_byte(sent_by, b':'),
     };
     let joined;
     let sent_by = match colon {
@@ -116,7 +130,7 @@ fn parse_parts(value: &str) -> Result<Parts<'_>, ParseError> {
             // via-received = IPv4address / IPv6reference (RFC 5118 §4.5: the
             // unbracketed IPv6 form of RFC 3261's ABNF is not accepted).
             let ok = value.is_some_and(|r| {
-                (r.starts_with('[') || !r.contains(':'))
+                (r.starts_with('[') || find_byte(r, b':').is_none())
                     && matches!(Host::parse(r), Ok(Host::V4(_) | Host::V6(_)))
             });
             if !ok {
@@ -154,7 +168,17 @@ impl Via {
     /// allowed around "/" ":" ";" "=" as the ABNF's SLASH, COLON, SEMI and
     /// EQUAL say (RFC 4475 wsinv).
     pub fn parse(value: &str) -> Result<Via, ParseError> {
-        let parts = parse_parts(value)?;
+        Self::from_parts(parse_parts(value, false)?)
+    }
+
+    /// [`Via::parse`] of an element of the Via list as
+    /// [`Message::values`](super::Message::values) gives it (which holds no
+    /// separating comma).
+    pub(super) fn parse_element(value: &str) -> Result<Via, ParseError> {
+        Self::from_parts(parse_parts(value, true)?)
+    }
+
+    fn from_parts(parts: Parts<'_>) -> Result<Via, ParseError> {
         let params = Params::kept(parts.params, parts.params_ws);
         Ok(Via {
             transport: transport_name(parts.transport),
@@ -164,10 +188,12 @@ impl Via {
         })
     }
 
-    /// Whether `value` is one valid Via value, as [`Via::parse`] would
-    /// find, without keeping it (the Vias below the top one).
+    /// Whether `value`, an element of the Via list as
+    /// [`Message::values`](super::Message::values) gives it, is one valid
+    /// Via value, as [`Via::parse`] would find, without keeping it (the
+    /// Vias below the top one).
     pub(super) fn check(value: &str) -> Result<(), ParseError> {
-        parse_parts(value).map(|_| ())
+        parse_parts(value, true).map(|_| ())
     }
 
     /// A parameter by name (case-insensitive): `Some(None)` for a flag such
@@ -315,5 +341,7 @@ mod tests {
         assert_eq!(Via::parse(&v.to_string()).unwrap(), v);
         assert!(Via::check("SIP/2.0/UDP h;branch=z9hG4bK1").is_ok());
         assert!(Via::check("SIP/2.0/UDP h;received=x").is_err());
+        assert!(Via::parse_element("SIP/2.0/UDP h;branch=z9hG4bK1").is_ok());
+        assert!(Via::parse("SIP/2.0/UDP h, SIP/2.0/UDP i").is_err());
     }
 }

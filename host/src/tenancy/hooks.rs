@@ -48,20 +48,19 @@ impl TenantHooks {
             .map(|(_, time)| &**time)
     }
 
-    /// Runs `hook` and charges its time to the pool's tenant.
-    fn timed<T>(&self, pool: &Pool, hook: impl FnOnce() -> T) -> T {
-        let started = Instant::now();
-        let out = hook();
+    /// Charges a hook call on `pool` that ran from `started` to `ended`
+    /// to the pool's tenant. The pool reads the clock at both ends of the
+    /// call for its own metrics and hands the readings out (`Pool::*_from`),
+    /// so that timing a hook costs two clock reads in all.
+    fn charge(&self, pool: &Pool, started: Instant, ended: Instant) {
         if let Some(time) = self.time_of(&pool.guest().tenant) {
-            let now = Instant::now();
-            if time.charge(now, now.saturating_duration_since(started)) {
+            if time.charge(ended, ended.saturating_duration_since(started)) {
                 tracing::info!(
                     tenant = %pool.guest().tenant,
                     "slow hooks: the tenant's calls move to a lane of their own"
                 );
             }
         }
-        out
     }
 }
 
@@ -89,9 +88,10 @@ impl Hooks for TenantHooks {
         };
         tenant.metrics.requests.inc();
         let pool = tenant.pick(req.msg.call_id());
+        let started = Instant::now();
         if let Some(time) = self.time_of(&tenant.name) {
             let budget = pool.guest().limits.hook_budget_ms_per_s;
-            if let Some(left) = time.over_budget(Instant::now(), budget) {
+            if let Some(left) = time.over_budget(started, budget) {
                 tenant.metrics.over_budget.inc();
                 tracing::debug!(tenant = %tenant.name, budget_ms = budget, "hook time budget used; answering 503");
                 let retry_after = left.as_secs() + u64::from(left.subsec_nanos() > 0);
@@ -104,7 +104,8 @@ impl Hooks for TenantHooks {
                 );
             }
         }
-        let (req, result) = self.timed(&pool, || pool.route(req, vars));
+        let (req, result, ended) = pool.route_from(started, req, vars);
+        self.charge(&pool, started, ended);
         let routed = match result {
             Ok(((), actions)) => Routed::Actions {
                 pinned: pool,
@@ -136,7 +137,9 @@ impl Hooks for TenantHooks {
         index: u32,
         vars: &mut TxVars,
     ) -> (RequestCtx, Result<(), HookFailed>) {
-        let (req, result) = self.timed(pool, || pool.on_branch(req, index, vars));
+        let started = Instant::now();
+        let (req, result, ended) = pool.on_branch_from(started, req, index, vars);
+        self.charge(pool, started, ended);
         (req, result.map(|_| ()).map_err(|e| failed(pool, e)))
     }
 
@@ -148,7 +151,9 @@ impl Hooks for TenantHooks {
         source: SocketAddr,
         vars: &mut TxVars,
     ) -> (RequestCtx, Message, Result<bool, HookFailed>) {
-        let (req, res, result) = self.timed(pool, || pool.on_reply(req, res, source, vars));
+        let started = Instant::now();
+        let (req, res, result, ended) = pool.on_reply_from(started, req, res, source, vars);
+        self.charge(pool, started, ended);
         (
             req,
             res,
@@ -163,7 +168,9 @@ impl Hooks for TenantHooks {
         best: Message,
         vars: &mut TxVars,
     ) -> (RequestCtx, Message, Result<Vec<Action>, HookFailed>) {
-        let (req, res, result) = self.timed(pool, || pool.on_failure(req, best, vars));
+        let started = Instant::now();
+        let (req, res, result, ended) = pool.on_failure_from(started, req, best, vars);
+        self.charge(pool, started, ended);
         (
             req,
             res,

@@ -179,14 +179,36 @@ pub fn http_date(unix: i64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
-        DAYS[days.rem_euclid(7) as usize],
-        MONTHS[(month - 1) as usize],
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    let weekday = DAYS[days.rem_euclid(7) as usize];
+    let month = MONTHS[(month - 1) as usize];
+    if !(1000..=9999).contains(&year) {
+        return format!(
+            "{weekday}, {day:02} {month} {year} {:02}:{:02}:{:02} GMT",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        );
+    }
+    // Every REGISTER's 200 carries one: put together without `fmt`.
+    let two = |n: i64| [b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8];
+    let mut out = Vec::with_capacity(29);
+    out.extend_from_slice(weekday.as_bytes());
+    out.extend_from_slice(b", ");
+    out.extend_from_slice(&two(day));
+    out.push(b' ');
+    out.extend_from_slice(month.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(&two(year / 100));
+    out.extend_from_slice(&two(year % 100));
+    out.push(b' ');
+    out.extend_from_slice(&two(secs / 3600));
+    out.push(b':');
+    out.extend_from_slice(&two(secs / 60 % 60));
+    out.push(b':');
+    out.extend_from_slice(&two(secs % 60));
+    out.extend_from_slice(b" GMT");
+    // ASCII only.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The address-of-record key of a URI: its user part.
@@ -471,12 +493,34 @@ pub fn reply_contacts(bindings: &[Binding], now: i64) -> Vec<(HeaderName, String
             if b.reg_id > 0 {
                 outbound.push_str(&format!(";reg-id={}", b.reg_id));
             }
-            (
-                HeaderName::Contact,
-                format!("<{}>;expires={left}{q}{outbound}", b.contact),
-            )
+            // `<{contact}>;expires={left}{q}{outbound}`, without `fmt`.
+            let mut value = String::with_capacity(b.contact.len() + 32 + q.len() + outbound.len());
+            value.push('<');
+            value.push_str(&b.contact);
+            value.push_str(">;expires=");
+            push_decimal(&mut value, left.unsigned_abs());
+            value.push_str(&q);
+            value.push_str(&outbound);
+            (HeaderName::Contact, value)
         })
         .collect()
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@
 //! bindings, and at most [`max_unwritten`] addresses waiting to be
 //! written (refused 503 past it: the database is too far behind).
 
-use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +23,7 @@ use super::{sort, Binding, Register, SaveError, SaveOptions};
 use crate::cluster::ClusterError;
 use crate::services::storage::StorageError;
 use crate::sip::Message;
+use crate::transaction::hash::KeyedState;
 use crate::transport::Target;
 
 /// Shards of a tenant's bindings.
@@ -46,8 +46,9 @@ pub fn max_unwritten(max_aors: u32) -> usize {
 #[derive(Default)]
 pub(super) struct ShardTable {
     /// Never an empty list: an address of record without bindings goes.
-    pub(super) aors: HashMap<Box<str>, Vec<Binding>>,
-    pub(super) unwritten: HashSet<Box<str>>,
+    /// Keyed by what UAs send: foldhash with a random seed, not SipHash.
+    pub(super) aors: HashMap<Box<str>, Vec<Binding>, KeyedState>,
+    pub(super) unwritten: HashSet<Box<str>, KeyedState>,
 }
 
 /// One shard, on a cache line of its own.
@@ -160,10 +161,10 @@ impl TenantTable {
 /// The location service's bindings, in memory, for every tenant; written
 /// behind to the database (see the module's documentation).
 pub struct Location {
-    pub(super) tenants: RwLock<HashMap<Box<str>, Arc<TenantTable>>>,
+    pub(super) tenants: RwLock<HashMap<Box<str>, Arc<TenantTable>, KeyedState>>,
     /// Keyed with random keys: a UA chooses its address of record, and
     /// must not steer them all to one shard.
-    hasher: RandomState,
+    hasher: KeyedState,
     pub(super) write_interval: Duration,
     /// Held through a write, so that two writes (the timer's and the
     /// shutdown's) cannot apply an older picture after a newer one.
@@ -184,7 +185,7 @@ impl Location {
     pub fn new(write_interval: Duration) -> Location {
         Location {
             tenants: RwLock::default(),
-            hasher: RandomState::new(),
+            hasher: KeyedState::default(),
             write_interval,
             writing: Mutex::default(),
             shared: OnceLock::new(),

@@ -70,6 +70,11 @@ fn dates() {
     // RFC 3261 §20.17's example.
     assert_eq!(http_date(1_289_690_940), "Sat, 13 Nov 2010 23:29:00 GMT");
     assert_eq!(http_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+    assert_eq!(http_date(1_764_720_005), "Wed, 03 Dec 2025 00:00:05 GMT");
+    // Years of other than four digits take the long way.
+    assert_eq!(http_date(253_402_300_800), "Sat, 01 Jan 10000 00:00:00 GMT");
+    assert_eq!(http_date(-1), "Wed, 31 Dec 1969 23:59:59 GMT");
+    assert_eq!(http_date(-62_135_596_800), "Mon, 01 Jan 1 00:00:00 GMT");
 }
 
 #[test]
