@@ -21,7 +21,7 @@ use std::hash::{Hash, Hasher};
 
 use crate::transaction::hash::process_hasher;
 
-use crate::sip::{HeaderName, Message, Via};
+use crate::sip::{write, HeaderName, Message, Via};
 
 use super::secret;
 
@@ -188,28 +188,34 @@ pub fn has_looped(msg: &Message, loop_hash: u32) -> bool {
 
 /// What the MAC binds of the Via below ours: everything that says where a
 /// response goes, and the branch that names the previous hop's transaction.
+/// Written without `fmt` (three per call); each parameter value is
+/// length-prefixed so that no Via's anchor can pass for another's.
 fn anchor(below: Option<&Via>) -> String {
-    use std::fmt::Write;
     let Some(via) = below else {
         return String::new();
     };
-    let param = |name: &str| via.param(name).map(|v| v.unwrap_or(""));
     // One allocation: the transport and host case-folded in place.
     let mut anchor = String::with_capacity(128);
     anchor.push_str(&via.transport);
     anchor.make_ascii_uppercase();
     anchor.push('|');
     let host = anchor.len();
-    let _ = write!(anchor, "{}", via.host);
+    via.host.push_to(&mut anchor);
     anchor[host..].make_ascii_lowercase();
-    let _ = write!(
-        anchor,
-        "|{}|{:?}|{:?}|{:?}",
-        via.port.unwrap_or(0),
-        param("received"),
-        param("rport"),
-        param("branch"),
-    );
+    anchor.push('|');
+    write::push_decimal(&mut anchor, u64::from(via.port.unwrap_or(0)));
+    for name in ["received", "rport", "branch"] {
+        anchor.push('|');
+        match via.param(name) {
+            None => anchor.push('-'),
+            Some(value) => {
+                let value = value.unwrap_or("");
+                write::push_decimal(&mut anchor, value.len() as u64);
+                anchor.push(':');
+                anchor.push_str(value);
+            }
+        }
+    }
     anchor
 }
 

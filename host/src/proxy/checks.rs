@@ -50,7 +50,7 @@ pub fn cap_max_forwards(msg: &mut Message, cap: u32) -> Result<(), String> {
 /// The Max-Breadth of a request (RFC 5393): its own, at most `cap`, or
 /// `cap` when it has none (or one that is no number).
 pub fn max_breadth(msg: &Message, cap: u32) -> u32 {
-    msg.header(&max_breadth_header())
+    msg.header(&HeaderName::MaxBreadth)
         .and_then(|v| v.trim().parse::<u32>().ok())
         .map_or(cap, |v| v.min(cap))
 }
@@ -73,8 +73,7 @@ pub fn share_breadth(breadth: u32, branches: usize) -> Vec<Option<u32>> {
 /// Whether the request carries exactly this Max-Breadth (once), so that
 /// writing it again can be spared.
 pub fn has_max_breadth(msg: &Message, breadth: u32) -> bool {
-    let name = max_breadth_header();
-    let mut values = msg.values(&name);
+    let mut values = msg.values(&HeaderName::MaxBreadth);
     matches!(
         (values.next().map(|v| v.trim().parse::<u32>()), values.next()),
         (Some(Ok(v)), None) if v == breadth
@@ -83,14 +82,9 @@ pub fn has_max_breadth(msg: &Message, breadth: u32) -> bool {
 
 /// Writes the Max-Breadth a forwarded request carries.
 pub fn set_max_breadth(msg: &mut Message, breadth: u32) -> Result<(), String> {
-    let name = max_breadth_header();
-    msg.remove_headers(&name);
-    msg.append_header(name, &breadth.to_string())
+    msg.remove_headers(&HeaderName::MaxBreadth);
+    msg.append_header(HeaderName::MaxBreadth, &breadth.to_string())
         .map_err(|e| e.to_string())
-}
-
-fn max_breadth_header() -> HeaderName {
-    HeaderName::parse("Max-Breadth")
 }
 
 fn set(req: &mut RequestCtx, value: u32) -> Result<(), Rejection> {

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::sip::{HeaderName, Message, Via};
+use crate::sip::{write, HeaderName, Message, Via};
 use crate::transaction::hash::KeyedMap;
 use crate::transaction::{Transactions, TxId};
 use crate::transport::{listener_for, Target, Transport};
@@ -124,17 +124,12 @@ impl Effects {
     /// The branch of a new client transaction for a request whose loop
     /// hash is `loop_hash` and whose top Via (as received) is `below`.
     pub(super) fn next_branch(&mut self, loop_hash: u32, below: Option<&Via>) -> String {
-        use std::io::Write;
         self.branch_seq += 1;
-        let mut buf = [0u8; 48];
-        let len = {
-            let mut out = &mut buf[..];
-            // Two u64 in decimal and a dash fit in 48 bytes.
-            let _ = write!(out, "{}-{}", self.shard, self.branch_seq);
-            48 - out.len()
-        };
-        let id = std::str::from_utf8(&buf[..len]).unwrap_or_default();
-        branch::make(id, loop_hash, below)
+        let mut id = String::with_capacity(48);
+        write::push_decimal(&mut id, self.shard as u64);
+        id.push('-');
+        write::push_decimal(&mut id, self.branch_seq);
+        branch::make(&id, loop_hash, below)
     }
 
     /// Queues a message that no transaction sends.
@@ -249,10 +244,18 @@ impl Effects {
         if !checks::has_max_breadth(&msg, breadth) {
             checks::set_max_breadth(&mut msg, breadth)?;
         }
-        let via = format!(
-            "SIP/2.0/{} {me};branch={branch};rport",
-            target.transport.via_name()
-        );
+        let mut via = String::with_capacity(32 + me.len() + branch.len());
+        for part in [
+            "SIP/2.0/",
+            target.transport.via_name(),
+            " ",
+            &me,
+            ";branch=",
+            branch,
+            ";rport",
+        ] {
+            via.push_str(part);
+        }
         msg.prepend_header(HeaderName::Via, &via)
             .map_err(|e| e.to_string())?;
         Ok(msg)
@@ -311,11 +314,20 @@ fn contact_says_ob(msg: &Message) -> bool {
 /// connection it faces when that is a flow, and the dialog's integrity
 /// tag (`ri`, see [`secret::route_tag`]).
 fn rr_value(me: &str, transport: Transport, flow: Option<Target>, tag: &str) -> String {
-    let user = flow
-        .map(|f| format!("{}@", flow::token(f)))
-        .unwrap_or_default();
-    match transport {
-        Transport::Udp => format!("<sip:{user}{me};lr;ri={tag}>"),
-        t => format!("<sip:{user}{me};transport={t};lr;ri={tag}>"),
+    let user = flow.map(flow::token);
+    let mut value = String::with_capacity(64 + me.len());
+    value.push_str("<sip:");
+    if let Some(user) = &user {
+        value.push_str(user);
+        value.push('@');
     }
+    value.push_str(me);
+    if transport != Transport::Udp {
+        value.push_str(";transport=");
+        value.push_str(transport.name());
+    }
+    for part in [";lr;ri=", tag, ">"] {
+        value.push_str(part);
+    }
+    value
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Mutex;
 
-use crate::sip::{Host, Scheme, Uri};
+use crate::sip::{write, Host, Scheme, Uri};
 use crate::transport::Listener;
 
 /// Answers cached per IP are bounded, since the IPs come from the network.
@@ -95,8 +95,10 @@ impl Locality {
     /// The address to name ourselves by (Via, Record-Route) on messages
     /// sent from `listener` to `dest`.
     pub fn address_towards(&self, listener: usize, dest: IpAddr) -> String {
+        let mut me = String::with_capacity(48);
         let Some(l) = self.listeners.get(listener) else {
-            return dest.to_string();
+            write::push_ip(&mut me, dest);
+            return me;
         };
         if let Some(adv) = &l.advertise {
             return adv.clone();
@@ -106,7 +108,8 @@ impl Locality {
         } else {
             l.local.ip()
         };
-        SocketAddr::new(ip, l.local.port()).to_string()
+        write::push_socket_addr(&mut me, SocketAddr::new(ip, l.local.port()));
+        me
     }
 
     /// Asks the kernel which source address it would use towards `dest`

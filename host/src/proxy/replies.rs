@@ -6,7 +6,7 @@
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 
-use crate::sip::{self, HeaderName, Host, Message, Method, Via};
+use crate::sip::{self, write, HeaderName, Host, Message, Method, Via};
 use crate::transaction::hash::process_hasher;
 use crate::transport::{Target, Transport};
 
@@ -47,15 +47,17 @@ pub(super) fn stamp_received(msg: &mut Message, source: &Source) {
     if same_host && !want_rport {
         return;
     }
-    // IPv6 in brackets, as RFC 5118 §4.5 reads the received parameter.
-    let received = match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("[{v6}]"),
-    };
+    // IPv6 in brackets, as RFC 5118 §4.5 reads the received parameter;
+    // one buffer for both values.
+    let mut values = String::with_capacity(48);
+    write::push_ip_host(&mut values, ip);
+    let ip_len = values.len();
+    write::push_decimal(&mut values, u64::from(source.remote.port()));
+    let (received, port) = values.split_at(ip_len);
     let mut via = via.clone();
-    via.set_param("received", Some(&received));
+    via.set_param("received", Some(received));
     if want_rport {
-        via.set_param("rport", Some(&source.remote.port().to_string()));
+        via.set_param("rport", Some(port));
     }
     let _ = msg.set_top_via(via);
 }

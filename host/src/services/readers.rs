@@ -24,6 +24,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 use super::storage_error::StorageError;
+use crate::sip::write::push_decimal;
 use crate::transaction::hash::KeyedState;
 
 /// How long a read waits for a lock it cannot take. In WAL mode that is
@@ -125,7 +126,7 @@ impl Readers {
             key.clear();
             for part in parts {
                 // Length-prefixed: no two lists of parts make one key.
-                push_decimal(key, part.len());
+                push_decimal(key, part.len() as u64);
                 key.push(':');
                 key.push_str(part);
             }
@@ -196,22 +197,5 @@ impl Readers {
         conn.pragma_update(None, "cache_size", -READ_CACHE_KIB)
             .map_err(open_err)?;
         Ok(conn)
-    }
-}
-
-/// Appends `n` in decimal (without `fmt`'s machinery).
-fn push_decimal(out: &mut String, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[at..] {
-        out.push(char::from(d));
     }
 }

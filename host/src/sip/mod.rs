@@ -20,6 +20,7 @@ mod uri;
 mod validate;
 mod values;
 mod via;
+pub mod write;
 
 #[cfg(test)]
 mod corpus_tests;

@@ -376,23 +376,6 @@ fn push_param(out: &mut String, name: &str, value: Option<&str>) {
     }
 }
 
-/// Appends `n` in decimal, without the formatting machinery.
-pub(super) fn push_decimal(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[at..] {
-        out.push(char::from(d));
-    }
-}
-
 /// Parses a non-empty run of ASCII digits into a u32 (no sign, no spaces).
 pub(super) fn parse_u32(s: &str) -> Option<u32> {
     if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {

@@ -87,23 +87,13 @@ impl Host {
         }
     }
 
-    /// Appends the host as `Display` writes it; an IPv4 address without
-    /// the formatting machinery.
-    pub(super) fn push_to(&self, out: &mut String) {
+    /// Appends the host as `Display` writes it, without the formatting
+    /// machinery for an IPv4 address.
+    pub fn push_to(&self, out: &mut String) {
         match self {
             Host::Name(n) => out.push_str(n),
-            Host::V4(a) => {
-                for (i, octet) in a.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        out.push('.');
-                    }
-                    super::syntax::push_decimal(out, u64::from(octet));
-                }
-            }
-            Host::V6(a) => {
-                use std::fmt::Write;
-                let _ = write!(out, "[{a}]");
-            }
+            Host::V4(a) => super::write::push_ipv4(out, *a),
+            Host::V6(a) => super::write::push_ip_host(out, (*a).into()),
         }
     }
 

@@ -249,7 +249,7 @@ impl Via {
         self.host.push_to(out);
         if let Some(p) = self.port {
             out.push(':');
-            super::syntax::push_decimal(out, u64::from(p));
+            super::write::push_decimal(out, u64::from(p));
         }
         out.push_str(self.params.as_str());
     }

@@ -109,12 +109,12 @@ pub(super) enum RequestKey {
 }
 
 fn sent_by(via: &Via) -> String {
-    use std::fmt::Write;
     let mut sent_by = String::with_capacity(48);
-    let _ = write!(sent_by, "{}", via.host);
+    via.host.push_to(&mut sent_by);
     sent_by.make_ascii_lowercase();
     if let Some(p) = via.port {
-        let _ = write!(sent_by, ":{p}");
+        sent_by.push(':');
+        crate::sip::write::push_decimal(&mut sent_by, u64::from(p));
     }
     sent_by
 }

@@ -38,6 +38,7 @@ pub use table::{Location, DEFAULT_WRITE_INTERVAL};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::storage::StorageError;
+use crate::sip::write::push_decimal;
 use crate::sip::{HeaderName, Message, NameAddr};
 
 /// Seconds a REGISTER refused while the database is too far behind is
@@ -504,23 +505,6 @@ pub fn reply_contacts(bindings: &[Binding], now: i64) -> Vec<(HeaderName, String
             (HeaderName::Contact, value)
         })
         .collect()
-}
-
-/// Appends `n` in decimal.
-fn push_decimal(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[at..] {
-        out.push(char::from(d));
-    }
 }
 
 #[cfg(test)]
