@@ -46,7 +46,7 @@ pub fn loose_route(msg: &mut Message, locality: &Locality) -> LooseRoute {
     if ruri_is_ours {
         if let Some(last) = msg.values(&HeaderName::Route).last().map(str::to_owned) {
             if let Ok(last) = NameAddr::parse(&last) {
-                let target = last.uri.to_string();
+                let target = last.uri.to_text();
                 remove_last_route(msg);
                 let _ = msg.set_uri(&target);
             }
@@ -215,7 +215,7 @@ pub fn next_hop(msg: &mut Message, explicit: Option<&str>) -> Result<Destination
             msg.pop_first_value(&HeaderName::Route);
             msg.append_header(HeaderName::Route, &format!("<{old}>"))
                 .map_err(|e| e.to_string())?;
-            msg.set_uri(&route.uri.to_string())
+            msg.set_uri(&route.uri.to_text())
                 .map_err(|e| e.to_string())?;
         }
         return Destination::from_uri(&route.uri);

@@ -94,7 +94,7 @@ impl HostState {
                 ctx.path.clear();
                 Ok(ctx
                     .msg
-                    .set_uri(&ruri.to_string())
+                    .set_uri(&ruri.to_text())
                     .map_err(|e| Error::Invalid(e.to_string())))
             }
         }

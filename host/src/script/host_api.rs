@@ -36,8 +36,9 @@ pub(super) fn reply(code: u16, reason: &str, headers: Vec<(HeaderName, String)>)
 /// A host address as the WIT gives it: IPv6 without brackets.
 fn host_text(host: sip::Host) -> String {
     match host {
-        sip::Host::V6(ip) => ip.to_string(),
-        host => host.to_string(),
+        sip::Host::Name(name) => name,
+        sip::Host::V4(ip) => ip_text(ip.into()),
+        sip::Host::V6(ip) => ip_text(ip.into()),
     }
 }
 
@@ -73,22 +74,8 @@ pub(super) fn endpoint(t: wit::Transport, addr: std::net::SocketAddr) -> wit::En
 /// IPv4 is written without the formatting machinery (`to_string` was a
 /// third of what `request-info` cost).
 fn ip_text(ip: std::net::IpAddr) -> String {
-    let std::net::IpAddr::V4(v4) = ip else {
-        return ip.to_string();
-    };
     let mut out = String::with_capacity(15);
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            out.push('.');
-        }
-        if octet >= 100 {
-            out.push(char::from(b'0' + octet / 100));
-        }
-        if octet >= 10 {
-            out.push(char::from(b'0' + octet / 10 % 10));
-        }
-        out.push(char::from(b'0' + octet % 10));
-    }
+    sip::write::push_ip(&mut out, ip);
     out
 }
 
@@ -362,16 +349,12 @@ impl wit::HostRequest for HostState {
 
     fn from_uri(&mut self, req: Resource<RequestCtx>) -> Result<String> {
         let req = self.req(&req)?;
-        Ok(req
-            .msg
-            .from()
-            .map(|f| f.uri.to_string())
-            .unwrap_or_default())
+        Ok(req.msg.from().map(|f| f.uri.to_text()).unwrap_or_default())
     }
 
     fn to_uri(&mut self, req: Resource<RequestCtx>) -> Result<String> {
         let req = self.req(&req)?;
-        Ok(req.msg.to().map(|t| t.uri.to_string()).unwrap_or_default())
+        Ok(req.msg.to().map(|t| t.uri.to_text()).unwrap_or_default())
     }
 
     fn drop(&mut self, _req: Resource<RequestCtx>) -> Result<()> {

@@ -111,7 +111,11 @@ impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Host::Name(n) => f.write_str(n),
-            Host::V4(a) => write!(f, "{a}"),
+            Host::V4(_) => {
+                let mut out = String::with_capacity(15);
+                self.push_to(&mut out);
+                f.write_str(&out)
+            }
             Host::V6(a) => write!(f, "[{a}]"),
         }
     }
@@ -436,26 +440,45 @@ impl Uri {
     }
 }
 
+impl Uri {
+    /// Appends the URI as `Display` writes it, without the formatting
+    /// machinery (the guest asks for From and To URIs on every REGISTER).
+    pub fn push_to(&self, out: &mut String) {
+        out.push_str(self.scheme.as_str());
+        out.push(':');
+        if let Some(u) = &self.user {
+            out.push_str(u);
+            if let Some(p) = &self.password {
+                out.push(':');
+                out.push_str(p);
+            }
+            out.push('@');
+        }
+        self.host.push_to(out);
+        if let Some(p) = self.port {
+            out.push(':');
+            super::write::push_decimal(out, u64::from(p));
+        }
+        out.push_str(self.params.as_str());
+        for (i, (n, v)) in self.headers.iter().enumerate() {
+            out.push(if i == 0 { '?' } else { '&' });
+            out.push_str(n);
+            out.push('=');
+            out.push_str(v);
+        }
+    }
+
+    /// The URI as text: what `to_string` gives, one allocation, no `fmt`.
+    pub fn to_text(&self) -> String {
+        let mut out = String::with_capacity(64);
+        self.push_to(&mut out);
+        out
+    }
+}
+
 impl fmt::Display for Uri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:", self.scheme.as_str())?;
-        if let Some(u) = &self.user {
-            f.write_str(u)?;
-            if let Some(p) = &self.password {
-                write!(f, ":{p}")?;
-            }
-            f.write_str("@")?;
-        }
-        write!(f, "{}", self.host)?;
-        if let Some(p) = self.port {
-            write!(f, ":{p}")?;
-        }
-        f.write_str(self.params.as_str())?;
-        for (i, (n, v)) in self.headers.iter().enumerate() {
-            let sep = if i == 0 { '?' } else { '&' };
-            write!(f, "{sep}{n}={v}")?;
-        }
-        Ok(())
+        f.write_str(&self.to_text())
     }
 }
 

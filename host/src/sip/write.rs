@@ -30,7 +30,13 @@ pub fn push_ipv4(out: &mut String, ip: Ipv4Addr) {
         if i > 0 {
             out.push('.');
         }
-        push_decimal(out, u64::from(octet));
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
     }
 }
 
@@ -101,8 +107,9 @@ mod tests {
 
     #[test]
     fn addresses_as_display_writes_them() {
-        let ips: [IpAddr; 6] = [
+        let ips: [IpAddr; 7] = [
             "0.0.0.0".parse().unwrap(),
+            "9.10.99.100".parse().unwrap(),
             "127.0.0.1".parse().unwrap(),
             "10.200.3.45".parse().unwrap(),
             "255.255.255.255".parse().unwrap(),

@@ -347,7 +347,7 @@ impl Register {
                         .ok_or_else(|| SaveError::BadRequest("bad reg-id".into()))?,
                 };
                 asked.push(Asked {
-                    uri: contact.uri.to_string(),
+                    uri: contact.uri.to_text(),
                     expires,
                     q,
                     instance: contact
