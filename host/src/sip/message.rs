@@ -627,7 +627,7 @@ impl Message {
             }
         }
         let mut digits = [0u8; 20];
-        let length = decimal(self.body.len(), &mut digits);
+        let length = super::write::decimal(self.body.len() as u64, &mut digits);
         let mut wrote_length = false;
         for h in &self.headers {
             let value = if h.name == HeaderName::ContentLength {
@@ -655,24 +655,9 @@ impl Message {
     }
 }
 
-/// `n` in decimal, written at the end of `buf`, without the allocation of
-/// `to_string` (serializing runs once per message sent).
-fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &str {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&buf[at..]).unwrap_or("0")
-}
-
 fn put_decimal(out: &mut BytesMut, n: usize) {
     let mut digits = [0u8; 20];
-    out.put_slice(decimal(n, &mut digits).as_bytes());
+    out.put_slice(super::write::decimal(n as u64, &mut digits).as_bytes());
 }
 
 #[cfg(test)]
@@ -794,10 +779,6 @@ mod tests {
 
     #[test]
     fn decimals() {
-        let mut digits = [0u8; 20];
-        for n in [0, 7, 10, 99, 100, 1234, 65535, usize::MAX] {
-            assert_eq!(decimal(n, &mut digits), n.to_string());
-        }
         for code in [0u16, 7, 42, 100, 180, 699, 999, 1000, 65535] {
             let r = Message::new_response(code, "X");
             let text = r.to_bytes();

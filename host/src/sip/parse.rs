@@ -7,7 +7,7 @@ use super::error::ParseError;
 use super::header_name::HeaderName;
 use super::message::{Header, Message, StartLine, Text};
 use super::method::Method;
-use super::syntax::{is_token, is_token_char, is_ws, trim_ws};
+use super::syntax::{bytes_equal, is_token, is_token_char, is_ws, trim_ws, HIGHS};
 use super::uri::Uri;
 
 /// Largest header section `frame` waits for.
@@ -121,17 +121,6 @@ struct LineScan {
     first_cr: Option<usize>,
     /// Whether a byte of the line is not ASCII (UTF-8 must then be checked).
     non_ascii: bool,
-}
-
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
-
-/// The bytes of `word` that are `byte`, as their high bits; exact up to
-/// the first one (bits above it may be false hits, which only cost a look).
-#[inline(always)]
-fn bytes_equal(word: u64, byte: u8) -> u64 {
-    let v = word ^ (ONES * u64::from(byte));
-    v.wrapping_sub(ONES) & !v & HIGHS
 }
 
 /// Scans the line starting at `pos` once, eight bytes at a time: where it

@@ -376,6 +376,19 @@ fn push_param(out: &mut String, name: &str, value: Option<&str>) {
     }
 }
 
+/// Eight ones, one per byte of a word (SWAR scans in `parse`, `values`).
+pub(super) const ONES: u64 = 0x0101_0101_0101_0101;
+/// The high bit of each byte of a word.
+pub(super) const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The bytes of `word` that are `byte`, as their high bits; exact up to
+/// the first one (bits above it may be false hits, which only cost a look).
+#[inline(always)]
+pub(super) fn bytes_equal(word: u64, byte: u8) -> u64 {
+    let v = word ^ (ONES * u64::from(byte));
+    v.wrapping_sub(ONES) & !v & HIGHS
+}
+
 /// Parses a non-empty run of ASCII digits into a u32 (no sign, no spaces).
 pub(super) fn parse_u32(s: &str) -> Option<u32> {
     if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {

@@ -1,18 +1,7 @@
 //! Splitting comma-separated header values (RFC 3261 §7.3.1): commas inside
 //! quoted strings or `<...>` do not separate values.
 
-use super::syntax::trim_ws;
-
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
-
-/// The bytes of `word` that are `byte`, as their high bits; exact up to
-/// the first one (bits above it may be false hits).
-#[inline(always)]
-fn bytes_equal(word: u64, byte: u8) -> u64 {
-    let v = word ^ (ONES * u64::from(byte));
-    v.wrapping_sub(ONES) & !v & HIGHS
-}
+use super::syntax::{bytes_equal, trim_ws};
 
 /// Where the first `,`, `"` or `<` of `b` is (the bytes where a separating
 /// comma can be, or where quoting starts), eight bytes at a time.
