@@ -95,10 +95,8 @@ impl Locality {
     /// The address to name ourselves by (Via, Record-Route) on messages
     /// sent from `listener` to `dest`.
     pub fn address_towards(&self, listener: usize, dest: IpAddr) -> String {
-        let mut me = String::with_capacity(48);
         let Some(l) = self.listeners.get(listener) else {
-            write::push_ip(&mut me, dest);
-            return me;
+            return dest.to_string();
         };
         if let Some(adv) = &l.advertise {
             return adv.clone();
@@ -108,6 +106,7 @@ impl Locality {
         } else {
             l.local.ip()
         };
+        let mut me = String::with_capacity(48);
         write::push_socket_addr(&mut me, SocketAddr::new(ip, l.local.port()));
         me
     }

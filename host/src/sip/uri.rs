@@ -111,12 +111,11 @@ impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Host::Name(n) => f.write_str(n),
-            Host::V4(_) => {
-                let mut out = String::with_capacity(15);
-                self.push_to(&mut out);
+            ip => {
+                let mut out = String::with_capacity(48);
+                ip.push_to(&mut out);
                 f.write_str(&out)
             }
-            Host::V6(a) => write!(f, "[{a}]"),
         }
     }
 }
@@ -438,9 +437,7 @@ impl Uri {
     pub fn is_sip(&self) -> bool {
         matches!(self.scheme, Scheme::Sip | Scheme::Sips)
     }
-}
 
-impl Uri {
     /// Appends the URI as `Display` writes it, without the formatting
     /// machinery (the guest asks for From and To URIs on every REGISTER).
     pub fn push_to(&self, out: &mut String) {
