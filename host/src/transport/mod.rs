@@ -534,9 +534,10 @@ impl Transports {
             for i in 0..threads.max(1) {
                 let (socket, turn, datagrams, index) =
                     (socket.clone(), turn.clone(), datagrams.clone(), *index);
+                let readable = udp::Readable::new(&socket)?;
                 std::thread::Builder::new()
                     .name(format!("wisp-udp-{index}.{i}"))
-                    .spawn(move || udp::receive(socket, turn, index, &*datagrams))?;
+                    .spawn(move || udp::receive(socket, readable, turn, index, &*datagrams))?;
             }
         }
         Ok(())

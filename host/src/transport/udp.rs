@@ -9,6 +9,15 @@
 //! order the socket delivered them: when each thread received on its own,
 //! a callee's back-to-back 180 and 200 could be taken by two threads and
 //! the 200 queued first, and a stateless route forwarded them swapped.
+//!
+//! An idle thread waits for the socket to be readable, not for the turn
+//! (on Linux: its own epoll set, `EPOLLEXCLUSIVE`, so that a datagram
+//! wakes one waiting thread), and takes the turn only to receive what is
+//! there without blocking. A thread that held the turn while it waited in
+//! `recvmmsg` would make the next one wait for the turn instead, and every
+//! datagram would wake two threads: the receiver, then the one it handed
+//! the turn to. A wake-up costs tens of microseconds of CPU on a virtual
+//! machine, as much as a message's parse and validation.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
@@ -49,28 +58,40 @@ impl Turn {
     }
 }
 
-/// Receives datagrams for ever on the calling thread: sorts each with
-/// `datagrams` while holding the socket's `turn`, then handles them.
+/// Receives datagrams for ever on the calling thread: waits until the
+/// socket is `readable`, sorts what it holds with `datagrams` while holding
+/// the socket's `turn`, then handles them.
 pub(super) fn receive<D: Datagrams>(
     socket: Arc<UdpSocket>,
+    readable: Readable,
     turn: Arc<Turn>,
     listener: usize,
     datagrams: &D,
 ) {
     let mut sorted = Vec::with_capacity(BATCH);
+    // A full batch says more is queued: receive again before waiting.
+    let mut more = false;
     loop {
+        if !more {
+            readable.wait();
+        }
         {
             // A thread that panicked while sorting left only buffers behind.
             let mut batch = turn.0.lock().unwrap_or_else(|e| e.into_inner());
             let received = match batch.receive(&socket) {
                 Ok(received) => received,
                 Err(err) => {
-                    // ICMP errors from earlier sends surface here on some
-                    // systems; they concern one peer, not the socket.
-                    tracing::debug!(%err, "udp receive error");
+                    more = false;
+                    // Another thread took what woke this one.
+                    if err.kind() != std::io::ErrorKind::WouldBlock {
+                        // ICMP errors from earlier sends surface here on
+                        // some systems; they concern one peer, not the socket.
+                        tracing::debug!(%err, "udp receive error");
+                    }
                     continue;
                 }
             };
+            more = received.len() == BATCH;
             for (datagram, remote) in received {
                 if datagram.iter().all(|b| b.is_ascii_whitespace()) {
                     continue; // keepalive (CRLF) or empty datagram
@@ -94,6 +115,73 @@ pub(super) fn receive<D: Datagrams>(
     }
 }
 
+/// One receiving thread's wait for its socket to hold a datagram.
+#[cfg(target_os = "linux")]
+pub(super) struct Readable(std::os::fd::OwnedFd);
+
+#[cfg(target_os = "linux")]
+impl Readable {
+    /// An epoll set of its own watching `socket` with `EPOLLEXCLUSIVE`: a
+    /// datagram arriving while several threads wait wakes one of them.
+    pub(super) fn new(socket: &UdpSocket) -> std::io::Result<Readable> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: plain system calls; the descriptor is owned from here.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epoll < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: epoll_create1 returned a descriptor nobody else owns.
+        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
+            u64: 0,
+        };
+        // SAFETY: both descriptors are open; `event` outlives the call.
+        let added = unsafe {
+            libc::epoll_ctl(
+                epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                socket.as_raw_fd(),
+                &mut event,
+            )
+        };
+        if added < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Readable(epoll))
+    }
+
+    /// Blocks until the socket is readable (or may be: the receive that
+    /// follows does not block either way).
+    fn wait(&self) {
+        use std::os::fd::AsRawFd;
+        let mut event = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: `event` is one writable event for the duration of the call.
+        let got = unsafe { libc::epoll_wait(self.0.as_raw_fd(), &mut event, 1, -1) };
+        if got < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                // Not seen in practice; back off rather than spin.
+                tracing::warn!(%err, "udp: waiting for the socket failed");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Elsewhere the receive itself blocks, holding the turn.
+#[cfg(not(target_os = "linux"))]
+pub(super) struct Readable;
+
+#[cfg(not(target_os = "linux"))]
+impl Readable {
+    pub(super) fn new(_socket: &UdpSocket) -> std::io::Result<Readable> {
+        Ok(Readable)
+    }
+
+    fn wait(&self) {}
+}
+
 /// Datagrams taken by one system call at most: under load, one
 /// `recvmmsg` returns what queued meanwhile, where `recv_from` would need a
 /// call (and often a wakeup) each.
@@ -113,12 +201,13 @@ impl Batch {
         }
     }
 
-    /// Waits for at least one datagram, and takes what else is queued.
+    /// Takes what is queued, up to a batch, without waiting: `WouldBlock`
+    /// when nothing is.
     #[cfg(target_os = "linux")]
     fn receive(
         &mut self,
         socket: &UdpSocket,
-    ) -> std::io::Result<impl Iterator<Item = (&[u8], SocketAddr)>> {
+    ) -> std::io::Result<impl ExactSizeIterator<Item = (&[u8], SocketAddr)>> {
         use socket2::{SockAddr, SockAddrStorage};
         use std::os::fd::AsRawFd;
 
@@ -146,7 +235,7 @@ impl Batch {
                 socket.as_raw_fd(),
                 headers.as_mut_ptr(),
                 BATCH as u32,
-                libc::MSG_WAITFORONE,
+                libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
         };
@@ -164,18 +253,19 @@ impl Batch {
         Ok(self.datagrams())
     }
 
+    /// Waits for one datagram.
     #[cfg(not(target_os = "linux"))]
     fn receive(
         &mut self,
         socket: &UdpSocket,
-    ) -> std::io::Result<impl Iterator<Item = (&[u8], SocketAddr)>> {
+    ) -> std::io::Result<impl ExactSizeIterator<Item = (&[u8], SocketAddr)>> {
         let (len, from) = socket.recv_from(&mut self.buffers[0])?;
         self.received.clear();
         self.received.push((0, len, from));
         Ok(self.datagrams())
     }
 
-    fn datagrams(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> {
+    fn datagrams(&self) -> impl ExactSizeIterator<Item = (&[u8], SocketAddr)> {
         self.received.iter().map(|&(i, len, from)| {
             let buffer = &self.buffers[i];
             (&buffer[..len.min(buffer.len())], from)
@@ -216,8 +306,9 @@ mod tests {
         let turn = Arc::new(Turn::new());
         for _ in 0..4 {
             let (socket, turn, recorder) = (socket.clone(), turn.clone(), recorder.clone());
+            let readable = Readable::new(&socket).expect("epoll");
             // Left running: the test process ends them.
-            std::thread::spawn(move || receive(socket, turn, 0, &*recorder));
+            std::thread::spawn(move || receive(socket, readable, turn, 0, &*recorder));
         }
         let peer = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("peer");
         const SENT: u32 = 3000;
