@@ -12,6 +12,7 @@
 pub mod admin;
 #[cfg(feature = "count-allocations")]
 pub mod alloc_count;
+pub mod allocator;
 pub mod cluster;
 pub mod config;
 pub mod dns;

@@ -10,12 +10,10 @@ use tracing_subscriber::EnvFilter;
 
 use wisp::config::Config;
 
-/// mimalloc: glibc's malloc and free were 6–9% of wisp's CPU per call
-/// (bench/bench.py --profile), its per-thread caches are cheaper for
-/// the many short-lived allocations of a message's life.
+/// mimalloc (see `wisp::allocator`).
 #[cfg(not(feature = "count-allocations"))]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: wisp::allocator::Mimalloc = wisp::allocator::Mimalloc;
 
 #[cfg(feature = "count-allocations")]
 #[global_allocator]
