@@ -24,25 +24,46 @@ const PLAIN_ALIGN: usize = 16;
 pub struct Mimalloc;
 
 /// Whether a plain block of `size` bytes has alignment `align`.
-#[inline]
-fn plain(align: usize, size: usize) -> bool {
+#[inline(always)]
+fn is_plain(align: usize, size: usize) -> bool {
     align <= PLAIN_ALIGN && align <= size
 }
 
+/// A block of `size` bytes aligned to `align`: from `plain` (`mi_malloc`,
+/// `mi_zalloc`) when a plain block of that size has that alignment, else
+/// from `aligned`.
+#[inline(always)]
+unsafe fn block(
+    size: usize,
+    align: usize,
+    plain: unsafe extern "C" fn(usize) -> *mut c_void,
+    aligned: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+) -> *mut u8 {
+    // SAFETY: mimalloc's allocation calls take any size and alignment.
+    unsafe {
+        if is_plain(align, size) {
+            plain(size).cast()
+        } else {
+            aligned(size, align).cast()
+        }
+    }
+}
+
 // SAFETY: each method returns a block of mimalloc's with at least the
-// size and alignment asked (a plain block where `plain` says it has that
-// alignment, an aligned one otherwise), or null; `mi_free` and
-// `mi_realloc*` take any block of mimalloc's, however it was made.
+// size and alignment asked (a plain block where it has that alignment, an
+// aligned one otherwise), or null; `mi_free` and `mi_realloc*` take any
+// block of mimalloc's, however it was made.
 unsafe impl GlobalAlloc for Mimalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: plain calls into mimalloc with the caller's layout.
+        // SAFETY: the caller's layout, as `GlobalAlloc::alloc` asks.
         unsafe {
-            if plain(layout.align(), layout.size()) {
-                mi::mi_malloc(layout.size()).cast()
-            } else {
-                mi::mi_malloc_aligned(layout.size(), layout.align()).cast()
-            }
+            block(
+                layout.size(),
+                layout.align(),
+                mi::mi_malloc,
+                mi::mi_malloc_aligned,
+            )
         }
     }
 
@@ -50,11 +71,12 @@ unsafe impl GlobalAlloc for Mimalloc {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as above.
         unsafe {
-            if plain(layout.align(), layout.size()) {
-                mi::mi_zalloc(layout.size()).cast()
-            } else {
-                mi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
-            }
+            block(
+                layout.size(),
+                layout.align(),
+                mi::mi_zalloc,
+                mi::mi_zalloc_aligned,
+            )
         }
     }
 
@@ -69,7 +91,7 @@ unsafe impl GlobalAlloc for Mimalloc {
         // SAFETY: `ptr` came from this allocator with `layout`; the new
         // block keeps `layout.align()` either way.
         unsafe {
-            if plain(layout.align(), new_size) {
+            if is_plain(layout.align(), new_size) {
                 mi::mi_realloc(ptr.cast::<c_void>(), new_size).cast()
             } else {
                 mi::mi_realloc_aligned(ptr.cast::<c_void>(), new_size, layout.align()).cast()
