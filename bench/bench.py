@@ -242,10 +242,12 @@ class Proxy:
 
     name = "?"
 
-    def __init__(self, load, workdir, cpus):
+    def __init__(self, load, workdir, cpus, wrapper=()):
         self.load = load
         self.workdir = workdir
         self.cpus = cpus
+        # A command the proxy runs under (valgrind, for --instructions).
+        self.wrapper = list(wrapper)
         self.proc = None
         self.log_path = os.path.join(workdir, f"{self.name}.log")
 
@@ -258,7 +260,7 @@ class Proxy:
     def start(self):
         self.log_file = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            taskset(self.cpus, self.argv()),
+            taskset(self.cpus, self.wrapper + self.argv()),
             cwd=self.workdir,
             env=self.env(),
             stdin=subprocess.DEVNULL,
@@ -986,6 +988,79 @@ def profile(args, workdir):
             log(f"    {share:5.1f}%  {dso:<18.18} {sym[:100]}")
 
 
+def instructions(args, workdir):
+    """Counts what each proxy executes per call (or registration) under
+    valgrind's callgrind: every thread and process of the proxy, from
+    after it answered its first OPTIONS to its exit, over the same SIPp
+    loads at a low rate. Unlike CPU time, the count does not move with
+    what else the machine runs (a hypervisor's steal, a neighbour), so
+    two runs on a noisy machine can be compared; it says nothing of cache
+    misses, system calls or waiting."""
+    for tool in ("valgrind", "callgrind_control", "callgrind_annotate"):
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} is missing (Debian: valgrind)")
+    rate, calls = args.instructions_rate, args.instructions_calls
+    log(f"\n== instructions per call (callgrind), {calls} at {rate}/s, each proxy alone")
+    rows = []
+    for kind in args.loads.split(","):
+        for cls in PROXIES:
+            proxy_dir = tempfile.mkdtemp(prefix=f"{cls.name}-", dir=workdir)
+            out = os.path.join(proxy_dir, "callgrind.out")
+            wrapper = ["valgrind", "--tool=callgrind", "--trace-children=yes", "--instr-atstart=no",
+                       "--separate-threads=no", f"--callgrind-out-file={out}.%p"]
+            proxy = cls(kind, proxy_dir, args.proxy_cpus, wrapper)
+            proxy.prepare()
+            proxy.start()
+            load = Load(kind, rate, calls / rate, proxy.workdir, args.sipp_cpus)
+            try:
+                for pid in proxy.pids:
+                    run_checked(["callgrind_control", "--instr=on", str(pid)], "callgrind_control")
+                load.start_callee()
+                load.start_caller()
+                outcome = load.wait_caller()
+            finally:
+                load.stop()
+                # Every process writes its counts as it exits: give them
+                # time before the SIGKILL of the leftovers.
+                if proxy.proc.poll() is None:
+                    proxy.proc.send_signal(signal.SIGTERM)
+                deadline = time.monotonic() + 60
+                while (proxy.proc.poll() is None or any(alive(p) for p in proxy.pids[1:])) \
+                        and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                proxy.stop()
+            files = [os.path.join(proxy_dir, f) for f in os.listdir(proxy_dir) if f.startswith("callgrind.out.")]
+            total = 0
+            for path in files:
+                with open(path, errors="replace") as f:
+                    total += sum(int(line.split()[1]) for line in f if line.startswith("summary:"))
+            # valgrind hides SHA-NI from the program: wisp's HMAC-SHA-256
+            # (branches, nonces, Record-Route tags) runs in software there,
+            # at many times its cost on a machine with SHA-NI.
+            sha = 0
+            for path in files:
+                report = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", path],
+                                        capture_output=True, text=True, timeout=300).stdout
+                for line in report.splitlines():
+                    if "sha2::" in line and "%)" in line:
+                        try:
+                            sha += int(line.split()[0].replace(",", ""))
+                        except ValueError:
+                            pass
+            done = outcome["successful"]
+            if not done:
+                log(f"  {cls.name} {kind}: no {kind} succeeded; see {proxy.workdir}")
+                continue
+            rows.append((kind, cls.name, total / done, (total - sha) / done, done, calls))
+            log(f"  {cls.name:<9} {kind:<9} {total / done / 1000:8.1f} k instructions per {kind} "
+                f"({(total - sha) / done / 1000:.1f} k without software SHA-256; {done}/{calls} ok)")
+    by = {(k, n): (t, w) for k, n, t, w, _, _ in rows}
+    for kind in args.loads.split(","):
+        w, k = by.get((kind, "wisp")), by.get((kind, "kamailio"))
+        if w and k:
+            log(f"  {kind}: wisp/kamailio = {w[0] / k[0]:.2f}, without wisp's software SHA-256 {w[1] / k[0]:.2f}")
+
+
 # ------------------------------------------------------------------- output
 
 
@@ -1193,6 +1268,11 @@ def main():
     parser.add_argument("--profile", action="store_true",
                         help="instead of the benchmark: where each proxy spends its CPU under each load (perf)")
     parser.add_argument("--top", type=int, default=25, help="symbols listed by --profile")
+    parser.add_argument("--instructions", action="store_true",
+                        help="instead of the benchmark: instructions per call and per registration of each "
+                             "proxy under valgrind's callgrind (steady on a noisy machine)")
+    parser.add_argument("--instructions-rate", type=int, default=40, help="the rate of --instructions runs")
+    parser.add_argument("--instructions-calls", type=int, default=400, help="calls (registrations) per --instructions run")
     cpus = f"0-{os.cpu_count() - 1}" if os.cpu_count() and os.cpu_count() > 1 else "0"
     parser.add_argument("--proxy-cpus", default=os.environ.get("BENCH_PROXY_CPUS", cpus),
                         help="taskset CPU list of both proxies")
@@ -1233,11 +1313,14 @@ def main():
         f"(BENCH_KAMAILIO_MEM), -m {KAMAILIO_SHM_MB} (BENCH_KAMAILIO_SHM_MB) -M 8")
 
     workdir = tempfile.mkdtemp(prefix="wisp-bench-")
-    if args.profile:
+    if args.profile or args.instructions:
         try:
-            profile(args, workdir)
+            (instructions if args.instructions else profile)(args, workdir)
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            if args.keep:
+                log(f"  work folder kept: {workdir}")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
         return
     results = {"machine": m, "args": vars(args), "loads": {}}
     started = time.monotonic()

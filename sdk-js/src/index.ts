@@ -319,6 +319,24 @@ function takeFields(raw: RawRequest | RawResponse): Fields {
   return new Fields(fields);
 }
 
+/** The URI of From or To, as text and, once asked, in parts. */
+class Address {
+  readonly uri: string;
+  #parts: UriParts | undefined | null = null;
+
+  constructor(uri: string) {
+    this.uri = uri;
+  }
+
+  /** The URI's parts (one host call, the first time); undefined when it is not a SIP URI. */
+  get parts(): UriParts | undefined {
+    if (this.#parts === null) {
+      this.#parts = rawProxy.parseUri(this.uri);
+    }
+    return this.#parts;
+  }
+}
+
 /**
  * The request being routed; in `onReply` and `onFailure`, the request as
  * relayed; in `onBranch`, that branch's copy. Valid during the hook call.
@@ -329,6 +347,10 @@ export class Request {
   #info: RequestInfo | undefined;
   #method: Method | undefined;
   #fields: Fields | undefined;
+  // From and To, asked of the host once per hook: the host owns both
+  // headers, so they cannot change while the hook runs.
+  #from: Address | undefined;
+  #to: Address | undefined;
 
   constructor(raw: RawRequest, info?: sip.RequestInfo) {
     this.raw = raw;
@@ -380,39 +402,47 @@ export class Request {
     hostCall(() => this.raw.setUri(uri));
   }
 
+  get #fromAddress(): Address {
+    return (this.#from ??= new Address(this.raw.fromUri()));
+  }
+
+  get #toAddress(): Address {
+    return (this.#to ??= new Address(this.raw.toUri()));
+  }
+
   /** The From URI (`$fu`); empty when From cannot be parsed. */
   fromUri(): string {
-    return this.raw.fromUri();
+    return this.#fromAddress.uri;
   }
 
   /** The user of the From URI (`$fU`). */
   fromUser(): string | undefined {
-    return rawProxy.parseUri(this.raw.fromUri())?.user;
+    return this.#fromAddress.parts?.user;
   }
 
   /** The host of the From URI (`$fd`); empty when From cannot be parsed. */
   fromHost(): string {
-    return rawProxy.parseUri(this.raw.fromUri())?.host ?? "";
+    return this.#fromAddress.parts?.host ?? "";
   }
 
   /** Whether the From URI names this proxy (`from_uri == myself`). */
   fromIsMyself(): boolean {
-    return rawProxy.isMyself(this.raw.fromUri());
+    return rawProxy.isMyself(this.#fromAddress.uri);
   }
 
   /** The To URI (`$tu`). */
   toUri(): string {
-    return this.raw.toUri();
+    return this.#toAddress.uri;
   }
 
   /** The user of the To URI (`$tU`). */
   toUser(): string | undefined {
-    return rawProxy.parseUri(this.raw.toUri())?.user;
+    return this.#toAddress.parts?.user;
   }
 
   /** The host of the To URI (`$td`). */
   toHost(): string {
-    return rawProxy.parseUri(this.raw.toUri())?.host ?? "";
+    return this.#toAddress.parts?.host ?? "";
   }
 
   /**

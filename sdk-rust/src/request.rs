@@ -22,6 +22,32 @@ pub struct Request<'a> {
     /// (cheaper than the whole record).
     method: OnceCell<Method>,
     fields: OnceCell<Fields>,
+    /// From and To as the host parsed them, asked once per hook: the host
+    /// owns both headers, so they cannot change while the hook runs (a
+    /// REGISTER reads To's user and host, each a host call and a parse).
+    from: OnceCell<Address>,
+    to: OnceCell<Address>,
+}
+
+/// The URI of From or To, as text and, once asked, in parts.
+struct Address {
+    uri: String,
+    parts: OnceCell<Option<UriParts>>,
+}
+
+impl Address {
+    fn read(uri: String) -> Address {
+        Address {
+            uri,
+            parts: OnceCell::new(),
+        }
+    }
+
+    fn parts(&self) -> Option<&UriParts> {
+        self.parts
+            .get_or_init(|| crate::parse_uri(&self.uri))
+            .as_ref()
+    }
 }
 
 impl<'a> Request<'a> {
@@ -31,6 +57,8 @@ impl<'a> Request<'a> {
             info: OnceCell::new(),
             method: OnceCell::new(),
             fields: OnceCell::new(),
+            from: OnceCell::new(),
+            to: OnceCell::new(),
         }
     }
 
@@ -110,43 +138,53 @@ impl<'a> Request<'a> {
         self.raw.set_uri(uri).map_err(Error::from)
     }
 
+    fn from(&self) -> &Address {
+        self.from.get_or_init(|| Address::read(self.raw.from_uri()))
+    }
+
+    fn to(&self) -> &Address {
+        self.to.get_or_init(|| Address::read(self.raw.to_uri()))
+    }
+
     /// The From URI (`$fu`); empty when From cannot be parsed.
     pub fn from_uri(&self) -> String {
-        self.raw.from_uri()
+        self.from().uri.clone()
     }
 
     /// The To URI (`$tu`).
     pub fn to_uri(&self) -> String {
-        self.raw.to_uri()
+        self.to().uri.clone()
     }
 
     /// The user of the From URI (`$fU`).
     pub fn from_user(&self) -> Option<String> {
-        crate::parse_uri(&self.raw.from_uri()).and_then(|u| u.user)
+        self.from().parts().and_then(|u| u.user.clone())
     }
 
     /// The host of the From URI (`$fd`); empty when From is unparsable.
     pub fn from_host(&self) -> String {
-        crate::parse_uri(&self.raw.from_uri())
-            .map(|u| u.host)
+        self.from()
+            .parts()
+            .map(|u| u.host.clone())
             .unwrap_or_default()
     }
 
     /// The user of the To URI (`$tU`).
     pub fn to_user(&self) -> Option<String> {
-        crate::parse_uri(&self.raw.to_uri()).and_then(|u| u.user)
+        self.to().parts().and_then(|u| u.user.clone())
     }
 
     /// The host of the To URI (`$td`).
     pub fn to_host(&self) -> String {
-        crate::parse_uri(&self.raw.to_uri())
-            .map(|u| u.host)
+        self.to()
+            .parts()
+            .map(|u| u.host.clone())
             .unwrap_or_default()
     }
 
     /// Whether the From URI names this proxy (`from_uri == myself`).
     pub fn from_is_myself(&self) -> bool {
-        crate::is_myself(&self.raw.from_uri())
+        crate::is_myself(&self.from().uri)
     }
 
     /// Checks and decrements Max-Forwards (`mf_process_maxfwd_header`),
