@@ -883,8 +883,12 @@ def max_rates(kind, args, workdir):
 
 # ------------------------------------------------------------------ profile
 
+# HMAC-SHA-256 runs in software under valgrind (which hides SHA-NI).
+SHA_CATEGORY = "SHA-256 (HMAC: branches, Record-Route tags, nonces)"
+
 CATEGORIES = [
     # (name, test on (dso, symbol)); the first that matches wins.
+    (SHA_CATEGORY, lambda d, s: "sha2::" in s),
     ("kernel: UDP/IP send and receive", lambda d, s: d.startswith("[kernel") and any(
         w in s for w in ("udp", "ip_", "skb", "sock", "net_", "sendto", "recvfrom", "recvmsg",
                          "sendmsg", "dev_", "loopback", "napi", "__copy", "copy_", "csum", "nf_"))),
@@ -988,6 +992,41 @@ def profile(args, workdir):
             log(f"    {share:5.1f}%  {dso:<18.18} {sym[:100]}")
 
 
+def callgrind_functions(path):
+    """(instructions, object, function) of each function in a callgrind
+    output, as `callgrind_annotate` lists them (self cost). The object is
+    the file name of the binary or library, "[unknown]" for code valgrind
+    cannot name (wasm compiled at run time)."""
+    report = subprocess.run(["callgrind_annotate", "--inclusive=no", "--auto=no", "--threshold=100", path],
+                            capture_output=True, text=True, timeout=300).stdout
+    rows, listing = [], False
+    for line in report.splitlines():
+        if line.rstrip().endswith("file:function"):
+            listing = True
+            continue
+        parts = line.split(None, 2)
+        if not listing or len(parts) < 3 or not parts[1].endswith("%)"):
+            # "( 1.23%)" splits in two when the share has one digit.
+            parts = line.split(None, 3)
+            if not listing or len(parts) < 4 or not parts[2].endswith("%)"):
+                continue
+            parts = [parts[0], parts[2], parts[3]]
+        try:
+            count = int(parts[0].replace(",", ""))
+        except ValueError:
+            continue
+        where = parts[2].strip()
+        dso = ""
+        if where.endswith("]") and " [" in where:
+            where, dso = where[:-1].rsplit(" [", 1)
+            dso = os.path.basename(dso)
+        sym = where.split(":", 1)[1] if ":" in where else where
+        if where.startswith("???") and dso in ("", "???"):
+            dso = "[unknown]"
+        rows.append((count, dso, sym))
+    return rows
+
+
 def instructions(args, workdir):
     """Counts what each proxy executes per call (or registration) under
     valgrind's callgrind: every thread and process of the proxy, from
@@ -1030,31 +1069,28 @@ def instructions(args, workdir):
                     time.sleep(0.2)
                 proxy.stop()
             files = [os.path.join(proxy_dir, f) for f in os.listdir(proxy_dir) if f.startswith("callgrind.out.")]
-            total = 0
-            for path in files:
-                with open(path, errors="replace") as f:
-                    total += sum(int(line.split()[1]) for line in f if line.startswith("summary:"))
-            # valgrind hides SHA-NI from the program: wisp's HMAC-SHA-256
-            # (branches, nonces, Record-Route tags) runs in software there,
-            # at many times its cost on a machine with SHA-NI.
-            sha = 0
-            for path in files:
-                report = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", path],
-                                        capture_output=True, text=True, timeout=300).stdout
-                for line in report.splitlines():
-                    if "sha2::" in line and "%)" in line:
-                        try:
-                            sha += int(line.split()[0].replace(",", ""))
-                        except ValueError:
-                            pass
             done = outcome["successful"]
             if not done:
                 log(f"  {cls.name} {kind}: no {kind} succeeded; see {proxy.workdir}")
                 continue
-            rows.append((kind, cls.name, total / done, (total - sha) / done, done, calls))
+            functions = [row for path in files for row in callgrind_functions(path)]
+            total = sum(count for count, _, _ in functions)
+            cats = {}
+            for count, dso, sym in functions:
+                name = next((n for n, test in CATEGORIES if test(dso, sym)), "other")
+                cats[name] = cats.get(name, 0) + count
+            # valgrind hides SHA-NI from the program: wisp's HMAC-SHA-256
+            # (branches, nonces, Record-Route tags) runs in software there,
+            # at many times its cost on a machine with SHA-NI.
+            sha = cats.get(SHA_CATEGORY, 0)
+            rows.append((kind, cls.name, total / done, (total - sha) / done))
             log(f"  {cls.name:<9} {kind:<9} {total / done / 1000:8.1f} k instructions per {kind} "
-                f"({(total - sha) / done / 1000:.1f} k without software SHA-256; {done}/{calls} ok)")
-    by = {(k, n): (t, w) for k, n, t, w, _, _ in rows}
+                f"({(total - sha) / done / 1000:.1f} k without software SHA-256; {done}/{calls} ok"
+                + (f"; failed: {outcome['failures']}, figures per success" if done < calls else "") + ")")
+            for name, count in sorted(cats.items(), key=lambda kv: -kv[1]):
+                if count >= total / 100:
+                    log(f"    {count / done / 1000:7.1f} k  {name}")
+    by = {(k, n): (t, w) for k, n, t, w in rows}
     for kind in args.loads.split(","):
         w, k = by.get((kind, "wisp")), by.get((kind, "kamailio"))
         if w and k:

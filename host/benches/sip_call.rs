@@ -131,7 +131,7 @@ fn outgoing(req: &Message, branch: &str, record_route: bool) -> Message {
         .next()
         .is_some_and(|route| sip::NameAddr::parse(route).is_ok());
     if ours {
-        copy.pop_first_value(&HeaderName::Route);
+        copy.remove_first_value(&HeaderName::Route);
     }
     if record_route {
         copy.prepend_header(HeaderName::RecordRoute, RR)
@@ -159,7 +159,7 @@ fn relay_response(txs: &mut Transactions, now: Instant, data: &Bytes, server: Tx
         Some((_, ResponseDisposition::Deliver)) => {}
         other => panic!("response not delivered: {other:?}"),
     }
-    msg.pop_first_value(&HeaderName::Via);
+    msg.remove_first_value(&HeaderName::Via);
     txs.respond(now, server, msg).expect("respond");
 }
 

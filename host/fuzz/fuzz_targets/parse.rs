@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = response_to(&msg, 400, "Bad Request", Some("tag1"));
     // Editing with values taken from the message must not panic either.
     let mut m = msg.clone();
-    let _ = m.pop_first_value(&HeaderName::Via);
+    let _ = m.remove_first_value(&HeaderName::Via);
     if let Some(v) = msg.header(&HeaderName::Via) {
         let _ = m.replace_first_value(&HeaderName::Via, v);
         let _ = m.prepend_header(HeaderName::Via, v);

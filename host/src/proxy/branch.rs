@@ -204,9 +204,19 @@ fn anchor(below: Option<&Via>) -> String {
     anchor[host..].make_ascii_lowercase();
     anchor.push('|');
     write::push_decimal(&mut anchor, u64::from(via.port.unwrap_or(0)));
-    for name in ["received", "rport", "branch"] {
+    // The three parameters in one pass over them; the first of each name
+    // counts, as `Via::param` finds it.
+    const NAMES: [&str; 3] = ["received", "rport", "branch"];
+    let mut found: [Option<Option<&str>>; 3] = [None; 3];
+    for (name, value) in via.params() {
+        if let Some(i) = (0..3).find(|&i| found[i].is_none() && name.eq_ignore_ascii_case(NAMES[i]))
+        {
+            found[i] = Some(value);
+        }
+    }
+    for param in found {
         anchor.push('|');
-        match via.param(name) {
+        match param {
             None => anchor.push('-'),
             Some(value) => {
                 let value = value.unwrap_or("");

@@ -460,7 +460,7 @@ impl<P> Relay<P> {
         source: SocketAddr,
     ) {
         self.thaw();
-        msg.pop_first_value(&HeaderName::Via);
+        msg.remove_first_value(&HeaderName::Via);
         let status = msg.status().unwrap_or(500);
         let mut keep = true;
         if status > 100 {

@@ -54,11 +54,11 @@ pub(super) fn stamp_received(msg: &mut Message, source: &Source) {
     let ip_len = values.len();
     write::push_decimal(&mut values, u64::from(source.remote.port()));
     let (received, port) = values.split_at(ip_len);
-    let mut via = via.clone();
-    via.set_param("received", Some(received));
-    if want_rport {
-        via.set_param("rport", Some(port));
-    }
+    let via = if want_rport {
+        via.with_params([("received", Some(received)), ("rport", Some(port))])
+    } else {
+        via.with_params([("received", Some(received))])
+    };
     let _ = msg.set_top_via(via);
 }
 
@@ -120,13 +120,8 @@ pub(super) fn is_unroutable(ip: IpAddr) -> bool {
 fn to_tag(msg: &Message) -> String {
     let mut h = process_hasher();
     msg.call_id().hash(&mut h);
-    msg.from()
-        .ok()
-        .and_then(|f| f.tag().map(str::to_owned))
-        .hash(&mut h);
-    msg.top_via()
-        .ok()
-        .and_then(|v| v.branch().map(str::to_owned))
-        .hash(&mut h);
-    format!("{:016x}", h.finish())
+    msg.from().ok().and_then(|f| f.tag()).hash(&mut h);
+    msg.top_via().ok().and_then(|v| v.branch()).hash(&mut h);
+    // The 16 hex digits `{:016x}` writes, without the formatting machinery.
+    hex::encode(h.finish().to_be_bytes())
 }

@@ -60,7 +60,7 @@ pub fn loose_route(msg: &mut Message, locality: &Locality) -> LooseRoute {
     while let Some(top) = first_route(msg) {
         match NameAddr::parse(&top) {
             Ok(route) if locality.is_myself(&route.uri) => {
-                msg.pop_first_value(&HeaderName::Route);
+                msg.remove_first_value(&HeaderName::Route);
                 verified |= route
                     .uri
                     .param("ri")
@@ -212,7 +212,7 @@ pub fn next_hop(msg: &mut Message, explicit: Option<&str>) -> Result<Destination
         let route = NameAddr::parse(&route).map_err(|e| format!("bad Route header: {e}"))?;
         if route.uri.param("lr").is_none() {
             let old = msg.uri().unwrap_or_default().to_owned();
-            msg.pop_first_value(&HeaderName::Route);
+            msg.remove_first_value(&HeaderName::Route);
             msg.append_header(HeaderName::Route, &format!("<{old}>"))
                 .map_err(|e| e.to_string())?;
             msg.set_uri(&route.uri.to_text())

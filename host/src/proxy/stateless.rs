@@ -141,7 +141,7 @@ impl<P> Core<P> {
             tracing::debug!("dropping a stray response to a relayed request");
             return;
         }
-        msg.pop_first_value(&HeaderName::Via);
+        msg.remove_first_value(&HeaderName::Via);
         let Some(next) = next.as_ref() else {
             tracing::debug!("dropping a response with no Via left (it was for us)");
             return;

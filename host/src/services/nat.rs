@@ -92,13 +92,12 @@ pub fn received_uri(source: SocketAddr, transport: Transport) -> String {
 /// Marks the top Via so that replies go to the source port (RFC 3581).
 pub fn force_rport(msg: &mut Message, source: SocketAddr) {
     let Ok(via) = msg.top_via() else { return };
-    let mut via = via.clone();
     let received = match source.ip() {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("[{v6}]"),
     };
-    via.set_param("received", Some(&received));
-    via.set_param("rport", Some(&source.port().to_string()));
+    let port = source.port().to_string();
+    let via = via.with_params([("received", Some(&received)), ("rport", Some(&port))]);
     let _ = msg.set_top_via(via);
 }
 

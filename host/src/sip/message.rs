@@ -421,32 +421,31 @@ impl Message {
         before - self.headers.len()
     }
 
-    /// Removes and returns the first value of a header. For list headers
-    /// only the first element goes when a line holds several ("a, b"
-    /// becomes "b"); lines left without any value are removed.
-    pub fn pop_first_value(&mut self, name: &HeaderName) -> Option<String> {
+    /// Removes the first value of a header; false when there was none. For
+    /// list headers only the first element goes when a line holds several
+    /// ("a, b" becomes "b"); lines left without any value are removed.
+    /// (Its callers read the value before, through the views.)
+    pub fn remove_first_value(&mut self, name: &HeaderName) -> bool {
         self.forget_view(name);
         loop {
-            let i = self.headers.iter().position(|h| h.name == *name)?;
-            let value = self.headers[i].value();
+            let Some(i) = self.headers.iter().position(|h| h.name == *name) else {
+                return false;
+            };
             if !name.is_list() {
-                let v = trim_ws(value).to_string();
                 self.headers.remove(i);
-                return Some(v);
+                return true;
             }
-            match split_first(value) {
+            match split_first(self.headers[i].value()) {
                 None => {
                     self.headers.remove(i);
                 }
-                Some((first, None)) => {
-                    let first = first.to_string();
+                Some((_, None)) => {
                     self.headers.remove(i);
-                    return Some(first);
+                    return true;
                 }
-                Some((first, Some(rest))) => {
-                    let first = first.to_string();
+                Some((_, Some(rest))) => {
                     self.headers[i].value = Text::owned(rest);
-                    return Some(first);
+                    return true;
                 }
             }
         }
@@ -724,13 +723,15 @@ mod tests {
         assert_eq!(m.top_via().unwrap().host.to_string(), "proxy");
         assert_eq!(m.headers()[0].name(), &HeaderName::Via);
         assert_eq!(
-            m.pop_first_value(&HeaderName::Via).as_deref(),
+            m.values(&HeaderName::Via).next(),
             Some("SIP/2.0/UDP proxy;branch=z9hG4bKp")
         );
+        assert!(m.remove_first_value(&HeaderName::Via));
         assert_eq!(
-            m.pop_first_value(&HeaderName::Via).as_deref(),
+            m.values(&HeaderName::Via).next(),
             Some("SIP/2.0/UDP h1;branch=z9hG4bK1")
         );
+        assert!(m.remove_first_value(&HeaderName::Via));
         assert_eq!(
             m.header(&HeaderName::Via),
             Some("SIP/2.0/UDP h2;branch=z9hG4bK2")
@@ -751,7 +752,7 @@ mod tests {
         assert!(m.append_header(HeaderName::Subject, "a\r\nVia: x").is_err());
         assert!(m.append_header(HeaderName::Subject, "a\0").is_err());
         assert_eq!(m.remove_headers(&HeaderName::Route), 2);
-        assert_eq!(m.pop_first_value(&HeaderName::Route), None);
+        assert!(!m.remove_first_value(&HeaderName::Route));
         assert!(m
             .replace_first_value(&HeaderName::Route, "<sip:x>")
             .is_err());
@@ -794,7 +795,7 @@ mod tests {
         assert_eq!(m.cseq().unwrap().seq, 1);
         assert_eq!(m.from().unwrap().tag(), Some("1"));
         assert_eq!(m.to().unwrap().tag(), None);
-        m.pop_first_value(&HeaderName::Via);
+        assert!(m.remove_first_value(&HeaderName::Via));
         assert_eq!(m.top_via().unwrap().branch(), Some("z9hG4bK2"));
         m.prepend_header(HeaderName::Via, "SIP/2.0/UDP p;branch=z9hG4bKp")
             .unwrap();
@@ -822,7 +823,7 @@ mod tests {
         let again = parse(m.to_bytes()).unwrap();
         assert_eq!(again.top_via().unwrap(), &via);
         let (mut a, b) = (m.clone(), m);
-        a.pop_first_value(&HeaderName::Via);
+        assert!(a.remove_first_value(&HeaderName::Via));
         assert_eq!(b.top_via().unwrap(), &via);
         assert_ne!(a.top_via().unwrap(), &via);
     }

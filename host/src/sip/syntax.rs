@@ -345,6 +345,37 @@ impl Params {
         None
     }
 
+    /// These parameters with each of `changes` made as [`Params::set`]
+    /// makes it (the first of the same name takes the value, keeping its
+    /// place and spelling; a name not there is appended, in the order of
+    /// `changes`), in one pass and one allocation where a `set` per change
+    /// copies the whole text each time. The names of `changes` differ.
+    pub(super) fn with<const N: usize>(&self, changes: [(&str, Option<&str>); N]) -> Params {
+        let extra: usize = changes
+            .iter()
+            .map(|(n, v)| 2 + n.len() + v.map_or(0, str::len))
+            .sum();
+        let mut out = String::with_capacity(self.0.len() + extra);
+        let mut done = [false; N];
+        for (start, name, _, end) in self.spans() {
+            let change = (0..N).find(|&i| !done[i] && name.eq_ignore_ascii_case(changes[i].0));
+            match change {
+                Some(i) => {
+                    done[i] = true;
+                    push_param(&mut out, name, changes[i].1);
+                }
+                // The parameter as written, from its ';'.
+                None => out.push_str(&self.0[start - 1..end]),
+            }
+        }
+        for (i, (name, value)) in changes.iter().enumerate() {
+            if !done[i] {
+                push_param(&mut out, name, *value);
+            }
+        }
+        Params(out)
+    }
+
     /// Sets a parameter, replacing the value of one of the same name
     /// (case-insensitive) or appending it.
     pub(super) fn set(&mut self, name: &str, value: Option<&str>) {

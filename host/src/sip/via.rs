@@ -234,6 +234,18 @@ impl Via {
         self.params.set(name, value);
     }
 
+    /// This Via with each of `changes` made as [`Via::set_param`] makes
+    /// it, in one pass over the parameters (a proxy stamps `received` and
+    /// `rport` on the top Via of every request it receives).
+    pub fn with_params<const N: usize>(&self, changes: [(&str, Option<&str>); N]) -> Via {
+        Via {
+            transport: self.transport.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            params: self.params.with(changes),
+        }
+    }
+
     /// Whether the branch starts with the RFC 3261 magic cookie (§8.1.1.7).
     pub fn has_rfc3261_branch(&self) -> bool {
         self.branch().is_some_and(|b| b.starts_with("z9hG4bK"))
@@ -343,5 +355,32 @@ mod tests {
         assert!(Via::check("SIP/2.0/UDP h;received=x").is_err());
         assert!(Via::parse_element("SIP/2.0/UDP h;branch=z9hG4bK1").is_ok());
         assert!(Via::parse("SIP/2.0/UDP h, SIP/2.0/UDP i").is_err());
+    }
+
+    #[test]
+    fn with_params_is_set_param_in_one_pass() {
+        for text in [
+            "SIP/2.0/UDP h",
+            "SIP/2.0/UDP h;rport;branch=z9hG4bK1",
+            "SIP/2.0/UDP h:5;branch=z9hG4bK1;RPort",
+            "SIP/2.0/UDP h;received=192.0.2.1;rport=9;branch=z9hG4bK1",
+            "SIP/2.0/TCP h:5 ; x = \"a;rport=1\" ;rport ; branch=z9hG4bK2",
+            "SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bK3;rport;rport=7;received=192.0.2.1",
+        ] {
+            let via = Via::parse(text).unwrap();
+            for changes in [
+                [("received", Some("192.0.2.9")), ("rport", Some("5062"))],
+                [("rport", None), ("Received", Some("[2001:db8::2]"))],
+            ] {
+                let mut one_by_one = via.clone();
+                for (name, value) in changes {
+                    one_by_one.set_param(name, value);
+                }
+                let at_once = via.with_params(changes);
+                assert_eq!(at_once, one_by_one, "{text} {changes:?}");
+                assert_eq!(at_once.to_string(), one_by_one.to_string());
+            }
+            assert_eq!(via.with_params([]), via);
+        }
     }
 }
