@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # wisp against Kamailio under the same SIPp load, on this machine: one
 # command from a fresh clone (Debian, Rust by rustup). Installs SIPp
-# (sip-tester), Kamailio, tcpdump and Python if missing, builds wisp in
+# (sip-tester), Kamailio, tcpdump, valgrind and Python if missing, builds wisp in
 # release (and once more counting heap allocations), then runs
 # bench/bench.py (about 9 minutes on 2 cores), which prints the machine, a
 # table per load (on both cores, and on one), the ratios wisp/Kamailio and
@@ -10,6 +10,8 @@
 #   bash bench/run.sh [bench.py options]     e.g. --rate 2000, --no-max
 #   bash bench/run.sh --proxies wisp,wisp-redis   wisp with [cluster]
 #                    (a redis-server of its own) against wisp with SQLite
+#   bash bench/run.sh --instructions   instructions per call and per
+#                    registration of each proxy under callgrind (a minute)
 #
 # Environment: BENCH_PROXY_CPUS / BENCH_SIPP_CPUS (taskset CPU lists, all
 # cores by default), BENCH_WAIT_LOAD=SECONDS (wait that long at most for
@@ -38,6 +40,8 @@ if ! command -v redis-server >/dev/null; then
   as_root systemctl disable --now redis-server 2>/dev/null || true
 fi
 command -v tcpdump >/dev/null || { echo "== installing tcpdump (response times)"; install tcpdump; }
+# For `--instructions`: instructions per call under callgrind.
+command -v valgrind >/dev/null || { echo "== installing valgrind (--instructions)"; install valgrind; }
 command -v python3 >/dev/null || { echo "== installing python3"; install python3; }
 command -v ss >/dev/null || install iproute2
 command -v taskset >/dev/null || install util-linux
