@@ -26,6 +26,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -883,7 +884,8 @@ def max_rates(kind, args, workdir):
 
 # ------------------------------------------------------------------ profile
 
-# HMAC-SHA-256 runs in software under valgrind (which hides SHA-NI).
+# valgrind hides SHA-NI from the program: under --instructions wisp's
+# HMAC-SHA-256 runs in software, at many times its cost on such a machine.
 SHA_CATEGORY = "SHA-256 (HMAC: branches, Record-Route tags, nonces)"
 
 CATEGORIES = [
@@ -992,6 +994,10 @@ def profile(args, workdir):
             log(f"    {share:5.1f}%  {dso:<18.18} {sym[:100]}")
 
 
+# "  1,234,567 ( 0.69%)  file:function [object]" in callgrind_annotate's list.
+CALLGRIND_ROW = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.+)$")
+
+
 def callgrind_functions(path):
     """(instructions, object, function) of each function in a callgrind
     output, as `callgrind_annotate` lists them (self cost). The object is
@@ -1004,18 +1010,10 @@ def callgrind_functions(path):
         if line.rstrip().endswith("file:function"):
             listing = True
             continue
-        parts = line.split(None, 2)
-        if not listing or len(parts) < 3 or not parts[1].endswith("%)"):
-            # "( 1.23%)" splits in two when the share has one digit.
-            parts = line.split(None, 3)
-            if not listing or len(parts) < 4 or not parts[2].endswith("%)"):
-                continue
-            parts = [parts[0], parts[2], parts[3]]
-        try:
-            count = int(parts[0].replace(",", ""))
-        except ValueError:
+        row = CALLGRIND_ROW.match(line) if listing else None
+        if not row:
             continue
-        where = parts[2].strip()
+        count, where = int(row[1].replace(",", "")), row[2].strip()
         dso = ""
         if where.endswith("]") and " [" in where:
             where, dso = where[:-1].rsplit(" [", 1)
@@ -1079,9 +1077,6 @@ def instructions(args, workdir):
             for count, dso, sym in functions:
                 name = next((n for n, test in CATEGORIES if test(dso, sym)), "other")
                 cats[name] = cats.get(name, 0) + count
-            # valgrind hides SHA-NI from the program: wisp's HMAC-SHA-256
-            # (branches, nonces, Record-Route tags) runs in software there,
-            # at many times its cost on a machine with SHA-NI.
             sha = cats.get(SHA_CATEGORY, 0)
             rows.append((kind, cls.name, total / done, (total - sha) / done))
             log(f"  {cls.name:<9} {kind:<9} {total / done / 1000:8.1f} k instructions per {kind} "

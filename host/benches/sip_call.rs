@@ -107,9 +107,11 @@ fn receive(data: &Bytes) -> (Message, Target) {
     let mut msg = sip::parse(data.clone()).expect("parses");
     sip::validate(&msg).expect("valid");
     let source = udp(CALLER);
-    let mut via = msg.top_via().expect("via").clone();
-    via.set_param("received", Some("127.0.0.1"));
-    via.set_param("rport", Some(&source.addr.port().to_string()));
+    let source_port = source.addr.port().to_string();
+    let via = msg.top_via().expect("via").with_params([
+        ("received", Some("127.0.0.1")),
+        ("rport", Some(&source_port)),
+    ]);
     msg.set_top_via(via).expect("via");
     let port = match msg.top_via() {
         Ok(via) if via.rport().is_none() => via.port.unwrap_or(5060),

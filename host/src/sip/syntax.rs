@@ -345,11 +345,11 @@ impl Params {
         None
     }
 
-    /// These parameters with each of `changes` made as [`Params::set`]
-    /// makes it (the first of the same name takes the value, keeping its
-    /// place and spelling; a name not there is appended, in the order of
-    /// `changes`), in one pass and one allocation where a `set` per change
-    /// copies the whole text each time. The names of `changes` differ.
+    /// These parameters with `changes` made, in one pass and one
+    /// allocation: the first parameter of each name (case-insensitive)
+    /// takes the new value, keeping its place and spelling; a name not
+    /// there is appended, in the order of `changes`. The names of
+    /// `changes` differ.
     pub(super) fn with<const N: usize>(&self, changes: [(&str, Option<&str>); N]) -> Params {
         let extra: usize = changes
             .iter()
@@ -374,27 +374,6 @@ impl Params {
             }
         }
         Params(out)
-    }
-
-    /// Sets a parameter, replacing the value of one of the same name
-    /// (case-insensitive) or appending it.
-    pub(super) fn set(&mut self, name: &str, value: Option<&str>) {
-        let found = self
-            .spans()
-            .find(|(_, n, _, _)| n.eq_ignore_ascii_case(name))
-            .map(|(start, n, _, end)| (start + n.len(), end));
-        match found {
-            Some((name_end, end)) => {
-                let mut new = String::new();
-                if let Some(v) = value {
-                    new.reserve(v.len() + 1);
-                    new.push('=');
-                    new.push_str(v);
-                }
-                self.0.replace_range(name_end..end, &new);
-            }
-            None => push_param(&mut self.0, name, value),
-        }
     }
 }
 

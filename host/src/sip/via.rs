@@ -231,12 +231,12 @@ impl Via {
     /// Sets a parameter, replacing the value of one of the same name
     /// (case-insensitive) or appending it.
     pub fn set_param(&mut self, name: &str, value: Option<&str>) {
-        self.params.set(name, value);
+        self.params = self.params.with([(name, value)]);
     }
 
     /// This Via with each of `changes` made as [`Via::set_param`] makes
-    /// it, in one pass over the parameters (a proxy stamps `received` and
-    /// `rport` on the top Via of every request it receives).
+    /// it, in one pass over the parameters and one copy (a proxy stamps
+    /// `received` and `rport` on the top Via of every request it receives).
     pub fn with_params<const N: usize>(&self, changes: [(&str, Option<&str>); N]) -> Via {
         Via {
             transport: self.transport.clone(),
