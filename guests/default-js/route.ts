@@ -19,6 +19,7 @@ import {
   Response,
   WispError,
   acc,
+  arm,
   auth as digest,
   config,
   exit,
@@ -27,15 +28,13 @@ import {
   permissions,
   registrar as usrloc,
   vars,
+  type Hooks,
 } from "@wisp/sdk";
 
 // Flags of the default config: a flag is a transaction variable that is set.
-/** setflag(1): account this transaction. */
-const FLT_ACC = "flt_acc";
-/** setflag(2): account a missed call. */
-const FLT_ACCMISSED = "flt_accmissed";
-/** setflag(3): account a failed transaction. */
-const FLT_ACCFAILED = "flt_accfailed";
+// The accounting flags (1: log_flag, 2: log_missed_flag, 3:
+// failed_transaction_flag) are the host's: acc.account, whose records the
+// host writes when the transaction ends, as Kamailio's acc module does.
 /** setflag(5): the caller is behind NAT. */
 const FLT_NATS = "flt_nats";
 /** setbflag(6): the callee is behind NAT. */
@@ -59,7 +58,7 @@ export function route(req: Request): void {
   // Preloaded Route headers are not followed on initial requests.
   req.fields.remove("Route");
   if (req.isMethod("INVITE", "SUBSCRIBE")) req.recordRoute();
-  if (req.isMethod("INVITE")) vars.set(FLT_ACC); // do accounting
+  if (req.isMethod("INVITE")) acc.account({ answered: true }); // setflag(FLT_ACC): do accounting
 
   sipout(req);
   presence(req);
@@ -79,8 +78,17 @@ export function route(req: Request): void {
 /**
  * route[RELAY]: stateful relay (`t_relay()`), with the parallel branches
  * and failover the params ask for; the timers are the host's (FR_*_MS).
+ * The reply and failure hooks are armed when they have work
+ * (`t_on_reply("REPLY_ONE")` for a callee behind NAT,
+ * `t_on_failure("FAIL_ONE")` for an INVITE with FAILOVER URIs), and the
+ * branch hook never (`#t_on_branch("BRANCH_ONE")`, commented out in the
+ * config too): a hook not armed costs nothing.
  */
 function relay(req: Request): never {
+  // WITH_NAT: route(RTPPROXY) would anchor the media here; wisp has no
+  // media relay, so only the signalling is fixed (see route[NAT]).
+  const hooks: Hooks = {};
+  if (vars.has(FLB_NATB)) hooks.onReply = true;
   if (req.isMethod("INVITE")) {
     for (const uri of list(config.param("PARALLEL"))) {
       // Past the branch limit (a lookup may have used it up) the call goes
@@ -92,8 +100,12 @@ function relay(req: Request): never {
       }
     }
     const failover = list(config.param("FAILOVER"));
-    if (failover.length > 0) vars.set(FAILOVER_VAR, failover.join(","));
+    if (failover.length > 0) {
+      vars.set(FAILOVER_VAR, failover.join(","));
+      hooks.onFailure = true;
+    }
   }
+  arm(hooks);
   req.relay();
 }
 
@@ -135,8 +147,9 @@ function withindlg(req: Request): void {
     if (!req.fromIsMyself()) req.reply(403, "Not relaying");
   }
   if (req.isMethod("BYE")) {
-    vars.set(FLT_ACC); // do accounting ...
-    vars.set(FLT_ACCFAILED); // ... even if the transaction fails
+    // setflag(FLT_ACC): do accounting ...
+    // setflag(FLT_ACCFAILED): ... even if the transaction fails
+    acc.account({ answered: true, failed: true });
   }
   // The ACK of a 2xx is a transaction of its own: relayed statelessly.
   if (req.isMethod("ACK")) req.forward();
@@ -158,7 +171,7 @@ function registrar(req: Request): void {
  */
 function location(req: Request): void {
   if (usrloc.lookup(req).nat) vars.set(FLB_NATB);
-  if (req.isMethod("INVITE")) vars.set(FLT_ACCMISSED);
+  if (req.isMethod("INVITE")) acc.account({ failed: true }); // setflag(FLT_ACCMISSED)
 }
 
 /**
@@ -241,23 +254,20 @@ function pstn(req: Request): void {
 }
 
 /**
- * onreply_route[REPLY_ONE]: the Contact of a callee behind NAT is fixed
- * (WITH_NAT; no media relay), and final answers are accounted: a 2xx to an
- * INVITE starts a call, a 2xx to a BYE ends it.
+ * onreply_route[REPLY_ONE], armed by route[RELAY] for a callee behind NAT:
+ * its Contact is fixed (WITH_NAT; no media relay). Final answers are
+ * accounted by the host (acc.account).
  */
-export function onReply(req: Request, res: Response): void {
+export function onReply(_req: Request, res: Response): void {
   if (config.enabled("WITH_NAT") && vars.has(FLB_NATB)) nathelper.fixReplyContact(res);
-  const status = res.status();
-  if (status < 200 || status >= 300 || !vars.has(FLT_ACC)) return;
-  if (req.isMethod("INVITE")) acc.report(req, "start", res);
-  else if (req.isMethod("BYE")) acc.report(req, "stop", res);
 }
 
 /**
- * failure_route[FAIL_ONE]: serial forking to the FAILOVER URIs on 486, 408
- * and 5xx (`t_check_status`), else accounting of the missed call or failed
- * transaction. A cancelled transaction never gets here (`t_is_canceled` is
- * the host's).
+ * failure_route[FAIL_ONE], armed by route[RELAY] for an INVITE with
+ * FAILOVER URIs: serial forking to them on 486, 408 and 5xx
+ * (`t_check_status`); else the best response goes upstream, and the host
+ * accounts the missed call or failed transaction (acc.account). A
+ * cancelled transaction never gets here (`t_is_canceled` is the host's).
  */
 export function onFailure(req: Request, best: Response): void {
   const status = best.status();
@@ -271,7 +281,6 @@ export function onFailure(req: Request, best: Response): void {
       req.relay();
     }
   }
-  if (vars.has(FLT_ACCMISSED) || vars.has(FLT_ACCFAILED)) acc.report(req, "failed", best);
 }
 
 /** A comma-separated list, blanks trimmed and empty entries skipped. */

@@ -24,7 +24,7 @@
  * ```
  *
  * `wisp-js build route.ts -o route.wasm` makes a component of it for the
- * world `wisp:proxy/router@0.2.0`. A hook decides by calling one of the
+ * world `wisp:proxy/router@0.2.1`. A hook decides by calling one of the
  * decisions (`req.reply`, `req.relay`, `req.forward`, {@link exit}): they
  * never return, so a sub-route that decides stops its callers too, like
  * Kamailio's `exit`. A hook that returns without deciding drops the request
@@ -32,21 +32,23 @@
  * upstream (`onFailure`). A refused check ({@link WispError} of kind
  * `"refused"`) that escapes a hook becomes the reply it carries; any other
  * error is logged and answered 500 (`route`) or ignored (the other hooks).
+ * A transaction runs every hook until one of its hooks calls {@link arm}
+ * (`arm({ onFailure: true })` before `req.relay()`), then the armed ones.
  */
 
-import type * as sip from "wisp:proxy/sip@0.2.0";
-import * as rawProxy from "wisp:proxy/proxy@0.2.0";
-import * as rawVars from "wisp:proxy/vars@0.2.0";
-import * as rawConfig from "wisp:proxy/config@0.2.0";
-import * as rawLog from "wisp:proxy/log@0.2.0";
-import * as rawRegistrar from "wisp:proxy/registrar@0.2.0";
-import * as rawAuth from "wisp:proxy/auth@0.2.0";
-import * as rawKv from "wisp:proxy/kv@0.2.0";
-import * as rawPermissions from "wisp:proxy/permissions@0.2.0";
-import * as rawNat from "wisp:proxy/nat@0.2.0";
-import * as rawAcc from "wisp:proxy/acc@0.2.0";
-import * as rawRatelimit from "wisp:proxy/ratelimit@0.2.0";
-import * as rawDispatcher from "wisp:proxy/dispatcher@0.2.0";
+import type * as sip from "wisp:proxy/sip@0.2.1";
+import * as rawProxy from "wisp:proxy/proxy@0.2.1";
+import * as rawVars from "wisp:proxy/vars@0.2.1";
+import * as rawConfig from "wisp:proxy/config@0.2.1";
+import * as rawLog from "wisp:proxy/log@0.2.1";
+import * as rawRegistrar from "wisp:proxy/registrar@0.2.1";
+import * as rawAuth from "wisp:proxy/auth@0.2.1";
+import * as rawKv from "wisp:proxy/kv@0.2.1";
+import * as rawPermissions from "wisp:proxy/permissions@0.2.1";
+import * as rawNat from "wisp:proxy/nat@0.2.1";
+import * as rawAcc from "wisp:proxy/acc@0.2.1";
+import * as rawRatelimit from "wisp:proxy/ratelimit@0.2.1";
+import * as rawDispatcher from "wisp:proxy/dispatcher@0.2.1";
 
 export type RawRequest = sip.Request;
 export type RawResponse = sip.Response;
@@ -62,6 +64,10 @@ export type RouteCheck = rawProxy.RouteCheck;
 export type Located = rawRegistrar.Located;
 /** `"start"`, `"stop"` or `"failed"`. */
 export type AccEvent = rawAcc.Event;
+/** The hooks {@link arm} arms: `{ onReply?, onFailure?, onBranch? }`; a hook left out is not armed. */
+export type Hooks = rawProxy.Hooks;
+/** The records {@link acc.account} asks of the host: `{ answered?, failed? }`. */
+export type Accounted = rawAcc.Accounted;
 
 /**
  * A request method: the RFC 3261 methods and extensions in capitals
@@ -566,6 +572,25 @@ export function parseUri(uri: string): UriParts | undefined {
 }
 
 /**
+ * Arms the hooks the current transaction runs besides `route`, in place
+ * of those armed before (Kamailio's `t_on_reply`, `t_on_failure`,
+ * `t_on_branch`); a hook left out is not armed. Until a hook of the
+ * transaction arms some, it runs every hook (the SDK's defaults for those
+ * the module leaves out); a routing that arms only the hooks it uses
+ * spares the host a call per response or branch it would not use. A hook
+ * not armed is not called: the response is kept, the best response goes
+ * upstream, the branch goes as it is.
+ *
+ * ```ts
+ * arm({ onFailure: true }); // then req.relay()
+ * ```
+ */
+export function arm(hooks: Hooks): void {
+  const { onReply = false, onFailure = false, onBranch = false } = hooks;
+  rawProxy.arm({ onReply, onFailure, onBranch });
+}
+
+/**
  * Variables of the current transaction, kept from `route` through
  * `onBranch`, `onReply` and `onFailure` (Kamailio's `$avp(name)`; a flag is
  * a variable that is set). Module-level variables are not kept: instances
@@ -743,9 +768,25 @@ export const nat = {
 
 /** Accounting records under the log target `wisp::acc` (Kamailio's acc). */
 export const acc = {
-  /** One record of `req` and its final answer `res`. */
+  /** Writes one record of `req` and its final answer `res` (`acc_log_request`). */
   report(req: Request, event: AccEvent, res: Response): void {
     rawAcc.report(req.raw, event, res.raw);
+  },
+  /**
+   * Has the host write the current transaction's record by itself when
+   * its final answer goes upstream (Kamailio's acc flags: `setflag` with
+   * `log_flag`, `log_missed_flag`, `failed_transaction_flag`), without an
+   * `onReply` or `onFailure`: `answered` writes `start` for a 2xx to an
+   * INVITE and `stop` for a 2xx to a BYE, `failed` writes `failed` for a
+   * final answer above 299. Adds to the events asked before.
+   *
+   * ```ts
+   * acc.account({ answered: true }); // setflag(FLT_ACC)
+   * ```
+   */
+  account(events: Accounted): void {
+    const { answered = false, failed = false } = events;
+    rawAcc.account({ answered, failed });
   },
 };
 

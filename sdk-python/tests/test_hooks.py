@@ -26,6 +26,7 @@ subprocess.run(
 sys.path[:0] = [_stubs.name, str(SDK)]
 
 from componentize_py_types import Err  # noqa: E402
+from wit_world.imports import acc as raw_acc  # noqa: E402
 from wit_world.imports import config as raw_config  # noqa: E402
 from wit_world.imports import log as raw_log  # noqa: E402
 from wit_world.imports import proxy as raw_proxy  # noqa: E402
@@ -296,6 +297,25 @@ class Services(unittest.TestCase):
         self.assertEqual(wisp.vars.get("retried"), "1")
         self.assertTrue(wisp.vars.remove("retried"))
         self.assertFalse(wisp.vars.remove("retried"))
+
+    def test_arm_and_account_hand_their_flags_to_the_host(self):
+        armed, accounted = [], []
+        raw_proxy.arm = armed.append
+        raw_acc.account = accounted.append
+
+        def route(req):
+            wisp.acc.account(wisp.Accounted.ANSWERED)
+            wisp.acc.account(wisp.Accounted.ANSWERED | wisp.Accounted.FAILED)
+            wisp.arm(wisp.Hooks(0))
+            wisp.arm(wisp.Hooks.ON_REPLY | wisp.Hooks.ON_FAILURE)
+            req.relay()
+
+        action = routing(route=route).route(FakeRequest(), info())
+        self.assertEqual(action, sip.Action_Relay(sip.Relay(None, None, None)))
+        hooks, events = raw_proxy.Hooks, raw_acc.Accounted
+        self.assertEqual(armed, [hooks(0), hooks.ON_REPLY | hooks.ON_FAILURE])
+        self.assertEqual(accounted, [events.ANSWERED, events.ANSWERED | events.FAILED])
+        self.assertIs(wisp.acc.Accounted, raw_acc.Accounted)
 
 
 if __name__ == "__main__":

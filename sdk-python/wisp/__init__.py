@@ -18,7 +18,7 @@ A routing module defines `route(req)`, and optionally `on_reply(req, res)`,
             req.relay("sip:voicemail@example.com")
 
 `python3 sdk-python/build.py route.py -o route.wasm` makes a component of
-it for the world `wisp:proxy/router@0.2.0` (componentize-py). A hook
+it for the world `wisp:proxy/router@0.2.1` (componentize-py). A hook
 decides by calling one of the decisions (`req.reply`, `req.relay`,
 `req.forward`, `exit()`): they never return, so a helper function that
 decides stops its callers too, like Kamailio's `exit`. A hook that returns
@@ -28,6 +28,13 @@ response upstream (`on_failure`). A refused check (WispError of kind
 "refused": max_forwards, sanity_check, registrar.lookup, auth.authorize...)
 that escapes a hook becomes the reply it carries; any other exception is
 logged and answered 500 (`route`) or logged (the other hooks).
+
+Until a hook calls `arm(hooks)` (`t_on_reply`, `t_on_failure`,
+`t_on_branch`), a transaction runs on_reply, on_failure and on_branch,
+those the module leaves out too (as their defaults); after, only the armed
+ones: `arm(Hooks.ON_FAILURE)` before `req.relay()` spares the others.
+`acc.account(Accounted.ANSWERED)` has the host write the acc record when
+the transaction ends, without a hook (Kamailio's acc flags).
 
 The module is imported when the component is built, and its state is
 snapshotted into the component: do the work that does not depend on a
@@ -54,6 +61,7 @@ from ._message import (
     Fields,
     Header,
     Headers,
+    Hooks,
     Reply,
     Request,
     RequestInfo,
@@ -61,20 +69,24 @@ from ._message import (
     RouteCheck,
     Transport,
     UriParts,
+    arm,
     exit,
     is_myself,
     parse_uri,
 )
+from .acc import Accounted
 from .acc import Event as AccEvent
 from .nat import NatSigns
 from .registrar import Located
 
 __all__ = [
     "AccEvent",
+    "Accounted",
     "Endpoint",
     "Fields",
     "Header",
     "Headers",
+    "Hooks",
     "Located",
     "NatSigns",
     "Reply",
@@ -86,6 +98,7 @@ __all__ = [
     "UriParts",
     "WispError",
     "acc",
+    "arm",
     "auth",
     "config",
     "dispatcher",

@@ -13,6 +13,7 @@ Header = sip.Header
 UriParts = sip.UriParts
 Reply = sip.Reply
 RouteCheck = _proxy.RouteCheck
+Hooks = _proxy.Hooks
 
 #: Reply headers: (name, value) pairs, Header records, or a mapping.
 Headers = Union[Iterable[Union[Tuple[str, str], Header]], Mapping[str, str]]
@@ -422,3 +423,17 @@ def is_myself(uri: str) -> bool:
 def parse_uri(uri: str) -> Optional[UriParts]:
     """The parts of a SIP URI; None when it is not one."""
     return _proxy.parse_uri(uri)
+
+
+def arm(hooks: Hooks) -> None:
+    """Arms the hooks the current transaction runs besides `route`, in place
+    of those armed before (Kamailio's `t_on_reply`, `t_on_failure`,
+    `t_on_branch`; since 0.2.1). Until a hook of the transaction arms some,
+    it runs every hook (0.2.0's behaviour); a routing that arms only the hooks it
+    uses spares the host a call per response or branch it would not use.
+    A hook not armed is not called: the response is kept, the best response
+    goes upstream, the branch goes as it is. `Hooks(0)` arms none::
+
+        arm(Hooks.ON_FAILURE)  # then req.relay()
+    """
+    _proxy.arm(hooks)

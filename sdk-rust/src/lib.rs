@@ -76,7 +76,7 @@ mod request;
 mod response;
 mod services;
 
-pub use bindings::wisp::proxy::proxy::RouteCheck;
+pub use bindings::wisp::proxy::proxy::{Hooks, RouteCheck};
 pub use bindings::wisp::proxy::sip::{
     Endpoint, Header, Method, Relay, Reply, RequestInfo, Transport, UriParts,
 };
@@ -86,7 +86,7 @@ pub use request::Request;
 pub use response::Response;
 pub use services::{acc, auth, dispatcher, kv, nat, permissions, ratelimit, registrar};
 
-/// Raw bindings generated from the `wisp:proxy@0.2.0` WIT package (world
+/// Raw bindings generated from the `wisp:proxy@0.2.1` WIT package (world
 /// `router`). Prefer the wrappers in this crate; these are here for what
 /// they do not cover.
 // Generated code: the lowering of `registrar.save` takes its record's
@@ -390,12 +390,25 @@ pub fn parse_uri(uri: &str) -> Option<UriParts> {
     bindings::wisp::proxy::proxy::parse_uri(uri)
 }
 
+/// Arms the hooks the current transaction runs besides `route`, in place
+/// of those armed before (Kamailio's `t_on_reply`, `t_on_failure`,
+/// `t_on_branch`). Until a hook of the transaction arms some, it runs
+/// every hook the router has; a routing that arms only the hooks it uses
+/// spares the host a call per response or branch it would not use.
+///
+/// ```ignore
+/// wisp_sdk::arm(Hooks::ON_FAILURE); // then req.relay()
+/// ```
+pub fn arm(hooks: Hooks) {
+    bindings::wisp::proxy::proxy::arm(hooks)
+}
+
 /// Everything a routing script usually needs, in one import.
 pub mod prelude {
     pub use crate::registrar::SaveOptions;
     pub use crate::{
-        acc, auth, config, dispatcher, is_myself, kv, log, nat, parse_uri, permissions, ratelimit,
-        registrar, vars, Error, Exit, Flow, Message, Method, Relay, Reply, Request, Response,
-        RouteCheck, Router,
+        acc, arm, auth, config, dispatcher, is_myself, kv, log, nat, parse_uri, permissions,
+        ratelimit, registrar, vars, Error, Exit, Flow, Hooks, Message, Method, Relay, Reply,
+        Request, Response, RouteCheck, Router,
     };
 }

@@ -161,12 +161,22 @@ pub mod acc {
     use crate::bindings::wisp::proxy as raw;
     use crate::{Request, Response};
 
-    pub use raw::acc::Event;
+    pub use raw::acc::{Accounted, Event};
 
     /// Writes one record of `req` and its final answer `res`
-    /// (`acc_log_request`, or the acc flags at the end of a transaction).
+    /// (`acc_log_request`).
     pub fn report(req: &Request, event: Event, res: &Response) {
         raw::acc::report(req.raw(), event, res.raw())
+    }
+
+    /// Has the host write the current transaction's record by itself when
+    /// its final answer goes upstream (Kamailio's acc flags: `setflag`
+    /// with `log_flag`, `log_missed_flag`, `failed_transaction_flag`),
+    /// without a reply or failure hook: `ANSWERED` writes `start` for a 2xx
+    /// to an INVITE and `stop` for a 2xx to a BYE, `FAILED` writes `failed`
+    /// for a final answer above 299. Adds to the events asked before.
+    pub fn account(events: Accounted) {
+        raw::acc::account(events)
     }
 }
 

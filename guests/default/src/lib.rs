@@ -24,12 +24,9 @@ use wisp_sdk::prelude::*;
 use wisp_sdk::registrar::SaveFlags;
 
 // Flags of the default config: a flag is a transaction variable that is set.
-/// `setflag(1)`: account this transaction.
-const FLT_ACC: &str = "flt_acc";
-/// `setflag(2)`: account a missed call.
-const FLT_ACCMISSED: &str = "flt_accmissed";
-/// `setflag(3)`: account a failed transaction.
-const FLT_ACCFAILED: &str = "flt_accfailed";
+// The accounting flags (1: log_flag, 2: log_missed_flag, 3:
+// failed_transaction_flag) are the host's: `acc::account`, whose records
+// the host writes when the transaction ends, as Kamailio's acc module does.
 /// `setflag(5)`: the caller is behind NAT.
 const FLT_NATS: &str = "flt_nats";
 /// `setbflag(6)`: the callee is behind NAT.
@@ -64,7 +61,7 @@ impl Router for DefaultRouting {
             req.record_route()?;
         }
         if *req.method() == Method::Invite {
-            vars::set_flag(FLT_ACC)?; // do accounting
+            acc::account(acc::Accounted::ANSWERED); // setflag(FLT_ACC): do accounting
         }
 
         sipout(req)?;
@@ -84,31 +81,23 @@ impl Router for DefaultRouting {
         relay(req)
     }
 
-    /// onreply_route[REPLY_ONE]: the Contact of a callee behind NAT is
-    /// fixed (`WITH_NAT`; Kamailio also anchors media here, wisp has no
-    /// media relay), and final answers are accounted (`acc` `log_flag`): a
-    /// 2xx to an INVITE starts a call, a 2xx to a BYE ends it.
-    fn on_reply(req: &Request, res: &Response) -> Flow {
+    /// onreply_route[REPLY_ONE], armed by route[RELAY] for a callee behind
+    /// NAT: its Contact is fixed (`WITH_NAT`; Kamailio also anchors media
+    /// here, wisp has no media relay). Final answers are accounted by the
+    /// host (`acc::account`).
+    fn on_reply(_req: &Request, res: &Response) -> Flow {
         if config::enabled("WITH_NAT") && vars::is_set(FLB_NATB) {
             nat::fix_reply_contact(res);
         }
-        if !(200..300).contains(&res.status()) || !vars::is_set(FLT_ACC) {
-            return Ok(());
-        }
-        let event = match req.method() {
-            Method::Invite => acc::Event::Start,
-            Method::Bye => acc::Event::Stop,
-            _ => return Ok(()),
-        };
-        acc::report(req, event, res);
         Ok(())
     }
 
-    /// failure_route[FAIL_ONE]: serial forking to the `FAILOVER` URIs
-    /// (`t_check_status("486|408|5[0-9][0-9]")`, then a new branch), else
-    /// accounting of the missed call or failed transaction; the best
-    /// response goes upstream. A cancelled transaction never gets here
-    /// (`t_is_canceled()` is the host's).
+    /// failure_route[FAIL_ONE], armed by route[RELAY] for an INVITE with
+    /// `FAILOVER` URIs: serial forking to them
+    /// (`t_check_status("486|408|5[0-9][0-9]")`, then a new branch); else
+    /// the best response goes upstream, and the host accounts the missed
+    /// call or failed transaction (`acc::account`). A cancelled
+    /// transaction never gets here (`t_is_canceled()` is the host's).
     fn on_failure(req: &Request, best: &Response) -> Flow {
         let status = best.status();
         let fails_over = status == 486 || status == 408 || (500..600).contains(&status);
@@ -119,21 +108,25 @@ impl Router for DefaultRouting {
                 return req.relay();
             }
         }
-        if vars::is_set(FLT_ACCMISSED) || vars::is_set(FLT_ACCFAILED) {
-            acc::report(req, acc::Event::Failed, best);
-        }
         Ok(())
     }
 }
 
 /// route[RELAY]: stateful relay (`t_relay()`), with the parallel branches
 /// the params ask for; the timers are the tenant's `FR_INV_TIMER_MS` and
-/// `FR_TIMER_MS` (`t_set_fr`). The reply and failure hooks are always armed
-/// (`t_on_reply("REPLY_ONE")`, `t_on_failure("FAIL_ONE")`); a relay the
-/// host cannot make is answered 500 (`sl_reply_error()`).
+/// `FR_TIMER_MS` (`t_set_fr`). The reply and failure hooks are armed when
+/// they have work (`t_on_reply("REPLY_ONE")` for a callee behind NAT,
+/// `t_on_failure("FAIL_ONE")` for an INVITE with `FAILOVER` URIs), and the
+/// branch hook never (`#t_on_branch("BRANCH_ONE")`, commented out in the
+/// config too): a hook not armed costs nothing. A relay the host cannot
+/// make is answered 500 (`sl_reply_error()`).
 fn relay(req: &Request) -> Flow {
     // WITH_NAT: route(RTPPROXY) would anchor the media here; wisp has no
     // media relay, so only the signalling is fixed (see route[NAT]).
+    let mut hooks = Hooks::empty();
+    if vars::is_set(FLB_NATB) {
+        hooks |= Hooks::ON_REPLY;
+    }
     if *req.method() == Method::Invite {
         for uri in uri_list("PARALLEL") {
             // Past the branch limit (a lookup may have used it up) the
@@ -145,8 +138,10 @@ fn relay(req: &Request) -> Flow {
         let failover = uri_list("FAILOVER");
         if !failover.is_empty() {
             vars::set(FAILOVER_VAR, &failover.join(","))?;
+            hooks |= Hooks::ON_FAILURE;
         }
     }
+    arm(hooks);
     req.relay()
 }
 
@@ -201,8 +196,9 @@ fn withindlg(req: &Request) -> Flow {
         RouteCheck::Unverified | RouteCheck::Verified => {}
     }
     if *req.method() == Method::Bye {
-        vars::set_flag(FLT_ACC)?; // do accounting ...
-        vars::set_flag(FLT_ACCFAILED)?; // ... even if the transaction fails
+        // setflag(FLT_ACC): do accounting ...
+        // setflag(FLT_ACCFAILED): ... even if the transaction fails
+        acc::account(acc::Accounted::ANSWERED | acc::Accounted::FAILED);
     }
     if *req.method() == Method::Ack {
         // The ACK of a 2xx is a transaction of its own: relayed
@@ -242,7 +238,7 @@ fn location(req: &Request) -> Flow {
         vars::set_flag(FLB_NATB)?;
     }
     if *req.method() == Method::Invite {
-        vars::set_flag(FLT_ACCMISSED)?;
+        acc::account(acc::Accounted::FAILED); // setflag(FLT_ACCMISSED)
     }
     Ok(())
 }

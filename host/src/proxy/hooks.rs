@@ -56,6 +56,19 @@ pub trait Hooks {
     /// A reply with `code` went upstream for a request routed on `pinned`
     /// (per-tenant reply counters).
     fn replied(&mut self, pinned: &Self::Pinned, code: u16);
+
+    /// The final answer of a relayed transaction that asked for
+    /// accounting of it (`acc.account`) went upstream: `req` is the
+    /// request as relayed, `to_tag` the answer's when it has one. Writes
+    /// the record (Kamailio's acc, at the end of the transaction).
+    fn account(
+        &mut self,
+        pinned: &Self::Pinned,
+        req: &Message,
+        code: u16,
+        reason: &str,
+        to_tag: Option<&str>,
+    );
 }
 
 /// What the route hook came to.

@@ -35,5 +35,5 @@ pub use hooks::{HookFailed, Hooks, Routed};
 pub use locality::Locality;
 pub use relay::{DEFAULT_FR, DEFAULT_FR_INVITE};
 pub use replies::reply_target;
-pub use request::{Action, BranchTarget, RequestCtx, Source, TxVars};
+pub use request::{Accounted, Action, Armed, BranchTarget, Hook, RequestCtx, Source, TxVars};
 pub use routing::{loose_route, Destination, LooseRoute};

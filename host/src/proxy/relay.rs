@@ -20,7 +20,7 @@ use super::checks::{self, DEFAULT_MAX_FORWARDS};
 use super::effects::{Effects, Parked};
 use super::hooks::Hooks;
 use super::replies::make_reply;
-use super::request::{Action, RequestCtx, TxVars};
+use super::request::{Action, Hook, RequestCtx, TxVars};
 use super::routing::{next_hop, Destination};
 
 /// Kamailio's defaults: fr_inv_timer (an INVITE branch that rang) and
@@ -295,14 +295,17 @@ impl<P> Relay<P> {
                 return (Branch::ended(&self.req.msg, 500, "Bad Path"), Next::Ended);
             }
         }
-        let index32 = u32::try_from(index).unwrap_or(u32::MAX);
-        let (copy, result) = hooks.on_branch(&self.pinned, copy, index32, &mut self.vars);
-        if let Err(err) = result {
-            tracing::warn!(%err, "branch hook failed");
-            return (
-                Branch::ended(&self.req.msg, 500, "Server Internal Error"),
-                Next::Ended,
-            );
+        if self.vars.runs(Hook::OnBranch) {
+            let index32 = u32::try_from(index).unwrap_or(u32::MAX);
+            let result;
+            (copy, result) = hooks.on_branch(&self.pinned, copy, index32, &mut self.vars);
+            if let Err(err) = result {
+                tracing::warn!(%err, "branch hook failed");
+                return (
+                    Branch::ended(&self.req.msg, 500, "Server Internal Error"),
+                    Next::Ended,
+                );
+            }
         }
         let mut msg = copy.msg;
         if let Err(err) = checks::set_max_breadth(&mut msg, breadth) {
@@ -463,7 +466,7 @@ impl<P> Relay<P> {
         msg.remove_first_value(&HeaderName::Via);
         let status = msg.status().unwrap_or(500);
         let mut keep = true;
-        if status > 100 {
+        if status > 100 && self.vars.runs(Hook::OnReply) {
             let origin = self.req.source;
             let req = std::mem::replace(&mut self.req, placeholder_request(origin));
             let (req, res, result) = hooks.on_reply(&self.pinned, req, msg, source, &mut self.vars);
@@ -504,6 +507,9 @@ impl<P> Relay<P> {
                 branch.retry = None;
                 // Every 2xx goes upstream (§16.7 step 5), retransmissions too.
                 hooks.replied(&self.pinned, status);
+                if !self.final_sent {
+                    self.account(hooks, &msg);
+                }
                 fx.respond(now, tx, msg);
                 if !self.final_sent {
                     self.final_sent = true;
@@ -643,7 +649,10 @@ impl<P> Relay<P> {
             let (mut best, synthesized) = best_response(&self.branches)
                 .or_else(|| make_reply(&self.req.msg, 500, "No Branch", &[]).map(|m| (m, true)))
                 .unwrap_or_else(|| (Message::new_response(500, "No Branch"), true));
-            if !self.canceled && self.failure_rounds < MAX_FAILURE_ROUNDS {
+            if !self.canceled
+                && self.failure_rounds < MAX_FAILURE_ROUNDS
+                && self.vars.runs(Hook::OnFailure)
+            {
                 self.failure_rounds += 1;
                 let source = self.req.source;
                 let req = std::mem::replace(&mut self.req, placeholder_request(source));
@@ -665,6 +674,9 @@ impl<P> Relay<P> {
                             self.final_sent = true;
                             if self.req.msg.method() != Some(&Method::Ack) {
                                 hooks.replied(&self.pinned, code);
+                            }
+                            if self.vars.accounted.records(code) {
+                                hooks.account(&self.pinned, &self.req.msg, code, &reason, None);
                             }
                             let req = self.req.clone();
                             fx.answer(now, Some(tx), &req, code, &reason, &headers);
@@ -688,9 +700,23 @@ impl<P> Relay<P> {
             if let Some(code) = best.status() {
                 hooks.replied(&self.pinned, code);
             }
+            self.account(hooks, &best);
             fx.respond(now, tx, best);
             return;
         }
+    }
+
+    /// Has the hooks write the transaction's record of `answer`, its final
+    /// answer going upstream, when the routing asked for one
+    /// (`acc.account`).
+    fn account<H: Hooks<Pinned = P>>(&self, hooks: &mut H, answer: &Message) {
+        let code = answer.status().unwrap_or(0);
+        if !self.vars.accounted.records(code) {
+            return;
+        }
+        let to_tag = answer.to().ok().and_then(|to| to.tag());
+        let reason = answer.reason().unwrap_or_default();
+        hooks.account(&self.pinned, &self.req.msg, code, reason, to_tag);
     }
 
     /// The first relay or reply the failure hook asked for.

@@ -69,10 +69,73 @@ pub struct BranchTarget {
 }
 
 /// Variables of one transaction, kept across its hooks (a flag is a
-/// variable that is set).
+/// variable that is set), with the hooks it arms and the accounting it
+/// asks of the host.
 #[derive(Debug, Default, Clone)]
 pub struct TxVars {
     pub values: BTreeMap<String, String>,
+    /// The hooks the transaction runs besides route (`proxy.arm`); none
+    /// until a hook arms some: then every hook runs, as before the
+    /// contract had `arm`.
+    pub armed: Option<Armed>,
+    /// The records the host writes when the transaction ends
+    /// (`acc.account`).
+    pub accounted: Accounted,
+}
+
+impl TxVars {
+    /// Whether the transaction runs `hook`.
+    pub fn runs(&self, hook: Hook) -> bool {
+        self.armed.is_none_or(|armed| armed.has(hook))
+    }
+}
+
+/// A hook of a relayed transaction other than route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    OnReply,
+    OnFailure,
+    OnBranch,
+}
+
+/// A set of [`Hook`]s (Kamailio's `t_on_reply`, `t_on_failure`,
+/// `t_on_branch`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Armed {
+    pub on_reply: bool,
+    pub on_failure: bool,
+    pub on_branch: bool,
+}
+
+impl Armed {
+    pub fn has(self, hook: Hook) -> bool {
+        match hook {
+            Hook::OnReply => self.on_reply,
+            Hook::OnFailure => self.on_failure,
+            Hook::OnBranch => self.on_branch,
+        }
+    }
+}
+
+/// What the host accounts by itself when a relayed transaction's final
+/// answer goes upstream (Kamailio's acc flags).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Accounted {
+    /// A 2xx: `start` for an INVITE, `stop` for a BYE (`log_flag`).
+    pub answered: bool,
+    /// Above 299: `failed` (`log_missed_flag`, `failed_transaction_flag`).
+    pub failed: bool,
+}
+
+impl Accounted {
+    /// Whether a final answer with `code` is to be recorded.
+    pub fn records(self, code: u16) -> bool {
+        match code {
+            200..=299 => self.answered,
+            300.. => self.failed,
+            _ => false,
+        }
+    }
 }
 
 /// The transport-level origin of a message.

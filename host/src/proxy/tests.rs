@@ -73,16 +73,24 @@ struct Scripted {
     failure: FailureScript,
     calls: Vec<String>,
     replied: Vec<u16>,
+    /// What the route hook arms and asks to account (`proxy.arm`,
+    /// `acc.account`).
+    arm: Option<Armed>,
+    account: Accounted,
+    /// The records asked of the hooks, as "code method to-tag".
+    accounted: Vec<String>,
 }
 
 impl Hooks for Scripted {
     type Pinned = ();
 
-    fn route(&mut self, mut req: RequestCtx, _vars: &mut TxVars) -> (RequestCtx, Routed<()>) {
+    fn route(&mut self, mut req: RequestCtx, vars: &mut TxVars) -> (RequestCtx, Routed<()>) {
         self.calls.push(format!(
             "route {}",
             req.msg.method().map_or("?", Method::as_str)
         ));
+        vars.armed = self.arm;
+        vars.accounted = self.account;
         let actions = (self.route)(&mut req);
         (
             req,
@@ -133,6 +141,14 @@ impl Hooks for Scripted {
     fn replied(&mut self, _: &(), code: u16) {
         self.replied.push(code);
     }
+
+    fn account(&mut self, _: &(), req: &Message, code: u16, _: &str, to_tag: Option<&str>) {
+        self.accounted.push(format!(
+            "{code} {} {}",
+            req.method().map_or("?", Method::as_str),
+            to_tag.unwrap_or("-")
+        ));
+    }
 }
 
 /// A core, its hooks and a fake clock.
@@ -173,6 +189,9 @@ impl Proxy {
                 failure: Box::new(|_, _| Vec::new()),
                 calls: Vec::new(),
                 replied: Vec::new(),
+                arm: None,
+                account: Accounted::default(),
+                accounted: Vec::new(),
             },
             t0: Instant::now(),
         }
@@ -341,6 +360,111 @@ fn serial_forking_from_the_failure_hook() {
             "reply 200"
         ]
     );
+}
+
+/// A transaction runs only the hooks its routing armed; with none armed,
+/// no hook but route runs, and the responses go their way all the same.
+#[test]
+fn hooks_not_armed_are_not_called() {
+    let mut p = Proxy::new(Box::new(|req| {
+        req.branches.push(BranchTarget {
+            uri: "sip:bob@192.0.2.11".into(),
+            ..BranchTarget::default()
+        });
+        vec![Action::Relay {
+            destination: Some(format!("sip:{UAS_A}")),
+        }]
+    }))
+    .with_failure(Box::new(|_, _| panic!("on-failure is not armed")));
+    p.hooks.arm = Some(Armed::default());
+    p.recv(0, CALLER, invite());
+    let sent = p.sent();
+    let (to_a, to_b) = (
+        last_to(&sent, UAS_A, "INVITE"),
+        last_to(&sent, UAS_B, "INVITE"),
+    );
+    p.recv(10, UAS_A, answer(&to_a, 180, "a"));
+    p.recv(20, UAS_A, answer(&to_a, 486, "a"));
+    p.recv(30, UAS_B, answer(&to_b, 404, "b"));
+    let sent = p.sent();
+    assert_eq!(
+        summary(&sent)[..3],
+        [pair(CALLER, "180"), pair(UAS_A, "ACK"), pair(UAS_B, "ACK")]
+    );
+    assert_eq!(sent.len(), 4);
+    assert_eq!(sent[3].0, udp(CALLER));
+    assert!(sent[3].1.status().is_some_and(|code| code >= 400));
+    assert_eq!(p.hooks.calls, vec!["route INVITE"]);
+
+    // Armed: those hooks, and only those.
+    let mut p = Proxy::new(relay_to(UAS_A));
+    p.hooks.arm = Some(Armed {
+        on_reply: true,
+        ..Armed::default()
+    });
+    p.recv(0, CALLER, invite());
+    let to_a = last_to(&p.sent(), UAS_A, "INVITE");
+    p.recv(10, UAS_A, answer(&to_a, 486, "a"));
+    assert_eq!(p.hooks.calls, vec!["route INVITE", "reply 486"]);
+}
+
+/// The host accounts what the routing asked (`acc.account`) once, on the
+/// final answer that goes upstream: a 2xx if `answered` (retransmissions
+/// not again), a failure if `failed`, a cancelled call's 487 too.
+#[test]
+fn the_final_answer_is_accounted_once_when_asked() {
+    let answered = Accounted {
+        answered: true,
+        failed: false,
+    };
+    let mut p = Proxy::new(relay_to(UAS_A));
+    p.hooks.account = answered;
+    p.recv(0, CALLER, invite());
+    let to_a = last_to(&p.sent(), UAS_A, "INVITE");
+    p.recv(10, UAS_A, answer(&to_a, 180, "a"));
+    p.recv(20, UAS_A, answer(&to_a, 200, "a"));
+    p.recv(520, UAS_A, answer(&to_a, 200, "a"));
+    assert_eq!(
+        summary(&p.sent())[1..],
+        [pair(CALLER, "200"), pair(CALLER, "200")]
+    );
+    assert_eq!(p.hooks.accounted, vec!["200 INVITE a"]);
+
+    // A failure is not recorded unless asked.
+    let mut p = Proxy::new(relay_to(UAS_A));
+    p.hooks.account = answered;
+    p.recv(0, CALLER, invite());
+    let to_a = last_to(&p.sent(), UAS_A, "INVITE");
+    p.recv(10, UAS_A, answer(&to_a, 486, "a"));
+    assert!(p.hooks.accounted.is_empty(), "{:?}", p.hooks.accounted);
+
+    // Asked: the failure, and a cancelled call's 487 (a missed call).
+    let failed = Accounted {
+        answered: false,
+        failed: true,
+    };
+    let mut p = Proxy::new(relay_to(UAS_A));
+    p.hooks.account = failed;
+    p.recv(0, CALLER, invite());
+    let to_a = last_to(&p.sent(), UAS_A, "INVITE");
+    p.recv(10, UAS_A, answer(&to_a, 486, "a"));
+    assert_eq!(p.hooks.accounted, vec!["486 INVITE a"]);
+
+    let mut p = Proxy::new(relay_to(UAS_A));
+    p.hooks.account = failed;
+    p.recv(0, CALLER, invite());
+    let to_a = last_to(&p.sent(), UAS_A, "INVITE");
+    p.recv(10, UAS_A, answer(&to_a, 180, "a"));
+    p.recv(20, CALLER, cancel());
+    p.recv(30, UAS_A, answer(&to_a, 487, "a"));
+    assert_eq!(p.hooks.accounted, vec!["487 INVITE a"]);
+    // Nothing for a 2xx when only failures were asked.
+    let mut p = Proxy::new(relay_to(UAS_A));
+    p.hooks.account = failed;
+    p.recv(0, CALLER, invite());
+    let to_a = last_to(&p.sent(), UAS_A, "INVITE");
+    p.recv(10, UAS_A, answer(&to_a, 200, "a"));
+    assert!(p.hooks.accounted.is_empty(), "{:?}", p.hooks.accounted);
 }
 
 /// Relays an INVITE to A, B and C at once.

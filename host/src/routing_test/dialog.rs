@@ -78,6 +78,8 @@ impl Hooks for RecordRoutes {
     }
 
     fn replied(&mut self, _: &(), _: u16) {}
+
+    fn account(&mut self, _: &(), _: &Message, _: u16, _: &str, _: Option<&str>) {}
 }
 
 /// The Record-Route value wisp, listening on `locality`, adds to the

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use super::format::{Expect, ForwardExpect, HeaderExpect, RelayExpect, TargetExpect, VarExpect};
 use super::run::{Branch, Decision, Outcome};
+use wisp::proxy::{Accounted, Armed};
 use wisp::sip::{HeaderName, Message};
 
 /// One field that differs.
@@ -85,6 +86,16 @@ pub fn compare(expect: &Expect, got: &Outcome) -> Vec<Mismatch> {
         header(&format!("response header {name}"), want, lines, &mut miss);
     }
     vars(&expect.vars, &got.vars, &mut miss);
+    if let Some(want) = &expect.hooks {
+        let got = match got.armed {
+            Some(armed) => armed_names(armed),
+            None => vec!["every hook (none armed)"],
+        };
+        names("hooks", want, got, &mut miss);
+    }
+    if let Some(want) = &expect.accounted {
+        names("accounted", want, accounted_names(got.accounted), &mut miss);
+    }
     for want in &expect.log {
         if !got.log.iter().any(|line| line.contains(want.as_str())) {
             let lines = if got.log.is_empty() {
@@ -321,6 +332,47 @@ fn header(
     }
 }
 
+/// The armed hooks by their WIT names.
+fn armed_names(armed: Armed) -> Vec<&'static str> {
+    [
+        (armed.on_reply, "on-reply"),
+        (armed.on_failure, "on-failure"),
+        (armed.on_branch, "on-branch"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect()
+}
+
+/// The accounted events by their WIT names.
+fn accounted_names(accounted: Accounted) -> Vec<&'static str> {
+    [
+        (accounted.answered, "answered"),
+        (accounted.failed, "failed"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect()
+}
+
+/// A set of names, compared in any order.
+fn names(
+    field: &str,
+    want: &[String],
+    got: Vec<&str>,
+    miss: &mut impl FnMut(&str, String, String),
+) {
+    let mut wanted: Vec<&str> = want.iter().map(String::as_str).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut sorted = got.clone();
+    sorted.sort_unstable();
+    if wanted != sorted {
+        let list = |names: &[&str]| format!("[{}]", names.join(", "));
+        miss(field, list(&wanted), list(&got));
+    }
+}
+
 fn vars(
     want: &BTreeMap<String, VarExpect>,
     got: &BTreeMap<String, String>,
@@ -358,12 +410,50 @@ mod tests {
             record_route: true,
             response: None,
             vars: BTreeMap::from([("failover".into(), "sip:x".into())]),
+            armed: Some(Armed {
+                on_failure: true,
+                ..Armed::default()
+            }),
+            accounted: Accounted {
+                answered: true,
+                failed: false,
+            },
             log: vec!["info: relayed".into()],
         }
     }
 
     fn expect(text: &str) -> Expect {
         toml::from_str(text).expect("expect parses")
+    }
+
+    #[test]
+    fn armed_hooks_and_accounting_are_compared_as_sets() {
+        let got = outcome(Decision::Nothing);
+        let same = expect("hooks = [\"on-failure\"]\naccounted = [\"answered\"]\n");
+        assert!(compare(&same, &got).is_empty());
+        let other = expect("hooks = [\"on-reply\", \"on-failure\"]\naccounted = []\n");
+        let lines: Vec<String> = compare(&other, &got)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].contains("hooks") && lines[0].contains("[on-failure, on-reply]"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].contains("accounted") && lines[1].contains("[answered]"),
+            "{lines:?}"
+        );
+        let never = Outcome {
+            armed: None,
+            ..outcome(Decision::Nothing)
+        };
+        let lines: Vec<String> = compare(&same, &never)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(lines[0].contains("every hook (none armed)"), "{lines:?}");
     }
 
     #[test]

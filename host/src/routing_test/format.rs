@@ -219,6 +219,12 @@ pub struct Expect {
     /// Transaction variables after the hook.
     #[serde(default)]
     pub vars: BTreeMap<String, VarExpect>,
+    /// The hooks the transaction runs after this one (`proxy.arm`), by
+    /// their WIT names: exactly these.
+    pub hooks: Option<Vec<String>>,
+    /// What the host accounts when the transaction ends (`acc.account`),
+    /// by the flags' WIT names: exactly these.
+    pub accounted: Option<Vec<String>>,
     /// Lines the hook logged: each string is contained in one of them
     /// (`level: message`).
     #[serde(default)]

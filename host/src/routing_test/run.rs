@@ -18,7 +18,7 @@ use super::format::{Case, CaseFile, Hook, ResponseSpec};
 use super::message::{self, Address, Fill};
 use super::pcap;
 use super::seed::{self, Seeded};
-use wisp::proxy::{branch, checks, Action, Locality, RequestCtx, Source, TxVars};
+use wisp::proxy::{branch, checks, Accounted, Action, Armed, Locality, RequestCtx, Source, TxVars};
 use wisp::script::{Domains, Guest, Limits, Pool, ScriptEngine};
 use wisp::services::permissions::AllowList;
 use wisp::sip::{self, HeaderName, Message};
@@ -98,6 +98,10 @@ pub struct Outcome {
     /// The response after on-reply or on-failure.
     pub response: Option<Message>,
     pub vars: BTreeMap<String, String>,
+    /// The hooks armed (`proxy.arm`); none: never armed, every hook runs.
+    pub armed: Option<Armed>,
+    /// What the host accounts when the transaction ends (`acc.account`).
+    pub accounted: Accounted,
     /// What the hook logged, as `level: message`.
     pub log: Vec<String>,
 }
@@ -290,6 +294,8 @@ impl FileRun {
             record_route: ctx.record_route,
             response,
             vars: vars.values.clone(),
+            armed: vars.armed,
+            accounted: vars.accounted,
             log,
         };
         self.previous = Some((ctx, vars));

@@ -11,7 +11,7 @@ use super::fields::{Fields, Parent};
 use super::wisp::proxy::sip as wit;
 use super::wisp::proxy::{config, log, proxy, vars};
 use crate::proxy::checks;
-use crate::proxy::RequestCtx;
+use crate::proxy::{Armed, RequestCtx};
 use crate::sip::{self, HeaderName};
 
 pub(super) fn invalid(err: impl std::fmt::Display) -> wit::Error {
@@ -496,6 +496,16 @@ impl proxy::Host for HostState {
             ..Default::default()
         });
         Ok(Ok(()))
+    }
+
+    /// Kept with the transaction's variables, which live as long as it.
+    fn arm(&mut self, hooks: proxy::Hooks) -> Result<()> {
+        self.vars.armed = Some(Armed {
+            on_reply: hooks.contains(proxy::Hooks::ON_REPLY),
+            on_failure: hooks.contains(proxy::Hooks::ON_FAILURE),
+            on_branch: hooks.contains(proxy::Hooks::ON_BRANCH),
+        });
+        Ok(())
     }
 }
 

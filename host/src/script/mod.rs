@@ -45,7 +45,7 @@ wasmtime::component::bindgen!({
 });
 
 /// The version of the `wisp:proxy` package this host implements.
-pub const WIT_VERSION: &str = "0.2.0";
+pub const WIT_VERSION: &str = "0.2.1";
 
 /// How often the epoch advances; hook deadlines are counted in these ticks.
 /// Each tick wakes the epoch thread, idle or not, and a wake-up costs some
@@ -198,15 +198,28 @@ fn check_version(engine: &Engine, component: &Component, origin: &str) -> anyhow
         let Some(version) = wit_version(name) else {
             continue;
         };
-        if version != WIT_VERSION {
+        if sdk_series(version) != sdk_series(WIT_VERSION) {
             anyhow::bail!(
                 "{origin} speaks wisp:proxy@{version}; this wisp speaks wisp:proxy@{WIT_VERSION}: \
                  rebuild it with the {} SDK",
                 sdk_series(WIT_VERSION)
             );
         }
+        if patch(version) > patch(WIT_VERSION) {
+            anyhow::bail!(
+                "{origin} speaks wisp:proxy@{version}, newer than this wisp's \
+                 wisp:proxy@{WIT_VERSION}: upgrade wisp, or build it with the SDK of {WIT_VERSION}"
+            );
+        }
     }
     Ok(())
+}
+
+/// The patch number of "0.2.1": a component of an older patch of the same
+/// series imports a subset of this host's functions, with the same types
+/// (the linker matches `@0.2.0` imports with `@0.2.1` definitions).
+fn patch(version: &str) -> Option<u32> {
+    version.rsplit_once('.')?.1.parse().ok()
 }
 
 /// The version of a `wisp:proxy/<interface>@<version>` name; none for
@@ -295,9 +308,83 @@ mod tests {
         .expect("tests/data/router-0.1.wasm");
         assert_eq!(
             load_error(&old, "route.wasm"),
-            "route.wasm speaks wisp:proxy@0.1.0; this wisp speaks wisp:proxy@0.2.0: \
+            "route.wasm speaks wisp:proxy@0.1.0; this wisp speaks wisp:proxy@0.2.1: \
              rebuild it with the 0.2 SDK"
         );
+    }
+
+    /// The bundled routing as built on wisp:proxy@0.2.0, before `arm` and
+    /// `account`: it loads and runs as it did (every hook runs), without
+    /// a rebuild.
+    #[test]
+    fn a_component_of_an_older_patch_loads_and_runs() {
+        let old = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/router-0.2.0.wasm"
+        ))
+        .expect("tests/data/router-0.2.0.wasm");
+        let (_dir, engine) = engine();
+        let loaded = match engine.load(&old, "route.wasm") {
+            Ok(loaded) => loaded,
+            Err(err) => panic!("{err:#}"),
+        };
+        let storage = crate::services::Storage::in_memory().expect("in-memory storage");
+        let guest = Arc::new(Guest {
+            tenant: "old".into(),
+            version: 1,
+            params: Default::default(),
+            limits: Limits::default(),
+            locality: Arc::new(crate::proxy::Locality::new(Vec::new(), Vec::new())),
+            metrics: crate::metrics::Metrics::new().tenant("old"),
+            services: Arc::new(crate::services::Services::with_storage(storage)),
+            allow: Default::default(),
+            domains: Default::default(),
+            log_capture: None,
+        });
+        let pool = Pool::new(engine.engine.clone(), loaded, guest);
+        // Max-Forwards 0: the routing's first call (`max-forwards`)
+        // refuses it, whatever the proxy's addresses.
+        let req = crate::proxy::RequestCtx::new(
+            crate::sip::parse(bytes::Bytes::from_static(
+                b"OPTIONS sip:bob@192.0.2.9 SIP/2.0\r\n\
+                  Via: SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKold1\r\n\
+                  Max-Forwards: 0\r\n\
+                  From: <sip:a@192.0.2.1>;tag=1\r\n\
+                  To: <sip:bob@192.0.2.9>\r\n\
+                  Call-ID: old-1\r\n\
+                  CSeq: 1 OPTIONS\r\n\
+                  Content-Length: 0\r\n\r\n",
+            ))
+            .expect("parses"),
+            crate::proxy::Source {
+                transport: crate::transport::Transport::Udp,
+                remote: "192.0.2.1:5070".parse().expect("address"),
+                listener: 0,
+                trusted: false,
+            },
+        );
+        let mut vars = crate::proxy::TxVars::default();
+        let (_, result) = pool.route(req, &mut vars);
+        let (_, actions) = result.expect("the 0.2.0 routing runs");
+        assert!(
+            matches!(
+                actions.as_slice(),
+                [crate::proxy::Action::Reply { code: 483, .. }]
+            ),
+            "{actions:?}"
+        );
+        assert_eq!(
+            vars.armed, None,
+            "a 0.2.0 routing arms nothing: every hook runs"
+        );
+    }
+
+    #[test]
+    fn patches_are_compared_by_number() {
+        assert_eq!(patch("0.2.0"), Some(0));
+        assert_eq!(patch("0.2.11"), Some(11));
+        assert!(patch("0.2.2") > patch(WIT_VERSION));
+        assert!(patch("0.2.0") < patch(WIT_VERSION));
     }
 
     #[test]

@@ -554,4 +554,13 @@ impl acc::Host for HostState {
             .log(&self.guest.tenant);
         Ok(())
     }
+
+    /// The record is the relay's to write, when the final answer goes
+    /// upstream ([`crate::proxy::Hooks::account`]).
+    fn account(&mut self, events: acc::Accounted) -> Result<()> {
+        let accounted = &mut self.vars.accounted;
+        accounted.answered |= events.contains(acc::Accounted::ANSWERED);
+        accounted.failed |= events.contains(acc::Accounted::FAILED);
+        Ok(())
+    }
 }

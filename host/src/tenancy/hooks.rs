@@ -13,7 +13,8 @@ use std::time::Instant;
 
 use crate::proxy::{Action, HookFailed, Hooks, RequestCtx, Routed, TxVars};
 use crate::script::{HookError, HookTime, Pool};
-use crate::sip::Message;
+use crate::services::acc as accounting;
+use crate::sip::{Message, Method};
 
 use super::{Selected, Tenancy};
 
@@ -182,5 +183,24 @@ impl Hooks for TenantHooks {
 
     fn replied(&mut self, pool: &Arc<Pool>, code: u16) {
         pool.guest().metrics.reply(code);
+    }
+
+    fn account(
+        &mut self,
+        pool: &Arc<Pool>,
+        req: &Message,
+        code: u16,
+        reason: &str,
+        to_tag: Option<&str>,
+    ) {
+        let event = match (code, req.method()) {
+            (200..=299, Some(Method::Invite)) => accounting::Event::Start,
+            (200..=299, Some(Method::Bye)) => accounting::Event::Stop,
+            (300.., _) => accounting::Event::Failed,
+            _ => return,
+        };
+        if accounting::wanted() {
+            accounting::Record::new(event, req, code, reason, to_tag).log(&pool.guest().tenant);
+        }
     }
 }
