@@ -59,15 +59,16 @@ pub trait Hooks {
 
     /// The final answer of a relayed transaction that asked for
     /// accounting of it (`acc.account`) went upstream: `req` is the
-    /// request as relayed, `to_tag` the answer's when it has one. Writes
-    /// the record (Kamailio's acc, at the end of the transaction).
+    /// request as relayed, `answer` the response when one was relayed
+    /// (none for a reply of the failure hook). Writes the record
+    /// (Kamailio's acc, at the end of the transaction).
     fn account(
         &mut self,
         pinned: &Self::Pinned,
         req: &Message,
         code: u16,
         reason: &str,
-        to_tag: Option<&str>,
+        answer: Option<&Message>,
     );
 }
 

@@ -714,9 +714,8 @@ impl<P> Relay<P> {
         if !self.vars.accounted.records(code) {
             return;
         }
-        let to_tag = answer.to().ok().and_then(|to| to.tag());
         let reason = answer.reason().unwrap_or_default();
-        hooks.account(&self.pinned, &self.req.msg, code, reason, to_tag);
+        hooks.account(&self.pinned, &self.req.msg, code, reason, Some(answer));
     }
 
     /// The first relay or reply the failure hook asked for.

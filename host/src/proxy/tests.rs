@@ -142,11 +142,12 @@ impl Hooks for Scripted {
         self.replied.push(code);
     }
 
-    fn account(&mut self, _: &(), req: &Message, code: u16, _: &str, to_tag: Option<&str>) {
+    fn account(&mut self, _: &(), req: &Message, code: u16, _: &str, answer: Option<&Message>) {
+        let to = answer.and_then(|answer| answer.to().ok());
         self.accounted.push(format!(
             "{code} {} {}",
             req.method().map_or("?", Method::as_str),
-            to_tag.unwrap_or("-")
+            to.and_then(|to| to.tag()).unwrap_or("-")
         ));
     }
 }

@@ -79,7 +79,7 @@ impl Hooks for RecordRoutes {
 
     fn replied(&mut self, _: &(), _: u16) {}
 
-    fn account(&mut self, _: &(), _: &Message, _: u16, _: &str, _: Option<&str>) {}
+    fn account(&mut self, _: &(), _: &Message, _: u16, _: &str, _: Option<&Message>) {}
 }
 
 /// The Record-Route value wisp, listening on `locality`, adds to the

@@ -191,7 +191,7 @@ impl Hooks for TenantHooks {
         req: &Message,
         code: u16,
         reason: &str,
-        to_tag: Option<&str>,
+        answer: Option<&Message>,
     ) {
         let event = match (code, req.method()) {
             (200..=299, Some(Method::Invite)) => accounting::Event::Start,
@@ -199,8 +199,12 @@ impl Hooks for TenantHooks {
             (300.., _) => accounting::Event::Failed,
             _ => return,
         };
-        if accounting::wanted() {
-            accounting::Record::new(event, req, code, reason, to_tag).log(&pool.guest().tenant);
+        if !accounting::wanted() {
+            return;
         }
+        // Parsed only now: the proxy relays a response's To unread.
+        let to = answer.and_then(|answer| answer.to().ok());
+        let to_tag = to.and_then(|to| to.tag());
+        accounting::Record::new(event, req, code, reason, to_tag).log(&pool.guest().tenant);
     }
 }
