@@ -37,8 +37,11 @@ impl<'a> Lines<'a> {
 
 /// Checks the headers a proxy routes on:
 /// - exactly one Call-ID, CSeq, From and To, and at most one Max-Forwards;
-/// - at least one Via, and every Via value parses (sent-by with host and
-///   port, received an IP address);
+/// - at least one Via, and every Via value of a request parses (sent-by
+///   with host and port, received an IP address); of a response, the top
+///   one (ours), whose branch names its transaction: the others go back
+///   upstream as they came, and are parsed where read (a stateless relay
+///   reads the next one);
 /// - From and To parse as name-addr or addr-spec with a valid URI, in a
 ///   request. A response's are relayed as they came and parsed only when
 ///   read (a proxy need not parse them, RFC 4475 §3.1.2): that spares two
@@ -92,8 +95,10 @@ pub fn validate(msg: &Message) -> Result<(), ParseError> {
         mf?;
     }
     msg.top_via()?;
-    for v in msg.values(&HeaderName::Via).skip(1) {
-        Via::check(v)?;
+    if msg.is_request() {
+        for v in msg.values(&HeaderName::Via).skip(1) {
+            Via::check(v)?;
+        }
     }
     if let Some(method) = msg.method() {
         if cseq.method != *method {
@@ -213,8 +218,9 @@ mod tests {
         assert!(validate(&r).is_err());
     }
 
-    /// A response's From and To are counted, not parsed: it is relayed as
-    /// it came, and a bad one reads as an error only where it is read.
+    /// A response's From and To are counted, not parsed, and its Vias
+    /// below the top one not checked: it is relayed as it came, and a bad
+    /// one reads as an error only where it is read.
     #[test]
     fn a_response_is_relayed_with_the_from_and_to_it_came_with() {
         let response = |to: &str| {
@@ -229,6 +235,13 @@ mod tests {
         assert!(bad.to().is_err());
         assert!(validate(&response("To: <sip:c@d>;tag=2\r\n")).is_ok());
         assert!(validate(&response("")).is_err());
+        // Nor are the Vias below the top one (ours).
+        let below = parse(Bytes::from_static(
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nVia: SIP/2.0/UDP\r\n\
+              From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: x@y\r\nCSeq: 1 INVITE\r\n\r\n",
+        ))
+        .unwrap();
+        assert!(validate(&below).is_ok());
         assert!(validate(&response("To: <sip:c@d>\r\nTo: <sip:e@f>\r\n")).is_err());
         // A request's are parsed.
         let request = parse(Bytes::from_static(
