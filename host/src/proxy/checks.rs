@@ -104,7 +104,7 @@ fn reject(code: u16, reason: &str) -> Rejection {
 
 /// A reason phrase must stay on its line (RFC 3261 §25.1 Reason-Phrase).
 pub fn reason_phrase(reason: &str) -> Result<(), String> {
-    if reason.chars().any(|c| c.is_control() && c != '\t') {
+    if crate::sip::has_control(reason) {
         return Err("reason phrase must not contain control characters".into());
     }
     Ok(())
@@ -113,11 +113,10 @@ pub fn reason_phrase(reason: &str) -> Result<(), String> {
 /// A header a guest adds must be one header: a token name, and a value
 /// without line breaks that would smuggle in more headers.
 pub fn header_field(name: &str, value: &str) -> Result<(), String> {
-    let token = |c: char| c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c);
-    if name.is_empty() || !name.chars().all(token) {
+    if !crate::sip::is_token(name) {
         return Err(format!("\"{name}\" is not a valid header name"));
     }
-    if value.chars().any(|c| c.is_control() && c != '\t') {
+    if crate::sip::has_control(value) {
         return Err(format!("the value of {name} contains control characters"));
     }
     Ok(())

@@ -33,7 +33,7 @@ pub use method::Method;
 pub use name_addr::NameAddr;
 pub use parse::{frame, frame_within, parse, MAX_HEADER_BYTES, MAX_STREAM_BODY};
 pub use response::{reason_phrase, response_to};
-pub use syntax::mentions;
+pub use syntax::{has_control, is_token, mentions};
 pub use uri::{Host, Scheme, Uri};
 pub use validate::{sanity_check, validate, Rejection};
 pub use values::split_list;

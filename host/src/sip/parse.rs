@@ -77,7 +77,7 @@ fn parse_start_line(line: &str, data: &Bytes) -> Result<StartLine, ParseError> {
         let code: u16 = code
             .parse()
             .map_err(|_| ParseError::new("Bad status code"))?;
-        if reason.chars().any(|c| c.is_control() && c != '\t') {
+        if super::syntax::has_control(reason) {
             return Err(ParseError::new("Bad reason phrase"));
         }
         return Ok(StartLine::Response {

@@ -30,8 +30,21 @@ const TOKEN_TABLE: [bool; 256] = {
 };
 
 /// A non-empty run of token characters.
-pub(super) fn is_token(s: &str) -> bool {
+pub fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(is_token_char)
+}
+
+/// Whether `s` holds a control character other than HTAB (what
+/// `char::is_control` says: C0, DEL and C1), byte by byte: C1 characters
+/// are U+0080–U+009F, 0xC2 0x80–0x9F in UTF-8. A line of text (a header
+/// value, a reason phrase) must have none.
+pub fn has_control(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    bytes.iter().enumerate().any(|(i, &c)| {
+        (c < 0x20 && c != b'\t')
+            || c == 0x7f
+            || (c == 0xc2 && bytes.get(i + 1).is_some_and(|n| (0x80..=0x9f).contains(n)))
+    })
 }
 
 /// SP or HTAB (what is left of LWS once folding is undone).
@@ -420,6 +433,27 @@ pub fn mentions(text: &str, word: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The byte test says what `char::is_control` says, HTAB apart, for
+    /// every character of the first three UTF-8 lengths' edges and the C1
+    /// block.
+    #[test]
+    fn has_control_is_char_is_control_without_htab() {
+        let chars = (0u32..0x800)
+            .chain(0xfff0..0x10000)
+            .chain(0x1_0000..0x1_0010);
+        for c in chars.filter_map(char::from_u32) {
+            let text = format!("a{c}b");
+            assert_eq!(
+                has_control(&text),
+                c.is_control() && c != '\t',
+                "U+{:04X}",
+                u32::from(c)
+            );
+        }
+        assert!(!has_control(""));
+        assert!(!has_control("Digest realm=\"example.com\", nonce=\"é\""));
+    }
 
     #[test]
     fn mentions_ignores_ascii_case() {
