@@ -88,7 +88,9 @@ function relay(req: Request): never {
   // WITH_NAT: route(RTPPROXY) would anchor the media here; wisp has no
   // media relay, so only the signalling is fixed (see route[NAT]).
   const hooks: Hooks = {};
-  if (vars.has(FLB_NATB)) hooks.onReply = true;
+  // The flag is read only where it can be set: config is read once per
+  // instance, a variable is a call to the host.
+  if (config.enabled("WITH_NAT") && vars.has(FLB_NATB)) hooks.onReply = true;
   if (req.isMethod("INVITE")) {
     for (const uri of list(config.param("PARALLEL"))) {
       // Past the branch limit (a lookup may have used it up) the call goes
@@ -161,7 +163,7 @@ function registrar(req: Request): void {
   if (!req.isMethod("REGISTER")) return;
   // setbflag(FLB_NATB) when the caller is behind NAT; the expiry limits
   // are the host's (REG_* params).
-  req.reply(usrloc.save(req, { persistent: config.enabled("WITH_USRLOCDB"), nat: vars.has(FLT_NATS) }));
+  req.reply(usrloc.save(req, { persistent: config.enabled("WITH_USRLOCDB"), nat: config.enabled("WITH_NAT") && vars.has(FLT_NATS) }));
 }
 
 /**

@@ -124,7 +124,9 @@ fn relay(req: &Request) -> Flow {
     // WITH_NAT: route(RTPPROXY) would anchor the media here; wisp has no
     // media relay, so only the signalling is fixed (see route[NAT]).
     let mut hooks = Hooks::empty();
-    if vars::is_set(FLB_NATB) {
+    // The flag is read only where it can be set: config is read once per
+    // instance, a variable is a call to the host.
+    if config::enabled("WITH_NAT") && vars::is_set(FLB_NATB) {
         hooks |= Hooks::ON_REPLY;
     }
     if *req.method() == Method::Invite {
@@ -215,7 +217,7 @@ fn registrar(req: &Request) -> Flow {
         return Ok(());
     }
     let mut flags = SaveFlags::empty();
-    if vars::is_set(FLT_NATS) {
+    if config::enabled("WITH_NAT") && vars::is_set(FLT_NATS) {
         flags |= SaveFlags::NAT; // setbflag(6): the binding keeps the source
     }
     if config::enabled("WITH_USRLOCDB") {
