@@ -230,6 +230,47 @@ fn a_wrong_case_file_exits_2_saying_what_is_wrong() {
     assert_eq!(code, 2);
     assert!(out.contains("unknown field `replied`"), "{out}");
 
+    // An on-reply case on a transaction whose route armed only on-failure
+    // (the bundled routing's INVITE with FAILOVER URIs): the proxy would
+    // never call the hook there.
+    let unarmed = dir.path().join("unarmed.toml");
+    std::fs::write(
+        &unarmed,
+        r#"
+domains = ["example.com"]
+
+[params]
+FAILOVER = "sip:bob@192.0.2.60"
+
+[[registration]]
+aor = "bob"
+contact = "sip:bob@192.0.2.20:5060"
+
+[[case]]
+name = "an INVITE arms on-failure"
+message = """
+INVITE sip:bob@example.com SIP/2.0
+Max-Forwards: 70
+From: <sip:alice@example.com>;tag=f1
+"""
+expect = { relay = true, hooks = ["on-failure"] }
+
+[[case]]
+name = "a reply hook it did not arm"
+hook = "on-reply"
+response = 180
+expect = { keep = true }
+"#,
+    )
+    .expect("write");
+    let (code, out, _) = wisp_test(&["default", &unarmed.display().to_string()]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("ok      unarmed.toml #1"), "{out}");
+    assert!(
+        out.contains("on-reply is not armed for this transaction"),
+        "{out}"
+    );
+
     let (code, _, err) = wisp_test(&["no-such.wasm", &file.display().to_string()]);
     assert_eq!(code, 2);
     assert!(err.contains("no-such.wasm"), "{err}");

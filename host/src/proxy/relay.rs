@@ -508,7 +508,8 @@ impl<P> Relay<P> {
                 // Every 2xx goes upstream (§16.7 step 5), retransmissions too.
                 hooks.replied(&self.pinned, status);
                 if !self.final_sent {
-                    self.account(hooks, &msg);
+                    let reason = msg.reason().unwrap_or_default();
+                    self.account(hooks, status, reason, Some(&msg));
                 }
                 fx.respond(now, tx, msg);
                 if !self.final_sent {
@@ -675,9 +676,7 @@ impl<P> Relay<P> {
                             if self.req.msg.method() != Some(&Method::Ack) {
                                 hooks.replied(&self.pinned, code);
                             }
-                            if self.vars.accounted.records(code) {
-                                hooks.account(&self.pinned, &self.req.msg, code, &reason, None);
-                            }
+                            self.account(hooks, code, &reason, None);
                             let req = self.req.clone();
                             fx.answer(now, Some(tx), &req, code, &reason, &headers);
                             return;
@@ -699,23 +698,26 @@ impl<P> Relay<P> {
             }
             if let Some(code) = best.status() {
                 hooks.replied(&self.pinned, code);
+                self.account(hooks, code, best.reason().unwrap_or_default(), Some(&best));
             }
-            self.account(hooks, &best);
             fx.respond(now, tx, best);
             return;
         }
     }
 
-    /// Has the hooks write the transaction's record of `answer`, its final
-    /// answer going upstream, when the routing asked for one
-    /// (`acc.account`).
-    fn account<H: Hooks<Pinned = P>>(&self, hooks: &mut H, answer: &Message) {
-        let code = answer.status().unwrap_or(0);
-        if !self.vars.accounted.records(code) {
-            return;
+    /// Has the hooks write the transaction's record of its final answer
+    /// going upstream (`code`, and the response when one was relayed),
+    /// when the routing asked for one (`acc.account`).
+    fn account<H: Hooks<Pinned = P>>(
+        &self,
+        hooks: &mut H,
+        code: u16,
+        reason: &str,
+        answer: Option<&Message>,
+    ) {
+        if self.vars.accounted.records(code) {
+            hooks.account(&self.pinned, &self.req.msg, code, reason, answer);
         }
-        let reason = answer.reason().unwrap_or_default();
-        hooks.account(&self.pinned, &self.req.msg, code, reason, Some(answer));
     }
 
     /// The first relay or reply the failure hook asked for.

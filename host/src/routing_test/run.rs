@@ -230,6 +230,20 @@ impl FileRun {
         for (name, value) in &case.vars {
             vars.values.insert(name.clone(), value.clone());
         }
+        // A hook the transaction did not arm is never called by the proxy:
+        // a case of it would pass on what cannot happen.
+        let armable = match case.hook {
+            Hook::Route => None,
+            Hook::OnReply => Some(wisp::proxy::Hook::OnReply),
+            Hook::OnFailure => Some(wisp::proxy::Hook::OnFailure),
+            Hook::OnBranch => Some(wisp::proxy::Hook::OnBranch),
+        };
+        if armable.is_some_and(|hook| !vars.runs(hook)) {
+            return Err(SetupError(format!(
+                "{} is not armed for this transaction (proxy.arm): the proxy would not call it",
+                case.hook.name()
+            )));
+        }
         let (ctx, decision, response) = match case.hook {
             Hook::Route => self.route(ctx, &mut vars),
             Hook::OnBranch => {
