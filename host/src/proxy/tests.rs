@@ -280,9 +280,9 @@ fn answer(req: &Message, code: u16, tag: &str) -> Message {
     response_to(req, code, "Test", Some(tag))
 }
 
-#[test]
-fn parallel_forking_one_200_cancels_the_others() {
-    let mut p = Proxy::new(Box::new(|req| {
+/// Relays an INVITE to A, and to B as an appended branch.
+fn to_a_and_b() -> RouteScript {
+    Box::new(|req| {
         req.branches.push(BranchTarget {
             uri: "sip:bob@192.0.2.11".into(),
             ..BranchTarget::default()
@@ -290,7 +290,12 @@ fn parallel_forking_one_200_cancels_the_others() {
         vec![Action::Relay {
             destination: Some(format!("sip:{UAS_A}")),
         }]
-    }));
+    })
+}
+
+#[test]
+fn parallel_forking_one_200_cancels_the_others() {
+    let mut p = Proxy::new(to_a_and_b());
     p.recv(0, CALLER, invite());
     let sent = p.sent();
     assert_eq!(
@@ -367,16 +372,8 @@ fn serial_forking_from_the_failure_hook() {
 /// no hook but route runs, and the responses go their way all the same.
 #[test]
 fn hooks_not_armed_are_not_called() {
-    let mut p = Proxy::new(Box::new(|req| {
-        req.branches.push(BranchTarget {
-            uri: "sip:bob@192.0.2.11".into(),
-            ..BranchTarget::default()
-        });
-        vec![Action::Relay {
-            destination: Some(format!("sip:{UAS_A}")),
-        }]
-    }))
-    .with_failure(Box::new(|_, _| panic!("on-failure is not armed")));
+    let mut p =
+        Proxy::new(to_a_and_b()).with_failure(Box::new(|_, _| panic!("on-failure is not armed")));
     p.hooks.arm = Some(Armed::default());
     p.recv(0, CALLER, invite());
     let sent = p.sent();
@@ -409,6 +406,16 @@ fn hooks_not_armed_are_not_called() {
     assert_eq!(p.hooks.calls, vec!["route INVITE", "reply 486"]);
 }
 
+/// An INVITE relayed to A by a routing that asked `account` of the host:
+/// the proxy, and the INVITE A got.
+fn accounted_invite(account: Accounted) -> (Proxy, Message) {
+    let mut p = Proxy::new(relay_to(UAS_A));
+    p.hooks.account = account;
+    p.recv(0, CALLER, invite());
+    let to_a = last_to(&p.sent(), UAS_A, "INVITE");
+    (p, to_a)
+}
+
 /// The host accounts what the routing asked (`acc.account`) once, on the
 /// final answer that goes upstream: a 2xx if `answered` (retransmissions
 /// not again), a failure if `failed`, a cancelled call's 487 too.
@@ -418,10 +425,11 @@ fn the_final_answer_is_accounted_once_when_asked() {
         answered: true,
         failed: false,
     };
-    let mut p = Proxy::new(relay_to(UAS_A));
-    p.hooks.account = answered;
-    p.recv(0, CALLER, invite());
-    let to_a = last_to(&p.sent(), UAS_A, "INVITE");
+    let failed = Accounted {
+        answered: false,
+        failed: true,
+    };
+    let (mut p, to_a) = accounted_invite(answered);
     p.recv(10, UAS_A, answer(&to_a, 180, "a"));
     p.recv(20, UAS_A, answer(&to_a, 200, "a"));
     p.recv(520, UAS_A, answer(&to_a, 200, "a"));
@@ -431,41 +439,27 @@ fn the_final_answer_is_accounted_once_when_asked() {
     );
     assert_eq!(p.hooks.accounted, vec!["200 INVITE a"]);
 
-    // A failure is not recorded unless asked.
-    let mut p = Proxy::new(relay_to(UAS_A));
-    p.hooks.account = answered;
-    p.recv(0, CALLER, invite());
-    let to_a = last_to(&p.sent(), UAS_A, "INVITE");
-    p.recv(10, UAS_A, answer(&to_a, 486, "a"));
-    assert!(p.hooks.accounted.is_empty(), "{:?}", p.hooks.accounted);
+    // What was not asked is not recorded.
+    for (account, code) in [(answered, 486), (failed, 200)] {
+        let (mut p, to_a) = accounted_invite(account);
+        p.recv(10, UAS_A, answer(&to_a, code, "a"));
+        assert!(
+            p.hooks.accounted.is_empty(),
+            "{code}: {:?}",
+            p.hooks.accounted
+        );
+    }
 
     // Asked: the failure, and a cancelled call's 487 (a missed call).
-    let failed = Accounted {
-        answered: false,
-        failed: true,
-    };
-    let mut p = Proxy::new(relay_to(UAS_A));
-    p.hooks.account = failed;
-    p.recv(0, CALLER, invite());
-    let to_a = last_to(&p.sent(), UAS_A, "INVITE");
+    let (mut p, to_a) = accounted_invite(failed);
     p.recv(10, UAS_A, answer(&to_a, 486, "a"));
     assert_eq!(p.hooks.accounted, vec!["486 INVITE a"]);
 
-    let mut p = Proxy::new(relay_to(UAS_A));
-    p.hooks.account = failed;
-    p.recv(0, CALLER, invite());
-    let to_a = last_to(&p.sent(), UAS_A, "INVITE");
+    let (mut p, to_a) = accounted_invite(failed);
     p.recv(10, UAS_A, answer(&to_a, 180, "a"));
     p.recv(20, CALLER, cancel());
     p.recv(30, UAS_A, answer(&to_a, 487, "a"));
     assert_eq!(p.hooks.accounted, vec!["487 INVITE a"]);
-    // Nothing for a 2xx when only failures were asked.
-    let mut p = Proxy::new(relay_to(UAS_A));
-    p.hooks.account = failed;
-    p.recv(0, CALLER, invite());
-    let to_a = last_to(&p.sent(), UAS_A, "INVITE");
-    p.recv(10, UAS_A, answer(&to_a, 200, "a"));
-    assert!(p.hooks.accounted.is_empty(), "{:?}", p.hooks.accounted);
 }
 
 /// Relays an INVITE to A, B and C at once.
