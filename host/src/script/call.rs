@@ -41,6 +41,27 @@ pub struct Guest {
 /// What a guest logged, as (level, message), for `wisp test`.
 pub type LogCapture = Arc<std::sync::Mutex<Vec<(String, String)>>>;
 
+#[cfg(test)]
+impl Guest {
+    /// A tenant's guest for tests: no params, default limits, no
+    /// listeners or domains, services on in-memory storage.
+    pub(crate) fn for_tests(tenant: &str) -> Guest {
+        let storage = crate::services::Storage::in_memory().expect("in-memory storage");
+        Guest {
+            tenant: tenant.into(),
+            version: 1,
+            params: BTreeMap::new(),
+            limits: Limits::default(),
+            locality: Arc::new(Locality::new(Vec::new(), Vec::new())),
+            metrics: crate::metrics::Metrics::new().tenant(tenant),
+            services: Arc::new(crate::services::Services::with_storage(storage)),
+            allow: Default::default(),
+            domains: Default::default(),
+            log_capture: None,
+        }
+    }
+}
+
 impl Guest {
     /// Whether a URI names this proxy for this tenant: a listener or an
     /// alias of the process, or one of the tenant's own `domains` on a
@@ -517,21 +538,13 @@ mod tests {
     }
 
     fn test_guest(memory_mib: u64) -> Guest {
-        let storage = crate::services::Storage::in_memory().expect("in-memory storage");
+        let guest = Guest::for_tests("test");
         Guest {
-            tenant: "test".into(),
-            version: 1,
-            params: BTreeMap::new(),
             limits: Limits {
                 memory_mib,
                 ..Limits::default()
             },
-            locality: Arc::new(Locality::new(Vec::new(), Vec::new())),
-            metrics: crate::metrics::Metrics::new().tenant("test"),
-            services: Arc::new(crate::services::Services::with_storage(storage)),
-            allow: Default::default(),
-            domains: Default::default(),
-            log_capture: None,
+            ..guest
         }
     }
 

@@ -175,7 +175,7 @@ mod tests {
     use wasmtime::component::Resource;
 
     use super::*;
-    use crate::proxy::{Locality, Source};
+    use crate::proxy::Source;
     use crate::script::wisp::proxy::sip::HostFields;
     use crate::script::wisp::proxy::sip::HostRequest;
     use crate::script::{Guest, Limits, LogCapture};
@@ -183,21 +183,14 @@ mod tests {
 
     fn state(params: &[(&str, &str)], limits: Limits) -> (HostState, LogCapture) {
         let log = Arc::new(Mutex::new(Vec::new()));
-        let storage = crate::services::Storage::in_memory().expect("in-memory storage");
         let guest = Guest {
-            tenant: "t".into(),
-            version: 1,
             params: params
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>(),
             limits,
-            locality: Arc::new(Locality::new(Vec::new(), Vec::new())),
-            metrics: crate::metrics::Metrics::new().tenant("t"),
-            services: Arc::new(crate::services::Services::with_storage(storage)),
-            allow: Default::default(),
-            domains: Default::default(),
             log_capture: Some(log.clone()),
+            ..Guest::for_tests("t")
         };
         (HostState::new(Arc::new(guest)), log)
     }

@@ -328,19 +328,7 @@ mod tests {
             Ok(loaded) => loaded,
             Err(err) => panic!("{err:#}"),
         };
-        let storage = crate::services::Storage::in_memory().expect("in-memory storage");
-        let guest = Arc::new(Guest {
-            tenant: "old".into(),
-            version: 1,
-            params: Default::default(),
-            limits: Limits::default(),
-            locality: Arc::new(crate::proxy::Locality::new(Vec::new(), Vec::new())),
-            metrics: crate::metrics::Metrics::new().tenant("old"),
-            services: Arc::new(crate::services::Services::with_storage(storage)),
-            allow: Default::default(),
-            domains: Default::default(),
-            log_capture: None,
-        });
+        let guest = Arc::new(Guest::for_tests("old"));
         let pool = Pool::new(engine.engine.clone(), loaded, guest);
         // Max-Forwards 0: the routing's first call (`max-forwards`)
         // refuses it, whatever the proxy's addresses.
