@@ -11,8 +11,9 @@
 //
 // Kamailio's `exit` is built in: req.reply, req.relay, req.forward and
 // exit() do not return, so a sub-route that decides stops its callers too.
-// A refused check (max-forwards, sanity, lookup, save, authorize) answers
-// with the reply it carries.
+// A refused check (max-forwards, sanity, lookup) answers with the reply it
+// carries; saveAndReply and authorizeOrChallenge have the host answer (the
+// 200 OK or refusal of a REGISTER, the challenge) and stop the hook.
 
 import {
   Request,
@@ -162,8 +163,9 @@ function withindlg(req: Request): void {
 function registrar(req: Request): void {
   if (!req.isMethod("REGISTER")) return;
   // setbflag(FLB_NATB) when the caller is behind NAT; the expiry limits
-  // are the host's (REG_* params).
-  req.reply(usrloc.save(req, { persistent: config.enabled("WITH_USRLOCDB"), nat: config.enabled("WITH_NAT") && vars.has(FLT_NATS) }));
+  // are the host's (REG_* params). save("location"): answers with its
+  // 200 OK, or the refusal (sl_reply_error()), by itself; then exit.
+  usrloc.saveAndReply(req, { persistent: config.enabled("WITH_USRLOCDB"), nat: config.enabled("WITH_NAT") && vars.has(FLT_NATS) });
 }
 
 /**
@@ -189,13 +191,14 @@ function presence(req: Request): void {
 /**
  * route[AUTH] (WITH_AUTH): REGISTERs authenticate against the To domain;
  * other requests from our own domain against the From domain, and requests
- * from elsewhere must be for our domain (no open relay). A missing or
- * wrong credential is answered with the host's challenge (401 or 407).
+ * from elsewhere must be for our domain (no open relay).
+ * authorizeOrChallenge answers with the challenge by itself (www_challenge,
+ * proxy_challenge: 401 or 407) when the credentials do not check.
  */
 function auth(req: Request): void {
   if (!config.enabled("WITH_AUTH")) return;
   if (req.isMethod("REGISTER")) {
-    if (digest.authorize(req, req.toHost()) !== req.toUser()) req.reply(403, "Forbidden auth ID");
+    if (digest.authorizeOrChallenge(req, req.toHost()) !== req.toUser()) req.reply(403, "Forbidden auth ID");
     return;
   }
   // source IP allowed
@@ -203,7 +206,7 @@ function auth(req: Request): void {
   if (req.fromIsMyself()) {
     // authenticate if from local subscriber
     const claimed = req.isMethod("PUBLISH") ? req.toUser() : req.fromUser();
-    if (digest.authorize(req, req.fromHost()) !== claimed) req.reply(403, "Forbidden auth ID");
+    if (digest.authorizeOrChallenge(req, req.fromHost()) !== claimed) req.reply(403, "Forbidden auth ID");
     digest.consumeCredentials(req);
     // caller authenticated
   } else if (!req.info.uriIsMyself) {

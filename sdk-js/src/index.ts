@@ -24,7 +24,7 @@
  * ```
  *
  * `wisp-js build route.ts -o route.wasm` makes a component of it for the
- * world `wisp:proxy/router@0.2.1`. A hook decides by calling one of the
+ * world `wisp:proxy/router@0.2.2`. A hook decides by calling one of the
  * decisions (`req.reply`, `req.relay`, `req.forward`, {@link exit}): they
  * never return, so a sub-route that decides stops its callers too, like
  * Kamailio's `exit`. A hook that returns without deciding drops the request
@@ -36,19 +36,19 @@
  * (`arm({ onFailure: true })` before `req.relay()`), then the armed ones.
  */
 
-import type * as sip from "wisp:proxy/sip@0.2.1";
-import * as rawProxy from "wisp:proxy/proxy@0.2.1";
-import * as rawVars from "wisp:proxy/vars@0.2.1";
-import * as rawConfig from "wisp:proxy/config@0.2.1";
-import * as rawLog from "wisp:proxy/log@0.2.1";
-import * as rawRegistrar from "wisp:proxy/registrar@0.2.1";
-import * as rawAuth from "wisp:proxy/auth@0.2.1";
-import * as rawKv from "wisp:proxy/kv@0.2.1";
-import * as rawPermissions from "wisp:proxy/permissions@0.2.1";
-import * as rawNat from "wisp:proxy/nat@0.2.1";
-import * as rawAcc from "wisp:proxy/acc@0.2.1";
-import * as rawRatelimit from "wisp:proxy/ratelimit@0.2.1";
-import * as rawDispatcher from "wisp:proxy/dispatcher@0.2.1";
+import type * as sip from "wisp:proxy/sip@0.2.2";
+import * as rawProxy from "wisp:proxy/proxy@0.2.2";
+import * as rawVars from "wisp:proxy/vars@0.2.2";
+import * as rawConfig from "wisp:proxy/config@0.2.2";
+import * as rawLog from "wisp:proxy/log@0.2.2";
+import * as rawRegistrar from "wisp:proxy/registrar@0.2.2";
+import * as rawAuth from "wisp:proxy/auth@0.2.2";
+import * as rawKv from "wisp:proxy/kv@0.2.2";
+import * as rawPermissions from "wisp:proxy/permissions@0.2.2";
+import * as rawNat from "wisp:proxy/nat@0.2.2";
+import * as rawAcc from "wisp:proxy/acc@0.2.2";
+import * as rawRatelimit from "wisp:proxy/ratelimit@0.2.2";
+import * as rawDispatcher from "wisp:proxy/dispatcher@0.2.2";
 
 export type RawRequest = sip.Request;
 export type RawResponse = sip.Response;
@@ -652,7 +652,7 @@ export const log = {
   },
 };
 
-/** How `registrar.save` differs from the tenant's defaults (`REG_*` params). */
+/** How `registrar.save` and `registrar.saveAndReply` differ from the tenant's defaults (`REG_*` params). */
 export interface SaveOptions {
   /** Keep the bindings across restarts (`WITH_USRLOCDB`): written to the database within the host's `location_write_interval_ms`, so a crash loses at most that much. Without it they live in memory only. */
   persistent?: boolean;
@@ -668,6 +668,11 @@ export interface SaveOptions {
   maxContacts?: number;
 }
 
+function saveOptions(options: SaveOptions): rawRegistrar.SaveOptions {
+  const { persistent = false, nat = false, ...limits } = options;
+  return { flags: { persistent, nat }, ...limits };
+}
+
 /** The location service (Kamailio's registrar and usrloc). */
 export const registrar = {
   /**
@@ -676,8 +681,21 @@ export const registrar = {
    * refused WispError (400, 403, 423, 503) or an unavailable one.
    */
   save(req: Request, options: SaveOptions = {}): Reply {
-    const { persistent = false, nat = false, ...limits } = options;
-    return hostCall(() => rawRegistrar.save(req.raw, { flags: { persistent, nat }, ...limits }));
+    return hostCall(() => rawRegistrar.save(req.raw, saveOptions(options)));
+  },
+  /**
+   * {@link registrar.save}, with the reply sent by the host (since WIT
+   * 0.2.2), as Kamailio's `save("location")` sends its own: the REGISTER
+   * is answered with the 200 OK or the refusal (400, 403, 423, 503), and
+   * the hook stops there, as {@link exit} does (`route` returns `drop`).
+   * The reply never crosses into the guest and back, which makes a
+   * registration cheaper than `req.reply(registrar.save(req))`. Throws a
+   * WispError, answering nothing (500 from `route`), when the store failed
+   * (unavailable), or outside `route` and `onFailure` (not-allowed).
+   */
+  saveAndReply(req: Request, options: SaveOptions = {}): never {
+    hostCall(() => rawRegistrar.saveAndReply(req.raw, saveOptions(options)));
+    exit();
   },
   /**
    * Points the request at the user's contacts (`lookup("location")`).
@@ -706,6 +724,21 @@ export const auth = {
    */
   authorize(req: Request, realm: string): string {
     return hostCall(() => rawAuth.authorize(req.raw, realm));
+  },
+  /**
+   * {@link auth.authorize}, with the challenge sent by the host (since WIT
+   * 0.2.2), as Kamailio's `auth_challenge` sends its own: the
+   * authenticated user (`$au`); when the credentials are missing or wrong,
+   * the request is answered with the 401 (REGISTER) or 407 challenge and
+   * the hook stops there, as {@link exit} does (`route` returns `drop`).
+   * The challenge never crosses into the guest and back. Throws a
+   * WispError, answering nothing, when the subscriber store failed
+   * (unavailable), or outside `route` and `onFailure` (not-allowed).
+   */
+  authorizeOrChallenge(req: Request, realm: string): string {
+    const user = hostCall(() => rawAuth.authorizeOrChallenge(req.raw, realm));
+    if (user === undefined) exit();
+    return user;
   },
   /** Removes the credentials used, so they are not relayed (`consume_credentials()`). */
   consumeCredentials(req: Request): void {

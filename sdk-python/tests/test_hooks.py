@@ -27,6 +27,7 @@ sys.path[:0] = [_stubs.name, str(SDK)]
 
 from componentize_py_types import Err  # noqa: E402
 from wit_world.imports import acc as raw_acc  # noqa: E402
+from wit_world.imports import auth as raw_auth  # noqa: E402
 from wit_world.imports import config as raw_config  # noqa: E402
 from wit_world.imports import log as raw_log  # noqa: E402
 from wit_world.imports import proxy as raw_proxy  # noqa: E402
@@ -316,6 +317,111 @@ class Services(unittest.TestCase):
         self.assertEqual(armed, [hooks(0), hooks.ON_REPLY | hooks.ON_FAILURE])
         self.assertEqual(accounted, [events.ANSWERED, events.ANSWERED | events.FAILED])
         self.assertIs(wisp.acc.Accounted, raw_acc.Accounted)
+
+
+class AnsweredByTheHost(unittest.TestCase):
+    """save_and_reply and authorize_or_challenge (WIT 0.2.2): the host
+    answers the request, and the hook stops with drop as exit() does."""
+
+    def setUp(self):
+        LOGGED.clear()
+
+    def test_save_and_reply_stops_the_hook_with_drop(self):
+        seen, reached = [], []
+
+        def save_and_reply(req, options):
+            seen.append(options)
+            return 200
+
+        raw_registrar.save_and_reply = save_and_reply
+
+        def route(req):
+            try:
+                wisp.registrar.save_and_reply(req, persistent=True, nat=True, min_expires=30)
+            except Exception:
+                reached.append("except")
+            reached.append("after")
+            req.reply(500)
+
+        action = routing(route=route).route(FakeRequest(sip.Method_Register()), info(sip.Method_Register()))
+        self.assertEqual(action, sip.Action_Drop())
+        self.assertEqual(reached, [])
+        flags = raw_registrar.SaveFlags
+        self.assertEqual(
+            seen, [raw_registrar.SaveOptions(flags.PERSISTENT | flags.NAT, None, 30, None, None)]
+        )
+        # In on_failure, exit() is upstream, which the host's answer stands for.
+        on_failure = lambda req, best: wisp.registrar.save_and_reply(req, max_contacts=1)  # noqa: E731
+        hooks = routing(route=lambda req: None, on_failure=on_failure)
+        self.assertEqual(hooks.on_failure(FakeRequest(), FakeResponse(408)), sip.FailureAction_Upstream())
+        self.assertEqual(seen[1], raw_registrar.SaveOptions(flags(0), None, None, None, 1))
+        self.assertEqual(LOGGED, [])
+
+    def test_authorize_or_challenge_returns_the_user_or_stops_with_drop(self):
+        users = {"alice.example.com": "alice", "nobody.example.com": None}
+        asked = []
+
+        def authorize_or_challenge(req, realm):
+            asked.append(realm)
+            return users[realm]
+
+        raw_auth.authorize_or_challenge = authorize_or_challenge
+
+        def route_for(realm):
+            def route(req):
+                user = wisp.auth.authorize_or_challenge(req, realm)
+                req.reply(299, user)
+
+            return route
+
+        hooks = routing(route=route_for("alice.example.com"))
+        self.assertEqual(hooks.route(FakeRequest(), info()), sip.Action_Reply(sip.Reply(299, "alice", [])))
+        hooks = routing(route=route_for("nobody.example.com"))
+        self.assertEqual(hooks.route(FakeRequest(), info()), sip.Action_Drop())
+        self.assertEqual(asked, ["alice.example.com", "nobody.example.com"])
+        self.assertEqual(LOGGED, [])
+
+    def test_their_errors_fail_as_other_service_errors_do(self):
+        def unavailable(*_args):
+            raise Err(sip.Error_Unavailable("store down"))
+
+        def not_allowed(*_args):
+            raise Err(sip.Error_NotAllowed("answered already"))
+
+        raw_registrar.save_and_reply = unavailable
+        raw_auth.authorize_or_challenge = not_allowed
+        server_error = sip.Action_Reply(sip.Reply(500, None, []))
+
+        hooks = routing(route=lambda req: wisp.registrar.save_and_reply(req))
+        self.assertEqual(hooks.route(FakeRequest(), info()), server_error)
+        self.assertEqual(LOGGED, [("ERROR", "route failed: unavailable: store down")])
+        LOGGED.clear()
+        hooks = routing(route=lambda req: wisp.auth.authorize_or_challenge(req, "example.com"))
+        self.assertEqual(hooks.route(FakeRequest(), info()), server_error)
+        self.assertEqual(LOGGED, [("ERROR", "route failed: not allowed: answered already")])
+        LOGGED.clear()
+
+        on_failure = lambda req, best: wisp.auth.authorize_or_challenge(req, "example.com")  # noqa: E731
+        hooks = routing(route=lambda req: None, on_failure=on_failure)
+        self.assertEqual(hooks.on_failure(FakeRequest(), FakeResponse(503)), sip.FailureAction_Upstream())
+        self.assertEqual(LOGGED, [("ERROR", "on_failure failed: not allowed: answered already")])
+
+        kinds = []
+
+        def route(req):
+            try:
+                wisp.registrar.save_and_reply(req)
+            except wisp.WispError as err:
+                kinds.append(err.kind)
+            try:
+                wisp.auth.authorize_or_challenge(req, "example.com")
+            except wisp.WispError as err:
+                kinds.append(err.kind)
+            req.reply(503)
+
+        action = routing(route=route).route(FakeRequest(), info())
+        self.assertEqual(action, sip.Action_Reply(sip.Reply(503, None, [])))
+        self.assertEqual(kinds, ["unavailable", "not-allowed"])
 
 
 if __name__ == "__main__":

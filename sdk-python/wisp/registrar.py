@@ -3,12 +3,12 @@
 Bindings are kept per tenant, keyed by the user part of the address of
 record."""
 
-from typing import Optional
+from typing import NoReturn, Optional
 
 from wit_world.imports import registrar as _registrar
 
 from ._errors import Err, WispError
-from ._message import Reply, Request
+from ._message import Decision, Reply, Request
 
 Located = _registrar.Located
 SaveFlags = _registrar.SaveFlags
@@ -34,16 +34,57 @@ def save(
     `REG_MAX_CONTACTS`), else the WIT's default. A refused WispError (400,
     403, 423, 503) or an unavailable one; nothing is written then.
     """
+    options = _options(persistent, nat, default_expires, min_expires, max_expires, max_contacts)
+    try:
+        return _registrar.save(req.raw, options)
+    except Err as err:
+        raise WispError(err.value) from None
+
+
+def save_and_reply(
+    req: Request,
+    *,
+    persistent: bool = False,
+    nat: bool = False,
+    default_expires: Optional[int] = None,
+    min_expires: Optional[int] = None,
+    max_expires: Optional[int] = None,
+    max_contacts: Optional[int] = None,
+) -> NoReturn:
+    """`save`, with the reply sent by wisp (since WIT 0.2.2), as Kamailio's
+    `save("location")` sends its own: the REGISTER is answered with the 200
+    OK `save` would return, or with its refusal (400, 403, 423, 503), and
+    the hook stops there, as `exit()` does (the hook's decision is
+    `drop`; in `on_failure` the answer goes upstream in place of the best
+    response). Never returns. Faster than
+    `req.reply(registrar.save(req))`: the reply is not copied into Python
+    and back. The options are `save`'s. An unavailable WispError when the
+    store failed, or not-allowed outside `route` and `on_failure` or when
+    the request is answered already: nothing is answered then (500 if it
+    escapes `route`).
+    """
+    options = _options(persistent, nat, default_expires, min_expires, max_expires, max_contacts)
+    try:
+        _registrar.save_and_reply(req.raw, options)
+    except Err as err:
+        raise WispError(err.value) from None
+    raise Decision(None)
+
+
+def _options(
+    persistent: bool,
+    nat: bool,
+    default_expires: Optional[int],
+    min_expires: Optional[int],
+    max_expires: Optional[int],
+    max_contacts: Optional[int],
+) -> "_registrar.SaveOptions":
     flags = SaveFlags(0)
     if persistent:
         flags |= SaveFlags.PERSISTENT
     if nat:
         flags |= SaveFlags.NAT
-    options = _registrar.SaveOptions(flags, default_expires, min_expires, max_expires, max_contacts)
-    try:
-        return _registrar.save(req.raw, options)
-    except Err as err:
-        raise WispError(err.value) from None
+    return _registrar.SaveOptions(flags, default_expires, min_expires, max_expires, max_contacts)
 
 
 def lookup(req: Request) -> Located:

@@ -9,7 +9,8 @@
 /// behind to its database (usrloc `db_mode=2`) and survive a restart.
 pub mod registrar {
     use crate::bindings::wisp::proxy as raw;
-    use crate::{Error, Reply, Request, Result};
+    use crate::bindings::wisp::proxy::sip::Action;
+    use crate::{Error, Exit, Flow, Reply, Request, Result};
 
     pub use raw::registrar::{Located, SaveFlags, SaveOptions};
 
@@ -38,6 +39,18 @@ pub mod registrar {
         raw::registrar::save(req.raw(), *options).map_err(Error::from)
     }
 
+    /// [`save`], with the reply sent by the host (since WIT 0.2.2), as
+    /// Kamailio's `save("location")` sends its own: the REGISTER is
+    /// answered with the 200 OK or the refusal, and the hook stops there
+    /// (`exit`): `return registrar::save_and_reply(req, &options);`. The
+    /// reply never crosses into the guest, which makes a registration
+    /// cheaper than `req.send(registrar::save(req, &options)?)`. Fails,
+    /// answering nothing (500 by `?`), when the store failed.
+    pub fn save_and_reply(req: &Request, options: &SaveOptions) -> Flow {
+        raw::registrar::save_and_reply(req.raw(), *options)?;
+        Err(Exit::Decided(Action::Drop))
+    }
+
     /// Points the request at the user's contacts (`lookup("location")`):
     /// the best one becomes the Request-URI, the others extra branches of
     /// the next relay. Refused with 404 (no binding) or 405 (no binding
@@ -63,7 +76,8 @@ pub mod registrar {
 /// (Kamailio's auth and auth_db).
 pub mod auth {
     use crate::bindings::wisp::proxy as raw;
-    use crate::{Error, Request, Result};
+    use crate::bindings::wisp::proxy::sip::Action;
+    use crate::{Error, Exit, Request, Result};
 
     /// Checks the credentials for `realm` (`auth_check(realm,
     /// "subscriber", "0")`): Authorization for a REGISTER,
@@ -72,6 +86,19 @@ pub mod auth {
     /// answers (`www_challenge` / `proxy_challenge`).
     pub fn authorize(req: &Request, realm: &str) -> Result<String> {
         raw::auth::authorize(req.raw(), realm).map_err(Error::from)
+    }
+
+    /// [`authorize`], with the challenge sent by the host (since WIT
+    /// 0.2.2), as Kamailio's `auth_challenge` sends its own: Ok is the
+    /// authenticated user; when the credentials do not check, the request
+    /// is answered with the 401 or 407 challenge and `?` stops the hook
+    /// (`exit`). The challenge never crosses into the guest. Fails,
+    /// answering nothing, when the subscriber store failed.
+    pub fn authorize_or_challenge(req: &Request, realm: &str) -> Result<String, Exit> {
+        match raw::auth::authorize_or_challenge(req.raw(), realm)? {
+            Some(user) => Ok(user),
+            None => Err(Exit::Decided(Action::Drop)),
+        }
     }
 
     /// Removes the credentials before relaying (`consume_credentials()`).

@@ -227,8 +227,9 @@ fn registrar(req: &Request) -> Flow {
         flags,
         ..SaveOptions::default()
     };
-    // save("location"): its 200 OK, or the refusal (sl_reply_error()).
-    req.send(registrar::save(req, &options)?)
+    // save("location"): answers with its 200 OK, or the refusal
+    // (sl_reply_error()), by itself; then exit.
+    registrar::save_and_reply(req, &options)
 }
 
 /// route[LOCATION]: the Request-URI becomes the user's registered
@@ -260,14 +261,14 @@ fn presence(req: &Request) -> Flow {
 /// route[AUTH] (`WITH_AUTH`): REGISTERs authenticate against the To
 /// domain; other requests from our own domain against the From domain,
 /// and requests from elsewhere must be for our domain (no open relay).
-/// `authorize` answers the challenge by itself (`www_challenge`,
-/// `proxy_challenge`) when the credentials do not check.
+/// `authorize_or_challenge` answers with the challenge by itself
+/// (`www_challenge`, `proxy_challenge`) when the credentials do not check.
 fn auth(req: &Request) -> Flow {
     if !config::enabled("WITH_AUTH") {
         return Ok(());
     }
     if *req.method() == Method::Register {
-        let user = auth::authorize(req, &req.to_host())?;
+        let user = auth::authorize_or_challenge(req, &req.to_host())?;
         if Some(user) != req.to_user() {
             return req.reply(403, "Forbidden auth ID");
         }
@@ -281,7 +282,7 @@ fn auth(req: &Request) -> Flow {
 
     if req.from_is_myself() {
         // authenticate if from local subscriber
-        let user = auth::authorize(req, &req.from_host())?;
+        let user = auth::authorize_or_challenge(req, &req.from_host())?;
         let claimed = if *req.method() == Method::Publish {
             req.to_user()
         } else {

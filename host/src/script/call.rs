@@ -174,6 +174,13 @@ pub struct HostState {
     /// 200, a challenge, a refusal): returned as the hook's decision, they
     /// are the host's text, not charged to the hook's caps.
     pub(super) issued: Vec<super::wisp::proxy::sip::Reply>,
+    /// Whether a service may answer the current hook call's request
+    /// itself (`save-and-reply`, `authorize-or-challenge`): in the hooks
+    /// whose decision may be a reply, route and on-failure.
+    pub(super) answerable: bool,
+    /// The answer a service gave the request in the current hook call:
+    /// it stands for the hook's decision.
+    pub(super) answer: Option<Action>,
     /// What the current hook call has asked of the host so far, against
     /// the per-hook caps of its [`Limits`].
     pub(super) effects: HookEffects,
@@ -228,6 +235,8 @@ impl HostState {
             actions: Vec::new(),
             generation: 0,
             issued: Vec::new(),
+            answerable: false,
+            answer: None,
             effects: HookEffects::default(),
             vars: TxVars::default(),
             storage_time: StorageTime::default(),

@@ -24,6 +24,15 @@ const DEFAULT_FR_MS: u32 = 30_000;
 impl HostState {
     /// Reads the route hook's `action` for the request at `req_rep`.
     pub(super) fn decide_route(&mut self, req_rep: u32, action: wit::Action) {
+        if let Some(answer) = self.answer.take() {
+            if !matches!(action, wit::Action::Drop) {
+                self.answered_twice("route");
+            }
+            if !self.is_ack(req_rep) {
+                self.actions.push(answer);
+            }
+            return;
+        }
         let decided = match action {
             wit::Action::Reply(reply) => {
                 if self.is_ack(req_rep) {
@@ -41,12 +50,32 @@ impl HostState {
 
     /// Reads the failure hook's `failure-action`: upstream is no action.
     pub(super) fn decide_failure(&mut self, req_rep: u32, action: wit::FailureAction) {
+        if let Some(answer) = self.answer.take() {
+            if !matches!(action, wit::FailureAction::Upstream) {
+                self.answered_twice("on-failure");
+            }
+            self.actions.push(answer);
+            return;
+        }
         let decided = match action {
             wit::FailureAction::Upstream => return,
             wit::FailureAction::Reply(reply) => self.reply_action(reply),
             wit::FailureAction::Relay(relay) => self.relay_action(req_rep, relay),
         };
         self.carry_out("on-failure", decided);
+    }
+
+    /// A hook decided after a service answered its request: the answer
+    /// stands (it may have saved bindings, as its reply says), and the
+    /// decision is the tenant's mistake.
+    fn answered_twice(&mut self, hook: &str) {
+        self.log(
+            Level::Warn,
+            &format!(
+                "{hook} decided after a service answered the request \
+                 (save-and-reply, authorize-or-challenge): the answer stands; return drop"
+            ),
+        );
     }
 
     /// Queues a decision, or the 500 of a decision that cannot be.
@@ -178,6 +207,7 @@ mod tests {
     use crate::proxy::Source;
     use crate::script::wisp::proxy::sip::HostFields;
     use crate::script::wisp::proxy::sip::HostRequest;
+    use crate::script::wisp::proxy::{auth, registrar};
     use crate::script::{Guest, Limits, LogCapture};
     use crate::sip::HeaderName;
 
@@ -362,6 +392,134 @@ mod tests {
             matches!(state.actions.as_slice(), [Action::Reply { code: 200, headers, .. }] if headers.len() == 2),
             "{:?}",
             state.actions
+        );
+    }
+
+    /// A REGISTER of bob, as a UA sends it first: no credentials.
+    fn register(state: &mut HostState) -> u32 {
+        let text = "REGISTER sip:example.com SIP/2.0\r\n\
+                    Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n\
+                    From: <sip:bob@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\n\
+                    Call-ID: r\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n\
+                    Contact: <sip:bob@192.0.2.1:5060>\r\nExpires: 600\r\n\
+                    Content-Length: 0\r\n\r\n";
+        let msg = sip::parse(bytes::Bytes::from(text)).expect("REGISTER parses");
+        let ctx = RequestCtx::new(
+            msg,
+            Source {
+                transport: crate::transport::Transport::Udp,
+                remote: "192.0.2.1:5060".parse().expect("addr"),
+                listener: 0,
+                trusted: false,
+            },
+        );
+        state.table.lend_request(ctx)
+    }
+
+    fn borrow(rep: u32) -> Resource<RequestCtx> {
+        Resource::new_borrow(rep)
+    }
+
+    fn save_options() -> registrar::SaveOptions {
+        registrar::SaveOptions {
+            flags: registrar::SaveFlags::empty(),
+            default_expires: None,
+            min_expires: None,
+            max_expires: None,
+            max_contacts: None,
+        }
+    }
+
+    #[test]
+    fn a_services_answer_is_the_route_decision_and_is_given_once() {
+        let (mut state, log) = state(&[], Limits::default());
+        state.answerable = true;
+        let req = register(&mut state);
+        let challenged =
+            auth::Host::authorize_or_challenge(&mut state, borrow(req), "example.com".into())
+                .expect("no trap");
+        assert_eq!(challenged, Ok(None), "no credentials: challenged");
+        // Answered once: a second answer is refused, and nothing is saved.
+        let again = registrar::Host::save_and_reply(&mut state, borrow(req), save_options())
+            .expect("no trap");
+        assert!(
+            matches!(&again, Err(wit::Error::NotAllowed(why)) if why.contains("answered already")),
+            "{again:?}"
+        );
+        assert_eq!(
+            registrar::Host::registered(&mut state, "bob".into()).expect("no trap"),
+            Ok(false)
+        );
+        state.decide_route(req, wit::Action::Drop);
+        let [Action::Reply {
+            code: 401, headers, ..
+        }] = state.actions.as_slice()
+        else {
+            panic!("{:?}", state.actions);
+        };
+        assert!(
+            headers
+                .iter()
+                .any(|(name, value)| name.as_str() == "WWW-Authenticate"
+                    && value.contains("realm=\"example.com\"")),
+            "{headers:?}"
+        );
+        assert!(log.lock().expect("log").is_empty());
+
+        // The next hook call: saved and answered 200; a decision made after
+        // it is logged, and the answer stands.
+        state.actions.clear();
+        state.answer = None;
+        state.effects = Default::default();
+        let saved = registrar::Host::save_and_reply(&mut state, borrow(req), save_options())
+            .expect("no trap");
+        assert_eq!(saved, Ok(200));
+        state.decide_route(req, relay(None, None));
+        let [Action::Reply {
+            code: 200, headers, ..
+        }] = state.actions.as_slice()
+        else {
+            panic!("{:?}", state.actions);
+        };
+        assert!(
+            headers
+                .iter()
+                .any(|(name, value)| name.as_str() == "Contact"
+                    && value.contains("sip:bob@192.0.2.1:5060")),
+            "{headers:?}"
+        );
+        let logged = log.lock().expect("log").pop().expect("logged");
+        assert_eq!(logged.0, "warn");
+        assert!(logged.1.contains("the answer stands"), "{logged:?}");
+        assert_eq!(
+            registrar::Host::registered(&mut state, "bob".into()).expect("no trap"),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn only_route_and_on_failure_may_have_a_service_answer() {
+        let (mut state, _) = state(&[], Limits::default());
+        state.answerable = false;
+        let req = register(&mut state);
+        let refused = registrar::Host::save_and_reply(&mut state, borrow(req), save_options())
+            .expect("no trap");
+        assert!(
+            matches!(&refused, Err(wit::Error::NotAllowed(why)) if why.contains("route and on-failure")),
+            "{refused:?}"
+        );
+        let refused =
+            auth::Host::authorize_or_challenge(&mut state, borrow(req), "example.com".into())
+                .expect("no trap");
+        assert!(
+            matches!(refused, Err(wit::Error::NotAllowed(_))),
+            "{refused:?}"
+        );
+        assert!(state.answer.is_none());
+        assert_eq!(
+            registrar::Host::registered(&mut state, "bob".into()).expect("no trap"),
+            Ok(false),
+            "nothing saved"
         );
     }
 

@@ -323,6 +323,8 @@ impl Pool {
         state.effects = Default::default();
         state.actions.clear();
         state.issued.clear();
+        state.answerable = matches!(which, ROUTE | ON_FAILURE);
+        state.answer = None;
         // Handles of `fields` taken in earlier calls trap from now on.
         state.generation = state.generation.wrapping_add(1);
         std::mem::swap(&mut state.vars, vars);

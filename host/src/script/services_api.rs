@@ -8,10 +8,10 @@ use wasmtime::component::Resource;
 use wasmtime::Result;
 
 use super::call::{HostState, ResponseCtx};
-use super::host_api::reply;
+use super::host_api::{past_cap, reply};
 use super::wisp::proxy::sip as wit;
 use super::wisp::proxy::{acc, auth, kv, nat, permissions, registrar};
-use crate::proxy::{BranchTarget, RequestCtx};
+use crate::proxy::{Action, BranchTarget, RequestCtx};
 use crate::services::auth::{self as digest_auth, Kind, Outcome};
 use crate::services::kv::KvError;
 use crate::services::location::{self, SaveOptions};
@@ -53,7 +53,7 @@ impl HostState {
         kind: Kind,
         stale: bool,
         algorithms: &[crate::services::digest::Algorithm],
-    ) -> wit::Reply {
+    ) -> ServiceReply {
         let headers = digest_auth::challenge(
             &self.guest.services,
             kind,
@@ -69,7 +69,16 @@ impl HostState {
             Instant::now(),
         );
         let (code, reason) = kind.status();
-        self.issue(reply(code, reason, headers))
+        ServiceReply {
+            code,
+            reason: reason.to_owned(),
+            headers,
+        }
+    }
+
+    /// A service's reply handed to the guest, kept as the host's text.
+    fn hand_over(&mut self, r: ServiceReply) -> wit::Reply {
+        self.issue(reply(r.code, &r.reason, r.headers))
     }
 
     /// A refusal of a service, with its reply kept as the host's.
@@ -82,56 +91,61 @@ impl HostState {
         wit::Error::Refused(self.issue(reply(code, reason, headers)))
     }
 
-    /// The registrar's settings for a save: the routing's, else the tenant
-    /// params, else Kamailio's defaults; the tenant's limits bound them.
-    fn save_options(&self, options: &registrar::SaveOptions) -> SaveOptions {
-        let defaults = SaveOptions::default();
-        let pick = |given: Option<u32>, param: &str, default: u32| {
-            given.or_else(|| self.param_u32(param)).unwrap_or(default)
-        };
-        let bound = self.guest.limits.max_bindings_per_aor;
-        SaveOptions {
-            persistent: options.flags.contains(registrar::SaveFlags::PERSISTENT),
-            nat: options.flags.contains(registrar::SaveFlags::NAT),
-            default_expires: pick(
-                options.default_expires,
-                "REG_DEFAULT_EXPIRES",
-                defaults.default_expires,
-            ),
-            min_expires: pick(options.min_expires, "REG_MIN_EXPIRES", defaults.min_expires),
-            max_expires: pick(options.max_expires, "REG_MAX_EXPIRES", defaults.max_expires),
-            // The tenant's bound holds whatever the routing asks; 0 is no
-            // number of contacts, so the bound.
-            max_contacts: match pick(options.max_contacts, "REG_MAX_CONTACTS", bound) {
-                0 => bound,
-                n => n.min(bound),
-            },
-            max_aors: self.guest.limits.max_aors,
+    /// What a service's refusal is to the guest: the reply to return.
+    fn refusal(&mut self, refusal: Refusal) -> wit::Error {
+        match refusal {
+            Refusal::Reply(r) => wit::Error::Refused(self.hand_over(r)),
+            Refusal::Error(err) => err,
         }
     }
-}
 
-/// The error of a service whose storage failed: the guest answers 500
-/// (the SDKs do), nothing was changed.
-fn unavailable(what: &str, tenant: &str, err: impl std::fmt::Display) -> wit::Error {
-    tracing::warn!(tenant, %err, "{what} failed");
-    wit::Error::Unavailable(format!("{what} failed: {err}"))
-}
-
-impl registrar::Host for HostState {
-    fn save(
-        &mut self,
-        req: Resource<RequestCtx>,
-        options: registrar::SaveOptions,
-    ) -> Result<Result<wit::Reply, wit::Error>> {
-        let ctx = self.request(&req)?;
-        if ctx.msg.method() != Some(&Method::Register) {
-            return Ok(Err(wit::Error::NotAllowed(
-                "registrar.save takes a REGISTER".into(),
-            )));
+    /// Whether a service may answer the hook's request itself: in route
+    /// and on-failure, once, within the hook's replies.
+    fn may_answer(&self) -> Result<(), wit::Error> {
+        if !self.answerable {
+            return Err(wit::Error::NotAllowed(
+                "only route and on-failure may answer the request".into(),
+            ));
         }
-        let opts = self.save_options(&options);
-        let ctx = self.request(&req)?;
+        if self.answer.is_some() {
+            return Err(wit::Error::NotAllowed(
+                "the request is answered already".into(),
+            ));
+        }
+        let cap = self.guest.limits.replies_per_hook;
+        if self.effects.replies >= cap {
+            return Err(past_cap("replies", cap, "replies_per_hook"));
+        }
+        Ok(())
+    }
+
+    /// Answers the hook's request with a service's reply (checked by
+    /// [`HostState::may_answer`]): the host's text, never the guest's.
+    fn answer_with(&mut self, r: ServiceReply) -> u16 {
+        self.effects.replies += 1;
+        let code = r.code;
+        self.answer = Some(Action::Reply {
+            code,
+            reason: r.reason,
+            headers: r.headers,
+        });
+        code
+    }
+
+    /// `save`: the 200 OK listing the bindings, or the refusal.
+    fn register(
+        &mut self,
+        req: &Resource<RequestCtx>,
+        options: &registrar::SaveOptions,
+    ) -> Result<Result<ServiceReply, Refusal>> {
+        let ctx = self.request(req)?;
+        if ctx.msg.method() != Some(&Method::Register) {
+            return Ok(Err(Refusal::Error(wit::Error::NotAllowed(
+                "registrar.save takes a REGISTER".into(),
+            ))));
+        }
+        let opts = self.save_options(options);
+        let ctx = self.request(req)?;
         // Where it came from is where its requests go: behind NAT when the
         // script says so, and always on a flow (a WebSocket, whose Contact
         // host is `*.invalid`, RFC 7118 §5.2: only that connection reaches it).
@@ -175,8 +189,8 @@ impl registrar::Host for HostState {
             &opts,
             now,
         );
-        let ctx = self.request(&req)?;
-        match saved {
+        let ctx = self.request(req)?;
+        Ok(match saved {
             Ok(bindings) => {
                 let mut headers = location::reply_contacts(&bindings, now);
                 for path in ctx.msg.values(&HeaderName::Path) {
@@ -191,21 +205,163 @@ impl registrar::Host for HostState {
                     bindings = bindings.len(),
                     "bindings saved"
                 );
-                Ok(Ok(self.issue(reply(200, "OK", headers))))
+                Ok(ServiceReply {
+                    code: 200,
+                    reason: "OK".into(),
+                    headers,
+                })
             }
             // Overloaded storage is the 503 the UA may retry; failed
             // storage is for the routing to answer (500).
-            Err(location::SaveError::Storage(err)) if !err.is_overload() => Ok(Err(unavailable(
-                "saving a registration",
-                &self.guest.tenant,
-                err,
-            ))),
+            Err(location::SaveError::Storage(err)) if !err.is_overload() => Err(Refusal::Error(
+                unavailable("saving a registration", &self.guest.tenant, err),
+            )),
             Err(err) => {
                 tracing::info!(tenant = %self.guest.tenant, %err, "REGISTER refused");
                 let (code, reason, headers) = err.reply();
-                Ok(Err(self.refuse(code, &reason, headers)))
+                Err(Refusal::Reply(ServiceReply {
+                    code,
+                    reason,
+                    headers,
+                }))
             }
+        })
+    }
+
+    /// `authorize`: the authenticated user, or the challenge to send.
+    fn check_credentials(
+        &mut self,
+        req: &Resource<RequestCtx>,
+        realm: &str,
+    ) -> Result<Result<String, Refusal>> {
+        let allowed = self.algorithms();
+        let ctx = self.request(req)?;
+        let kind = if ctx.msg.method() == Some(&Method::Register) {
+            Kind::Www
+        } else {
+            Kind::Proxy
+        };
+        let started = Instant::now();
+        let outcome = digest_auth::authorize(
+            &self.guest.services,
+            self.tenant(),
+            &ctx.msg,
+            kind,
+            realm,
+            &allowed,
+            started,
+        );
+        self.storage_done(started);
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            // Not a challenge: that would tell the UA its password is wrong.
+            // Redis failing is logged once per change, not per request.
+            Err(err @ StorageError::Cluster(_)) => {
+                return Ok(Err(Refusal::Error(wit::Error::Unavailable(format!(
+                    "subscriber lookup failed: {err}"
+                )))))
+            }
+            Err(err) => {
+                return Ok(Err(Refusal::Error(unavailable(
+                    "subscriber lookup",
+                    &self.guest.tenant,
+                    err,
+                ))))
+            }
+        };
+        let stale = match outcome {
+            Outcome::Authorized(user) => {
+                self.request_mut(req)?.authenticated = true;
+                return Ok(Ok(user));
+            }
+            Outcome::Missing => false,
+            Outcome::Stale => true,
+            Outcome::Invalid(why) => {
+                tracing::info!(tenant = %self.guest.tenant, realm, %why, "authentication failed");
+                false
+            }
+        };
+        Ok(Err(Refusal::Reply(
+            self.challenge(realm, kind, stale, &allowed),
+        )))
+    }
+
+    /// The registrar's settings for a save: the routing's, else the tenant
+    /// params, else Kamailio's defaults; the tenant's limits bound them.
+    fn save_options(&self, options: &registrar::SaveOptions) -> SaveOptions {
+        let defaults = SaveOptions::default();
+        let pick = |given: Option<u32>, param: &str, default: u32| {
+            given.or_else(|| self.param_u32(param)).unwrap_or(default)
+        };
+        let bound = self.guest.limits.max_bindings_per_aor;
+        SaveOptions {
+            persistent: options.flags.contains(registrar::SaveFlags::PERSISTENT),
+            nat: options.flags.contains(registrar::SaveFlags::NAT),
+            default_expires: pick(
+                options.default_expires,
+                "REG_DEFAULT_EXPIRES",
+                defaults.default_expires,
+            ),
+            min_expires: pick(options.min_expires, "REG_MIN_EXPIRES", defaults.min_expires),
+            max_expires: pick(options.max_expires, "REG_MAX_EXPIRES", defaults.max_expires),
+            // The tenant's bound holds whatever the routing asks; 0 is no
+            // number of contacts, so the bound.
+            max_contacts: match pick(options.max_contacts, "REG_MAX_CONTACTS", bound) {
+                0 => bound,
+                n => n.min(bound),
+            },
+            max_aors: self.guest.limits.max_aors,
         }
+    }
+}
+
+/// A reply a service made, in the host's text: handed to the guest
+/// (`save`, `error.refused`) or sent as the request's answer
+/// (`save-and-reply`, `authorize-or-challenge`).
+struct ServiceReply {
+    code: u16,
+    reason: String,
+    headers: Vec<(HeaderName, String)>,
+}
+
+/// Why a service did not do what was asked: a reply the request calls
+/// for (a refusal, a challenge), or an error answering nothing.
+enum Refusal {
+    Reply(ServiceReply),
+    Error(wit::Error),
+}
+
+/// The error of a service whose storage failed: the guest answers 500
+/// (the SDKs do), nothing was changed.
+fn unavailable(what: &str, tenant: &str, err: impl std::fmt::Display) -> wit::Error {
+    tracing::warn!(tenant, %err, "{what} failed");
+    wit::Error::Unavailable(format!("{what} failed: {err}"))
+}
+
+impl registrar::Host for HostState {
+    fn save(
+        &mut self,
+        req: Resource<RequestCtx>,
+        options: registrar::SaveOptions,
+    ) -> Result<Result<wit::Reply, wit::Error>> {
+        Ok(match self.register(&req, &options)? {
+            Ok(ok) => Ok(self.hand_over(ok)),
+            Err(refusal) => Err(self.refusal(refusal)),
+        })
+    }
+
+    fn save_and_reply(
+        &mut self,
+        req: Resource<RequestCtx>,
+        options: registrar::SaveOptions,
+    ) -> Result<Result<u16, wit::Error>> {
+        if let Err(err) = self.may_answer() {
+            return Ok(Err(err));
+        }
+        Ok(match self.register(&req, &options)? {
+            Ok(r) | Err(Refusal::Reply(r)) => Ok(self.answer_with(r)),
+            Err(Refusal::Error(err)) => Err(err),
+        })
     }
 
     fn lookup(
@@ -324,56 +480,30 @@ impl auth::Host for HostState {
         req: Resource<RequestCtx>,
         realm: String,
     ) -> Result<Result<String, wit::Error>> {
-        let allowed = self.algorithms();
-        let ctx = self.request(&req)?;
-        let kind = if ctx.msg.method() == Some(&Method::Register) {
-            Kind::Www
-        } else {
-            Kind::Proxy
-        };
-        let started = Instant::now();
-        let outcome = digest_auth::authorize(
-            &self.guest.services,
-            self.tenant(),
-            &ctx.msg,
-            kind,
-            &realm,
-            &allowed,
-            started,
-        );
-        self.storage_done(started);
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            // Not a challenge: that would tell the UA its password is wrong.
-            // Redis failing is logged once per change, not per request.
-            Err(err @ StorageError::Cluster(_)) => {
-                return Ok(Err(wit::Error::Unavailable(format!(
-                    "subscriber lookup failed: {err}"
-                ))))
+        Ok(match self.check_credentials(&req, &realm)? {
+            Ok(user) => Ok(user),
+            Err(refusal) => Err(self.refusal(refusal)),
+        })
+    }
+
+    /// `auth_check`, then `auth_challenge`: the challenge is sent by the
+    /// host rather than handed to the guest.
+    fn authorize_or_challenge(
+        &mut self,
+        req: Resource<RequestCtx>,
+        realm: String,
+    ) -> Result<Result<Option<String>, wit::Error>> {
+        if let Err(err) = self.may_answer() {
+            return Ok(Err(err));
+        }
+        Ok(match self.check_credentials(&req, &realm)? {
+            Ok(user) => Ok(Some(user)),
+            Err(Refusal::Reply(challenge)) => {
+                self.answer_with(challenge);
+                Ok(None)
             }
-            Err(err) => {
-                return Ok(Err(unavailable(
-                    "subscriber lookup",
-                    &self.guest.tenant,
-                    err,
-                )))
-            }
-        };
-        let stale = match outcome {
-            Outcome::Authorized(user) => {
-                self.request_mut(&req)?.authenticated = true;
-                return Ok(Ok(user));
-            }
-            Outcome::Missing => false,
-            Outcome::Stale => true,
-            Outcome::Invalid(why) => {
-                tracing::info!(tenant = %self.guest.tenant, realm, %why, "authentication failed");
-                false
-            }
-        };
-        Ok(Err(wit::Error::Refused(
-            self.challenge(&realm, kind, stale, &allowed),
-        )))
+            Err(Refusal::Error(err)) => Err(err),
+        })
     }
 
     fn consume_credentials(&mut self, req: Resource<RequestCtx>) -> Result<()> {
