@@ -231,7 +231,12 @@ mod tests {
              From: <sip:alice@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\nCall-ID: c\r\n\
              CSeq: 1 {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         );
-        let msg = sip::parse(bytes::Bytes::from(text)).expect("request parses");
+        lend(state, text)
+    }
+
+    /// Lends the request `text`, from 192.0.2.1 over UDP, to the hook call.
+    fn lend(state: &mut HostState, text: impl Into<bytes::Bytes>) -> u32 {
+        let msg = sip::parse(text.into()).expect("request parses");
         let ctx = RequestCtx::new(
             msg,
             Source {
@@ -403,17 +408,7 @@ mod tests {
                     Call-ID: r\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n\
                     Contact: <sip:bob@192.0.2.1:5060>\r\nExpires: 600\r\n\
                     Content-Length: 0\r\n\r\n";
-        let msg = sip::parse(bytes::Bytes::from(text)).expect("REGISTER parses");
-        let ctx = RequestCtx::new(
-            msg,
-            Source {
-                transport: crate::transport::Transport::Udp,
-                remote: "192.0.2.1:5060".parse().expect("addr"),
-                listener: 0,
-                trusted: false,
-            },
-        );
-        state.table.lend_request(ctx)
+        lend(state, text)
     }
 
     fn borrow(rep: u32) -> Resource<RequestCtx> {
@@ -428,6 +423,26 @@ mod tests {
             max_expires: None,
             max_contacts: None,
         }
+    }
+
+    /// The one action is the reply `code`, with a header `name` holding
+    /// `needle`.
+    fn assert_answered(state: &HostState, code: u16, name: &str, needle: &str) {
+        let [Action::Reply {
+            code: answered,
+            headers,
+            ..
+        }] = state.actions.as_slice()
+        else {
+            panic!("{:?}", state.actions);
+        };
+        assert_eq!(*answered, code);
+        assert!(
+            headers
+                .iter()
+                .any(|(n, value)| n.as_str() == name && value.contains(needle)),
+            "{headers:?}"
+        );
     }
 
     #[test]
@@ -451,19 +466,7 @@ mod tests {
             Ok(false)
         );
         state.decide_route(req, wit::Action::Drop);
-        let [Action::Reply {
-            code: 401, headers, ..
-        }] = state.actions.as_slice()
-        else {
-            panic!("{:?}", state.actions);
-        };
-        assert!(
-            headers
-                .iter()
-                .any(|(name, value)| name.as_str() == "WWW-Authenticate"
-                    && value.contains("realm=\"example.com\"")),
-            "{headers:?}"
-        );
+        assert_answered(&state, 401, "WWW-Authenticate", "realm=\"example.com\"");
         assert!(log.lock().expect("log").is_empty());
 
         // The next hook call: saved and answered 200; a decision made after
@@ -475,19 +478,7 @@ mod tests {
             .expect("no trap");
         assert_eq!(saved, Ok(200));
         state.decide_route(req, relay(None, None));
-        let [Action::Reply {
-            code: 200, headers, ..
-        }] = state.actions.as_slice()
-        else {
-            panic!("{:?}", state.actions);
-        };
-        assert!(
-            headers
-                .iter()
-                .any(|(name, value)| name.as_str() == "Contact"
-                    && value.contains("sip:bob@192.0.2.1:5060")),
-            "{headers:?}"
-        );
+        assert_answered(&state, 200, "Contact", "sip:bob@192.0.2.1:5060");
         let logged = log.lock().expect("log").pop().expect("logged");
         assert_eq!(logged.0, "warn");
         assert!(logged.1.contains("the answer stands"), "{logged:?}");
