@@ -19,10 +19,14 @@ pub(super) fn invalid(err: impl std::fmt::Display) -> wit::Error {
 }
 
 /// The WIT's `reply` for a refusal of the SIP core or a service.
-pub(super) fn reply(code: u16, reason: &str, headers: Vec<(HeaderName, String)>) -> wit::Reply {
+pub(super) fn reply(
+    code: u16,
+    reason: impl Into<String>,
+    headers: Vec<(HeaderName, String)>,
+) -> wit::Reply {
     wit::Reply {
         code,
-        reason: Some(reason.to_owned()),
+        reason: Some(reason.into()),
         headers: headers
             .into_iter()
             .map(|(name, value)| wit::Header {
@@ -511,7 +515,7 @@ impl proxy::Host for HostState {
 
 /// A refusal of the SIP core, as the reply it calls for.
 fn refused(r: sip::Rejection) -> wit::Error {
-    wit::Error::Refused(reply(r.code, &r.reason, r.headers))
+    wit::Error::Refused(reply(r.code, r.reason, r.headers))
 }
 
 impl vars::Host for HostState {

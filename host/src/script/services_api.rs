@@ -78,7 +78,7 @@ impl HostState {
 
     /// A service's reply handed to the guest, kept as the host's text.
     fn hand_over(&mut self, r: ServiceReply) -> wit::Reply {
-        self.issue(reply(r.code, &r.reason, r.headers))
+        self.issue(reply(r.code, r.reason, r.headers))
     }
 
     /// A refusal of a service, with its reply kept as the host's.
@@ -88,7 +88,11 @@ impl HostState {
         reason: &str,
         headers: Vec<(HeaderName, String)>,
     ) -> wit::Error {
-        wit::Error::Refused(self.issue(reply(code, reason, headers)))
+        self.refusal(Refusal::Reply(ServiceReply {
+            code,
+            reason: reason.to_owned(),
+            headers,
+        }))
     }
 
     /// What a service's refusal is to the guest: the reply to return.
