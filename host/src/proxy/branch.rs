@@ -17,7 +17,10 @@
 //!   put there by us above the very Via it is going to: a stray response
 //!   cannot make wisp send to an address of the attacker's choosing.
 
+use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
+
+use hex::FromHex;
 
 use crate::transaction::hash::process_hasher;
 
@@ -133,7 +136,7 @@ pub fn stateless_id(msg: &Message) -> String {
         }
     }
     let mac = secret::mac(&[b"stateless", &h.finish().to_be_bytes()]);
-    hex::encode(&mac[..8])
+    write::hex(&mac[..8])
 }
 
 /// The loop hash of `branch` when it is ours, put above `below`; None for
@@ -149,10 +152,10 @@ pub fn verify(branch: &str, below: Option<&Via>) -> Option<u32> {
     if loop_hex.len() != 8 || mac.len() != 2 * MAC_BYTES {
         return None;
     }
-    let tag = hex::decode(mac).ok()?;
+    let tag = <[u8; MAC_BYTES]>::from_hex(mac).ok()?;
     // Branches compare case-insensitively (RFC 3261 §7.3.1); ours are
-    // written in lower case.
-    let (id, loop_hex) = (id.to_ascii_lowercase(), loop_hex.to_ascii_lowercase());
+    // written in lower case, and nearly always come back so.
+    let (id, loop_hex) = (lower(id), lower(loop_hex));
     let anchor = anchor(below);
     secret::verify(
         &[id.as_bytes(), loop_hex.as_bytes(), anchor.as_bytes()],
@@ -190,6 +193,15 @@ pub fn has_looped(msg: &Message, loop_hash: u32) -> bool {
 /// response goes, and the branch that names the previous hop's transaction.
 /// Written without `fmt` (three per call); each parameter value is
 /// length-prefixed so that no Via's anchor can pass for another's.
+/// `text` in lower case, copied only when it is not already.
+fn lower(text: &str) -> Cow<'_, str> {
+    if text.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(text.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
 fn anchor(below: Option<&Via>) -> String {
     let Some(via) = below else {
         return String::new();

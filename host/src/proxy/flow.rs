@@ -28,7 +28,7 @@ pub fn token(flow: Target) -> String {
     let mut bytes = flow_bytes(flow);
     let mac = secret::mac(&[&bytes]);
     bytes.extend_from_slice(&mac[..MAC_BYTES]);
-    hex::encode(bytes)
+    crate::sip::write::hex(&bytes)
 }
 
 /// The flow a token names; None when `text` is not a token of this

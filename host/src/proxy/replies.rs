@@ -123,5 +123,5 @@ fn to_tag(msg: &Message) -> String {
     msg.from().ok().and_then(|f| f.tag()).hash(&mut h);
     msg.top_via().ok().and_then(|v| v.branch()).hash(&mut h);
     // The 16 hex digits `{:016x}` writes, without the formatting machinery.
-    hex::encode(h.finish().to_be_bytes())
+    crate::sip::write::hex(&h.finish().to_be_bytes())
 }

@@ -6,6 +6,7 @@
 
 use std::sync::OnceLock;
 
+use hex::FromHex;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -25,14 +26,13 @@ pub fn verify(parts: &[&[u8]], tag: &[u8]) -> bool {
 /// a dialog named `call_id`: proof, when the entry comes back in a Route,
 /// that we record-routed this very dialog (64 bits, hex).
 pub fn route_tag(call_id: &str) -> String {
-    hex::encode(&mac(&[b"record-route", call_id.as_bytes()])[..8])
+    crate::sip::write::hex(&mac(&[b"record-route", call_id.as_bytes()])[..8])
 }
 
 /// Whether `tag` is the integrity parameter of our Record-Route for
 /// the dialog `call_id`.
 pub fn route_tag_valid(call_id: &str, tag: &str) -> bool {
-    hex::decode(tag)
-        .is_ok_and(|tag| tag.len() == 8 && verify(&[b"record-route", call_id.as_bytes()], &tag))
+    <[u8; 8]>::from_hex(tag).is_ok_and(|tag| verify(&[b"record-route", call_id.as_bytes()], &tag))
 }
 
 fn keyed(parts: &[&[u8]]) -> Hmac<Sha256> {

@@ -200,7 +200,7 @@ impl Nonces {
                 .unwrap_or(0);
             bytes = t.to_le_bytes();
         }
-        let nonce = hex::encode(bytes);
+        let nonce = crate::sip::write::hex(&bytes);
         if let Some(cluster) = self.cluster.get() {
             if self.issue_shared(cluster, &nonce, lifetime) {
                 return nonce;
