@@ -189,10 +189,6 @@ pub fn has_looped(msg: &Message, loop_hash: u32) -> bool {
     })
 }
 
-/// What the MAC binds of the Via below ours: everything that says where a
-/// response goes, and the branch that names the previous hop's transaction.
-/// Written without `fmt` (three per call); each parameter value is
-/// length-prefixed so that no Via's anchor can pass for another's.
 /// `text` in lower case, copied only when it is not already.
 fn lower(text: &str) -> Cow<'_, str> {
     if text.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -202,6 +198,10 @@ fn lower(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// What the MAC binds of the Via below ours: everything that says where a
+/// response goes, and the branch that names the previous hop's transaction.
+/// Written without `fmt` (three per call); each parameter value is
+/// length-prefixed so that no Via's anchor can pass for another's.
 fn anchor(below: Option<&Via>) -> String {
     let Some(via) = below else {
         return String::new();
