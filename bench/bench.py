@@ -39,9 +39,12 @@ import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
-WISP = os.environ.get("BENCH_WISP_BIN") or os.path.join(TARGET, "release", "wisp")
+# The binary measured: the production profile's (fat LTO), what the
+# README's run command builds and runs.
+WISP = os.environ.get("BENCH_WISP_BIN") or os.path.join(TARGET, "production", "wisp")
 # The same wisp built with `--features count-allocations` (bench/run.sh
-# builds it): run once more per load to count heap allocations.
+# builds it, in the release profile): run once more per load to count
+# heap allocations.
 WISP_ALLOCS = os.environ.get("BENCH_WISP_ALLOCS_BIN") or os.path.join(TARGET, "release", "wisp-count-allocations")
 KAMAILIO_CFG = os.path.join(REPO, "bench", "kamailio", "kamailio.cfg")
 UAC = os.path.join(REPO, "bench", "scenarios", "uac.xml")
@@ -1129,7 +1132,7 @@ def machine():
         "memory_gib": round(int(mem) / 1024 / 1024, 1),
         "rmem_max": sysctl("net.core.rmem_max"),
         "rmem_default": sysctl("net.core.rmem_default"),
-        "wisp": f"{rev} (target/release/wisp)",
+        "wisp": f"{rev} ({os.path.relpath(WISP, REPO)})",
         "kamailio": version(["kamailio", "-v"]),
         "sipp": version(["sipp", "-v"]),
     }
@@ -1319,7 +1322,7 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} is missing (bench/run.sh installs it)")
     if not os.path.exists(WISP):
-        sys.exit(f"bench: {WISP} is missing: cargo build --release -p wisp")
+        sys.exit(f"bench: {WISP} is missing: cargo build --profile production -p wisp")
 
     for port in (PROXY_PORT, UAC_PORT, UAS_PORT):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

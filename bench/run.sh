@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # wisp against Kamailio under the same SIPp load, on this machine: one
 # command from a fresh clone (Debian, Rust by rustup). Installs SIPp
-# (sip-tester), Kamailio, tcpdump, valgrind and Python if missing, builds wisp in
-# release (and once more counting heap allocations), then runs
+# (sip-tester), Kamailio, tcpdump, valgrind and Python if missing, builds wisp
+# with the production profile (and in release counting heap allocations), then runs
 # bench/bench.py (about 9 minutes on 2 cores), which prints the machine, a
 # table per load (on both cores, and on one), the ratios wisp/Kamailio and
 # issue #15's targets, met or not.
@@ -46,15 +46,17 @@ command -v python3 >/dev/null || { echo "== installing python3"; install python3
 command -v ss >/dev/null || install iproute2
 command -v taskset >/dev/null || install util-linux
 
-echo "== building wisp (release)"
+echo "== building wisp (production profile, and release counting allocations)"
 command -v rustup >/dev/null && rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
 # First the build that counts heap allocations (allocations per call),
-# kept under another name; then the one measured. Cargo keeps both, so
-# the second build only puts the measured binary back.
+# kept under another name, in the release profile: the tests' build, so
+# that after them it costs little, and without LTO, which would link the
+# whole program once more for a count it does not change. Then the binary
+# that is measured: the production profile, the README's run command.
 target_dir=${CARGO_TARGET_DIR:-target}
 cargo build --release -p wisp --features count-allocations
 cp "$target_dir/release/wisp" "$target_dir/release/wisp-count-allocations"
-cargo build --release -p wisp
+cargo build --profile production -p wisp
 
 wait_s=${BENCH_WAIT_LOAD:-0}
 max_load=${BENCH_MAX_LOAD:-1.0}
