@@ -191,15 +191,7 @@ impl Nonces {
     /// A new nonce, good for `lifetime`: 128 random bits, hex.
     pub fn issue(&self, now: Instant, lifetime: Duration) -> String {
         let mut bytes = [0u8; 16];
-        if getrandom::fill(&mut bytes).is_err() {
-            // No OS randomness: fall back on the clock, unpredictable
-            // enough within one nonce lifetime.
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            bytes = t.to_le_bytes();
-        }
+        super::random::fill(&mut bytes);
         let nonce = crate::sip::write::hex(&bytes);
         if let Some(cluster) = self.cluster.get() {
             if self.issue_shared(cluster, &nonce, lifetime) {

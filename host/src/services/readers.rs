@@ -8,18 +8,21 @@
 //! needs.
 //!
 //! A reader also remembers what [`Readers::memo`] read (a subscriber's
-//! HA1), for as long as nobody changed the database: SQLite's `PRAGMA
-//! data_version` on the reading connection changes whenever another
-//! connection (this process's writer, `wisp user` in another process)
-//! commits, and the remembered answers are dropped then. Asking it costs
-//! a read transaction, half of a lookup's.
+//! HA1), for as long as nobody changed the database. This process's own
+//! writes are counted by its writer thread and drop the remembered
+//! answers at once. Another process's (`wisp user add/del`) show in
+//! SQLite's `PRAGMA data_version` on the reading connection, which is
+//! asked at most every [`MEMO_RECHECK`]: asking costs a read transaction
+//! (SQLite's file locks and a `stat`, three system calls and a shared
+//! heap lock), as much as the lookup it would spare, and at 1000
+//! registrations a second it was a third of wisp's system calls.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -44,6 +47,11 @@ const MEMO_ENTRIES: usize = 1024;
 /// peers send bounds no memory.
 const MEMO_KEY_BYTES: usize = 512;
 
+/// How long a thread trusts what it remembers without asking SQLite
+/// whether another process changed the database: how late a `wisp user`
+/// change from another process may be seen.
+pub const MEMO_RECHECK: Duration = Duration::from_millis(100);
+
 struct Reader {
     database: u64,
     /// Gone when its database is dropped: the connection is closed the
@@ -54,10 +62,14 @@ struct Reader {
 }
 
 /// What [`Readers::memo`] read on one connection, while the database's
-/// `data_version` (as that connection sees it) is `version`.
+/// `data_version` (as that connection sees it) is `version` and this
+/// process has made `writes` writes.
 #[derive(Default)]
 struct Memo {
     version: Option<i64>,
+    writes: u64,
+    /// When `version` was last asked.
+    checked: Option<Instant>,
     answers: HashMap<Box<str>, Option<String>, KeyedState>,
     /// The key being looked up, built here to spare an allocation.
     key: String,
@@ -72,16 +84,20 @@ thread_local! {
 pub struct Readers {
     database: u64,
     alive: Arc<()>,
+    /// Writes this process's writer ran (see `Writer::ran`).
+    writes: Arc<AtomicU64>,
     /// A path, or a `file:` URI for a shared database in memory.
     target: PathBuf,
 }
 
 impl Readers {
-    pub fn new(target: PathBuf) -> Readers {
+    /// `writes`: the count of this process's writes to the database.
+    pub fn new(target: PathBuf, writes: Arc<AtomicU64>) -> Readers {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         Readers {
             database: NEXT.fetch_add(1, Ordering::Relaxed),
             alive: Arc::new(()),
+            writes,
             target,
         }
     }
@@ -95,33 +111,45 @@ impl Readers {
     }
 
     /// The answer of `read` for the key made of `parts`: what this
-    /// thread's connection read for the same key before, unless another
-    /// connection committed since (`PRAGMA data_version`), else `read`'s
+    /// thread's connection read for the same key before, unless this
+    /// process wrote since or another connection committed (`PRAGMA
+    /// data_version`, asked at most every [`MEMO_RECHECK`]), else `read`'s
     /// answer on it, remembered. `read` must depend on the key only.
-    /// The version is asked before `read` runs: a commit in between
-    /// leaves an answer newer than its version, dropped at the next ask.
+    /// The counts are taken before `read` runs: a commit in between
+    /// leaves an answer newer than its counts, dropped at the next ask.
     pub fn memo(
         &self,
         parts: &[&str],
         read: impl FnOnce(&Connection) -> Result<Option<String>, StorageError>,
     ) -> Result<Option<String>, StorageError> {
         self.with_reader(|reader| {
-            let version: i64 = reader
-                .conn
-                .prepare_cached("PRAGMA data_version")?
-                .query_row([], |r| r.get(0))?;
             // Re-entered (a `read` that reads again): no memo then.
             let Ok(mut memo) = reader.memo.try_borrow_mut() else {
                 return read(&reader.conn);
             };
             let Memo {
                 version: seen,
+                writes: seen_writes,
+                checked,
                 answers,
                 key,
             } = &mut *memo;
-            if *seen != Some(version) {
-                answers.clear();
-                *seen = Some(version);
+            let writes = self.writes.load(Ordering::Acquire);
+            let now = Instant::now();
+            let trusted = seen.is_some()
+                && *seen_writes == writes
+                && checked.is_some_and(|at| now.saturating_duration_since(at) < MEMO_RECHECK);
+            if !trusted {
+                let version: i64 = reader
+                    .conn
+                    .prepare_cached("PRAGMA data_version")?
+                    .query_row([], |r| r.get(0))?;
+                if *seen != Some(version) || *seen_writes != writes {
+                    answers.clear();
+                    *seen = Some(version);
+                    *seen_writes = writes;
+                }
+                *checked = Some(now);
             }
             key.clear();
             for part in parts {

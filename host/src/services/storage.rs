@@ -160,9 +160,10 @@ impl Storage {
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(open_err)?;
         migrate(&mut conn, path)?;
+        let writer = Writer::spawn(conn, QUEUE_CAPACITY)?;
         Ok(Storage {
-            writer: Writer::spawn(conn, QUEUE_CAPACITY)?,
-            readers: Readers::new(target),
+            readers: Readers::new(target, writer.ran()),
+            writer,
             path: path.to_owned(),
         })
     }

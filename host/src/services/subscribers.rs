@@ -190,8 +190,9 @@ pub fn list(storage: &Storage, tenant: Option<&str>) -> Result<Vec<Subscriber>, 
 
 /// The HA1 of a subscriber for an algorithm, if the subscriber exists
 /// (on the calling thread's reader, which remembers it until the
-/// database changes: `wisp user add` or `del` from another process is
-/// seen at the next lookup). An error is not "no such user".
+/// database changes: this process's writes are seen at the next lookup,
+/// `wisp user add` or `del` from another process within 0.1 s). An
+/// error is not "no such user".
 pub fn ha1_of(
     storage: &Storage,
     tenant: &str,
@@ -266,7 +267,8 @@ mod tests {
     }
 
     /// `wisp user add` and `del` write through a connection of their own
-    /// (another process): a serving proxy's remembered HA1s follow them.
+    /// (another process): a serving proxy's remembered HA1s follow them,
+    /// within `MEMO_RECHECK`.
     #[test]
     fn another_connections_changes_are_seen() {
         let dir = std::env::temp_dir().join(format!(
@@ -278,11 +280,13 @@ mod tests {
         let path = dir.join("wisp.db");
         let serving = Storage::open(&path).expect("db");
         let lookup = || ha1_of(&serving, "t", "bob", "example.org", Algorithm::Md5).expect("query");
+        let later = || std::thread::sleep(super::super::readers::MEMO_RECHECK);
         assert_eq!(lookup(), None);
         {
             let cli = Storage::open(&path).expect("db");
             add(&cli, "t", "bob", "example.org", "one").expect("add");
         }
+        later();
         assert_eq!(
             lookup(),
             Some(ha1(Algorithm::Md5, "bob", "example.org", "one"))
@@ -295,6 +299,7 @@ mod tests {
             let cli = Storage::open(&path).expect("db");
             add(&cli, "t", "bob", "example.org", "two").expect("change");
         }
+        later();
         assert_eq!(
             lookup(),
             Some(ha1(Algorithm::Md5, "bob", "example.org", "two"))
@@ -303,6 +308,7 @@ mod tests {
             let cli = Storage::open(&path).expect("db");
             assert!(delete(&cli, "t", "bob", "example.org").expect("del"));
         }
+        later();
         assert_eq!(lookup(), None);
         drop(serving);
         let _ = std::fs::remove_dir_all(&dir);

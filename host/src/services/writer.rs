@@ -12,7 +12,7 @@
 //! they were queued.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -72,6 +72,9 @@ pub struct Writer {
     queue: Option<SyncSender<Job>>,
     thread: Option<JoinHandle<()>>,
     capacity: usize,
+    /// Writes run, counted before their callers hear of them: readers
+    /// that remember answers drop them when it moves.
+    ran: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -86,7 +89,14 @@ impl Writer {
             queue: Some(queue),
             thread: Some(thread),
             capacity,
+            ran: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// The count of writes run (committed or not), which moves before a
+    /// write's caller gets its result.
+    pub fn ran(&self) -> Arc<AtomicU64> {
+        self.ran.clone()
     }
 
     /// Runs `f` on the writer's connection and returns its result.
@@ -106,11 +116,14 @@ impl Writer {
         let queue = self.queue.as_ref().ok_or(StorageError::WriterGone)?;
         let (reply, result) = mpsc::sync_channel(1);
         let state = Arc::new(AtomicU8::new(QUEUED));
+        let ran = self.ran.clone();
         let job = Job {
             state: state.clone(),
             run: Box::new(move |conn| {
+                let value = f(conn);
+                ran.fetch_add(1, Ordering::Release);
                 // The caller may have stopped waiting: nobody to tell.
-                let _ = reply.send(f(conn));
+                let _ = reply.send(value);
             }),
         };
         let Some(wait) = wait else {
