@@ -6,7 +6,6 @@
 //! and come back to their shard as input.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::mpsc;
@@ -23,9 +22,6 @@ use super::worker::{Input, Shared};
 /// least, 16 at most): more shards than cores, so that two threads seldom
 /// want the same one.
 const SHARDS_PER_CORE: usize = 2;
-/// How often the timer thread looks for due timers in idle shards (a busy
-/// shard fires its own after each message).
-const TIMER_TICK: Duration = Duration::from_millis(10);
 
 /// Parses what arrives and hands it to its shard.
 pub(super) struct Dispatcher {
@@ -70,7 +66,7 @@ impl Dispatcher {
             .on_connect_failed(Arc::new(move |target: Target| {
                 if let Some(dispatcher) = told.upgrade() {
                     dispatcher.lanes.each_shard(|shard| {
-                        shard.enqueue(Input::ConnectFailed(target));
+                        shard.post(Input::ConnectFailed(target));
                     });
                 }
             }));
@@ -85,10 +81,7 @@ impl Dispatcher {
             .context("cannot start the stream thread")?;
         std::thread::Builder::new()
             .name("wisp-timers".into())
-            .spawn(move || loop {
-                std::thread::sleep(TIMER_TICK);
-                dispatcher.lanes.tick();
-            })
+            .spawn(move || dispatcher.lanes.run_timers())
             .context("cannot start the timer thread")?;
         Ok(())
     }

@@ -33,7 +33,8 @@ use crate::script::HookTime;
 use crate::sip::{self, HeaderName, Message, Method};
 use crate::tenancy::{Selected, Tenant};
 
-use super::shard::Shard;
+use super::alarm::Alarm;
+use super::shard::{self, Shard};
 use super::worker::{Input, Shared, Worker};
 
 /// Messages waiting in one lane, past which they are dropped.
@@ -112,6 +113,8 @@ pub(super) struct Lanes {
     adding: Mutex<()>,
     ready: Mutex<VecDeque<Arc<Lane>>>,
     wake: Condvar,
+    /// The timer thread's (see [`Lanes::run_timers`]).
+    alarm: Arc<Alarm>,
 }
 
 impl Lanes {
@@ -125,6 +128,7 @@ impl Lanes {
             adding: Mutex::new(()),
             ready: Mutex::new(VecDeque::new()),
             wake: Condvar::new(),
+            alarm: Arc::new(Alarm::new()),
         });
         let common = lanes.new_lane(0, None);
         lanes.all.store(Arc::new(vec![common]));
@@ -157,6 +161,7 @@ impl Lanes {
                         Worker::new(self.shared.clone(), me.clone(), index, counted),
                         queued.clone(),
                         LANE_LIMIT,
+                        self.alarm.clone(),
                     )
                 })
             })
@@ -282,10 +287,31 @@ impl Lanes {
         }
     }
 
+    /// The timer thread, for ever: rounds of [`Lanes::tick`], sleeping in
+    /// between until the earliest timer of any shard (see `alarm.rs`).
+    pub(super) fn run_timers(&self) -> ! {
+        self.alarm.run(
+            || shard::micros(Instant::now()),
+            || self.tick(),
+            || self.next_due(),
+        )
+    }
+
+    /// The earliest timer of any shard (µs, as shards count them).
+    fn next_due(&self) -> u64 {
+        self.all
+            .load()
+            .iter()
+            .flat_map(|lane| lane.shards.iter())
+            .map(|shard| shard.due_us())
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
     /// The timer thread's round: fires the timers due and handles lookup
     /// answers in shards nobody holds; confined lanes are handed to the
     /// lane threads instead.
-    pub(super) fn tick(&self) {
+    fn tick(&self) {
         let now = Instant::now();
         for lane in self.all.load().iter() {
             let confined = lane.confined(now);

@@ -1,6 +1,7 @@
 //! Wiring: from a configuration to a running proxy, or to a checked one;
 //! and the threads that drive the proxy core ([`driver`]).
 
+mod alarm;
 mod bad_request;
 mod driver;
 mod lanes;

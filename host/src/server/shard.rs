@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::time::Instant;
 
+use super::alarm::Alarm;
+
 /// Messages waiting for one shard before new ones are dropped (overload).
 const QUEUE_LIMIT: usize = 8192;
 
@@ -38,8 +40,10 @@ pub(super) struct Shard<H: Handler> {
     lane_limit: usize,
     /// When the worker's timers are next due, in µs since [`base`]
     /// (`u64::MAX`: none), so that the timer thread passes idle shards by
-    /// without taking them.
+    /// without taking them, and sleeps until the earliest.
     due_us: AtomicU64,
+    /// The timer thread's, told when `due_us` moves before it.
+    alarm: Arc<Alarm>,
 }
 
 /// The instant shards count their timers from.
@@ -48,19 +52,41 @@ fn base() -> Instant {
     *BASE.get_or_init(Instant::now)
 }
 
-fn micros(at: Instant) -> u64 {
+pub(super) fn micros(at: Instant) -> u64 {
     u64::try_from(at.saturating_duration_since(base()).as_micros()).unwrap_or(u64::MAX - 1)
 }
 
 impl<H: Handler> Shard<H> {
-    pub(super) fn new(worker: H, queued: Arc<AtomicUsize>, lane_limit: usize) -> Shard<H> {
+    pub(super) fn new(
+        worker: H,
+        queued: Arc<AtomicUsize>,
+        lane_limit: usize,
+        alarm: Arc<Alarm>,
+    ) -> Shard<H> {
         Shard {
             worker: Mutex::new(worker),
             pending: Mutex::new(VecDeque::new()),
             queued,
             lane_limit,
             due_us: AtomicU64::new(0),
+            alarm,
         }
+    }
+
+    /// When the worker's timers are next due (µs since [`base`]).
+    pub(super) fn due_us(&self) -> u64 {
+        self.due_us.load(Ordering::SeqCst)
+    }
+
+    /// Queues a message that no thread is about to handle (a lookup's
+    /// answer, news of a connection): the timer thread will, unless a
+    /// receiving thread holds the shard first.
+    pub(super) fn post(&self, msg: H::Message) -> bool {
+        let queued = self.enqueue(msg);
+        if queued {
+            self.alarm.ring();
+        }
+        queued
     }
 
     /// Queues a message for the next [`Shard::drain`]; false when the
@@ -108,8 +134,9 @@ impl<H: Handler> Shard<H> {
                 guarded(|| worker.expire());
             }
             let due = worker.next_due().map_or(u64::MAX, micros);
-            self.due_us.store(due, Ordering::Relaxed);
+            self.due_us.store(due, Ordering::SeqCst);
             drop(worker);
+            self.alarm.due(due);
             let left = !lock(&self.pending).is_empty();
             if stopped {
                 return left;
@@ -191,6 +218,7 @@ mod tests {
             },
             Arc::new(AtomicUsize::new(0)),
             100,
+            Arc::new(Alarm::new()),
         ));
         let holder = {
             let shard = shard.clone();
@@ -228,6 +256,7 @@ mod tests {
             },
             queued.clone(),
             3,
+            Arc::new(Alarm::new()),
         );
         assert!(shard.enqueue(1) && shard.enqueue(2) && shard.enqueue(3));
         assert!(!shard.enqueue(4), "the lane holds 3");

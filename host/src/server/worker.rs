@@ -135,7 +135,7 @@ impl Worker {
                 }
             }
             if let Some(shard) = shard.upgrade() {
-                shard.enqueue(Input::Resolved(id, result));
+                shard.post(Input::Resolved(id, result));
             }
         });
     }
