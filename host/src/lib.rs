@@ -18,6 +18,7 @@ pub mod config;
 pub mod dns;
 pub mod metrics;
 pub mod proxy;
+pub mod random;
 pub mod script;
 pub mod server;
 pub mod services;

@@ -55,19 +55,7 @@ fn keyed(parts: &[&[u8]]) -> Hmac<Sha256> {
 /// The process's secret, made on first use.
 fn secret() -> &'static [u8; 32] {
     static SECRET: OnceLock<[u8; 32]> = OnceLock::new();
-    SECRET.get_or_init(|| {
-        let mut key = [0u8; 32];
-        if getrandom::fill(&mut key).is_err() {
-            // No OS randomness through getrandom: std's hasher seeds come
-            // from the OS by another path.
-            use std::hash::BuildHasher;
-            let state = std::collections::hash_map::RandomState::new();
-            for (i, chunk) in key.chunks_mut(8).enumerate() {
-                chunk.copy_from_slice(&state.hash_one(i).to_le_bytes());
-            }
-        }
-        key
-    })
+    SECRET.get_or_init(crate::random::seed)
 }
 
 #[cfg(test)]

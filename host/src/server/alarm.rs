@@ -3,7 +3,7 @@
 //! The timer thread fires the timers of shards nobody holds and hands
 //! them the lookup answers queued for them. It used to wake every 10 ms
 //! whatever was due, and on a virtual machine a wake-up costs some 30 µs
-//! of CPU: 3 µs per registration at 1000 a second (issue #15), and 100
+//! of CPU: 2–3 µs per registration at 1000 a second (issue #15), and 100
 //! wake-ups a second for an idle proxy. Now it sleeps until the earliest
 //! timer of any shard, and what makes something due sooner wakes it: a
 //! shard whose next timer moved before the alarm ([`Alarm::due`], after

@@ -17,7 +17,6 @@ pub mod location;
 pub mod nat;
 pub mod nonce;
 pub mod permissions;
-mod random;
 pub mod ratelimit;
 mod readers;
 pub mod shared;

@@ -191,7 +191,7 @@ impl Nonces {
     /// A new nonce, good for `lifetime`: 128 random bits, hex.
     pub fn issue(&self, now: Instant, lifetime: Duration) -> String {
         let mut bytes = [0u8; 16];
-        super::random::fill(&mut bytes);
+        crate::random::fill(&mut bytes);
         let nonce = crate::sip::write::hex(&bytes);
         if let Some(cluster) = self.cluster.get() {
             if self.issue_shared(cluster, &nonce, lifetime) {

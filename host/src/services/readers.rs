@@ -136,8 +136,8 @@ impl Readers {
             } = &mut *memo;
             let writes = self.writes.load(Ordering::Acquire);
             let now = Instant::now();
-            let trusted = seen.is_some()
-                && *seen_writes == writes
+            // `checked` is set with `version`: nothing to trust before.
+            let trusted = *seen_writes == writes
                 && checked.is_some_and(|at| now.saturating_duration_since(at) < MEMO_RECHECK);
             if !trusted {
                 let version: i64 = reader

@@ -280,7 +280,7 @@ mod tests {
         let path = dir.join("wisp.db");
         let serving = Storage::open(&path).expect("db");
         let lookup = || ha1_of(&serving, "t", "bob", "example.org", Algorithm::Md5).expect("query");
-        let later = || std::thread::sleep(super::super::readers::MEMO_RECHECK);
+        let later = || std::thread::sleep(crate::services::readers::MEMO_RECHECK);
         assert_eq!(lookup(), None);
         {
             let cli = Storage::open(&path).expect("db");

@@ -1,13 +1,16 @@
-//! Random bytes for what must be unguessable and is made per request (a
-//! digest nonce per challenge): a ChaCha12 generator per thread, seeded
-//! from the OS and seeded again after every 64 KiB it gives, as rand's
-//! `ThreadRng` does. Asking the OS each time cost a system call per
-//! registration (`getrandom`, issue #15); this costs a few hundred
-//! instructions per 64-byte block.
+//! Unguessable bytes: [`seed`] for a key made once (the process's
+//! secret), [`fill`] for what is made per request (a digest nonce per
+//! challenge).
 //!
-//! Unlike `ThreadRng`, a seed the OS cannot give is not a panic: the
-//! generator then seeds from the clock and std's randomly keyed hasher,
-//! and asks the OS again at the next reseed.
+//! `fill` draws from a ChaCha12 generator per thread, seeded from the OS
+//! and seeded again after every 64 KiB it gives, as rand's `ThreadRng`
+//! does: asking the OS each time cost a system call per registration
+//! (`getrandom`, issue #15), where one 64-byte ChaCha12 block now serves
+//! four nonces.
+//!
+//! Unlike `ThreadRng`, a seed the OS cannot give is not a panic: it then
+//! comes from the clock and std's randomly keyed hasher, and the OS is
+//! asked again at the next reseed.
 
 use std::cell::RefCell;
 
@@ -50,7 +53,7 @@ pub fn fill(out: &mut [u8]) {
 }
 
 /// 256 bits from the OS, else from the clock and std's hasher keys.
-fn seed() -> [u8; 32] {
+pub fn seed() -> [u8; 32] {
     let mut seed = [0u8; 32];
     if getrandom::fill(&mut seed).is_ok() {
         return seed;
