@@ -1330,6 +1330,43 @@ fn a_source_past_its_transactions_gets_503_without_one() {
     );
 }
 
+#[test]
+fn an_answered_non_invite_no_longer_counts_against_its_source() {
+    let mut p = Proxy::new(Box::new(|_: &mut RequestCtx| {
+        vec![Action::Reply {
+            code: 200,
+            reason: "OK".into(),
+            headers: vec![],
+        }]
+    }))
+    .limits(ProxyLimits {
+        max_transactions_per_source: 2,
+        ..ProxyLimits::default()
+    });
+    // A registrar behind one address (an SBC, a NAT) refreshes more
+    // bindings than the limit within Timer J: each is answered.
+    for i in 0..5 {
+        p.recv(
+            i,
+            CALLER,
+            request("REGISTER", &format!("z9hG4bKreg{i}"), None, 1),
+        );
+    }
+    let up: Vec<String> = only_to(&p.sent(), CALLER).iter().map(line).collect();
+    assert_eq!(up, ["200"; 5]);
+    assert_eq!(p.core.len(), (0, 0));
+    assert_eq!(
+        (p.core.fx.txs.finished(), p.core.fx.admission.transactions()),
+        (5, 0)
+    );
+    // A retransmission is answered again without the routing.
+    let routed = p.hooks.calls.len();
+    p.recv(10, CALLER, request("REGISTER", "z9hG4bKreg0", None, 1));
+    let up: Vec<String> = only_to(&p.sent(), CALLER).iter().map(line).collect();
+    assert_eq!(up, ["200"]);
+    assert_eq!(p.hooks.calls.len(), routed);
+}
+
 fn only_to_pairs(sent: &[(Target, Message)], to: &str) -> Vec<(Target, Message)> {
     sent.iter()
         .filter(|(t, _)| t.addr == addr(to))

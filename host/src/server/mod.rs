@@ -88,6 +88,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             tenancy,
             timers: config.timers,
             admission: Arc::new(crate::proxy::Admission::new(config.proxy)),
+            finished: crate::transaction::FinishedLimit::new(config.proxy.max_transactions),
             resolver,
             runtime: tokio::runtime::Handle::current(),
         },

@@ -12,7 +12,7 @@ use crate::proxy::{Core, Event, Locality, LookupId, Source};
 use crate::script::{HookTime, Pool};
 use crate::sip::{Host, Message};
 use crate::tenancy::{Tenancy, TenantHooks};
-use crate::transaction::{Timers, Transactions};
+use crate::transaction::{FinishedLimit, Timers, Transactions};
 use crate::transport::{Target, Transport, Transports};
 
 use super::shard::{Handler, Shard};
@@ -25,6 +25,10 @@ pub(super) struct Shared {
     pub(super) timers: Timers,
     /// The proxy's limits and the transactions counted against them.
     pub(super) admission: Arc<crate::proxy::Admission>,
+    /// How many records of answered non-INVITE requests every shard may
+    /// hold together (`[proxy] max_transactions`, besides the transactions
+    /// in progress that it bounds too).
+    pub(super) finished: Arc<FinishedLimit>,
     pub(super) resolver: Resolver,
     /// Where lookups run.
     pub(super) runtime: tokio::runtime::Handle,
@@ -63,7 +67,7 @@ impl Worker {
         };
         Worker {
             core: Core::new(
-                Transactions::new(shared.timers),
+                Transactions::sharing(shared.timers, shared.finished.clone()),
                 shared.locality.clone(),
                 index,
                 shared.admission.clone(),

@@ -31,8 +31,14 @@
 //! - Generates the ACK for non-2xx finals on client INVITE transactions
 //!   (§17.1.1.3) and re-sends it for each retransmitted final.
 //! - Absorbs retransmissions and the ACK of non-2xx finals; keeps
-//!   transactions in Completed/Confirmed/Accepted for Timers D, I, J, K, L,
-//!   M (D, I, J, K are zero on reliable transports), then removes them.
+//!   transactions in Completed/Confirmed/Accepted for Timers D, I, K, L, M
+//!   (D, I, K are zero on reliable transports), then removes them.
+//! - Ends a non-INVITE server transaction as soon as it sends its final
+//!   response, and keeps for Timer J (zero on reliable transports) only a
+//!   record that re-sends that response to a retransmitted request
+//!   (`finished.rs`; RFC 2543 peers' transactions stay in Completed).
+//!   The records of a process are bounded ([`FinishedLimit`]); past the
+//!   bound the oldest goes first.
 //!
 //! Every transaction ends with exactly one [`Event::Terminated`], after
 //! any `Timeout`, `NoAck` or `TransportError` for it; after that its
@@ -72,6 +78,7 @@
 
 mod client_invite;
 mod client_non_invite;
+mod finished;
 pub mod hash;
 mod key;
 mod machine;
@@ -86,6 +93,7 @@ mod tests;
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -95,6 +103,7 @@ use crate::transport::Target;
 
 use client_invite::InviteClient;
 use client_non_invite::NonInviteClient;
+use finished::{Finished, Record};
 use hash::KeyedMap;
 use key::{ClientKey, LegacyKey, RequestKey, ServerKey};
 use machine::Ctx;
@@ -102,9 +111,13 @@ use schedule::{Schedule, Slots};
 use server_invite::InviteServer;
 use server_non_invite::NonInviteServer;
 
+pub use finished::FinishedLimit;
 pub use key::{is_rfc3261_branch, MAGIC_COOKIE};
 pub use schedule::TimerKind;
 pub use timers::{Timers, TimersError};
+
+/// The finished records a table made with [`Transactions::new`] may hold.
+pub const DEFAULT_FINISHED: usize = 200_000;
 
 /// A transaction's handle. Never reused within one [`Transactions`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -296,6 +309,8 @@ pub struct Transactions {
     clients: KeyedMap<ClientKey, TxId>,
     servers: KeyedMap<ServerKey, TxId>,
     legacy: KeyedMap<LegacyKey, Vec<TxId>>,
+    /// Non-INVITE server transactions that sent their final response.
+    finished: Finished,
     schedule: Schedule,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -321,13 +336,22 @@ macro_rules! ctx {
 }
 
 impl Transactions {
+    /// A table whose finished records count against a limit of its own,
+    /// [`DEFAULT_FINISHED`].
     pub fn new(timers: Timers) -> Transactions {
+        Transactions::sharing(timers, FinishedLimit::new(DEFAULT_FINISHED))
+    }
+
+    /// A table whose finished records count against `limit`, which other
+    /// tables of the process may share.
+    pub fn sharing(timers: Timers, limit: Arc<FinishedLimit>) -> Transactions {
         Transactions {
             timers,
             txs: KeyedMap::default(),
             clients: KeyedMap::default(),
             servers: KeyedMap::default(),
             legacy: KeyedMap::default(),
+            finished: Finished::new(limit),
             schedule: Schedule::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -369,6 +393,16 @@ impl Transactions {
                 Incoming::Retransmission
             }
             (_, None) => {
+                if let RequestKey::Rfc3261(k) = &key {
+                    if let Some(r) = self.finished.get(k) {
+                        self.transmits.push_back(Transmit {
+                            tx: r.tx,
+                            target: r.target,
+                            data: r.response.clone(),
+                        });
+                        return Ok(Incoming::Retransmission);
+                    }
+                }
                 let id = self.next_id();
                 let index = match key {
                     RequestKey::Rfc3261(k) => Index::Server(k),
@@ -426,13 +460,40 @@ impl Transactions {
             return Err(TxError::NotServer);
         }
         let data = response.to_bytes();
+        // A final on a non-INVITE server transaction over UDP leaves a
+        // record behind it instead of the transaction.
+        let expires = (code >= 200
+            && matches!(t.index, Index::Server(_))
+            && !t.target.transport.is_stream()
+            && !self.timers.j.is_zero())
+        .then(|| now.checked_add(self.timers.j))
+        .flatten();
         let mut ctx = ctx!(self, now, tx, t.target, &mut t.slots);
         let result = match &mut t.machine {
-            Machine::InviteServer(s) => s.respond(&mut ctx, code, data),
-            Machine::NonInviteServer(s) => s.respond(&mut ctx, code, data),
+            Machine::InviteServer(s) => s.respond(&mut ctx, code, data.clone()),
+            Machine::NonInviteServer(s) => {
+                s.respond(&mut ctx, code, data.clone(), expires.is_none())
+            }
             _ => Err(TxError::NotServer),
         };
         let terminated = ctx.terminated;
+        if let (Ok(()), Some(expires), Kind::NonInviteServer) = (&result, expires, t.kind()) {
+            if let Some(Tx {
+                index: Index::Server(key),
+                target,
+                ..
+            }) = self.remove(tx)
+            {
+                let record = Record {
+                    tx,
+                    target,
+                    response: data,
+                };
+                self.finished.insert(expires, key, record);
+            }
+            self.after();
+            return result;
+        }
         if result.is_ok() {
             if let Some(Tx {
                 index: Index::Legacy(legacy),
@@ -579,13 +640,19 @@ impl Transactions {
         self.transmits.pop_front()
     }
 
-    /// The earliest timer deadline of any transaction.
+    /// The earliest timer deadline of any transaction or finished record.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.schedule.peek().map(|e| e.deadline)
+        let timer = self.schedule.peek().map(|e| e.deadline);
+        match (timer, self.finished.next_expiry()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Fires every timer due at `now`, in deadline order.
+    /// Fires every timer due at `now`, in deadline order, and lets the
+    /// finished records expired at `now` go.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.finished.expire(now);
         while let Some(e) = self.schedule.peek() {
             if e.deadline > now {
                 break;
@@ -631,6 +698,11 @@ impl Transactions {
         self.txs.len()
     }
 
+    /// Records of finished non-INVITE server transactions.
+    pub fn finished(&self) -> usize {
+        self.finished.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.txs.is_empty()
     }
@@ -671,21 +743,19 @@ impl Transactions {
     }
 
     /// Removes a transaction, its index entries and timers, and reports
-    /// [`Event::Terminated`].
-    fn remove(&mut self, id: TxId) {
-        let Some(mut tx) = self.txs.remove(&id) else {
-            return;
-        };
+    /// [`Event::Terminated`]. Gives what it was.
+    fn remove(&mut self, id: TxId) -> Option<Tx> {
+        let mut tx = self.txs.remove(&id)?;
         self.schedule.stop_all(&mut tx.slots);
-        match tx.index {
+        match &tx.index {
             Index::Client(k) => {
-                if self.clients.get(&k) == Some(&id) {
-                    self.clients.remove(&k);
+                if self.clients.get(k) == Some(&id) {
+                    self.clients.remove(k);
                 }
             }
             Index::Server(k) => {
-                if self.servers.get(&k) == Some(&id) {
-                    self.servers.remove(&k);
+                if self.servers.get(k) == Some(&id) {
+                    self.servers.remove(k);
                 }
             }
             Index::Legacy(l) => {
@@ -698,6 +768,7 @@ impl Transactions {
             }
         }
         self.events.push_back(Event::Terminated(id));
+        Some(tx)
     }
 
     /// Keeps the earliest heap entry live, so `poll_timeout` is exact.

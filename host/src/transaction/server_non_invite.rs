@@ -4,6 +4,9 @@
 //!   request ─▶ Trying ──TU 1xx──▶ Proceeding ──TU 200-699──▶ Completed ──J──▶ gone
 //!   request again:  absorbed      last 1xx re-sent           final re-sent
 //! ```
+//!
+//! Over UDP with an RFC 3261 branch, the table ends the transaction when
+//! its final is sent and a record stands in for Completed (`finished.rs`).
 
 use bytes::Bytes;
 
@@ -35,7 +38,16 @@ impl NonInviteServer {
         }
     }
 
-    pub(super) fn respond(&mut self, ctx: &mut Ctx, code: u16, data: Bytes) -> Result<(), TxError> {
+    /// A response from the TU. `linger`: a final keeps the transaction in
+    /// Completed for Timer J; without it the table ends the transaction and
+    /// keeps a record of the final instead (`finished.rs`).
+    pub(super) fn respond(
+        &mut self,
+        ctx: &mut Ctx,
+        code: u16,
+        data: Bytes,
+        linger: bool,
+    ) -> Result<(), TxError> {
         match self.state {
             State::Trying | State::Proceeding => {
                 ctx.send(data.clone());
@@ -44,7 +56,9 @@ impl NonInviteServer {
                     self.state = State::Proceeding;
                 } else {
                     self.state = State::Completed;
-                    ctx.linger(TimerKind::J, ctx.timers.j, true);
+                    if linger {
+                        ctx.linger(TimerKind::J, ctx.timers.j, true);
+                    }
                 }
                 Ok(())
             }

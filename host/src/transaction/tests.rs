@@ -608,18 +608,83 @@ fn non_invite_server_retransmissions_then_timer_j() {
     assert_eq!(h.request(160, &req, udp()), Incoming::Retransmission);
     assert_eq!(h.out(160), ["160 send 100", "160 send 100"]);
     h.respond(200, tx, reply(&req, 200, Some("s1")));
-    assert_eq!(h.t.state(tx), Some(State::Completed));
-    assert_eq!(h.out(200), ["200 send 200"]);
+    // The final ends the transaction (the TU is done with it); a record
+    // of the final stays for Timer J.
+    assert_eq!(h.out(200), ["200 send 200", "200 Terminated(TxId(1))"]);
+    assert_eq!((h.t.state(tx), h.t.len(), h.t.finished()), (None, 0, 1));
     assert_eq!(h.next_ms(), Some(32_200));
     assert_eq!(h.request(300, &req, udp()), Incoming::Retransmission);
     assert_eq!(h.out(300), ["300 send 200"]);
+    assert!(h.last_sent().starts_with("SIP/2.0 200"));
+    assert_eq!(h.sent.last().map(|x| x.tx), Some(tx));
     assert_eq!(
         h.t.respond(h.at(300), tx, reply(&req, 500, None)),
-        Err(TxError::WrongState(State::Completed))
+        Err(TxError::UnknownTransaction)
     );
-    assert_eq!(h.run(60_000), ["32200 Terminated(TxId(1))"]);
+    // Another method with the same branch is another transaction.
+    let other = msg(&text(&req).replace("OPTIONS", "INFO"));
+    assert_eq!(h.request(400, &other, udp()), Incoming::New(TxId(2)));
+    h.t.forget(TxId(2));
+    h.out(400);
+    assert_eq!(h.run(32_199), Vec::<String>::new());
+    assert_eq!(h.t.finished(), 1);
+    assert_eq!(h.run(60_000), Vec::<String>::new());
+    assert_eq!((h.t.finished(), h.next_ms()), (0, None));
     // After J the same request is new again.
-    assert_eq!(h.request(33_000, &req, udp()), Incoming::New(TxId(2)));
+    assert_eq!(h.request(33_000, &req, udp()), Incoming::New(TxId(3)));
+}
+
+#[test]
+fn finished_records_share_a_limit_and_the_oldest_goes_first() {
+    let limit = FinishedLimit::new(3);
+    let mut a = Transactions::sharing(Timers::default(), limit.clone());
+    let mut b = Transactions::sharing(Timers::default(), limit.clone());
+    let base = Instant::now();
+    let at = |ms: u64| base + Duration::from_millis(ms);
+    let finish = |t: &mut Transactions, ms: u64, branch: &str| {
+        let req = incoming("REGISTER", branch, None);
+        let Ok(Incoming::New(tx)) = t.handle_request(at(ms), &req, udp()) else {
+            panic!("a new transaction")
+        };
+        t.respond(at(ms), tx, reply(&req, 200, Some("s"))).unwrap();
+        while t.poll_transmit().is_some() {}
+        req
+    };
+    let first = finish(&mut a, 0, "z9hG4bKf1");
+    let second = finish(&mut a, 10, "z9hG4bKf2");
+    let third = finish(&mut b, 20, "z9hG4bKf3");
+    assert_eq!((a.finished(), b.finished(), limit.held()), (2, 1, 3));
+    // Full: a lets its own oldest go, before its Timer J.
+    let fourth = finish(&mut a, 30, "z9hG4bKf4");
+    assert_eq!((a.finished(), b.finished(), limit.held()), (2, 1, 3));
+    assert!(matches!(
+        a.handle_request(at(40), &first, udp()),
+        Ok(Incoming::New(_))
+    ));
+    for req in [&second, &fourth] {
+        assert_eq!(
+            a.handle_request(at(40), req, udp()),
+            Ok(Incoming::Retransmission)
+        );
+    }
+    // Full, and b has nothing else to let go but its one record.
+    let fifth = finish(&mut b, 50, "z9hG4bKf5");
+    assert_eq!(
+        b.handle_request(at(60), &fifth, udp()),
+        Ok(Incoming::Retransmission)
+    );
+    assert!(matches!(
+        b.handle_request(at(60), &third, udp()),
+        Ok(Incoming::New(_))
+    ));
+    // Expiry and a dropped table give their share back.
+    a.handle_timeout(at(32_010));
+    assert_eq!((a.finished(), limit.held()), (1, 2));
+    drop(a);
+    assert_eq!(limit.held(), 1);
+    let mut c = Transactions::sharing(Timers::default(), FinishedLimit::new(0));
+    finish(&mut c, 0, "z9hG4bKf6");
+    assert_eq!(c.finished(), 0, "a zero limit keeps nothing");
 }
 
 #[test]
@@ -632,6 +697,7 @@ fn non_invite_server_tcp_timer_j_is_zero() {
     h.respond(10, tx, reply(&req, 200, Some("s1")));
     assert_eq!(h.out(10), ["10 send 200", "10 Terminated(TxId(1))"]);
     assert!(h.t.is_empty());
+    assert_eq!(h.t.finished(), 0, "no record on a reliable transport");
 }
 
 // ---- CANCEL ----
@@ -659,7 +725,11 @@ fn cancel_matches_its_invite() {
     assert_eq!(h.request(150, &cancel, udp()), Incoming::Retransmission);
     h.respond(200, c, reply(&cancel, 200, Some("s1")));
     h.respond(200, inv, reply(&invite, 487, Some("s1")));
-    assert_eq!(h.out(200), ["200 send 200", "200 send 487"]);
+    // The CANCEL's transaction ends with its final; a record stays.
+    assert_eq!(
+        h.out(200),
+        ["200 send 200", "200 send 487", "200 Terminated(TxId(2))"]
+    );
     let ack = incoming("ACK", "z9hG4bKup1", Some("s1"));
     assert_eq!(h.request(300, &ack, udp()), Incoming::AckOfNon2xx(inv));
     // The CANCEL's retransmission gets its 200 again, not the 487.
@@ -942,10 +1012,16 @@ fn poll_timeout_never_early_never_stale() {
             continue;
         }
         let Some(d) = next else { break };
+        let records = h.t.finished();
         h.t.handle_timeout(d - Duration::from_millis(1));
         assert_eq!(h.out(0), Vec::<String>::new(), "fired early");
+        assert_eq!(h.t.finished(), records, "a record expired early");
         h.t.handle_timeout(d);
-        assert_ne!(h.out(0), Vec::<String>::new(), "stale deadline");
+        // A finished record's expiry shows only in the count.
+        assert!(
+            !h.out(0).is_empty() || h.t.finished() < records,
+            "stale deadline"
+        );
         fired += 1;
     }
     assert!(fired > 300, "{fired}");

@@ -1,0 +1,157 @@
+//! Non-INVITE server transactions that have sent their final response, kept
+//! as small records rather than as transactions.
+//!
+//! In Completed (RFC 3261 §17.2.2) such a transaction only re-sends its
+//! final response to a retransmitted request until Timer J (32 s over UDP).
+//! It sends nothing on its own and the TU has nothing left to do with it, so
+//! the table ends it ([`super::Event::Terminated`]) as soon as the final is
+//! sent and keeps only its key, its destination and the response's bytes.
+//! Timer J being the same for every record, they expire in the order they
+//! were made: a queue, not timers.
+//!
+//! What the records may hold is bounded for the whole process
+//! ([`FinishedLimit`]): past it a table lets its oldest record go before its
+//! Timer J. A retransmission arriving after that is handled as a new
+//! request, which is what a stateless server does with every one (RFC 3261
+//! §16.11); it is also what any retransmission after Timer J gets.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::hash::KeyedMap;
+use super::key::ServerKey;
+use super::TxId;
+use crate::transport::Target;
+
+/// How many records every table of a process may hold together.
+#[derive(Debug)]
+pub struct FinishedLimit {
+    max: usize,
+    held: AtomicUsize,
+}
+
+impl FinishedLimit {
+    pub fn new(max: usize) -> Arc<FinishedLimit> {
+        Arc::new(FinishedLimit {
+            max,
+            held: AtomicUsize::new(0),
+        })
+    }
+
+    /// Records held in every table sharing this limit.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more record, or false when the limit is reached.
+    fn take(&self) -> bool {
+        let before = self.held.fetch_add(1, Ordering::Relaxed);
+        if before >= self.max {
+            self.held.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn give(&self, n: usize) {
+        self.held.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// What a retransmitted request gets again.
+pub(super) struct Record {
+    /// The transaction it was (transmits name it; it is not reused).
+    pub(super) tx: TxId,
+    pub(super) target: Target,
+    pub(super) response: Bytes,
+}
+
+/// One table's records.
+pub(super) struct Finished {
+    /// The key is shared with `order`, which lets the record go in turn.
+    records: KeyedMap<Arc<ServerKey>, Record>,
+    /// Oldest first, which is also the order of their expiry.
+    order: VecDeque<(Instant, Arc<ServerKey>, TxId)>,
+    limit: Arc<FinishedLimit>,
+}
+
+impl Finished {
+    pub(super) fn new(limit: Arc<FinishedLimit>) -> Finished {
+        Finished {
+            records: KeyedMap::default(),
+            order: VecDeque::new(),
+            limit,
+        }
+    }
+
+    pub(super) fn get(&self, key: &ServerKey) -> Option<&Record> {
+        self.records.get(key)
+    }
+
+    /// Keeps `record` under `key` until `expires`. When the process holds
+    /// all it may, this table's oldest record goes first; a table that has
+    /// none keeps nothing.
+    pub(super) fn insert(&mut self, expires: Instant, key: ServerKey, record: Record) {
+        let room = self.limit.take() || (self.let_oldest_go() && self.limit.take());
+        if !room {
+            return;
+        }
+        let key = Arc::new(key);
+        self.order.push_back((expires, key.clone(), record.tx));
+        if self.records.insert(key, record).is_some() {
+            // Not reached (a retransmission finds the record before a
+            // transaction could be made with its key); the replaced
+            // record's queue entry no longer matches and frees nothing.
+            self.limit.give(1);
+        }
+    }
+
+    /// When the oldest record expires.
+    pub(super) fn next_expiry(&self) -> Option<Instant> {
+        self.order.front().map(|(at, _, _)| *at)
+    }
+
+    /// Lets every record expired at `now` go.
+    pub(super) fn expire(&mut self, now: Instant) {
+        while self.next_expiry().is_some_and(|at| at <= now) {
+            self.pop();
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Lets the oldest record go; false when there is none.
+    fn let_oldest_go(&mut self) -> bool {
+        while !self.order.is_empty() {
+            if self.pop() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Pops the oldest queue entry; true when it still named a record.
+    fn pop(&mut self) -> bool {
+        let Some((_, key, tx)) = self.order.pop_front() else {
+            return false;
+        };
+        if self.records.get(&*key).is_some_and(|r| r.tx == tx) {
+            self.records.remove(&*key);
+            self.limit.give(1);
+            return true;
+        }
+        false
+    }
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.limit.give(self.records.len());
+    }
+}
