@@ -1,6 +1,7 @@
 //! Unguessable bytes: [`seed`] for a key made once (the process's
 //! secret), [`fill`] for what is made per request (a digest nonce per
-//! challenge).
+//! challenge, a dispatcher's `random` pick, the draw among SRV records of
+//! one priority).
 //!
 //! `fill` draws from a ChaCha12 generator per thread, seeded from the OS
 //! and seeded again after every 64 KiB it gives, as rand's `ThreadRng`

@@ -178,7 +178,7 @@ impl Resolver {
             match self.ask(&question).await {
                 Ok(answer) => {
                     tracing::trace!(?question, ?answer, "DNS answer");
-                    procedure.answer(answer, &mut srv::os_random);
+                    procedure.answer(answer, &mut srv::random_up_to);
                 }
                 Err(error) if procedure.has_targets() => {
                     tracing::debug!(%error, "DNS lookup failed; using the targets found so far");

@@ -73,14 +73,15 @@ pub fn order(
     ordered
 }
 
-/// A uniform random number in `0..=n` for [`order`], from the OS.
-pub fn os_random(n: u32) -> u32 {
+/// A uniform random number in `0..=n` for [`order`], from this thread's
+/// generator (`crate::random`), not a system call per lookup.
+pub fn random_up_to(n: u32) -> u32 {
     if n == 0 {
         return 0;
     }
-    // Without randomness the order is still valid (the first by weight),
-    // just not load-balanced: better than failing the call.
-    let raw = getrandom::u32().unwrap_or(0);
+    let mut bytes = [0u8; 4];
+    crate::random::fill(&mut bytes);
+    let raw = u32::from_le_bytes(bytes);
     // n + 1 fits in u64; the modulo bias is negligible for 16-bit weights.
     (u64::from(raw) % (u64::from(n) + 1)) as u32
 }
@@ -137,7 +138,7 @@ mod tests {
         let records = vec![srv(1, 75, 1, "a"), srv(1, 25, 2, "b")];
         let mut firsts = [0usize; 3];
         for _ in 0..400 {
-            let ordered = order(records.clone(), 16, &mut os_random);
+            let ordered = order(records.clone(), 16, &mut random_up_to);
             firsts[usize::from(ordered[0].port)] += 1;
             assert_eq!(ordered.len(), 2);
         }
@@ -159,10 +160,10 @@ mod tests {
     #[test]
     fn dot_targets_are_dropped_and_the_count_is_bounded() {
         let records = vec![srv(0, 0, 1, "."), srv(0, 0, 2, "")];
-        assert!(order(records, 16, &mut os_random).is_empty());
+        assert!(order(records, 16, &mut random_up_to).is_empty());
 
         let many: Vec<_> = (0..1000).map(|i| srv(i % 7, i, i, "x")).collect();
-        let ordered = order(many, 16, &mut os_random);
+        let ordered = order(many, 16, &mut random_up_to);
         assert_eq!(ordered.len(), 16);
         assert!(ordered.windows(2).all(|w| w[0].priority <= w[1].priority));
         assert!(ordered.iter().all(|r| r.priority == 0));
@@ -172,7 +173,7 @@ mod tests {
     fn random_never_out_of_range() {
         for n in [0, 1, 2, 65535 * 16] {
             for _ in 0..50 {
-                assert!(os_random(n) <= n);
+                assert!(random_up_to(n) <= n);
             }
         }
     }

@@ -261,13 +261,7 @@ fn local_ip_towards(to: SocketAddr) -> Option<IpAddr> {
 
 fn random_hex() -> String {
     let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        // Never seen; the Call-ID's counter still tells probes apart.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        bytes = nanos.to_le_bytes();
-    }
+    crate::random::fill(&mut bytes);
     hex::encode(bytes)
 }
 

@@ -311,7 +311,7 @@ impl Location {
         };
         let cluster = &shared.cluster;
         let mut fresh = [0u8; 8];
-        let _ = getrandom::fill(&mut fresh);
+        crate::random::fill(&mut fresh);
         let mut epoch = redis::cmd("SET");
         epoch
             .arg(EPOCH)
