@@ -16,13 +16,15 @@
 //! §16.11); it is also what any retransmission after Timer J gets.
 
 use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use hashbrown::HashTable;
 
-use super::hash::KeyedMap;
+use super::hash::KeyedState;
 use super::key::ServerKey;
 use super::TxId;
 use crate::transport::Target;
@@ -70,26 +72,37 @@ pub(super) struct Record {
     pub(super) response: Bytes,
 }
 
+struct Entry {
+    key: ServerKey,
+    record: Record,
+}
+
 /// One table's records.
 pub(super) struct Finished {
-    /// The key is shared with `order`, which lets the record go in turn.
-    records: KeyedMap<Arc<ServerKey>, Record>,
+    /// Found by the hash of their key, which `order` keeps to let them go:
+    /// no second copy of the key, no allocation per record.
+    records: HashTable<Entry>,
+    hasher: KeyedState,
     /// Oldest first, which is also the order of their expiry.
-    order: VecDeque<(Instant, Arc<ServerKey>, TxId)>,
+    order: VecDeque<(Instant, u64, TxId)>,
     limit: Arc<FinishedLimit>,
 }
 
 impl Finished {
     pub(super) fn new(limit: Arc<FinishedLimit>) -> Finished {
         Finished {
-            records: KeyedMap::default(),
+            records: HashTable::new(),
+            hasher: KeyedState::default(),
             order: VecDeque::new(),
             limit,
         }
     }
 
     pub(super) fn get(&self, key: &ServerKey) -> Option<&Record> {
-        self.records.get(key)
+        let hash = self.hasher.hash_one(key);
+        self.records
+            .find(hash, |e| e.key == *key)
+            .map(|e| &e.record)
     }
 
     /// Keeps `record` under `key` until `expires`. When the process holds
@@ -100,14 +113,18 @@ impl Finished {
         if !room {
             return;
         }
-        let key = Arc::new(key);
-        self.order.push_back((expires, key.clone(), record.tx));
-        if self.records.insert(key, record).is_some() {
+        let hash = self.hasher.hash_one(&key);
+        if let Ok(old) = self.records.find_entry(hash, |e| e.key == key) {
             // Not reached (a retransmission finds the record before a
             // transaction could be made with its key); the replaced
-            // record's queue entry no longer matches and frees nothing.
+            // record's queue entry then finds nothing to free.
+            old.remove();
             self.limit.give(1);
         }
+        self.order.push_back((expires, hash, record.tx));
+        let hasher = &self.hasher;
+        self.records
+            .insert_unique(hash, Entry { key, record }, |e| hasher.hash_one(&e.key));
     }
 
     /// When the oldest record expires.
@@ -138,15 +155,17 @@ impl Finished {
 
     /// Pops the oldest queue entry; true when it still named a record.
     fn pop(&mut self) -> bool {
-        let Some((_, key, tx)) = self.order.pop_front() else {
+        let Some((_, hash, tx)) = self.order.pop_front() else {
             return false;
         };
-        if self.records.get(&*key).is_some_and(|r| r.tx == tx) {
-            self.records.remove(&*key);
-            self.limit.give(1);
-            return true;
+        match self.records.find_entry(hash, |e| e.record.tx == tx) {
+            Ok(entry) => {
+                entry.remove();
+                self.limit.give(1);
+                true
+            }
+            Err(_) => false,
         }
-        false
     }
 }
 
