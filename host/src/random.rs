@@ -53,6 +53,13 @@ pub fn fill(out: &mut [u8]) {
     }
 }
 
+/// A number from [`fill`].
+pub fn u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    fill(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
 /// 256 bits from the OS, else from the clock and std's hasher keys.
 pub fn seed() -> [u8; 32] {
     let mut seed = [0u8; 32];

@@ -79,11 +79,9 @@ pub fn random_up_to(n: u32) -> u32 {
     if n == 0 {
         return 0;
     }
-    let mut bytes = [0u8; 4];
-    crate::random::fill(&mut bytes);
-    let raw = u32::from_le_bytes(bytes);
-    // n + 1 fits in u64; the modulo bias is negligible for 16-bit weights.
-    (u64::from(raw) % (u64::from(n) + 1)) as u32
+    // n + 1 fits in u64, and the remainder in u32; over 64 random bits
+    // the modulo bias is negligible.
+    (crate::random::u64() % (u64::from(n) + 1)) as u32
 }
 
 #[cfg(test)]

@@ -150,7 +150,7 @@ impl wit_ds::Host for HostState {
             wit_ds::Algorithm::RoundRobin => Algorithm::RoundRobin,
             wit_ds::Algorithm::Priority => Algorithm::Priority,
             wit_ds::Algorithm::Weight => Algorithm::Weight,
-            wit_ds::Algorithm::Random => Algorithm::Random(random_u64()),
+            wit_ds::Algorithm::Random => Algorithm::Random(crate::random::u64()),
             hashed => Algorithm::Hash(select::hash(&self.hash_key(&req, hashed)?)),
         };
         let order = select::order(the_set, alg);
@@ -255,14 +255,6 @@ impl wit_ds::Host for HostState {
             })
             .unwrap_or_default())
     }
-}
-
-/// A random number per selection, from this thread's generator rather than
-/// a system call each time.
-fn random_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    crate::random::fill(&mut bytes);
-    u64::from_le_bytes(bytes)
 }
 
 #[cfg(test)]

@@ -462,22 +462,22 @@ impl Transactions {
         let data = response.to_bytes();
         // A final on a non-INVITE server transaction over UDP leaves a
         // record behind it instead of the transaction.
-        let expires = (code >= 200
+        let keep = (code >= 200
+            && matches!(t.machine, Machine::NonInviteServer(_))
             && matches!(t.index, Index::Server(_))
             && !t.target.transport.is_stream()
             && !self.timers.j.is_zero())
         .then(|| now.checked_add(self.timers.j))
-        .flatten();
+        .flatten()
+        .map(|expires| (expires, data.clone()));
         let mut ctx = ctx!(self, now, tx, t.target, &mut t.slots);
         let result = match &mut t.machine {
-            Machine::InviteServer(s) => s.respond(&mut ctx, code, data.clone()),
-            Machine::NonInviteServer(s) => {
-                s.respond(&mut ctx, code, data.clone(), expires.is_none())
-            }
+            Machine::InviteServer(s) => s.respond(&mut ctx, code, data),
+            Machine::NonInviteServer(s) => s.respond(&mut ctx, code, data, keep.is_none()),
             _ => Err(TxError::NotServer),
         };
         let terminated = ctx.terminated;
-        if let (Ok(()), Some(expires), Kind::NonInviteServer) = (&result, expires, t.kind()) {
+        if let (Ok(()), Some((expires, response))) = (&result, keep) {
             if let Some(Tx {
                 index: Index::Server(key),
                 target,
@@ -487,7 +487,7 @@ impl Transactions {
                 let record = Record {
                     tx,
                     target,
-                    response: data,
+                    response,
                 };
                 self.finished.insert(expires, key, record);
             }
