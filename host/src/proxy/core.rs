@@ -7,7 +7,7 @@
 //! resolver, so forking, CANCEL and the timers are tested on a fake clock.
 
 use std::cmp::Reverse;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,9 +35,6 @@ pub struct Core<P> {
     pub(super) fx: Effects,
     /// Relayed requests, by their server transaction.
     pub(super) relays: KeyedMap<TxId, Relay<P>>,
-    /// Server transactions counted against the limits, with the source
-    /// they count for (None: a trusted source).
-    admitted: KeyedMap<TxId, Option<IpAddr>>,
 }
 
 impl<P> Core<P> {
@@ -53,7 +50,6 @@ impl<P> Core<P> {
         Core {
             fx: Effects::new(txs, locality, shard, admission),
             relays: KeyedMap::default(),
-            admitted: KeyedMap::default(),
         }
     }
 
@@ -185,9 +181,7 @@ impl<P> Core<P> {
             }
             TxEvent::NoAck(tx) => tracing::debug!(%tx, "no ACK for a final response"),
             TxEvent::Terminated(tx) => {
-                if let Some(source) = self.admitted.remove(&tx) {
-                    self.fx.admission.release(source);
-                }
+                self.fx.release(tx);
                 self.fx.branch_of.remove(&tx);
                 if let Some(relay) = self.relays.remove(&tx) {
                     for client in relay.clients() {
@@ -295,7 +289,7 @@ impl<P> Core<P> {
         let source = (!req.source.trusted).then(|| req.source.remote.ip());
         match self.fx.admission.admit(source) {
             Ok(()) => {
-                self.admitted.insert(tx, source);
+                self.fx.admitted.insert(tx, source);
                 true
             }
             Err(refused) => {

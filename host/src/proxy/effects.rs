@@ -6,6 +6,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,7 +14,7 @@ use bytes::Bytes;
 
 use crate::sip::{write, HeaderName, Message, Via};
 use crate::transaction::hash::KeyedMap;
-use crate::transaction::{Transactions, TxId};
+use crate::transaction::{State, Transactions, TxId};
 use crate::transport::{listener_for, Target, Transport};
 
 use super::admission::Admission;
@@ -77,6 +78,9 @@ pub(super) struct Effects {
     pub(super) txs: Transactions,
     pub(super) locality: Arc<Locality>,
     pub(super) admission: Arc<Admission>,
+    /// Server transactions counted against the limits, with the source
+    /// they count for (None: a trusted source).
+    pub(super) admitted: KeyedMap<TxId, Option<IpAddr>>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     pub(super) parked: KeyedMap<LookupId, Parked>,
@@ -102,6 +106,7 @@ impl Effects {
             txs,
             locality,
             admission,
+            admitted: KeyedMap::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             parked: KeyedMap::default(),
@@ -210,11 +215,24 @@ impl Effects {
     }
 
     /// Sends a response on a server transaction.
+    /// An INVITE answered 2xx no longer counts against the limits: it
+    /// waits in Accepted with the finished records (see the transaction
+    /// layer's `hold_answered`).
     pub(super) fn respond(&mut self, now: Instant, tx: TxId, response: Message) {
         if let Err(err) = self.txs.respond(now, tx, response) {
             tracing::debug!(%err, "response not sent on its transaction");
         }
+        if self.txs.state(tx) == Some(State::Accepted) {
+            self.release(tx);
+        }
         self.take_tx_transmits();
+    }
+
+    /// Gives back what `tx` counted against the limits, if anything.
+    pub(super) fn release(&mut self, tx: TxId) {
+        if let Some(source) = self.admitted.remove(&tx) {
+            self.admission.release(source);
+        }
     }
 
     /// Makes a request routed to its next hop ready to leave towards

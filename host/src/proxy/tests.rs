@@ -1367,6 +1367,42 @@ fn an_answered_non_invite_no_longer_counts_against_its_source() {
     assert_eq!(p.hooks.calls.len(), routed);
 }
 
+#[test]
+fn an_invite_answered_2xx_no_longer_counts_against_its_source() {
+    let mut p = Proxy::new(relay_to(UAS_A)).limits(ProxyLimits {
+        max_transactions_per_source: 2,
+        ..ProxyLimits::default()
+    });
+    // A caller behind one address (an SBC) places more calls than the
+    // limit within Timer L: each is answered.
+    let mut up = Vec::new();
+    for i in 0..4 {
+        let invite = request("INVITE", &format!("z9hG4bKinv{i}"), None, 1);
+        p.recv(i * 10, CALLER, invite);
+        let sent = p.sent();
+        up.extend(only_to(&sent, CALLER).iter().map(line));
+        let to_a = last_to(&sent, UAS_A, "INVITE");
+        p.recv(i * 10 + 5, UAS_A, answer(&to_a, 200, "a"));
+        up.extend(only_to(&p.sent(), CALLER).iter().map(line));
+    }
+    assert_eq!(up, ["100", "200"].repeat(4));
+    assert_eq!(
+        (p.core.fx.txs.answered(), p.core.fx.admission.transactions()),
+        (4, 0)
+    );
+    // Still in Accepted: a retransmitted INVITE is absorbed, not routed.
+    let routed = p.hooks.calls.len();
+    p.recv(100, CALLER, request("INVITE", "z9hG4bKinv0", None, 1));
+    assert!(p.sent().is_empty());
+    assert_eq!(p.hooks.calls.len(), routed);
+    // A call not answered yet counts.
+    p.recv(110, CALLER, request("INVITE", "z9hG4bKinv9", None, 1));
+    assert_eq!(p.core.fx.admission.transactions(), 1);
+    // Timer L ends the answered ones.
+    p.advance(40_000);
+    assert_eq!(p.core.fx.txs.answered(), 0);
+}
+
 fn only_to_pairs(sent: &[(Target, Message)], to: &str) -> Vec<(Target, Message)> {
     sent.iter()
         .filter(|(t, _)| t.addr == addr(to))

@@ -10,8 +10,11 @@
 //! were made: a queue, not timers.
 //!
 //! What the records may hold is bounded for the whole process
-//! ([`FinishedLimit`]): past it a table lets its oldest record go before its
-//! Timer J. A retransmission arriving after that is handled as a new
+//! ([`FinishedLimit`]), which also counts the INVITE server transactions
+//! answered 2xx while they wait in Accepted for Timer L (they stay
+//! transactions: the table ends its oldest when a record cannot make room,
+//! see `Transactions::hold_answered`). Past the bound a table lets its
+//! oldest record go before its Timer J. A retransmission arriving after that is handled as a new
 //! request, which is what a stateless server does with every one (RFC 3261
 //! §16.11); it is also what any retransmission after Timer J gets.
 
@@ -86,6 +89,9 @@ pub(super) struct Finished {
     /// Oldest first, which is also the order of their expiry.
     order: VecDeque<(Instant, u64, TxId)>,
     limit: Arc<FinishedLimit>,
+    /// Answered INVITE transactions of this table the limit counts
+    /// ([`Finished::hold_answered`]).
+    answered: usize,
 }
 
 impl Finished {
@@ -95,6 +101,7 @@ impl Finished {
             hasher: KeyedState::default(),
             order: VecDeque::new(),
             limit,
+            answered: 0,
         }
     }
 
@@ -127,6 +134,24 @@ impl Finished {
             .insert_unique(hash, Entry { key, record }, |e| hasher.hash_one(&e.key));
     }
 
+    /// Counts an INVITE server transaction answered 2xx (in Accepted
+    /// until Timer L) against the limit, letting this table's oldest
+    /// record go when the process holds all it may; false when there is
+    /// still no room (the caller then ends the transaction).
+    pub(super) fn hold_answered(&mut self) -> bool {
+        let room = self.limit.take() || (self.let_oldest_go() && self.limit.take());
+        if room {
+            self.answered += 1;
+        }
+        room
+    }
+
+    /// An answered INVITE transaction counted by `hold_answered` ended.
+    pub(super) fn release_answered(&mut self) {
+        self.answered -= 1;
+        self.limit.give(1);
+    }
+
     /// When the oldest record expires.
     pub(super) fn next_expiry(&self) -> Option<Instant> {
         self.order.front().map(|(at, _, _)| *at)
@@ -141,6 +166,10 @@ impl Finished {
 
     pub(super) fn len(&self) -> usize {
         self.records.len()
+    }
+
+    pub(super) fn answered(&self) -> usize {
+        self.answered
     }
 
     /// Lets the oldest record go; false when there is none.
@@ -171,6 +200,6 @@ impl Finished {
 
 impl Drop for Finished {
     fn drop(&mut self) {
-        self.limit.give(self.records.len());
+        self.limit.give(self.records.len() + self.answered);
     }
 }

@@ -280,6 +280,9 @@ struct Tx {
     slots: Slots,
     index: Index,
     machine: Machine,
+    /// An INVITE server transaction answered 2xx, counted with the
+    /// finished records (see [`Transactions::hold_answered`]).
+    answered: bool,
 }
 
 impl Tx {
@@ -311,6 +314,10 @@ pub struct Transactions {
     legacy: KeyedMap<LegacyKey, Vec<TxId>>,
     /// Non-INVITE server transactions that sent their final response.
     finished: Finished,
+    /// INVITE server transactions answered 2xx, oldest first (Timer L is
+    /// the same for all); entries of transactions already gone are
+    /// skipped when met.
+    answered: VecDeque<TxId>,
     schedule: Schedule,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -352,6 +359,7 @@ impl Transactions {
             servers: KeyedMap::default(),
             legacy: KeyedMap::default(),
             finished: Finished::new(limit),
+            answered: VecDeque::new(),
             schedule: Schedule::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -433,6 +441,7 @@ impl Transactions {
                         slots: Slots::default(),
                         index,
                         machine,
+                        answered: false,
                     },
                 );
                 match method {
@@ -477,6 +486,11 @@ impl Transactions {
             _ => Err(TxError::NotServer),
         };
         let terminated = ctx.terminated;
+        let answered = result.is_ok()
+            && !terminated
+            && (200..300).contains(&code)
+            && matches!(t.machine, Machine::InviteServer(_))
+            && !t.answered;
         if let (Ok(()), Some((expires, response))) = (&result, keep) {
             if let Some(Tx {
                 index: Index::Server(key),
@@ -508,6 +522,8 @@ impl Transactions {
         }
         if terminated {
             self.remove(tx);
+        } else if answered {
+            self.hold_answered(tx);
         }
         self.after();
         result
@@ -546,6 +562,7 @@ impl Transactions {
                 slots,
                 index: Index::Client(key),
                 machine,
+                answered: false,
             },
         );
         self.after();
@@ -703,6 +720,12 @@ impl Transactions {
         self.finished.len()
     }
 
+    /// INVITE server transactions answered 2xx, waiting in Accepted for
+    /// Timer L and counted with the finished records.
+    pub fn answered(&self) -> usize {
+        self.finished.answered()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.txs.is_empty()
     }
@@ -744,8 +767,59 @@ impl Transactions {
 
     /// Removes a transaction, its index entries and timers, and reports
     /// [`Event::Terminated`]. Gives what it was.
+    /// An INVITE server transaction that sent its 2xx waits in Accepted
+    /// for Timer L (32 s), absorbing retransmissions of the INVITE and
+    /// taking the 2xx retransmissions and the ACK to the TU. It counts
+    /// with the finished records, not as a transaction in progress: when
+    /// the process holds all the finished state it may, this table's
+    /// oldest record goes, else its oldest answered INVITE ends before
+    /// Timer L, else this one ends now. An INVITE retransmitted after
+    /// that is handled as a new request, as after Timer L.
+    fn hold_answered(&mut self, id: TxId) {
+        let room = self.finished.hold_answered()
+            || (self.end_oldest_answered() && self.finished.hold_answered());
+        match self.txs.get_mut(&id) {
+            Some(tx) if room => {
+                tx.answered = true;
+                self.answered.push_back(id);
+            }
+            Some(_) => {
+                self.remove(id);
+            }
+            None => {
+                if room {
+                    self.finished.release_answered();
+                }
+            }
+        }
+    }
+
+    /// Ends the oldest answered INVITE transaction still in the table;
+    /// false when there is none.
+    fn end_oldest_answered(&mut self) -> bool {
+        while let Some(id) = self.answered.pop_front() {
+            if self.txs.get(&id).is_some_and(|tx| tx.answered) {
+                self.remove(id);
+                return true;
+            }
+        }
+        false
+    }
+
     fn remove(&mut self, id: TxId) -> Option<Tx> {
         let mut tx = self.txs.remove(&id)?;
+        if tx.answered {
+            self.finished.release_answered();
+            // Transactions end in the order they were answered (Timer
+            // L), so the queue's front is the one to drop.
+            while self
+                .answered
+                .front()
+                .is_some_and(|front| !self.txs.get(front).is_some_and(|t| t.answered))
+            {
+                self.answered.pop_front();
+            }
+        }
         self.schedule.stop_all(&mut tx.slots);
         match &tx.index {
             Index::Client(k) => {

@@ -687,6 +687,74 @@ fn finished_records_share_a_limit_and_the_oldest_goes_first() {
     assert_eq!(c.finished(), 0, "a zero limit keeps nothing");
 }
 
+/// An INVITE answered 2xx waits in Accepted counted with the finished
+/// records: past the shared limit a table lets a record go first, then its
+/// oldest answered INVITE (whose retransmission is then a new request),
+/// and one with neither ends its new answered INVITE at once.
+#[test]
+fn answered_invites_count_with_the_finished_records() {
+    let limit = FinishedLimit::new(3);
+    let mut a = Transactions::sharing(Timers::default(), limit.clone());
+    let base = Instant::now();
+    let at = |ms: u64| base + Duration::from_millis(ms);
+    let answer = |t: &mut Transactions, ms: u64, method: &str, branch: &str| {
+        let req = incoming(method, branch, None);
+        let Ok(Incoming::New(tx)) = t.handle_request(at(ms), &req, udp()) else {
+            panic!("a new transaction")
+        };
+        t.respond(at(ms), tx, reply(&req, 200, Some("s"))).unwrap();
+        while t.poll_transmit().is_some() {}
+        (req, tx)
+    };
+    let (register, _) = answer(&mut a, 0, "REGISTER", "z9hG4bKr1");
+    let (first, first_tx) = answer(&mut a, 10, "INVITE", "z9hG4bKi1");
+    let (second, second_tx) = answer(&mut a, 20, "INVITE", "z9hG4bKi2");
+    assert_eq!((a.finished(), a.answered(), limit.held()), (1, 2, 3));
+    assert_eq!(a.state(first_tx), Some(State::Accepted));
+    // A 2xx retransmitted on an answered INVITE is not counted again.
+    a.respond(at(25), first_tx, reply(&first, 200, Some("s")))
+        .unwrap();
+    assert_eq!((a.answered(), limit.held()), (2, 3));
+    // Full: the record goes first...
+    let (_, third_tx) = answer(&mut a, 30, "INVITE", "z9hG4bKi3");
+    assert_eq!((a.finished(), a.answered(), limit.held()), (0, 3, 3));
+    assert!(matches!(
+        a.handle_request(at(35), &register, udp()),
+        Ok(Incoming::New(_))
+    ));
+    // ...then the oldest answered INVITE, before its Timer L.
+    while a.poll_event().is_some() {}
+    let (_, fourth_tx) = answer(&mut a, 40, "INVITE", "z9hG4bKi4");
+    assert_eq!(a.poll_event(), Some(Event::Terminated(first_tx)));
+    assert_eq!(a.state(first_tx), None);
+    assert!(matches!(
+        a.handle_request(at(45), &first, udp()),
+        Ok(Incoming::New(_))
+    ));
+    assert_eq!(
+        a.handle_request(at(45), &second, udp()),
+        Ok(Incoming::Retransmission)
+    );
+    assert_eq!((a.answered(), limit.held()), (3, 3));
+    // Timer L gives their share back.
+    a.handle_timeout(at(32_100));
+    assert_eq!(a.state(second_tx), None);
+    assert_eq!(a.state(third_tx), None);
+    assert_eq!(a.state(fourth_tx), None);
+    assert_eq!((a.answered(), limit.held()), (0, 0));
+    // With no room and nothing of its own to let go, a table ends its
+    // new answered INVITE at once.
+    let mut b = Transactions::sharing(Timers::default(), FinishedLimit::new(0));
+    let (_, tx) = answer(&mut b, 0, "INVITE", "z9hG4bKi5");
+    assert_eq!(b.state(tx), None);
+    assert_eq!(b.answered(), 0);
+    // A dropped table gives its share back.
+    let (_, _) = answer(&mut a, 32_200, "INVITE", "z9hG4bKi6");
+    assert_eq!(limit.held(), 1);
+    drop(a);
+    assert_eq!(limit.held(), 0);
+}
+
 #[test]
 fn non_invite_server_tcp_timer_j_is_zero() {
     let mut h = Harness::new();
