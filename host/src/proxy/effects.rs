@@ -215,6 +215,7 @@ impl Effects {
     }
 
     /// Sends a response on a server transaction.
+    ///
     /// An INVITE answered 2xx no longer counts against the limits: it
     /// waits in Accepted with the finished records (see the transaction
     /// layer's `hold_answered`).

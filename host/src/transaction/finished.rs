@@ -14,9 +14,10 @@
 //! answered 2xx while they wait in Accepted for Timer L (they stay
 //! transactions: the table ends its oldest when a record cannot make room,
 //! see `Transactions::hold_answered`). Past the bound a table lets its
-//! oldest record go before its Timer J. A retransmission arriving after that is handled as a new
-//! request, which is what a stateless server does with every one (RFC 3261
-//! §16.11); it is also what any retransmission after Timer J gets.
+//! oldest record go before its Timer J. A retransmission arriving after
+//! that is handled as a new request, which is what a stateless server does
+//! with every one (RFC 3261 §16.11); it is also what any retransmission
+//! after Timer J gets.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;

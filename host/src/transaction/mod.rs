@@ -765,8 +765,6 @@ impl Transactions {
         self.txs.insert(id, tx);
     }
 
-    /// Removes a transaction, its index entries and timers, and reports
-    /// [`Event::Terminated`]. Gives what it was.
     /// An INVITE server transaction that sent its 2xx waits in Accepted
     /// for Timer L (32 s), absorbing retransmissions of the INVITE and
     /// taking the 2xx retransmissions and the ACK to the TU. It counts
@@ -778,19 +776,16 @@ impl Transactions {
     fn hold_answered(&mut self, id: TxId) {
         let room = self.finished.hold_answered()
             || (self.end_oldest_answered() && self.finished.hold_answered());
-        match self.txs.get_mut(&id) {
-            Some(tx) if room => {
-                tx.answered = true;
-                self.answered.push_back(id);
-            }
-            Some(_) => {
-                self.remove(id);
-            }
-            None => {
-                if room {
-                    self.finished.release_answered();
-                }
-            }
+        if !room {
+            self.remove(id);
+            return;
+        }
+        // `id` is not in the queue yet, so making room never ends it.
+        if let Some(tx) = self.txs.get_mut(&id) {
+            tx.answered = true;
+            self.answered.push_back(id);
+        } else {
+            self.finished.release_answered();
         }
     }
 
@@ -806,6 +801,8 @@ impl Transactions {
         false
     }
 
+    /// Removes a transaction, its index entries and timers, and reports
+    /// [`Event::Terminated`]. Gives what it was.
     fn remove(&mut self, id: TxId) -> Option<Tx> {
         let mut tx = self.txs.remove(&id)?;
         if tx.answered {
