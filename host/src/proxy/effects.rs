@@ -220,10 +220,13 @@ impl Effects {
     /// waits in Accepted with the finished records (see the transaction
     /// layer's `hold_answered`).
     pub(super) fn respond(&mut self, now: Instant, tx: TxId, response: Message) {
+        let success = response.status().is_some_and(|c| (200..300).contains(&c));
         if let Err(err) = self.txs.respond(now, tx, response) {
             tracing::debug!(%err, "response not sent on its transaction");
         }
-        if self.txs.state(tx) == Some(State::Accepted) {
+        // Only a 2xx can have moved it to Accepted: the other responses
+        // (most of them) spare the lookup.
+        if success && self.txs.state(tx) == Some(State::Accepted) {
             self.release(tx);
         }
         self.take_tx_transmits();

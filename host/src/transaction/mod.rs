@@ -780,25 +780,36 @@ impl Transactions {
             self.remove(id);
             return;
         }
-        // `id` is not in the queue yet, so making room never ends it.
+        // `respond` just answered on `id`, and it is not in the queue yet:
+        // making room never ends it.
         if let Some(tx) = self.txs.get_mut(&id) {
             tx.answered = true;
             self.answered.push_back(id);
-        } else {
-            self.finished.release_answered();
         }
     }
 
     /// Ends the oldest answered INVITE transaction still in the table;
     /// false when there is none.
     fn end_oldest_answered(&mut self) -> bool {
-        while let Some(id) = self.answered.pop_front() {
-            if self.txs.get(&id).is_some_and(|tx| tx.answered) {
-                self.remove(id);
-                return true;
-            }
+        self.skip_gone_answered();
+        match self.answered.pop_front() {
+            Some(id) => self.remove(id).is_some(),
+            None => false,
         }
-        false
+    }
+
+    /// Drops the queue's front entries of transactions already gone (ids
+    /// are never reused, so one still in the table is still answered).
+    /// They end in the order they were answered (Timer L), so the front
+    /// is where they gather.
+    fn skip_gone_answered(&mut self) {
+        while self
+            .answered
+            .front()
+            .is_some_and(|id| !self.txs.contains_key(id))
+        {
+            self.answered.pop_front();
+        }
     }
 
     /// Removes a transaction, its index entries and timers, and reports
@@ -807,15 +818,7 @@ impl Transactions {
         let mut tx = self.txs.remove(&id)?;
         if tx.answered {
             self.finished.release_answered();
-            // Transactions end in the order they were answered (Timer
-            // L), so the queue's front is the one to drop.
-            while self
-                .answered
-                .front()
-                .is_some_and(|front| !self.txs.get(front).is_some_and(|t| t.answered))
-            {
-                self.answered.pop_front();
-            }
+            self.skip_gone_answered();
         }
         self.schedule.stop_all(&mut tx.slots);
         match &tx.index {
