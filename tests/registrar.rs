@@ -319,29 +319,6 @@ enum Stop {
     Term,
 }
 
-/// Sends SIGTERM to `wisp` and waits (10 s at most) for it to exit.
-fn terminate(wisp: &Wisp) {
-    let pid = wisp.pid().to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success(), "kill -TERM {pid}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    // Exited: a zombie until the handle reaps it.
-    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or_default()
-            .trim_start()
-            .starts_with('Z')
-    }) {
-        assert!(Instant::now() < deadline, "wisp did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Registers frank, restarts wisp on the same database, and tells whether
 /// frank is still bound and, if so, the request relayed to him.
 fn restart(wisp: WispBuilder, stop: Stop) -> (bool, Option<String>) {
@@ -356,7 +333,10 @@ fn restart(wisp: WispBuilder, stop: Stop) -> (bool, Option<String>) {
         Stop::KillAfterWrite => first
             .wait_for_log("bindings written to the database", 1, WAIT)
             .expect("bindings written"),
-        Stop::Term => terminate(&first),
+        Stop::Term => {
+            let status = first.terminate().expect("wisp stops");
+            assert!(status.success(), "SIGTERM is a clean stop, not {status}");
+        }
     }
     drop(first);
     let wisp = wisp.start().expect("wisp starts again");

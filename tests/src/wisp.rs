@@ -184,7 +184,27 @@ impl Wisp {
         self.child.id()
     }
 
-    /// Resident memory now, in KiB (from /proc).
+    /// Sends SIGTERM and waits (10 s at most) for wisp to exit: its exit
+    /// status, a success when it stopped cleanly.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let pid = libc::pid_t::try_from(self.pid())?;
+        // SAFETY: kill(2) reads its two integers; `pid` is our child,
+        // not reaped yet (this handle reaps it), so it is no other process.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            bail!("kill SIGTERM {pid}: {}", std::io::Error::last_os_error());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("wisp did not stop within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Descriptors the process holds now.
     pub fn descriptors(&self) -> Result<usize> {
         Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid()))?.count())
@@ -203,6 +223,7 @@ impl Wisp {
         }
     }
 
+    /// Resident memory now, in KiB (from /proc).
     pub fn rss_kib(&self) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         status

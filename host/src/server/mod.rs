@@ -6,6 +6,7 @@ mod bad_request;
 mod driver;
 mod lanes;
 mod shard;
+mod signals;
 mod worker;
 
 use std::path::PathBuf;
@@ -21,6 +22,8 @@ use crate::script::ScriptEngine;
 use crate::services::Services;
 use crate::tenancy::{ConfigSource, Tenancy};
 use crate::transport::{ConnectionMetrics, Listener, Transports};
+
+use signals::{reload_on_sighup, Shutdown};
 
 /// Runs the proxy until SIGINT or SIGTERM. SIGHUP reloads the tenants from
 /// `config_path` (see [`Tenancy::reload_config`]).
@@ -81,6 +84,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     }
     let listeners = transports.listeners().to_vec();
     let resolver = Resolver::new(&config.dns).context("[dns]")?;
+    // Before the first request: from then on a stop must be a clean one.
+    let shutdown = Shutdown::listen().context("cannot listen for SIGINT and SIGTERM")?;
     driver::Dispatcher::start(
         worker::Shared {
             transports,
@@ -99,7 +104,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     for l in &listeners {
         tracing::info!(transport = %l.transport, address = %l.local, "listening");
     }
-    shutdown_signal().await;
+    shutdown.requested().await;
     tracing::info!("shutting down");
     // The persistent bindings the database does not have yet.
     let _ = tokio::task::spawn_blocking(move || services.stop()).await;
@@ -208,36 +213,6 @@ fn warn_open_registrar(config: &Config) {
     }
 }
 
-fn reload_on_sighup(tenancy: Arc<Tenancy>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(hup) => hup,
-            Err(err) => {
-                tracing::warn!(%err, "cannot listen for SIGHUP: reload with `wisp ctl reload`");
-                return;
-            }
-        };
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading the configuration");
-                let tenancy = tenancy.clone();
-                let outcome = tokio::task::spawn_blocking(move || tenancy.reload_config()).await;
-                match outcome {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(err)) => {
-                        tracing::error!(%err, "SIGHUP reload refused; nothing changed")
-                    }
-                    Err(err) => tracing::error!(%err, "SIGHUP reload failed"),
-                }
-            }
-        });
-    }
-    #[cfg(not(unix))]
-    let _ = tenancy;
-}
-
 /// Every connection is a descriptor, and many systems start a process
 /// with a soft limit of 1024: raised to the hard limit, as far as the
 /// system lets a process raise its own, with a warning when even that is
@@ -277,26 +252,4 @@ fn raise_descriptor_limit(max_connections: usize) {
     }
     #[cfg(not(unix))]
     let _ = max_connections;
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
