@@ -169,10 +169,11 @@ pub fn verify(branch: &str, below: Option<&Via>) -> Option<u32> {
 /// hash: one of its Vias (any, a loop may take several hops) is ours and
 /// records `loop_hash` (RFC 3261 §16.3 step 4).
 pub fn has_looped(msg: &Message, loop_hash: u32) -> bool {
-    // Most requests carry no Via of ours: found without allocating.
+    // Most requests carry no Via of ours: found without allocating, nor
+    // splitting the lines into values (the prefix holds no comma).
     if !msg
-        .values(&HeaderName::Via)
-        .any(|v| crate::sip::mentions(v, PREFIX))
+        .header_lines(&HeaderName::Via)
+        .any(|line| crate::sip::mentions(line, PREFIX))
     {
         return false;
     }

@@ -160,6 +160,43 @@ impl HeaderName {
         })
     }
 
+    /// This name's bit in a message's set of the names it holds
+    /// (`Message::names`): one per known name; 0 for any other, which has
+    /// no bit and is looked for line by line.
+    pub(super) fn bit(&self) -> u64 {
+        let index = match self {
+            HeaderName::Via => 0,
+            HeaderName::From => 1,
+            HeaderName::To => 2,
+            HeaderName::CallId => 3,
+            HeaderName::CSeq => 4,
+            HeaderName::Contact => 5,
+            HeaderName::ContentLength => 6,
+            HeaderName::ContentType => 7,
+            HeaderName::MaxForwards => 8,
+            HeaderName::MaxBreadth => 9,
+            HeaderName::Route => 10,
+            HeaderName::RecordRoute => 11,
+            HeaderName::Require => 12,
+            HeaderName::ProxyRequire => 13,
+            HeaderName::Supported => 14,
+            HeaderName::Unsupported => 15,
+            HeaderName::Expires => 16,
+            HeaderName::Allow => 17,
+            HeaderName::Authorization => 18,
+            HeaderName::ProxyAuthorization => 19,
+            HeaderName::WwwAuthenticate => 20,
+            HeaderName::ProxyAuthenticate => 21,
+            HeaderName::UserAgent => 22,
+            HeaderName::Server => 23,
+            HeaderName::Subject => 24,
+            HeaderName::Event => 25,
+            HeaderName::Path => 26,
+            HeaderName::Other(_) => return 0,
+        };
+        1 << index
+    }
+
     /// Whether the value is a comma-separated list whose elements may be
     /// split into several header lines and back (RFC 3261 §7.3.1). Headers
     /// whose values contain commas but are not lists (auth headers, Date,

@@ -154,6 +154,13 @@ impl Views {
 pub struct Message {
     start: StartLine,
     headers: Vec<Header>,
+    /// The known names the headers hold, a bit each ([`HeaderName::bit`]):
+    /// a lookup of a known name the message does not hold (Route,
+    /// Proxy-Require, Require... in most requests) returns without a scan.
+    /// A bit may stay set after its last line went; it is never clear while
+    /// one is held, since a line of a known name always has that name's
+    /// variant (`HeaderName::parse` and [`Message::make_header`] see to it).
+    names: u64,
     body: Bytes,
     /// Boxed: inline, the parsed views would make every move of a message
     /// (channels, transactions, hook contexts) copy some 700 bytes; and
@@ -217,6 +224,7 @@ impl Message {
     pub(super) fn from_parts(start: StartLine, headers: Vec<Header>, body: Bytes) -> Message {
         Message {
             start,
+            names: headers.iter().fold(0, |names, h| names | h.name.bit()),
             headers,
             body,
             views: OnceLock::new(),
@@ -311,9 +319,20 @@ impl Message {
         &self.headers
     }
 
+    /// The header lines a line named `name` may be among: none when the
+    /// message holds no such known name; all of them for another name.
+    fn lines_with(&self, name: &HeaderName) -> &[Header] {
+        let bit = name.bit();
+        if bit != 0 && self.names & bit == 0 {
+            &[]
+        } else {
+            &self.headers
+        }
+    }
+
     /// The value of the first header line of that name.
     pub fn header(&self, name: &HeaderName) -> Option<&str> {
-        self.headers
+        self.lines_with(name)
             .iter()
             .find(|h| h.name == *name)
             .map(Header::value)
@@ -321,7 +340,7 @@ impl Message {
 
     /// Each header line's value, in order.
     pub fn header_lines<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers
+        self.lines_with(name)
             .iter()
             .filter(move |h| h.name == *name)
             .map(Header::value)
@@ -332,7 +351,7 @@ impl Message {
     /// headers give one (trimmed) value per line.
     pub fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a str> + 'a {
         Values {
-            headers: self.headers.iter(),
+            headers: self.lines_with(name).iter(),
             name,
             list: name.is_list(),
             rest: None,
@@ -350,6 +369,15 @@ impl Message {
 
     fn make_header(name: HeaderName, value: &str) -> Result<Header, ParseError> {
         check_value(value)?;
+        // A known name spelled as `Other` gets its variant: what `names`
+        // holds must say which known names the lines have.
+        let name = match name {
+            HeaderName::Other(other) => match HeaderName::parse(&other) {
+                HeaderName::Other(_) => HeaderName::Other(other),
+                known => known,
+            },
+            known => known,
+        };
         let raw = match name.known_str() {
             Some(known) => Text::fixed(known),
             None => {
@@ -364,6 +392,7 @@ impl Message {
     pub fn append_header(&mut self, name: HeaderName, value: &str) -> Result<(), ParseError> {
         let h = Self::make_header(name, value)?;
         self.forget_view(&h.name);
+        self.names |= h.name.bit();
         self.headers.push(h);
         Ok(())
     }
@@ -382,7 +411,8 @@ impl Message {
             return;
         };
         self.forget_view(name);
-        let lines = from.headers.iter().filter(|h| h.name == *name);
+        self.names |= name.bit();
+        let lines = from.lines_with(name).iter().filter(|h| h.name == *name);
         for h in lines.take(if all { usize::MAX } else { 1 }) {
             let v = h.value();
             if trim_ws(v).len() == v.len() {
@@ -405,10 +435,11 @@ impl Message {
         let h = Self::make_header(name, value)?;
         self.forget_view(&h.name);
         let at = self
-            .headers
+            .lines_with(&h.name)
             .iter()
             .position(|x| x.name == h.name)
             .unwrap_or(0);
+        self.names |= h.name.bit();
         self.headers.insert(at, h);
         Ok(())
     }
@@ -416,8 +447,12 @@ impl Message {
     /// Removes every line of that header; returns how many.
     pub fn remove_headers(&mut self, name: &HeaderName) -> usize {
         self.forget_view(name);
+        if self.lines_with(name).is_empty() {
+            return 0;
+        }
         let before = self.headers.len();
         self.headers.retain(|h| h.name != *name);
+        self.names &= !name.bit();
         before - self.headers.len()
     }
 
@@ -428,7 +463,7 @@ impl Message {
     pub fn remove_first_value(&mut self, name: &HeaderName) -> bool {
         self.forget_view(name);
         loop {
-            let Some(i) = self.headers.iter().position(|h| h.name == *name) else {
+            let Some(i) = self.lines_with(name).iter().position(|h| h.name == *name) else {
                 return false;
             };
             if !name.is_list() {
@@ -465,7 +500,7 @@ impl Message {
         // Skip lines that hold no value at all (e.g. an empty "Route:").
         let list = name.is_list();
         let mut found = None;
-        for (i, h) in self.headers.iter().enumerate() {
+        for (i, h) in self.lines_with(name).iter().enumerate() {
             if h.name != *name {
                 continue;
             }
@@ -776,6 +811,96 @@ mod tests {
             "l"
         );
         assert_eq!(again.header(&HeaderName::parse("x-test")), Some("1"));
+    }
+
+    /// Lookups skip the scan for names the message does not hold: after
+    /// every kind of edit they find what a scan of every line finds.
+    #[test]
+    fn lookups_find_what_a_scan_finds() {
+        fn agree(m: &Message, step: &str) {
+            let names = [
+                HeaderName::Via,
+                HeaderName::Route,
+                HeaderName::RecordRoute,
+                HeaderName::From,
+                HeaderName::Subject,
+                HeaderName::ProxyRequire,
+                HeaderName::parse("X-A"),
+                HeaderName::parse("x-b"),
+                HeaderName::parse("X-None"),
+                HeaderName::Other("route".into()),
+            ];
+            for name in &names {
+                let scanned: Vec<&str> = m
+                    .headers()
+                    .iter()
+                    .filter(|h| h.name() == name)
+                    .map(Header::value)
+                    .collect();
+                let lines: Vec<&str> = m.header_lines(name).collect();
+                assert_eq!(lines, scanned, "{name} after {step}");
+                assert_eq!(
+                    m.header(name),
+                    scanned.first().copied(),
+                    "{name} after {step}"
+                );
+                assert_eq!(
+                    m.values(name).next().is_some(),
+                    m.has_value(name),
+                    "{name} after {step}"
+                );
+            }
+        }
+        let mut m = msg();
+        agree(&m, "parse");
+        m.append_header(HeaderName::parse("X-A"), "1").unwrap();
+        m.append_header(HeaderName::parse("X-B"), "2").unwrap();
+        agree(&m, "append");
+        // A known name written as another is found by either spelling.
+        m.append_header(HeaderName::Other("proxy-require".into()), "foo")
+            .unwrap();
+        agree(&m, "appending a known name spelled as another");
+        assert_eq!(m.header(&HeaderName::ProxyRequire), Some("foo"));
+        assert_eq!(
+            m.header(&HeaderName::Other("Via".into())),
+            m.header(&HeaderName::Via)
+        );
+        assert_eq!(
+            m.remove_headers(&HeaderName::Other("PROXY-REQUIRE".into())),
+            1
+        );
+        agree(&m, "removing it by the other spelling");
+        assert_eq!(m.remove_headers(&HeaderName::parse("x-a")), 1);
+        agree(&m, "removing one other name");
+        assert_eq!(m.header(&HeaderName::parse("X-B")), Some("2"));
+        assert_eq!(m.remove_headers(&HeaderName::Route), 2);
+        agree(&m, "removing Route");
+        assert_eq!(m.remove_headers(&HeaderName::Route), 0);
+        m.prepend_header(HeaderName::Route, "<sip:again;lr>")
+            .unwrap();
+        agree(&m, "prepending Route again");
+        assert_eq!(m.header(&HeaderName::Route), Some("<sip:again;lr>"));
+        m.prepend_header(HeaderName::RecordRoute, "<sip:p;lr>")
+            .unwrap();
+        agree(&m, "prepending Record-Route");
+        while m.remove_first_value(&HeaderName::Via) {}
+        agree(&m, "removing every Via value");
+        m.prepend_header(HeaderName::Via, "SIP/2.0/UDP p;branch=z9hG4bKp")
+            .unwrap();
+        agree(&m, "a new Via");
+        m.replace_first_value(&HeaderName::Subject, "x")
+            .unwrap_err();
+        m.append_header(HeaderName::Subject, "s").unwrap();
+        m.replace_first_value(&HeaderName::Subject, "t").unwrap();
+        agree(&m, "replacing Subject");
+        let mut reply = Message::new_response(200, "OK");
+        agree(&reply, "a new response");
+        reply.copy_lines(&m, &HeaderName::Via, true);
+        reply.copy_lines(&m, &HeaderName::Route, false);
+        reply.copy_lines(&m, &HeaderName::parse("X-B"), true);
+        reply.copy_lines(&m, &HeaderName::ProxyRequire, true);
+        agree(&reply, "copying lines");
+        assert_eq!(reply.header(&HeaderName::parse("x-b")), Some("2"));
     }
 
     #[test]

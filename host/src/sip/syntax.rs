@@ -423,11 +423,43 @@ pub(super) fn parse_u32(s: &str) -> Option<u32> {
 /// Whether `text` contains `word`, ASCII case ignored: a parameter named
 /// `word` cannot be there otherwise, so a parse looking for it can be skipped.
 pub fn mentions(text: &str, word: &str) -> bool {
-    word.is_empty()
-        || text
-            .as_bytes()
-            .windows(word.len())
-            .any(|w| w.eq_ignore_ascii_case(word.as_bytes()))
+    let (text, word) = (text.as_bytes(), word.as_bytes());
+    let Some((&first, rest)) = word.split_first() else {
+        return true;
+    };
+    let Some(last) = text.len().checked_sub(word.len()) else {
+        return false;
+    };
+    // Only where the first letter is (in either case) is the rest compared.
+    let (lower, upper) = (first.to_ascii_lowercase(), first.to_ascii_uppercase());
+    let mut from = 0;
+    while let Some(at) = position_of_either(&text[from..=last], lower, upper) {
+        let at = from + at;
+        if text[at + 1..at + word.len()].eq_ignore_ascii_case(rest) {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
+}
+
+/// Where the first `a` or `b` of `text` is, eight bytes at a time.
+fn position_of_either(text: &[u8], a: u8, b: u8) -> Option<usize> {
+    let mut chunks = text.chunks_exact(8);
+    let mut i = 0;
+    for chunk in &mut chunks {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(bytes);
+        // The lowest hit of either is exact, so the lowest of both is.
+        let hits = bytes_equal(word, a) | bytes_equal(word, b);
+        if hits != 0 {
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    let rest = chunks.remainder();
+    rest.iter().position(|&c| c == a || c == b).map(|j| i + j)
 }
 
 #[cfg(test)]
@@ -463,6 +495,42 @@ mod tests {
         assert!(!mentions("<sip:b@c>;ta=g", "tag"));
         assert!(!mentions("t", "tag"));
         assert!(mentions("anything", ""));
+    }
+
+    /// The letter-first search says what comparing at every place says.
+    #[test]
+    fn mentions_is_a_case_blind_search() {
+        let naive = |text: &str, word: &str| {
+            word.is_empty()
+                || text
+                    .as_bytes()
+                    .windows(word.len())
+                    .any(|w| w.eq_ignore_ascii_case(word.as_bytes()))
+        };
+        let texts = [
+            "",
+            "t",
+            "ta",
+            "tag",
+            "<sip:b@c>;Tag=x",
+            "<sip:b@c>;tAG=x",
+            "<sip:b@c>;ta=g",
+            "\"Tag\" <sip:b@c>",
+            "<sip:b@c>;t@g=1;TAF",
+            "sip:bob@127.0.0.2:5080",
+            "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKwsp1a2b3c.0;rport",
+            "SIP/2.0/UDP 10.0.0.1:5060;branch=Z9HG4BKWSP",
+            "SIP/2.0/UDP h;branch=z9hG4bKws;x=z9hG4bKwsp",
+            "zzzzzzzzzzzzzzzzzzzzzzzz9hG4bKwsp",
+            "z9hG4bKwsz9hG4bKws",
+            "<sip:proxy.example.com;lr;ob>",
+        ];
+        let words = ["tag", "lr", "ob", "z9hG4bKwsp", "x", "Z", "é"];
+        for text in texts {
+            for word in words {
+                assert_eq!(mentions(text, word), naive(text, word), "{text} / {word}");
+            }
+        }
     }
 
     #[test]
