@@ -45,19 +45,13 @@ impl HeaderName {
     /// form (`i` is Call-ID, `v` is Via, ...). Does not check that `name` is
     /// a token: the message parser and `Message::append_header` do.
     pub fn parse(name: &str) -> HeaderName {
+        if let Some(known) = HeaderName::known(name) {
+            return known;
+        }
         if name.len() == 1 {
-            // Compact forms: RFC 3261 §7.3.3 and later registrations.
+            // Compact forms of names without a variant: RFC 3261 §7.3.3
+            // and later registrations.
             let long = match name.as_bytes()[0].to_ascii_lowercase() {
-                b'i' => return HeaderName::CallId,
-                b'm' => return HeaderName::Contact,
-                b'l' => return HeaderName::ContentLength,
-                b'c' => return HeaderName::ContentType,
-                b'f' => return HeaderName::From,
-                b's' => return HeaderName::Subject,
-                b'k' => return HeaderName::Supported,
-                b't' => return HeaderName::To,
-                b'v' => return HeaderName::Via,
-                b'o' => return HeaderName::Event, // RFC 6665
                 b'e' => "Content-Encoding",
                 b'u' => "Allow-Events",        // RFC 6665
                 b'r' => "Refer-To",            // RFC 3515
@@ -72,49 +66,66 @@ impl HeaderName {
             };
             return HeaderName::Other(long.to_string());
         }
+        HeaderName::Other(name.to_string())
+    }
+
+    /// The variant of a name that has one, in any case or compact form;
+    /// `None` for any other name (without allocating).
+    pub(super) fn known(name: &str) -> Option<HeaderName> {
+        if name.len() == 1 {
+            return match name.as_bytes()[0].to_ascii_lowercase() {
+                b'i' => Some(HeaderName::CallId),
+                b'm' => Some(HeaderName::Contact),
+                b'l' => Some(HeaderName::ContentLength),
+                b'c' => Some(HeaderName::ContentType),
+                b'f' => Some(HeaderName::From),
+                b's' => Some(HeaderName::Subject),
+                b'k' => Some(HeaderName::Supported),
+                b't' => Some(HeaderName::To),
+                b'v' => Some(HeaderName::Via),
+                b'o' => Some(HeaderName::Event), // RFC 6665
+                _ => None,
+            };
+        }
         // One candidate per (length, first letter): a single comparison
         // instead of a walk through every known name.
         let first = name.as_bytes().first().map_or(0, u8::to_ascii_lowercase);
-        let candidate = match (name.len(), first) {
-            (2, b't') => Some(("to", HeaderName::To)),
-            (3, b'v') => Some(("via", HeaderName::Via)),
-            (4, b'f') => Some(("from", HeaderName::From)),
-            (4, b'c') => Some(("cseq", HeaderName::CSeq)),
-            (4, b'p') => Some(("path", HeaderName::Path)),
-            (5, b'r') => Some(("route", HeaderName::Route)),
-            (5, b'a') => Some(("allow", HeaderName::Allow)),
-            (5, b'e') => Some(("event", HeaderName::Event)),
-            (6, b's') => Some(("server", HeaderName::Server)),
+        let (lower, known) = match (name.len(), first) {
+            (2, b't') => ("to", HeaderName::To),
+            (3, b'v') => ("via", HeaderName::Via),
+            (4, b'f') => ("from", HeaderName::From),
+            (4, b'c') => ("cseq", HeaderName::CSeq),
+            (4, b'p') => ("path", HeaderName::Path),
+            (5, b'r') => ("route", HeaderName::Route),
+            (5, b'a') => ("allow", HeaderName::Allow),
+            (5, b'e') => ("event", HeaderName::Event),
+            (6, b's') => ("server", HeaderName::Server),
             (7, b'c') => match name.as_bytes().get(1).map(u8::to_ascii_lowercase) {
-                Some(b'a') => Some(("call-id", HeaderName::CallId)),
-                _ => Some(("contact", HeaderName::Contact)),
+                Some(b'a') => ("call-id", HeaderName::CallId),
+                _ => ("contact", HeaderName::Contact),
             },
-            (7, b'r') => Some(("require", HeaderName::Require)),
-            (7, b'e') => Some(("expires", HeaderName::Expires)),
-            (7, b's') => Some(("subject", HeaderName::Subject)),
-            (9, b's') => Some(("supported", HeaderName::Supported)),
-            (10, b'u') => Some(("user-agent", HeaderName::UserAgent)),
-            (11, b'm') => Some(("max-breadth", HeaderName::MaxBreadth)),
-            (11, b'u') => Some(("unsupported", HeaderName::Unsupported)),
-            (12, b'c') => Some(("content-type", HeaderName::ContentType)),
-            (12, b'm') => Some(("max-forwards", HeaderName::MaxForwards)),
-            (12, b'r') => Some(("record-route", HeaderName::RecordRoute)),
-            (13, b'a') => Some(("authorization", HeaderName::Authorization)),
-            (13, b'p') => Some(("proxy-require", HeaderName::ProxyRequire)),
-            (14, b'c') => Some(("content-length", HeaderName::ContentLength)),
-            (16, b'w') => Some(("www-authenticate", HeaderName::WwwAuthenticate)),
-            (18, b'p') => Some(("proxy-authenticate", HeaderName::ProxyAuthenticate)),
-            (19, b'p') => Some(("proxy-authorization", HeaderName::ProxyAuthorization)),
-            _ => None,
+            (7, b'r') => ("require", HeaderName::Require),
+            (7, b'e') => ("expires", HeaderName::Expires),
+            (7, b's') => ("subject", HeaderName::Subject),
+            (9, b's') => ("supported", HeaderName::Supported),
+            (10, b'u') => ("user-agent", HeaderName::UserAgent),
+            (11, b'm') => ("max-breadth", HeaderName::MaxBreadth),
+            (11, b'u') => ("unsupported", HeaderName::Unsupported),
+            (12, b'c') => ("content-type", HeaderName::ContentType),
+            (12, b'm') => ("max-forwards", HeaderName::MaxForwards),
+            (12, b'r') => ("record-route", HeaderName::RecordRoute),
+            (13, b'a') => ("authorization", HeaderName::Authorization),
+            (13, b'p') => ("proxy-require", HeaderName::ProxyRequire),
+            (14, b'c') => ("content-length", HeaderName::ContentLength),
+            (16, b'w') => ("www-authenticate", HeaderName::WwwAuthenticate),
+            (18, b'p') => ("proxy-authenticate", HeaderName::ProxyAuthenticate),
+            (19, b'p') => ("proxy-authorization", HeaderName::ProxyAuthorization),
+            _ => return None,
         };
-        if let Some((lower, known)) = candidate {
-            // Most senders spell names canonically: one memcmp, before the
-            // byte-by-byte comparison that ignores case.
-            if known.known_str().is_some_and(|k| k == name) || name.eq_ignore_ascii_case(lower) {
-                return known;
-            }
-        }
-        HeaderName::Other(name.to_string())
+        // Most senders spell names canonically: one memcmp, before the
+        // byte-by-byte comparison that ignores case.
+        (known.known_str().is_some_and(|k| k == name) || name.eq_ignore_ascii_case(lower))
+            .then_some(known)
     }
 
     /// The canonical long name; `Other` as written.

@@ -372,10 +372,9 @@ impl Message {
         // A known name spelled as `Other` gets its variant: what `names`
         // holds must say which known names the lines have.
         let name = match name {
-            HeaderName::Other(other) => match HeaderName::parse(&other) {
-                HeaderName::Other(_) => HeaderName::Other(other),
-                known => known,
-            },
+            HeaderName::Other(other) => {
+                HeaderName::known(&other).unwrap_or(HeaderName::Other(other))
+            }
             known => known,
         };
         let raw = match name.known_str() {
