@@ -83,22 +83,7 @@ pub(super) fn find_byte(s: &str, byte: u8) -> Option<usize> {
 /// Where the first `byte` of `b` is, eight bytes at a time.
 #[inline]
 pub(super) fn position_of(b: &[u8], byte: u8) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let pattern = ONES * u64::from(byte);
-    let mut i = 0;
-    while let Some(chunk) = b.get(i..i + 8) {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(chunk);
-        let v = u64::from_le_bytes(bytes) ^ pattern;
-        // The lowest hit is exact.
-        let hits = v.wrapping_sub(ONES) & !v & HIGHS;
-        if hits != 0 {
-            return Some(i + (hits.trailing_zeros() / 8) as usize);
-        }
-        i += 8;
-    }
-    b.get(i..)?.iter().position(|&c| c == byte).map(|j| i + j)
+    position_of_either(b, byte, byte)
 }
 
 /// Length in bytes of the quoted-string at the start of `s` (which must start
@@ -444,6 +429,7 @@ pub fn mentions(text: &str, word: &str) -> bool {
 }
 
 /// Where the first `a` or `b` of `text` is, eight bytes at a time.
+#[inline]
 fn position_of_either(text: &[u8], a: u8, b: u8) -> Option<usize> {
     let mut chunks = text.chunks_exact(8);
     let mut i = 0;
