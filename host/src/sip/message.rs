@@ -28,8 +28,9 @@ pub struct Text {
 
 #[derive(Clone)]
 enum Buf {
-    /// A slice of a received message, UTF-8: made only by [`Text::slice`]
-    /// from a `&str` over these very bytes.
+    /// UTF-8 bytes: a slice of a received message, made by [`Text::slice`]
+    /// from a `&str` over these very bytes, or a `String` the proxy wrote,
+    /// taken over by [`Text::written`] without a copy.
     Received(Bytes),
     Shared(Arc<str>),
     /// Text known at compile time (the names of headers the proxy adds),
@@ -42,6 +43,13 @@ impl Text {
     pub(super) fn slice(data: &Bytes, part: &str) -> Text {
         Text {
             buf: Buf::Received(data.slice_ref(part.as_bytes())),
+        }
+    }
+
+    /// Text the proxy wrote, kept without copying it.
+    pub(super) fn written(s: String) -> Text {
+        Text {
+            buf: Buf::Received(Bytes::from(s.into_bytes())),
         }
     }
 
@@ -60,7 +68,8 @@ impl Text {
     pub fn as_str(&self) -> &str {
         match &self.buf {
             // SAFETY: `Received` bytes are only made by `Text::slice`, from
-            // a `&str` (so valid UTF-8) over the same immutable bytes.
+            // a `&str` (so valid UTF-8) over the same immutable bytes, and by
+            // `Text::written`, from a `String`.
             Buf::Received(b) => unsafe { std::str::from_utf8_unchecked(b) },
             Buf::Shared(s) => s,
             Buf::Static(s) => s,
@@ -250,16 +259,24 @@ impl Message {
     /// A new response with no headers and an empty body. Control characters
     /// in `reason` are replaced by spaces.
     pub fn new_response(code: u16, reason: &str) -> Message {
-        let reason: String = reason
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
+        let standard = super::response::reason_phrase(code);
+        let reason = if reason == standard {
+            // The usual case needs no copy.
+            Text::fixed(standard)
+        } else if !reason.chars().any(char::is_control) {
+            Text::owned(reason)
+        } else {
+            let reason: String = reason
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            Text::written(reason)
+        };
         Message::from_parts(
-            StartLine::Response {
-                code,
-                reason: Text::owned(&reason),
-            },
-            Vec::new(),
+            StartLine::Response { code, reason },
+            // Room for what a reply copies (Via, From, To, Call-ID, CSeq)
+            // and adds (Content-Length, a challenge or Contacts...).
+            Vec::with_capacity(10),
             Bytes::new(),
         )
     }
@@ -396,6 +413,32 @@ impl Message {
         Ok(())
     }
 
+    /// Adds a header line of a known name and a value fixed at compile
+    /// time, without a copy (a reply's `Content-Length: 0`).
+    pub(super) fn append_fixed(&mut self, name: HeaderName, value: &'static str) {
+        self.append_trusted(name, Text::fixed(value));
+    }
+
+    /// Adds a header line of a known name and a value the caller made of
+    /// checked parts (no CR, LF or NUL, trimmed), kept without a copy: a
+    /// reply's To with the tag it adds.
+    pub(super) fn append_written(&mut self, name: HeaderName, value: String) {
+        self.append_trusted(name, Text::written(value));
+    }
+
+    fn append_trusted(&mut self, name: HeaderName, value: Text) {
+        debug_assert!(!value.as_str().contains(['\r', '\n']));
+        debug_assert_eq!(trim_ws(value.as_str()), value.as_str());
+        let Some(known) = name.known_str() else {
+            let _ = self.append_header(name, value.as_str());
+            return;
+        };
+        self.forget_view(&name);
+        self.names |= name.bit();
+        self.headers
+            .push(Header::new(name, Text::fixed(known), value));
+    }
+
     /// Appends the lines of a header of `from` (all of them, or the first),
     /// as `append_header` would, but sharing their text instead of copying
     /// it (replies copy Via, From, Call-ID and CSeq from their request).
@@ -413,18 +456,17 @@ impl Message {
         self.names |= name.bit();
         let lines = from.lines_with(name).iter().filter(|h| h.name == *name);
         for h in lines.take(if all { usize::MAX } else { 1 }) {
-            let v = h.value();
-            if trim_ws(v).len() == v.len() {
-                if check_value(v).is_ok() {
-                    self.headers.push(Header::new(
-                        name.clone(),
-                        Text::fixed(known),
-                        h.value.clone(),
-                    ));
-                }
-            } else {
-                let _ = self.append_header(name.clone(), v);
-            }
+            // No CR, LF or NUL check: a value in a message is one line
+            // already (parse splits lines and refuses a bare CR; the others
+            // were checked when set), and a NUL received is relayed as it
+            // came anyway. A value is trimmed when made, so it is shared.
+            debug_assert!(!h.value().contains(['\r', '\n']));
+            debug_assert_eq!(trim_ws(h.value()), h.value());
+            self.headers.push(Header::new(
+                name.clone(),
+                Text::fixed(known),
+                h.value.clone(),
+            ));
         }
     }
 
@@ -494,8 +536,17 @@ impl Message {
         value: &str,
     ) -> Result<(), ParseError> {
         check_value(value)?;
+        self.replace_first_checked(name, trim_ws(value).to_string())
+    }
+
+    /// [`Message::replace_first_value`] of a value known to hold no CR, LF
+    /// or NUL and no whitespace around it, kept without a copy.
+    fn replace_first_checked(
+        &mut self,
+        name: &HeaderName,
+        mut value: String,
+    ) -> Result<(), ParseError> {
         self.forget_view(name);
-        let value = trim_ws(value);
         // Skip lines that hold no value at all (e.g. an empty "Route:").
         let list = name.is_list();
         let mut found = None;
@@ -513,17 +564,12 @@ impl Message {
             }
         }
         let (i, rest) = found.ok_or_else(|| ParseError::missing(name.as_str()))?;
-        let new = match rest {
-            Some(rest) => {
-                let mut new = String::with_capacity(value.len() + 2 + rest.len());
-                new.push_str(value);
-                new.push_str(", ");
-                new.push_str(rest);
-                Text::owned(&new)
-            }
-            None => Text::owned(value),
-        };
-        self.headers[i].value = new;
+        if let Some(rest) = rest {
+            value.reserve(2 + rest.len());
+            value.push_str(", ");
+            value.push_str(rest);
+        }
+        self.headers[i].value = Text::written(value);
         Ok(())
     }
 
@@ -560,7 +606,9 @@ impl Message {
     pub fn set_top_via(&mut self, via: Via) -> Result<(), ParseError> {
         let mut text = String::new();
         via.write_to(&mut text);
-        self.replace_first_value(&HeaderName::Via, &text)?;
+        // Checked: `Via::set_param` takes any text.
+        check_value(&text)?;
+        self.replace_first_checked(&HeaderName::Via, text)?;
         let mut views = self.views.take().unwrap_or_default();
         views.top_via = OnceLock::from(Ok(via));
         self.views = OnceLock::from(views);

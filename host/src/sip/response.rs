@@ -9,8 +9,8 @@ use super::message::Message;
 /// missing is simply not copied, what is malformed is copied as is.
 pub fn response_to(req: &Message, code: u16, reason: &str, to_tag: Option<&str>) -> Message {
     let mut resp = Message::new_response(code, reason);
-    // Values come from a parsed message, so they pass append_header's
-    // checks; errors are ignored rather than unwrapped all the same.
+    // Values come from a message, so they are single trimmed lines and are
+    // shared, not checked and copied again.
     resp.copy_lines(req, &HeaderName::Via, true);
     resp.copy_lines(req, &HeaderName::From, false);
     if let Some(v) = req.header(&HeaderName::To) {
@@ -25,14 +25,15 @@ pub fn response_to(req: &Message, code: u16, reason: &str, to_tag: Option<&str>)
                 value.push_str(v);
                 value.push_str(";tag=");
                 value.push_str(t);
-                let _ = resp.append_header(HeaderName::To, &value);
+                // The request's To (one line, trimmed) and a token.
+                resp.append_written(HeaderName::To, value);
             }
             None => resp.copy_lines(req, &HeaderName::To, false),
         }
     }
     resp.copy_lines(req, &HeaderName::CallId, false);
     resp.copy_lines(req, &HeaderName::CSeq, false);
-    let _ = resp.append_header(HeaderName::ContentLength, "0");
+    resp.append_fixed(HeaderName::ContentLength, "0");
     resp
 }
 
@@ -152,6 +153,14 @@ mod tests {
         let r = response_to(&bad, 400, "Bad\r\nRequest", None);
         assert_eq!(r.reason(), Some("Bad  Request"));
         assert_eq!(r.headers().len(), 1);
+        // A reason of one's own is kept as given, the standard one shared.
+        let r = response_to(&req, 486, "Gone Fishing", None);
+        assert!(r.to_bytes().starts_with(b"SIP/2.0 486 Gone Fishing\r\n"));
+        assert_eq!(
+            response_to(&req, 486, "Busy Here", None).reason(),
+            Some("Busy Here")
+        );
+        assert_eq!(response_to(&req, 200, "", None).reason(), Some(""));
     }
 
     #[test]
