@@ -5,7 +5,7 @@
 //   wisp-js build route.ts -o out.wasm [--no-check] [--wit DIR]
 //
 // build: type-checks with tsc, wraps the module's hooks in an entry that
-// exports all four of the world wisp:proxy/router@0.2.2 (route, and
+// exports all four of the world wisp:proxy/router@0.2.3 (route, and
 // onReply, onFailure, onBranch when the module has them, else the SDK's
 // defaults), turning the decisions they throw into the action, verdict or
 // failure action each export returns, bundles with esbuild

@@ -24,7 +24,7 @@
  * ```
  *
  * `wisp-js build route.ts -o route.wasm` makes a component of it for the
- * world `wisp:proxy/router@0.2.2`. A hook decides by calling one of the
+ * world `wisp:proxy/router@0.2.3`. A hook decides by calling one of the
  * decisions (`req.reply`, `req.relay`, `req.forward`, {@link exit}): they
  * never return, so a sub-route that decides stops its callers too, like
  * Kamailio's `exit`. A hook that returns without deciding drops the request
@@ -36,19 +36,19 @@
  * (`arm({ onFailure: true })` before `req.relay()`), then the armed ones.
  */
 
-import type * as sip from "wisp:proxy/sip@0.2.2";
-import * as rawProxy from "wisp:proxy/proxy@0.2.2";
-import * as rawVars from "wisp:proxy/vars@0.2.2";
-import * as rawConfig from "wisp:proxy/config@0.2.2";
-import * as rawLog from "wisp:proxy/log@0.2.2";
-import * as rawRegistrar from "wisp:proxy/registrar@0.2.2";
-import * as rawAuth from "wisp:proxy/auth@0.2.2";
-import * as rawKv from "wisp:proxy/kv@0.2.2";
-import * as rawPermissions from "wisp:proxy/permissions@0.2.2";
-import * as rawNat from "wisp:proxy/nat@0.2.2";
-import * as rawAcc from "wisp:proxy/acc@0.2.2";
-import * as rawRatelimit from "wisp:proxy/ratelimit@0.2.2";
-import * as rawDispatcher from "wisp:proxy/dispatcher@0.2.2";
+import type * as sip from "wisp:proxy/sip@0.2.3";
+import * as rawProxy from "wisp:proxy/proxy@0.2.3";
+import * as rawVars from "wisp:proxy/vars@0.2.3";
+import * as rawConfig from "wisp:proxy/config@0.2.3";
+import * as rawLog from "wisp:proxy/log@0.2.3";
+import * as rawRegistrar from "wisp:proxy/registrar@0.2.3";
+import * as rawAuth from "wisp:proxy/auth@0.2.3";
+import * as rawKv from "wisp:proxy/kv@0.2.3";
+import * as rawPermissions from "wisp:proxy/permissions@0.2.3";
+import * as rawNat from "wisp:proxy/nat@0.2.3";
+import * as rawAcc from "wisp:proxy/acc@0.2.3";
+import * as rawRatelimit from "wisp:proxy/ratelimit@0.2.3";
+import * as rawDispatcher from "wisp:proxy/dispatcher@0.2.3";
 
 export type RawRequest = sip.Request;
 export type RawResponse = sip.Response;
@@ -325,19 +325,29 @@ function takeFields(raw: RawRequest | RawResponse): Fields {
   return new Fields(fields);
 }
 
-/** The URI of From or To, as text and, once asked, in parts. */
+/**
+ * The URI of From or To, as text and in parts, each asked of the host when
+ * first read (the parts in one call, without the text parsed again).
+ */
 class Address {
-  readonly uri: string;
+  #uri: string | null = null;
   #parts: UriParts | undefined | null = null;
+  readonly #readUri: () => string;
+  readonly #readParts: () => UriParts | undefined;
 
-  constructor(uri: string) {
-    this.uri = uri;
+  constructor(readUri: () => string, readParts: () => UriParts | undefined) {
+    this.#readUri = readUri;
+    this.#readParts = readParts;
   }
 
-  /** The URI's parts (one host call, the first time); undefined when it is not a SIP URI. */
+  get uri(): string {
+    return (this.#uri ??= this.#readUri());
+  }
+
+  /** The URI's parts; undefined when the header cannot be parsed. */
   get parts(): UriParts | undefined {
     if (this.#parts === null) {
-      this.#parts = rawProxy.parseUri(this.uri);
+      this.#parts = this.#readParts();
     }
     return this.#parts;
   }
@@ -409,11 +419,17 @@ export class Request {
   }
 
   get #fromAddress(): Address {
-    return (this.#from ??= new Address(this.raw.fromUri()));
+    return (this.#from ??= new Address(
+      () => this.raw.fromUri(),
+      () => this.raw.fromParts(),
+    ));
   }
 
   get #toAddress(): Address {
-    return (this.#to ??= new Address(this.raw.toUri()));
+    return (this.#to ??= new Address(
+      () => this.raw.toUri(),
+      () => this.raw.toParts(),
+    ));
   }
 
   /** The From URI (`$fu`); empty when From cannot be parsed. */

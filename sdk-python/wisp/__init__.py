@@ -18,7 +18,7 @@ A routing module defines `route(req)`, and optionally `on_reply(req, res)`,
             req.relay("sip:voicemail@example.com")
 
 `python3 sdk-python/build.py route.py -o route.wasm` makes a component of
-it for the world `wisp:proxy/router@0.2.2` (componentize-py). A hook
+it for the world `wisp:proxy/router@0.2.3` (componentize-py). A hook
 decides by calling one of the decisions (`req.reply`, `req.relay`,
 `req.forward`, `exit()`): they never return, so a helper function that
 decides stops its callers too, like Kamailio's `exit`. A hook that returns

@@ -271,12 +271,12 @@ class Request:
 
     def from_user(self) -> Optional[str]:
         """The user of the From URI (`$fU`)."""
-        parts = _proxy.parse_uri(self.raw.from_uri())
+        parts = self.raw.from_parts()
         return parts.user if parts is not None else None
 
     def from_host(self) -> str:
         """The host of the From URI (`$fd`); empty when From cannot be parsed."""
-        parts = _proxy.parse_uri(self.raw.from_uri())
+        parts = self.raw.from_parts()
         return parts.host if parts is not None else ""
 
     def from_is_myself(self) -> bool:
@@ -289,12 +289,12 @@ class Request:
 
     def to_user(self) -> Optional[str]:
         """The user of the To URI (`$tU`)."""
-        parts = _proxy.parse_uri(self.raw.to_uri())
+        parts = self.raw.to_parts()
         return parts.user if parts is not None else None
 
     def to_host(self) -> str:
         """The host of the To URI (`$td`)."""
-        parts = _proxy.parse_uri(self.raw.to_uri())
+        parts = self.raw.to_parts()
         return parts.host if parts is not None else ""
 
     def max_forwards(self, limit: Optional[int] = None) -> None:

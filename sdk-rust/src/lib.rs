@@ -86,7 +86,7 @@ pub use request::Request;
 pub use response::Response;
 pub use services::{acc, auth, dispatcher, kv, nat, permissions, ratelimit, registrar};
 
-/// Raw bindings generated from the `wisp:proxy@0.2.2` WIT package (world
+/// Raw bindings generated from the `wisp:proxy@0.2.3` WIT package (world
 /// `router`). Prefer the wrappers in this crate; these are here for what
 /// they do not cover.
 // Generated code: the lowering of `registrar.save` takes its record's

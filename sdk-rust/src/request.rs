@@ -23,31 +23,19 @@ pub struct Request<'a> {
     method: OnceCell<Method>,
     fields: OnceCell<Fields>,
     /// From and To as the host parsed them, asked once per hook: the host
-    /// owns both headers, so they cannot change while the hook runs (a
-    /// REGISTER reads To's user and host, each a host call and a parse).
-    from: OnceCell<Address>,
-    to: OnceCell<Address>,
+    /// owns both headers, so they cannot change while the hook runs. The
+    /// URI text and its parts are separate calls (a REGISTER reads To's
+    /// user and host: one call, without the URI written out and parsed
+    /// again).
+    from: Address,
+    to: Address,
 }
 
-/// The URI of From or To, as text and, once asked, in parts.
+/// The URI of From or To: as text and in parts, each asked when first read.
+#[derive(Default)]
 struct Address {
-    uri: String,
+    uri: OnceCell<String>,
     parts: OnceCell<Option<UriParts>>,
-}
-
-impl Address {
-    fn read(uri: String) -> Address {
-        Address {
-            uri,
-            parts: OnceCell::new(),
-        }
-    }
-
-    fn parts(&self) -> Option<&UriParts> {
-        self.parts
-            .get_or_init(|| crate::parse_uri(&self.uri))
-            .as_ref()
-    }
 }
 
 impl<'a> Request<'a> {
@@ -57,8 +45,8 @@ impl<'a> Request<'a> {
             info: OnceCell::new(),
             method: OnceCell::new(),
             fields: OnceCell::new(),
-            from: OnceCell::new(),
-            to: OnceCell::new(),
+            from: Address::default(),
+            to: Address::default(),
         }
     }
 
@@ -138,53 +126,58 @@ impl<'a> Request<'a> {
         self.raw.set_uri(uri).map_err(Error::from)
     }
 
-    fn from(&self) -> &Address {
-        self.from.get_or_init(|| Address::read(self.raw.from_uri()))
-    }
-
-    fn to(&self) -> &Address {
-        self.to.get_or_init(|| Address::read(self.raw.to_uri()))
-    }
-
     /// The From URI (`$fu`); empty when From cannot be parsed.
     pub fn from_uri(&self) -> String {
-        self.from().uri.clone()
+        self.uri_of_from().to_string()
     }
 
     /// The To URI (`$tu`).
     pub fn to_uri(&self) -> String {
-        self.to().uri.clone()
+        self.to.uri.get_or_init(|| self.raw.to_uri()).clone()
+    }
+
+    fn uri_of_from(&self) -> &str {
+        self.from.uri.get_or_init(|| self.raw.from_uri())
+    }
+
+    fn parts_of_from(&self) -> Option<&UriParts> {
+        self.from
+            .parts
+            .get_or_init(|| self.raw.from_parts())
+            .as_ref()
+    }
+
+    fn parts_of_to(&self) -> Option<&UriParts> {
+        self.to.parts.get_or_init(|| self.raw.to_parts()).as_ref()
     }
 
     /// The user of the From URI (`$fU`).
     pub fn from_user(&self) -> Option<String> {
-        self.from().parts().and_then(|u| u.user.clone())
+        self.parts_of_from().and_then(|u| u.user.clone())
     }
 
     /// The host of the From URI (`$fd`); empty when From is unparsable.
     pub fn from_host(&self) -> String {
-        self.from()
-            .parts()
+        self.parts_of_from()
             .map(|u| u.host.clone())
             .unwrap_or_default()
     }
 
     /// The user of the To URI (`$tU`).
     pub fn to_user(&self) -> Option<String> {
-        self.to().parts().and_then(|u| u.user.clone())
+        self.parts_of_to().and_then(|u| u.user.clone())
     }
 
     /// The host of the To URI (`$td`).
     pub fn to_host(&self) -> String {
-        self.to()
-            .parts()
+        self.parts_of_to()
             .map(|u| u.host.clone())
             .unwrap_or_default()
     }
 
     /// Whether the From URI names this proxy (`from_uri == myself`).
     pub fn from_is_myself(&self) -> bool {
-        crate::is_myself(&self.from().uri)
+        crate::is_myself(self.uri_of_from())
     }
 
     /// Checks and decrements Max-Forwards (`mf_process_maxfwd_header`),

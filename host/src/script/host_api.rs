@@ -38,18 +38,18 @@ pub(super) fn reply(
 }
 
 /// A host address as the WIT gives it: IPv6 without brackets.
-fn host_text(host: sip::Host) -> String {
+fn host_text(host: &sip::Host) -> String {
     match host {
-        sip::Host::Name(name) => name,
-        sip::Host::V4(ip) => ip_text(ip.into()),
-        sip::Host::V6(ip) => ip_text(ip.into()),
+        sip::Host::Name(name) => name.clone(),
+        sip::Host::V4(ip) => ip_text((*ip).into()),
+        sip::Host::V6(ip) => ip_text((*ip).into()),
     }
 }
 
-fn uri_parts(uri: sip::Uri) -> wit::UriParts {
+fn uri_parts(uri: &sip::Uri) -> wit::UriParts {
     wit::UriParts {
-        user: uri.user,
-        host: host_text(uri.host),
+        user: uri.user.clone(),
+        host: host_text(&uri.host),
         port: uri.port,
     }
 }
@@ -321,7 +321,7 @@ impl wit::HostRequest for HostState {
             .msg
             .uri()
             .and_then(|u| sip::Uri::parse(u).ok())
-            .map(uri_parts))
+            .map(|uri| uri_parts(&uri)))
     }
 
     fn set_uri(
@@ -348,6 +348,18 @@ impl wit::HostRequest for HostState {
     fn to_uri(&mut self, req: Resource<RequestCtx>) -> Result<String> {
         let req = self.req(&req)?;
         Ok(req.msg.to().map(|t| t.uri.to_text()).unwrap_or_default())
+    }
+
+    /// What `parse-uri(from-uri())` gives, from the From the message parsed
+    /// once: no URI written out and parsed again, one call instead of two.
+    fn from_parts(&mut self, req: Resource<RequestCtx>) -> Result<Option<wit::UriParts>> {
+        let req = self.req(&req)?;
+        Ok(req.msg.from().ok().map(|f| uri_parts(&f.uri)))
+    }
+
+    fn to_parts(&mut self, req: Resource<RequestCtx>) -> Result<Option<wit::UriParts>> {
+        let req = self.req(&req)?;
+        Ok(req.msg.to().ok().map(|t| uri_parts(&t.uri)))
     }
 
     fn drop(&mut self, _req: Resource<RequestCtx>) -> Result<()> {
@@ -436,7 +448,7 @@ impl proxy::Host for HostState {
     }
 
     fn parse_uri(&mut self, uri: String) -> Result<Option<wit::UriParts>> {
-        Ok(sip::Uri::parse(&uri).ok().map(uri_parts))
+        Ok(sip::Uri::parse(&uri).ok().map(|uri| uri_parts(&uri)))
     }
 
     fn record_route(&mut self, req: Resource<RequestCtx>) -> Result<Result<(), wit::Error>> {
@@ -593,6 +605,29 @@ impl log::Host for HostState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `from-parts` and `to-parts` give, from the header parsed once,
+    /// what a guest got by parsing the URI text `from-uri` and `to-uri`
+    /// give it (`parse-uri`): one call where it took two.
+    #[test]
+    fn header_parts_are_what_parse_uri_gives_for_the_uri_text() {
+        for value in [
+            "<sip:alice@example.com>;tag=1",
+            "Alice <sip:Alice@Example.COM:5080;transport=tcp>",
+            "sip:bob@192.0.2.1:5062",
+            "<sips:carol%40x@[2001:db8::5]:5061;lr>",
+            "<sip:user;npdi=yes@example.com?subject=x>",
+            "\"A, B\" <sip:alice:pw@example.com>",
+            "<sip:127.0.0.1>",
+            "<tel:+15551234;phone-context=example.com>",
+        ] {
+            let header = sip::NameAddr::parse(value).expect("a From or To");
+            let via_text = sip::Uri::parse(&header.uri.to_text())
+                .ok()
+                .map(|uri| uri_parts(&uri));
+            assert_eq!(Some(uri_parts(&header.uri)), via_text, "{value}");
+        }
+    }
 
     #[test]
     fn ip_text_writes_what_display_writes() {

@@ -45,7 +45,7 @@ wasmtime::component::bindgen!({
 });
 
 /// The version of the `wisp:proxy` package this host implements.
-pub const WIT_VERSION: &str = "0.2.2";
+pub const WIT_VERSION: &str = "0.2.3";
 
 /// How often the epoch advances; hook deadlines are counted in these ticks.
 /// Each tick wakes the epoch thread, idle or not, and a wake-up costs some
@@ -215,9 +215,9 @@ fn check_version(engine: &Engine, component: &Component, origin: &str) -> anyhow
     Ok(())
 }
 
-/// The patch number of "0.2.2": a component of an older patch of the same
+/// The patch number of "0.2.3": a component of an older patch of the same
 /// series imports a subset of this host's functions, with the same types
-/// (the linker matches `@0.2.0` imports with `@0.2.2` definitions).
+/// (the linker matches `@0.2.0` imports with `@0.2.3` definitions).
 fn patch(version: &str) -> Option<u32> {
     version.rsplit_once('.')?.1.parse().ok()
 }
@@ -308,7 +308,7 @@ mod tests {
         .expect("tests/data/router-0.1.wasm");
         assert_eq!(
             load_error(&old, "route.wasm"),
-            "route.wasm speaks wisp:proxy@0.1.0; this wisp speaks wisp:proxy@0.2.2: \
+            "route.wasm speaks wisp:proxy@0.1.0; this wisp speaks wisp:proxy@0.2.3: \
              rebuild it with the 0.2 SDK"
         );
     }
@@ -371,9 +371,10 @@ mod tests {
     fn patches_are_compared_by_number() {
         assert_eq!(patch("0.2.0"), Some(0));
         assert_eq!(patch("0.2.11"), Some(11));
-        assert!(patch("0.2.3") > patch(WIT_VERSION));
+        assert!(patch("0.2.4") > patch(WIT_VERSION));
         assert!(patch("0.2.0") < patch(WIT_VERSION));
         assert!(patch("0.2.1") < patch(WIT_VERSION));
+        assert!(patch("0.2.2") < patch(WIT_VERSION));
     }
 
     #[test]
