@@ -46,7 +46,12 @@ impl Text {
         }
     }
 
-    /// Text the proxy wrote, kept without copying it.
+    /// Text the proxy wrote, kept without copying it: for a message that
+    /// lives briefly (a reply, serialized and dropped). A request keeps its
+    /// texts as long as its transaction (32 s after the answer): there
+    /// [`Text::owned`] copies to the exact length, where this would keep
+    /// the `String`'s spare room and, once cloned, a header `Bytes`
+    /// allocates (some 10 MiB more at 1000 calls/s).
     pub(super) fn written(s: String) -> Text {
         Text {
             buf: Buf::Received(Bytes::from(s.into_bytes())),
@@ -274,9 +279,10 @@ impl Message {
         };
         Message::from_parts(
             StartLine::Response { code, reason },
-            // Room for what a reply copies (Via, From, To, Call-ID, CSeq)
-            // and adds (Content-Length, a challenge or Contacts...).
-            Vec::with_capacity(10),
+            // Grown as lines are added: room for ten lines made up front
+            // took fewer instructions per reply but measured ~5 MiB more
+            // PSS at 1000 calls/s.
+            Vec::new(),
             Bytes::new(),
         )
     }
@@ -540,7 +546,7 @@ impl Message {
     }
 
     /// [`Message::replace_first_value`] of a value known to hold no CR, LF
-    /// or NUL and no whitespace around it, kept without a copy.
+    /// or NUL and no whitespace around it.
     fn replace_first_checked(
         &mut self,
         name: &HeaderName,
@@ -569,7 +575,8 @@ impl Message {
             value.push_str(", ");
             value.push_str(rest);
         }
-        self.headers[i].value = Text::written(value);
+        // Copied to its length: a request keeps it (see `Text::written`).
+        self.headers[i].value = Text::owned(&value);
         Ok(())
     }
 
