@@ -50,8 +50,8 @@ impl Text {
     /// lives briefly (a reply, serialized and dropped). A request keeps its
     /// texts as long as its transaction (32 s after the answer): there
     /// [`Text::owned`] copies to the exact length, where this would keep
-    /// the `String`'s spare room and, once cloned, a header `Bytes`
-    /// allocates (some 10 MiB more at 1000 calls/s).
+    /// the `String`'s spare room and, once cloned, the header `Bytes`
+    /// allocates for a `Vec` with spare room.
     pub(super) fn written(s: String) -> Text {
         Text {
             buf: Buf::Received(Bytes::from(s.into_bytes())),
