@@ -264,11 +264,7 @@ impl Message {
     /// A new response with no headers and an empty body. Control characters
     /// in `reason` are replaced by spaces.
     pub fn new_response(code: u16, reason: &str) -> Message {
-        let standard = super::response::reason_phrase(code);
-        let reason = if reason == standard {
-            // The usual case needs no copy.
-            Text::fixed(standard)
-        } else if !reason.chars().any(char::is_control) {
+        let reason = if !reason.chars().any(char::is_control) {
             Text::owned(reason)
         } else {
             let reason: String = reason
@@ -277,6 +273,17 @@ impl Message {
                 .collect();
             Text::written(reason)
         };
+        Message::new_response_with(code, reason)
+    }
+
+    /// [`Message::new_response`] with a reason known at compile time (the
+    /// standard phrase of the code, in most replies), without a copy.
+    pub(super) fn new_response_fixed(code: u16, reason: &'static str) -> Message {
+        debug_assert!(!reason.chars().any(char::is_control));
+        Message::new_response_with(code, Text::fixed(reason))
+    }
+
+    fn new_response_with(code: u16, reason: Text) -> Message {
         Message::from_parts(
             StartLine::Response { code, reason },
             // Grown as lines are added: room for ten lines made up front

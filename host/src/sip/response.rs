@@ -8,7 +8,12 @@ use super::message::Message;
 /// sets Content-Length 0. Works on requests that failed `validate`: what is
 /// missing is simply not copied, what is malformed is copied as is.
 pub fn response_to(req: &Message, code: u16, reason: &str, to_tag: Option<&str>) -> Message {
-    let mut resp = Message::new_response(code, reason);
+    let standard = reason_phrase(code);
+    let mut resp = if reason == standard {
+        Message::new_response_fixed(code, standard)
+    } else {
+        Message::new_response(code, reason)
+    };
     // Values come from a message, so they are single trimmed lines and are
     // shared, not checked and copied again.
     resp.copy_lines(req, &HeaderName::Via, true);
