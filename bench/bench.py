@@ -127,16 +127,18 @@ def stat_fields(pid):
 
 
 def cpu_ticks(pids):
-    """(utime, stime) summed over `pids`, in clock ticks. A process's
-    /proc/PID/stat counts all its threads."""
-    user = system = 0
+    """utime + stime summed over `pids`, in clock ticks. A process's
+    /proc/PID/stat counts all its threads. Only the sum: the kernel keeps
+    it equal to the scheduler's exact run time, but splits it into user and
+    system by tick samples and never lets either go back, so the split over
+    a window is not to be trusted (0% kernel for Kamailio in some runs
+    where perf samples say 38%)."""
+    ticks = 0
     for pid in pids:
         fields = stat_fields(pid)
-        if not fields:
-            continue
-        user += int(fields[11])
-        system += int(fields[12])
-    return user, system
+        if fields:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks
 
 
 def context_switches(pids):
@@ -783,23 +785,18 @@ def fixed_rate(proxy_cls, kind, args, workdir):
         proxy.stop()
     window = t1 - t0
     calls_in_window = args.rate * window
-    # Only the sum: the kernel keeps it equal to the scheduler's exact run
-    # time, but splits it into user and system by tick samples and never
-    # lets either go back, so the split over a window is not to be trusted
-    # (0% kernel for Kamailio in some runs where perf samples say 38%).
-    user = (c1[0] - c0[0]) / CLK_TCK
-    system = (c1[1] - c0[1]) / CLK_TCK
+    cpu = (c1 - c0) / CLK_TCK
     times = capture.response_times(kind)
     ok, why = sustained(outcome, args.seconds)
     return {
         "outcome": outcome,
         "kept_up": ok,
         "why_not": why,
-        "cpu_us_per_call": 1e6 * (user + system) / calls_in_window,
-        "sipp_cpu_us_per_call": 1e6 * (sum(s1) - sum(s0)) / CLK_TCK / calls_in_window,
+        "cpu_us_per_call": 1e6 * cpu / calls_in_window,
+        "sipp_cpu_us_per_call": 1e6 * (s1 - s0) / CLK_TCK / calls_in_window,
         "switches_per_call": (x1 - x0) / calls_in_window,
-        "cpu_share_of_a_core": (user + system) / window,
-        "idle_cpu_share": ((idle1[0] + idle1[1]) - (idle0[0] + idle0[1])) / CLK_TCK,
+        "cpu_share_of_a_core": cpu / window,
+        "idle_cpu_share": (idle1 - idle0) / CLK_TCK,
         "p50_ms": percentile(times, 0.5),
         "p99_ms": percentile(times, 0.99),
         "timed": len(times),
