@@ -844,8 +844,9 @@ def probe(proxy_cls, kind, rate, args, workdir):
 
 
 def search(args):
-    """A search per proxy: up by half until a rate fails, then halving the
-    gap, `args.probes` runs at most; wisp and Kamailio alternate."""
+    """A search per proxy: up by half (at most to `args.max_rate`) until a
+    rate fails, then halving the gap, `args.probes` runs at most; wisp and
+    Kamailio alternate."""
 
     def searcher():
         lo, hi, rate = 0, None, args.start_rate
@@ -853,14 +854,16 @@ def search(args):
             ok = yield rate
             if ok:
                 lo = rate
-                rate = int(rate * 1.5) if hi is None else (lo + hi) // 2
+                # The last step up is to the ceiling itself, so that a
+                # proxy keeping up at 22,700/s is tried above it.
+                rate = min(int(rate * 1.5), args.max_rate) if hi is None else (lo + hi) // 2
             else:
                 hi = rate
                 rate = (lo + hi) // 2 if lo else rate // 2
             rate = max(50, (rate // 50) * 50)
             if hi is not None and (hi - lo) <= max(100, lo * 0.05):
                 break
-            if rate >= args.max_rate:
+            if lo >= args.max_rate:
                 break
         return lo
 
