@@ -933,6 +933,41 @@ CATEGORIES = [
 ]
 
 
+# Samples a second in `--profile` (cpu-clock).
+PROFILE_HZ = 1999
+
+
+def kernel_entries(data):
+    """The kernel's samples of a `perf record -g` grouped by how the kernel
+    was entered (the outermost system call on the stack, else the fault or
+    interrupt), and the count of user-space samples: which system calls
+    a proxy's kernel time is spent in, where the categories above say
+    only which kernel functions."""
+    script = subprocess.run(
+        ["perf", "script", "-i", data, "-F", "ip,sym,dso"],
+        capture_output=True, text=True, timeout=600,
+    ).stdout
+    entries, user = {}, 0
+    for sample in script.split("\n\n"):
+        frames = [f.split() for f in sample.strip().splitlines()]
+        frames = [f for f in frames if len(f) >= 2]
+        if not frames:
+            continue
+        if "kernel.kallsyms" not in frames[0][-1]:
+            user += 1
+            continue
+        syms = [f[1] for f in frames if "kernel.kallsyms" in f[-1]]
+        calls = [s for s in syms if s.startswith("__x64_sys_") or s.startswith("__do_sys_")]
+        if calls:
+            entry = calls[-1].replace("__x64_sys_", "").replace("__do_sys_", "")
+        else:
+            entry = next((s for s in reversed(syms) if s.startswith(("asm_exc_", "asm_sysvec_", "asm_common_"))),
+                         "other")
+            entry = entry.replace("asm_exc_", "").replace("asm_sysvec_", "irq:").replace("asm_common_", "irq:")
+        entries[entry] = entries.get(entry, 0) + 1
+    return entries, user
+
+
 def profile(args, workdir):
     """Samples each proxy (perf, cpu-clock: this machine has no hardware
     counters) during a call load at the fixed rate; prints where the time
@@ -945,13 +980,14 @@ def profile(args, workdir):
         proxy.start()
         load = Load(kind, args.rate, args.seconds, proxy.workdir, args.sipp_cpus)
         data = os.path.join(proxy.workdir, "perf.data")
+        recorded = max(1.0, args.seconds - 4)
         try:
             load.start_callee()
             load.start_caller()
             time.sleep(2.0)
             subprocess.run(
-                ["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-o", data,
-                 "-p", ",".join(str(p) for p in proxy.pids), "--", "sleep", str(max(1.0, args.seconds - 4))],
+                ["perf", "record", "-q", "-e", "cpu-clock", "-F", str(PROFILE_HZ), "-g", "-o", data,
+                 "-p", ",".join(str(p) for p in proxy.pids), "--", "sleep", str(recorded)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=args.seconds + 30,
             )
             outcome = load.wait_caller()
@@ -992,6 +1028,14 @@ def profile(args, workdir):
                 if next((n for n, test in CATEGORIES if test(dso, sym)), "other") == "other" and share >= 0.1:
                     log(f"    other: {share:5.2f}% {dso} {sym[:90]}")
         log("  by thread: " + ", ".join(f"{c} {v:.0f}%" for c, v in sorted(comms.items(), key=lambda kv: -kv[1])))
+        ops = args.rate * recorded
+        entries, user = kernel_entries(data)
+        kernel = sum(entries.values())
+        per_op = 1e6 / PROFILE_HZ / ops
+        log(f"  per {kind} (sampled, perf's own cost included): user {user * per_op:.1f} µs, "
+            f"kernel {kernel * per_op:.1f} µs, by entry: " + ", ".join(
+                f"{name} {n * per_op:.1f}" for name, n in sorted(entries.items(), key=lambda kv: -kv[1])
+                if n * per_op >= 0.1))
         log("  top symbols:")
         merged = {}
         for share, _, dso, sym in rows:
