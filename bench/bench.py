@@ -937,6 +937,14 @@ CATEGORIES = [
 PROFILE_HZ = 1999
 
 
+# How a kernel stack was entered, by its frames' symbols: a system call's
+# handler, or a fault's or interrupt's entry; and the name each is printed
+# under (the prefix replaced by the tag).
+SYSCALL_PREFIXES = ("__x64_sys_", "__do_sys_")
+TRAP_PREFIXES = {"asm_exc_": "", "asm_sysvec_": "irq:", "asm_common_": "irq:"}
+ENTRY_NAMES = [(p, "") for p in SYSCALL_PREFIXES] + list(TRAP_PREFIXES.items())
+
+
 def kernel_entries(data):
     """The kernel's samples of a `perf record -g` grouped by how the kernel
     was entered (the outermost system call on the stack, else the fault or
@@ -957,13 +965,11 @@ def kernel_entries(data):
             user += 1
             continue
         syms = [f[1] for f in frames if "kernel.kallsyms" in f[-1]]
-        calls = [s for s in syms if s.startswith("__x64_sys_") or s.startswith("__do_sys_")]
-        if calls:
-            entry = calls[-1].replace("__x64_sys_", "").replace("__do_sys_", "")
-        else:
-            entry = next((s for s in reversed(syms) if s.startswith(("asm_exc_", "asm_sysvec_", "asm_common_"))),
-                         "other")
-            entry = entry.replace("asm_exc_", "").replace("asm_sysvec_", "irq:").replace("asm_common_", "irq:")
+        # The outermost system call; a fault or interrupt only outside any.
+        syscalls = [s for s in syms if s.startswith(SYSCALL_PREFIXES)]
+        traps = [s for s in syms if s.startswith(tuple(TRAP_PREFIXES))]
+        entry = (syscalls or traps or ["other"])[-1]
+        entry = next((tag + entry[len(prefix):] for prefix, tag in ENTRY_NAMES if entry.startswith(prefix)), entry)
         entries[entry] = entries.get(entry, 0) + 1
     return entries, user
 
