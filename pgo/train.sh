@@ -35,5 +35,9 @@ python3 pgo/train.py target/pgo-generate/production/wisp
 # without a profile rather than as cold.
 "$profdata" merge -sparse -o pgo/wisp.profdata "$raw"/*.profraw
 rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p' > pgo/llvm-major
+# Cargo rebuilds wisp's own crates when the profile changes (rustc lists
+# it among their inputs), not its dependencies: the next production
+# build starts over, so that every crate is compiled with the new one.
+cargo clean --profile production
 echo "== pgo/wisp.profdata ($(du -h pgo/wisp.profdata | cut -f1)), for LLVM $(cat pgo/llvm-major) and newer;" \
-  "the next production build uses it"
+  "the next production build (all of it) uses it"
