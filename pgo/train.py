@@ -7,9 +7,13 @@ routing, as bench/bench.py runs them. Called by pgo/train.sh.
 
 usage: train.py WISP_BINARY"""
 import os
+import shutil
+import signal
+import socket
 import sys
 import tempfile
 
+sys.dont_write_bytecode = True  # no bench/__pycache__ left in the checkout
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
 os.environ["BENCH_WISP_BIN"] = os.path.abspath(sys.argv[1])
 import bench  # noqa: E402  (reads BENCH_WISP_BIN on import)
@@ -17,7 +21,24 @@ import bench  # noqa: E402  (reads BENCH_WISP_BIN on import)
 RATE, SECONDS = 1000, 10
 
 
+def check_ready():
+    """What bench.py checks before it starts anything: SIPp, and the
+    benchmark's ports free (a proxy already there would take the load)."""
+    if not shutil.which("sipp"):
+        sys.exit("pgo: sipp is missing (pgo/train.sh installs it)")
+    for port in (bench.PROXY_PORT, bench.UAC_PORT, bench.UAS_PORT):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError as err:
+                sys.exit(f"pgo: UDP port {port} is taken ({err}): a benchmark running?")
+
+
 def main():
+    # A TERM ends the run through the `finally`s below, which stop what
+    # was started, by its PID.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    check_ready()
     workdir = tempfile.mkdtemp(prefix="wisp-pgo-")
     for kind in ("register", "call"):
         proxy = bench.Wisp(kind, tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir), None)
@@ -30,11 +51,16 @@ def main():
             outcome = load.wait_caller()
         finally:
             load.stop()
-            # SIGTERM: wisp exits cleanly and writes its profile on exit.
+            # SIGTERM: wisp exits cleanly and writes its profile on exit;
+            # one killed after the grace period writes none.
             proxy.stop()
         print(f"pgo: {kind}: {outcome['successful']}/{load.calls} succeeded")
         if outcome["successful"] < load.calls * 0.99:
             sys.exit(f"pgo: the {kind} load failed ({outcome}); see {proxy.workdir}")
+        if proxy.proc.returncode != 0:
+            sys.exit(f"pgo: wisp exited with {proxy.proc.returncode} after the {kind} load, "
+                     f"so it wrote no profile; see {proxy.workdir}")
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -23,14 +23,21 @@ rustup component add llvm-tools >/dev/null
 profdata=$(ls "$(rustc --print sysroot)"/lib/rustlib/*/bin/llvm-profdata)
 
 raw="$PWD/target/pgo-raw"
+# Either would send the profile elsewhere than $raw, or drop the flag.
+unset LLVM_PROFILE_FILE CARGO_ENCODED_RUSTFLAGS
 echo "== building wisp instrumented (target/pgo-generate)"
+# RUSTFLAGS replaces any rustflags of a cargo config: a production build
+# with flags of its own (say -Ctarget-cpu) must be given them here too.
 RUSTFLAGS="-Cprofile-generate=$raw" CARGO_TARGET_DIR=target/pgo-generate \
   cargo build --profile production -p wisp
 echo "== recording the profile under SIPp loads"
 # Build scripts and proc macros, instrumented too, wrote theirs while
-# the build ran: only what the loads record goes in.
+# the build ran; they go. What goes in is the wisp processes of the run:
+# the servers under load, and `wisp user add` and `wisp check` setting up.
 rm -rf "$raw"
 python3 pgo/train.py target/pgo-generate/production/wisp
+ls "$raw"/*.profraw >/dev/null 2>&1 \
+  || { echo "pgo: no profile was written to $raw" >&2; exit 1; }
 # Sparse: a function that never ran has no entry, and is optimized as
 # without a profile rather than as cold.
 "$profdata" merge -sparse -o pgo/wisp.profdata "$raw"/*.profraw
