@@ -822,11 +822,14 @@ def merge_runs(runs):
     return merged
 
 
-def probe(proxy_cls, kind, rate, args, workdir):
-    proxy = proxy_cls(kind, tempfile.mkdtemp(prefix=f"{proxy_cls.name}-", dir=workdir), args.proxy_cpus)
+def one_load(proxy_cls, kind, rate, seconds, workdir, proxy_cpus=None, sipp_cpus=None):
+    """Starts a proxy in a folder of its own under `workdir`, runs one SIPp
+    load against it at `rate` per second for `seconds`, and stops both by
+    their PIDs; returns the (stopped) proxy and the load's outcome."""
+    proxy = proxy_cls(kind, tempfile.mkdtemp(prefix=f"{proxy_cls.name}-", dir=workdir), proxy_cpus)
     proxy.prepare()
     proxy.start()
-    load = Load(kind, rate, args.probe_seconds, proxy.workdir, args.sipp_cpus)
+    load = Load(kind, rate, seconds, proxy.workdir, sipp_cpus)
     try:
         load.start_callee()
         load.start_caller()
@@ -834,6 +837,11 @@ def probe(proxy_cls, kind, rate, args, workdir):
     finally:
         load.stop()
         proxy.stop()
+    return proxy, outcome
+
+
+def probe(proxy_cls, kind, rate, args, workdir):
+    _, outcome = one_load(proxy_cls, kind, rate, args.probe_seconds, workdir, args.proxy_cpus, args.sipp_cpus)
     ok, why = sustained(outcome, args.probe_seconds)
     log(
         f"  {proxy_cls.name:<8} {kind:<8} {rate:>6}/s  "

@@ -41,21 +41,11 @@ def main():
     check_ready()
     workdir = tempfile.mkdtemp(prefix="wisp-pgo-")
     for kind in ("register", "call"):
-        proxy = bench.Wisp(kind, tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir), None)
-        proxy.prepare()
-        proxy.start()
-        load = bench.Load(kind, RATE, SECONDS, proxy.workdir, None)
-        try:
-            load.start_callee()
-            load.start_caller()
-            outcome = load.wait_caller()
-        finally:
-            load.stop()
-            # SIGTERM: wisp exits cleanly and writes its profile on exit;
-            # one killed after the grace period writes none.
-            proxy.stop()
-        print(f"pgo: {kind}: {outcome['successful']}/{load.calls} succeeded")
-        if outcome["successful"] < load.calls * 0.99:
+        # Stopped with SIGTERM, wisp exits cleanly and writes its profile
+        # on exit; one killed after the grace period writes none.
+        proxy, outcome = bench.one_load(bench.Wisp, kind, RATE, SECONDS, workdir)
+        print(f"pgo: {kind}: {outcome['successful']}/{outcome['calls']} succeeded")
+        if outcome["successful"] < outcome["calls"] * 0.99:
             sys.exit(f"pgo: the {kind} load failed ({outcome}); see {proxy.workdir}")
         if proxy.proc.returncode != 0:
             sys.exit(f"pgo: wisp exited with {proxy.proc.returncode} after the {kind} load, "
