@@ -1341,6 +1341,24 @@ def targets(results):
     return lines
 
 
+def check_ready(tools, who, installer):
+    """Exits, saying why, unless the `tools` are installed, the wisp binary
+    is built and the benchmark's UDP ports are free (a proxy already on
+    them would take the load)."""
+    for tool in tools:
+        if not shutil.which(tool):
+            sys.exit(f"{who}: {tool} is missing ({installer} installs it)")
+    if not os.path.exists(WISP):
+        sys.exit(f"{who}: {WISP} is missing: cargo build --profile production -p wisp")
+    for port in (PROXY_PORT, UAC_PORT, UAS_PORT):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError as err:
+                sys.exit(f"{who}: UDP port {port} is taken ({err}): another benchmark running? "
+                         "(BENCH_PROXY_PORT=N moves them: N, N+10, N+30)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=int, default=int(os.environ.get("BENCH_RATE", "1000")),
@@ -1383,19 +1401,8 @@ def main():
     # blocks, which stop every process started here.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    for tool in ("sipp", "kamailio", "taskset", "ss") + (("redis-server",) if WispRedis in PROXIES else ()):
-        if not shutil.which(tool):
-            sys.exit(f"bench: {tool} is missing (bench/run.sh installs it)")
-    if not os.path.exists(WISP):
-        sys.exit(f"bench: {WISP} is missing: cargo build --profile production -p wisp")
-
-    for port in (PROXY_PORT, UAC_PORT, UAS_PORT):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError as err:
-                sys.exit(f"bench: UDP port {port} is taken ({err}): another benchmark running? "
-                         "(BENCH_PROXY_PORT=N moves them: N, N+10, N+30)")
+    check_ready(("sipp", "kamailio", "taskset", "ss") + (("redis-server",) if WispRedis in PROXIES else ()),
+                "bench", "bench/run.sh")
 
     m = machine()
     m["load_before"] = loadavg()

@@ -9,7 +9,6 @@ usage: train.py WISP_BINARY"""
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 
@@ -21,24 +20,11 @@ import bench  # noqa: E402  (reads BENCH_WISP_BIN on import)
 RATE, SECONDS = 1000, 10
 
 
-def check_ready():
-    """What bench.py checks before it starts anything: SIPp, and the
-    benchmark's ports free (a proxy already there would take the load)."""
-    if not shutil.which("sipp"):
-        sys.exit("pgo: sipp is missing (pgo/train.sh installs it)")
-    for port in (bench.PROXY_PORT, bench.UAC_PORT, bench.UAS_PORT):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError as err:
-                sys.exit(f"pgo: UDP port {port} is taken ({err}): a benchmark running?")
-
-
 def main():
     # A TERM ends the run through the `finally`s below, which stop what
     # was started, by its PID.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    check_ready()
+    bench.check_ready(("sipp",), "pgo", "pgo/train.sh")
     workdir = tempfile.mkdtemp(prefix="wisp-pgo-")
     for kind in ("register", "call"):
         # Stopped with SIGTERM, wisp exits cleanly and writes its profile
