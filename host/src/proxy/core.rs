@@ -383,11 +383,13 @@ impl<P> Core<P> {
         if req.msg.method() != Some(&Method::Ack) {
             hooks.replied(pinned, code);
         }
-        // A routing's refusal of an INVITE is sent once, like Kamailio's
-        // sl_send_reply: its transaction would retransmit it (11 times over
-        // UDP) to a source that may be spoofed, and be kept 32 s; the
-        // caller's own retransmissions bring the answer again.
-        if code >= 300 && req.msg.method() == Some(&Method::Invite) {
+        // A routing's refusal is sent once, like Kamailio's sl_send_reply:
+        // a refused INVITE's transaction would retransmit it (11 times over
+        // UDP) to a source that may be spoofed, and any refused request's
+        // would be kept 32 s (Timer L or J), a challenged REGISTER's too;
+        // the sender's own retransmissions bring the answer again, the same
+        // but for a digest challenge's fresh nonce.
+        if code >= 300 {
             if let Some(tx) = tx {
                 self.fx.txs.forget(tx);
             }

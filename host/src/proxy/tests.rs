@@ -1428,6 +1428,36 @@ fn a_refused_invite_is_answered_once_and_leaves_no_transaction() {
 }
 
 #[test]
+fn a_refused_register_is_answered_once_and_its_retransmission_routed_again() {
+    let mut p = Proxy::new(Box::new(|_: &mut RequestCtx| {
+        vec![Action::Reply {
+            code: 401,
+            reason: "Unauthorized".into(),
+            headers: vec![],
+        }]
+    }));
+    p.recv(0, CALLER, request("REGISTER", "z9hG4bKchal", None, 1));
+    let first = only_to(&p.sent(), CALLER);
+    assert_eq!(first.iter().map(line).collect::<Vec<_>>(), ["401"]);
+    // Nothing kept for Timer J: no transaction, no finished record.
+    assert_eq!(p.core.len(), (0, 0));
+    assert_eq!(
+        (p.core.fx.txs.finished(), p.core.fx.admission.transactions()),
+        (0, 0)
+    );
+    // A retransmission is routed again and answered with the same To tag.
+    let routed = p.hooks.calls.len();
+    p.recv(500, CALLER, request("REGISTER", "z9hG4bKchal", None, 1));
+    let again = only_to(&p.sent(), CALLER);
+    assert_eq!(again.iter().map(line).collect::<Vec<_>>(), ["401"]);
+    assert_eq!(p.hooks.calls.len(), routed + 1);
+    let tag = |m: &Message| m.to().ok().and_then(|t| t.tag().map(str::to_owned));
+    assert!(tag(&first[0]).is_some());
+    assert_eq!(tag(&first[0]), tag(&again[0]));
+    assert_eq!(p.core.len(), (0, 0));
+}
+
+#[test]
 fn only_a_record_route_of_ours_for_this_dialog_verifies_its_route() {
     let locality = Locality::new(listeners(&[(Transport::Udp, 5060)]), vec![]);
     let in_dialog = |route: &str, call_id: &str| {

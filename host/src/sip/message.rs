@@ -675,32 +675,43 @@ impl Message {
         self.body = body;
     }
 
+    /// About how many bytes [`Message::to_bytes`] makes (exact but for
+    /// Content-Length, which it rewrites), without making them.
+    pub fn wire_len(&self) -> usize {
+        self.start_len() + self.headers_len() + 2 + self.body.len()
+    }
+
+    /// The start line's length on the wire, CRLF included.
+    fn start_len(&self) -> usize {
+        match &self.start {
+            // METHOD SP URI SP "SIP/2.0" CRLF
+            StartLine::Request { method, uri } => method.as_str().len() + uri.as_str().len() + 11,
+            // "SIP/2.0" SP code SP reason CRLF; a code set by hand is
+            // written with three digits at least, five at most.
+            StartLine::Response { code, reason } => {
+                let digits = code.max(&100).ilog10() as usize + 1;
+                reason.as_str().len() + digits + 11
+            }
+        }
+    }
+
+    /// The header lines' length on the wire, as they stand.
+    fn headers_len(&self) -> usize {
+        self.headers
+            .iter()
+            .map(|h| h.raw_name().len() + h.value().len() + 4)
+            .sum()
+    }
+
     /// Serializes the message: start line, header lines with their names as
     /// written, Content-Length set to the body length (in place of the first
     /// Content-Length line, others dropped; appended when there was none),
     /// an empty line and the body.
-    /// About how many bytes [`Message::to_bytes`] makes (exact but for the
-    /// start line's length, counted generously), without making them.
-    pub fn wire_len(&self) -> usize {
-        let head: usize = self
-            .headers
-            .iter()
-            .map(|h| h.raw_name().len() + h.value().len() + 4)
-            .sum();
-        let start = match &self.start {
-            StartLine::Request { method, uri } => method.as_str().len() + uri.as_str().len() + 12,
-            StartLine::Response { reason, .. } => reason.as_str().len() + 14,
-        };
-        start + head + 2 + self.body.len()
-    }
-
     pub fn to_bytes(&self) -> Bytes {
-        let head: usize = self
-            .headers
-            .iter()
-            .map(|h| h.raw_name().len() + h.value().len() + 4)
-            .sum();
-        let mut out = BytesMut::with_capacity(head + self.body.len() + 128);
+        // Sized to fit, not more: a final response is kept as these bytes
+        // for Timer J (32 s), and slack would be kept with it. Content-Length
+        // may grow by up to 19 digits, or be appended (38 bytes at most).
+        let mut out = BytesMut::with_capacity(self.wire_len() + CONTENT_LENGTH_SLACK);
         match &self.start {
             StartLine::Request { method, uri } => {
                 out.put_slice(method.as_str().as_bytes());
@@ -750,6 +761,10 @@ impl Message {
     }
 }
 
+/// What [`Message::to_bytes`] may add to [`Message::wire_len`]: a
+/// Content-Length line (`Content-Length: ` and 20 digits and CRLF).
+const CONTENT_LENGTH_SLACK: usize = 38;
+
 fn put_decimal(out: &mut BytesMut, n: usize) {
     let mut digits = [0u8; 20];
     out.put_slice(super::write::decimal(n as u64, &mut digits).as_bytes());
@@ -770,6 +785,23 @@ mod tests {
               CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nl: 2\r\n\r\nhi",
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn to_bytes_is_sized_by_wire_len() {
+        let request = msg();
+        let bytes = request.to_bytes();
+        assert_eq!(bytes.len(), request.wire_len());
+        // Content-Length rewritten longer, or appended: within the slack.
+        let mut longer = msg();
+        longer.set_body(Bytes::from(vec![b'x'; 12_345]));
+        assert!(longer.to_bytes().len() <= longer.wire_len() + CONTENT_LENGTH_SLACK);
+        for code in [7, 100, 404, 1000, 65535] {
+            let response = crate::sip::response_to(&request, code, "Reason", Some("t"));
+            let bytes = response.to_bytes();
+            assert_eq!(bytes.len(), response.wire_len(), "{code}");
+            assert!(bytes.starts_with(format!("SIP/2.0 {code:03} Reason\r\n").as_bytes()));
+        }
     }
 
     #[test]
