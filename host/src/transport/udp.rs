@@ -17,10 +17,14 @@
 //! `recvmmsg` would make the next one wait for the turn instead, and every
 //! datagram would wake two threads: the receiver, then the one it handed
 //! the turn to. A wake-up costs tens of microseconds of CPU on a virtual
-//! machine, as much as a message's parse and validation.
+//! machine, as much as a message's parse and validation. For the same
+//! reason a thread woken while another holds the turn looks at the socket
+//! again rather than wait for the turn ([`LOOK_AGAIN`]): most often the
+//! holder's batch took the datagram that woke it, and it goes back to
+//! sleep; waiting for the turn cost it a sleep and a wake-up more.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 
 use bytes::Bytes;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -71,13 +75,29 @@ pub(super) fn receive<D: Datagrams>(
     let mut sorted = Vec::with_capacity(BATCH);
     // A full batch says more is queued: receive again before waiting.
     let mut more = false;
+    // Times in a row this thread found the turn taken after a wake-up.
+    let mut taken = 0;
     loop {
         if !more {
             readable.wait();
         }
         {
             // A thread that panicked while sorting left only buffers behind.
-            let mut batch = turn.0.lock().unwrap_or_else(|e| e.into_inner());
+            let mut batch = match turn.0.try_lock() {
+                Ok(batch) => batch,
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(TryLockError::WouldBlock) if !more && taken < LOOK_AGAIN => {
+                    // Another thread is receiving: what woke this one may
+                    // be in its batch already. Waiting for the socket again
+                    // sleeps if so, and returns at once while a datagram
+                    // is still queued, until the turn is free; waiting for
+                    // the turn would cost a sleep and a wake-up more.
+                    taken += 1;
+                    continue;
+                }
+                Err(TryLockError::WouldBlock) => turn.0.lock().unwrap_or_else(|e| e.into_inner()),
+            };
+            taken = 0;
             let received = match batch.receive(&socket) {
                 Ok(received) => received,
                 Err(err) => {
@@ -181,6 +201,13 @@ impl Readable {
 
     fn wait(&self) {}
 }
+
+/// How many times in a row a thread woken for a datagram looks at the
+/// socket again, rather than wait for the turn, while another thread holds
+/// it (about a microsecond each: the holder gives the turn up within a few
+/// sorts). Elsewhere than on Linux the holder blocks in its receive: the
+/// others wait for the turn at once.
+const LOOK_AGAIN: u32 = if cfg!(target_os = "linux") { 8 } else { 0 };
 
 /// Datagrams taken by one system call at most: under load, one
 /// `recvmmsg` returns what queued meanwhile, where `recv_from` would need a
