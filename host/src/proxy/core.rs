@@ -386,7 +386,7 @@ impl<P> Core<P> {
         // A routing's refusal is sent once, like Kamailio's sl_send_reply:
         // a refused INVITE's transaction would retransmit it (11 times over
         // UDP) to a source that may be spoofed, and any refused request's
-        // would be kept 32 s (Timer L or J), a challenged REGISTER's too;
+        // would be kept 32 s (Timer H or J), a challenged REGISTER's too;
         // the sender's own retransmissions bring the answer again, the same
         // but for a digest challenge's fresh nonce.
         if code >= 300 {
