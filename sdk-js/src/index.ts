@@ -503,8 +503,11 @@ export class Request {
   /**
    * Answers and stops the hook (`sl_send_reply`, `t_reply`): with a code
    * and optional reason (the standard phrase) and headers, or with a
-   * {@link Reply} a service handed back (`registrar.save`). From
-   * `onFailure`, answers the caller instead of the best response.
+   * {@link Reply} a service handed back (`registrar.save`). A 1xx or 2xx
+   * goes on the request's server transaction (retransmissions get the
+   * same answer); a refusal (300–699) is sent once, statelessly, and a
+   * retransmission is routed again. From `onFailure`, answers the caller
+   * instead of the best response.
    */
   reply(code: number, reason?: string, headers?: Headers): never;
   reply(reply: Reply): never;

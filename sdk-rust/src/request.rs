@@ -213,9 +213,11 @@ impl<'a> Request<'a> {
         proxy::append_branch(self.raw, uri).map_err(Error::from)
     }
 
-    /// Answers the request on its server transaction (`sl_send_reply` /
-    /// `t_reply(code, reason)`): a retransmitted request gets the same
-    /// answer. From `on_failure`, it answers the caller instead of the
+    /// Answers the request (`sl_send_reply` / `t_reply(code, reason)`): a
+    /// 1xx or 2xx on its server transaction, so that a retransmitted
+    /// request gets the same answer; a refusal (300–699) once,
+    /// statelessly, so that a retransmission is routed again (with the
+    /// same To tag). From `on_failure`, it answers the caller instead of the
     /// best branch response. An ACK is never answered.
     pub fn reply(&self, code: u16, reason: &str) -> Flow {
         self.send(Reply::new(code, reason))
