@@ -653,8 +653,9 @@ class Capture:
     """tcpdump of the caller's datagrams on loopback, for the response
     times (microsecond timestamps, where SIPp counts milliseconds)."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, ports=(UAC_PORT,)):
         self.path = os.path.join(workdir, "uac.pcap")
+        self.ports = ports
         self.proc = None
 
     def start(self):
@@ -663,7 +664,7 @@ class Capture:
         self.err = open(self.path + ".log", "wb")
         self.proc = subprocess.Popen(
             ["tcpdump", "-i", "lo", "-nn", "-s", "2048", "-B", "16384", "-w", self.path,
-             f"udp and port {UAC_PORT}"],
+             "udp and (" + " or ".join(f"port {p}" for p in self.ports) + ")"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=self.err,
@@ -694,7 +695,7 @@ class Capture:
             return []
         want = b"1 INVITE" if kind == "call" else b"2 REGISTER"
         sent, times = {}, []
-        for ts, src_port, payload in read_pcap(self.path):
+        for ts, src_port, _, payload in read_pcap(self.path):
             cseq = header(payload, b"CSeq")
             if cseq is None or cseq.upper() != want:
                 continue
@@ -717,8 +718,9 @@ def header(payload, name):
 
 
 def read_pcap(path):
-    """(timestamp, UDP source port, payload) of each IPv4 UDP packet of a
-    classic pcap file (Ethernet or Linux cooked link type)."""
+    """(timestamp, UDP source port, destination port, payload) of each
+    IPv4 UDP packet of a classic pcap file (Ethernet or Linux cooked link
+    type)."""
     with open(path, "rb") as f:
         data = f.read()
     if len(data) < 24:
@@ -737,8 +739,8 @@ def read_pcap(path):
         if len(ip) < 28 or ip[0] >> 4 != 4 or ip[9] != 17:
             continue
         ihl = (ip[0] & 0x0F) * 4
-        src_port = struct.unpack("!H", ip[ihl : ihl + 2])[0]
-        yield sec + frac / (1e9 if nano else 1e6), src_port, ip[ihl + 8 :]
+        src_port, dst_port = struct.unpack("!HH", ip[ihl : ihl + 4])
+        yield sec + frac / (1e9 if nano else 1e6), src_port, dst_port, ip[ihl + 8 :]
 
 
 def percentile(values, q):
@@ -1089,6 +1091,79 @@ def callgrind_functions(path):
     return rows
 
 
+# The hops of a call's INVITE -> 200, as the capture of both SIPp ports
+# sees them: (name, packet that starts it, packet that ends it), a packet
+# being (first bytes, the SIPp port it leaves or reaches, which of the two).
+HOPS = (
+    ("proxy forwards the INVITE", (b"INVITE", UAC_PORT, "src"), (b"INVITE", UAS_PORT, "dst")),
+    ("callee sends its 180", (b"INVITE", UAS_PORT, "dst"), (b"SIP/2.0 180", UAS_PORT, "src")),
+    ("proxy relays the 180", (b"SIP/2.0 180", UAS_PORT, "src"), (b"SIP/2.0 180", UAC_PORT, "dst")),
+    ("callee sends its 200", (b"INVITE", UAS_PORT, "dst"), (b"SIP/2.0 200", UAS_PORT, "src")),
+    ("proxy relays the 200", (b"SIP/2.0 200", UAS_PORT, "src"), (b"SIP/2.0 200", UAC_PORT, "dst")),
+    ("INVITE->200", (b"INVITE", UAC_PORT, "src"), (b"SIP/2.0 200", UAC_PORT, "dst")),
+)
+
+
+def hop_times(path):
+    """Milliseconds of each of HOPS, per call (CSeq 1 INVITE and its
+    responses), from a capture of both SIPp ports."""
+    seen = {}
+    for ts, src, dst, payload in read_pcap(path):
+        cseq = header(payload, b"CSeq")
+        if cseq is None or cseq.upper() != b"1 INVITE":
+            continue
+        call = seen.setdefault(header(payload, b"Call-ID"), {})
+        for start in (b"INVITE", b"SIP/2.0 180", b"SIP/2.0 200"):
+            if payload.startswith(start):
+                call.setdefault((start, src, "src"), ts)
+                call.setdefault((start, dst, "dst"), ts)
+    times = {name: [] for name, _, _ in HOPS}
+    for call in seen.values():
+        for name, a, b in HOPS:
+            if a in call and b in call:
+                times[name].append((call[b] - call[a]) * 1e3)
+    return times
+
+
+def hops(args, workdir):
+    """Where a call's INVITE -> 200 goes, hop by hop, for each proxy: the
+    call load at the fixed rate, alternating, with a capture of both SIPp
+    ports (so, of everything the proxy receives and sends)."""
+    log(f"\n== INVITE->200 hop by hop, call load at {args.rate}/s for {args.seconds:.0f} s, "
+        f"{args.repeat} runs each, alternating")
+    times = {cls.name: {name: [] for name, _, _ in HOPS} for cls in PROXIES}
+    for _ in range(args.repeat):
+        for cls in PROXIES:
+            proxy = cls("call", tempfile.mkdtemp(prefix=f"{cls.name}-", dir=workdir), args.proxy_cpus)
+            proxy.prepare()
+            proxy.start()
+            load = Load("call", args.rate, args.seconds, proxy.workdir, args.sipp_cpus)
+            capture = Capture(proxy.workdir, (UAC_PORT, UAS_PORT))
+            try:
+                load.start_callee()
+                capture.start()
+                load.start_caller()
+                outcome = load.wait_caller()
+            finally:
+                load.stop()
+                capture.stop()
+                proxy.stop()
+            run = hop_times(capture.path)
+            log(f"  {cls.name:<8} {outcome.get('successful', 0)}/{outcome.get('calls', 0)} ok, "
+                f"{len(run['INVITE->200'])} timed")
+            for name in times[cls.name]:
+                times[cls.name][name] += run[name]
+    log(f"\n  {'ms, p50 / p99':<28}" + "".join(f"{cls.name:>20}" for cls in PROXIES))
+    for name, _, _ in HOPS:
+        cells = []
+        for cls in PROXIES:
+            v = times[cls.name][name]
+            p50, p99 = percentile(v, 0.5), percentile(v, 0.99)
+            cells.append(f"{p50:.3f} / {p99:.3f}" if v else "-")
+        log(f"  {name:<28}" + "".join(f"{c:>20}" for c in cells))
+
+
+
 def instructions(args, workdir):
     """Counts what each proxy executes per call (or registration) under
     valgrind's callgrind: every thread and process of the proxy, from
@@ -1388,6 +1463,9 @@ def main():
     parser.add_argument("--instructions", action="store_true",
                         help="instead of the benchmark: instructions per call and per registration of each "
                              "proxy under valgrind's callgrind (steady on a noisy machine)")
+    parser.add_argument("--hops", action="store_true",
+                        help="instead of the benchmark: a call's INVITE->200 hop by hop "
+                             "(proxy, callee, proxy), p50 and p99, from a capture of both SIPp ports")
     parser.add_argument("--instructions-rate", type=int, default=40, help="the rate of --instructions runs")
     parser.add_argument("--instructions-calls", type=int, default=400, help="calls (registrations) per --instructions run")
     cpus = f"0-{os.cpu_count() - 1}" if os.cpu_count() and os.cpu_count() > 1 else "0"
@@ -1419,9 +1497,9 @@ def main():
         f"(BENCH_KAMAILIO_MEM), -m {KAMAILIO_SHM_MB} (BENCH_KAMAILIO_SHM_MB) -M 8")
 
     workdir = tempfile.mkdtemp(prefix="wisp-bench-")
-    if args.profile or args.instructions:
+    if args.profile or args.instructions or args.hops:
         try:
-            (instructions if args.instructions else profile)(args, workdir)
+            (instructions if args.instructions else hops if args.hops else profile)(args, workdir)
         finally:
             if args.keep:
                 log(f"  work folder kept: {workdir}")
