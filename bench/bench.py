@@ -650,8 +650,9 @@ def sustained(outcome, seconds):
 
 
 class Capture:
-    """tcpdump of the caller's datagrams on loopback, for the response
-    times (microsecond timestamps, where SIPp counts milliseconds)."""
+    """tcpdump of the caller's datagrams on loopback (of `ports`: the
+    callee's too for `--hops`), for the response times (microsecond
+    timestamps, where SIPp counts milliseconds)."""
 
     def __init__(self, workdir, ports=(UAC_PORT,)):
         self.path = os.path.join(workdir, "uac.pcap")
@@ -1161,7 +1162,6 @@ def hops(args, workdir):
             p50, p99 = percentile(v, 0.5), percentile(v, 0.99)
             cells.append(f"{p50:.3f} / {p99:.3f}" if v else "-")
         log(f"  {name:<28}" + "".join(f"{c:>20}" for c in cells))
-
 
 
 def instructions(args, workdir):
