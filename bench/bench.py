@@ -649,13 +649,17 @@ def sustained(outcome, seconds):
 # ---------------------------------------------------- latency from a capture
 
 
+# What a Capture writes, in the proxy's work folder.
+CAPTURE_FILE = "uac.pcap"
+
+
 class Capture:
     """tcpdump of the caller's datagrams on loopback (of `ports`: the
     callee's too for `--hops`), for the response times (microsecond
     timestamps, where SIPp counts milliseconds)."""
 
     def __init__(self, workdir, ports=(UAC_PORT,)):
-        self.path = os.path.join(workdir, "uac.pcap")
+        self.path = os.path.join(workdir, CAPTURE_FILE)
         self.ports = ports
         self.proc = None
 
@@ -825,20 +829,27 @@ def merge_runs(runs):
     return merged
 
 
-def one_load(proxy_cls, kind, rate, seconds, workdir, proxy_cpus=None, sipp_cpus=None):
+def one_load(proxy_cls, kind, rate, seconds, workdir, proxy_cpus=None, sipp_cpus=None, capture_ports=()):
     """Starts a proxy in a folder of its own under `workdir`, runs one SIPp
-    load against it at `rate` per second for `seconds`, and stops both by
-    their PIDs; returns the (stopped) proxy and the load's outcome."""
+    load against it at `rate` per second for `seconds` (with a capture of
+    `capture_ports`, if any, into the proxy's folder's CAPTURE_FILE), and
+    stops them all by their PIDs; returns the (stopped) proxy and the
+    load's outcome."""
     proxy = proxy_cls(kind, tempfile.mkdtemp(prefix=f"{proxy_cls.name}-", dir=workdir), proxy_cpus)
     proxy.prepare()
     proxy.start()
     load = Load(kind, rate, seconds, proxy.workdir, sipp_cpus)
+    capture = Capture(proxy.workdir, capture_ports) if capture_ports else None
     try:
         load.start_callee()
+        if capture:
+            capture.start()
         load.start_caller()
         outcome = load.wait_caller()
     finally:
         load.stop()
+        if capture:
+            capture.stop()
         proxy.stop()
     return proxy, outcome
 
@@ -1135,21 +1146,9 @@ def hops(args, workdir):
     times = {cls.name: {name: [] for name, _, _ in HOPS} for cls in PROXIES}
     for _ in range(args.repeat):
         for cls in PROXIES:
-            proxy = cls("call", tempfile.mkdtemp(prefix=f"{cls.name}-", dir=workdir), args.proxy_cpus)
-            proxy.prepare()
-            proxy.start()
-            load = Load("call", args.rate, args.seconds, proxy.workdir, args.sipp_cpus)
-            capture = Capture(proxy.workdir, (UAC_PORT, UAS_PORT))
-            try:
-                load.start_callee()
-                capture.start()
-                load.start_caller()
-                outcome = load.wait_caller()
-            finally:
-                load.stop()
-                capture.stop()
-                proxy.stop()
-            run = hop_times(capture.path)
+            proxy, outcome = one_load(cls, "call", args.rate, args.seconds, workdir, args.proxy_cpus,
+                                      args.sipp_cpus, capture_ports=(UAC_PORT, UAS_PORT))
+            run = hop_times(os.path.join(proxy.workdir, CAPTURE_FILE))
             log(f"  {cls.name:<8} {outcome.get('successful', 0)}/{outcome.get('calls', 0)} ok, "
                 f"{len(run['INVITE->200'])} timed")
             for name in times[cls.name]:

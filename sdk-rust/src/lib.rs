@@ -59,7 +59,8 @@
 //! Every request but ACK gets a server transaction when it arrives, so a
 //! 1xx or 2xx reply is stateful: retransmissions of the request are
 //! answered from the transaction. A refusal (300–699) is sent once,
-//! statelessly, as `sl_send_reply` does: a retransmission is routed again. [`Request::relay`] proxies statefully (Kamailio's
+//! statelessly, as `sl_send_reply` does: a retransmission is routed
+//! again. [`Request::relay`] proxies statefully (Kamailio's
 //! `t_relay`) and brings in the other hooks: `on_branch` for each outgoing
 //! branch, `on_reply` for each response, `on_failure` when no branch
 //! succeeded. [`Request::forward`] stays stateless. The [`vars`] of a
