@@ -700,11 +700,7 @@ class Capture:
             return []
         want = b"1 INVITE" if kind == "call" else b"2 REGISTER"
         sent, times = {}, []
-        for ts, src_port, _, payload in read_pcap(self.path):
-            cseq = header(payload, b"CSeq")
-            if cseq is None or cseq.upper() != want:
-                continue
-            call_id = header(payload, b"Call-ID")
+        for ts, src_port, _, payload, call_id in packets_of(self.path, want):
             if src_port == UAC_PORT and not payload.startswith(b"SIP/2.0"):
                 sent.setdefault(call_id, ts)
             elif payload.startswith(b"SIP/2.0 2") and call_id in sent:
@@ -720,6 +716,15 @@ def header(payload, name):
         if sep and key.strip().lower() == name.lower():
             return value.strip()
     return None
+
+
+def packets_of(path, cseq):
+    """(timestamp, source port, destination port, payload, Call-ID) of the
+    packets of a capture whose CSeq is `cseq`."""
+    for ts, src, dst, payload in read_pcap(path):
+        value = header(payload, b"CSeq")
+        if value is not None and value.upper() == cseq:
+            yield ts, src, dst, payload, header(payload, b"Call-ID")
 
 
 def read_pcap(path):
@@ -1120,11 +1125,8 @@ def hop_times(path):
     """Milliseconds of each of HOPS, per call (CSeq 1 INVITE and its
     responses), from a capture of both SIPp ports."""
     seen = {}
-    for ts, src, dst, payload in read_pcap(path):
-        cseq = header(payload, b"CSeq")
-        if cseq is None or cseq.upper() != b"1 INVITE":
-            continue
-        call = seen.setdefault(header(payload, b"Call-ID"), {})
+    for ts, src, dst, payload, call_id in packets_of(path, b"1 INVITE"):
+        call = seen.setdefault(call_id, {})
         for start in (b"INVITE", b"SIP/2.0 180", b"SIP/2.0 200"):
             if payload.startswith(start):
                 call.setdefault((start, src, "src"), ts)
@@ -1496,9 +1498,12 @@ def main():
         f"(BENCH_KAMAILIO_MEM), -m {KAMAILIO_SHM_MB} (BENCH_KAMAILIO_SHM_MB) -M 8")
 
     workdir = tempfile.mkdtemp(prefix="wisp-bench-")
-    if args.profile or args.instructions or args.hops:
+    # A diagnosis asked for runs instead of the benchmark (the first given).
+    diagnoses = ((args.instructions, instructions), (args.hops, hops), (args.profile, profile))
+    diagnosis = next((run for asked, run in diagnoses if asked), None)
+    if diagnosis:
         try:
-            (instructions if args.instructions else hops if args.hops else profile)(args, workdir)
+            diagnosis(args, workdir)
         finally:
             if args.keep:
                 log(f"  work folder kept: {workdir}")
