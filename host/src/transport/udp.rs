@@ -88,8 +88,8 @@ pub(super) fn receive<D: Datagrams>(
     let mut more = false;
     // Times in a row this thread found the turn taken after a wake-up.
     let mut taken = 0;
-    // Whether this thread slept waiting for the socket since it last
-    // received.
+    // Whether this thread slept waiting for the socket since it last took
+    // the turn.
     let mut slept = false;
     loop {
         if !more {
