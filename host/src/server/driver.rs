@@ -5,7 +5,7 @@
 //! tenants confined for slow hooks, and lookups run on the tokio runtime
 //! and come back to their shard as input.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use tokio::sync::mpsc;
@@ -23,12 +23,19 @@ use super::worker::{Input, Shared};
 /// want the same one.
 const SHARDS_PER_CORE: usize = 2;
 
+/// Shards kept at most for an idle thread to take over (see
+/// [`Dispatcher::handle`]).
+const LEFT_FOR_LATER: usize = 32;
+
 /// Parses what arrives and hands it to its shard.
 pub(super) struct Dispatcher {
     shared: Arc<Shared>,
     /// Trusted sources, per-source limits and bans, before parsing.
     flood: Arc<Flood>,
     lanes: Arc<Lanes>,
+    /// Shards a receiving thread queued messages on and had not come to
+    /// when it started handling its batch, the latest last.
+    later: Mutex<Vec<usize>>,
 }
 
 impl Dispatcher {
@@ -57,6 +64,7 @@ impl Dispatcher {
             lanes,
             flood,
             shared: shared.clone(),
+            later: Mutex::new(Vec::with_capacity(LEFT_FOR_LATER)),
         });
         // Every shard may have sent to a connection that failed to open:
         // each is told (rare), and the timer thread hands it over.
@@ -164,23 +172,52 @@ impl Datagrams for Dispatcher {
         }
     }
 
+    /// Handles a batch shard by shard, in the order they came: a shard's
+    /// first drain handles all the batch queued on it. The shards after
+    /// the first are left for later too: a thread about to sleep takes
+    /// them over ([`Dispatcher::help`]) rather than let them wait for
+    /// this one's hooks. (Datagrams come in bursts, and a thread back from
+    /// handling takes the queued ones as a batch.)
     fn handle(&self, sorted: &mut Vec<Sorted>) {
-        // A batch often holds several messages of one shard; its first
-        // drain handles them all.
-        // (Past eight, a shard may be drained twice: harmless.)
-        let mut drained = [usize::MAX; 8];
+        // A UDP batch is 8 datagrams at most; past 8 shards (none today),
+        // the rest are handled as they come.
+        let mut shards = [usize::MAX; 8];
         let mut n = 0;
         for s in sorted.drain(..) {
-            if let Sorted::Queued(shard) = s {
-                if drained[..n].contains(&shard) {
-                    continue;
-                }
-                if n < drained.len() {
-                    drained[n] = shard;
+            match s {
+                Sorted::Queued(shard) if shards[..n].contains(&shard) => {}
+                Sorted::Queued(shard) if n < shards.len() => {
+                    shards[n] = shard;
                     n += 1;
                 }
+                other => self.handle_one(other),
             }
-            self.handle_one(s);
+        }
+        if n > 1 {
+            let mut later = self.later.lock().unwrap_or_else(|e| e.into_inner());
+            if later.len() + n > LEFT_FOR_LATER {
+                // Left by batches others came to first, most of them.
+                later.clear();
+            }
+            later.extend_from_slice(&shards[1..n]);
+        }
+        for &shard in &shards[..n] {
+            self.lanes.handle(shard);
+        }
+    }
+
+    /// Takes over a shard another thread's batch left for later, the
+    /// latest first (the one its thread comes to last); whether there was
+    /// one with messages waiting.
+    fn help(&self) -> bool {
+        loop {
+            let next = self.later.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let Some(shard) = next else {
+                return false;
+            };
+            if self.lanes.take_over(shard) {
+                return true;
+            }
         }
     }
 }

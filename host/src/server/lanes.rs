@@ -287,6 +287,25 @@ impl Lanes {
         }
     }
 
+    /// Takes over shard `index` if messages wait there and nobody holds
+    /// it (see [`Shard::take_over`]); whether it handled any. A confined
+    /// lane's messages are the lane threads'.
+    pub(super) fn take_over(&self, index: usize) -> bool {
+        let all = self.all.load();
+        let Some(lane) = all.get(index / self.per_lane) else {
+            return false;
+        };
+        if lane.confined(Instant::now()) {
+            return false;
+        }
+        let shard = &lane.shards[index % self.per_lane];
+        let (handled, left) = shard.take_over(&|| lane.confined(Instant::now()));
+        if left {
+            self.schedule(lane);
+        }
+        handled
+    }
+
     /// The timer thread, for ever: rounds of [`Lanes::tick`], sleeping in
     /// between until the earliest timer of any shard (see `alarm.rs`).
     pub(super) fn run_timers(&self) -> ! {

@@ -113,10 +113,27 @@ impl<H: Handler> Shard<H> {
     /// asked before each message, ends the drain early: true then when
     /// messages were left behind for another thread.
     pub(super) fn drain(&self, stop: &dyn Fn() -> bool) -> bool {
+        self.run(stop).1
+    }
+
+    /// Drains the shard if it has messages waiting: whether it handled
+    /// any, and whether it left some (as [`Shard::drain`]). A thread with
+    /// nothing else to do takes over so what another thread queued and
+    /// has not come to yet.
+    pub(super) fn take_over(&self, stop: &dyn Fn() -> bool) -> (bool, bool) {
+        if lock(&self.pending).is_empty() {
+            return (false, false);
+        }
+        self.run(stop)
+    }
+
+    /// [`Shard::drain`], telling also whether a message was handled.
+    fn run(&self, stop: &dyn Fn() -> bool) -> (bool, bool) {
+        let mut handled = false;
         loop {
             let mut worker = match self.worker.try_lock() {
                 Ok(worker) => worker,
-                Err(TryLockError::WouldBlock) => return false,
+                Err(TryLockError::WouldBlock) => return (handled, false),
                 Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             };
             let mut stopped = false;
@@ -128,6 +145,7 @@ impl<H: Handler> Shard<H> {
                 let next = lock(&self.pending).pop_front();
                 let Some(msg) = next else { break };
                 self.queued.fetch_sub(1, Ordering::Relaxed);
+                handled = true;
                 guarded(|| worker.handle(msg));
             }
             if !stopped {
@@ -139,12 +157,12 @@ impl<H: Handler> Shard<H> {
             self.alarm.due(due);
             let left = !lock(&self.pending).is_empty();
             if stopped {
-                return left;
+                return (handled, left);
             }
             // A message queued after the last look, while we still held the
             // shard, found it busy: it is ours to handle.
             if !left {
-                return false;
+                return (handled, false);
             }
         }
     }
@@ -273,5 +291,40 @@ mod tests {
         assert_eq!(*handled.lock().expect("lock"), vec![1, 2, 3]);
         assert_eq!(queued.load(Ordering::Relaxed), 0);
         assert!(!shard.needs_drain(Instant::now()), "no timer, no message");
+    }
+
+    #[test]
+    fn a_thread_takes_over_what_waits_in_a_shard_nobody_holds() {
+        let handled = Arc::new(Mutex::new(Vec::new()));
+        let (started_tx, started) = channel();
+        let (go, go_rx) = channel();
+        let shard = Arc::new(Shard::new(
+            Recorder {
+                handled: handled.clone(),
+                started: started_tx,
+                go: go_rx,
+                expired: 0,
+            },
+            Arc::new(AtomicUsize::new(0)),
+            100,
+            Arc::new(Alarm::new()),
+        ));
+        assert_eq!(shard.take_over(&|| false), (false, false), "nothing waits");
+        assert_eq!(lock(&shard.worker).expired, 0, "an idle shard is not taken");
+        // Queued by a thread that has not come to it yet.
+        assert!(shard.enqueue(1) && shard.enqueue(2));
+        assert_eq!(shard.take_over(&|| false), (true, false));
+        assert_eq!(*handled.lock().expect("lock"), vec![1, 2]);
+        // Held by another thread: left to it.
+        let holder = {
+            let shard = shard.clone();
+            std::thread::spawn(move || submit(&shard, 0))
+        };
+        started.recv().expect("message 0 is being handled");
+        assert!(shard.enqueue(3));
+        assert_eq!(shard.take_over(&|| false), (false, false), "held");
+        go.send(()).expect("holder alive");
+        holder.join().expect("holder thread");
+        assert_eq!(*handled.lock().expect("lock"), vec![1, 2, 0, 3]);
     }
 }

@@ -168,6 +168,11 @@ pub trait Datagrams: Send + Sync + 'static {
     fn sort(&self, inbound: Inbound) -> Option<Self::Sorted>;
     /// Handles a batch sorted by this thread, its turn given up.
     fn handle(&self, sorted: &mut Vec<Self::Sorted>);
+    /// Before a thread sleeps: handles what other threads sorted and have
+    /// not handled yet; whether there was any.
+    fn help(&self) -> bool {
+        false
+    }
 }
 
 /// Where to send a message.

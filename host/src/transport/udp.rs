@@ -33,6 +33,15 @@
 //! thread its arrival woke. A thread back from handling that finds
 //! datagrams still queued is behind the load: there a batch saves a
 //! system call per datagram, which the highest rates need.
+//!
+//! Its thread handles such a batch shard by shard, and the other thread
+//! may have nothing to do meanwhile: no datagram comes to wake it, those
+//! that came are in the batch. So a thread with nothing to receive, before
+//! it sleeps, takes over what a batch left for later
+//! ([`Datagrams::help`]): the shards its thread has not come to yet. At
+//! 1000 calls/s, an INVITE waited 67 µs at the median between its parse
+//! and its handling (issue #15), most of it for the INVITEs before it in
+//! its burst.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex, TryLockError};
@@ -92,8 +101,14 @@ pub(super) fn receive<D: Datagrams>(
     // the turn.
     let mut slept = false;
     loop {
-        if !more {
-            slept |= readable.wait();
+        if !more && !readable.ready() {
+            // Before sleeping: what another thread's batch left for later
+            // (then the socket again, which may have filled meanwhile).
+            if datagrams.help() {
+                continue;
+            }
+            readable.sleep();
+            slept = true;
         }
         {
             // A thread that panicked while sorting left only buffers behind.
@@ -189,16 +204,20 @@ impl Readable {
         Ok(Readable(epoll))
     }
 
-    /// Blocks until the socket is readable (or may be: the receive that
-    /// follows does not block either way); whether it had to sleep.
-    fn wait(&self) -> bool {
+    /// Whether the socket is readable now.
+    fn ready(&self) -> bool {
         use std::os::fd::AsRawFd;
         let mut event = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: `event` is one writable event for the duration of the call.
-        if unsafe { libc::epoll_wait(self.0.as_raw_fd(), &mut event, 1, 0) } == 1 {
-            return false;
-        }
-        // SAFETY: as above.
+        unsafe { libc::epoll_wait(self.0.as_raw_fd(), &mut event, 1, 0) == 1 }
+    }
+
+    /// Blocks until the socket is readable (or may be: the receive that
+    /// follows does not block either way).
+    fn sleep(&self) {
+        use std::os::fd::AsRawFd;
+        let mut event = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: `event` is one writable event for the duration of the call.
         let got = unsafe { libc::epoll_wait(self.0.as_raw_fd(), &mut event, 1, -1) };
         if got < 0 {
             let err = std::io::Error::last_os_error();
@@ -208,7 +227,6 @@ impl Readable {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
-        true
     }
 }
 
@@ -222,9 +240,11 @@ impl Readable {
         Ok(Readable)
     }
 
-    fn wait(&self) -> bool {
-        true
+    fn ready(&self) -> bool {
+        false
     }
+
+    fn sleep(&self) {}
 }
 
 /// How many times in a row a thread woken for a datagram looks at the
@@ -459,6 +479,110 @@ mod tests {
             met,
             [true, true],
             "the second datagram waited for the first one's handling"
+        );
+    }
+
+    /// A batch's datagrams queued, each "shard" its own: handling one
+    /// waits for its gate (the name starting with "0") or, as in
+    /// [`Meeting`], for another to be handled at the same time ("1", "2").
+    #[cfg(target_os = "linux")]
+    #[derive(Default)]
+    struct Sharing {
+        queued: Mutex<std::collections::VecDeque<String>>,
+        sorted: Mutex<u32>,
+        open: Mutex<Vec<String>>,
+        meeting: Meeting,
+    }
+
+    #[cfg(target_os = "linux")]
+    impl Sharing {
+        fn work(&self, name: String) {
+            if name.starts_with('0') {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while !self.open.lock().expect("lock").contains(&name) && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            } else {
+                self.meeting.handle(&mut vec![()]);
+            }
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    impl Datagrams for Sharing {
+        type Sorted = ();
+        fn sort(&self, inbound: Inbound) -> Option<()> {
+            let name = String::from_utf8_lossy(&inbound.data).into_owned();
+            self.queued.lock().expect("lock").push_back(name);
+            *self.sorted.lock().expect("lock") += 1;
+            Some(())
+        }
+        fn handle(&self, sorted: &mut Vec<()>) {
+            for () in sorted.drain(..) {
+                let next = self.queued.lock().expect("lock").pop_front();
+                if let Some(name) = next {
+                    self.work(name);
+                }
+            }
+        }
+        fn help(&self) -> bool {
+            let next = self.queued.lock().expect("lock").pop_back();
+            next.map(|name| self.work(name)).is_some()
+        }
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_batch_taken_while_the_other_thread_worked_is_shared_when_it_is_done() {
+        let socket = Arc::new(bind((Ipv4Addr::LOCALHOST, 0).into()).expect("bind"));
+        let addr = socket.local_addr().expect("addr");
+        let sharing = Arc::new(Sharing::default());
+        let turn = Arc::new(Turn::new());
+        for i in 0..2 {
+            let (socket, turn, sharing) = (socket.clone(), turn.clone(), sharing.clone());
+            let readable = Readable::new(&socket).expect("epoll");
+            // Left running: the test process ends them.
+            std::thread::Builder::new()
+                .name(format!("udp-sharing-{i}"))
+                .spawn(move || receive(socket, readable, turn, 0, &*sharing))
+                .expect("spawn");
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while asleep("udp-sharing-") < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let peer = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("peer");
+        // Both threads busy: one datagram each (sent while the turn is
+        // held, so that neither takes both)...
+        let held = turn.0.lock().expect("turn");
+        peer.send_to(b"0a", addr).expect("send");
+        peer.send_to(b"0b", addr).expect("send");
+        drop(held);
+        let sorted = |n| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while *sharing.sorted.lock().expect("lock") < n && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        sorted(2);
+        // ...while two more come; the first thread done takes both, as a
+        // batch, and handles "1" first, which waits for "2"...
+        peer.send_to(b"1", addr).expect("send");
+        peer.send_to(b"2", addr).expect("send");
+        sharing.open.lock().expect("lock").push("0a".into());
+        sorted(4);
+        // ...which the other thread, done next, finds left for later.
+        sharing.open.lock().expect("lock").push("0b".into());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while sharing.meeting.met.lock().expect("lock").len() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let met = sharing.meeting.met.lock().expect("lock").clone();
+        assert_eq!(
+            met,
+            [true, true],
+            "the batch's second datagram waited for its first"
         );
     }
 
