@@ -222,8 +222,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_busy_shard_queues_for_its_holder_in_order() {
+    /// A shard of a [`Recorder`]: what it handled, told when message 0
+    /// starts, and the go-ahead for message 0.
+    #[allow(clippy::type_complexity)]
+    fn recorded_shard() -> (
+        Arc<Shard<Recorder>>,
+        Arc<Mutex<Vec<u32>>>,
+        Receiver<()>,
+        Sender<()>,
+    ) {
         let handled = Arc::new(Mutex::new(Vec::new()));
         let (started_tx, started) = channel();
         let (go, go_rx) = channel();
@@ -238,6 +245,12 @@ mod tests {
             100,
             Arc::new(Alarm::new()),
         ));
+        (shard, handled, started, go)
+    }
+
+    #[test]
+    fn a_busy_shard_queues_for_its_holder_in_order() {
+        let (shard, handled, started, go) = recorded_shard();
         let holder = {
             let shard = shard.clone();
             std::thread::spawn(move || submit(&shard, 0))
@@ -295,20 +308,7 @@ mod tests {
 
     #[test]
     fn a_thread_takes_over_what_waits_in_a_shard_nobody_holds() {
-        let handled = Arc::new(Mutex::new(Vec::new()));
-        let (started_tx, started) = channel();
-        let (go, go_rx) = channel();
-        let shard = Arc::new(Shard::new(
-            Recorder {
-                handled: handled.clone(),
-                started: started_tx,
-                go: go_rx,
-                expired: 0,
-            },
-            Arc::new(AtomicUsize::new(0)),
-            100,
-            Arc::new(Alarm::new()),
-        ));
+        let (shard, handled, started, go) = recorded_shard();
         assert_eq!(shard.take_over(&|| false), (false, false), "nothing waits");
         assert_eq!(lock(&shard.worker).expired, 0, "an idle shard is not taken");
         // Queued by a thread that has not come to it yet.

@@ -443,26 +443,11 @@ mod tests {
     #[test]
     #[cfg(target_os = "linux")]
     fn two_datagrams_arriving_together_at_idle_threads_are_handled_side_by_side() {
-        let socket = Arc::new(bind((Ipv4Addr::LOCALHOST, 0).into()).expect("bind"));
-        let addr = socket.local_addr().expect("addr");
         let meeting = Arc::new(Meeting::default());
-        let turn = Arc::new(Turn::new());
-        for i in 0..2 {
-            let (socket, turn, meeting) = (socket.clone(), turn.clone(), meeting.clone());
-            let readable = Readable::new(&socket).expect("epoll");
-            // Left running: the test process ends them.
-            std::thread::Builder::new()
-                .name(format!("udp-meeting-{i}"))
-                .spawn(move || receive(socket, readable, turn, 0, &*meeting))
-                .expect("spawn");
-        }
         // Both threads asleep at the socket before the datagrams come (a
         // thread that finds datagrams queued without sleeping takes a
         // batch, as under load).
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while asleep("udp-meeting-") < 2 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (addr, turn) = two_asleep("udp-meeting-", meeting.clone());
         // Both queued before either thread receives: the turn is held
         // meanwhile.
         let held = turn.0.lock().expect("turn");
@@ -535,23 +520,8 @@ mod tests {
     #[test]
     #[cfg(target_os = "linux")]
     fn a_batch_taken_while_the_other_thread_worked_is_shared_when_it_is_done() {
-        let socket = Arc::new(bind((Ipv4Addr::LOCALHOST, 0).into()).expect("bind"));
-        let addr = socket.local_addr().expect("addr");
         let sharing = Arc::new(Sharing::default());
-        let turn = Arc::new(Turn::new());
-        for i in 0..2 {
-            let (socket, turn, sharing) = (socket.clone(), turn.clone(), sharing.clone());
-            let readable = Readable::new(&socket).expect("epoll");
-            // Left running: the test process ends them.
-            std::thread::Builder::new()
-                .name(format!("udp-sharing-{i}"))
-                .spawn(move || receive(socket, readable, turn, 0, &*sharing))
-                .expect("spawn");
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while asleep("udp-sharing-") < 2 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (addr, turn) = two_asleep("udp-sharing-", sharing.clone());
         let peer = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("peer");
         // Both threads busy: one datagram each (sent while the turn is
         // held, so that neither takes both)...
@@ -584,6 +554,29 @@ mod tests {
             [true, true],
             "the batch's second datagram waited for its first"
         );
+    }
+
+    /// Two threads receiving from a new socket for `datagrams`, named
+    /// `prefix` and a number, once both sleep waiting for it: its address
+    /// and turn.
+    #[cfg(target_os = "linux")]
+    fn two_asleep<D: Datagrams>(prefix: &str, datagrams: Arc<D>) -> (SocketAddr, Arc<Turn>) {
+        let socket = Arc::new(bind((Ipv4Addr::LOCALHOST, 0).into()).expect("bind"));
+        let turn = Arc::new(Turn::new());
+        for i in 0..2 {
+            let (socket, turn, datagrams) = (socket.clone(), turn.clone(), datagrams.clone());
+            let readable = Readable::new(&socket).expect("epoll");
+            // Left running: the test process ends them.
+            std::thread::Builder::new()
+                .name(format!("{prefix}{i}"))
+                .spawn(move || receive(socket, readable, turn, 0, &*datagrams))
+                .expect("spawn");
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while asleep(prefix) < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (socket.local_addr().expect("addr"), turn)
     }
 
     #[cfg(target_os = "linux")]
