@@ -117,9 +117,9 @@ impl<H: Handler> Shard<H> {
     }
 
     /// Drains the shard if it has messages waiting: whether it handled
-    /// any, and whether it left some (as [`Shard::drain`]). A thread with
-    /// nothing else to do takes over so what another thread queued and
-    /// has not come to yet.
+    /// any, and whether it left some (as [`Shard::drain`]). So a thread
+    /// with nothing else to do handles what another thread queued and has
+    /// not come to yet.
     pub(super) fn take_over(&self, stop: &dyn Fn() -> bool) -> (bool, bool) {
         if lock(&self.pending).is_empty() {
             return (false, false);
