@@ -228,6 +228,10 @@ fn while_redis_is_down_register_fails_and_cached_bindings_serve() {
         .expect("the link comes back");
     a.wait_for_log("wrote back", 1, WAIT)
         .expect("A writes back its bindings");
+    // B's link comes back on its own, sometimes after A's: until then
+    // its lookups are answered 500, and a call that gets no further
+    // waits out the deadline below.
+    wait_for_link(&b, true);
     // What A had is in Redis again: B finds dave.
     let deadline = Instant::now() + WAIT;
     while !call_reaches(&b, "dave", &phone) {
