@@ -57,9 +57,10 @@ const MAX_DATAGRAM: usize = 65_535;
 /// be dropped before we read them.
 const RECV_BUFFER: usize = 4 << 20;
 
-/// A blocking socket: receivers block in `recv_from`, and a send waits only
-/// while the kernel's send buffer is full, which a datagram socket drains at
-/// once.
+/// A blocking socket: on Linux receivers wait for it in epoll and take what
+/// it holds without blocking (`MSG_DONTWAIT`), elsewhere they block in
+/// `recv_from`; a send waits only while the kernel's send buffer is full,
+/// which a datagram socket drains at once.
 pub(super) fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
