@@ -69,11 +69,12 @@ fn class(size: usize) -> Option<(usize, usize)> {
     }
 }
 
-/// The size class of a block of this layout when it is a plain one.
+/// The size class of a block of `size` bytes aligned to `align`, when a
+/// plain block of its class has that alignment.
 #[inline(always)]
-fn cached_class(layout: &Layout) -> Option<(usize, usize)> {
-    if layout.align() <= PLAIN_ALIGN {
-        class(layout.size())
+fn cached_class(size: usize, align: usize) -> Option<(usize, usize)> {
+    if align <= PLAIN_ALIGN {
+        class(size)
     } else {
         None
     }
@@ -198,7 +199,7 @@ unsafe fn block(
 unsafe impl GlobalAlloc for Mimalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if let Some((class, size)) = cached_class(&layout) {
+        if let Some((class, size)) = cached_class(layout.size(), layout.align()) {
             let block = cached(class);
             if !block.is_null() {
                 return block;
@@ -219,15 +220,16 @@ unsafe impl GlobalAlloc for Mimalloc {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if let Some((class, size)) = cached_class(&layout) {
-            let block = cached(class);
+        if cached_class(layout.size(), layout.align()).is_some() {
+            // A block of a cached class is 2 KiB at most: zeroed here,
+            // whether it was kept or new.
+            // SAFETY: the caller's layout, as `GlobalAlloc::alloc` asks.
+            let block = unsafe { self.alloc(layout) };
             if !block.is_null() {
-                // SAFETY: a block of the class holds at least `layout.size()`.
+                // SAFETY: the block holds at least `layout.size()` bytes.
                 unsafe { block.write_bytes(0, layout.size()) };
-                return block;
             }
-            // SAFETY: any size.
-            return unsafe { mi::mi_zalloc(size).cast() };
+            return block;
         }
         // SAFETY: as above.
         unsafe {
@@ -242,7 +244,7 @@ unsafe impl GlobalAlloc for Mimalloc {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if let Some((class, _)) = cached_class(&layout) {
+        if let Some((class, _)) = cached_class(layout.size(), layout.align()) {
             // SAFETY: this thread's cache; no reference to it outlives the call.
             if CACHE.with(|cache| unsafe { (*cache.get()).push(class, ptr) }) {
                 return;
@@ -254,8 +256,9 @@ unsafe impl GlobalAlloc for Mimalloc {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let new_class = class(new_size).filter(|_| layout.align() <= PLAIN_ALIGN);
-        if let (Some((old, _)), Some((new, _))) = (cached_class(&layout), new_class) {
+        let new_class = cached_class(new_size, layout.align());
+        let old_class = cached_class(layout.size(), layout.align());
+        if let (Some((old, _)), Some((new, _))) = (old_class, new_class) {
             if old == new {
                 return ptr; // the block was made for any size of its class
             }
@@ -289,6 +292,12 @@ mod tests {
         CACHE.with(|cache| unsafe { (*cache.get()).len.iter().map(|&n| n as usize).sum() })
     }
 
+    /// Gives this thread's kept blocks back and stops keeping them.
+    fn flush() {
+        // SAFETY: this thread's cache.
+        CACHE.with(|cache| unsafe { (*cache.get()).flush() });
+    }
+
     fn layout(size: usize) -> Layout {
         Layout::from_size_align(size, 8).expect("layout")
     }
@@ -320,8 +329,7 @@ mod tests {
             a.dealloc(again, layout(112));
             a.dealloc(zeroed, layout(97));
         }
-        // SAFETY: this thread's cache.
-        CACHE.with(|cache| unsafe { (*cache.get()).flush() });
+        flush();
         assert_eq!(kept(), 0);
     }
 
@@ -338,8 +346,7 @@ mod tests {
             }
         }
         assert_eq!(kept(), DEPTH);
-        // SAFETY: this thread's cache.
-        CACHE.with(|cache| unsafe { (*cache.get()).flush() });
+        flush();
     }
 
     /// A thread that did not ask keeps nothing.
