@@ -211,6 +211,26 @@ def udp_rcvbuf(port):
     return None
 
 
+def udp_drops():
+    """Datagrams each local UDP port's socket dropped so far (its receive
+    buffer full), from /proc/net/udp and udp6: {port: drops}."""
+    drops = {}
+    for path in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(path) as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            try:
+                port = int(fields[1].rsplit(":", 1)[1], 16)
+                drops[port] = drops.get(port, 0) + int(fields[-1])
+            except (IndexError, ValueError):
+                continue
+    return drops
+
+
 def options_ping(port, timeout):
     """Waits until the proxy answers an OPTIONS to itself with 200."""
     deadline = time.monotonic() + timeout
@@ -592,12 +612,18 @@ class Load:
     def wait_caller(self):
         """Waits for the caller to finish (bounded); returns its outcome."""
         limit = self.seconds + 20
-        try:
-            self.uac.wait(timeout=max(1.0, self.started + limit - time.monotonic()))
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            stop(self.uac)
+        # Drops are counted per socket, and SIPp's sockets go when it
+        # exits: sampled while it runs, the highest count of each kept.
+        drops = {}
+        timed_out = False
+        while self.uac.poll() is None:
+            for port, n in udp_drops().items():
+                drops[port] = max(n, drops.get(port, 0))
+            if time.monotonic() >= self.started + limit:
+                timed_out = True
+                stop(self.uac)
+                break
+            time.sleep(0.2)
         wall = time.monotonic() - self.started
         stop(self.uas)
         uac = sipp_stats(os.path.join(self.dir, "uac.csv"))
@@ -618,6 +644,10 @@ class Load:
             "sipp_elapsed_s": elapsed_s(uac),
             "wall_s": round(wall, 2),
             "timed_out": timed_out,
+            # Where datagrams were lost, when a run fails: the proxy's
+            # socket (it fell behind) or SIPp's (SIPp did).
+            "drops_proxy": drops.get(PROXY_PORT, 0),
+            "drops_sipp": drops.get(UAC_PORT, 0) + drops.get(UAS_PORT, 0),
         }
 
     def stop(self):
@@ -865,7 +895,10 @@ def probe(proxy_cls, kind, rate, args, workdir):
     log(
         f"  {proxy_cls.name:<8} {kind:<8} {rate:>6}/s  "
         f"{'kept up' if ok else 'failed: ' + why}"
-        f"  ({outcome['successful']}/{outcome['calls']} ok, {outcome['retransmissions']} retrans)"
+        f"  ({outcome['successful']}/{outcome['calls']} ok, {outcome['retransmissions']} retrans"
+        + (f"; datagrams dropped: {outcome['drops_proxy']} by the proxy's socket, "
+           f"{outcome['drops_sipp']} by SIPp's" if outcome["drops_proxy"] or outcome["drops_sipp"] else "")
+        + ")"
     )
     return ok
 
