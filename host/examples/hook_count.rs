@@ -6,10 +6,14 @@
 //! cargo build --release -p wisp --example hook_count
 //! for n in 1000 2000; do
 //!   valgrind --tool=callgrind --callgrind-out-file=cg.$n \
-//!     '--toggle-collect=*Pool::route*' '--toggle-collect=*Pool::on_reply*' \
+//!     '--toggle-collect=*Pool::route_from' '--toggle-collect=*Pool::on_reply_from' \
 //!     target/release/examples/hook_count invite $n
 //! done
 //! ```
+//!
+//! Each toggle names one function: entering a function that matches
+//! switches counting on or off, so a pattern matching both `Pool::route`
+//! and the `Pool::route_from` it calls would switch it off again inside.
 //!
 //! (cg.2000 − cg.1000) / 1000 is one hook call; the hooks are those of the
 //! bench: `invite`, `bye`, `reply` (on-reply on the 200) and `call` (all
