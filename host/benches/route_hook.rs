@@ -35,14 +35,14 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("route_hook");
     group.bench_function("invite", |b| {
         b.iter_batched(
-            || (call.invite.clone(), TxVars::default()),
+            || (call.invite.request(), TxVars::default()),
             |(req, mut vars)| black_box(pool.route(req, &mut vars)),
             BatchSize::SmallInput,
         )
     });
     group.bench_function("bye_in_dialog", |b| {
         b.iter_batched(
-            || (call.bye.clone(), TxVars::default()),
+            || (call.bye.request(), TxVars::default()),
             |(req, mut vars)| black_box(pool.route(req, &mut vars)),
             BatchSize::SmallInput,
         )
@@ -51,8 +51,8 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(
             || {
                 (
-                    call.invite.clone(),
-                    call.ok_invite.clone(),
+                    call.invite.request(),
+                    call.ok_invite.message(),
                     TxVars::default(),
                 )
             },
@@ -66,11 +66,15 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(
             || {
                 (
-                    (call.invite.clone(), call.ack.clone(), call.bye.clone()),
+                    (
+                        call.invite.request(),
+                        call.ack.request(),
+                        call.bye.request(),
+                    ),
                     [
-                        call.ringing.clone(),
-                        call.ok_invite.clone(),
-                        call.ok_bye.clone(),
+                        call.ringing.message(),
+                        call.ok_invite.message(),
+                        call.ok_bye.message(),
                     ],
                 )
             },

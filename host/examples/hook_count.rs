@@ -38,24 +38,28 @@ fn main() {
     for _ in 0..n {
         match which.as_str() {
             "invite" => drop(black_box(
-                pool.route(call.invite.clone(), &mut TxVars::default()),
+                pool.route(call.invite.request(), &mut TxVars::default()),
             )),
             "bye" => drop(black_box(
-                pool.route(call.bye.clone(), &mut TxVars::default()),
+                pool.route(call.bye.request(), &mut TxVars::default()),
             )),
             "reply" => drop(black_box(pool.on_reply(
-                call.invite.clone(),
-                call.ok_invite.clone(),
+                call.invite.request(),
+                call.ok_invite.message(),
                 callee(),
                 &mut TxVars::default(),
             ))),
             "call" => all_hooks(
                 &pool,
-                (call.invite.clone(), call.ack.clone(), call.bye.clone()),
+                (
+                    call.invite.request(),
+                    call.ack.request(),
+                    call.bye.request(),
+                ),
                 [
-                    call.ringing.clone(),
-                    call.ok_invite.clone(),
-                    call.ok_bye.clone(),
+                    call.ringing.message(),
+                    call.ok_invite.message(),
+                    call.ok_bye.message(),
                 ],
             ),
             other => panic!("unknown hook {other}: invite, bye, reply or call"),
