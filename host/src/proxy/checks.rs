@@ -17,7 +17,7 @@ pub fn max_forwards(req: &mut RequestCtx, limit: u32) -> Result<(), Rejection> {
     }
     let remaining = match req.msg.max_forwards() {
         None => {
-            set(req, limit)?;
+            req.msg.set_max_forwards(limit);
             req.max_forwards_done = true;
             return Ok(());
         }
@@ -27,7 +27,7 @@ pub fn max_forwards(req: &mut RequestCtx, limit: u32) -> Result<(), Rejection> {
     if remaining == 0 {
         return Err(reject(483, "Too Many Hops"));
     }
-    set(req, remaining - 1)?;
+    req.msg.set_max_forwards(remaining - 1);
     req.max_forwards_done = true;
     Ok(())
 }
@@ -38,9 +38,8 @@ pub fn max_forwards(req: &mut RequestCtx, limit: u32) -> Result<(), Rejection> {
 pub fn cap_max_forwards(msg: &mut Message, cap: u32) -> Result<(), String> {
     match msg.max_forwards() {
         Some(Ok(n)) if n > cap => {
-            msg.remove_headers(&HeaderName::MaxForwards);
-            msg.append_header(HeaderName::MaxForwards, &cap.to_string())
-                .map_err(|e| e.to_string())
+            msg.set_max_forwards(cap);
+            Ok(())
         }
         Some(Err(_)) => Err("Bad Max-Forwards".into()),
         _ => Ok(()),
@@ -85,13 +84,6 @@ pub fn set_max_breadth(msg: &mut Message, breadth: u32) -> Result<(), String> {
     msg.remove_headers(&HeaderName::MaxBreadth);
     msg.append_header(HeaderName::MaxBreadth, &breadth.to_string())
         .map_err(|e| e.to_string())
-}
-
-fn set(req: &mut RequestCtx, value: u32) -> Result<(), Rejection> {
-    req.msg.remove_headers(&HeaderName::MaxForwards);
-    req.msg
-        .append_header(HeaderName::MaxForwards, &value.to_string())
-        .map_err(|_| reject(500, "Cannot Set Max-Forwards"))
 }
 
 fn reject(code: u16, reason: &str) -> Rejection {

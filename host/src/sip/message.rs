@@ -660,6 +660,31 @@ impl Message {
 
     /// Max-Forwards: `None` when absent, Err when not a number (1*DIGIT
     /// that fits a u32; the RFC's 0..=255 is not enforced).
+    /// Sets Max-Forwards to `hops`: the line there is gets the new value in
+    /// its place (as Kamailio's maxfwd module rewrites it), any further
+    /// line goes, and a message without one gets it as its last line. A
+    /// value below 100 is static text: no allocation.
+    pub fn set_max_forwards(&mut self, hops: u32) {
+        let value = match super::write::small_decimal(hops) {
+            Some(text) => Text::fixed(text),
+            None => Text::owned(&hops.to_string()),
+        };
+        let name = HeaderName::MaxForwards;
+        let mut lines = self.lines_with(&name).iter().enumerate();
+        let Some((first, _)) = lines.find(|(_, h)| h.name == name) else {
+            self.append_trusted(name, value);
+            return;
+        };
+        if lines.any(|(_, h)| h.name == name) {
+            let mut at = 0;
+            self.headers.retain(|h| {
+                at += 1;
+                at - 1 <= first || h.name != name
+            });
+        }
+        self.headers[first].value = value;
+    }
+
     pub fn max_forwards(&self) -> Option<Result<u32, ParseError>> {
         self.header(&HeaderName::MaxForwards).map(|v| {
             parse_u32(v).ok_or_else(|| ParseError::bad_header("Max-Forwards", "not a number"))
@@ -802,6 +827,45 @@ mod tests {
             assert_eq!(bytes.len(), response.wire_len(), "{code}");
             assert!(bytes.starts_with(format!("SIP/2.0 {code:03} Reason\r\n").as_bytes()));
         }
+    }
+
+    #[test]
+    fn max_forwards_is_set_in_its_place() {
+        let names = |m: &Message| -> Vec<String> {
+            m.headers()
+                .iter()
+                .map(|h| h.name().as_str().to_owned())
+                .collect()
+        };
+        let mut m = msg();
+        let before = names(&m);
+        for hops in [69, 5, 0, 99, 100, 4_000_000_000] {
+            m.set_max_forwards(hops);
+            assert_eq!(m.max_forwards(), Some(Ok(hops)));
+            assert_eq!(
+                m.header(&HeaderName::MaxForwards),
+                Some(hops.to_string().as_str())
+            );
+            assert_eq!(names(&m), before, "the line stays where it was");
+        }
+        // A message without one gets it last; one with several keeps one.
+        let mut m = msg();
+        m.remove_headers(&HeaderName::MaxForwards);
+        m.set_max_forwards(10);
+        assert_eq!(names(&m).last().map(String::as_str), Some("Max-Forwards"));
+        m.append_header(HeaderName::Subject, "s").unwrap();
+        m.append_header(HeaderName::MaxForwards, "3").unwrap();
+        m.set_max_forwards(7);
+        assert_eq!(
+            m.header_lines(&HeaderName::MaxForwards).collect::<Vec<_>>(),
+            ["7"]
+        );
+        assert_eq!(names(&m).last().map(String::as_str), Some("Subject"));
+        let text = String::from_utf8(m.to_bytes().to_vec()).unwrap();
+        assert!(
+            text.contains("\r\nMax-Forwards: 7\r\nSubject: s\r\n"),
+            "{text}"
+        );
     }
 
     #[test]

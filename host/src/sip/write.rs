@@ -23,6 +23,31 @@ pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
     std::str::from_utf8(&buf[at..]).unwrap_or("0")
 }
 
+/// "00" to "99" side by side: the text of a number below 100 is a slice of
+/// it, a `&'static str` that a header line keeps without an allocation.
+static TWO_DIGITS: [u8; 200] = {
+    let mut digits = [0u8; 200];
+    let mut n = 0;
+    while n < 100 {
+        digits[2 * n] = b'0' + (n / 10) as u8;
+        digits[2 * n + 1] = b'0' + (n % 10) as u8;
+        n += 1;
+    }
+    digits
+};
+
+/// `n` in decimal as static text, for `n` below 100 (a Max-Forwards); none
+/// for larger numbers.
+pub fn small_decimal(n: u32) -> Option<&'static str> {
+    let at = usize::try_from(n).ok().filter(|&n| n < 100)? * 2;
+    let digits = if n < 10 {
+        &TWO_DIGITS[at + 1..at + 2]
+    } else {
+        &TWO_DIGITS[at..at + 2]
+    };
+    std::str::from_utf8(digits).ok()
+}
+
 /// Appends `n` in decimal.
 pub fn push_decimal(out: &mut String, n: u64) {
     out.push_str(decimal(n, &mut [0u8; 20]));
@@ -117,6 +142,16 @@ mod tests {
             u64::MAX,
         ] {
             assert_eq!(written(|o| push_decimal(o, n)), format!(">{n}"));
+        }
+    }
+
+    #[test]
+    fn small_numbers_as_static_text() {
+        for n in 0..100u32 {
+            assert_eq!(small_decimal(n), Some(n.to_string().as_str()));
+        }
+        for n in [100, 101, 999, u32::MAX] {
+            assert_eq!(small_decimal(n), None);
         }
     }
 
