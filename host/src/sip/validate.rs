@@ -156,19 +156,32 @@ pub fn sanity_check(msg: &Message) -> Result<(), Rejection> {
     let Some(method) = msg.method() else {
         return Ok(());
     };
-    for name in [
+    // The headers every request holds, in one pass over the lines (a route
+    // calls this on every request; a lookup per name was five passes).
+    const REQUIRED: [HeaderName; 5] = [
         HeaderName::Via,
         HeaderName::From,
         HeaderName::To,
         HeaderName::CallId,
         HeaderName::CSeq,
-    ] {
-        if !msg.has_value(&name) {
-            return Err(Rejection::new(
-                400,
-                &format!("Missing {} header", name.as_str()),
-            ));
-        }
+    ];
+    let mut held = [false; REQUIRED.len()];
+    for h in msg.headers() {
+        let i = match h.name() {
+            HeaderName::Via => 0,
+            HeaderName::From => 1,
+            HeaderName::To => 2,
+            HeaderName::CallId => 3,
+            HeaderName::CSeq => 4,
+            _ => continue,
+        };
+        held[i] = held[i] || h.holds_value();
+    }
+    if let Some(missing) = REQUIRED.iter().zip(held).find(|(_, held)| !held) {
+        return Err(Rejection::new(
+            400,
+            &format!("Missing {} header", missing.0.as_str()),
+        ));
     }
     if let Some(Err(_)) = msg.max_forwards() {
         return Err(Rejection::new(400, "Bad Max-Forwards header"));
@@ -275,5 +288,16 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(sanity_check(&m).unwrap_err().code, 400);
+        // The first header missing, in the order Via, From, To, Call-ID,
+        // CSeq; a Via line without an element holds none.
+        for (text, missing) in [
+            ("Via: , \r\nFrom: <sip:a@b>;tag=1\r\n", "Via"),
+            ("Via: SIP/2.0/UDP h;branch=z9hG4bK1\r\nTo: <sip:a@b>\r\nCSeq: 1 OPTIONS\r\n", "From"),
+            ("v: SIP/2.0/UDP h;branch=z9hG4bK1\r\nf: <sip:a@b>;tag=1\r\nt: <sip:c@d>\r\nCSeq: 1 OPTIONS\r\n", "Call-ID"),
+        ] {
+            let m = parse(Bytes::from(format!("OPTIONS sip:a@b SIP/2.0\r\n{text}\r\n"))).unwrap();
+            let r = sanity_check(&m).unwrap_err();
+            assert_eq!((r.code, r.reason.as_str()), (400, format!("Missing {missing} header").as_str()));
+        }
     }
 }
