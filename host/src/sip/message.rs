@@ -661,8 +661,6 @@ impl Message {
         NameAddr::parse(v).map_err(|e| ParseError::bad_header(name.as_str(), e.reason()))
     }
 
-    /// Max-Forwards: `None` when absent, Err when not a number (1*DIGIT
-    /// that fits a u32; the RFC's 0..=255 is not enforced).
     /// Sets Max-Forwards to `hops`: the line there is gets the new value in
     /// its place (as Kamailio's maxfwd module rewrites it), any further
     /// line goes, and a message without one gets it as its last line. A
@@ -688,6 +686,8 @@ impl Message {
         self.headers[first].value = value;
     }
 
+    /// Max-Forwards: `None` when absent, Err when not a number (1*DIGIT
+    /// that fits a u32; the RFC's 0..=255 is not enforced).
     pub fn max_forwards(&self) -> Option<Result<u32, ParseError>> {
         self.header(&HeaderName::MaxForwards).map(|v| {
             parse_u32(v).ok_or_else(|| ParseError::bad_header("Max-Forwards", "not a number"))

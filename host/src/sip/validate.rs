@@ -167,6 +167,7 @@ pub fn sanity_check(msg: &Message) -> Result<(), Rejection> {
     ];
     let mut held = [false; REQUIRED.len()];
     for h in msg.headers() {
+        // A match, not a search of REQUIRED: the index in REQUIRED.
         let i = match h.name() {
             HeaderName::Via => 0,
             HeaderName::From => 1,
