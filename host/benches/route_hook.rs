@@ -64,21 +64,8 @@ fn bench(c: &mut Criterion) {
 
     c.bench_function("call/all_hooks", |b| {
         b.iter_batched(
-            || {
-                (
-                    (
-                        call.invite.request(),
-                        call.ack.request(),
-                        call.bye.request(),
-                    ),
-                    [
-                        call.ringing.message(),
-                        call.ok_invite.message(),
-                        call.ok_bye.message(),
-                    ],
-                )
-            },
-            |(requests, responses)| all_hooks(&pool, requests, responses),
+            || call.messages(),
+            |messages| all_hooks(&pool, messages),
             BatchSize::SmallInput,
         )
     });

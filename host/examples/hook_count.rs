@@ -52,19 +52,7 @@ fn main() {
                 callee(),
                 &mut TxVars::default(),
             ))),
-            "call" => all_hooks(
-                &pool,
-                (
-                    call.invite.request(),
-                    call.ack.request(),
-                    call.bye.request(),
-                ),
-                [
-                    call.ringing.message(),
-                    call.ok_invite.message(),
-                    call.ok_bye.message(),
-                ],
-            ),
+            "call" => all_hooks(&pool, call.messages()),
             other => panic!("unknown hook {other}: invite, bye, reply or call"),
         }
     }

@@ -109,6 +109,28 @@ pub struct Call {
     pub ok_bye: Wire,
 }
 
+/// What [`all_hooks`] takes: the call's requests and the callee's
+/// responses, each as a hook gets it.
+pub type CallMessages = ((RequestCtx, RequestCtx, RequestCtx), [Message; 3]);
+
+impl Call {
+    /// The six messages of the call, each as a hook gets it.
+    pub fn messages(&self) -> CallMessages {
+        (
+            (
+                self.invite.request(),
+                self.ack.request(),
+                self.bye.request(),
+            ),
+            [
+                self.ringing.message(),
+                self.ok_invite.message(),
+                self.ok_bye.message(),
+            ],
+        )
+    }
+}
+
 pub fn call() -> Call {
     let common = |method: &str, cseq: u32, to_tag: &str, route: &str| {
         format!(
@@ -212,11 +234,7 @@ pub fn check(pool: &Pool, call: &Call) {
 /// The six hooks one call runs in wisp: route on the INVITE, on-reply on
 /// the 180 and the 200, route on the ACK and the BYE, on-reply on the
 /// BYE's 200.
-pub fn all_hooks(
-    pool: &Pool,
-    (invite, ack, bye): (RequestCtx, RequestCtx, RequestCtx),
-    [ringing, ok_invite, ok_bye]: [Message; 3],
-) {
+pub fn all_hooks(pool: &Pool, ((invite, ack, bye), [ringing, ok_invite, ok_bye]): CallMessages) {
     let mut vars = TxVars::default();
     let (invite, r) = pool.route(invite, &mut vars);
     black_box(&r);
