@@ -19,6 +19,8 @@
 //! fails with a reply to send (483, a challenge, 404...) answers by
 //! itself through the same `?`.
 
+use std::sync::OnceLock;
+
 use wisp_sdk::nat::NatSigns;
 use wisp_sdk::prelude::*;
 use wisp_sdk::registrar::SaveFlags;
@@ -33,6 +35,60 @@ const FLT_NATS: &str = "flt_nats";
 const FLB_NATB: &str = "flb_natb";
 /// The transaction variable holding the `FAILOVER` URIs not tried yet.
 const FAILOVER_VAR: &str = "failover";
+
+/// The tenant params this routing reads, read once per instance, as
+/// Kamailio's preprocessor fixes the `#!define`s when it reads its config:
+/// a tenant's params are fixed for the life of an instance (changing them
+/// loads new instances). Asked on every request instead, the names were
+/// compared and the URI lists split again each time: a tenth of an
+/// INVITE's route hook (issue #15).
+struct Settings {
+    /// `WITH_NAT`.
+    nat: bool,
+    /// `WITH_AUTH`.
+    auth: bool,
+    /// `WITH_IPAUTH`.
+    ipauth: bool,
+    /// `WITH_USRLOCDB`.
+    usrlocdb: bool,
+    /// `WITH_PSTN`.
+    pstn: bool,
+    /// `PSTN_GW_IP`, trimmed; none when unset or blank.
+    pstn_gw_ip: Option<String>,
+    /// `PSTN_GW_PORT`, trimmed (default 5060).
+    pstn_gw_port: String,
+    /// `PARALLEL`: URIs to fork an INVITE to.
+    parallel: Vec<String>,
+    /// `FAILOVER`, comma-joined as [`FAILOVER_VAR`] keeps it; empty when
+    /// there is none.
+    failover: String,
+}
+
+impl Settings {
+    fn read() -> Settings {
+        let param = |name| config::param(name).unwrap_or_default();
+        let trimmed = |value: String| value.trim().to_owned();
+        let pstn_gw_ip = Some(trimmed(param("PSTN_GW_IP"))).filter(|ip| !ip.is_empty());
+        let pstn_gw_port = config::param("PSTN_GW_PORT").unwrap_or_else(|| "5060".into());
+        Settings {
+            nat: config::enabled("WITH_NAT"),
+            auth: config::enabled("WITH_AUTH"),
+            ipauth: config::enabled("WITH_IPAUTH"),
+            usrlocdb: config::enabled("WITH_USRLOCDB"),
+            pstn: config::enabled("WITH_PSTN"),
+            pstn_gw_ip,
+            pstn_gw_port: trimmed(pstn_gw_port),
+            parallel: uri_list(&param("PARALLEL")),
+            failover: uri_list(&param("FAILOVER")).join(","),
+        }
+    }
+}
+
+/// This instance's [`Settings`].
+fn settings() -> &'static Settings {
+    static SETTINGS: OnceLock<Settings> = OnceLock::new();
+    SETTINGS.get_or_init(Settings::read)
+}
 
 struct DefaultRouting;
 
@@ -86,7 +142,7 @@ impl Router for DefaultRouting {
     /// here, wisp has no media relay). Final answers are accounted by the
     /// host (`acc::account`).
     fn on_reply(_req: &Request, res: &Response) -> Flow {
-        if config::enabled("WITH_NAT") && vars::is_set(FLB_NATB) {
+        if settings().nat && vars::is_set(FLB_NATB) {
             nat::fix_reply_contact(res);
         }
         Ok(())
@@ -123,23 +179,23 @@ impl Router for DefaultRouting {
 fn relay(req: &Request) -> Flow {
     // WITH_NAT: route(RTPPROXY) would anchor the media here; wisp has no
     // media relay, so only the signalling is fixed (see route[NAT]).
+    let settings = settings();
     let mut hooks = Hooks::empty();
-    // The flag is read only where it can be set: config is read once per
-    // instance, a variable is a call to the host.
-    if config::enabled("WITH_NAT") && vars::is_set(FLB_NATB) {
+    // The flag is read only where it can be set: settings are read once
+    // per instance, a variable is a call to the host.
+    if settings.nat && vars::is_set(FLB_NATB) {
         hooks |= Hooks::ON_REPLY;
     }
     if *req.method() == Method::Invite {
-        for uri in uri_list("PARALLEL") {
+        for uri in &settings.parallel {
             // Past the branch limit (a lookup may have used it up) the
             // call goes on with the branches it has.
-            if let Err(err) = req.append_branch(&uri) {
+            if let Err(err) = req.append_branch(uri) {
                 log::warn(&format!("PARALLEL {uri}: {err}"));
             }
         }
-        let failover = uri_list("FAILOVER");
-        if !failover.is_empty() {
-            vars::set(FAILOVER_VAR, &failover.join(","))?;
+        if !settings.failover.is_empty() {
+            vars::set(FAILOVER_VAR, &settings.failover)?;
             hooks |= Hooks::ON_FAILURE;
         }
     }
@@ -185,7 +241,7 @@ fn withindlg(req: &Request) -> Flow {
             if *req.method() == Method::Ack {
                 return req.exit();
             }
-            if !config::enabled("WITH_AUTH") {
+            if !settings().auth {
                 return req.reply(403, "Not relaying");
             }
             auth(req)?;
@@ -217,10 +273,10 @@ fn registrar(req: &Request) -> Flow {
         return Ok(());
     }
     let mut flags = SaveFlags::empty();
-    if config::enabled("WITH_NAT") && vars::is_set(FLT_NATS) {
+    if settings().nat && vars::is_set(FLT_NATS) {
         flags |= SaveFlags::NAT; // setbflag(6): the binding keeps the source
     }
-    if config::enabled("WITH_USRLOCDB") {
+    if settings().usrlocdb {
         flags |= SaveFlags::PERSISTENT;
     }
     let options = SaveOptions {
@@ -264,7 +320,7 @@ fn presence(req: &Request) -> Flow {
 /// `authorize_or_challenge` answers with the challenge by itself
 /// (`www_challenge`, `proxy_challenge`) when the credentials do not check.
 fn auth(req: &Request) -> Flow {
-    if !config::enabled("WITH_AUTH") {
+    if !settings().auth {
         return Ok(());
     }
     if *req.method() == Method::Register {
@@ -275,7 +331,7 @@ fn auth(req: &Request) -> Flow {
         return Ok(());
     }
 
-    if config::enabled("WITH_IPAUTH") && permissions::allow_source_address(req) {
+    if settings().ipauth && permissions::allow_source_address(req) {
         // source IP allowed
         return Ok(());
     }
@@ -303,7 +359,7 @@ fn auth(req: &Request) -> Flow {
 
 /// route[NAT] (`WITH_NAT`): caller NAT detection.
 fn nat(req: &Request) -> Flow {
-    if !config::enabled("WITH_NAT") {
+    if !settings().nat {
         return Ok(());
     }
     nat::force_rport(req);
@@ -327,7 +383,7 @@ fn sipout(req: &Request) -> Flow {
     if req.uri_is_myself() {
         return Ok(());
     }
-    if !config::enabled("WITH_AUTH") && !req.source_trusted() {
+    if !settings().auth && !req.source_trusted() {
         return req.reply(403, "Not relaying");
     }
     req.append_header("P-hint", "outbound")?;
@@ -337,10 +393,11 @@ fn sipout(req: &Request) -> Flow {
 /// route[PSTN] (`WITH_PSTN`): numbers in international format go to the
 /// gateway `PSTN_GW_IP` (`PSTN_GW_PORT`, default 5060), for local users only.
 fn pstn(req: &Request) -> Flow {
-    if !config::enabled("WITH_PSTN") {
+    let settings = settings();
+    if !settings.pstn {
         return Ok(());
     }
-    let Some(gw) = config::param("PSTN_GW_IP").filter(|g| !g.trim().is_empty()) else {
+    let Some(gw) = &settings.pstn_gw_ip else {
         log::warn("SCRIPT: PSTN routing enabled but PSTN_GW_IP not defined");
         return Ok(());
     };
@@ -351,8 +408,8 @@ fn pstn(req: &Request) -> Flow {
     if !req.from_is_myself() {
         return req.reply(403, "Not Allowed");
     }
-    let port = config::param("PSTN_GW_PORT").unwrap_or_else(|| "5060".into());
-    req.set_uri(&format!("sip:{number}@{}:{}", gw.trim(), port.trim()))?;
+    let port = &settings.pstn_gw_port;
+    req.set_uri(&format!("sip:{number}@{gw}:{port}"))?;
     relay(req)
 }
 
@@ -386,9 +443,9 @@ fn next_failover() -> wisp_sdk::Result<Option<String>> {
     }
 }
 
-/// A comma-separated list param, blanks trimmed and empty entries skipped.
-fn uri_list(name: &str) -> Vec<String> {
-    let value = config::param(name).unwrap_or_default();
+/// A comma-separated list param's entries, blanks trimmed and empty ones
+/// skipped.
+fn uri_list(value: &str) -> Vec<String> {
     let uris = value.split(',').map(str::trim).filter(|s| !s.is_empty());
     uris.map(str::to_owned).collect()
 }
