@@ -189,6 +189,8 @@ pub struct HostState {
     /// Host time the current hook spent waiting for storage, and how much
     /// of it the deadline has given back (see [`StorageTime`]).
     pub(super) storage_time: StorageTime,
+    /// When the current hook must end, as the watchdog sees it.
+    pub(super) deadline: super::watchdog::Deadline,
 }
 
 /// The hook deadline is the guest's own time: waiting for the database
@@ -240,6 +242,7 @@ impl HostState {
             effects: HookEffects::default(),
             vars: TxVars::default(),
             storage_time: StorageTime::default(),
+            deadline: super::watchdog::Deadline::unwatched(),
         }
     }
 }

@@ -15,10 +15,10 @@ mod limits;
 mod pool;
 mod ratelimit_api;
 mod services_api;
+mod watchdog;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use wasmtime::component::{Component, Linker};
@@ -47,15 +47,6 @@ wasmtime::component::bindgen!({
 /// The version of the `wisp:proxy` package this host implements.
 pub const WIT_VERSION: &str = "0.2.3";
 
-/// How often the epoch advances; hook deadlines are counted in these ticks.
-/// Each tick wakes the epoch thread, idle or not, and a wake-up costs some
-/// 16–30 µs of CPU on a virtual machine: at 2 ms that was ~4% of the CPU
-/// per call at 1000 calls/s, at 10 ms still 1.6 µs of the ~60 a
-/// registration costs at 1000/s. Kamailio's timer ticks every 62.5 ms. A
-/// hook is stopped no sooner than its deadline and at most two ticks after
-/// it (see [`ticks`]): it is a bound on a runaway guest, not a latency.
-pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(25);
-
 /// The bundled default routing component (guests/default), built by build.rs.
 pub static DEFAULT_COMPONENT: &[u8] = include_bytes!(env!("WISP_DEFAULT_COMPONENT"));
 
@@ -64,6 +55,8 @@ pub struct ScriptEngine {
     engine: Engine,
     linker: Linker<call::HostState>,
     cache: cache::CompileCache,
+    /// Stops hooks past their deadline.
+    watchdog: watchdog::Watchdog,
     /// The components loaded last, linked, by the SHA-256 of their bytes:
     /// a thousand tenants on the same routing share one compiled and
     /// linked component instead of loading it a thousand times.
@@ -100,23 +93,14 @@ impl ScriptEngine {
         forbid_blocking(&mut linker)?;
         Router::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
 
-        let ticker = engine.weak();
-        std::thread::Builder::new()
-            .name("wisp-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = ticker.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            })
-            .context("cannot start the epoch thread")?;
+        let watchdog = watchdog::Watchdog::start(&engine)?;
 
         let cache = cache::CompileCache::new(&engine, cache_dir);
         Ok(Arc::new(ScriptEngine {
             engine,
             linker,
             cache,
+            watchdog,
             linked: std::sync::Mutex::new(Vec::new()),
         }))
     }
@@ -177,7 +161,7 @@ impl ScriptEngine {
         guest: Arc<Guest>,
     ) -> anyhow::Result<Pool> {
         let loaded = self.load(wasm, origin)?;
-        let pool = Pool::new(self.engine.clone(), loaded, guest);
+        let pool = Pool::new(self.engine.clone(), self.watchdog.clone(), loaded, guest);
         // One warm instance per worker thread (see proxy::run).
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         pool.warm_up(workers)
@@ -262,23 +246,6 @@ fn forbid_blocking(linker: &mut Linker<call::HostState>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Limits as the pool applies them.
-pub(crate) fn deadline_ticks(limits: &Limits) -> u64 {
-    ticks(limits.hook_deadline())
-}
-
-/// Epoch ticks that cannot elapse before `time` has: the first tick comes
-/// anywhere within one tick of the deadline being set, so one more than
-/// `time` covers, rounded up. A hook is given its whole deadline and stopped
-/// at most two ticks after it (one when the deadline is a whole number of
-/// ticks).
-pub(crate) fn ticks(time: Duration) -> u64 {
-    let tick = EPOCH_TICK.as_micros().max(1);
-    u64::try_from(time.as_micros().div_ceil(tick))
-        .unwrap_or(u64::MAX)
-        .saturating_add(1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,7 +297,12 @@ mod tests {
             Err(err) => panic!("{err:#}"),
         };
         let guest = Arc::new(Guest::for_tests("old"));
-        let pool = Pool::new(engine.engine.clone(), loaded, guest);
+        let pool = Pool::new(
+            engine.engine.clone(),
+            engine.watchdog.clone(),
+            loaded,
+            guest,
+        );
         // Max-Forwards 0: the routing's first call (`max-forwards`)
         // refuses it, whatever the proxy's addresses.
         let req = crate::proxy::RequestCtx::new(
@@ -409,24 +381,6 @@ mod tests {
         assert_eq!(wit_version("wisp:proxy/sip"), None);
         assert_eq!(wit_version("route"), None);
         assert_eq!(sdk_series("0.2.0"), "0.2");
-    }
-
-    #[test]
-    fn a_deadline_is_never_cut_short_by_the_tick() {
-        let tick = EPOCH_TICK;
-        // The first tick may come at once: one more than the deadline covers.
-        assert_eq!(ticks(tick * 5), 6);
-        assert_eq!(ticks(tick * 5 + Duration::from_micros(1)), 7);
-        assert_eq!(ticks(Duration::from_micros(1)), 2);
-        assert_eq!(ticks(Duration::ZERO), 1);
-        assert_eq!(ticks(Duration::MAX), u64::MAX);
-        // At least the deadline, at most one tick more.
-        for ms in [1, 20, 50, 1000] {
-            let deadline = Duration::from_millis(ms);
-            let n = u32::try_from(ticks(deadline)).expect("small");
-            assert!(tick * (n - 1) >= deadline, "{ms} ms: {n} ticks");
-            assert!(tick * (n - 1) < deadline + tick, "{ms} ms: {n} ticks");
-        }
     }
 
     /// The bundled routing speaks this host's version.

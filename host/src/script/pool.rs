@@ -13,12 +13,14 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use super::call::{Guest, HookError, HostState, ResponseCtx, StorageTime};
 use super::health::Health;
-use super::{deadline_ticks, ticks, Loaded, ReplyVerdict, Router, RouterPre};
+use super::watchdog::Watchdog;
+use super::{Loaded, ReplyVerdict, Router, RouterPre};
 use crate::proxy::{Action, RequestCtx, TxVars};
 use crate::sip::Message;
 
 pub struct Pool {
     engine: Engine,
+    watchdog: Watchdog,
     pre: RouterPre<HostState>,
     origin: String,
     guest: Arc<Guest>,
@@ -50,9 +52,15 @@ const ON_BRANCH: usize = 3;
 pub type HookResult<T> = Result<(T, Vec<Action>), HookError>;
 
 impl Pool {
-    pub(super) fn new(engine: Engine, loaded: Loaded, guest: Arc<Guest>) -> Pool {
+    pub(super) fn new(
+        engine: Engine,
+        watchdog: Watchdog,
+        loaded: Loaded,
+        guest: Arc<Guest>,
+    ) -> Pool {
         Pool {
             engine,
+            watchdog,
             pre: loaded.pre,
             origin: loaded.origin,
             health: Health::new(&guest.limits),
@@ -112,18 +120,28 @@ impl Pool {
         // JavaScript component after a big build, say) is disk reads of
         // tens of milliseconds; a hook deadline of 50 ms turned that into
         // failed calls. A start function that loops is still stopped.
-        let deadline = self.guest.limits.hook_deadline().max(INSTANTIATE_DEADLINE);
-        store.set_epoch_deadline(ticks(deadline));
-        // At the deadline: the time the hook waited for storage is given
-        // back (up to a bound), then the guest is stopped.
+        let span = self.guest.limits.hook_deadline();
+        store.data_mut().deadline = self.watchdog.deadline(span);
+        store
+            .data_mut()
+            .deadline
+            .start(Instant::now() + span.max(INSTANTIATE_DEADLINE));
+        store.set_epoch_deadline(1);
+        // When the watchdog finds some hook past due (it advances the
+        // epoch for all): this instance's is stopped if it is the one,
+        // after the time it waited for storage is given back (up to a
+        // bound).
         store.epoch_deadline_callback(|mut ctx| {
-            let owed = ctx.data_mut().storage_time.owed();
-            if owed.is_zero() {
+            let state = ctx.data_mut();
+            let storage = &mut state.storage_time;
+            if state.deadline.expired(Instant::now(), || storage.owed()) {
                 return Err(Trap::Interrupt.into());
             }
-            Ok(UpdateDeadline::Continue(ticks(owed)))
+            Ok(UpdateDeadline::Continue(1))
         });
-        match self.pre.instantiate(&mut store) {
+        let instantiated = self.pre.instantiate(&mut store);
+        store.data_mut().deadline.end();
+        match instantiated {
             Ok(router) => Ok(Warm {
                 store,
                 router,
@@ -306,10 +324,12 @@ impl Pool {
         ) -> wasmtime::Result<T>,
     ) -> (RequestCtx, Option<Message>, HookResult<T>, Instant) {
         let warm = self.lock().pop();
-        let mut warm = match warm {
-            Some(warm) => warm,
+        // The hook's time counts from its start, or from the end of the
+        // instantiation it needed.
+        let (mut warm, begun) = match warm {
+            Some(warm) => (warm, started),
             None => match self.instantiate() {
-                Ok(warm) => warm,
+                Ok(warm) => (warm, Instant::now()),
                 Err(err) => {
                     self.count_failure(&err, started);
                     return (req, res, Err(err), Instant::now());
@@ -317,8 +337,11 @@ impl Pool {
             },
         };
         let store = &mut warm.store;
-        store.set_epoch_deadline(deadline_ticks(&self.guest.limits));
+        store.set_epoch_deadline(1);
         let state = store.data_mut();
+        state
+            .deadline
+            .start(begun + self.guest.limits.hook_deadline());
         state.storage_time = StorageTime::default();
         state.effects = Default::default();
         state.actions.clear();
@@ -342,6 +365,7 @@ impl Pool {
         }))
         .unwrap_or_else(|_| Err(wasmtime::Error::msg("host panicked during the hook")));
         let state = store.data_mut();
+        state.deadline.end();
         std::mem::swap(&mut state.vars, vars);
         let req = match state.table.take_request() {
             Some(req) => req,
