@@ -29,6 +29,11 @@ use anyhow::Context;
 /// A slot's due time when no hook runs on it.
 const IDLE: u64 = u64::MAX;
 
+/// `at` in nanoseconds since `start` (the watchdog's), short of [`IDLE`].
+fn nanos_since(start: Instant, at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(start).as_nanos()).unwrap_or(IDLE - 1)
+}
+
 /// When the hook running on one instance is due, read by the watchdog.
 struct Slot {
     /// Nanoseconds since the watchdog's start; [`IDLE`] when no hook runs.
@@ -51,10 +56,6 @@ struct Shared {
 }
 
 impl Shared {
-    fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.start).as_nanos()).unwrap_or(IDLE - 1)
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Slot>>> {
         // A panic while holding the lock leaves only a Vec behind: still valid.
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
@@ -118,7 +119,6 @@ impl Watchdog {
         Deadline {
             slot,
             start: self.0.start,
-            due: None,
         }
     }
 }
@@ -129,7 +129,7 @@ fn watch(shared: &std::sync::Weak<Shared>, engine: &wasmtime::EngineWeak) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let now = shared.nanos(Instant::now());
+        let now = nanos_since(shared.start, Instant::now());
         let look = {
             let mut slots = shared.lock();
             slots.retain(|slot| Arc::strong_count(slot) > 1);
@@ -198,13 +198,12 @@ fn look(now: u64, slots: impl Iterator<Item = (u64, u64)>) -> Look {
     }
 }
 
-/// One instance's deadline, kept in its store.
+/// One instance's deadline, kept in its store: its slot, which only this
+/// instance's thread writes.
 pub(crate) struct Deadline {
     slot: Arc<Slot>,
     /// The watchdog's start, which the slot's times count from.
     start: Instant,
-    /// When the running hook is due; none while idle.
-    due: Option<Instant>,
 }
 
 impl Deadline {
@@ -217,22 +216,26 @@ impl Deadline {
                 span: IDLE,
             }),
             start: Instant::now(),
-            due: None,
         }
     }
 
     /// A hook (or an instantiation) starts that must end by `due`.
     pub(crate) fn start(&mut self, due: Instant) {
-        self.due = Some(due);
-        let nanos =
-            u64::try_from(due.saturating_duration_since(self.start).as_nanos()).unwrap_or(IDLE - 1);
+        let nanos = nanos_since(self.start, due);
         self.slot.due.store(nanos, Ordering::Release);
     }
 
     /// The hook ended.
     pub(crate) fn end(&mut self) {
-        self.due = None;
         self.slot.due.store(IDLE, Ordering::Release);
+    }
+
+    /// When the running hook is due; none while idle.
+    fn due(&self) -> Option<Instant> {
+        match self.slot.due.load(Ordering::Relaxed) {
+            IDLE => None,
+            nanos => Some(self.start + Duration::from_nanos(nanos)),
+        }
     }
 
     /// At an epoch change (the watchdog found some hook past due): whether
@@ -240,7 +243,7 @@ impl Deadline {
     /// gives (the host's time it waited for storage, given once) and goes
     /// on if that puts its end ahead of `now`.
     pub(crate) fn expired(&mut self, now: Instant, mut owed: impl FnMut() -> Duration) -> bool {
-        let Some(mut due) = self.due else {
+        let Some(mut due) = self.due() else {
             // No hook runs: nothing to stop.
             return false;
         };
@@ -334,10 +337,6 @@ mod tests {
         }
     }
 
-    fn nanos_from(start: Instant, at: Instant) -> u64 {
-        u64::try_from(at.duration_since(start).as_nanos()).expect("small")
-    }
-
     fn deadline_at(due: Instant) -> Deadline {
         let mut deadline = Deadline::unwatched();
         deadline.start(due);
@@ -364,11 +363,11 @@ mod tests {
         let mut owed = || credit.take().unwrap_or_default();
         // Past 50 ms, the 30 ms waited for storage are given back...
         assert!(!deadline.expired(t0 + Duration::from_millis(60), &mut owed));
-        assert_eq!(deadline.due, Some(t0 + Duration::from_millis(80)));
+        assert_eq!(deadline.due(), Some(t0 + Duration::from_millis(80)));
         let slot_due = deadline.slot.due.load(Ordering::Relaxed);
         assert_eq!(
             slot_due,
-            nanos_from(deadline.start, t0 + Duration::from_millis(80))
+            nanos_since(deadline.start, t0 + Duration::from_millis(80))
         );
         // ...once.
         assert!(deadline.expired(t0 + Duration::from_millis(80), &mut owed));
@@ -383,7 +382,7 @@ mod tests {
         assert!(!deadline.expired(t0 + Duration::from_millis(65), || {
             credits.pop().unwrap_or_default()
         }));
-        assert_eq!(deadline.due, Some(t0 + Duration::from_millis(70)));
+        assert_eq!(deadline.due(), Some(t0 + Duration::from_millis(70)));
     }
 
     #[test]
